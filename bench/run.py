@@ -1,0 +1,213 @@
+"""Command line of the benchmark: ``python -m bench`` or ``python bench/run.py``.
+
+Runs every (dtype, threads, configuration, peer) measurement in a fresh
+subprocess (:mod:`bench.worker`), plus one numpy matmul per (dtype, threads)
+as the roofline, then prints a table and writes a JSON file and, when
+matplotlib is installed, a bar chart.
+
+On a machine that sets ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` run it as::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report  # noqa: E402
+from bench.configs import CONFIGS, QUICK_CONFIGS  # noqa: E402
+from bench.peers import PEERS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; see ``python -m bench --help``."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark fastbp against numpy, PyTorch, scikit-learn and the "
+        "pure-Python reference: one epoch of shuffled mini-batch SGD on random data.",
+        epilog="Run as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of seconds: tiny data, configs "
+                   f"{','.join(QUICK_CONFIGS)}, float32, 1 thread, 1 timed epoch")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), metavar="NAME",
+                   help=f"configurations ({', '.join(f'{k}: {c.label}' for k, c in CONFIGS.items())})")
+    p.add_argument("--peers", nargs="+", choices=list(PEERS), metavar="NAME",
+                   help=f"peers (default all: {', '.join(PEERS)})")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], metavar="DTYPE",
+                   help="float32 and/or float64 (default both; quick: float32)")
+    p.add_argument("--threads", nargs="+", type=int, metavar="N",
+                   help="thread counts (default 1 2; quick: 1)")
+    p.add_argument("--repeats", type=int, help="timed epochs, best taken (default 5; quick: 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs (default 1)")
+    p.add_argument("--lr", type=float, default=0.001, help="SGD learning rate (default 0.001)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and weights (default 0)")
+    p.add_argument("--matmul-n", type=int,
+                   help="size of the square roofline matmul (default 2048; quick: 256)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds allowed per measurement subprocess (default 900)")
+    p.add_argument("--json", type=Path, metavar="PATH",
+                   help="JSON output (default bench/results/bench[-quick].json)")
+    p.add_argument("--png", type=Path, metavar="PATH",
+                   help="bar chart output (default bench/results/bench[-quick].png)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.configs = args.configs or list(QUICK_CONFIGS if q else CONFIGS)
+    args.peers = args.peers or list(PEERS)
+    args.dtypes = args.dtypes or (["float32"] if q else ["float32", "float64"])
+    args.threads = args.threads or ([1] if q else [1, 2])
+    args.repeats = args.repeats or (1 if q else 5)
+    args.matmul_n = args.matmul_n or (256 if q else 2048)
+    stem = "bench-quick" if q else "bench"
+    args.json = args.json or ROOT / "bench" / "results" / f"{stem}.json"
+    args.png = args.png or ROOT / "bench" / "results" / f"{stem}.png"
+    return args
+
+
+def blas_warning() -> str | None:
+    """A loud warning when OpenBLAS tuning variables that slow numpy are set."""
+    set_vars = {k: os.environ[k] for k in SLOW_BLAS_ENV if k in os.environ}
+    if not set_vars:
+        return None
+    shown = " ".join(f"{k}={v}" for k, v in set_vars.items())
+    return (
+        "!" * 78 + "\n"
+        f"WARNING: {shown} is set in the environment.\n"
+        "It overrides OpenBLAS's CPU detection and slows numpy (and so the numpy\n"
+        "and scikit-learn peers and the matmul roofline).  For representative\n"
+        "numbers run:\n"
+        "    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench\n"
+        + "!" * 78
+    )
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker: thread variables set, repository importable."""
+    env = dict(os.environ)
+    for k in THREAD_ENV:
+        env[k] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess and return its result."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.worker", json.dumps(spec)],
+            env=worker_env(spec["threads"]), capture_output=True, text=True,
+            timeout=timeout, cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "note": f"timed out after {timeout:g} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "error", "note": f"worker exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def environment() -> dict[str, Any]:
+    """What was run where: versions, CPU, BLAS, environment variables."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "env": {k: os.environ.get(k) for k in SLOW_BLAS_ENV + THREAD_ENV},
+        "versions": {},
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f
+                                if ln.startswith("model name")), None)
+    except OSError:
+        info["cpu"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("numpy", "torch", "scikit-learn", "threadpoolctl", "matplotlib", "fastbp"):
+        try:
+            info["versions"][dist] = version(dist)
+        except PackageNotFoundError:
+            info["versions"][dist] = None
+    try:
+        import numpy  # noqa: F401
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture",
+                                                "num_threads", "filepath")}
+                        for d in threadpool_info()]
+    except ImportError:
+        info["blas"] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the process exit code."""
+    args = parse_args(argv)
+    warning = blas_warning()
+    env = environment()
+    if warning:
+        print(warning, file=sys.stderr)
+        print(warning)
+    print(report.header(env, args.quick))
+    specs: list[dict[str, Any]] = []
+    common = {"warmup": args.warmup, "repeats": args.repeats, "seed": args.seed}
+    for dtype in args.dtypes:
+        for threads in args.threads:
+            specs.append({"kind": "matmul", "dtype": dtype, "threads": threads,
+                          "matmul_n": args.matmul_n, **common})
+            for cfg in args.configs:
+                for peer in args.peers:
+                    if PEERS[peer].runs_on(CONFIGS[cfg]):
+                        specs.append({"kind": "peer", "peer": peer, "config": cfg,
+                                      "dtype": dtype, "threads": threads,
+                                      "quick": args.quick, "lr": args.lr, **common})
+    t_start = time.perf_counter()
+    results = []
+    for i, spec in enumerate(specs, 1):
+        what = spec.get("peer", "matmul"), spec.get("config", spec.get("matmul_n")), \
+            spec["dtype"], f"{spec['threads']}t"
+        print(f"[{i}/{len(specs)}] {' '.join(map(str, what))} ...", end=" ",
+              file=sys.stderr, flush=True)
+        res = run_worker(spec, args.timeout)
+        print(res["status"], res.get("note", ""), file=sys.stderr, flush=True)
+        results.append({"spec": spec, **res})
+    doc = {
+        "meta": {"quick": args.quick, "argv": sys.argv, "elapsed_s": time.perf_counter() - t_start,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "blas_warning": warning,
+                 "flops_per_sample": "6 * sum(n_in * n_out) (biases, activations not counted)",
+                 "memory": "peak RSS of the subprocess over its RSS after imports, "
+                           "including the training data (see bench/worker.py)",
+                 "timing": f"best of {args.repeats} epochs after {args.warmup} warm-up"},
+        "environment": env,
+        "configs": {k: CONFIGS[k].to_dict() for k in args.configs},
+        "results": report.add_ratios(results),
+    }
+    print(report.table(doc))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1))
+    print(f"JSON written to {args.json}")
+    if not args.no_plot:
+        print(report.plot(doc, args.png))
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
