@@ -1,0 +1,14 @@
+"""fastbp: dense multilayer perceptrons trained by backpropagation and SGD on the CPU.
+
+The compiled kernels (Cython + C, float32 and float64, OpenMP) do the work;
+:mod:`fastbp.reference` is a pure-Python implementation of the same model that
+every kernel is tested against.
+"""
+from . import reference
+from ._common import History
+from ._threads import get_num_threads, set_num_threads
+from .model import MLP
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "History", "reference", "set_num_threads", "get_num_threads", "__version__"]

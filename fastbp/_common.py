@@ -1,0 +1,263 @@
+"""Configuration, validation and initialisation shared by the fast model and the reference.
+
+Both :class:`fastbp.MLP` and :class:`fastbp.reference.MLP` go through these
+functions, so the two accept exactly the same inputs, reject the same mistakes
+with the same messages, and start from the same parameters for the same seed.
+Nothing unchecked may reach the compiled kernels: they run without bounds checks.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# The codes are shared with the C kernels (FBP_ACT_* in src/fbp_gemm.h).
+ACTIVATIONS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
+OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2}
+LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2}
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# Losses that only make sense after one particular output activation.
+_LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+
+
+def _choice(kind: str, value: Any, valid: dict) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(
+            f"unknown {kind} {value!r}; expected one of {', '.join(map(repr, valid))}"
+        )
+    return value
+
+
+def check_dtype(dtype: Any) -> type:
+    """Return np.float32 or np.float64 for a dtype spelt any numpy way."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected 'float32' or 'float64'")
+    return DTYPES[name]
+
+
+def check_config(
+    layer_sizes: Sequence[int], activation: str, output: str, loss: str, dtype: Any
+) -> Tuple[Tuple[int, ...], type]:
+    """Validate the constructor's arguments; return (layer sizes, numpy dtype)."""
+    try:
+        sizes = tuple(int(n) for n in layer_sizes)
+        ok = len(sizes) >= 2 and all(n == s and n >= 1 for n, s in zip(sizes, layer_sizes))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"layer_sizes must be a sequence of at least two positive integers "
+            f"(input size first), got {layer_sizes!r}"
+        )
+    _choice("activation", activation, ACTIVATIONS)
+    _choice("output", output, OUTPUTS)
+    _choice("loss", loss, LOSSES)
+    needed = _LOSS_NEEDS_OUTPUT.get(loss)
+    if needed is not None and output != needed:
+        raise ValueError(f"loss={loss!r} requires output={needed!r}, got output={output!r}")
+    if output == "softmax" and sizes[-1] < 2:
+        raise ValueError("output='softmax' needs at least 2 output units")
+    return sizes, check_dtype(dtype)
+
+
+def init_params(
+    sizes: Sequence[int], activation: str, bias: bool, dtype: type, seed: Optional[int]
+) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+    """Initial weights and biases.
+
+    Layer k (W of shape (n_out, n_in)) draws W from
+    - He normal, N(0, 2 / n_in), when its output goes through a ReLU;
+    - Xavier/Glorot uniform, U(-a, a) with a = sqrt(6 / (n_in + n_out)), otherwise
+      (every non-ReLU hidden layer and the output layer).
+    Biases start at zero.  Draws come from ``numpy.random.default_rng(seed)``,
+    in float64, layer by layer, then are rounded to ``dtype``.
+    """
+    rng = np.random.default_rng(seed)
+    weights, biases = [], []
+    n_layers = len(sizes) - 1
+    for k in range(n_layers):
+        n_in, n_out = sizes[k], sizes[k + 1]
+        if activation == "relu" and k < n_layers - 1:
+            W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
+        else:
+            a = np.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-a, a, size=(n_out, n_in))
+        weights.append(W.astype(dtype))
+        biases.append(np.zeros(n_out, dtype=dtype) if bias else None)
+    return weights, biases
+
+
+def check_params(
+    sizes: Sequence[int],
+    bias: bool,
+    dtype: type,
+    weights: Optional[Sequence[Any]],
+    biases: Optional[Sequence[Any]],
+    default: Tuple[List[np.ndarray], List[Optional[np.ndarray]]],
+) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
+    """Copies of explicit initial parameters, checked against the architecture."""
+    W_out, b_out = default
+    n_layers = len(sizes) - 1
+    if weights is not None:
+        if len(weights) != n_layers:
+            raise ValueError(f"weights: expected {n_layers} arrays, got {len(weights)}")
+        W_out = [
+            _param(f"weights[{k}]", w, (sizes[k + 1], sizes[k]), dtype)
+            for k, w in enumerate(weights)
+        ]
+    if biases is not None:
+        if not bias:
+            raise ValueError("biases were given but bias=False")
+        if len(biases) != n_layers:
+            raise ValueError(f"biases: expected {n_layers} arrays, got {len(biases)}")
+        b_out = [_param(f"biases[{k}]", b, (sizes[k + 1],), dtype) for k, b in enumerate(biases)]
+    return W_out, b_out
+
+
+def _param(name: str, value: Any, shape: Tuple[int, ...], dtype: type) -> np.ndarray:
+    arr = _numeric(name, value)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return np.array(arr, dtype=dtype, order="C", copy=True)
+
+
+def _numeric(name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name}: unsupported dtype {arr.dtype}; expected real numbers (float, int or bool)"
+        )
+    return arr
+
+
+def _first_bad_row(arr: np.ndarray) -> Optional[int]:
+    """Index of the first row holding NaN or Inf, or None."""
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            rows = finite.reshape(finite.shape[0], -1).all(axis=1)
+            return int(np.argmin(rows))
+    return None
+
+
+def check_X(X: Any, n_in: int, dtype: type) -> np.ndarray:
+    """Inputs as a C-contiguous (n_samples, n_in) array of ``dtype``.
+
+    The caller's array is never written: the result is either a fresh copy or
+    the caller's own array, which the kernels only read.
+    """
+    arr = _numeric("X", X)
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_in={n_in}), got {arr.ndim}-D")
+    if arr.shape[0] == 0:
+        raise ValueError("X is empty (0 samples)")
+    if arr.shape[1] != n_in:
+        raise ValueError(f"X has {arr.shape[1]} features per sample, the network expects {n_in}")
+    bad = _first_bad_row(arr)
+    if bad is not None:
+        raise ValueError(f"X contains NaN or Inf (first in row {bad})")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    bad = _first_bad_row(out)  # finite float64 can overflow to Inf in float32
+    if bad is not None:
+        raise ValueError(f"X row {bad} overflows {np.dtype(dtype).name}")
+    return out
+
+
+def check_Y(Y: Any, n_samples: int, n_out: int, loss: str, dtype: type) -> np.ndarray:
+    """Targets as a C-contiguous (n_samples, n_out) array of ``dtype``.
+
+    Integer labels of shape (n_samples,) are accepted for ``cross_entropy`` and
+    turned into one-hot rows; a 1-D target is accepted when n_out == 1.
+    """
+    arr = _numeric("Y", Y)
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(f"Y must be 1-D or 2-D, got {arr.ndim}-D")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"X has {n_samples} samples but Y has {arr.shape[0]}")
+    bad = _first_bad_row(arr)
+    if bad is not None:
+        raise ValueError(f"Y contains NaN or Inf (first in row {bad})")
+    if arr.ndim == 1 and loss == "cross_entropy":
+        return _one_hot(arr, n_out, dtype)
+    if arr.ndim == 1:
+        if n_out != 1:
+            raise ValueError(f"Y must have shape (n_samples, {n_out}), got {arr.shape}")
+        arr = arr.reshape(-1, 1)
+    if arr.shape[1] != n_out:
+        raise ValueError(
+            f"Y has {arr.shape[1]} outputs per sample, the network has {n_out}"
+            + (" (or pass integer labels of shape (n_samples,))" if loss == "cross_entropy" else "")
+        )
+    if loss == "binary_cross_entropy" and ((arr < 0).any() or (arr > 1).any()):
+        row = int(np.argmax(((arr < 0) | (arr > 1)).any(axis=1)))
+        raise ValueError(f"binary_cross_entropy targets must lie in [0, 1] (first outside in row {row})")
+    if loss == "cross_entropy" and (arr < 0).any():
+        row = int(np.argmax((arr < 0).any(axis=1)))
+        raise ValueError(f"cross_entropy target rows must be non-negative (first negative in row {row})")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    bad = _first_bad_row(out)
+    if bad is not None:
+        raise ValueError(f"Y row {bad} overflows {np.dtype(dtype).name}")
+    return out
+
+
+def _one_hot(labels: np.ndarray, n_out: int, dtype: type) -> np.ndarray:
+    if labels.dtype.kind == "f":
+        if not np.all(labels == np.round(labels)):
+            row = int(np.argmax(labels != np.round(labels)))
+            raise ValueError(f"cross_entropy labels must be integers (row {row} is {labels[row]!r})")
+    elif labels.dtype.kind == "b":
+        raise ValueError("cross_entropy labels must be integers, got booleans")
+    idx = labels.astype(np.int64)
+    out_of_range = (idx < 0) | (idx >= n_out)
+    if out_of_range.any():
+        row = int(np.argmax(out_of_range))
+        raise ValueError(
+            f"cross_entropy labels must lie in [0, {n_out - 1}] (row {row} is {labels[row]!r})"
+        )
+    onehot = np.zeros((labels.shape[0], n_out), dtype=dtype)
+    onehot[np.arange(labels.shape[0]), idx] = 1
+    return onehot
+
+
+def check_lr(lr: Any) -> float:
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    return value
+
+
+def check_fit_args(epochs: Any, batch_size: Any) -> Tuple[int, int]:
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(epochs), int(batch_size)
+
+
+class History:
+    """What :meth:`MLP.fit` returns: one entry per completed epoch.
+
+    Attributes
+    ----------
+    loss : list of float
+        Mean over the epoch's samples of the per-sample training loss, each
+        sample's loss taken in the forward pass of its batch, before that
+        batch's update (the running loss, as Keras and PyTorch loops report it).
+    """
+
+    def __init__(self) -> None:
+        self.loss: List[float] = []
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.loss)}, loss={self.loss[-1] if self.loss else None})"

@@ -1,0 +1,124 @@
+"""Build the compiled kernels of fastbp.
+
+Everything about the build lives here, in one place:
+
+* Cython directives (set once, for every module): bounds checks, wraparound,
+  initialisation checks off and C division on.  ``FASTBP_BOUNDSCHECK=1`` in the
+  environment turns the checks back on for a debug/CI run.
+* ``-O3`` and OpenMP.  OpenMP is detected by compiling a tiny program; where
+  the compiler has none the extension still builds, serially, and the build
+  says so loudly.
+* No ``-march=native`` by default (the wheels must run on any x86-64); the GEMM
+  picks AVX2/AVX-512 code paths at run time.  ``FASTBP_NATIVE=1`` opts in.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _compiler_has_openmp() -> bool:
+    """Compile and link a tiny OpenMP program with the C compiler Python uses."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()[0]
+    if shutil.which(cc) is None:
+        return False
+    src = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n > 0 ? 0 : 1;
+        }
+        """
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        c_file = os.path.join(tmp, "omp_check.c")
+        with open(c_file, "w") as f:
+            f.write(src)
+        try:
+            res = subprocess.run(
+                [cc, "-fopenmp", c_file, "-o", os.path.join(tmp, "omp_check")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return False
+        return res.returncode == 0
+
+
+BOUNDSCHECK = _flag("FASTBP_BOUNDSCHECK")
+NATIVE = _flag("FASTBP_NATIVE")
+OPENMP = _compiler_has_openmp()
+
+if not OPENMP:
+    bar = "!" * 78
+    sys.stderr.write(
+        f"\n{bar}\n"
+        "fastbp: the C compiler has no OpenMP support (-fopenmp failed).\n"
+        "fastbp will build and run correctly, but SERIALLY: set_num_threads() has\n"
+        "no effect.  Install a compiler with OpenMP (gcc, or clang + libomp).\n"
+        f"{bar}\n\n"
+    )
+
+compile_args = ["-O3", "-std=gnu11"] if sys.platform != "win32" else ["/O2"]
+link_args = []
+if OPENMP:
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
+if NATIVE:
+    compile_args.append("-march=native")
+if BOUNDSCHECK:
+    compile_args.append("-DFASTBP_DEBUG=1")
+
+# The one place the Cython directives are set.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": BOUNDSCHECK,
+    "wraparound": BOUNDSCHECK,
+    "initializedcheck": BOUNDSCHECK,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+
+def _extensions():
+    from Cython.Build import cythonize
+    from Cython.Compiler.Options import directive_types
+
+    # A misspelt directive must fail the build, never be silently ignored.
+    unknown = sorted(set(DIRECTIVES) - set(directive_types))
+    if unknown:
+        raise SystemExit(f"setup.py: unknown Cython directives {unknown}")
+
+    ext = Extension(
+        "fastbp._kernels",
+        sources=["src/_kernels.pyx", "src/fbp_gemm.c"],
+        include_dirs=["src"],
+        depends=["src/fbp_gemm.h"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    # The .c file is compiled with the same flags; Cython only translates the .pyx.
+    return cythonize(
+        [ext],
+        compiler_directives=DIRECTIVES,
+        # Regenerate the C when the build mode changes, never reuse a stale file.
+        force=True,
+        quiet=True,
+    )
+
+
+setup(ext_modules=_extensions())

@@ -1,0 +1,652 @@
+# fastbp._kernels: the compiled training loop.
+#
+# Design
+# ------
+# * A network is described by a `Spec`: the layer sizes and, for each layer k,
+#   the offset of W_k (n_out, n_in, row-major) and of b_k (n_out,) inside ONE
+#   flat parameter vector `theta`.  The Python model's `weights[k]` are views of
+#   that vector, so an SGD update is a write into theta and nothing is copied.
+# * All scratch lives in ONE flat workspace buffer `ws` (same dtype), carved by
+#   the offsets of a `Work`: the activations A_0..A_L of one batch (A_0 is the
+#   gathered input, A_L holds the output layer's logits z), the outputs yhat,
+#   two ping-pong delta buffers, the gathered targets and the per-sample losses.
+#   It is allocated once per call (once per fit), never per step.
+# * Forward: A_k = act(A_{k-1} W_k^T + b_k) is one GEMM with a fused bias +
+#   activation epilogue (src/fbp_gemm.c).  The output activation and the loss are
+#   applied row by row here.
+# * Backward reuses the cached activations: the derivative of a hidden activation
+#   is computed from its stored output (sigmoid' = a(1-a), relu' = [a>0],
+#   tanh' = 1-a^2), fused into the GEMM that forms delta_{k-1} = (delta_k W_k) *
+#   act'(A_{k-1}).  delta_{k-1} is formed BEFORE W_k changes; then the SGD step
+#   W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no weight
+#   gradient is ever materialised in plain SGD.
+# * Threads: the GEMM parallelises over tiles of its output (the batch rows for
+#   forward and delta, the rows of W for the update).  Its result does not
+#   depend on the thread count (fbp_gemm.h).  The row-wise loops here
+#   (`prange` over batch rows: output activation, loss, delta_L, gathering a
+#   shuffled batch) write only row i of their outputs in iteration i, so every
+#   write is private to the thread that owns that row; per-row losses go to
+#   their own slot and are summed afterwards in row order, and bias gradients
+#   are column sums taken serially in row order.  Hence results are bitwise the
+#   same for any number of threads.
+# * Everything below `def` runs without the GIL.  The `def` wrappers take
+#   arrays that fastbp/_common.py has already validated (shape, dtype,
+#   contiguity, finiteness); they only assert what they rely on.
+from cython.parallel cimport prange
+from libc.math cimport exp, log, log1p, fabs, isfinite
+from libc.stdint cimport int64_t
+
+import numpy as np
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "fbp_gemm.h" nogil:
+    void fbp_gemm_f32(int trans_a, int trans_b, int M, int N, int K,
+                      float alpha, const float *A, int lda,
+                      const float *B, int ldb,
+                      float beta, float *C, int ldc,
+                      const float *bias, int act,
+                      const float *dsrc, int ldd,
+                      int n_threads)
+    void fbp_gemm_f64(int trans_a, int trans_b, int M, int N, int K,
+                      double alpha, const double *A, int lda,
+                      const double *B, int ldb,
+                      double beta, double *C, int ldc,
+                      const double *bias, int act,
+                      const double *dsrc, int ldd,
+                      int n_threads)
+    const char *fbp_gemm_isa()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FBP_OPENMP 1
+    static int fbp_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FBP_OPENMP 0
+    static int fbp_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int FBP_OPENMP
+    int fbp_omp_max_threads() nogil
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+# Codes shared with fastbp/_common.py and fbp_gemm.h.
+cdef enum:
+    ACT_IDENTITY = 0
+    ACT_SIGMOID = 1
+    ACT_RELU = 2
+    ACT_TANH = 3
+    OUT_IDENTITY = 0
+    OUT_SIGMOID = 1
+    OUT_SOFTMAX = 2
+    LOSS_SQUARED = 0
+    LOSS_BCE = 1
+    LOSS_CE = 2
+
+cdef enum:
+    # Row-wise loops go parallel only when a batch has at least this many
+    # values; below it a parallel region costs more than it saves.
+    PAR_MIN_VALUES = 16384
+    # The epoch loop polls for Ctrl-C after about this many multiply-adds.
+    SIGNAL_POLL_MACS = 20000000
+
+
+cdef struct Spec:
+    int n_layers
+    const int64_t *sizes    # n_layers + 1 widths, input first
+    const int64_t *w_off    # offset of W_k in theta
+    const int64_t *b_off    # offset of b_k in theta, or -1 without bias
+    int hidden              # ACT_* of every hidden layer
+    int output              # OUT_*
+    int loss                # LOSS_*
+    int n_threads
+
+
+cdef struct Work:
+    int64_t rows            # capacity in batch rows
+    int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers
+    int64_t yhat            # (rows, n_out) outputs after the output activation
+    int64_t d0, d1          # (rows, max width) ping-pong deltas
+    int64_t y               # (rows, n_out) gathered targets
+    int64_t lossv           # (rows,) per-sample loss
+    int64_t colsum          # (max width,) bias-gradient scratch
+    int64_t size            # total elements
+
+
+MAX_LAYERS = 64
+
+
+cdef Work make_work(const Spec *s, int64_t rows) noexcept:
+    """Offsets of every scratch array inside one flat workspace of `rows` rows."""
+    cdef Work w
+    cdef int64_t off = 0, width = 0
+    cdef int k
+    w.rows = rows
+    for k in range(s.n_layers + 1):
+        w.act[k] = off
+        off += rows * s.sizes[k]
+        if k > 0 and s.sizes[k] > width:
+            width = s.sizes[k]
+    w.yhat = off
+    off += rows * s.sizes[s.n_layers]
+    w.d0 = off
+    off += rows * width
+    w.d1 = off
+    off += rows * width
+    w.y = off
+    off += rows * s.sizes[s.n_layers]
+    w.lossv = off
+    off += rows
+    w.colsum = off
+    off += width
+    w.size = off
+    return w
+
+
+# ---------------------------------------------------------------------------
+# GEMM dispatch on the fused type.
+
+cdef inline void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
+                      floating alpha, const floating *A, int64_t lda,     # IN
+                      const floating *B, int64_t ldb,                     # IN
+                      floating beta, floating *C, int64_t ldc,            # OUT (and IN when beta != 0)
+                      const floating *bias, int act,                      # IN
+                      const floating *dsrc, int64_t ldd,                  # IN
+                      int n_threads) noexcept nogil:
+    if floating is float:
+        fbp_gemm_f32(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
+                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+    else:
+        fbp_gemm_f64(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
+                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+
+
+# ---------------------------------------------------------------------------
+# Row kernels: output activation, loss and output delta of one sample.
+
+cdef inline double sigmoid(double z) noexcept nogil:
+    cdef double e
+    if z >= 0:
+        return 1.0 / (1.0 + exp(-z))
+    e = exp(z)
+    return e / (1.0 + e)
+
+
+cdef void output_row(const Spec *s,
+                     const floating *z,      # IN  (n_out,) logits
+                     floating *yhat,         # OUT (n_out,) output activation
+                     ) noexcept nogil:
+    cdef int64_t j, n = s.sizes[s.n_layers]
+    cdef double zmax, total
+    if s.output == OUT_IDENTITY:
+        for j in range(n):
+            yhat[j] = z[j]
+    elif s.output == OUT_SIGMOID:
+        for j in range(n):
+            yhat[j] = <floating>sigmoid(z[j])
+    else:
+        zmax = z[0]
+        for j in range(1, n):
+            if z[j] > zmax:
+                zmax = z[j]
+        total = 0.0
+        for j in range(n):
+            total += exp(z[j] - zmax)
+        for j in range(n):
+            yhat[j] = <floating>(exp(z[j] - zmax) / total)
+
+
+cdef double loss_row(const Spec *s,
+                     const floating *z,      # IN  (n_out,) logits
+                     const floating *yhat,   # IN  (n_out,) outputs
+                     const floating *y,      # IN  (n_out,) targets
+                     floating *delta,        # OUT (n_out,) scale * dloss/dz, or NULL
+                     double scale) noexcept nogil:
+    """Loss of one sample; with `delta`, also its gradient w.r.t. the logits."""
+    cdef int64_t j, n = s.sizes[s.n_layers]
+    cdef double loss = 0.0, g, zj, zmax, lse, ysum, gp
+    if s.loss == LOSS_SQUARED:
+        gp = 0.0
+        for j in range(n):
+            g = <double>yhat[j] - <double>y[j]
+            loss += 0.5 * g * g
+            gp += g * yhat[j]
+        if delta != NULL:
+            for j in range(n):
+                g = <double>yhat[j] - <double>y[j]
+                if s.output == OUT_SIGMOID:
+                    g = g * yhat[j] * (1.0 - yhat[j])
+                elif s.output == OUT_SOFTMAX:   # full softmax Jacobian
+                    g = yhat[j] * (g - gp)
+                delta[j] = <floating>(scale * g)
+    elif s.loss == LOSS_BCE:
+        for j in range(n):
+            zj = z[j]
+            loss += (zj if zj > 0 else 0.0) - zj * y[j] + log1p(exp(-fabs(zj)))
+            if delta != NULL:
+                delta[j] = <floating>(scale * (sigmoid(zj) - y[j]))
+    else:
+        zmax = z[0]
+        for j in range(1, n):
+            if z[j] > zmax:
+                zmax = z[j]
+        lse = 0.0
+        for j in range(n):
+            lse += exp(z[j] - zmax)
+        lse = zmax + log(lse)
+        ysum = 0.0
+        for j in range(n):
+            ysum += y[j]
+            loss += y[j] * (lse - z[j])
+        if delta != NULL:
+            for j in range(n):
+                delta[j] = <floating>(scale * (ysum * exp(z[j] - lse) - y[j]))
+    return loss
+
+
+# ---------------------------------------------------------------------------
+# Batch kernels.
+
+cdef void forward(const Spec *s,
+                  const floating *theta,     # IN  parameters
+                  floating *ws, const Work *w,  # OUT activations, yhat
+                  const floating *x,         # IN  (m, n_in) batch rows
+                  int64_t m) noexcept nogil:
+    """Every layer's activations for m rows, cached in the workspace."""
+    cdef int k, L = s.n_layers
+    cdef int64_t i, n_out = s.sizes[L]
+    cdef const floating *h = x
+    cdef floating *a
+    for k in range(L):
+        a = ws + w.act[k + 1]
+        gemm(0, 1, m, s.sizes[k + 1], s.sizes[k],
+             <floating>1, h, s.sizes[k],
+             theta + s.w_off[k], s.sizes[k],
+             <floating>0, a, s.sizes[k + 1],
+             theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
+             s.hidden if k < L - 1 else ACT_IDENTITY,
+             NULL, 0, s.n_threads)
+        h = a
+    if m * n_out >= PAR_MIN_VALUES and s.n_threads > 1:
+        for i in prange(m, schedule='static', num_threads=s.n_threads):
+            output_row(s, h + i * n_out, ws + w.yhat + i * n_out)
+    else:
+        for i in range(m):
+            output_row(s, h + i * n_out, ws + w.yhat + i * n_out)
+
+
+cdef double loss_and_delta(const Spec *s,
+                           floating *ws, const Work *w,  # IN logits/yhat, OUT delta (d0), lossv
+                           const floating *y,            # IN (m, n_out) targets
+                           int64_t m, bint want_delta) noexcept nogil:
+    """Sum over the m rows of the per-sample loss; delta_L of the MEAN loss in d0."""
+    cdef int64_t i, n_out = s.sizes[s.n_layers]
+    cdef const floating *z = ws + w.act[s.n_layers]
+    cdef floating *lossv = ws + w.lossv
+    cdef floating *d = ws + w.d0 if want_delta else NULL
+    cdef double scale = 1.0 / m, total = 0.0
+    if m * n_out >= PAR_MIN_VALUES and s.n_threads > 1:
+        for i in prange(m, schedule='static', num_threads=s.n_threads):
+            lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
+                                          y + i * n_out,
+                                          (d + i * n_out) if want_delta else NULL, scale)
+    else:
+        for i in range(m):
+            lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
+                                          y + i * n_out,
+                                          (d + i * n_out) if want_delta else NULL, scale)
+    # Summed in row order, in double, whatever the thread count.
+    for i in range(m):
+        total += lossv[i]
+    return total
+
+
+cdef void column_sums(const floating *d, int64_t m, int64_t n,   # IN (m, n)
+                      floating *out) noexcept nogil:              # OUT (n,)
+    """out[j] = sum_i d[i, j], summed in row order."""
+    cdef int64_t i, j
+    for j in range(n):
+        out[j] = 0
+    for i in range(m):
+        for j in range(n):
+            out[j] += d[i * n + j]
+
+
+cdef void backward(const Spec *s,
+                   floating *theta,            # IN, and OUT when grad == NULL
+                   floating *grad,             # OUT gradient of the mean loss, or NULL
+                   floating lr,                # SGD step when grad == NULL
+                   floating *ws, const Work *w,  # IN activations, delta_L (d0); scratch
+                   const floating *x,          # IN (m, n_in) the batch rows (A_0)
+                   int64_t m) noexcept nogil:
+    """Backpropagate delta_L; either store every gradient or apply the SGD step."""
+    cdef int k
+    cdef int64_t j, n_in, n_out
+    cdef floating *d = ws + w.d0
+    cdef floating *d_prev = ws + w.d1
+    cdef floating *tmp
+    cdef floating *colsum = ws + w.colsum
+    cdef const floating *h
+    cdef floating *W
+    cdef floating *b
+    for k in range(s.n_layers - 1, -1, -1):
+        n_in = s.sizes[k]
+        n_out = s.sizes[k + 1]
+        h = x if k == 0 else ws + w.act[k]
+        W = theta + s.w_off[k]
+        # delta_{k-1} = (delta_k W_k) * act'(A_{k-1}), formed while W_k is unchanged.
+        if k > 0:
+            gemm(0, 0, m, n_in, n_out,
+                 <floating>1, d, n_out, W, n_in,
+                 <floating>0, d_prev, n_in,
+                 NULL, s.hidden, h, n_in, s.n_threads)
+        if grad != NULL:
+            gemm(1, 0, n_out, n_in, m,
+                 <floating>1, d, n_out, h, n_in,
+                 <floating>0, grad + s.w_off[k], n_in,
+                 NULL, ACT_IDENTITY, NULL, 0, s.n_threads)
+            if s.b_off[k] >= 0:
+                column_sums(d, m, n_out, grad + s.b_off[k])
+        else:
+            gemm(1, 0, n_out, n_in, m,
+                 -lr, d, n_out, h, n_in,
+                 <floating>1, W, n_in,
+                 NULL, ACT_IDENTITY, NULL, 0, s.n_threads)
+            if s.b_off[k] >= 0:
+                b = theta + s.b_off[k]
+                column_sums(d, m, n_out, colsum)
+                for j in range(n_out):
+                    b[j] -= lr * colsum[j]
+        tmp = d
+        d = d_prev
+        d_prev = tmp
+
+
+cdef void gather(const floating *src, int64_t n_cols,   # IN (n_samples, n_cols)
+                 const int64_t *rows, int64_t m,        # IN row indices
+                 floating *dst, int n_threads) noexcept nogil:   # OUT (m, n_cols)
+    """dst[i] = src[rows[i]]: iteration i writes only row i of dst."""
+    cdef int64_t i, j
+    if m * n_cols >= PAR_MIN_VALUES and n_threads > 1:
+        for i in prange(m, schedule='static', num_threads=n_threads):
+            for j in range(n_cols):
+                dst[i * n_cols + j] = src[rows[i] * n_cols + j]
+    else:
+        for i in range(m):
+            for j in range(n_cols):
+                dst[i * n_cols + j] = src[rows[i] * n_cols + j]
+
+
+cdef void sgd_update(floating *theta, const floating *grad, floating *velocity,
+                     int64_t n, floating lr, floating momentum, bint nesterov,
+                     floating weight_decay) noexcept nogil:
+    """torch.optim.SGD: g += wd*theta; v = mu*v + g; theta -= lr*(nesterov ? g + mu*v : v)."""
+    cdef int64_t i
+    cdef floating g
+    for i in range(n):
+        g = grad[i] + weight_decay * theta[i]
+        if momentum != 0:
+            velocity[i] = momentum * velocity[i] + g
+            g = (g + momentum * velocity[i]) if nesterov else velocity[i]
+        theta[i] -= lr * g
+
+
+cdef int run_epoch(const Spec *s,
+                   floating *theta,           # IN/OUT parameters
+                   floating *grad,            # scratch gradient (optimizer path), or NULL
+                   floating *velocity,        # IN/OUT momentum buffer, or NULL
+                   int64_t n_params,
+                   floating *ws, const Work *w,
+                   const floating *X,         # IN (n_samples, n_in)
+                   const floating *Y,         # IN (n_samples, n_out)
+                   const int64_t *order,      # IN visiting order, or NULL for 0..n-1
+                   int64_t n_samples, int64_t batch_size,
+                   floating lr, floating momentum, bint nesterov, floating weight_decay,
+                   int64_t max_steps,         # stop after this many steps (-1: no limit)
+                   double *loss_sum,          # OUT sum of the per-sample losses seen
+                   int64_t *n_done,           # OUT samples consumed by completed steps
+                   ) except -1 nogil:
+    """One epoch of mini-batch SGD, entirely in compiled code.
+
+    Stops early (returning 1) before applying a step whose batch loss is not
+    finite, leaving theta as it was after the last good step.  Polls for
+    Ctrl-C every few tens of millions of multiply-adds and returns -1 with
+    KeyboardInterrupt set, again between steps.
+    """
+    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
+    cdef int64_t n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    cdef const floating *xb
+    cdef const floating *yb
+    cdef double batch_loss
+    cdef bint optimizer = grad != NULL
+    for k in range(s.n_layers):
+        macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
+    loss_sum[0] = 0.0
+    n_done[0] = 0
+    start = 0
+    while start < n_samples and steps != max_steps:
+        m = min(batch_size, n_samples - start)
+        if order != NULL:
+            gather(X, n_in, order + start, m, ws + w.act[0], s.n_threads)
+            gather(Y, n_out, order + start, m, ws + w.y, s.n_threads)
+            xb = ws + w.act[0]
+            yb = ws + w.y
+        else:
+            xb = X + start * n_in
+            yb = Y + start * n_out
+        forward(s, theta, ws, w, xb, m)
+        batch_loss = loss_and_delta(s, ws, w, yb, m, True)
+        if not isfinite(batch_loss):
+            return 1
+        backward(s, theta, grad, lr, ws, w, xb, m)
+        if optimizer:
+            sgd_update(theta, grad, velocity, n_params, lr, momentum, nesterov, weight_decay)
+        loss_sum[0] += batch_loss
+        n_done[0] += m
+        start += m
+        steps += 1
+        macs += m * macs_per_row
+        if macs >= SIGNAL_POLL_MACS:
+            macs = 0
+            with gil:
+                PyErr_CheckSignals()
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Python-facing wrappers.  They validate what the kernels rely on and allocate.
+
+cdef class Network:
+    """Layout of one MLP's parameters in a flat vector, and the kernels over it.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths, input first.
+    hidden, output, loss : int
+        Codes from fastbp._common (ACTIVATIONS, OUTPUTS, LOSSES).
+    bias : bool
+        Whether each layer has a bias vector.
+    """
+    cdef Spec spec
+    cdef readonly object sizes, w_off, b_off
+    cdef readonly int64_t n_params
+
+    def __init__(self, sizes, int hidden, int output, int loss, bint bias):
+        cdef int k
+        cdef int64_t off = 0
+        if not 1 <= len(sizes) - 1 <= MAX_LAYERS:
+            raise ValueError(f"between 1 and {MAX_LAYERS} layers are supported")
+        self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+        self.w_off = np.empty(len(sizes) - 1, dtype=np.int64)
+        self.b_off = np.empty(len(sizes) - 1, dtype=np.int64)
+        if (self.sizes < 1).any() or (self.sizes >= 2**31).any():
+            raise ValueError("layer sizes must be in [1, 2**31)")
+        for k in range(len(sizes) - 1):
+            self.w_off[k] = off
+            off += self.sizes[k] * self.sizes[k + 1]
+            if bias:
+                self.b_off[k] = off
+                off += self.sizes[k + 1]
+            else:
+                self.b_off[k] = -1
+        self.n_params = off
+        self.spec.n_layers = len(sizes) - 1
+        self.spec.hidden = hidden
+        self.spec.output = output
+        self.spec.loss = loss
+        self.spec.n_threads = 1
+        self._bind()
+
+    cdef void _bind(self):
+        cdef const int64_t[::1] sz = self.sizes, wo = self.w_off, bo = self.b_off
+        self.spec.sizes = &sz[0]
+        self.spec.w_off = &wo[0]
+        self.spec.b_off = &bo[0]
+
+    def workspace_size(self, int64_t rows):
+        """Elements of scratch a call over `rows` batch rows allocates."""
+        return make_work(&self.spec, rows).size
+
+    cdef Spec _spec(self, int n_threads):
+        cdef Spec s = self.spec
+        s.n_threads = n_threads if n_threads > 0 else 1
+        return s
+
+    def _check(self, theta, X, Y=None):
+        if theta.shape[0] != self.n_params:
+            raise ValueError("theta has the wrong length")
+        if X.shape[1] != self.sizes[0] or X.shape[0] < 1:
+            raise ValueError("X has the wrong shape")
+        if Y is not None and (Y.shape[0] != X.shape[0] or Y.shape[1] != self.sizes[self.spec.n_layers]):
+            raise ValueError("Y has the wrong shape")
+        if X.shape[0] >= 2**31:
+            raise ValueError("at most 2**31 - 1 samples per call")
+
+    def predict(self, const floating[::1] theta, const floating[:, ::1] X,
+                floating[:, ::1] out, int64_t chunk, int n_threads):
+        """out = network(X), computed `chunk` rows at a time."""
+        self._check(theta, X)
+        cdef Spec s = self._spec(n_threads)
+        cdef int64_t n = X.shape[0], n_in = X.shape[1], n_out = s.sizes[s.n_layers]
+        cdef int64_t start, m, i
+        if out.shape[0] != n or out.shape[1] != n_out:
+            raise ValueError("out has the wrong shape")
+        chunk = max(1, min(chunk, n))
+        cdef Work w = make_work(&s, chunk)
+        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef floating *dst
+        with nogil:
+            start = 0
+            while start < n:
+                m = min(chunk, n - start)
+                forward(&s, &theta[0], &ws[0], &w, &X[start, 0], m)
+                dst = &out[start, 0]
+                for i in range(m * n_out):
+                    dst[i] = ws[w.yhat + i]
+                start += m
+        return np.asarray(out)
+
+    def loss(self, const floating[::1] theta, const floating[:, ::1] X,
+             const floating[:, ::1] Y, int64_t chunk, int n_threads):
+        """Mean over the rows of the per-sample loss."""
+        self._check(theta, X, Y)
+        cdef Spec s = self._spec(n_threads)
+        cdef int64_t n = X.shape[0], start, m
+        chunk = max(1, min(chunk, n))
+        cdef Work w = make_work(&s, chunk)
+        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef double total = 0.0
+        with nogil:
+            start = 0
+            while start < n:
+                m = min(chunk, n - start)
+                forward(&s, &theta[0], &ws[0], &w, &X[start, 0], m)
+                total += loss_and_delta(&s, &ws[0], &w, &Y[start, 0], m, False)
+                start += m
+        return total / n
+
+    def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
+                  const floating[:, ::1] Y, floating[::1] grad, int n_threads):
+        """grad = d(mean loss)/d(theta) over the whole of X as one batch; returns the loss."""
+        self._check(theta, X, Y)
+        if grad.shape[0] != self.n_params:
+            raise ValueError("grad has the wrong length")
+        cdef Spec s = self._spec(n_threads)
+        cdef int64_t m = X.shape[0]
+        cdef Work w = make_work(&s, m)
+        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef double total
+        with nogil:
+            forward(&s, &theta[0], &ws[0], &w, &X[0, 0], m)
+            total = loss_and_delta(&s, &ws[0], &w, &Y[0, 0], m, True)
+            backward(&s, <floating *>&theta[0], &grad[0], <floating>0, &ws[0], &w, &X[0, 0], m)
+        return total / m
+
+    def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
+                  const floating[:, ::1] Y, order, int64_t batch_size,
+                  double lr, double momentum, bint nesterov, double weight_decay,
+                  floating[::1] velocity, floating[::1] grad, floating[::1] ws,
+                  int n_threads, int64_t max_steps=-1):
+        """One epoch (see run_epoch); returns (loss_sum, n_done, status).
+
+        With max_steps >= 0 the epoch stops after that many steps (used to
+        replay an epoch up to a given step).
+        `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
+        `grad` and `velocity` (n_params each) are used when momentum or
+        weight_decay is non-zero and may be empty otherwise.
+        `order` is None or an int64 array of n_samples row indices.
+        """
+        self._check(theta, X, Y)
+        cdef Spec s = self._spec(n_threads)
+        cdef int64_t n = X.shape[0]
+        cdef int64_t rows = max(1, min(batch_size, n))
+        cdef Work w = make_work(&s, rows)
+        cdef const int64_t[::1] order_v
+        cdef const int64_t *order_p = NULL
+        cdef floating *grad_p = NULL
+        cdef floating *vel_p = NULL
+        cdef double loss_sum = 0.0
+        cdef int64_t n_done = 0
+        cdef int status
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if ws.shape[0] < w.size:
+            raise ValueError("workspace too small")
+        if order is not None:
+            order_v = order
+            if order_v.shape[0] != n:
+                raise ValueError("order must have n_samples entries")
+            order_p = &order_v[0]
+        if momentum != 0 or weight_decay != 0:
+            if grad.shape[0] != self.n_params or velocity.shape[0] != self.n_params:
+                raise ValueError("grad and velocity need n_params entries")
+            grad_p = &grad[0]
+            vel_p = &velocity[0]
+        with nogil:
+            status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
+                               &X[0, 0], &Y[0, 0], order_p, n, batch_size,
+                               <floating>lr, <floating>momentum, nesterov,
+                               <floating>weight_decay, max_steps, &loss_sum, &n_done)
+        return loss_sum, n_done, status
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(FBP_OPENMP)
+
+
+def max_threads():
+    """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
+    return fbp_omp_max_threads()
+
+
+def gemm_isa():
+    """The GEMM code path chosen at run time for this CPU."""
+    return fbp_gemm_isa().decode()
