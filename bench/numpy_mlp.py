@@ -130,9 +130,8 @@ class NumpyMLP:
     ) -> float:
         """One epoch of shuffled mini-batch SGD; returns the mean batch loss."""
         perm = rng.permutation(len(X))
-        Xs, Ys = X[perm], Y[perm]
-        losses = [
-            self.step(Xs[i : i + batch_size], Ys[i : i + batch_size], lr)
-            for i in range(0, len(X), batch_size)
-        ]
+        losses = []
+        for i in range(0, len(X), batch_size):
+            idx = perm[i : i + batch_size]  # gather each batch: no copy of the data set
+            losses.append(self.step(X[idx], Y[idx], lr))
         return float(np.mean(losses))

@@ -116,10 +116,10 @@ def _build_torch(cfg: Config, X: np.ndarray, Y: np.ndarray, lr: float, seed: int
 
     def epoch(e: int) -> float:
         perm = torch.randperm(n, generator=gen)
-        Xs, Ys = Xt[perm], Yt[perm]
         total = 0.0
         for i in range(0, n, bs):
-            x, y = Xs[i : i + bs], Ys[i : i + bs]
+            idx = perm[i : i + bs]
+            x, y = Xt[idx], Yt[idx]
             opt.zero_grad(set_to_none=True)
             loss = 0.5 * torch.sum((model(x) - y) ** 2) / len(x)
             loss.backward()

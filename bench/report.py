@@ -1,10 +1,12 @@
 """Output of the benchmark: ratios, the stdout table and the bar chart."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from bench.configs import CONFIGS
+from bench.peers import PEERS
 
 Result = dict[str, Any]
 
@@ -66,7 +68,7 @@ def table(doc: dict[str, Any]) -> str:
     """The results as a plain-text table, one block per (dtype, threads)."""
     results = doc["results"]
     out: list[str] = []
-    cols = (f"{'config':<28} {'peer':<10} {'samples/s':>11} {'GFLOP/s':>8} "
+    cols = (f"{'config':<30} {'peer':<10} {'samples/s':>11} {'GFLOP/s':>8} "
             f"{'%matmul':>7} {'fastbp x':>8} {'peak MiB':>8}  note")
     notes: dict[str, str] = {}
     for key in dict.fromkeys(_key(r["spec"]) for r in results):
@@ -85,12 +87,12 @@ def table(doc: dict[str, Any]) -> str:
             if r["status"] != "ok":
                 if r["status"] == "skipped":
                     notes[s["peer"]] = r.get("note", "")
-                out.append(f"{label:<28} {s['peer']:<10} {r['status']:>11}  {r.get('note', '')}")
+                out.append(f"{label:<30} {s['peer']:<10} {r['status']:>11}  {r.get('note', '')}")
                 continue
             frac = r.get("matmul_fraction")
-            pct = _num(None if frac is None else 100 * frac, "%")
+            pct = "-" if frac is None else f"{100 * frac:.1f}%"
             out.append(
-                f"{label:<28} {s['peer']:<10} {r['samples_per_s']:>11,.0f} "
+                f"{label:<30} {s['peer']:<10} {r['samples_per_s']:>11,.0f} "
                 f"{_num(r['gflops']):>8} {pct:>7} {_num(r.get('fastbp_ratio'), 'x'):>8} "
                 f"{r['peak_rss_mib']:>8.1f}  {r.get('note', '')}")
     meta = doc["meta"]
@@ -129,7 +131,9 @@ def plot(doc: dict[str, Any], path: Path) -> str:
     fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs) + 1, 4.2),
                              squeeze=False)
     width = 0.8 / len(peers)
+    colors = {p: f"C{i}" for i, p in enumerate(PEERS)}
     for ax, cfg in zip(axes[0], configs):
+        lowest = min(r["samples_per_s"] for r in ok if r["spec"]["config"] == cfg)
         for j, peer in enumerate(peers):
             xs, ys = [], []
             for g, key in enumerate(groups):
@@ -138,16 +142,19 @@ def plot(doc: dict[str, Any], path: Path) -> str:
                 if r:
                     xs.append(g + (j - (len(peers) - 1) / 2) * width)
                     ys.append(r["samples_per_s"])
-            ax.bar(xs, ys, width, label=peer, color=f"C{j}")
+            ax.bar(xs, ys, width, label=peer, color=colors[peer])
         ax.set_yscale("log")
+        ax.set_ylim(bottom=10 ** math.floor(math.log10(lowest)))  # bars start a decade down
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{d.replace('float', 'f')}\n{t}t" for d, t in groups])
         ax.set_title(CONFIGS[cfg].label, fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0][0].set_ylabel("samples/s (log), higher is better")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("One epoch of mini-batch SGD: " + doc["meta"]["timing"], fontsize=10)
-    fig.tight_layout()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in peers]
+    fig.legend(handles, peers, loc="upper right", fontsize=8, ncol=len(peers))
+    fig.suptitle("One epoch of mini-batch SGD, samples/s: " + doc["meta"]["timing"],
+                 fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

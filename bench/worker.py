@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 MiB = 1024 * 1024
+MAX_EPOCHS = 1000  # cap on timed epochs when min_time asks for more than repeats
 
 
 def _proc_status_kib(field: str) -> int | None:
@@ -132,11 +133,14 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
     Y = rng.standard_normal((n, cfg.sizes[-1])).astype(spec["dtype"])
     epoch = peer.build(cfg, X, Y, spec["lr"], spec["seed"])
     times, losses = [], []
-    for e in range(spec["warmup"] + spec["repeats"]):
+    e = 0
+    while (len(times) < spec["repeats"] or sum(times) < spec["min_time"]) \
+            and len(times) < MAX_EPOCHS:
         t0 = time.perf_counter()
         losses.append(epoch(e))
         if e >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
+        e += 1
     best = min(times)
     out = {
         "status": "ok", "n_samples": n, "best_s": best, "times_s": times,
@@ -144,7 +148,7 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
         "gflops": n * cfg.flops_per_sample / best / 1e9,
         "peak_rss_mib": mem.peak_over_baseline_mib(), "memory_method": mem.method,
         "baseline_rss_mib": mem.baseline_kib / 1024,
-        "data_mib": (X.nbytes + Y.nbytes) / MiB, "losses": losses,
+        "data_mib": (X.nbytes + Y.nbytes) / MiB, "losses": losses[-10:],
     }
     if not all(np.isfinite(losses)):
         out["note"] = "non-finite loss"
@@ -159,7 +163,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     spec : dict
         ``kind`` (``"peer"`` or ``"matmul"``), ``dtype``, ``threads``,
         ``warmup``, ``repeats``, ``seed``; for ``"peer"`` also ``peer``,
-        ``config``, ``quick`` and ``lr``; for ``"matmul"`` also ``matmul_n``.
+        ``config``, ``quick``, ``lr`` and ``min_time`` (timed epochs go on past
+        ``repeats`` until they add up to ``min_time`` seconds); for ``"matmul"`` also ``matmul_n``.
 
     Returns
     -------
