@@ -1,0 +1,612 @@
+/* fbp_gemm.c: the project's own GEMM (no BLAS), contract in fbp_gemm.h.
+ *
+ * Design
+ * ------
+ * Two paths, chosen from (M, N, K) only, never from n_threads:
+ *
+ *  - small: M*N*K <= SMALL_MNK or K == 0.  A plain i/j/k loop straight on the
+ *    caller's arrays, no packing, no threads.  Tiny nets (M=1, N=2, K=2) call
+ *    this millions of times, so it has to cost tens of nanoseconds.
+ *
+ *  - blocked (Goto/BLIS): for each NC-wide column panel, for each KC-deep
+ *    slab of K, op(B)[KC x NC] is packed into NR-wide slivers (k-major, NR
+ *    contiguous values per k); for each MC-tall row block op(A)[MC x KC] is
+ *    packed into MR-tall slivers (MR contiguous values per k).  Edge slivers
+ *    are zero-padded to full MR / NR.  The micro-kernel keeps an MR x NR tile
+ *    of C in vector registers and runs k = 0..kc-1 with one FMA per
+ *    (row, vector) per k: acc += bcast(a[k][r]) * b[k][v].
+ *    Then it writes   C  = alpha*acc            (first slab, beta == 0)
+ *                     C  = alpha*acc + beta*C   (first slab)
+ *                     C  = alpha*acc + C        (later slabs)
+ *    and after the last slab the epilogue (bias, activation or dsrc
+ *    derivative) runs on the tile while it is still in L1.
+ *
+ *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
+ *      isa      dtype  MR x NR   MC   KC    NC    vector
+ *      avx512   f32    12 x 32   144  256   4096  zmm, 24 accumulators
+ *               f64    12 x 16    72  256   4096
+ *      avx2     f32     6 x 16   144  256   4096  ymm + FMA, 12 accumulators
+ *               f64     6 x  8    72  256   4096
+ *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
+ *               f64     6 x  4    72  256   4096
+ *    KC x NR of B (16 KiB for avx2) stays in L1 across the MC/MR loop, the
+ *    MC x KC block of A (144 KiB) in L2, the KC x NC panel of B in L3.
+ *
+ * Threads: the M x N output is cut into a tm x tn grid of sub-blocks whose
+ * borders are multiples of MR / NR (grid chosen to balance micro-tiles), and
+ * sub-block p goes to OpenMP thread p (static).  Every thread runs the serial
+ * blocked algorithm above on its own sub-block with its own thread-local
+ * packing buffers, so each thread writes only to its own rows/columns of C
+ * and its own buffers: there is nothing shared to race on.  Fewer threads than
+ * n_threads are used when the problem is too small to pay for the fork; this
+ * changes speed, never bits.
+ *
+ * Determinism: every C[i][j] is produced by the same instruction sequence
+ * whatever the grid: KC slabs in order 0, KC, 2KC, ... (depends only on K),
+ * inside a slab the register FMA chain k = 0..kc-1, the same alpha/beta
+ * update, the same scalar epilogue.  Edge tiles (m < MR or n < NR) run the
+ * very same micro-kernel on zero-padded panels into an MR x NR scratch tile
+ * that is copied from/to C, so an element's bits do not depend on whether it
+ * falls in an edge tile.  Hence n_threads = 1, 2, 3, 8 give identical bits.
+ * Different ISAs may differ from each other (FMA vs mul+add, vector width
+ * does not matter) but an ISA is fixed for the life of the process unless a
+ * test forces one.
+ *
+ * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values),
+ * grown on demand and reused; freed by a pthread key destructor when the
+ * thread exits.  If it cannot be allocated the thread computes its
+ * sub-block with the small path (correct, slow).
+ *
+ * No -ffast-math: the epilogue avoids a*b+c patterns so compiler contraction
+ * cannot make the vectorised and scalar parts of a loop round differently.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FBP_X86 1
+#include <immintrin.h>
+#endif
+#include "fbp_gemm.h"
+
+#define SMALL_MNK 4096L
+#define MIN_FLOPS_PER_THREAD 400000.0
+#define INLINE static inline __attribute__((always_inline))
+
+enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, N_ISA = 3 };
+static const char *const isa_names[N_ISA] = {"generic", "avx2", "avx512"};
+
+/* ------------------------------------------------------------------------ */
+/* Thread-local packing buffer                                              */
+/* ------------------------------------------------------------------------ */
+
+static pthread_key_t buf_key;
+static pthread_once_t buf_key_once = PTHREAD_ONCE_INIT;
+static __thread void *tl_buf;
+static __thread size_t tl_cap;
+
+static void buf_free(void *p) { free(p); }
+static void buf_key_init(void) { (void)pthread_key_create(&buf_key, buf_free); }
+
+/* 64-byte aligned scratch of at least `bytes`, owned by the calling thread. */
+static void *thread_buf(size_t bytes)
+{
+    if (tl_cap >= bytes) return tl_buf;
+    pthread_once(&buf_key_once, buf_key_init);
+    free(tl_buf);
+    tl_cap = 0;
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    tl_buf = aligned_alloc(64, bytes);
+    pthread_setspecific(buf_key, tl_buf);
+    if (tl_buf) tl_cap = bytes;
+    return tl_buf;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-dtype generic pieces: job, activations, epilogue, small path, packing */
+/* ------------------------------------------------------------------------ */
+
+#define DEFINE_COMMON(T, SFX, EXP, TANH)                                        \
+struct job_##SFX {                                                              \
+    int ta, tb, M, N, K, act;                                                   \
+    T alpha, beta;                                                              \
+    const T *A, *B, *bias, *dsrc;                                               \
+    T *C;                                                                       \
+    long lda, ldb, ldc, ldd;                                                    \
+};                                                                              \
+                                                                                \
+INLINE T act_##SFX(T z, int act)                                                \
+{                                                                               \
+    switch (act) {                                                              \
+    case FBP_ACT_SIGMOID:                                                       \
+        if (z >= 0) return (T)1 / ((T)1 + EXP(-z));                             \
+        else { T e = EXP(z); return e / ((T)1 + e); }                           \
+    case FBP_ACT_RELU: return z > 0 ? z : (T)0;                                 \
+    case FBP_ACT_TANH: return TANH(z);                                          \
+    default: return z;                                                          \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* Written without a*b+c so FMA contraction cannot change it. */                \
+INLINE T dact_##SFX(T a, int act)                                               \
+{                                                                               \
+    switch (act) {                                                              \
+    case FBP_ACT_SIGMOID: return a * ((T)1 - a);                                \
+    case FBP_ACT_RELU: return a > 0 ? (T)1 : (T)0;                              \
+    case FBP_ACT_TANH: return ((T)1 - a) * ((T)1 + a);                          \
+    default: return (T)1;                                                       \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+INLINE int has_epilogue_##SFX(const struct job_##SFX *jb)                       \
+{                                                                               \
+    return jb->bias || jb->act != FBP_ACT_IDENTITY;                             \
+}                                                                               \
+                                                                                \
+/* Epilogue on the m x n block of C at (i0, j0), already alpha/beta-summed. */  \
+static void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          \
+                           int m, int n)                                        \
+{                                                                               \
+    const int act = jb->act;                                                    \
+    for (int i = 0; i < m; i++) {                                               \
+        T *c = jb->C + (long)(i0 + i) * jb->ldc + j0;                           \
+        if (jb->dsrc) {                                                         \
+            const T *d = jb->dsrc + (long)(i0 + i) * jb->ldd + j0;              \
+            const T *b = jb->bias ? jb->bias + j0 : NULL;                       \
+            for (int j = 0; j < n; j++) {                                       \
+                T x = c[j];                                                     \
+                if (b) x += b[j];                                               \
+                c[j] = x * dact_##SFX(d[j], act);                               \
+            }                                                                   \
+        } else if (jb->bias) {                                                  \
+            const T *b = jb->bias + j0;                                         \
+            if (act == FBP_ACT_IDENTITY)                                        \
+                for (int j = 0; j < n; j++) c[j] += b[j];                       \
+            else if (act == FBP_ACT_RELU)                                       \
+                for (int j = 0; j < n; j++) {                                   \
+                    T x = c[j] + b[j];                                          \
+                    c[j] = x > 0 ? x : (T)0;                                    \
+                }                                                               \
+            else                                                                \
+                for (int j = 0; j < n; j++) c[j] = act_##SFX(c[j] + b[j], act); \
+        } else if (act == FBP_ACT_RELU) {                                       \
+            for (int j = 0; j < n; j++) c[j] = c[j] > 0 ? c[j] : (T)0;          \
+        } else {                                                                \
+            for (int j = 0; j < n; j++) c[j] = act_##SFX(c[j], act);            \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* Unpacked i/j/k loop on the block rows [i0,i1) x cols [j0,j1). */            \
+static void small_##SFX(const struct job_##SFX *jb, int i0, int i1,             \
+                        int j0, int j1)                                         \
+{                                                                               \
+    const long sai = jb->ta ? 1 : jb->lda, sak = jb->ta ? jb->lda : 1;          \
+    const long sbk = jb->tb ? 1 : jb->ldb, sbj = jb->tb ? jb->ldb : 1;          \
+    const int K = jb->K;                                                        \
+    const T alpha = jb->alpha, beta = jb->beta;                                 \
+    for (int i = i0; i < i1; i++) {                                             \
+        const T *a = jb->A + i * sai;                                           \
+        T *c = jb->C + (long)i * jb->ldc;                                       \
+        for (int j = j0; j < j1; j++) {                                         \
+            const T *b = jb->B + j * sbj;                                       \
+            T s = 0;                                                            \
+            for (int k = 0; k < K; k++) s += a[k * sak] * b[k * sbk];           \
+            s = alpha * s;                                                      \
+            if (beta != 0) s += beta * c[j];                                    \
+            c[j] = s;                                                           \
+        }                                                                       \
+        if (has_epilogue_##SFX(jb)) epilogue_##SFX(jb, i, j0, 1, j1 - j0);      \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR, zero-padded. */   \
+INLINE void pack_a_##SFX(const struct job_##SFX *jb, int i0, int mc,            \
+                         int k0, int kc, int MR, T *dst)                        \
+{                                                                               \
+    const long lda = jb->lda;                                                   \
+    for (int s = 0; s < mc; s += MR, dst += (long)MR * kc) {                    \
+        const int m = mc - s < MR ? mc - s : MR;                                \
+        if (jb->ta) {                                                           \
+            const T *src = jb->A + (long)k0 * lda + i0 + s;                     \
+            for (int k = 0; k < kc; k++, src += lda) {                          \
+                int r = 0;                                                      \
+                for (; r < m; r++) dst[k * MR + r] = src[r];                    \
+                for (; r < MR; r++) dst[k * MR + r] = 0;                        \
+            }                                                                   \
+        } else {                                                                \
+            int r = 0;                                                          \
+            for (; r < m; r++) {                                                \
+                const T *src = jb->A + (long)(i0 + s + r) * lda + k0;           \
+                for (int k = 0; k < kc; k++) dst[k * MR + r] = src[k];          \
+            }                                                                   \
+            for (; r < MR; r++)                                                 \
+                for (int k = 0; k < kc; k++) dst[k * MR + r] = 0;               \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR, padded. */     \
+INLINE void pack_b_##SFX(const struct job_##SFX *jb, int k0, int kc,            \
+                         int j0, int nc, int NR, T *dst)                        \
+{                                                                               \
+    const long ldb = jb->ldb;                                                   \
+    for (int s = 0; s < nc; s += NR, dst += (long)NR * kc) {                    \
+        const int n = nc - s < NR ? nc - s : NR;                                \
+        if (!jb->tb) {                                                          \
+            const T *src = jb->B + (long)k0 * ldb + j0 + s;                     \
+            for (int k = 0; k < kc; k++, src += ldb) {                          \
+                int c = 0;                                                      \
+                for (; c < n; c++) dst[k * NR + c] = src[c];                    \
+                for (; c < NR; c++) dst[k * NR + c] = 0;                        \
+            }                                                                   \
+        } else {                                                                \
+            int c = 0;                                                          \
+            for (; c < n; c++) {                                                \
+                const T *src = jb->B + (long)(j0 + s + c) * ldb + k0;           \
+                for (int k = 0; k < kc; k++) dst[k * NR + c] = src[k];          \
+            }                                                                   \
+            for (; c < NR; c++)                                                 \
+                for (int k = 0; k < kc; k++) dst[k * NR + c] = 0;               \
+        }                                                                       \
+    }                                                                           \
+}
+
+DEFINE_COMMON(float, f32, expf, tanhf)
+DEFINE_COMMON(double, f64, exp, tanh)
+
+/* ------------------------------------------------------------------------ */
+/* Micro-kernel and blocked driver, instantiated per ISA and dtype           */
+/* ------------------------------------------------------------------------ */
+
+/* Uses the vector primitives V_T, V_LOAD (aligned), V_LOADU, V_STOREU,
+ * V_SET1, V_FMA(a, b, c) = a*b + c, V_MUL, defined just before each use.
+ * MR rows x NV vectors of VL lanes: NR = NV * VL. */
+#define DEFINE_UKERNEL(NAME, T, TARGET, MR, NV, VL)                             \
+static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       \
+                        T *restrict c, long ldc, T alpha, T beta, int mode)     \
+{                                                                               \
+    V_T acc[MR][NV];                                                            \
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
+            acc[r][v] = V_SET1((T)0);                                           \
+    for (int k = 0; k < kc; k++, a += MR, b += NV * VL) {                       \
+        V_T bv[NV];                                                             \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
+            bv[v] = V_LOAD(b + v * VL);                                         \
+        _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                 \
+            V_T av = V_SET1(a[r]);                                              \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                \
+                acc[r][v] = V_FMA(av, bv[v], acc[r][v]);                        \
+        }                                                                       \
+    }                                                                           \
+    const V_T va = V_SET1(alpha), vb = V_SET1(beta);                            \
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                  \
+            T *p = c + r * ldc + v * VL;                                        \
+            if (mode == 0)                                                      \
+                V_STOREU(p, V_MUL(va, acc[r][v]));                              \
+            else if (mode == 1)                                                 \
+                V_STOREU(p, V_FMA(va, acc[r][v], V_MUL(vb, V_LOADU(p))));       \
+            else                                                                \
+                V_STOREU(p, V_FMA(va, acc[r][v], V_LOADU(p)));                  \
+        }                                                                       \
+}
+
+/* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
+#define DEFINE_DRIVER(NAME, UK, T, SFX, TARGET, MR, NR, MC, KC, NC)             \
+static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             \
+                        int j0, int j1)                                         \
+{                                                                               \
+    const int K = jb->K;                                                        \
+    const long ldc = jb->ldc;                                                   \
+    const int ncmax = j1 - j0 < NC ? j1 - j0 : NC;                              \
+    const int kcmax = K < KC ? K : KC;                                          \
+    const size_t na = (size_t)MC * kcmax;                                       \
+    const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
+    T *pa = thread_buf((na + nb) * sizeof(T));                                  \
+    if (!pa) { small_##SFX(jb, i0, i1, j0, j1); return; }                       \
+    T *pb = pa + na;                                                            \
+    const int epi = has_epilogue_##SFX(jb);                                     \
+    for (int jc = j0; jc < j1; jc += NC) {                                      \
+        const int nc = j1 - jc < NC ? j1 - jc : NC;                             \
+        for (int pc = 0; pc < K; pc += KC) {                                    \
+            const int kc = K - pc < KC ? K - pc : KC;                           \
+            const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);              \
+            const int last = pc + kc == K;                                      \
+            pack_b_##SFX(jb, pc, kc, jc, nc, NR, pb);                           \
+            for (int ic = i0; ic < i1; ic += MC) {                              \
+                const int mc = i1 - ic < MC ? i1 - ic : MC;                     \
+                pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                       \
+                for (int jr = 0; jr < nc; jr += NR) {                           \
+                    const int n = nc - jr < NR ? nc - jr : NR;                  \
+                    const T *b = pb + (long)jr * kc;                            \
+                    for (int ir = 0; ir < mc; ir += MR) {                       \
+                        const int m = mc - ir < MR ? mc - ir : MR;              \
+                        const T *a = pa + (long)ir * kc;                        \
+                        T *c = jb->C + (long)(ic + ir) * ldc + jc + jr;         \
+                        if (m == MR && n == NR) {                               \
+                            UK(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);    \
+                        } else {                                                \
+                            T t[MR * NR] __attribute__((aligned(64)));          \
+                            if (mode)                                           \
+                                for (int r = 0; r < m; r++)                     \
+                                    memcpy(t + r * NR, c + r * ldc,             \
+                                           n * sizeof(T));                      \
+                            UK(kc, a, b, t, NR, jb->alpha, jb->beta, mode);     \
+                            for (int r = 0; r < m; r++)                         \
+                                memcpy(c + r * ldc, t + r * NR, n * sizeof(T)); \
+                        }                                                       \
+                        if (last && epi)                                        \
+                            epilogue_##SFX(jb, ic + ir, jc + jr, m, n);         \
+                    }                                                           \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}
+
+/* --- generic: 16-byte GCC vectors, plain mul + add --------------------- */
+typedef float gv_f32 __attribute__((vector_size(16)));
+typedef double gv_f64 __attribute__((vector_size(16)));
+#define TARGET_GENERIC
+
+#define V_T gv_f32
+#define V_LOAD(p) (*(const gv_f32 *)(p))
+#define V_LOADU(p) ({ gv_f32 v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define V_STOREU(p, x) ({ gv_f32 v_ = (x); memcpy((p), &v_, sizeof v_); })
+#define V_SET1(s) ((gv_f32){(s), (s), (s), (s)})
+#define V_FMA(x, y, z) ((x) * (y) + (z))
+#define V_MUL(x, y) ((x) * (y))
+DEFINE_UKERNEL(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
+DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, float, f32, TARGET_GENERIC,
+              6, 8, 144, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+
+#define V_T gv_f64
+#define V_LOAD(p) (*(const gv_f64 *)(p))
+#define V_LOADU(p) ({ gv_f64 v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })
+#define V_SET1(s) ((gv_f64){(s), (s)})
+DEFINE_UKERNEL(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
+DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, double, f64, TARGET_GENERIC,
+              6, 4, 72, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+
+#ifdef FBP_X86
+/* --- avx2 + fma ---------------------------------------------------------- */
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+#define V_T __m256
+#define V_LOAD _mm256_load_ps
+#define V_LOADU _mm256_loadu_ps
+#define V_STOREU _mm256_storeu_ps
+#define V_SET1 _mm256_set1_ps
+#define V_FMA _mm256_fmadd_ps
+#define V_MUL _mm256_mul_ps
+DEFINE_UKERNEL(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
+DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, float, f32, TARGET_AVX2,
+              6, 16, 144, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+
+#define V_T __m256d
+#define V_LOAD _mm256_load_pd
+#define V_LOADU _mm256_loadu_pd
+#define V_STOREU _mm256_storeu_pd
+#define V_SET1 _mm256_set1_pd
+#define V_FMA _mm256_fmadd_pd
+#define V_MUL _mm256_mul_pd
+DEFINE_UKERNEL(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
+DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, double, f64, TARGET_AVX2,
+              6, 8, 72, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+
+/* --- avx512f -------------------------------------------------------------- */
+#define TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+#define V_T __m512
+#define V_LOAD _mm512_load_ps
+#define V_LOADU _mm512_loadu_ps
+#define V_STOREU _mm512_storeu_ps
+#define V_SET1 _mm512_set1_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_MUL _mm512_mul_ps
+DEFINE_UKERNEL(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
+DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, float, f32, TARGET_AVX512,
+              12, 32, 144, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+
+#define V_T __m512d
+#define V_LOAD _mm512_load_pd
+#define V_LOADU _mm512_loadu_pd
+#define V_STOREU _mm512_storeu_pd
+#define V_SET1 _mm512_set1_pd
+#define V_FMA _mm512_fmadd_pd
+#define V_MUL _mm512_mul_pd
+DEFINE_UKERNEL(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
+DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, double, f64, TARGET_AVX512,
+              12, 16, 72, 256, 4096)
+#undef V_T
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_SET1
+#undef V_FMA
+#undef V_MUL
+#endif /* FBP_X86 */
+
+/* ------------------------------------------------------------------------ */
+/* Run-time ISA choice                                                       */
+/* ------------------------------------------------------------------------ */
+
+static int isa_supported(int isa)
+{
+#ifdef FBP_X86
+    __builtin_cpu_init();
+    if (isa == ISA_AVX512) return __builtin_cpu_supports("avx512f") &&
+                                  __builtin_cpu_supports("avx2") &&
+                                  __builtin_cpu_supports("fma");
+    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2") &&
+                                __builtin_cpu_supports("fma");
+#endif
+    return isa == ISA_GENERIC;
+}
+
+static int isa_from_name(const char *name)
+{
+    for (int i = 0; i < N_ISA; i++)
+        if (strcmp(name, isa_names[i]) == 0) return i;
+    return -1;
+}
+
+static int g_isa = -1;
+
+static int best_isa(void)
+{
+    int isa = N_ISA - 1;
+    while (!isa_supported(isa)) isa--;
+    return isa;
+}
+
+static int current_isa(void)
+{
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa >= 0) return isa;
+    isa = best_isa();
+    const char *env = getenv("FBP_GEMM_ISA");
+    if (env && *env) {
+        int want = isa_from_name(env);
+        if (want >= 0 && want < isa) isa = want;
+    }
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    return isa;
+}
+
+int fbp_gemm_set_isa(const char *name)
+{
+    int isa = (name && *name) ? isa_from_name(name) : best_isa();
+    if (isa < 0 || !isa_supported(isa)) return -1;
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    return 0;
+}
+
+const char *fbp_gemm_isa(void) { return isa_names[current_isa()]; }
+
+/* ------------------------------------------------------------------------ */
+/* Entry points: path choice and the thread grid                             */
+/* ------------------------------------------------------------------------ */
+
+/* Thread grid tm x tn (tm * tn == nt) minimising the largest sub-block, in
+ * micro-tiles; ties go to splitting N (each thread packs its own B). */
+static void choose_grid(int M, int N, int MR, int NR, int nt, int *tm, int *tn)
+{
+    const long tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;
+    long best = -1;
+    for (int a = 1; a <= nt; a++) {
+        if (nt % a) continue;
+        const int b = nt / a;
+        if (a > tiles_m || b > tiles_n) continue;
+        const long cost = ((tiles_m + a - 1) / a) * ((tiles_n + b - 1) / b);
+        if (best < 0 || cost < best) { best = cost; *tm = a; *tn = b; }
+    }
+    if (best < 0) { *tm = 1; *tn = 1; }
+}
+
+/* Blocked driver and its micro-tile shape, per ISA. */
+struct blk_f32 { void (*fn)(const struct job_f32 *, int, int, int, int); int MR, NR; };
+struct blk_f64 { void (*fn)(const struct job_f64 *, int, int, int, int); int MR, NR; };
+static const struct blk_f32 blk_f32_table[N_ISA] = {
+    {blk_generic_f32, 6, 8},
+#ifdef FBP_X86
+    {blk_avx2_f32, 6, 16}, {blk_avx512_f32, 12, 32},
+#endif
+};
+static const struct blk_f64 blk_f64_table[N_ISA] = {
+    {blk_generic_f64, 6, 4},
+#ifdef FBP_X86
+    {blk_avx2_f64, 6, 8}, {blk_avx512_f64, 12, 16},
+#endif
+};
+
+#ifdef _OPENMP
+#define THREAD_ID() omp_get_thread_num()
+#define THREAD_COUNT() omp_get_num_threads()
+#else
+#define THREAD_ID() 0
+#define THREAD_COUNT() 1
+#endif
+
+#define DEFINE_ENTRY(T, SFX)                                                    \
+static void run_blocked_##SFX(const struct job_##SFX *jb,                       \
+                              const struct blk_##SFX *blk, int n_threads)       \
+{                                                                               \
+    const int M = jb->M, N = jb->N, MR = blk->MR, NR = blk->NR;                 \
+    const double flops = 2.0 * M * N * jb->K;                                   \
+    int nt = n_threads, tm = 1, tn = 1;                                         \
+    if (flops < MIN_FLOPS_PER_THREAD * nt)                                      \
+        nt = (int)(flops / MIN_FLOPS_PER_THREAD);                               \
+    if (nt > 1) choose_grid(M, N, MR, NR, nt, &tm, &tn);                        \
+    const int parts = tm * tn;                                                  \
+    if (parts <= 1) { blk->fn(jb, 0, M, 0, N); return; }                        \
+    const long tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;        \
+    _Pragma("omp parallel num_threads(parts)")                                  \
+    for (int p = THREAD_ID(); p < parts; p += THREAD_COUNT()) {                 \
+        const int pi = p / tn, pj = p % tn;                                     \
+        const int i0 = (int)(tiles_m * pi / tm) * MR;                           \
+        const int i1 = (int)(tiles_m * (pi + 1) / tm) * MR;                     \
+        const int j0 = (int)(tiles_n * pj / tn) * NR;                           \
+        const int j1 = (int)(tiles_n * (pj + 1) / tn) * NR;                     \
+        blk->fn(jb, i0, i1 < M ? i1 : M, j0, j1 < N ? j1 : N);                  \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              \
+                    T alpha, const T *A, int lda, const T *B, int ldb,          \
+                    T beta, T *C, int ldc, const T *bias, int act,              \
+                    const T *dsrc, int ldd, int n_threads)                      \
+{                                                                               \
+    if (M <= 0 || N <= 0) return;                                               \
+    if (K < 0) K = 0;                                                           \
+    const struct job_##SFX jb = {                                               \
+        trans_a, trans_b, M, N, K, act, alpha, beta, A, B, bias,                \
+        act == FBP_ACT_IDENTITY ? NULL : dsrc, C, lda, ldb, ldc, ldd};          \
+    if (K == 0 || (long)M * N * K <= SMALL_MNK)                                 \
+        small_##SFX(&jb, 0, M, 0, N);                                           \
+    else                                                                        \
+        run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);   \
+}
+
+DEFINE_ENTRY(float, f32)
+DEFINE_ENTRY(double, f64)

@@ -1,0 +1,253 @@
+/* gemm_check.c: standalone correctness check of src/fbp_gemm.c.
+ *
+ * Compiled and run by tests/test_gemm_c.py:
+ *     gcc -O3 -std=gnu11 -fopenmp -Isrc tests/c/gemm_check.c src/fbp_gemm.c -lm
+ * For every code path the CPU supports (fbp_gemm_set_isa), both dtypes, all
+ * four transpose combinations, alpha/beta (beta = 0 with a NaN-filled C),
+ * leading dimensions wider than the matrices, bias on/off, every activation
+ * and the dsrc epilogue, it compares against a double-precision triple loop
+ * with an error bound, checks that the padding between N and ldc is never
+ * written, and that n_threads = 2, 3, 8 give the same bits as n_threads = 1.
+ * Prints one line per failure and a summary; exit status 1 on any failure.
+ * Argument "quick" runs a reduced set (used for the sanitizer build).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fbp_gemm.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static long n_cases, n_fail;
+static const char *isa_now = "?";
+
+static double ref_act(double z, int act)
+{
+    switch (act) {
+    case FBP_ACT_SIGMOID: return 1.0 / (1.0 + exp(-z));
+    case FBP_ACT_RELU: return z > 0 ? z : 0.0;
+    case FBP_ACT_TANH: return tanh(z);
+    default: return z;
+    }
+}
+
+static double ref_dact(double a, int act)
+{
+    switch (act) {
+    case FBP_ACT_SIGMOID: return a * (1.0 - a);
+    case FBP_ACT_RELU: return a > 0 ? 1.0 : 0.0;
+    case FBP_ACT_TANH: return 1.0 - a * a;
+    default: return 1.0;
+    }
+}
+
+struct cfg {
+    int ta, tb, M, N, K, pad, bias, act, dsrc, poison;
+    double alpha, beta;
+};
+
+#define SENTINEL 12345.0
+
+#define DEFINE_CHECK(T, SFX, EPS)                                               \
+static void check_##SFX(struct cfg g, int threads_check)                        \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    const int lda = ac + g.pad, ldb = bc + 2 * g.pad, ldc = N + g.pad;          \
+    const int ldd = N + 3 * g.pad;                                              \
+    T *A = malloc(sizeof(T) * ((size_t)ar * lda + 1));                          \
+    T *B = malloc(sizeof(T) * ((size_t)br * ldb + 1));                          \
+    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *C = malloc(sizeof(T) * (size_t)M * ldc);                                 \
+    T *C1 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *D = malloc(sizeof(T) * ((size_t)M * ldd + 1));                           \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
+    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
+    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
+    for (long i = 0; i < (long)M * ldd; i++) {                                  \
+        double u = urand();                                                     \
+        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
+                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
+    }                                                                           \
+    for (int i = 0; i < M; i++)                                                 \
+        for (int j = 0; j < ldc; j++)                                           \
+            C0[(long)i * ldc + j] = j >= N ? (T)SENTINEL                        \
+                                  : g.beta == 0 ? (T)NAN : (T)urand();          \
+    if (g.poison) { /* one NaN and one Inf in op(A): must propagate */          \
+        A[0] = (T)NAN;                                                          \
+        A[(long)(ar - 1) * lda + ac - 1] = (T)INFINITY;                         \
+    }                                                                           \
+    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    memcpy(C, C0, sizeof(T) * (size_t)M * ldc);                                 \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C, ldc, bp, g.act, dp, ldd, 1);                              \
+    n_cases++;                                                                  \
+    int bad = 0;                                                                \
+    for (int i = 0; i < M && bad < 3; i++)                                      \
+        for (int j = 0; j < ldc && bad < 3; j++) {                              \
+            const double got = C[(long)i * ldc + j];                            \
+            if (j >= N) {                                                       \
+                if (got != SENTINEL) {                                          \
+                    printf("FAIL %s %s ta=%d tb=%d M=%d N=%d K=%d: padding "    \
+                           "C[%d][%d] written\n", isa_now, #SFX, g.ta, g.tb,    \
+                           M, N, K, i, j);                                      \
+                    bad++;                                                      \
+                }                                                               \
+                continue;                                                       \
+            }                                                                   \
+            double s = 0, sa = 0;                                               \
+            for (int k = 0; k < K; k++) {                                       \
+                double a = g.ta ? A[(long)k * lda + i] : A[(long)i * lda + k];  \
+                double b = g.tb ? B[(long)j * ldb + k] : B[(long)k * ldb + j];  \
+                s += a * b;                                                     \
+                sa += fabs(a * b);                                              \
+            }                                                                   \
+            double c = g.alpha * s, scale = fabs(g.alpha) * sa;                 \
+            if (g.beta != 0) {                                                  \
+                double c0 = C0[(long)i * ldc + j];                              \
+                c += g.beta * c0;                                               \
+                scale += fabs(g.beta * c0);                                     \
+            }                                                                   \
+            if (g.bias) { c += bias[j]; scale += fabs(bias[j]); }               \
+            double want;                                                        \
+            if (g.dsrc) {                                                       \
+                double d = ref_dact(D[(long)i * ldd + j], g.act);               \
+                want = c * d;                                                   \
+                scale *= fabs(d);                                               \
+            } else {                                                            \
+                want = ref_act(c, g.act);                                       \
+            }                                                                   \
+            double tol = (K + 8) * EPS * scale + 8 * EPS * (1 + fabs(want));    \
+            int ok = isnan(want) ? isnan(got)                                   \
+                   : isinf(want) ? got == want                                  \
+                   : fabs(got - want) <= tol;                                   \
+            if (!ok) {                                                          \
+                printf("FAIL %s %s ta=%d tb=%d M=%d N=%d K=%d pad=%d a=%g "     \
+                       "b=%g bias=%d act=%d dsrc=%d: C[%d][%d]=%.9g want "      \
+                       "%.9g (tol %.3g)\n", isa_now, #SFX, g.ta, g.tb, M, N,    \
+                       K, g.pad, g.alpha, g.beta, g.bias, g.act, g.dsrc, i, j,  \
+                       got, want, tol);                                         \
+                bad++;                                                          \
+            }                                                                   \
+        }                                                                       \
+    if (threads_check) {                                                        \
+        static const int nts[] = {2, 3, 8};                                     \
+        for (int t = 0; t < 3; t++) {                                           \
+            memcpy(C1, C0, sizeof(T) * (size_t)M * ldc);                        \
+            fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb,     \
+                           (T)g.beta, C1, ldc, bp, g.act, dp, ldd, nts[t]);     \
+            if (memcmp(C, C1, sizeof(T) * (size_t)M * ldc) != 0) {              \
+                printf("FAIL %s %s ta=%d tb=%d M=%d N=%d K=%d: n_threads=%d "   \
+                       "differs from n_threads=1\n", isa_now, #SFX, g.ta,       \
+                       g.tb, M, N, K, nts[t]);                                  \
+                bad++;                                                          \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+    if (bad) n_fail++;                                                          \
+    free(A); free(B); free(C0); free(C); free(C1); free(D); free(bias);         \
+}
+
+DEFINE_CHECK(float, f32, 5.96e-8)
+DEFINE_CHECK(double, f64, 1.12e-16)
+
+static void check(struct cfg g, int threads_check)
+{
+    check_f32(g, threads_check);
+    check_f64(g, threads_check);
+}
+
+/* Cycle the options so that every combination of the cheap ones is hit. */
+static unsigned opt_counter;
+static struct cfg make(int ta, int tb, int M, int N, int K)
+{
+    static const double alphas[] = {1.0, -0.5, 0.37};
+    static const double betas[] = {0.0, 1.0, -0.7};
+    unsigned u = opt_counter++;
+    struct cfg g = {ta, tb, M, N, K, 0, 0, 0, 0, 0, 1.0, 0.0};
+    g.pad = (int)(u % 3 == 0 ? 0 : u % 5);
+    g.alpha = alphas[u % 3];
+    g.beta = betas[(u / 3) % 3];
+    g.bias = (u / 2) % 2;
+    g.act = (int)((u / 4) % 4);
+    g.dsrc = (u / 16) % 2;
+    return g;
+}
+
+static void run_all(int quick)
+{
+    static const int odd[] = {1, 2, 3, 5, 7, 11, 13, 17, 31, 37, 61, 67};
+    static const int straddle[][3] = {
+        /* MR (6, 12), NR (4, 8, 16, 32), MC (72, 144), KC (256) edges */
+        {5, 15, 255}, {6, 16, 256}, {7, 17, 257}, {11, 31, 129},
+        {12, 32, 64}, {13, 33, 513}, {71, 9, 300}, {72, 8, 40},
+        {73, 7, 33}, {143, 20, 70}, {144, 16, 10}, {145, 33, 260},
+        {1, 70, 70}, {70, 1, 70}, {70, 70, 1}, {3, 4097, 3},
+    };
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            /* every size 1..70 for each dimension, others varied */
+            for (int s = 1; s <= 70; s += quick ? 7 : 1) {
+                check(make(ta, tb, s, s, s), 0);
+                check(make(ta, tb, s, 1 + (s * 7) % 23, 71 - s), 0);
+                check(make(ta, tb, 1 + (s * 5) % 19, s, 1 + (s * 3) % 29), 0);
+            }
+            for (unsigned i = 0; i < sizeof odd / sizeof *odd; i++)
+                for (unsigned j = 0; j < sizeof odd / sizeof *odd;
+                     j += quick ? 5 : 1)
+                    check(make(ta, tb, odd[i], odd[j], odd[(i + j) % 12]), 0);
+            for (unsigned i = 0; i < sizeof straddle / sizeof *straddle; i++)
+                check(make(ta, tb, straddle[i][0], straddle[i][1],
+                           straddle[i][2]), 0);
+            /* every activation x bias x dsrc x beta at one blocked size */
+            for (int act = 0; act < 4; act++)
+                for (int opt = 0; opt < 8; opt++) {
+                    struct cfg g = make(ta, tb, 29, 37, 41);
+                    g.act = act;
+                    g.bias = opt & 1;
+                    g.dsrc = (opt >> 1) & 1;
+                    g.beta = (opt >> 2) ? 1.0 : 0.0;
+                    check(g, 0);
+                }
+            struct cfg g = make(ta, tb, 23, 19, 37);
+            g.poison = 1;
+            g.act = FBP_ACT_IDENTITY;
+            g.dsrc = 0;
+            check(g, 0);
+            /* large enough to be split over threads, in M and in N */
+            static const int big[][3] = {
+                {67, 131, 300}, {300, 20, 300}, {150, 301, 520}, {97, 97, 97}};
+            for (unsigned i = 0; i < sizeof big / sizeof *big; i++) {
+                if (quick && i > 1) break;
+                check(make(ta, tb, big[i][0], big[i][1], big[i][2]), 1);
+            }
+        }
+}
+
+int main(int argc, char **argv)
+{
+    static const char *isas[] = {"generic", "avx2", "avx512"};
+    const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+    for (int i = 0; i < 3; i++) {
+        if (fbp_gemm_set_isa(isas[i]) != 0) {
+            printf("skip isa %s: not supported by this CPU/build\n", isas[i]);
+            continue;
+        }
+        isa_now = fbp_gemm_isa();
+        long before = n_fail;
+        opt_counter = 0;
+        run_all(quick);
+        printf("isa %s: %s\n", isa_now, n_fail == before ? "ok" : "FAILED");
+    }
+    printf("%ld cases, %ld failed\n", n_cases, n_fail);
+    return n_fail ? 1 : 0;
+}

@@ -1,0 +1,80 @@
+"""Build and run the standalone C check of the GEMM (tests/c/gemm_check.c).
+
+The C program compares src/fbp_gemm.c against a double-precision triple loop
+for every code path the CPU supports and checks bitwise equality across
+n_threads = 1, 2, 3, 8.  It is compiled with the flags the library build uses
+(-O3 -std=gnu11 -fopenmp), and a second time with AddressSanitizer (at -O1) on
+a reduced case list.  Skipped only when no C compiler is available.
+"""
+import os
+import shutil
+import subprocess
+import sysconfig
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+CHECK = os.path.join(ROOT, "tests", "c", "gemm_check.c")
+FLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra"]
+
+
+def _cc():
+    for cand in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "gcc", "cc"):
+        if cand and shutil.which(cand.split()[0]):
+            return cand.split()[0]
+    return None
+
+
+def _has_openmp(cc, tmp_path):
+    src = tmp_path / "omp.c"
+    src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
+    res = subprocess.run([cc, "-fopenmp", str(src), "-o", str(tmp_path / "omp")],
+                         capture_output=True)
+    return res.returncode == 0
+
+
+def _build_and_run(tmp_path, name, extra_flags, args=()):
+    cc = _cc()
+    if cc is None:
+        pytest.skip("no C compiler found (CC, sysconfig CC, gcc, cc): cannot build gemm_check.c")
+    flags = FLAGS + (["-fopenmp"] if _has_openmp(cc, tmp_path) else [])
+    exe = tmp_path / name
+    cmd = [cc, *flags, *extra_flags, "-I", SRC, CHECK,
+           os.path.join(SRC, "fbp_gemm.c"), "-lm", "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    if build.returncode != 0:
+        return build, None
+    env = dict(os.environ)
+    env.pop("FBP_GEMM_ISA", None)
+    run = subprocess.run([str(exe), *args], capture_output=True, text=True,
+                         env=env, timeout=300)
+    return build, run
+
+
+def _assert_ok(build, run):
+    assert build.returncode == 0, "gemm_check.c failed to compile:\n" + build.stderr
+    assert "warning" not in build.stderr, "compiler warnings:\n" + build.stderr
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, "gemm_check reported failures:\n" + out[-20000:]
+    assert "FAIL" not in out, out[-20000:]
+    assert " 0 failed" in out, out[-20000:]
+
+
+def test_gemm_c_check(tmp_path):
+    _assert_ok(*_build_and_run(tmp_path, "gemm_check", []))
+
+
+def test_gemm_c_check_asan(tmp_path):
+    cc = _cc()
+    if cc is None:
+        pytest.skip("no C compiler found: cannot build gemm_check.c")
+    probe = tmp_path / "asan.c"
+    probe.write_text("int main(void){return 0;}\n")
+    if subprocess.run([cc, "-fsanitize=address", str(probe), "-o", str(tmp_path / "asan")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("compiler cannot link -fsanitize=address")
+    _assert_ok(*_build_and_run(tmp_path, "gemm_check_asan",
+                               # -O1: ASan at -O3 takes ~30 s to compile
+                               ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"],
+                               ["quick"]))
