@@ -204,57 +204,114 @@ static void small_##SFX(const struct job_##SFX *jb, int i0, int i1,             
     }                                                                           \
 }                                                                               \
                                                                                 \
-/* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR, zero-padded. */   \
+/* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],        \
+ * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes    \
+ * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in   \
+ * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */    \
+INLINE void pack_cp_##SFX(const T *src, long lds, int lanes, int kc, int W,     \
+                          T *dst)                                               \
+{                                                                               \
+    if (lanes == W) {                                                           \
+        for (int k = 0; k < kc; k++)                                            \
+            memcpy(dst + (long)k * W, src + k * lds, W * sizeof(T));            \
+        return;                                                                 \
+    }                                                                           \
+    for (int k = 0; k < kc; k++) {                                              \
+        int l = 0;                                                              \
+        for (; l < lanes; l++) dst[(long)k * W + l] = src[k * lds + l];         \
+        for (; l < W; l++) dst[(long)k * W + l] = 0;                            \
+    }                                                                           \
+}                                                                               \
+INLINE void pack_tr_##SFX(const T *src, long lds, int lanes, int kc, int W,     \
+                          T *dst)                                               \
+{                                                                               \
+    int k = 0;                                                                  \
+    if (lanes == W) k = TRANSPOSE_##SFX(src, lds, kc, W, dst);                  \
+    for (; k < kc; k++)                                                         \
+        for (int l = 0; l < W; l++)                                             \
+            dst[(long)k * W + l] = l < lanes ? src[l * lds + k] : (T)0;         \
+}                                                                               \
+                                                                                \
+/* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR. */                \
 INLINE void pack_a_##SFX(const struct job_##SFX *jb, int i0, int mc,            \
                          int k0, int kc, int MR, T *dst)                        \
 {                                                                               \
     const long lda = jb->lda;                                                   \
     for (int s = 0; s < mc; s += MR, dst += (long)MR * kc) {                    \
         const int m = mc - s < MR ? mc - s : MR;                                \
-        if (jb->ta) {                                                           \
-            const T *src = jb->A + (long)k0 * lda + i0 + s;                     \
-            for (int k = 0; k < kc; k++, src += lda) {                          \
-                int r = 0;                                                      \
-                for (; r < m; r++) dst[k * MR + r] = src[r];                    \
-                for (; r < MR; r++) dst[k * MR + r] = 0;                        \
-            }                                                                   \
-        } else {                                                                \
-            int r = 0;                                                          \
-            for (; r < m; r++) {                                                \
-                const T *src = jb->A + (long)(i0 + s + r) * lda + k0;           \
-                for (int k = 0; k < kc; k++) dst[k * MR + r] = src[k];          \
-            }                                                                   \
-            for (; r < MR; r++)                                                 \
-                for (int k = 0; k < kc; k++) dst[k * MR + r] = 0;               \
-        }                                                                       \
+        if (jb->ta)                                                             \
+            pack_cp_##SFX(jb->A + k0 * lda + i0 + s, lda, m, kc, MR, dst);      \
+        else                                                                    \
+            pack_tr_##SFX(jb->A + (i0 + s) * lda + k0, lda, m, kc, MR, dst);    \
     }                                                                           \
 }                                                                               \
                                                                                 \
-/* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR, padded. */     \
+/* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR. */             \
 INLINE void pack_b_##SFX(const struct job_##SFX *jb, int k0, int kc,            \
                          int j0, int nc, int NR, T *dst)                        \
 {                                                                               \
     const long ldb = jb->ldb;                                                   \
     for (int s = 0; s < nc; s += NR, dst += (long)NR * kc) {                    \
         const int n = nc - s < NR ? nc - s : NR;                                \
-        if (!jb->tb) {                                                          \
-            const T *src = jb->B + (long)k0 * ldb + j0 + s;                     \
-            for (int k = 0; k < kc; k++, src += ldb) {                          \
-                int c = 0;                                                      \
-                for (; c < n; c++) dst[k * NR + c] = src[c];                    \
-                for (; c < NR; c++) dst[k * NR + c] = 0;                        \
-            }                                                                   \
-        } else {                                                                \
-            int c = 0;                                                          \
-            for (; c < n; c++) {                                                \
-                const T *src = jb->B + (long)(j0 + s + c) * ldb + k0;           \
-                for (int k = 0; k < kc; k++) dst[k * NR + c] = src[k];          \
-            }                                                                   \
-            for (; c < NR; c++)                                                 \
-                for (int k = 0; k < kc; k++) dst[k * NR + c] = 0;               \
-        }                                                                       \
+        if (jb->tb)                                                             \
+            pack_tr_##SFX(jb->B + (j0 + s) * ldb + k0, ldb, n, kc, NR, dst);    \
+        else                                                                    \
+            pack_cp_##SFX(jb->B + k0 * ldb + j0 + s, ldb, n, kc, NR, dst);      \
     }                                                                           \
 }
+
+/* Register-block transposes for pack_tr: rows of the source are lanes.
+ * Return how many k (a multiple of the block depth) were packed; the
+ * caller finishes the rest.  W is a multiple of 2 (f64) or 2 + 4a (f32). */
+#if defined(FBP_X86) && defined(__SSE2__)
+INLINE int transpose_f32(const float *src, long lds, int kc, int W, float *dst)
+{
+    int k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        int l = 0;
+        for (; l + 4 <= W; l += 4) {
+            const float *s = src + l * lds + k;
+            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+            __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            float *d = dst + (long)k * W + l;
+            _mm_storeu_ps(d, r0);
+            _mm_storeu_ps(d + W, r1);
+            _mm_storeu_ps(d + 2 * W, r2);
+            _mm_storeu_ps(d + 3 * W, r3);
+        }
+        if (l < W) { /* two lanes left */
+            const float *s = src + l * lds + k;
+            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+            __m128 lo = _mm_unpacklo_ps(r0, r1), hi = _mm_unpackhi_ps(r0, r1);
+            float *d = dst + (long)k * W + l;
+            _mm_storel_pi((__m64 *)d, lo);
+            _mm_storeh_pi((__m64 *)(d + W), lo);
+            _mm_storel_pi((__m64 *)(d + 2 * W), hi);
+            _mm_storeh_pi((__m64 *)(d + 3 * W), hi);
+        }
+    }
+    return k;
+}
+INLINE int transpose_f64(const double *src, long lds, int kc, int W, double *dst)
+{
+    int k = 0;
+    for (; k + 2 <= kc; k += 2)
+        for (int l = 0; l < W; l += 2) {
+            const double *s = src + l * lds + k;
+            __m128d r0 = _mm_loadu_pd(s), r1 = _mm_loadu_pd(s + lds);
+            double *d = dst + (long)k * W + l;
+            _mm_storeu_pd(d, _mm_unpacklo_pd(r0, r1));
+            _mm_storeu_pd(d + W, _mm_unpackhi_pd(r0, r1));
+        }
+    return k;
+}
+#define TRANSPOSE_f32 transpose_f32
+#define TRANSPOSE_f64 transpose_f64
+#else
+#define TRANSPOSE_f32(src, lds, kc, W, dst) 0
+#define TRANSPOSE_f64(src, lds, kc, W, dst) 0
+#endif
 
 DEFINE_COMMON(float, f32, expf, tanhf)
 DEFINE_COMMON(double, f64, exp, tanh)
