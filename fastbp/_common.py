@@ -11,11 +11,21 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .history import History  # noqa: F401  (re-exported: the reference uses it)
+
 # The codes are shared with the C kernels (FBP_ACT_* in src/fbp_gemm.h).
 ACTIVATIONS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
 OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2}
 LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2}
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# Limits of the compiled kernels (src/_kernels.pyx: MAX_LAYERS, 32-bit GEMM
+# dimensions), enforced here so that both implementations accept the same nets.
+MAX_LAYERS = 64
+MAX_WIDTH = 2**31 - 1
+# Batch sizes above this behave exactly like a batch of all the samples (the
+# kernels cap a call at 2**31 - 1 rows); capping keeps the value in an int64.
+_MAX_BATCH = 2**62
 
 # Losses that only make sense after one particular output activation.
 _LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
@@ -54,6 +64,12 @@ def check_config(
             f"layer_sizes must be a sequence of at least two positive integers "
             f"(input size first), got {layer_sizes!r}"
         )
+    if len(sizes) - 1 > MAX_LAYERS:
+        raise ValueError(
+            f"at most {MAX_LAYERS} weight layers are supported, got {len(sizes) - 1}"
+        )
+    if max(sizes) > MAX_WIDTH:
+        raise ValueError(f"layer sizes must be at most {MAX_WIDTH}, got {max(sizes)}")
     _choice("activation", activation, ACTIVATIONS)
     _choice("output", output, OUTPUTS)
     _choice("loss", loss, LOSSES)
@@ -104,6 +120,7 @@ def check_params(
     W_out, b_out = default
     n_layers = len(sizes) - 1
     if weights is not None:
+        weights = _sequence("weights", weights)
         if len(weights) != n_layers:
             raise ValueError(f"weights: expected {n_layers} arrays, got {len(weights)}")
         W_out = [
@@ -113,10 +130,20 @@ def check_params(
     if biases is not None:
         if not bias:
             raise ValueError("biases were given but bias=False")
+        biases = _sequence("biases", biases)
         if len(biases) != n_layers:
             raise ValueError(f"biases: expected {n_layers} arrays, got {len(biases)}")
         b_out = [_param(f"biases[{k}]", b, (sizes[k + 1],), dtype) for k, b in enumerate(biases)]
     return W_out, b_out
+
+
+def _sequence(name: str, value: Any) -> Sequence[Any]:
+    """``value`` as something with len() and indexing (one array per layer)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ValueError(
+            f"{name} must be a sequence of arrays, one per layer, got {type(value).__name__}"
+        )
+    return list(value)
 
 
 def _param(name: str, value: Any, shape: Tuple[int, ...], dtype: type) -> np.ndarray:
@@ -125,7 +152,11 @@ def _param(name: str, value: Any, shape: Tuple[int, ...], dtype: type) -> np.nda
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or Inf")
-    return np.array(arr, dtype=dtype, order="C", copy=True)
+    with np.errstate(over="ignore"):
+        out = np.array(arr, dtype=dtype, order="C", copy=True)
+    if not np.all(np.isfinite(out)):  # finite float64 can overflow to Inf in float32
+        raise ValueError(f"{name} contains NaN or Inf in {np.dtype(dtype).name} (a value overflows it)")
+    return out
 
 
 def _numeric(name: str, value: Any) -> np.ndarray:
@@ -163,7 +194,8 @@ def check_X(X: Any, n_in: int, dtype: type) -> np.ndarray:
     bad = _first_bad_row(arr)
     if bad is not None:
         raise ValueError(f"X contains NaN or Inf (first in row {bad})")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
     bad = _first_bad_row(out)  # finite float64 can overflow to Inf in float32
     if bad is not None:
         raise ValueError(f"X row {bad} overflows {np.dtype(dtype).name}")
@@ -201,7 +233,8 @@ def check_Y(Y: Any, n_samples: int, n_out: int, loss: str, dtype: type) -> np.nd
     if loss == "cross_entropy" and (arr < 0).any():
         row = int(np.argmax((arr < 0).any(axis=1)))
         raise ValueError(f"cross_entropy target rows must be non-negative (first negative in row {row})")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
     bad = _first_bad_row(out)
     if bad is not None:
         raise ValueError(f"Y row {bad} overflows {np.dtype(dtype).name}")
@@ -212,7 +245,7 @@ def _one_hot(labels: np.ndarray, n_out: int, dtype: type) -> np.ndarray:
     if labels.dtype.kind == "f":
         if not np.all(labels == np.round(labels)):
             row = int(np.argmax(labels != np.round(labels)))
-            raise ValueError(f"cross_entropy labels must be integers (row {row} is {labels[row]!r})")
+            raise ValueError(f"cross_entropy labels must be integers (row {row} is {labels[row].item()!r})")
     elif labels.dtype.kind == "b":
         raise ValueError("cross_entropy labels must be integers, got booleans")
     idx = labels.astype(np.int64)
@@ -220,7 +253,7 @@ def _one_hot(labels: np.ndarray, n_out: int, dtype: type) -> np.ndarray:
     if out_of_range.any():
         row = int(np.argmax(out_of_range))
         raise ValueError(
-            f"cross_entropy labels must lie in [0, {n_out - 1}] (row {row} is {labels[row]!r})"
+            f"cross_entropy labels must lie in [0, {n_out - 1}] (row {row} is {labels[row].item()!r})"
         )
     onehot = np.zeros((labels.shape[0], n_out), dtype=dtype)
     onehot[np.arange(labels.shape[0]), idx] = 1
@@ -228,6 +261,12 @@ def _one_hot(labels: np.ndarray, n_out: int, dtype: type) -> np.ndarray:
 
 
 def check_lr(lr: Any) -> float:
+    # Strings, booleans and arrays of more than one value are not learning rates,
+    # even though float() would take some of them.
+    if isinstance(lr, (str, bytes, bool, np.bool_)) or (
+        isinstance(lr, np.ndarray) and (lr.ndim != 0 or lr.dtype.kind not in "iuf")
+    ):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     try:
         value = float(lr)
     except (TypeError, ValueError):
@@ -242,22 +281,5 @@ def check_fit_args(epochs: Any, batch_size: Any) -> Tuple[int, int]:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return int(epochs), int(batch_size)
+    return int(epochs), min(int(batch_size), _MAX_BATCH)
 
-
-class History:
-    """What :meth:`MLP.fit` returns: one entry per completed epoch.
-
-    Attributes
-    ----------
-    loss : list of float
-        Mean over the epoch's samples of the per-sample training loss, each
-        sample's loss taken in the forward pass of its batch, before that
-        batch's update (the running loss, as Keras and PyTorch loops report it).
-    """
-
-    def __init__(self) -> None:
-        self.loss: List[float] = []
-
-    def __repr__(self) -> str:
-        return f"History(epochs={len(self.loss)}, loss={self.loss[-1] if self.loss else None})"

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _common as C
+from . import schedules
 from ._kernels import Network
+from ._progress import Progress
 from ._threads import get_num_threads
+from .history import History
+from .schedules import ScheduleLike
+
+Callback = Callable[[int, Dict[str, Any]], Any]
 
 # Rows per kernel call in predict() and loss(): bounds their scratch memory.
 _CHUNK_ROWS = 4096
@@ -144,7 +151,10 @@ class MLP:
             self._weights[k][...] = W0[k]
             if self.bias:
                 self._biases[k][...] = b0[k]
-        self._lock = threading.Lock()
+        self._velocity: Optional[np.ndarray] = None  # momentum, once a fit uses it
+        # Serialises calls from several Python threads; re-entrant so that a
+        # fit callback may call predict/loss on the model.
+        self._lock = threading.RLock()
 
     # -- parameters ---------------------------------------------------------
 
@@ -224,7 +234,8 @@ class MLP:
         """
         Xc, Yc = self._XY(X, Y)
         with self._lock:
-            return float(self._net.loss(self._theta, Xc, Yc, _CHUNK_ROWS, get_num_threads()))
+            loss, _ = self._net.loss(self._theta, Xc, Yc, _CHUNK_ROWS, get_num_threads())
+        return float(loss)
 
     def gradients(self, X: Any, Y: Any) -> Tuple[float, Grads]:
         """The loss and its gradient with respect to every parameter.
@@ -283,7 +294,7 @@ class MLP:
         empty = np.empty(0, dtype=self.dtype)
         ws = np.empty(self._net.workspace_size(n), dtype=self.dtype)
         with self._lock:
-            loss_sum, _, status = self._net.fit_epoch(
+            loss_sum, _, _, status = self._net.fit_epoch(
                 self._theta, Xc, Yc, None, n, lr, 0.0, False, 0.0,
                 empty, empty, ws, get_num_threads(),
             )
@@ -310,7 +321,18 @@ class MLP:
         lr: float = 0.01,
         shuffle: bool = True,
         seed: Optional[int] = None,
-    ) -> C.History:
+        *,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        schedule: ScheduleLike = None,
+        validation_data: Optional[Tuple[Any, Any]] = None,
+        validation_split: float = 0.0,
+        early_stopping: bool = False,
+        patience: int = 10,
+        callbacks: Optional[Sequence[Callback]] = None,
+        verbose: int = 0,
+    ) -> History:
         """Train by mini-batch SGD.
 
         Each epoch visits the samples in batches of ``batch_size`` (after a
@@ -318,8 +340,8 @@ class MLP:
         ``shuffle``), and applies one SGD step per batch; the last, smaller
         batch takes the mean over its own rows.  So ``fit(shuffle=False)``
         equals :meth:`step` on consecutive slices, and the same seed gives
-        bit-identical weights.  Every epoch runs in compiled code without
-        the GIL, with one workspace allocated per call.
+        bit-identical weights, for any number of threads.  Every epoch runs in
+        compiled code without the GIL, with one workspace allocated per call.
 
         Parameters
         ----------
@@ -331,66 +353,230 @@ class MLP:
         batch_size : int
             Samples per SGD step.
         lr : float
-            Learning rate.
+            Learning rate (of the first epoch, when a schedule is given).
         shuffle : bool
             Shuffle the samples afresh before each epoch.
         seed : int or None
             Seed of the shuffling.
+        momentum, nesterov, weight_decay : float, bool, float
+            Exactly ``torch.optim.SGD(params, lr, momentum, dampening=0,
+            weight_decay, nesterov)``: ``g = ∇ℓ + weight_decay·θ`` (biases
+            included), ``v = momentum·v + g``, ``θ -= lr·(g + momentum·v if
+            nesterov else v)``.  The velocity ``v`` is the model's optimizer
+            state: it persists across ``fit`` calls (see
+            :meth:`optimizer_state`, :meth:`reset_optimizer`).
+        schedule : str, Schedule or callable, optional
+            Learning rate per epoch: ``"constant"``, ``"step"``,
+            ``"invscaling"``, ``"cosine"``, a :mod:`fastbp.schedules` object, or
+            ``f(epoch, lr0) -> lr``.
+        validation_data : (X_val, Y_val), optional
+            Data on which ``val_loss`` (and ``val_accuracy``) are measured after
+            each epoch.
+        validation_split : float
+            Instead of ``validation_data``: hold out this fraction of the
+            samples, the last ones (before any shuffling), as Keras does.
+        early_stopping : bool
+            Stop when ``val_loss`` has not improved for ``patience`` epochs, and
+            end with the weights of the epoch with the lowest ``val_loss``.
+            Needs validation data.
+        patience : int
+            Epochs without improvement before early stopping.
+        callbacks : sequence of callables, optional
+            Each is called after every epoch as ``cb(epoch, logs)`` (or
+            ``cb.on_epoch_end(epoch, logs)``), ``logs`` holding the epoch's
+            metrics (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+            ``lr``, ``seconds``); a callback returning True stops training.
+        verbose : int
+            0: silent.  1: a live progress bar (tqdm, when installed) or one
+            line per epoch on stderr.
 
         Returns
         -------
         History
-            ``history.loss[e]`` is the mean training loss of epoch e, each
-            sample's loss taken before its batch's update.
+            Per-epoch ``loss``, ``accuracy`` (classification losses),
+            ``val_loss``, ``val_accuracy``, ``lr`` and ``seconds``.
 
         Raises
         ------
         FloatingPointError
-            When the loss becomes NaN or Inf.  The model is left at the last
+            When the loss becomes NaN or Inf; the model is left at the last
             step whose loss was finite.
+        KeyboardInterrupt
+            On Ctrl-C, within a fraction of a second; the model is left at the
+            last completed step.
         """
         Xc, Yc = self._XY(X, Y)
         epochs, batch_size = C.check_fit_args(epochs, batch_size)
-        lr = C.check_lr(lr)
+        lr0 = C.check_lr(lr)
+        momentum, weight_decay = _check_optimizer(momentum, nesterov, weight_decay)
+        Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
+        if early_stopping and val is None:
+            raise ValueError("early_stopping needs validation_data or validation_split")
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        lr_of = schedules.resolve(schedule, epochs)
+        callbacks = list(callbacks or [])
         n = Xc.shape[0]
-        rng = np.random.default_rng(seed)
+        n_batches = -(-n // batch_size)
+        classify = self.loss_name != "squared_error"
+
+        # One allocation for the whole fit: the workspace, and for the
+        # optimizer path the gradient and (persistent) velocity.
         ws = np.empty(self._net.workspace_size(min(batch_size, n)), dtype=self.dtype)
-        empty = np.empty(0, dtype=self.dtype)
-        hist = C.History()
+        optimizer = momentum != 0.0 or weight_decay != 0.0
+        grad = np.empty_like(self._theta) if optimizer else np.empty(0, dtype=self.dtype)
+        if momentum != 0.0 and self._velocity is None:
+            self._velocity = np.zeros_like(self._theta)
+        velocity = self._velocity if momentum != 0.0 else np.empty(0, dtype=self.dtype)
+
+        hist = History()
+        hist.workspace_bytes = ws.nbytes + grad.nbytes
+        rng = np.random.default_rng(seed)
+        progress = Progress(verbose, epochs, n_batches, n)
+        piece = max(1, n_batches // 100) if progress.live else n_batches
+        best_val, best_theta, since_best = np.inf, None, 0
+
+        def run(order: Optional[np.ndarray], lr_e: float, first: int, steps: int) -> Tuple:
+            return self._net.fit_epoch(
+                self._theta, Xc, Yc, order, batch_size, lr_e, momentum, bool(nesterov),
+                weight_decay, velocity, grad, ws, get_num_threads(), first, steps,
+            )
+
         with self._lock:
-            for epoch in range(epochs):
-                order = rng.permutation(n).astype(np.int64) if shuffle else None
-                start = self._theta.copy()
-                loss_sum, n_done, status = self._net.fit_epoch(
-                    self._theta, Xc, Yc, order, batch_size, lr, 0.0, False, 0.0,
-                    empty, empty, ws, get_num_threads(),
-                )
-                if status:
-                    self._restore_last_good(start, Xc, Yc, order, batch_size, lr, n_done, ws)
-                    raise FloatingPointError(
-                        f"the training loss became NaN or Inf at epoch {epoch + 1}, batch "
-                        f"{n_done // batch_size + 1}; the weights are those of the last step "
-                        f"with a finite loss. Try a smaller learning rate (lr={lr:g})."
-                    )
-                hist.loss.append(loss_sum / n)
+            try:
+                for epoch in range(epochs):
+                    lr_e = schedules.check_lr_value(lr_of(epoch, lr0), epoch)
+                    order = rng.permutation(n).astype(np.int64) if shuffle else None
+                    snapshot = (self._theta.copy(), velocity.copy())
+                    t0 = time.perf_counter()
+                    progress.start_epoch(epoch)
+                    loss_sum = hit_sum = 0.0
+                    steps = 0
+                    while steps < n_batches:
+                        l_s, h_s, done, status = run(order, lr_e, steps, piece)
+                        if status:
+                            failed = steps + done // batch_size
+                            self._theta[...], velocity[...] = snapshot
+                            if failed > 1:
+                                run(order, lr_e, 0, failed - 1)
+                            raise FloatingPointError(
+                                f"the training loss became NaN or Inf at epoch {epoch + 1}, "
+                                f"batch {failed + 1}; the weights are restored to the last "
+                                f"step with a finite loss. Try a smaller learning rate "
+                                f"(lr={lr_e:g})."
+                            )
+                        loss_sum, hit_sum = loss_sum + l_s, hit_sum + h_s
+                        steps += -(-done // batch_size)
+                        progress.update(-(-done // batch_size), min(steps * batch_size, n),
+                                        loss_sum / min(steps * batch_size, n))
+                    logs: Dict[str, Any] = {
+                        "epoch": epoch,
+                        "loss": loss_sum / n,
+                        "accuracy": hit_sum / n if classify else None,
+                        "lr": lr_e,
+                    }
+                    if val is not None:
+                        v_loss, v_hit = self._net.loss(
+                            self._theta, val[0], val[1], _CHUNK_ROWS, get_num_threads()
+                        )
+                        logs["val_loss"] = v_loss
+                        logs["val_accuracy"] = v_hit if classify else None
+                    logs["seconds"] = time.perf_counter() - t0
+                    hist.record(logs)
+                    progress.end_epoch(epoch, logs)
+
+                    stop = False
+                    if early_stopping:
+                        if logs["val_loss"] < best_val:
+                            best_val, best_theta, since_best = logs["val_loss"], self._theta.copy(), 0
+                            hist.best_epoch = epoch
+                        else:
+                            since_best += 1
+                            stop = since_best >= patience
+                    for cb in callbacks:
+                        hook = getattr(cb, "on_epoch_end", cb)
+                        stop = bool(hook(epoch, dict(logs))) or stop
+                    if stop:
+                        hist.stopped_early = epoch < epochs - 1
+                        break
+            finally:
+                progress.close()
+            if best_theta is not None:
+                self._theta[...] = best_theta
         return hist
 
-    def _restore_last_good(
-        self, start: np.ndarray, X: np.ndarray, Y: np.ndarray, order: Optional[np.ndarray],
-        batch_size: int, lr: float, n_done: int, ws: np.ndarray,
-    ) -> None:
-        """Rewind the epoch to its start and replay it up to the last good step.
-
-        The failed batch's loss was measured at the weights left by the step
-        before it, so those weights are already suspect: the last good
-        weights are the ones the step before that one left.  Replaying is
-        exact: the kernels are deterministic.
-        """
-        self._theta[...] = start
-        good_steps = max(0, n_done // batch_size - 1) if n_done else 0
-        if good_steps:
-            empty = np.empty(0, dtype=self.dtype)
-            self._net.fit_epoch(
-                self._theta, X, Y, order, batch_size, lr, 0.0, False, 0.0,
-                empty, empty, ws, get_num_threads(), good_steps,
+    def _validation(
+        self, X: np.ndarray, Y: np.ndarray, data: Optional[Tuple[Any, Any]], split: float
+    ) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+        """Training arrays and the checked validation pair (or None)."""
+        if data is not None:
+            if split:
+                raise ValueError("give validation_data or validation_split, not both")
+            try:
+                Xv, Yv = data
+            except (TypeError, ValueError):
+                raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
+            return X, Y, self._XY(Xv, Yv)
+        try:
+            split = float(split)
+        except (TypeError, ValueError):
+            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}") from None
+        if not 0.0 <= split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
+        if split == 0.0:
+            return X, Y, None
+        n_val = int(round(X.shape[0] * split))
+        if n_val < 1 or n_val >= X.shape[0]:
+            raise ValueError(
+                f"validation_split={split} of {X.shape[0]} samples leaves an empty training "
+                "or validation set"
             )
+        cut = X.shape[0] - n_val
+        return X[:cut], Y[:cut], (X[cut:], Y[cut:])
+
+    # -- optimizer state ----------------------------------------------------
+
+    def optimizer_state(self) -> Dict[str, np.ndarray]:
+        """A copy of the optimizer's state, for saving and resuming.
+
+        Returns
+        -------
+        dict
+            ``{"velocity": flat array of n_params}`` once a fit with momentum
+            has run; empty otherwise.
+        """
+        return {} if self._velocity is None else {"velocity": self._velocity.copy()}
+
+    def set_optimizer_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` returned.
+
+        Parameters
+        ----------
+        state : dict
+            ``{}`` or ``{"velocity": array of n_params}``.
+        """
+        unknown = set(state) - {"velocity"}
+        if unknown:
+            raise ValueError(f"unknown optimizer state keys {sorted(unknown)}")
+        if "velocity" in state and state["velocity"] is not None:
+            self._velocity = C._param("velocity", state["velocity"], (self.n_params,), self.dtype.type)
+        else:
+            self._velocity = None
+
+    def reset_optimizer(self) -> None:
+        """Forget the momentum velocity: the next fit starts from rest."""
+        self._velocity = None
+
+
+def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any) -> Tuple[float, float]:
+    try:
+        mu, wd = float(momentum), float(weight_decay)
+    except (TypeError, ValueError):
+        raise ValueError("momentum and weight_decay must be numbers") from None
+    if not (np.isfinite(mu) and mu >= 0):
+        raise ValueError(f"momentum must be a finite number >= 0, got {momentum!r}")
+    if not (np.isfinite(wd) and wd >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if nesterov and mu == 0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    return mu, wd

@@ -115,6 +115,7 @@ cdef struct Work:
     int64_t d0, d1          # (rows, max width) ping-pong deltas
     int64_t y               # (rows, n_out) gathered targets
     int64_t lossv           # (rows,) per-sample loss
+    int64_t hitv            # (rows,) per-sample accuracy (classification losses)
     int64_t colsum          # (max width,) bias-gradient scratch
     int64_t size            # total elements
 
@@ -142,6 +143,8 @@ cdef Work make_work(const Spec *s, int64_t rows) noexcept:
     w.y = off
     off += rows * s.sizes[s.n_layers]
     w.lossv = off
+    off += rows
+    w.hitv = off
     off += rows
     w.colsum = off
     off += width
@@ -250,6 +253,27 @@ cdef double loss_row(const Spec *s,
     return loss
 
 
+cdef double hit_row(const Spec *s,
+                    const floating *yhat,   # IN (n_out,) outputs
+                    const floating *y,      # IN (n_out,) targets
+                    ) noexcept nogil:
+    """Accuracy of one sample: for softmax, 1 when argmax yhat == argmax y;
+    for sigmoid outputs, the fraction of outputs on the right side of 1/2."""
+    cdef int64_t j, n = s.sizes[s.n_layers], arg_hat = 0, arg_y = 0
+    cdef double hits = 0.0
+    if s.output == OUT_SOFTMAX:
+        for j in range(1, n):
+            if yhat[j] > yhat[arg_hat]:
+                arg_hat = j
+            if y[j] > y[arg_y]:
+                arg_y = j
+        return 1.0 if arg_hat == arg_y else 0.0
+    for j in range(n):
+        if (yhat[j] > 0.5) == (y[j] > 0.5):
+            hits += 1.0
+    return hits / n
+
+
 # ---------------------------------------------------------------------------
 # Batch kernels.
 
@@ -282,28 +306,38 @@ cdef void forward(const Spec *s,
 
 
 cdef double loss_and_delta(const Spec *s,
-                           floating *ws, const Work *w,  # IN logits/yhat, OUT delta (d0), lossv
+                           floating *ws, const Work *w,  # IN logits/yhat, OUT delta (d0), lossv, hitv
                            const floating *y,            # IN (m, n_out) targets
-                           int64_t m, bint want_delta) noexcept nogil:
+                           int64_t m, bint want_delta,
+                           double *hits) noexcept nogil:  # OUT sum of per-sample accuracy
     """Sum over the m rows of the per-sample loss; delta_L of the MEAN loss in d0."""
     cdef int64_t i, n_out = s.sizes[s.n_layers]
     cdef const floating *z = ws + w.act[s.n_layers]
     cdef floating *lossv = ws + w.lossv
+    cdef floating *hitv = ws + w.hitv
     cdef floating *d = ws + w.d0 if want_delta else NULL
     cdef double scale = 1.0 / m, total = 0.0
+    cdef bint classify = s.loss != LOSS_SQUARED
     if m * n_out >= PAR_MIN_VALUES and s.n_threads > 1:
         for i in prange(m, schedule='static', num_threads=s.n_threads):
             lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
                                           y + i * n_out,
                                           (d + i * n_out) if want_delta else NULL, scale)
+            if classify:
+                hitv[i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
     else:
         for i in range(m):
             lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
                                           y + i * n_out,
                                           (d + i * n_out) if want_delta else NULL, scale)
+            if classify:
+                hitv[i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
     # Summed in row order, in double, whatever the thread count.
     for i in range(m):
         total += lossv[i]
+    if classify:
+        for i in range(m):
+            hits[0] += hitv[i]
     return total
 
 
@@ -408,8 +442,10 @@ cdef int run_epoch(const Spec *s,
                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
                    int64_t n_samples, int64_t batch_size,
                    floating lr, floating momentum, bint nesterov, floating weight_decay,
+                   int64_t first_step,        # start at this batch of the epoch
                    int64_t max_steps,         # stop after this many steps (-1: no limit)
                    double *loss_sum,          # OUT sum of the per-sample losses seen
+                   double *hit_sum,           # OUT sum of the per-sample accuracies seen
                    int64_t *n_done,           # OUT samples consumed by completed steps
                    ) except -1 nogil:
     """One epoch of mini-batch SGD, entirely in compiled code.
@@ -428,8 +464,9 @@ cdef int run_epoch(const Spec *s,
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     loss_sum[0] = 0.0
+    hit_sum[0] = 0.0
     n_done[0] = 0
-    start = 0
+    start = first_step * batch_size
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
         if order != NULL:
@@ -441,7 +478,7 @@ cdef int run_epoch(const Spec *s,
             xb = X + start * n_in
             yb = Y + start * n_out
         forward(s, theta, ws, w, xb, m)
-        batch_loss = loss_and_delta(s, ws, w, yb, m, True)
+        batch_loss = loss_and_delta(s, ws, w, yb, m, True, hit_sum)
         if not isfinite(batch_loss):
             return 1
         backward(s, theta, grad, lr, ws, w, xb, m)
@@ -555,22 +592,24 @@ cdef class Network:
 
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
              const floating[:, ::1] Y, int64_t chunk, int n_threads):
-        """Mean over the rows of the per-sample loss."""
+        """(mean per-sample loss, mean per-sample accuracy) over the rows.
+
+        The accuracy is 0 for squared_error (not a classification loss)."""
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads)
         cdef int64_t n = X.shape[0], start, m
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total = 0.0
+        cdef double total = 0.0, hits = 0.0
         with nogil:
             start = 0
             while start < n:
                 m = min(chunk, n - start)
                 forward(&s, &theta[0], &ws[0], &w, &X[start, 0], m)
-                total += loss_and_delta(&s, &ws[0], &w, &Y[start, 0], m, False)
+                total += loss_and_delta(&s, &ws[0], &w, &Y[start, 0], m, False, &hits)
                 start += m
-        return total / n
+        return total / n, hits / n
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, floating[::1] grad, int n_threads):
@@ -582,10 +621,10 @@ cdef class Network:
         cdef int64_t m = X.shape[0]
         cdef Work w = make_work(&s, m)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total
+        cdef double total, hits = 0.0
         with nogil:
             forward(&s, &theta[0], &ws[0], &w, &X[0, 0], m)
-            total = loss_and_delta(&s, &ws[0], &w, &Y[0, 0], m, True)
+            total = loss_and_delta(&s, &ws[0], &w, &Y[0, 0], m, True, &hits)
             backward(&s, <floating *>&theta[0], &grad[0], <floating>0, &ws[0], &w, &X[0, 0], m)
         return total / m
 
@@ -593,11 +632,12 @@ cdef class Network:
                   const floating[:, ::1] Y, order, int64_t batch_size,
                   double lr, double momentum, bint nesterov, double weight_decay,
                   floating[::1] velocity, floating[::1] grad, floating[::1] ws,
-                  int n_threads, int64_t max_steps=-1):
-        """One epoch (see run_epoch); returns (loss_sum, n_done, status).
+                  int n_threads, int64_t first_step=0, int64_t max_steps=-1):
+        """One epoch (see run_epoch); returns (loss_sum, hit_sum, n_done, status).
 
-        With max_steps >= 0 the epoch stops after that many steps (used to
-        replay an epoch up to a given step).
+        The epoch starts at batch `first_step` and, with max_steps >= 0, stops
+        after that many steps: an epoch may be run in pieces (a progress bar)
+        or replayed up to a given step, with the same result as in one go.
         `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
         `grad` and `velocity` (n_params each) are used when momentum or
         weight_decay is non-zero and may be empty otherwise.
@@ -612,11 +652,11 @@ cdef class Network:
         cdef const int64_t *order_p = NULL
         cdef floating *grad_p = NULL
         cdef floating *vel_p = NULL
-        cdef double loss_sum = 0.0
+        cdef double loss_sum = 0.0, hit_sum = 0.0
         cdef int64_t n_done = 0
         cdef int status
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if batch_size < 1 or first_step < 0:
+            raise ValueError("batch_size must be >= 1 and first_step >= 0")
         if ws.shape[0] < w.size:
             raise ValueError("workspace too small")
         if order is not None:
@@ -633,8 +673,9 @@ cdef class Network:
             status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
                                &X[0, 0], &Y[0, 0], order_p, n, batch_size,
                                <floating>lr, <floating>momentum, nesterov,
-                               <floating>weight_decay, max_steps, &loss_sum, &n_done)
-        return loss_sum, n_done, status
+                               <floating>weight_decay, first_step, max_steps,
+                               &loss_sum, &hit_sum, &n_done)
+        return loss_sum, hit_sum, n_done, status
 
 
 def openmp_enabled():

@@ -1,0 +1,109 @@
+"""The record of a training run."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+
+class History:
+    """What :meth:`fastbp.MLP.fit` returns: per-epoch lists of metrics.
+
+    Attributes
+    ----------
+    loss : list of float
+        Mean over the epoch's samples of the per-sample training loss, each
+        sample's loss taken in the forward pass of its batch, before that
+        batch's update (the running loss, as Keras and PyTorch loops report it).
+    accuracy : list of float
+        The same running mean of per-sample accuracy, for classification losses
+        (argmax for softmax outputs, the fraction of outputs on the right side
+        of 1/2 for sigmoid outputs); empty for ``squared_error``.
+    val_loss, val_accuracy : list of float
+        Loss and accuracy on the validation data after each epoch; empty without
+        validation data.
+    lr : list of float
+        Learning rate used in each epoch.
+    seconds : list of float
+        Wall time of each epoch (training and validation).
+    best_epoch : int or None
+        With early stopping, the (0-based) epoch whose weights were restored.
+    stopped_early : bool
+        Whether early stopping or a callback ended training before ``epochs``.
+    workspace_bytes : int
+        Size of the scratch memory the fit allocated, once, for all its steps.
+    """
+
+    _KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+    def __init__(self) -> None:
+        self.loss: List[float] = []
+        self.accuracy: List[float] = []
+        self.val_loss: List[float] = []
+        self.val_accuracy: List[float] = []
+        self.lr: List[float] = []
+        self.seconds: List[float] = []
+        self.best_epoch: Optional[int] = None
+        self.stopped_early: bool = False
+        self.workspace_bytes: int = 0
+
+    @property
+    def epochs(self) -> int:
+        """Number of completed epochs."""
+        return len(self.loss)
+
+    def record(self, logs: Dict[str, Any]) -> None:
+        """Append one epoch's metrics (keys of ``logs`` that are History lists)."""
+        for key in self._KEYS:
+            if logs.get(key) is not None:
+                getattr(self, key).append(float(logs[key]))
+
+    def as_dict(self) -> Dict[str, List[float]]:
+        """The per-epoch lists, by name."""
+        return {key: list(getattr(self, key)) for key in self._KEYS}
+
+    def plot(self, path: str) -> None:
+        """Write the loss (and accuracy) curves to a PNG file.
+
+        Parameters
+        ----------
+        path : str
+            Output file name.
+
+        Raises
+        ------
+        ImportError
+            When matplotlib is not installed (``pip install matplotlib``).
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from exc
+        panels = 2 if self.accuracy or self.val_accuracy else 1
+        fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+        epochs = range(1, self.epochs + 1)
+        ax = axes[0][0]
+        ax.plot(epochs, self.loss, label="training loss")
+        if self.val_loss:
+            ax.plot(epochs, self.val_loss, label="validation loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log" if min(self.loss + self.val_loss, default=1) > 0 else "linear")
+        ax.legend()
+        if panels == 2:
+            ax = axes[0][1]
+            if self.accuracy:
+                ax.plot(epochs, self.accuracy, label="training accuracy")
+            if self.val_accuracy:
+                ax.plot(epochs, self.val_accuracy, label="validation accuracy")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("accuracy")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    def __repr__(self) -> str:
+        last = self.loss[-1] if self.loss else None
+        return f"History(epochs={self.epochs}, loss={last})"
