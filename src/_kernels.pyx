@@ -639,8 +639,8 @@ cdef class Network:
         after that many steps: an epoch may be run in pieces (a progress bar)
         or replayed up to a given step, with the same result as in one go.
         `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
-        `grad` and `velocity` (n_params each) are used when momentum or
-        weight_decay is non-zero and may be empty otherwise.
+        `grad` (n_params) is used when momentum or weight_decay is non-zero,
+        `velocity` (n_params) when momentum is; either may be empty otherwise.
         `order` is None or an int64 array of n_samples row indices.
         """
         self._check(theta, X, Y)
@@ -665,9 +665,12 @@ cdef class Network:
                 raise ValueError("order must have n_samples entries")
             order_p = &order_v[0]
         if momentum != 0 or weight_decay != 0:
-            if grad.shape[0] != self.n_params or velocity.shape[0] != self.n_params:
-                raise ValueError("grad and velocity need n_params entries")
+            if grad.shape[0] != self.n_params:
+                raise ValueError("grad needs n_params entries")
             grad_p = &grad[0]
+        if momentum != 0:
+            if velocity.shape[0] != self.n_params:
+                raise ValueError("velocity needs n_params entries")
             vel_p = &velocity[0]
         with nogil:
             status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
