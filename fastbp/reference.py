@@ -101,7 +101,7 @@ def output_activation(name: str, z: Vector) -> Vector:
 def sample_loss(loss: str, z: Vector, yhat: Vector, y: Vector) -> float:
     """The loss of one sample, from its logits z, outputs yhat and target y."""
     if loss == "squared_error":
-        return 0.5 * sum((yh - t) ** 2 for yh, t in zip(yhat, y))
+        return 0.5 * sum((yh - t) * (yh - t) for yh, t in zip(yhat, y))  # inf, not OverflowError
     if loss == "binary_cross_entropy":
         # -[y log s(z) + (1-y) log(1-s(z))] rewritten so it never takes log(0)
         return sum(max(zj, 0.0) - zj * t + math.log1p(math.exp(-abs(zj))) for zj, t in zip(z, y))
@@ -314,6 +314,9 @@ class MLP:
     def _sgd_update(self, X: Matrix, Y: Matrix, lr: float) -> float:
         """One SGD step on a batch of already validated rows; the loss before it."""
         loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y)
+        if not math.isfinite(loss):
+            # as the fast model: never write a diverged step into the parameters
+            raise FloatingPointError("the loss is not finite on this batch; the model was not updated")
         for k in range(self.n_layers):
             new_W = [[w - lr * g for w, g in zip(row, grow)] for row, grow in zip(Ws[k], dWs[k])]
             self.weights[k][...] = np.array(new_W, dtype=self.dtype)
@@ -407,6 +410,11 @@ class MLP:
         -------
         float
             The batch loss before the update, rounded to the model dtype.
+
+        Raises
+        ------
+        FloatingPointError
+            When the batch loss is NaN or Inf; the parameters are not changed.
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         lr = _common.check_lr(lr)
@@ -447,10 +455,16 @@ class MLP:
         fastbp._common.History
             ``loss[e]`` is the mean over epoch e's samples of the loss each
             had in its batch's forward pass, before that batch's update.
+
+        Raises
+        ------
+        FloatingPointError
+            When a batch loss is NaN or Inf; the model is left at the last step
+            whose loss was finite.
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
-        lr = _common.check_lr(lr)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
+        lr = _common.check_lr(lr)
         rows_X, rows_Y = Xc.tolist(), Yc.tolist()
         n = len(rows_X)
         rng = np.random.default_rng(seed)
