@@ -181,27 +181,37 @@ static void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          
     }                                                                           \
 }                                                                               \
                                                                                 \
-/* Unpacked i/j/k loop on the block rows [i0,i1) x cols [j0,j1). */            \
-static void small_##SFX(const struct job_##SFX *jb, int i0, int i1,             \
-                        int j0, int j1)                                         \
+/* Unpacked i/j/k loop straight on the caller's arrays (C is M x N at C). */  \
+INLINE void small_##SFX(int ta, int tb, int M, int N, int K, T alpha,           \
+                        const T *A, long lda, const T *B, long ldb, T beta,     \
+                        T *C, long ldc, const T *bias, int act,                 \
+                        const T *dsrc, long ldd)                                \
 {                                                                               \
-    const long sai = jb->ta ? 1 : jb->lda, sak = jb->ta ? jb->lda : 1;          \
-    const long sbk = jb->tb ? 1 : jb->ldb, sbj = jb->tb ? jb->ldb : 1;          \
-    const int K = jb->K;                                                        \
-    const T alpha = jb->alpha, beta = jb->beta;                                 \
-    for (int i = i0; i < i1; i++) {                                             \
-        const T *a = jb->A + i * sai;                                           \
-        T *c = jb->C + (long)i * jb->ldc;                                       \
-        for (int j = j0; j < j1; j++) {                                         \
-            const T *b = jb->B + j * sbj;                                       \
+    const long sai = ta ? 1 : lda, sak = ta ? lda : 1;                          \
+    const long sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
+    for (int i = 0; i < M; i++, A += sai, C += ldc, dsrc += dsrc ? ldd : 0) {   \
+        for (int j = 0; j < N; j++) {                                           \
+            const T *b = B + j * sbj;                                           \
             T s = 0;                                                            \
-            for (int k = 0; k < K; k++) s += a[k * sak] * b[k * sbk];           \
+            for (int k = 0; k < K; k++) s += A[k * sak] * b[k * sbk];           \
             s = alpha * s;                                                      \
-            if (beta != 0) s += beta * c[j];                                    \
-            c[j] = s;                                                           \
+            if (beta != 0) s += beta * C[j];                                    \
+            if (bias) s += bias[j];                                             \
+            C[j] = dsrc ? s * dact_##SFX(dsrc[j], act) : act_##SFX(s, act);     \
         }                                                                       \
-        if (has_epilogue_##SFX(jb)) epilogue_##SFX(jb, i, j0, 1, j1 - j0);      \
     }                                                                           \
+}                                                                               \
+                                                                                \
+/* The small path on the sub-block rows [i0,i1) x cols [j0,j1) of a job. */    \
+static void small_block_##SFX(const struct job_##SFX *jb, int i0, int i1,       \
+                              int j0, int j1)                                   \
+{                                                                               \
+    small_##SFX(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,             \
+                jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                   \
+                jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,         \
+                jb->C + i0 * jb->ldc + j0, jb->ldc,                             \
+                jb->bias ? jb->bias + j0 : NULL, jb->act,                       \
+                jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd);       \
 }                                                                               \
                                                                                 \
 /* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],        \
@@ -331,6 +341,11 @@ static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       
     _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                       \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
             acc[r][v] = V_SET1((T)0);                                           \
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                     \
+        __builtin_prefetch(c + r * ldc, 1, 3);                                  \
+        __builtin_prefetch(c + r * ldc + NV * VL - 1, 1, 3);                    \
+    }                                                                           \
+    _Pragma("GCC unroll 4")                                                     \
     for (int k = 0; k < kc; k++, a += MR, b += NV * VL) {                       \
         V_T bv[NV];                                                             \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
@@ -366,7 +381,7 @@ static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             
     const size_t na = (size_t)MC * kcmax;                                       \
     const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
     T *pa = thread_buf((na + nb) * sizeof(T));                                  \
-    if (!pa) { small_##SFX(jb, i0, i1, j0, j1); return; }                       \
+    if (!pa) { small_block_##SFX(jb, i0, i1, j0, j1); return; }                 \
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
     for (int jc = j0; jc < j1; jc += NC) {                                      \
@@ -649,6 +664,16 @@ static void run_blocked_##SFX(const struct job_##SFX *jb,                       
     }                                                                           \
 }                                                                               \
                                                                                 \
+static __attribute__((noinline)) void blocked_##SFX(                            \
+    int trans_a, int trans_b, int M, int N, int K, T alpha, const T *A,         \
+    int lda, const T *B, int ldb, T beta, T *C, int ldc, const T *bias,         \
+    int act, const T *dsrc, int ldd, int n_threads)                             \
+{                                                                               \
+    const struct job_##SFX jb = {trans_a, trans_b, M, N, K, act, alpha, beta,   \
+                                 A, B, bias, dsrc, C, lda, ldb, ldc, ldd};      \
+    run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);       \
+}                                                                               \
+                                                                                \
 void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              \
                     T alpha, const T *A, int lda, const T *B, int ldb,          \
                     T beta, T *C, int ldc, const T *bias, int act,              \
@@ -656,13 +681,13 @@ void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              
 {                                                                               \
     if (M <= 0 || N <= 0) return;                                               \
     if (K < 0) K = 0;                                                           \
-    const struct job_##SFX jb = {                                               \
-        trans_a, trans_b, M, N, K, act, alpha, beta, A, B, bias,                \
-        act == FBP_ACT_IDENTITY ? NULL : dsrc, C, lda, ldb, ldc, ldd};          \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
     if (K == 0 || (long)M * N * K <= SMALL_MNK)                                 \
-        small_##SFX(&jb, 0, M, 0, N);                                           \
+        small_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,  \
+                    ldc, bias, act, dsrc, ldd);                                 \
     else                                                                        \
-        run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);   \
+        blocked_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,   \
+                      C, ldc, bias, act, dsrc, ldd, n_threads);                 \
 }
 
 DEFINE_ENTRY(float, f32)
