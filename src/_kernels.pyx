@@ -73,6 +73,36 @@ cdef extern from *:
     int FBP_OPENMP
     int fbp_omp_max_threads() nogil
 
+# Flush-to-zero / denormals-are-zero: denormal floats slow x86 arithmetic by
+# 10x or more, and SGD can drive small weights and activations there.  The
+# MXCSR bits are per thread, so they are set (and later restored) in the
+# calling thread and in every OpenMP worker of a team of n_threads.
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(__x86_64__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    #define FBP_FTZ_BITS 0x8040u
+    static unsigned int fbp_mxcsr(void) { return _mm_getcsr(); }
+    static void fbp_ftz_all(int on, int n_threads) {
+        unsigned int bits = on ? FBP_FTZ_BITS : 0u;
+        _mm_setcsr((_mm_getcsr() & ~FBP_FTZ_BITS) | bits);
+    #ifdef _OPENMP
+        if (n_threads > 1) {
+            #pragma omp parallel num_threads(n_threads)
+            _mm_setcsr((_mm_getcsr() & ~FBP_FTZ_BITS) | bits);
+        }
+    #endif
+    }
+    static int fbp_ftz_is_on(void) { return (_mm_getcsr() & FBP_FTZ_BITS) == FBP_FTZ_BITS; }
+    #else
+    static unsigned int fbp_mxcsr(void) { return 0u; }
+    static void fbp_ftz_all(int on, int n_threads) { (void)on; (void)n_threads; }
+    static int fbp_ftz_is_on(void) { return 0; }
+    #endif
+    """
+    void fbp_ftz_all(int on, int n_threads) nogil
+    int fbp_ftz_is_on() nogil
+
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
 
@@ -632,12 +662,15 @@ cdef class Network:
                   const floating[:, ::1] Y, order, int64_t batch_size,
                   double lr, double momentum, bint nesterov, double weight_decay,
                   floating[::1] velocity, floating[::1] grad, floating[::1] ws,
-                  int n_threads, int64_t first_step=0, int64_t max_steps=-1):
+                  int n_threads, int64_t first_step=0, int64_t max_steps=-1,
+                  bint flush_denormals=False):
         """One epoch (see run_epoch); returns (loss_sum, hit_sum, n_done, status).
 
         The epoch starts at batch `first_step` and, with max_steps >= 0, stops
         after that many steps: an epoch may be run in pieces (a progress bar)
         or replayed up to a given step, with the same result as in one go.
+        With flush_denormals, the epoch runs with FTZ/DAZ on in every thread
+        (restored to the caller's setting afterwards).
         `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
         `grad` (n_params) is used when momentum or weight_decay is non-zero,
         `velocity` (n_params) when momentum is; either may be empty otherwise.
@@ -672,12 +705,19 @@ cdef class Network:
             if velocity.shape[0] != self.n_params:
                 raise ValueError("velocity needs n_params entries")
             vel_p = &velocity[0]
-        with nogil:
-            status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
-                               &X[0, 0], &Y[0, 0], order_p, n, batch_size,
-                               <floating>lr, <floating>momentum, nesterov,
-                               <floating>weight_decay, first_step, max_steps,
-                               &loss_sum, &hit_sum, &n_done)
+        cdef bint ftz_before = fbp_ftz_is_on()
+        if flush_denormals != ftz_before:
+            fbp_ftz_all(flush_denormals, s.n_threads)
+        try:
+            with nogil:
+                status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
+                                   &X[0, 0], &Y[0, 0], order_p, n, batch_size,
+                                   <floating>lr, <floating>momentum, nesterov,
+                                   <floating>weight_decay, first_step, max_steps,
+                                   &loss_sum, &hit_sum, &n_done)
+        finally:  # also on KeyboardInterrupt
+            if flush_denormals != ftz_before:
+                fbp_ftz_all(ftz_before, s.n_threads)
         return loss_sum, hit_sum, n_done, status
 
 
@@ -689,6 +729,11 @@ def openmp_enabled():
 def max_threads():
     """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
     return fbp_omp_max_threads()
+
+
+def flush_denormals_enabled():
+    """Whether FTZ/DAZ are on in the calling thread (they are off by default)."""
+    return bool(fbp_ftz_is_on())
 
 
 def gemm_isa():

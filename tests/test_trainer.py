@@ -271,3 +271,40 @@ def test_bad_optimizer_arguments():
                     ({"nesterov": True}, "nesterov"), ({"patience": 0}, "patience")]:
         with pytest.raises(ValueError, match=msg):
             net().fit(X, y, epochs=1, **kw)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_flush_denormals_is_scoped_to_the_fit(n_threads):
+    from fastbp import _kernels
+
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(n_threads)
+    try:
+        X, y = blobs()
+        assert not _kernels.flush_denormals_enabled()
+        seen = []
+        net().fit(X, y, epochs=2, callbacks=[lambda e, logs: seen.append(_kernels.flush_denormals_enabled())])
+        assert seen == [False, False]  # on inside the compiled epoch only
+        assert not _kernels.flush_denormals_enabled()
+        # Results are unchanged where no denormals occur.
+        a, b = net("float32"), net("float32")
+        a.fit(X, y, epochs=2, seed=0, flush_denormals=True)
+        b.fit(X, y, epochs=2, seed=0, flush_denormals=False)
+        np.testing.assert_array_equal(a._theta, b._theta)
+    finally:
+        fastbp.set_num_threads(before)
+
+
+def test_flush_denormals_flushes():
+    # One float32 step whose weight update is denormal: x = 1e-20 and the
+    # backpropagated delta is 1e-20, so dW1 = 1e-40 (below float32's 1.2e-38).
+    X = np.full((1, 1), 1e-20, dtype=np.float32)
+    Y = np.full((1, 1), -1e-20, dtype=np.float32)
+    W1 = {}
+    for flag in (False, True):
+        m = fastbp.MLP([1, 1, 1], activation="identity", output="identity", loss="squared_error",
+                       bias=False, weights=[np.zeros((1, 1)), np.ones((1, 1))])
+        m.fit(X, Y, epochs=1, batch_size=1, lr=1.0, flush_denormals=flag)
+        W1[flag] = float(m.weights[0][0, 0])
+    assert W1[False] == pytest.approx(-1e-40, rel=1e-2)  # a denormal, kept
+    assert W1[True] == 0.0                                # flushed
