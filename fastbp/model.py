@@ -435,6 +435,9 @@ class MLP:
             self._velocity = np.zeros_like(self._theta)
         velocity = self._velocity if momentum != 0.0 else np.empty(0, dtype=self.dtype)
 
+        # Start-of-epoch copies, to rewind to the last good step on divergence.
+        saved_theta, saved_velocity = np.empty_like(self._theta), np.empty_like(velocity)
+
         hist = History()
         hist.workspace_bytes = ws.nbytes + grad.nbytes
         rng = np.random.default_rng(seed)
@@ -454,7 +457,8 @@ class MLP:
                 for epoch in range(epochs):
                     lr_e = schedules.check_lr_value(lr_of(epoch, lr0), epoch)
                     order = rng.permutation(n).astype(np.int64) if shuffle else None
-                    snapshot = (self._theta.copy(), velocity.copy())
+                    np.copyto(saved_theta, self._theta)
+                    np.copyto(saved_velocity, velocity)
                     t0 = time.perf_counter()
                     progress.start_epoch(epoch)
                     loss_sum = hit_sum = 0.0
@@ -463,7 +467,8 @@ class MLP:
                         l_s, h_s, done, status = run(order, lr_e, steps, piece)
                         if status:
                             failed = steps + done // batch_size
-                            self._theta[...], velocity[...] = snapshot
+                            np.copyto(self._theta, saved_theta)
+                            np.copyto(velocity, saved_velocity)
                             if failed > 1:
                                 run(order, lr_e, 0, failed - 1)
                             raise FloatingPointError(
