@@ -1,0 +1,658 @@
+"""The command line: ``python -m fastbp {demo,train,predict,bench,digits}``.
+
+``train`` fits a network to a CSV or .npz file and writes two files: the model
+(``MODEL.npz``, the format of :mod:`fastbp.io`) and a sidecar ``MODEL.json``
+with what ``predict`` needs to use it on raw data: the task, the feature and
+target names, the feature scaler, and the class names (classification) or the
+target scaler (regression); plus the training options and final metrics, for
+the record.
+
+Every error the user can cause (a missing or malformed file, an unknown
+column, a bad option value, ...) is reported as one line,
+``fastbp: error: ...``, with exit status 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _stdio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
+
+from ._data import (Preprocessor, as_class_names, class_names, infer_task,
+                    load_features, load_training_data)
+
+PROG = "python -m fastbp"
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
+SCHEDULES = ("constant", "step", "invscaling", "cosine")
+
+#: Exit status of every reported error (as argparse uses for usage errors).
+EXIT_ERROR = 2
+
+
+class CLIError(Exception):
+    """An error to report as ``fastbp: error: <message>`` and exit status 2."""
+
+
+# -- argument parsing ------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: ``fastbp: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see {self.prog} --help)"
+        _print_error(message + hint)
+        raise SystemExit(EXIT_ERROR)
+
+
+def _print_error(message: str) -> None:
+    print(f"fastbp: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= {low}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_in(low: float, high: float, low_open: bool = False,
+              high_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        if not ok:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be in {lo}{low:g}, {high:g}{hi}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _hidden(text: str) -> List[int]:
+    """``"64,32"`` -> ``[64, 32]``; ``""`` or ``"none"`` -> ``[]`` (no hidden layer)."""
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    sizes = []
+    for part in text.split(","):
+        try:
+            size = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected comma-separated layer widths such as 64,32") from None
+        if size < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: layer widths must be >= 1")
+        sizes.append(size)
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m fastbp`` and its subcommands."""
+    p = _Parser(prog=PROG, description="fastbp: train dense MLPs by backpropagation and SGD "
+                "on the CPU.  Run `%(prog)s COMMAND --help` for a command's options.")
+    p.add_argument("--version", action="version", version=f"fastbp {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="train a small network on the built-in four-pixel images",
+                       description="Train a small network on the built-in four-pixel images.")
+    d.add_argument("--epochs", type=_int_at_least(0), default=20, help="epochs to train (default 20)")
+    d.add_argument("--samples", type=_int_at_least(1), default=2000,
+                   help="training images (default 2000)")
+    d.add_argument("--batch-size", type=_int_at_least(1), default=16,
+                   help="mini-batch size (default 16)")
+    d.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--threads", type=_int_at_least(0), default=0,
+                   help="threads (default: all cores)")
+    d.set_defaults(func=_demo)
+
+    t = sub.add_parser(
+        "train", help="train a network on a CSV or .npz file",
+        description="Train a network on DATA: a CSV file with a header row (every column but "
+        "the target is a numeric feature) or an .npz file with arrays X and y.  Features are "
+        "standardised.  Writes the model (MODEL.npz) and a sidecar MODEL.json holding the "
+        "scaler, the feature names and the class names, which `predict` reads.")
+    t.add_argument("data", metavar="DATA", help="training data: .csv or .npz")
+    t.add_argument("--target", metavar="COLUMN",
+                   help="CSV column to predict (default: the last column)")
+    t.add_argument("--task", choices=("auto", "classify", "regress"), default="auto",
+                   help="auto (default): classify when the target is non-numeric or has at most "
+                   "20 distinct integer values, else regress")
+    t.add_argument("--hidden", type=_hidden, default=[64], metavar="N,N,...",
+                   help="hidden layer widths (default 64; 'none' for no hidden layer)")
+    t.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                   help="hidden activation (default relu)")
+    t.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs (default 20)")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=32,
+                   help="mini-batch size (default 32)")
+    t.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
+                   default=0.01,
+                   help="learning rate (default 0.01)")
+    t.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
+                   help="SGD momentum (default 0.9; 0 for plain SGD)")
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    t.add_argument("--weight-decay", type=_float_in(0, float("inf"), high_open=True),
+                   default=0.0,
+                   help="L2 weight decay (default 0)")
+    t.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                   help="learning-rate schedule (default constant)")
+    t.add_argument("--validation-split", type=_float_in(0, 1, high_open=True), default=0.2,
+                   metavar="FRACTION",
+                   help="fraction of rows held out, at random, for validation (default 0.2)")
+    t.add_argument("--early-stopping", action="store_true",
+                   help="stop when the validation loss stops improving; keep the best epoch")
+    t.add_argument("--patience", type=_int_at_least(1), default=10,
+                   help="epochs without improvement before early stopping (default 10)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the initial weights and the shuffling (default 0)")
+    t.add_argument("--threads", type=_int_at_least(0), default=0,
+                   help="threads (default: all cores)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="precision (default float32)")
+    t.add_argument("-o", "--output", metavar="MODEL",
+                   help="model file (default DATA.fastbp.npz; the sidecar is MODEL.json)")
+    t.add_argument("--plot", metavar="PNG", help="write the loss curves to this PNG "
+                   "(needs matplotlib)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser(
+        "predict", help="predict with a trained model",
+        description="Predict with a model written by `train`: class names for a classifier, "
+        "values for a regressor, one row per row of DATA.  DATA must have the feature columns "
+        "the model was trained on (others are ignored); when it also has the target column, "
+        "the accuracy (or RMSE and R^2) is reported.")
+    r.add_argument("model", metavar="MODEL", help="model file (.npz; its sidecar .json is "
+                   "read too)")
+    r.add_argument("data", metavar="DATA", help="data: .csv or .npz (array X)")
+    r.add_argument("-o", "--output", metavar="CSV", help="write predictions here (default: "
+                   "standard output)")
+    r.add_argument("--proba", action="store_true",
+                   help="also write each class's probability (classifiers)")
+    r.add_argument("--threads", type=_int_at_least(0), default=0,
+                   help="threads (default: all cores)")
+    r.set_defaults(func=_predict)
+
+    sub.add_parser(
+        "bench", add_help=False, help="run the benchmark harness (bench/ in a source checkout); "
+        "arguments are passed on: `bench --help` shows its options")
+
+    g = sub.add_parser(
+        "digits", help="fastbp against scikit-learn's MLPClassifier on the digits data set",
+        description="Train fastbp and scikit-learn's MLPClassifier on scikit-learn's bundled "
+        "8x8 digits (1797 images), with the same split, scaling, architecture and SGD "
+        "settings, and print their test accuracies (needs scikit-learn).")
+    g.add_argument("--hidden", type=_hidden, default=[64], metavar="N,N,...",
+                   help="hidden layer widths (default 64)")
+    g.add_argument("--epochs", type=_int_at_least(1), default=30, help="epochs (default 30)")
+    g.add_argument("--batch-size", type=_int_at_least(1), default=32,
+                   help="mini-batch size (default 32)")
+    g.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
+                   default=0.01,
+                   help="learning rate (default 0.01)")
+    g.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
+                   help="momentum (default 0.9)")
+    g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    g.add_argument("--threads", type=_int_at_least(0), default=0,
+                   help="threads (default: all cores)")
+    g.set_defaults(func=_digits)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return str(__version__)
+
+
+def _set_threads(n: int) -> None:
+    from . import set_num_threads
+
+    if n:
+        set_num_threads(n)
+
+
+# -- demo -----------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``demo``: the four-pixel images (output format is stable)."""
+    from . import MLP, get_num_threads
+    from .datasets import FOUR_PIXEL_CLASSES, four_pixel_images
+
+    _set_threads(args.threads)
+    X, y = four_pixel_images(args.samples + args.samples // 4, seed=args.seed)
+    n_train = args.samples
+    X_train, y_train, X_test, y_test = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+    net = MLP([4, 16, len(FOUR_PIXEL_CLASSES)], activation="tanh", output="softmax",
+              loss="cross_entropy", seed=args.seed)
+    print(f"fastbp demo: the four-pixel images ({', '.join(FOUR_PIXEL_CLASSES)})")
+    print(f"{net!r}, {n_train} training / {len(y_test)} test images, "
+          f"{get_num_threads()} thread(s)")
+    t0 = time.perf_counter()
+    hist = net.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                   lr=args.lr, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    for epoch, loss in enumerate(hist.loss):
+        print(f"epoch {epoch + 1:3d}  loss {loss:.4f}")
+    accuracy = float(np.mean(net.predict(X_test).argmax(axis=1) == y_test))
+    print(f"test accuracy {accuracy:.3f}  ({seconds:.2f} s, "
+          f"{args.epochs * n_train / max(seconds, 1e-9):,.0f} samples/s)")
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------
+
+
+def default_model_path(data: str) -> str:
+    """``digits.csv`` -> ``digits.fastbp.npz``, next to the data."""
+    p = Path(data)
+    return str(p.with_name(p.stem + ".fastbp.npz")) if p.suffix else str(p) + ".fastbp.npz"
+
+
+def sidecar_path(model: str) -> str:
+    """The sidecar of a model file: ``MODEL.npz`` -> ``MODEL.json``."""
+    return model[:-4] + ".json" if model.lower().endswith(".npz") else model + ".json"
+
+
+def split_rows(n: int, fraction: float, seed: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Random training and validation row indices, ``round(n * fraction)`` held out.
+
+    Raises
+    ------
+    CLIError
+        When either part would be empty.
+    """
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise CLIError(f"{n} row(s) are too few to hold out a validation fraction of {fraction:g}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def metrics(net: Any, pre: Preprocessor, X: np.ndarray, Y: np.ndarray) -> Dict[str, float]:
+    """Loss and accuracy (classification) or RMSE and R^2 (regression, in target units).
+
+    Parameters
+    ----------
+    net : fastbp.MLP
+    pre : Preprocessor
+    X : ndarray
+        Standardised features.
+    Y : ndarray
+        Encoded targets (:meth:`Preprocessor.encode`).
+    """
+    out = net.predict(X).astype(np.float64)
+    result = {"loss": float(net.loss(X, Y))}
+    if pre.task == "classify":
+        result["accuracy"] = float(np.mean(out.argmax(axis=1) == Y))
+    else:
+        err = out - Y
+        result["rmse"] = float(np.sqrt(np.mean((err * np.asarray(pre.y_scale)) ** 2)))
+        var = Y.var(axis=0)
+        r2 = 1.0 - (err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)
+        result["r2"] = float(np.mean(r2))
+    return result
+
+
+def _format_metrics(m: Dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``train``: fit a network to a CSV/.npz file; write the model and its sidecar."""
+    from . import MLP, __version__, get_num_threads
+    from . import io as model_io
+
+    _set_threads(args.threads)
+    if args.early_stopping and args.validation_split == 0:
+        raise CLIError("--early-stopping needs a validation split > 0")
+    data = load_training_data(args.data, args.target)
+    n, d = data.X.shape
+    task, reason = infer_task(data.y)
+    if args.task == "auto":
+        note = f"inferred from target {data.target!r}: {reason}; --task to override"
+    else:
+        task, note = args.task, "chosen with --task"
+    if task == "regress" and data.y.dtype.kind in "US":
+        raise CLIError(f"cannot regress on target {data.target!r}: it is not numeric")
+    train_rows, val_rows = split_rows(n, args.validation_split, args.seed)
+    pre = Preprocessor.fit(data.X[train_rows], data.y[train_rows], task, data.features,
+                           data.target)
+    if task == "classify":  # every class of the file, even one seen only in validation rows
+        pre.classes = class_names(data.y)
+    if task == "classify" and len(pre.classes) < 2:
+        raise CLIError(f"target {data.target!r} has a single class ({pre.classes[0]!r}): "
+                       "nothing to classify")
+    X = pre.transform(data.X)
+    Y = pre.encode(data.y)
+    model_path = args.output or default_model_path(args.data)
+    side_path = sidecar_path(model_path)
+    for out in (model_path, side_path, args.plot):  # fail before training, not after
+        _check_writable(out)
+
+    if task == "classify":
+        net = MLP([d, *args.hidden, len(pre.classes)], activation=args.activation,
+                  output="softmax", loss="cross_entropy", dtype=args.dtype, seed=args.seed)
+        what = f"classification, {len(pre.classes)} classes"
+    else:
+        net = MLP([d, *args.hidden, pre.n_outputs], activation=args.activation,
+                  output="identity", loss="squared_error", dtype=args.dtype, seed=args.seed)
+        what = "regression" + (f", {pre.n_outputs} targets" if pre.n_outputs > 1 else "")
+    Xt, Yt = X[train_rows], Y[train_rows]
+    Xv, Yv = X[val_rows], Y[val_rows]
+    print(f"data: {args.data}: {n} rows, {d} features, target {data.target!r}")
+    print(f"task: {what} ({note})")
+    print(f"model: {net!r}, {len(train_rows)} training / {len(val_rows)} validation rows, "
+          f"{get_num_threads()} thread(s)")
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    hist = net.fit(
+        Xt, Yt, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+        schedule=args.schedule, validation_data=(Xv, Yv) if len(val_rows) else None,
+        early_stopping=args.early_stopping, patience=args.patience,
+        verbose=0 if args.quiet else 1,
+    )
+    seconds = time.perf_counter() - t0
+    final = {"train": metrics(net, pre, Xt, Yt)}
+    print(f"train:      {_format_metrics(final['train'])}")
+    if len(val_rows):
+        final["validation"] = metrics(net, pre, Xv, Yv)
+        print(f"validation: {_format_metrics(final['validation'])}")
+    epochs_run = len(hist.loss)
+    stopped = getattr(hist, "stopped_early", False)
+    print(f"{epochs_run} epoch(s) in {seconds:.2f} s"
+          + (f"; stopped early, kept epoch {hist.best_epoch + 1}" if stopped and
+             getattr(hist, "best_epoch", None) is not None else ""))
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
+    pre.info = {
+        "model_file": os.path.basename(model_path),
+        "fastbp_version": str(__version__),
+        "training": {"data": args.data, "rows": n, "train_rows": len(train_rows),
+                     "validation_rows": len(val_rows), "epochs_run": epochs_run,
+                     "seconds": round(seconds, 4), "options": options, "metrics": final},
+    }
+    model_io.save(net, model_path)
+    pre.save(side_path)
+    print(f"saved: {model_path} (model), {side_path} (scaler, names)")
+    if args.plot:
+        try:
+            hist.plot(args.plot)
+        except ImportError as exc:
+            raise CLIError(f"cannot write {args.plot}: {exc}") from None
+        print(f"saved: {args.plot} (loss curves)")
+    return 0
+
+
+def _check_writable(path: Optional[str]) -> None:
+    """Raise :class:`CLIError` when ``path`` cannot be an output file."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise CLIError(f"{path}: is a directory")
+    if not parent.is_dir():
+        raise CLIError(f"{path}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{path}: directory {str(parent)!r} is not writable")
+
+
+# -- predict --------------------------------------------------------------------------
+
+
+def load_model(path: str) -> Tuple[Any, Preprocessor]:
+    """A model written by ``train`` and its sidecar.
+
+    Parameters
+    ----------
+    path : str
+        The model file (``MODEL.npz``), or its sidecar (``MODEL.json``).
+
+    Returns
+    -------
+    net : fastbp.MLP
+    pre : Preprocessor
+
+    Raises
+    ------
+    CLIError, DataError, ValueError
+        When either file is missing or malformed, or they do not match.
+    """
+    from . import io as model_io
+
+    if path.lower().endswith(".json"):
+        side = path
+        pre = Preprocessor.load(side)
+        model = str(Path(side).with_name(str(pre.info.get("model_file") or
+                                             Path(side).stem + ".npz")))
+    else:
+        model, side = path, sidecar_path(path)
+        if not Path(model).is_file():
+            raise CLIError(f"{model}: no such model file")
+        if not Path(side).is_file():
+            raise CLIError(f"{side}: no such file: the sidecar `fastbp train` writes next to "
+                           f"the model (with the scaler and names) is needed to predict")
+        pre = Preprocessor.load(side)
+    try:
+        net = model_io.load(model)
+    except FileNotFoundError:
+        raise CLIError(f"{model}: no such model file") from None
+    except ValueError as exc:
+        raise CLIError(f"{model}: {exc}") from None
+    if net.layer_sizes[0] != len(pre.features) or net.layer_sizes[-1] != pre.n_outputs:
+        raise CLIError(f"{model} ({net.layer_sizes[0]} inputs, {net.layer_sizes[-1]} outputs) "
+                       f"does not match its sidecar {side} ({len(pre.features)} features, "
+                       f"{pre.n_outputs} outputs)")
+    return net, pre
+
+
+def _write_predictions(f: TextIO, pre: Preprocessor, pred: np.ndarray,
+                       proba: Optional[np.ndarray]) -> None:
+    w = csv.writer(f, lineterminator="\n")
+    if pre.task == "classify":
+        header = [pre.target]
+        if proba is not None:
+            header += [f"p({c})" for c in pre.classes]
+        w.writerow(header)
+        for i, name in enumerate(pred.tolist()):
+            row = [name]
+            if proba is not None:
+                row += [f"{p:.6g}" for p in proba[i].tolist()]
+            w.writerow(row)
+    else:
+        k = pred.shape[1]
+        w.writerow([pre.target] if k == 1 else [f"{pre.target}_{j}" for j in range(k)])
+        for row in pred.tolist():
+            w.writerow([f"{v:.10g}" for v in row])
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``predict``: predictions of a trained model on new rows."""
+    _set_threads(args.threads)
+    _check_writable(args.output)
+    net, pre = load_model(args.model)
+    X, y = load_features(args.data, pre.features, pre.target)
+    out = net.predict(pre.transform(X)).astype(np.float64)
+    pred = pre.decode(out)
+    proba = out if (args.proba and pre.task == "classify") else None
+    if args.output:
+        buf = _stdio.StringIO()
+        _write_predictions(buf, pre, pred, proba)
+        with open(args.output, "w", newline="", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+        report: TextIO = sys.stdout
+        print(f"wrote {len(pred)} predictions to {args.output}", file=report)
+    else:
+        _write_predictions(sys.stdout, pre, pred, proba)
+        report = sys.stderr
+    if y is not None:
+        if pre.task == "classify":
+            acc = float(np.mean(pred == as_class_names(y)))
+            print(f"accuracy {acc:.4f} against column {pre.target!r} ({len(pred)} rows)",
+                  file=report)
+        elif y.dtype.kind not in "US":
+            Yv = y.reshape(len(pred), -1).astype(np.float64)
+            if Yv.shape[1] == pred.shape[1]:
+                err = pred - Yv
+                var = Yv.var(axis=0)
+                r2 = float(np.mean(1 - (err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)))
+                print(f"rmse {np.sqrt(np.mean(err ** 2)):.6g}  r2 {r2:.4f} against column "
+                      f"{pre.target!r} ({len(pred)} rows)", file=report)
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------
+
+
+def find_bench() -> Optional[Path]:
+    """The source checkout holding ``bench/`` next to this ``fastbp/``, if any."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "bench" / "run.py").is_file() and (root / "bench" / "__main__.py").is_file():
+        return root
+    return None
+
+
+def _bench(argv: Sequence[str]) -> int:
+    """``bench``: run ``python -m bench ARGS`` from the source checkout."""
+    root = find_bench()
+    if root is None:
+        raise CLIError(
+            "the benchmark harness is not here: it lives in the bench/ folder of a fastbp "
+            "source checkout and is not installed with the package; run `python -m fastbp "
+            "bench` from a clone (e.g. after `pip install -e .`)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    try:
+        return subprocess.call([sys.executable, "-m", "bench", *argv], cwd=str(root), env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- digits ---------------------------------------------------------------------------
+
+
+def _digits(args: argparse.Namespace) -> int:
+    """``digits``: fastbp and scikit-learn's MLPClassifier on sklearn's digits."""
+    import warnings
+
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.model_selection import train_test_split
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        raise CLIError("the digits comparison needs scikit-learn: pip install scikit-learn") \
+            from None
+    from . import MLP
+
+    _set_threads(args.threads)
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=args.seed,
+                                              stratify=y)
+    pre = Preprocessor.fit(X_tr, y_tr, "classify", [f"pixel{j}" for j in range(64)], "digit")
+    X_tr, X_te = pre.transform(X_tr), pre.transform(X_te)
+    print(f"digits: {len(y_tr)} training / {len(y_te)} test images, 8x8 pixels, 10 classes; "
+          f"hidden {args.hidden}, relu, {args.epochs} epochs, batch {args.batch_size}, "
+          f"lr {args.lr:g}, momentum {args.momentum:g}")
+    rows: List[Tuple[str, float, float]] = []
+
+    net = MLP([64, *args.hidden, 10], activation="relu", seed=args.seed)
+    t0 = time.perf_counter()
+    net.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            momentum=args.momentum, seed=args.seed)
+    rows.append(("fastbp.MLP (SGD)", time.perf_counter() - t0,
+                 float(np.mean(net.predict(X_te).argmax(axis=1) == y_te))))
+
+    peers = [
+        ("sklearn MLPClassifier (same SGD)", dict(
+            solver="sgd", learning_rate_init=args.lr, momentum=args.momentum,
+            nesterovs_momentum=False, learning_rate="constant", batch_size=args.batch_size,
+            max_iter=args.epochs, alpha=0.0, tol=0.0, n_iter_no_change=args.epochs + 1)),
+    ]
+    for name, kw in peers:
+        clf = MLPClassifier(hidden_layer_sizes=tuple(args.hidden), activation="relu",
+                            random_state=args.seed, **kw)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X_tr, y_tr)
+        rows.append((name, time.perf_counter() - t0, float(clf.score(X_te, y_te))))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'model':<{width}}  test accuracy  train seconds")
+    for name, seconds, acc in rows:
+        print(f"{name:<{width}}  {acc:13.4f}  {seconds:13.3f}")
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 after an error reported as one line
+        ``fastbp: error: ...`` on standard error, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return _bench(argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error already reported
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("fastbp: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `predict ... | head`: stop quietly, as Unix tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except (CLIError, ValueError, OSError, FloatingPointError, ImportError, MemoryError) as exc:
+        _print_error(_describe(exc))
+        return EXIT_ERROR
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return str(exc) or type(exc).__name__
