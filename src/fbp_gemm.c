@@ -332,8 +332,9 @@ DEFINE_COMMON(double, f64, exp, tanh)
 
 /* Uses the vector primitives V_T, V_LOAD (aligned), V_LOADU, V_STOREU,
  * V_SET1, V_FMA(a, b, c) = a*b + c, V_MUL, defined just before each use.
- * MR rows x NV vectors of VL lanes: NR = NV * VL. */
-#define DEFINE_UKERNEL(NAME, T, TARGET, MR, NV, VL)                             \
+ * Computes MR rows x NV vectors of VL lanes from slivers packed AS rows and
+ * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants). */
+#define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS)                     \
 static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       \
                         T *restrict c, long ldc, T alpha, T beta, int mode)     \
 {                                                                               \
@@ -346,7 +347,7 @@ static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       
         __builtin_prefetch(c + r * ldc + NV * VL - 1, 1, 3);                    \
     }                                                                           \
     _Pragma("GCC unroll 4")                                                     \
-    for (int k = 0; k < kc; k++, a += MR, b += NV * VL) {                       \
+    for (int k = 0; k < kc; k++, a += AS, b += BS) {                            \
         V_T bv[NV];                                                             \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
             bv[v] = V_LOAD(b + v * VL);                                         \
@@ -368,6 +369,14 @@ static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       
                 V_STOREU(p, V_FMA(va, acc[r][v], V_LOADU(p)));                  \
         }                                                                       \
 }
+
+/* The full MR x NR kernel and its half-height / half-width variants for edge
+ * tiles.  Every element still gets the identical FMA chain and update. */
+#define DEFINE_KERNELS(UK, T, TARGET, MR, NV, VL)                               \
+DEFINE_UKERNEL(UK, T, TARGET, MR, MR, NV, VL, NV * VL)                          \
+DEFINE_UKERNEL(UK##_m, T, TARGET, MR / 2, MR, NV, VL, NV * VL)                  \
+DEFINE_UKERNEL(UK##_n, T, TARGET, MR, MR, NV / 2, VL, NV * VL)                  \
+DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
 
 /* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
 #define DEFINE_DRIVER(NAME, UK, T, SFX, TARGET, MR, NR, MC, KC, NC)             \
@@ -401,18 +410,25 @@ static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             
                         const int m = mc - ir < MR ? mc - ir : MR;              \
                         const T *a = pa + (long)ir * kc;                        \
                         T *c = jb->C + (long)(ic + ir) * ldc + jc + jr;         \
-                        if (m == MR && n == NR) {                               \
-                            UK(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);    \
-                        } else {                                                \
-                            T t[MR * NR] __attribute__((aligned(64)));          \
-                            if (mode)                                           \
-                                for (int r = 0; r < m; r++)                     \
-                                    memcpy(t + r * NR, c + r * ldc,             \
-                                           n * sizeof(T));                      \
-                            UK(kc, a, b, t, NR, jb->alpha, jb->beta, mode);     \
-                            for (int r = 0; r < m; r++)                         \
-                                memcpy(c + r * ldc, t + r * NR, n * sizeof(T)); \
-                        }                                                       \
+                        const int hm = m <= MR / 2, hn = n <= NR / 2;       \
+                        const int rows = hm ? MR / 2 : MR;                  \
+                        const int cols = hn ? NR / 2 : NR;                  \
+                        void (*uk)(int, const T *, const T *, T *, long, T, \
+                                   T, int) = hm ? (hn ? UK##_mn : UK##_m)   \
+                                                : (hn ? UK##_n : UK);       \
+                        if (m == rows && n == cols) {                       \
+                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);\
+                        } else {                                            \
+                            T t[MR * NR] __attribute__((aligned(64)));      \
+                            if (mode)                                       \
+                                for (int r = 0; r < m; r++)                 \
+                                    memcpy(t + r * cols, c + r * ldc,       \
+                                           n * sizeof(T));                  \
+                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);\
+                            for (int r = 0; r < m; r++)                     \
+                                memcpy(c + r * ldc, t + r * cols,           \
+                                       n * sizeof(T));                      \
+                        }                                                   \
                         if (last && epi)                                        \
                             epilogue_##SFX(jb, ic + ir, jc + jr, m, n);         \
                     }                                                           \
@@ -434,7 +450,7 @@ typedef double gv_f64 __attribute__((vector_size(16)));
 #define V_SET1(s) ((gv_f32){(s), (s), (s), (s)})
 #define V_FMA(x, y, z) ((x) * (y) + (z))
 #define V_MUL(x, y) ((x) * (y))
-DEFINE_UKERNEL(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
+DEFINE_KERNELS(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
 DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, float, f32, TARGET_GENERIC,
               6, 8, 144, 256, 4096)
 #undef V_T
@@ -448,7 +464,7 @@ DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, float, f32, TARGET_GENERIC,
 #define V_LOADU(p) ({ gv_f64 v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })
 #define V_SET1(s) ((gv_f64){(s), (s)})
-DEFINE_UKERNEL(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
+DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
 DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, double, f64, TARGET_GENERIC,
               6, 4, 72, 256, 4096)
 #undef V_T
@@ -470,7 +486,7 @@ DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, double, f64, TARGET_GENERIC,
 #define V_SET1 _mm256_set1_ps
 #define V_FMA _mm256_fmadd_ps
 #define V_MUL _mm256_mul_ps
-DEFINE_UKERNEL(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
+DEFINE_KERNELS(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
 DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, float, f32, TARGET_AVX2,
               6, 16, 144, 256, 4096)
 #undef V_T
@@ -488,7 +504,7 @@ DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, float, f32, TARGET_AVX2,
 #define V_SET1 _mm256_set1_pd
 #define V_FMA _mm256_fmadd_pd
 #define V_MUL _mm256_mul_pd
-DEFINE_UKERNEL(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
+DEFINE_KERNELS(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
 DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, double, f64, TARGET_AVX2,
               6, 8, 72, 256, 4096)
 #undef V_T
@@ -509,7 +525,7 @@ DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, double, f64, TARGET_AVX2,
 #define V_SET1 _mm512_set1_ps
 #define V_FMA _mm512_fmadd_ps
 #define V_MUL _mm512_mul_ps
-DEFINE_UKERNEL(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
+DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
 DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, float, f32, TARGET_AVX512,
               12, 32, 144, 256, 4096)
 #undef V_T
@@ -527,7 +543,7 @@ DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, float, f32, TARGET_AVX512,
 #define V_SET1 _mm512_set1_pd
 #define V_FMA _mm512_fmadd_pd
 #define V_MUL _mm512_mul_pd
-DEFINE_UKERNEL(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
+DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
 DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, double, f64, TARGET_AVX512,
               12, 16, 72, 256, 4096)
 #undef V_T
