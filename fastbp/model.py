@@ -1,9 +1,10 @@
 """fastbp.MLP: the public model, a thin layer over the compiled kernels."""
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ._progress import Progress
 from ._threads import get_num_threads
 from .history import History
 from .schedules import ScheduleLike
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Callback = Callable[[int, Dict[str, Any]], Any]
 
@@ -545,6 +549,40 @@ class MLP:
             )
         cut = X.shape[0] - n_val
         return X[:cut], Y[:cut], (X[cut:], Y[cut:])
+
+    # -- files and other frameworks -----------------------------------------
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Save the model and its optimizer state, atomically.
+
+        See :func:`fastbp.io.save` and docs/model-format.md; read back with
+        :func:`fastbp.load`.
+        """
+        from . import io as _io
+
+        _io.save(self, path)
+
+    def to_torch(self) -> "torch.nn.Sequential":
+        """The same network as a ``torch.nn.Sequential`` (needs PyTorch).
+
+        See :func:`fastbp.torch_interop.to_torch`.
+        """
+        from .torch_interop import to_torch
+
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(
+        cls, module: Any, *, loss: Optional[str] = None, dtype: Any = None,
+        activation: Optional[str] = None,
+    ) -> "MLP":
+        """An MLP from a PyTorch Sequential of Linear layers and activations.
+
+        See :func:`fastbp.torch_interop.from_torch`.
+        """
+        from .torch_interop import from_torch
+
+        return from_torch(module, loss=loss, dtype=dtype, activation=activation)
 
     # -- optimizer state ----------------------------------------------------
 

@@ -308,3 +308,20 @@ def test_flush_denormals_flushes():
         W1[flag] = float(m.weights[0][0, 0])
     assert W1[False] == pytest.approx(-1e-40, rel=1e-2)  # a denormal, kept
     assert W1[True] == 0.0                                # flushed
+
+
+def test_public_wiring_of_files_and_torch(tmp_path):
+    X, y = blobs()
+    model = net()
+    model.fit(X, y, epochs=2, momentum=0.9)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    back = fastbp.load(path)
+    np.testing.assert_array_equal(back.predict(X), model.predict(X))
+    np.testing.assert_array_equal(back.optimizer_state()["velocity"], model.optimizer_state()["velocity"])
+    torch = pytest.importorskip("torch")
+    seq = model.to_torch()
+    with torch.no_grad():
+        np.testing.assert_allclose(seq(torch.from_numpy(X)).numpy(), model.predict(X), rtol=1e-12)
+    again = fastbp.MLP.from_torch(seq)
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
