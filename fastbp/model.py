@@ -185,6 +185,21 @@ class MLP:
         """Total number of trainable parameters."""
         return int(self._net.n_params)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickle support: the configuration, the parameters and the optimizer state."""
+        config = dict(
+            layer_sizes=self.layer_sizes, activation=self.activation, output=self.output,
+            loss=self.loss_name, bias=self.bias, dtype=self.dtype.name, seed=self.seed,
+        )
+        with self._lock:
+            return {"config": config, "theta": self._theta.copy(), **self.optimizer_state()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state["config"])  # type: ignore[misc]
+        theta = C._param("theta", state["theta"], self._theta.shape, self.dtype.type)
+        self._theta[...] = theta
+        self.set_optimizer_state({k: v for k, v in state.items() if k == "velocity"})
+
     def __repr__(self) -> str:
         return (
             f"MLP({list(self.layer_sizes)}, activation={self.activation!r}, "

@@ -325,3 +325,21 @@ def test_public_wiring_of_files_and_torch(tmp_path):
         np.testing.assert_allclose(seq(torch.from_numpy(X)).numpy(), model.predict(X), rtol=1e-12)
     again = fastbp.MLP.from_torch(seq)
     np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
+def test_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    X, y = blobs()
+    model = net("float32")
+    model.fit(X, y, epochs=2, momentum=0.9)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert repr(clone) == repr(model)
+        np.testing.assert_array_equal(clone.predict(X), model.predict(X))
+        np.testing.assert_array_equal(clone.optimizer_state()["velocity"],
+                                      model.optimizer_state()["velocity"])
+        clone.fit(X, y, epochs=1)  # independent storage
+        assert not np.array_equal(clone._theta, model._theta)
+        clone.weights[0][...] = 0
+        assert clone.weights[0].base is clone._theta  # views survived the round trip
