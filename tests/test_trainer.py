@@ -343,3 +343,15 @@ def test_pickle_and_deepcopy():
         assert not np.array_equal(clone._theta, model._theta)
         clone.weights[0][...] = 0
         assert clone.weights[0].base is clone._theta  # views survived the round trip
+
+
+def test_live_progress_bar_runs_epochs_in_pieces(capsys):
+    pytest.importorskip("tqdm")
+    X, y = blobs(400)
+    a, b = net(), net()
+    ha = a.fit(X, y, epochs=2, batch_size=2, seed=3, verbose=1)  # 200 batches: run in pieces
+    hb = b.fit(X, y, epochs=2, batch_size=2, seed=3, verbose=0)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "200/200" in err
+    np.testing.assert_array_equal(a._theta, b._theta)
+    np.testing.assert_allclose(ha.loss, hb.loss, rtol=1e-12)
