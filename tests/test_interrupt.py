@@ -58,7 +58,9 @@ def test_ctrl_c_interrupts_fit_promptly(threads, dtype, kwargs):
         line = proc.stdout.readline()
         assert line.strip() == "START", line + proc.stderr.read()
         time.sleep(1.0)
-        assert proc.poll() is None, "the fit ended before the interrupt"
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the fit ended before the interrupt (exit {proc.returncode}):\n{out}{err}")
         t_sig = time.time()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
