@@ -62,6 +62,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -72,6 +73,9 @@
 #include <immintrin.h>
 #endif
 #include "fbp_gemm.h"
+
+/* The 32-byte vector helpers below are static inline: no ABI is exposed. */
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 #define SMALL_MNK 4096L
 #define MIN_FLOPS_PER_THREAD 400000.0
@@ -109,6 +113,92 @@ static void *thread_buf(size_t bytes)
 /* ------------------------------------------------------------------------ */
 /* Per-dtype generic pieces: job, activations, epilogue, small path, packing */
 /* ------------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------------ */
+/* Vector sigmoid / tanh for the blocked path's epilogue                     */
+/* ------------------------------------------------------------------------ */
+
+/* 32-byte GCC vectors: compiled as ymm inside the AVX2/AVX-512 drivers (the
+ * helpers are always_inline) and as SSE pairs in the generic one.
+ *   exp(x)   = 2^n * (1 + expm1(r)),  n = round(x / ln2), r = x - n ln2,
+ *              expm1(r) by its Taylor series (|r| <= ln2/2, degree 7 / 13,
+ *              truncation < 0.3 ulp), |x| clamped; overflow -> inf,
+ *              x below the normal range -> 0; NaN propagates.
+ *   sigmoid  = 1 / (1 + exp(-z))
+ *   tanh(z)  = sign(z) * -e / (2 + e),  e = expm1(-2|z|): the Taylor series
+ *              directly while |2z| <= ln2/2 (no cancellation), else exp - 1.
+ * Every element of C goes through the same vector code (partial vectors are
+ * padded), so an element's bits do not depend on its place in a tile. */
+#define DEFINE_VMATH(T, SFX, VT, VI, IT, VL, NTAYLOR, MANT, BIAS, XMAX, XMIN)   \
+typedef T VT __attribute__((vector_size(32)));                                  \
+typedef IT VI __attribute__((vector_size(32)));                                 \
+                                                                                \
+INLINE VT vsel_##SFX(VI m, VT a, VT b) /* m ? a : b, lane-wise */               \
+{                                                                               \
+    return (VT)(((VI)a & m) | ((VI)b & ~m));                                    \
+}                                                                               \
+INLINE VT vexpm1_taylor_##SFX(VT r)                                             \
+{                                                                               \
+    T f = 1;                                                                    \
+    for (int i = 2; i <= NTAYLOR; i++) f *= i;                                  \
+    VT p = (VT){} + (T)1 / f;                                                   \
+    _Pragma("GCC unroll 16")                                                    \
+    for (int d = NTAYLOR - 1; d >= 1; d--) {                                    \
+        f /= d + 1;                                                             \
+        p = p * r + (T)1 / f;                                                   \
+    }                                                                           \
+    return p * r;                                                               \
+}                                                                               \
+INLINE VT vexp_##SFX(VT x)                                                      \
+{                                                                               \
+    const VT hi = (VT){} + (T)XMAX, lo = (VT){} + (T)XMIN;                      \
+    const VI big = x > hi, tiny = x < lo;                                       \
+    VT xc = vsel_##SFX(big, hi, vsel_##SFX(tiny, lo, x));                       \
+    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
+    VT n = (xc * (T)1.44269504088896340736 + magic) - magic;                    \
+    VT r = xc - n * (T)0.693145751953125;                                       \
+    r = r - n * (T)1.42860682030941723212e-6;                                   \
+    VI e = (__builtin_convertvector(n, VI) + (BIAS - 1)) << MANT;               \
+    VT y = ((T)1 + vexpm1_taylor_##SFX(r)) * (VT)e * (T)2;                      \
+    y = vsel_##SFX(big, (VT){} + (T)INFINITY, y);                               \
+    return vsel_##SFX(tiny, (VT){}, y);                                         \
+}                                                                               \
+INLINE VT vsigmoid_##SFX(VT z)                                                  \
+{                                                                               \
+    return (T)1 / ((T)1 + vexp_##SFX(-z));                                      \
+}                                                                               \
+INLINE VT vtanh_##SFX(VT z)                                                     \
+{                                                                               \
+    const VI sign = (VI)z & (VI)(-(VT){}); /* -(+0) has only the sign bit */   \
+    const VT y = (T)-2 * (VT)((VI)z & ~sign);                                   \
+    const VI near0 = y >= (T)-0.34657359027997264;                              \
+    const VT e = vsel_##SFX(near0, vexpm1_taylor_##SFX(y), vexp_##SFX(y) - 1);  \
+    return (VT)((VI)(-e / ((T)2 + e)) | sign);                                  \
+}                                                                               \
+/* c[0:n] = act(c[0:n] + b[0:n]) (b may be NULL), act sigmoid or tanh. */       \
+INLINE void vact_row_##SFX(T *c, const T *b, int n, int act)                    \
+{                                                                               \
+    for (int j = 0; j < n; j += VL) {                                           \
+        const int w = n - j < VL ? n - j : VL;                                  \
+        VT x = {}, bv = {};                                                     \
+        if (w == VL) {                                                          \
+            memcpy(&x, c + j, sizeof x);                                        \
+            if (b) memcpy(&bv, b + j, sizeof bv);                               \
+        } else {                                                                \
+            for (int l = 0; l < w; l++) x[l] = c[j + l];                        \
+            if (b) for (int l = 0; l < w; l++) bv[l] = b[j + l];                \
+        }                                                                       \
+        if (b) x = x + bv;                                                      \
+        x = act == FBP_ACT_SIGMOID ? vsigmoid_##SFX(x) : vtanh_##SFX(x);        \
+        if (w == VL) memcpy(c + j, &x, sizeof x);                               \
+        else for (int l = 0; l < w; l++) c[j + l] = x[l];                       \
+    }                                                                           \
+}
+
+DEFINE_VMATH(float, f32, vf32, vi32, int32_t, 8, 7, 23, 127,
+             88.72283935546875, -87.3365478515625)
+DEFINE_VMATH(double, f64, vf64, vi64, int64_t, 4, 13, 52, 1023,
+             709.782712893384, -708.3964185322641)
 
 #define DEFINE_COMMON(T, SFX, EXP, TANH)                                        \
 struct job_##SFX {                                                              \
@@ -148,7 +238,7 @@ INLINE int has_epilogue_##SFX(const struct job_##SFX *jb)                       
 }                                                                               \
                                                                                 \
 /* Epilogue on the m x n block of C at (i0, j0), already alpha/beta-summed. */  \
-static void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          \
+INLINE void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          \
                            int m, int n)                                        \
 {                                                                               \
     const int act = jb->act;                                                    \
@@ -172,11 +262,11 @@ static void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          
                     c[j] = x > 0 ? x : (T)0;                                    \
                 }                                                               \
             else                                                                \
-                for (int j = 0; j < n; j++) c[j] = act_##SFX(c[j] + b[j], act); \
+                vact_row_##SFX(c, b, n, act);                                   \
         } else if (act == FBP_ACT_RELU) {                                       \
             for (int j = 0; j < n; j++) c[j] = c[j] > 0 ? c[j] : (T)0;          \
         } else {                                                                \
-            for (int j = 0; j < n; j++) c[j] = act_##SFX(c[j], act);            \
+            vact_row_##SFX(c, NULL, n, act);                                    \
         }                                                                       \
     }                                                                           \
 }                                                                               \

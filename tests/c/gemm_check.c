@@ -8,6 +8,8 @@
  * and the dsrc epilogue, it compares against a double-precision triple loop
  * with an error bound, checks that the padding between N and ldc is never
  * written, and that n_threads = 2, 3, 8 give the same bits as n_threads = 1.
+ * The activations are also checked alone over their whole range (+-0, tiny,
+ * near the exp overflow/underflow thresholds, inf, NaN) to 4 ulp.
  * Prints one line per failure and a summary; exit status 1 on any failure.
  * Argument "quick" runs a reduced set (used for the sanitizer build).
  */
@@ -160,6 +162,45 @@ static void check_##SFX(struct cfg g, int threads_check)                        
 DEFINE_CHECK(float, f32, 5.96e-8)
 DEFINE_CHECK(double, f64, 1.12e-16)
 
+/* Activations over their whole range (incl. +-0, huge, inf, NaN) on the
+ * blocked path: C[i][j] = z[j] via M x 1 ones times a 1 x N row of z. */
+#define ACT_RANGE_N 80
+#define DEFINE_ACT_RANGE(T, SFX, EPS, TINY)                                     \
+static void act_range_##SFX(void)                                               \
+{                                                                               \
+    static const double mags[] = {0, 1e-30, 1e-8, 1e-3, 0.1, 0.17, 0.1733,     \
+        0.35, 0.5, 1, 2, 5, 9, 10, 15, 20, 40, 44, 50, 80, 87, 87.5, 88, 88.7,  \
+        89, 100, 104, 700, 708, 709, 710, 745, 800, 1e30, INFINITY};            \
+    enum { NM = sizeof mags / sizeof *mags, M = 70 };                           \
+    T z[ACT_RANGE_N], ones[M], *C = malloc(sizeof(T) * M * ACT_RANGE_N);        \
+    int n = 0;                                                                  \
+    for (int i = 0; i < NM; i++) { z[n++] = (T)mags[i]; z[n++] = -(T)mags[i]; } \
+    z[n++] = (T)NAN;                                                            \
+    for (int i = 0; i < M; i++) ones[i] = 1;                                    \
+    for (int act = 0; act < 4; act++) {                                         \
+        fbp_gemm_##SFX(0, 0, M, n, 1, 1, ones, 1, z, n, 0, C, n, NULL, act,     \
+                       NULL, 0, 1);                                             \
+        n_cases++;                                                              \
+        int bad = 0;                                                            \
+        for (int i = 0; i < M; i += M - 1)                                      \
+            for (int j = 0; j < n; j++) {                                       \
+                const double got = C[i * n + j], want = ref_act(z[j], act);     \
+                const int ok = isnan(want) ? isnan(got)                         \
+                    : isinf(want) ? got == want                                 \
+                    : fabs(got - want) <= 4 * EPS * fabs(want) + TINY &&        \
+                      (want == 0 || !signbit(got) == !signbit(want));           \
+                if (!ok && bad++ < 3)                                           \
+                    printf("FAIL %s %s act=%d z=%.9g: %.9g want %.9g\n",        \
+                           isa_now, #SFX, act, (double)z[j], got, want);        \
+            }                                                                   \
+        if (bad) n_fail++;                                                      \
+    }                                                                           \
+    free(C);                                                                    \
+}
+
+DEFINE_ACT_RANGE(float, f32, 5.96e-8, 2.4e-38)
+DEFINE_ACT_RANGE(double, f64, 1.12e-16, 4.5e-308)
+
 static void check(struct cfg g, int threads_check)
 {
     check_f32(g, threads_check);
@@ -245,6 +286,8 @@ int main(int argc, char **argv)
         isa_now = fbp_gemm_isa();
         long before = n_fail;
         opt_counter = 0;
+        act_range_f32();
+        act_range_f64();
         run_all(quick);
         printf("isa %s: %s\n", isa_now, n_fail == before ? "ok" : "FAILED");
     }
