@@ -106,6 +106,12 @@ def table(doc: dict[str, Any]) -> str:
         f"peak MiB: {meta['memory']}.",
     ]
     out += [f"note: {p} skipped: {n}" for p, n in notes.items()]
+    loads = [r["loadavg_1min"] for r in results if "loadavg_1min" in r]
+    cpus = doc["environment"].get("cpu_count") or 1
+    if loads and max(loads) > cpus:
+        out.append(f"WARNING: the 1-minute load average reached {max(loads):.1f} on {cpus} "
+                   "CPUs during the run: other processes competed, figures are noisy "
+                   "(see loadavg_1min per result in the JSON).")
     return "\n".join(out)
 
 

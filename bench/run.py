@@ -156,6 +156,13 @@ def environment() -> dict[str, Any]:
             info["versions"][dist] = version(dist)
         except PackageNotFoundError:
             info["versions"][dist] = None
+    if info["versions"]["fastbp"] is None:  # built in place, not installed
+        try:
+            import fastbp
+
+            info["versions"]["fastbp"] = getattr(fastbp, "__version__", "in-place build")
+        except ImportError:
+            pass
     try:
         import numpy  # noqa: F401
         from threadpoolctl import threadpool_info

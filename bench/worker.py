@@ -197,6 +197,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         result["torch_threads"] = torch.get_num_threads()
+    result["loadavg_1min"] = os.getloadavg()[0]  # > cpu_count: other work competed
     result["python"] = platform.python_version()
     result["pid"] = os.getpid()
     return result
