@@ -310,13 +310,8 @@ class MLP:
         Xc, Yc = self._XY(X, Y)
         lr = C.check_lr(lr)
         n = Xc.shape[0]
-        empty = np.empty(0, dtype=self.dtype)
-        ws = np.empty(self._net.workspace_size(n), dtype=self.dtype)
         with self._lock:
-            loss_sum, _, _, status = self._net.fit_epoch(
-                self._theta, Xc, Yc, None, n, lr, 0.0, False, 0.0,
-                empty, empty, ws, get_num_threads(),
-            )
+            loss_sum, _, _, _, status = Epochs(self, Xc, Yc, n).run(None, lr)
         if status:
             raise FloatingPointError(
                 "the loss is not finite on this batch; the model was not updated"
@@ -445,61 +440,24 @@ class MLP:
         n_batches = -(-n // batch_size)
         classify = self.loss_name != "squared_error"
 
-        # One allocation for the whole fit: the workspace, and for the
-        # optimizer path the gradient and (persistent) velocity.
-        ws = np.empty(self._net.workspace_size(min(batch_size, n)), dtype=self.dtype)
-        optimizer = momentum != 0.0 or weight_decay != 0.0
-        grad = np.empty_like(self._theta) if optimizer else np.empty(0, dtype=self.dtype)
-        if momentum != 0.0 and self._velocity is None:
-            self._velocity = np.zeros_like(self._theta)
-        velocity = self._velocity if momentum != 0.0 else np.empty(0, dtype=self.dtype)
-
-        # Start-of-epoch copies, to rewind to the last good step on divergence.
-        saved_theta, saved_velocity = np.empty_like(self._theta), np.empty_like(velocity)
-
         hist = History()
-        hist.workspace_bytes = ws.nbytes + grad.nbytes
         rng = np.random.default_rng(seed)
         progress = Progress(verbose, epochs, n_batches, n)
-        piece = max(1, n_batches // 100) if progress.live else n_batches
         best_val, best_theta, since_best = np.inf, None, 0
 
-        def run(order: Optional[np.ndarray], lr_e: float, first: int, steps: int) -> Tuple:
-            return self._net.fit_epoch(
-                self._theta, Xc, Yc, order, batch_size, lr_e, momentum, bool(nesterov),
-                weight_decay, velocity, grad, ws, get_num_threads(), first, steps,
-                bool(flush_denormals),
-            )
-
         with self._lock:
+            runner = Epochs(
+                self, Xc, Yc, batch_size, momentum=momentum, nesterov=bool(nesterov),
+                weight_decay=weight_decay, flush_denormals=bool(flush_denormals),
+            )
+            hist.workspace_bytes = runner.nbytes
             try:
                 for epoch in range(epochs):
                     lr_e = schedules.check_lr_value(lr_of(epoch, lr0), epoch)
                     order = rng.permutation(n).astype(np.int64) if shuffle else None
-                    np.copyto(saved_theta, self._theta)
-                    np.copyto(saved_velocity, velocity)
                     t0 = time.perf_counter()
                     progress.start_epoch(epoch)
-                    loss_sum = hit_sum = 0.0
-                    steps = 0
-                    while steps < n_batches:
-                        l_s, h_s, done, status = run(order, lr_e, steps, piece)
-                        if status:
-                            failed = steps + done // batch_size
-                            np.copyto(self._theta, saved_theta)
-                            np.copyto(velocity, saved_velocity)
-                            if failed > 1:
-                                run(order, lr_e, 0, failed - 1)
-                            raise FloatingPointError(
-                                f"the training loss became NaN or Inf at epoch {epoch + 1}, "
-                                f"batch {failed + 1}; the weights are restored to the last "
-                                f"step with a finite loss. Try a smaller learning rate "
-                                f"(lr={lr_e:g})."
-                            )
-                        loss_sum, hit_sum = loss_sum + l_s, hit_sum + h_s
-                        steps += -(-done // batch_size)
-                        progress.update(-(-done // batch_size), min(steps * batch_size, n),
-                                        loss_sum / min(steps * batch_size, n))
+                    loss_sum, hit_sum, _ = runner.epoch(order, lr_e, epoch, progress)
                     logs: Dict[str, Any] = {
                         "epoch": epoch,
                         "loss": loss_sum / n,
@@ -532,6 +490,7 @@ class MLP:
                         break
             finally:
                 progress.close()
+                del runner  # the workspace goes before the lock is released
             if best_theta is not None:
                 self._theta[...] = best_theta
         return hist
@@ -631,6 +590,118 @@ class MLP:
     def reset_optimizer(self) -> None:
         """Forget the momentum velocity: the next fit starts from rest."""
         self._velocity = None
+
+
+class Epochs:
+    """Runs training epochs of one data set through the compiled loop.
+
+    Everything a fit needs is allocated here, once: the workspace (one
+    batch of activations per layer, deltas, gathered targets), the gradient
+    for the optimizer path, and the start-of-epoch copies used to rewind on
+    divergence; the momentum velocity is the model's own (persistent)
+    buffer.  ``MLP.fit``, ``MLP.step`` and :mod:`fastbp.sklearn` drive the
+    kernels through this class.  The caller holds the model's lock.
+
+    Parameters
+    ----------
+    model : MLP
+    X, Y : ndarray
+        Checked, C-contiguous arrays of the model's dtype.
+    batch_size : int
+    momentum, nesterov, weight_decay : float, bool, float
+        torch.optim.SGD's settings (see :meth:`MLP.fit`).
+    l2 : float
+        scikit-learn's ``alpha``: each step on m samples minimises the mean
+        loss + l2 / (2 m) ||W||^2, over the weights only.
+    flush_denormals : bool
+        Run with FTZ/DAZ on.
+    """
+
+    def __init__(
+        self, model: "MLP", X: np.ndarray, Y: np.ndarray, batch_size: int, *,
+        momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+        l2: float = 0.0, flush_denormals: bool = True,
+    ) -> None:
+        self.model, self.X, self.Y, self.batch_size = model, X, Y, batch_size
+        self.settings = dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                             l2=l2, flush_denormals=flush_denormals)
+        n, dtype = X.shape[0], model.dtype
+        self.n_batches = -(-n // batch_size)
+        empty = np.empty(0, dtype=dtype)
+        self.ws = np.empty(model._net.workspace_size(min(batch_size, n)), dtype=dtype)
+        self.grad = np.empty_like(model._theta) if (momentum or weight_decay or l2) else empty
+        if momentum and model._velocity is None:
+            model._velocity = np.zeros_like(model._theta)
+        self.velocity = model._velocity if momentum else empty
+        self._saved: Optional[Tuple[np.ndarray, np.ndarray]] = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of scratch allocated for the fit (workspace and gradient)."""
+        return int(self.ws.nbytes + self.grad.nbytes)
+
+    def run(self, order: Optional[np.ndarray], lr: float, first: int = 0, steps: int = -1) -> Tuple:
+        """Steps ``first`` .. ``first + steps`` of an epoch; the kernel's raw result
+        (loss_sum, hit_sum, penalty_sum, n_done, status)."""
+        m = self.model
+        return m._net.fit_epoch(
+            m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
+            self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
+            **self.settings,
+        )
+
+    def epoch(
+        self, order: Optional[np.ndarray], lr: float, epoch: int,
+        progress: Optional[Progress] = None,
+    ) -> Tuple[float, float, float]:
+        """One whole epoch; returns the sums of the loss, accuracy and l2 penalty.
+
+        With a live progress display, the epoch runs a few batches at a time
+        (the result is the same).  When the loss becomes NaN or Inf, the
+        model is rewound to the last step with a finite loss and
+        FloatingPointError is raised.
+        """
+        m = self.model
+        if self._saved is None:
+            self._saved = (np.empty_like(m._theta), np.empty_like(self.velocity))
+        np.copyto(self._saved[0], m._theta)
+        np.copyto(self._saved[1], self.velocity)
+        piece = max(1, self.n_batches // 100) if progress is not None and progress.live else -1
+        n = self.X.shape[0]
+        totals = np.zeros(3)
+        steps = 0
+        while steps < self.n_batches:
+            *sums, done, status = self.run(order, lr, steps, piece)
+            if status:
+                failed = steps + done // self.batch_size
+                self._rewind(order, lr, failed)
+                raise FloatingPointError(
+                    f"the training loss became NaN or Inf at epoch {epoch + 1}, batch "
+                    f"{failed + 1}; the weights are restored to the last step with a finite "
+                    f"loss. Try a smaller learning rate (lr={lr:g})."
+                )
+            totals += sums
+            batches = -(-done // self.batch_size)
+            steps += batches
+            if progress is not None:
+                seen = min(steps * self.batch_size, n)
+                progress.update(batches, seen, totals[0] / seen)
+        return float(totals[0]), float(totals[1]), float(totals[2])
+
+    def _rewind(self, order: Optional[np.ndarray], lr: float, failed: int) -> None:
+        """Back to the weights after step ``failed - 1`` of this epoch.
+
+        The failed batch's loss was measured at the weights its previous step
+        left, so the last good weights are those of the step before that one.
+        The epoch is replayed from its start: the kernels are deterministic,
+        so the replay is exact.
+        """
+        m = self.model
+        assert self._saved is not None
+        np.copyto(m._theta, self._saved[0])
+        np.copyto(self.velocity, self._saved[1])
+        if failed > 1:
+            self.run(order, lr, 0, failed - 1)
 
 
 def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any) -> Tuple[float, float]:

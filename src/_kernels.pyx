@@ -447,41 +447,83 @@ cdef void gather(const floating *src, int64_t n_cols,   # IN (n_samples, n_cols)
                 dst[i * n_cols + j] = src[rows[i] * n_cols + j]
 
 
-cdef void sgd_update(floating *theta, const floating *grad, floating *velocity,
-                     int64_t n, floating lr, floating momentum, bint nesterov,
-                     floating weight_decay) noexcept nogil:
-    """torch.optim.SGD: g += wd*theta; v = mu*v + g; theta -= lr*(nesterov ? g + mu*v : v)."""
+cdef struct Optim:
+    double lr
+    double momentum          # torch.optim.SGD's momentum (dampening 0)
+    bint nesterov
+    double weight_decay      # torch's: g += weight_decay * theta, biases included
+    double l2                # scikit-learn's alpha: loss += l2 / (2 m) ||W||^2, weights only
+
+
+cdef struct Totals:
+    double loss              # sum of the per-sample losses seen
+    double hits              # sum of the per-sample accuracies seen
+    double penalty           # sum over steps of l2/2 ||W||^2 before the step
+    int64_t n_done           # samples consumed by completed steps
+
+
+cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
+                      int64_t n, floating lr, floating momentum, bint nesterov,
+                      floating decay, bint want_sq) noexcept nogil:
+    """torch.optim.SGD on one contiguous range:
+    g += decay*theta; v = mu*v + g; theta -= lr*(nesterov ? g + mu*v : v).
+    Returns sum(theta^2) before the update when want_sq."""
     cdef int64_t i
     cdef floating g
+    cdef double sq = 0.0
     for i in range(n):
-        g = grad[i] + weight_decay * theta[i]
+        if want_sq:
+            sq += <double>theta[i] * theta[i]
+        g = grad[i] + decay * theta[i]
         if momentum != 0:
             velocity[i] = momentum * velocity[i] + g
             g = (g + momentum * velocity[i]) if nesterov else velocity[i]
         theta[i] -= lr * g
+    return sq
+
+
+cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
+                       floating *velocity, const Optim *o, int64_t m) noexcept nogil:
+    """The optimizer step on every layer; returns the l2 penalty before it."""
+    cdef int k
+    cdef int64_t off, n
+    cdef double sq = 0.0
+    cdef floating lr = <floating>o.lr, mu = <floating>o.momentum
+    cdef floating w_decay = <floating>(o.weight_decay + o.l2 / m)
+    cdef floating b_decay = <floating>o.weight_decay
+    for k in range(s.n_layers):
+        off = s.w_off[k]
+        n = s.sizes[k] * s.sizes[k + 1]
+        sq += sgd_range(theta + off, grad + off, velocity + off if velocity != NULL else NULL,
+                        n, lr, mu, o.nesterov, w_decay, o.l2 != 0)
+        if s.b_off[k] >= 0:
+            off = s.b_off[k]
+            sgd_range(theta + off, grad + off, velocity + off if velocity != NULL else NULL,
+                      s.sizes[k + 1], lr, mu, o.nesterov, b_decay, False)
+    return 0.5 * o.l2 * sq
 
 
 cdef int run_epoch(const Spec *s,
                    floating *theta,           # IN/OUT parameters
                    floating *grad,            # scratch gradient (optimizer path), or NULL
                    floating *velocity,        # IN/OUT momentum buffer, or NULL
-                   int64_t n_params,
                    floating *ws, const Work *w,
                    const floating *X,         # IN (n_samples, n_in)
                    const floating *Y,         # IN (n_samples, n_out)
                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
                    int64_t n_samples, int64_t batch_size,
-                   floating lr, floating momentum, bint nesterov, floating weight_decay,
+                   const Optim *o,            # IN the optimizer's settings
                    int64_t first_step,        # start at this batch of the epoch
                    int64_t max_steps,         # stop after this many steps (-1: no limit)
-                   double *loss_sum,          # OUT sum of the per-sample losses seen
-                   double *hit_sum,           # OUT sum of the per-sample accuracies seen
-                   int64_t *n_done,           # OUT samples consumed by completed steps
+                   Totals *t,                 # OUT what the epoch saw
                    ) except -1 nogil:
     """One epoch of mini-batch SGD, entirely in compiled code.
 
-    Stops early (returning 1) before applying a step whose batch loss is not
-    finite, leaving theta as it was after the last good step.  Polls for
+    Plain SGD (grad == NULL) fuses the update into the weight-gradient GEMM;
+    with momentum, weight decay or l2 the gradient is formed in `grad` and
+    the optimizer applied to it.  Stops early (returning 1) before applying
+    a step whose batch loss is not finite, leaving theta as it was after the
+    last good step.  Polls for
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
     KeyboardInterrupt set, again between steps.
     """
@@ -491,11 +533,11 @@ cdef int run_epoch(const Spec *s,
     cdef const floating *yb
     cdef double batch_loss
     cdef bint optimizer = grad != NULL
+    cdef floating lr = <floating>o.lr
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
-    loss_sum[0] = 0.0
-    hit_sum[0] = 0.0
-    n_done[0] = 0
+    t.loss = t.hits = t.penalty = 0.0
+    t.n_done = 0
     start = first_step * batch_size
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
@@ -508,14 +550,14 @@ cdef int run_epoch(const Spec *s,
             xb = X + start * n_in
             yb = Y + start * n_out
         forward(s, theta, ws, w, xb, m)
-        batch_loss = loss_and_delta(s, ws, w, yb, m, True, hit_sum)
+        batch_loss = loss_and_delta(s, ws, w, yb, m, True, &t.hits)
         if not isfinite(batch_loss):
             return 1
         backward(s, theta, grad, lr, ws, w, xb, m)
         if optimizer:
-            sgd_update(theta, grad, velocity, n_params, lr, momentum, nesterov, weight_decay)
-        loss_sum[0] += batch_loss
-        n_done[0] += m
+            t.penalty += sgd_update(s, theta, grad, velocity, o, m)
+        t.loss += batch_loss
+        t.n_done += m
         start += m
         steps += 1
         macs += m * macs_per_row
@@ -660,11 +702,16 @@ cdef class Network:
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
-                  double lr, double momentum, bint nesterov, double weight_decay,
-                  floating[::1] velocity, floating[::1] grad, floating[::1] ws,
-                  int n_threads, int64_t first_step=0, int64_t max_steps=-1,
-                  bint flush_denormals=False):
-        """One epoch (see run_epoch); returns (loss_sum, hit_sum, n_done, status).
+                  floating[::1] ws, floating[::1] grad, floating[::1] velocity,
+                  int n_threads, double lr, double momentum=0.0, bint nesterov=False,
+                  double weight_decay=0.0, double l2=0.0, int64_t first_step=0,
+                  int64_t max_steps=-1, bint flush_denormals=False):
+        """One epoch (see run_epoch).
+
+        Returns (loss_sum, hit_sum, penalty_sum, n_done, status): sums over the
+        samples of the loss and accuracy, the sum over the steps of the l2
+        penalty l2/2 ||W||^2, the samples consumed, and 1 when it stopped at a
+        non-finite loss (else 0).
 
         The epoch starts at batch `first_step` and, with max_steps >= 0, stops
         after that many steps: an epoch may be run in pieces (a progress bar)
@@ -672,32 +719,36 @@ cdef class Network:
         With flush_denormals, the epoch runs with FTZ/DAZ on in every thread
         (restored to the caller's setting afterwards).
         `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
-        `grad` (n_params) is used when momentum or weight_decay is non-zero,
-        `velocity` (n_params) when momentum is; either may be empty otherwise.
-        `order` is None or an int64 array of n_samples row indices.
+        `grad` (n_params) is used when momentum, weight_decay or l2 is
+        non-zero, `velocity` (n_params) when momentum is; either may be empty
+        otherwise.  `order` is None or an int64 array of n_samples row indices.
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads)
         cdef int64_t n = X.shape[0]
         cdef int64_t rows = max(1, min(batch_size, n))
         cdef Work w = make_work(&s, rows)
+        cdef Optim o
+        cdef Totals t
         cdef const int64_t[::1] order_v
         cdef const int64_t *order_p = NULL
         cdef floating *grad_p = NULL
         cdef floating *vel_p = NULL
-        cdef double loss_sum = 0.0, hit_sum = 0.0
-        cdef int64_t n_done = 0
         cdef int status
         if batch_size < 1 or first_step < 0:
             raise ValueError("batch_size must be >= 1 and first_step >= 0")
         if ws.shape[0] < w.size:
             raise ValueError("workspace too small")
+        o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
+        o.weight_decay, o.l2 = weight_decay, l2
         if order is not None:
             order_v = order
             if order_v.shape[0] != n:
                 raise ValueError("order must have n_samples entries")
+            if n and (np.min(order) < 0 or np.max(order) >= n):
+                raise ValueError("order has indices out of range")
             order_p = &order_v[0]
-        if momentum != 0 or weight_decay != 0:
+        if momentum != 0 or weight_decay != 0 or l2 != 0:
             if grad.shape[0] != self.n_params:
                 raise ValueError("grad needs n_params entries")
             grad_p = &grad[0]
@@ -710,15 +761,13 @@ cdef class Network:
             fbp_ftz_all(flush_denormals, s.n_threads)
         try:
             with nogil:
-                status = run_epoch(&s, &theta[0], grad_p, vel_p, self.n_params, &ws[0], &w,
+                status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
                                    &X[0, 0], &Y[0, 0], order_p, n, batch_size,
-                                   <floating>lr, <floating>momentum, nesterov,
-                                   <floating>weight_decay, first_step, max_steps,
-                                   &loss_sum, &hit_sum, &n_done)
+                                   &o, first_step, max_steps, &t)
         finally:  # also on KeyboardInterrupt
             if flush_denormals != ftz_before:
                 fbp_ftz_all(ftz_before, s.n_threads)
-        return loss_sum, hit_sum, n_done, status
+        return t.loss, t.hits, t.penalty, t.n_done, status
 
 
 def openmp_enabled():

@@ -235,15 +235,15 @@ def test_epoch_in_pieces_equals_epoch_in_one_go(dtype):
     order = np.random.default_rng(0).permutation(100).astype(np.int64)
     ws = np.empty(a._net.workspace_size(8), dtype=dtype)
     empty = np.empty(0, dtype=dtype)
-    whole = a._net.fit_epoch(a._theta, Xc, Yc, order, 8, 0.1, 0.0, False, 0.0, empty, empty, ws, 1)
+    whole = a._net.fit_epoch(a._theta, Xc, Yc, order, 8, ws, empty, empty, 1, 0.1)
     total = [0.0, 0.0, 0]
     for first in range(0, 13, 3):
-        l, h, done, status = b._net.fit_epoch(b._theta, Xc, Yc, order, 8, 0.1, 0.0, False, 0.0,
-                                              empty, empty, ws, 1, first, 3)
+        l, h, _, done, status = b._net.fit_epoch(b._theta, Xc, Yc, order, 8, ws, empty, empty, 1,
+                                                 0.1, first_step=first, max_steps=3)
         assert status == 0
         total = [total[0] + l, total[1] + h, total[2] + done]
     np.testing.assert_array_equal(a._theta, b._theta)
-    assert whole[2] == total[2] == 100
+    assert whole[3] == total[2] == 100
     assert whole[0] == pytest.approx(total[0], rel=1e-6)
 
 
