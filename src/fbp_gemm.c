@@ -19,7 +19,10 @@
  *                     C  = alpha*acc + beta*C   (first slab)
  *                     C  = alpha*acc + C        (later slabs)
  *    and after the last slab the epilogue (bias, activation or dsrc
- *    derivative) runs on the tile while it is still in L1.
+ *    derivative) runs on the tile while it is still in L1; sigmoid and tanh
+ *    there use a vectorised exp (see "Vector sigmoid / tanh" below), the small
+ *    path uses libm.  Edge tiles use half-height (MR/2 rows) and/or
+ *    half-width (NR/2) variants of the micro-kernel when they fit.
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
  *      isa      dtype  MR x NR   MC   KC    NC    vector
@@ -44,10 +47,13 @@
  * Determinism: every C[i][j] is produced by the same instruction sequence
  * whatever the grid: KC slabs in order 0, KC, 2KC, ... (depends only on K),
  * inside a slab the register FMA chain k = 0..kc-1, the same alpha/beta
- * update, the same scalar epilogue.  Edge tiles (m < MR or n < NR) run the
- * very same micro-kernel on zero-padded panels into an MR x NR scratch tile
- * that is copied from/to C, so an element's bits do not depend on whether it
- * falls in an edge tile.  Hence n_threads = 1, 2, 3, 8 give identical bits.
+ * update, the same epilogue code (vector activations pad partial vectors, so
+ * every element takes the vector route).  Edge tiles (m < MR or n < NR) run the
+ * same per-element FMA chain (a half-size variant reads the same zero-padded
+ * panels) into a scratch tile that is copied from/to C, so an element's bits
+ * do not depend on whether it falls in an edge tile; sub-block borders are
+ * multiples of MR / NR, so the tiles themselves are the same for every grid.
+ * Hence n_threads = 1, 2, 3, 8 give identical bits.
  * Different ISAs may differ from each other (FMA vs mul+add, vector width
  * does not matter) but an ISA is fixed for the life of the process unless a
  * test forces one.
@@ -55,7 +61,8 @@
  * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values),
  * grown on demand and reused; freed by a pthread key destructor when the
  * thread exits.  If it cannot be allocated the thread computes its
- * sub-block with the small path (correct, slow).
+ * sub-block with the small path (correct and slow, but then not bitwise equal
+ * to the blocked path: only under memory exhaustion).
  *
  * No -ffast-math: the epilogue avoids a*b+c patterns so compiler contraction
  * cannot make the vectorised and scalar parts of a loop round differently.

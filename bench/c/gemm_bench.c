@@ -3,8 +3,9 @@
  *   gcc -O3 -std=gnu11 -fopenmp -Isrc bench/c/gemm_bench.c src/fbp_gemm.c -lm \
  *       -o /tmp/gemm_bench && /tmp/gemm_bench [trials] [f32|f64]
  *
- * For each shape, 1 and 2 threads, the best of `trials` (default 7) timings of
- * a loop of calls lasting ~0.1 s.  FBP_GEMM_ISA=generic|avx2|avx512 forces a
+ * For each shape, 1 and 2 threads, the best of `trials` (default 15) timings of
+ * a loop of calls lasting ~20 ms (short, so that some trials dodge other
+ * processes on a shared machine).  FBP_GEMM_ISA=generic|avx2|avx512 forces a
  * code path.  Also reports ns per call of the tiny-net shape M=1, N=2, K=2.
  */
 #include <stdio.h>
@@ -48,13 +49,13 @@ static double bench_##SFX(const struct shape *s, int nt, int trials,            
     const int act = fwd ? FBP_ACT_RELU : (dp ? FBP_ACT_SIGMOID : FBP_ACT_IDENTITY); \
     const double flops = 2.0 * M * N * K;                                       \
     long reps = 1;                                                              \
-    for (;;) { /* calibrate to ~0.1 s */                                        \
+    for (;;) { /* calibrate to ~20 ms */                                        \
         double t0 = now();                                                      \
         for (long r = 0; r < reps; r++)                                         \
             fbp_gemm_##SFX(s->ta, s->tb, M, N, K, alpha, A, lda, B, ldb, beta,  \
                            C, N, bp, act, dp, N, nt);                           \
         double dt = now() - t0;                                                 \
-        if (dt > 0.05) { reps = (long)(reps * 0.1 / dt) + 1; break; }           \
+        if (dt > 0.01) { reps = (long)(reps * 0.02 / dt) + 1; break; }           \
         reps *= 2;                                                              \
     }                                                                           \
     double best = 1e30;                                                         \
@@ -95,7 +96,7 @@ static double tiny_ns(int nt)
 
 int main(int argc, char **argv)
 {
-    const int trials = argc > 1 ? atoi(argv[1]) : 7;
+    const int trials = argc > 1 ? atoi(argv[1]) : 15;
     const char *only = argc > 2 ? argv[2] : NULL;
     printf("isa %s, best of %d\n", fbp_gemm_isa(), trials);
     printf("%-5s %-5s %5s %5s %5s   %9s %9s  %5s\n", "dtype", "op", "M", "N", "K",
