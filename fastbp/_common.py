@@ -260,7 +260,7 @@ def _one_hot(labels: np.ndarray, n_out: int, dtype: type) -> np.ndarray:
     return onehot
 
 
-def check_lr(lr: Any) -> float:
+def check_lr(lr: Any, dtype: Optional[type] = None) -> float:
     # Strings, booleans and arrays of more than one value are not learning rates,
     # even though float() would take some of them.
     if isinstance(lr, (str, bytes, bool, np.bool_)) or (
@@ -273,6 +273,11 @@ def check_lr(lr: Any) -> float:
         raise ValueError(f"lr must be a positive finite number, got {lr!r}") from None
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if dtype is not None:
+        with np.errstate(over="ignore", under="ignore"):
+            in_dtype = dtype(value)
+        if not (np.isfinite(in_dtype) and in_dtype > 0):
+            raise ValueError(f"lr={lr!r} is not a positive finite {np.dtype(dtype).name}")
     return value
 
 

@@ -215,6 +215,12 @@ class MLP:
     def _XY(self, X: Any, Y: Any) -> Tuple[np.ndarray, np.ndarray]:
         Xc = self._X(X)
         Yc = C.check_Y(Y, Xc.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype.type)
+        # Training writes the parameters while it reads X and Y: data that is
+        # (a view of) the parameters themselves is read from a copy.
+        if np.may_share_memory(Xc, self._theta):
+            Xc = Xc.copy()
+        if np.may_share_memory(Yc, self._theta):
+            Yc = Yc.copy()
         return Xc, Yc
 
     # -- inference ----------------------------------------------------------
@@ -305,17 +311,25 @@ class MLP:
         Raises
         ------
         FloatingPointError
-            When the loss is NaN or Inf; the model is then left unchanged.
+            When the loss is NaN or Inf, or the update would make a parameter
+            NaN or Inf; the model is then left unchanged.
         """
         Xc, Yc = self._XY(X, Y)
-        lr = C.check_lr(lr)
+        lr = C.check_lr(lr, self.dtype.type)
         n = Xc.shape[0]
         with self._lock:
+            before = self._theta.copy()
             loss_sum, _, _, _, status = Epochs(self, Xc, Yc, n).run(None, lr)
-        if status:
-            raise FloatingPointError(
-                "the loss is not finite on this batch; the model was not updated"
-            )
+            if status:
+                raise FloatingPointError(
+                    "the loss is not finite on this batch; the model was not updated"
+                )
+            if not np.isfinite(self._theta).all():
+                np.copyto(self._theta, before)
+                raise FloatingPointError(
+                    f"the update made parameters NaN or Inf; the model was not updated. "
+                    f"Try a smaller learning rate (lr={lr:g})."
+                )
         return float(loss_sum / n)
 
     def workspace_nbytes(self, batch_size: int) -> int:
@@ -427,7 +441,7 @@ class MLP:
         """
         Xc, Yc = self._XY(X, Y)
         epochs, batch_size = C.check_fit_args(epochs, batch_size)
-        lr0 = C.check_lr(lr)
+        lr0 = C.check_lr(lr, self.dtype.type)
         momentum, weight_decay = _check_optimizer(momentum, nesterov, weight_decay)
         Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
         if early_stopping and val is None:
@@ -633,20 +647,29 @@ class Epochs:
         if momentum and model._velocity is None:
             model._velocity = np.zeros_like(model._theta)
         self.velocity = model._velocity if momentum else empty
+        # One saved copy of the parameters (and velocity) and how to replay
+        # forward from it: see epoch() and _fail().
         self._saved: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._anchor: Optional[Tuple[int, Optional[np.ndarray], float]] = None  # (epoch, order, lr)
 
     @property
     def nbytes(self) -> int:
         """Bytes of scratch allocated for the fit (workspace and gradient)."""
         return int(self.ws.nbytes + self.grad.nbytes)
 
-    def run(self, order: Optional[np.ndarray], lr: float, first: int = 0, steps: int = -1) -> Tuple:
+    def run(
+        self, order: Optional[np.ndarray], lr: float, first: int = 0, steps: int = -1,
+        snapshot_step: int = -1,
+    ) -> Tuple:
         """Steps ``first`` .. ``first + steps`` of an epoch; the kernel's raw result
-        (loss_sum, hit_sum, penalty_sum, n_done, status)."""
+        (loss_sum, hit_sum, penalty_sum, n_done, status).  With ``snapshot_step``
+        the kernel saves the parameters at that step (see :meth:`epoch`)."""
         m = self.model
+        saved = self._saved if snapshot_step >= 0 else (None, None)
         return m._net.fit_epoch(
             m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
             self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
+            snapshot=saved[0], snapshot_velocity=saved[1], snapshot_step=snapshot_step,
             **self.settings,
         )
 
@@ -657,51 +680,72 @@ class Epochs:
         """One whole epoch; returns the sums of the loss, accuracy and l2 penalty.
 
         With a live progress display, the epoch runs a few batches at a time
-        (the result is the same).  When the loss becomes NaN or Inf, the
-        model is rewound to the last step with a finite loss and
-        FloatingPointError is raised.
+        (the result is the same).  When the loss becomes NaN or Inf, or the
+        parameters stop being finite, the model is rewound to the last step
+        with a finite loss (see :meth:`_fail`) and FloatingPointError is raised.
+
+        Rewinding needs one saved copy of the parameters: the kernel takes it
+        during each epoch's last step, once that step's loss is known to be
+        finite and before its update.  Before the first such copy, the copy
+        is the fit's starting point.
         """
         m = self.model
         if self._saved is None:
-            self._saved = (np.empty_like(m._theta), np.empty_like(self.velocity))
-        np.copyto(self._saved[0], m._theta)
-        np.copyto(self._saved[1], self.velocity)
+            self._saved = (m._theta.copy(), self.velocity.copy())
+        last = self.n_batches - 1
         piece = max(1, self.n_batches // 100) if progress is not None and progress.live else -1
         n = self.X.shape[0]
         totals = np.zeros(3)
         steps = 0
         while steps < self.n_batches:
-            *sums, done, status = self.run(order, lr, steps, piece)
-            if status:
-                failed = steps + done // self.batch_size
-                self._rewind(order, lr, failed)
-                raise FloatingPointError(
-                    f"the training loss became NaN or Inf at epoch {epoch + 1}, batch "
-                    f"{failed + 1}; the weights are restored to the last step with a finite "
-                    f"loss. Try a smaller learning rate (lr={lr:g})."
-                )
-            totals += sums
+            *sums, done, status = self.run(order, lr, steps, piece, snapshot_step=last)
             batches = -(-done // self.batch_size)
+            if steps <= last < steps + batches:
+                self._anchor = (epoch, order, lr)
+            if status:
+                self._fail(order, lr, epoch, steps + batches)
+            totals += sums
             steps += batches
             if progress is not None:
                 seen = min(steps * self.batch_size, n)
                 progress.update(batches, seen, totals[0] / seen)
+        if not np.isfinite(m._theta).all():  # the last step overflowed the weights
+            self._fail(order, lr, epoch, self.n_batches)
         return float(totals[0]), float(totals[1]), float(totals[2])
 
-    def _rewind(self, order: Optional[np.ndarray], lr: float, failed: int) -> None:
-        """Back to the weights after step ``failed - 1`` of this epoch.
+    def _fail(self, order: Optional[np.ndarray], lr: float, epoch: int, failed: int) -> None:
+        """Rewind to the last good step and raise FloatingPointError.
 
-        The failed batch's loss was measured at the weights its previous step
-        left, so the last good weights are those of the step before that one.
-        The epoch is replayed from its start: the kernels are deterministic,
-        so the replay is exact.
+        Step ``failed`` of this epoch (0-based; n_batches for "after the last
+        step") met a non-finite loss: the weights it saw, left by the step
+        before it, are already bad, so the last good weights are those the
+        step before that one left.  They are rebuilt from the saved copy by
+        replaying steps, which is exact: the kernels are deterministic.
         """
         m = self.model
         assert self._saved is not None
         np.copyto(m._theta, self._saved[0])
         np.copyto(self.velocity, self._saved[1])
-        if failed > 1:
+        last = self.n_batches - 1
+        if self._anchor is not None and self._anchor[0] == epoch:
+            assert failed == self.n_batches
+            pass  # the copy was taken at this epoch's last step: it is the answer
+        elif self._anchor is not None:
+            # The copy was taken at the previous epoch's last step (whose loss
+            # was finite): replay that step, then this epoch's steps before the
+            # one whose weights were already bad.
+            if failed >= 1:
+                self.run(self._anchor[1], self._anchor[2], last, 1)
+                if failed >= 2:
+                    self.run(order, lr, 0, failed - 1)
+        elif failed >= 2:  # the copy is the fit's starting point
             self.run(order, lr, 0, failed - 1)
+        where = f"batch {failed + 1}" if failed < self.n_batches else "its last batch"
+        raise FloatingPointError(
+            f"the training loss became NaN or Inf at epoch {epoch + 1}, {where}; the "
+            f"weights are restored to the last step with a finite loss. Try a smaller "
+            f"learning rate (lr={lr:g})."
+        )
 
 
 def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any) -> Tuple[float, float]:

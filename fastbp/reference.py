@@ -417,7 +417,7 @@ class MLP:
             When the batch loss is NaN or Inf; the parameters are not changed.
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
-        lr = _common.check_lr(lr)
+        lr = _common.check_lr(lr, self.dtype.type)
         return self._round(self._sgd_update(Xc.tolist(), Yc.tolist(), lr))
 
     def fit(
@@ -464,7 +464,7 @@ class MLP:
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
-        lr = _common.check_lr(lr)
+        lr = _common.check_lr(lr, self.dtype.type)
         rows_X, rows_Y = Xc.tolist(), Yc.tolist()
         n = len(rows_X)
         rng = np.random.default_rng(seed)

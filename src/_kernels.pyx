@@ -35,6 +35,7 @@
 from cython.parallel cimport prange
 from libc.math cimport exp, log, log1p, fabs, isfinite
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -515,6 +516,10 @@ cdef int run_epoch(const Spec *s,
                    const Optim *o,            # IN the optimizer's settings
                    int64_t first_step,        # start at this batch of the epoch
                    int64_t max_steps,         # stop after this many steps (-1: no limit)
+                   floating *snap,            # OUT copy of theta at step snap_step, or NULL
+                   floating *snap_vel,        # OUT copy of velocity there, or NULL
+                   int64_t snap_step,
+                   int64_t n_params,
                    Totals *t,                 # OUT what the epoch saw
                    ) except -1 nogil:
     """One epoch of mini-batch SGD, entirely in compiled code.
@@ -523,11 +528,13 @@ cdef int run_epoch(const Spec *s,
     with momentum, weight decay or l2 the gradient is formed in `grad` and
     the optimizer applied to it.  Stops early (returning 1) before applying
     a step whose batch loss is not finite, leaving theta as it was after the
-    last good step.  Polls for
+    last good step.  At step `snap_step`, once its loss is known to be finite
+    and before its update, theta (and the velocity) are copied to `snap`: the
+    caller's point to rewind to should a later step diverge.  Polls for
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
     KeyboardInterrupt set, again between steps.
     """
-    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
+    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0, step_index
     cdef int64_t n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
     cdef const floating *xb
     cdef const floating *yb
@@ -553,6 +560,11 @@ cdef int run_epoch(const Spec *s,
         batch_loss = loss_and_delta(s, ws, w, yb, m, True, &t.hits)
         if not isfinite(batch_loss):
             return 1
+        step_index = first_step + steps
+        if step_index == snap_step and snap != NULL:
+            memcpy(snap, theta, n_params * sizeof(floating))
+            if snap_vel != NULL and velocity != NULL:
+                memcpy(snap_vel, velocity, n_params * sizeof(floating))
         backward(s, theta, grad, lr, ws, w, xb, m)
         if optimizer:
             t.penalty += sgd_update(s, theta, grad, velocity, o, m)
@@ -705,7 +717,9 @@ cdef class Network:
                   floating[::1] ws, floating[::1] grad, floating[::1] velocity,
                   int n_threads, double lr, double momentum=0.0, bint nesterov=False,
                   double weight_decay=0.0, double l2=0.0, int64_t first_step=0,
-                  int64_t max_steps=-1, bint flush_denormals=False):
+                  int64_t max_steps=-1, bint flush_denormals=False,
+                  floating[::1] snapshot=None, floating[::1] snapshot_velocity=None,
+                  int64_t snapshot_step=-1):
         """One epoch (see run_epoch).
 
         Returns (loss_sum, hit_sum, penalty_sum, n_done, status): sums over the
@@ -722,6 +736,9 @@ cdef class Network:
         `grad` (n_params) is used when momentum, weight_decay or l2 is
         non-zero, `velocity` (n_params) when momentum is; either may be empty
         otherwise.  `order` is None or an int64 array of n_samples row indices.
+        With `snapshot` (n_params), theta is copied there at step
+        `snapshot_step` once that step's loss is known to be finite, before
+        its update (and the velocity to `snapshot_velocity`, if momentum).
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads)
@@ -734,6 +751,8 @@ cdef class Network:
         cdef const int64_t *order_p = NULL
         cdef floating *grad_p = NULL
         cdef floating *vel_p = NULL
+        cdef floating *snap_p = NULL
+        cdef floating *snap_vel_p = NULL
         cdef int status
         if batch_size < 1 or first_step < 0:
             raise ValueError("batch_size must be >= 1 and first_step >= 0")
@@ -756,6 +775,14 @@ cdef class Network:
             if velocity.shape[0] != self.n_params:
                 raise ValueError("velocity needs n_params entries")
             vel_p = &velocity[0]
+        if snapshot is not None and snapshot_step >= 0:
+            if snapshot.shape[0] != self.n_params:
+                raise ValueError("snapshot needs n_params entries")
+            snap_p = &snapshot[0]
+            if vel_p != NULL:
+                if snapshot_velocity is None or snapshot_velocity.shape[0] != self.n_params:
+                    raise ValueError("snapshot_velocity needs n_params entries")
+                snap_vel_p = &snapshot_velocity[0]
         cdef bint ftz_before = fbp_ftz_is_on()
         if flush_denormals != ftz_before:
             fbp_ftz_all(flush_denormals, s.n_threads)
@@ -763,7 +790,8 @@ cdef class Network:
             with nogil:
                 status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
                                    &X[0, 0], &Y[0, 0], order_p, n, batch_size,
-                                   &o, first_step, max_steps, &t)
+                                   &o, first_step, max_steps, snap_p, snap_vel_p,
+                                   snapshot_step, self.n_params, &t)
         finally:  # also on KeyboardInterrupt
             if flush_denormals != ftz_before:
                 fbp_ftz_all(ftz_before, s.n_threads)

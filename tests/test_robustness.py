@@ -367,41 +367,51 @@ def test_layouts_bitwise_and_untouched(MLP, dtype, kind, tmp_path):
 def _step_replay(factory, X, Y, batch_size, lr, epochs):
     """Snapshots after each SGD step made by step() on consecutive slices.
 
-    Returns (snapshots, epoch, batch) where snapshots[s] are the parameters
-    after s steps and (epoch, batch) is the 1-based position of the first
-    batch whose loss is not finite (step raises there, leaving the model alone).
+    Returns (snapshots, where, kind): snapshots[s] are the parameters after s
+    steps; where = (epoch, batch, last_of_epoch) is the 1-based position of
+    the first step that step() refused (leaving the model alone), and kind is
+    "loss" when that batch's loss was not finite, "update" when its update
+    would have made a parameter NaN or Inf.
     """
     net = factory()
     snaps = [params_of(net)]
     n = X.shape[0]
+    n_batches = -(-n // batch_size)
     for epoch in range(1, epochs + 1):
         for b, start in enumerate(range(0, n, batch_size), start=1):
             before = params_of(net)
             try:
                 net.step(X[start:start + batch_size], Y[start:start + batch_size], lr)
-            except FloatingPointError:
+            except FloatingPointError as exc:
                 assert_same_params(before, net)
-                return snaps, epoch, b
+                kind = "update" if "update made parameters" in str(exc) else "loss"
+                return snaps, (epoch, b, b == n_batches), kind
             snaps.append(params_of(net))
     return snaps, None, None
 
 
 def _check_divergence(factory, X, Y, batch_size, lr, epochs=6):
-    snaps, epoch, batch = _step_replay(factory, X, Y, batch_size, lr, epochs)
-    assert epoch is not None, "the test data should diverge"
+    snaps, where, kind = _step_replay(factory, X, Y, batch_size, lr, epochs)
+    assert where is not None, "the test data should diverge"
+    epoch, batch, last = where
     net = factory()
     with pytest.raises(FloatingPointError) as info:
         net.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=False)
     msg = str(info.value)
-    assert f"epoch {epoch}, batch {batch}" in msg
+    # fit notices a bad step at the next batch's loss, or at the end of the epoch.
+    if kind == "loss":
+        assert f"epoch {epoch}, batch {batch};" in msg
+    elif last:
+        assert f"epoch {epoch}, its last batch" in msg
+    else:
+        assert f"epoch {epoch}, batch {batch + 1};" in msg
     assert "smaller learning rate" in msg and "NaN or Inf" in msg
     params = params_of(net)
     assert all(np.isfinite(p).all() for p in params), f"non-finite weights after: {msg}"
-    # The failing batch's loss was taken at the weights of the step before it,
-    # so fit documents the weights of the step before that as the last good ones.
-    failing = len(snaps)          # 1-based global index of the failing step
-    assert_same_params(snaps[max(0, failing - 2)], net)
-    # ... which is also what the same fit, stopped just before that, gives.
+    # The last good weights: those before the step that made them bad (for a
+    # non-finite loss, the weights the batch saw were left by the step before).
+    failing = len(snaps)          # 1-based global index of the step refused
+    assert_same_params(snaps[max(0, failing - 2 if kind == "loss" else failing - 1)], net)
     net.predict(X)
 
 
@@ -415,9 +425,6 @@ def test_divergence_within_epoch(dtype, lr, batch_size):
     _check_divergence(factory, X, Y, batch_size, lr)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py bug: divergence on the first batch of an epoch "
-                   "restores the weights of the previous epoch's LAST step (the suspect ones), "
-                   "which may be Inf (n_done == 0 in _restore_last_good)")
 def test_divergence_at_epoch_boundary():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 3))
@@ -475,3 +482,47 @@ def test_fit_bitwise_same_for_any_thread_count(threads, sizes, activation, dtype
         results.append((hist.loss, b"".join(p.tobytes() for p in params_of(net)), pred.tobytes()))
     for r in results[1:]:
         assert r == results[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_divergence_with_shuffle_rewinds_exactly(seed):
+    """Shuffled fit: the weights after divergence are those step() reaches on the
+    same batches, up to the step before the one that made them bad."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(10, 3))
+    Y = rng.normal(size=(10, 2)) * 100
+    lr = float(10 ** rng.uniform(1.5, 3))
+    factory = lambda: fastbp.MLP([3, 5, 2], activation="relu", output="identity",  # noqa: E731
+                                 loss="squared_error", dtype="float64", seed=seed)
+    batch_size, epochs = 3, 30
+    # The batches fit visits, in order, and step() on each of them.
+    order_rng = np.random.default_rng(seed)
+    batches = []
+    for epoch in range(1, epochs + 1):
+        order = order_rng.permutation(10)
+        starts = list(range(0, 10, batch_size))
+        batches += [(epoch, b, b == len(starts), order[s:s + batch_size])
+                    for b, s in enumerate(starts, start=1)]
+    net = factory()
+    snaps = [params_of(net)]
+    for epoch, b, last, idx in batches:
+        try:
+            net.step(X[idx], Y[idx], lr)
+        except FloatingPointError as exc:
+            kind = "update" if "update made parameters" in str(exc) else "loss"
+            break
+        snaps.append(params_of(net))
+    else:
+        pytest.skip("this draw does not diverge")
+    fitted = factory()
+    with pytest.raises(FloatingPointError) as info:
+        fitted.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    msg = str(info.value)
+    if kind == "loss":
+        assert f"epoch {epoch}, batch {b};" in msg
+    elif last:
+        assert f"epoch {epoch}, its last batch" in msg
+    else:
+        assert f"epoch {epoch}, batch {b + 1};" in msg
+    failing = len(snaps)
+    assert_same_params(snaps[max(0, failing - 2 if kind == "loss" else failing - 1)], fitted)
