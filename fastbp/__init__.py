@@ -4,11 +4,20 @@ The compiled kernels (Cython + C, float32 and float64, OpenMP) do the work;
 :mod:`fastbp.reference` is a pure-Python implementation of the same model that
 every kernel is tested against.
 """
-from . import io, reference, schedules
-from ._threads import get_num_threads, set_num_threads
-from .history import History
-from .io import ModelFileError, load
-from .model import MLP
+import os as _os
+
+# libgomp reads this once, when the kernels load it.  Its default makes idle
+# OpenMP threads spin for milliseconds after each parallel region, which on a
+# shared or busy machine steals the core the other thread needs; a short spin
+# keeps back-to-back regions (one per GEMM) fast either way.  A value set by
+# the user wins.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+from . import io, reference, schedules  # noqa: E402
+from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from .history import History  # noqa: E402
+from .io import ModelFileError, load  # noqa: E402
+from .model import MLP  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -459,8 +459,9 @@ class MLP:
         Raises
         ------
         FloatingPointError
-            When a batch loss is NaN or Inf; the model is left at the last step
-            whose loss was finite.
+            When a batch loss is NaN or Inf; the model is left as it was before
+            that batch (the compiled model rewinds one step further, to weights
+            whose loss was finite: that is training policy, not math).
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
