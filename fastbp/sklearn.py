@@ -7,8 +7,9 @@ subset that applies to SGD), same fitted attributes, same initialisation,
 shuffling, L2 penalty, momentum update, stopping rule and warnings.  Given the
 same ``random_state`` they draw the same initial weights and visit the samples
 in the same order as scikit-learn, so the two follow the same trajectory up to
-floating-point rounding.  The forward and backward passes run in fastbp's
-compiled kernels.
+floating-point rounding.  Each epoch runs as one call into fastbp's compiled
+kernels (forward, backward, penalty and momentum update of every batch), with
+its buffers allocated once per fit.
 
 scikit-learn is an optional dependency (``pip install fastbp[sklearn]``):
 ``import fastbp`` never imports it, this module does.
@@ -31,7 +32,7 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils import Tags, check_random_state, column_or_1d, gen_batches, shuffle
+    from sklearn.utils import Tags, check_random_state, column_or_1d, shuffle
     from sklearn.utils.multiclass import type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - exercised only without sklearn
@@ -42,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
-from .model import MLP
+from .model import MLP, Epochs
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -216,12 +217,15 @@ class _BaseMLP(BaseEstimator):
                 "dtype": net.dtype.name,
                 "weights": [W.copy() for W in net.weights],
                 "biases": [b.copy() for b in net.biases],
+                # partial_fit continues with the momentum velocity
+                **net.optimizer_state(),
             }
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         state = dict(state)
         spec = state.pop("_net_state", None)
+        old_velocities = state.pop("_velocities", None)  # pickles from the per-batch Python loop
         super().__setstate__(state)
         if spec is not None:
             self._net = MLP(
@@ -229,6 +233,18 @@ class _BaseMLP(BaseEstimator):
                 loss=spec["loss"], dtype=spec["dtype"], seed=0,
                 weights=spec["weights"], biases=spec["biases"],
             )
+            velocity = spec.get("velocity")
+            if velocity is None and old_velocities is not None:
+                # scikit-learn's v_s (weights then biases) is -lr times the model's
+                net = self._net
+                velocity = np.zeros(net.n_params, dtype=net.dtype)
+                n = net.n_layers
+                for k, (v_w, v_b) in enumerate(zip(old_velocities[:n], old_velocities[n:])):
+                    w0, b0 = net._net.w_off[k], net._net.b_off[k]
+                    velocity[w0 : w0 + v_w.size] = np.ravel(v_w)
+                    velocity[b0 : b0 + v_b.size] = np.ravel(v_b)
+                velocity /= -float(self.learning_rate_init)
+            self._net.set_optimizer_state({"velocity": velocity})
 
     # -- hooks the subclasses fill in ---------------------------------------------
 
@@ -328,11 +344,18 @@ class _BaseMLP(BaseEstimator):
             self._net.biases[k][...] = b
 
     def _fit_stochastic(self, X: np.ndarray, Y: np.ndarray, incremental: bool) -> None:
+        """The SGD epochs: each one runs whole in fastbp's compiled loop.
+
+        Everything random is drawn here exactly as scikit-learn draws it (the
+        validation split, then one shuffle of ``sample_idx`` per epoch); the
+        kernel then visits the rows in that order in consecutive batches and
+        applies the penalty and the momentum update after each one.
+        """
         net = self._net
-        if not incremental or not hasattr(self, "_velocities"):
+        if not incremental:
             # As scikit-learn, fit() (warm or not) restarts the optimizer;
-            # partial_fit() keeps its velocity from call to call.
-            self._velocities = [np.zeros_like(p) for p in (*net.weights, *net.biases)]
+            # partial_fit() keeps its velocity (the model's) from call to call.
+            net.reset_optimizer()
 
         X_val = y_val = None
         if self.early_stopping:
@@ -362,52 +385,52 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn reports 0.5 * mean over samples AND outputs of the
         # squared error; fastbp's loss sums over the outputs (same gradient).
         loss_scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        lr = float(self.learning_rate_init)
+        lr = C.check_lr(self.learning_rate_init, self._np_dtype())
+        # scikit-learn's update v_s <- mu v_s - lr g; theta += v_s (Nesterov:
+        # theta += mu v_s - lr g) is torch's v <- mu v + g; theta -= lr v
+        # (lr (g + mu v)) with v_s = -lr v: the same steps at a constant lr,
+        # up to rounding.  The kernel's l2 is scikit-learn's alpha exactly.
         mu = float(self.momentum)
-        alpha = float(self.alpha)
-        nesterov = bool(self.nesterovs_momentum)
-        n_layers = net.n_layers
-        params = [*net.weights, *net.biases]
-        velocities = self._velocities
 
         sample_idx = np.arange(n_samples)
         self.n_iter_ = 0
+        with net._lock:
+            X, Y = net._XY(X, Y)
+            runner = Epochs(
+                net, X, Y, batch_size, momentum=mu, nesterov=bool(self.nesterovs_momentum),
+                weight_decay=0.0, l2=float(self.alpha), flush_denormals=True,
+            )
+            try:
+                self._run_epochs(runner, sample_idx, lr, loss_scale, incremental, X_val, y_val)
+            finally:
+                del runner  # the workspace goes before the lock is released
+            if self.early_stopping:
+                self._set_params(self._best_params)
+
+    def _run_epochs(
+        self, runner: Epochs, sample_idx: np.ndarray, lr: float, loss_scale: float,
+        incremental: bool, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray],
+    ) -> None:
+        n_samples = sample_idx.shape[0]
         for _ in range(self.max_iter):
+            order = None
             if self.shuffle:
                 sample_idx = shuffle(sample_idx, random_state=self._random_state)
-            accumulated_loss = 0.0
-            for batch in gen_batches(n_samples, batch_size):
-                idx = sample_idx[batch] if self.shuffle else batch
-                Xb, Yb = X[idx], Y[idx]
-                m = Xb.shape[0]
-                batch_loss, grads = net.gradients(Xb, Yb)
-                batch_loss *= loss_scale
-                if alpha:
-                    sq = sum(float(np.dot(W.ravel(), W.ravel())) for W in net.weights)
-                    batch_loss += 0.5 * alpha * sq / m
-                if not np.isfinite(batch_loss):
-                    raise ValueError(
-                        "Solver produced non-finite parameter weights (the training loss "
-                        f"became {batch_loss} at iteration {self.n_iter_ + 1}). The input "
-                        "data may contain large values and need to be preprocessed, or "
-                        f"learning_rate_init={lr:g} is too large."
-                    )
-                accumulated_loss += batch_loss * m
-                flat = [dW for dW, _ in grads] + [db for _, db in grads]
-                for k, (p, g, v) in enumerate(zip(params, flat, velocities)):
-                    if alpha and k < n_layers:
-                        g += (alpha / m) * p  # L2 penalty: weights only, as scikit-learn
-                    g *= lr
-                    v *= mu
-                    v -= g
-                    if nesterov:
-                        p += mu * v
-                        p -= g
-                    else:
-                        p += v
-
+                order = sample_idx.astype(np.int64, copy=False)
+            try:
+                loss_sum, _, penalty_sum = runner.epoch(order, lr, self.n_iter_)
+            except FloatingPointError:
+                # The model is back at the last step with a finite loss.
+                raise ValueError(
+                    "Solver produced non-finite parameter weights (the training loss "
+                    f"became NaN or Inf at iteration {self.n_iter_ + 1}). The input "
+                    "data may contain large values and need to be preprocessed, or "
+                    f"learning_rate_init={lr:g} is too large."
+                ) from None
+            # Each batch's loss (mean, with alpha / (2 m) ||W||^2) weighted by
+            # its size m, over n_samples: scikit-learn's loss_.
             self.n_iter_ += 1
-            self.loss_ = accumulated_loss / n_samples
+            self.loss_ = (loss_scale * loss_sum + penalty_sum) / n_samples
             self.t_ += n_samples
             self.loss_curve_.append(self.loss_)
             if self.verbose:
@@ -430,11 +453,8 @@ class _BaseMLP(BaseEstimator):
                     "Stochastic Optimizer: Maximum iterations (%d) reached and the "
                     "optimization hasn't converged yet." % self.max_iter,
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
-
-        if self.early_stopping:
-            self._set_params(self._best_params)
 
     def _update_no_improvement_count(
         self, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]

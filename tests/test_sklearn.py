@@ -306,9 +306,85 @@ def test_invalid_params(params):
 
 
 def test_divergence_is_an_error():
+    est = MLPRegressor(learning_rate_init=10.0, max_iter=50, random_state=0)
     with pytest.raises(ValueError, match="non-finite"):
-        MLPRegressor(learning_rate_init=10.0, max_iter=50, random_state=0).fit(
-            REG_X, REG_Y * 1e3)
+        est.fit(REG_X, REG_Y * 1e3)
+    # the kernel rewinds to the last step whose loss was finite
+    for p in est.coefs_ + est.intercepts_:
+        assert np.isfinite(p).all()
+
+
+def test_epochs_run_in_the_compiled_loop(monkeypatch):
+    """One kernel call per epoch: no per-batch Python (MLP.gradients / MLP.step)."""
+    from fastbp import model as fbm
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("per-batch Python path used")
+
+    calls = []
+    epoch = fbm.Epochs.epoch
+
+    def counting(self, order, lr, index, progress=None):
+        calls.append(None if order is None else order.dtype)
+        return epoch(self, order, lr, index, progress)
+
+    monkeypatch.setattr(fbm.MLP, "gradients", forbidden)
+    monkeypatch.setattr(fbm.MLP, "step", forbidden)
+    monkeypatch.setattr(fbm.Epochs, "epoch", counting)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), batch_size=7, max_iter=4, n_iter_no_change=9,
+                        random_state=0).fit(CLF_X, CLF_Y)
+    assert clf.n_iter_ == 4 and calls == [np.int64] * 4
+    clf.partial_fit(CLF_X, CLF_Y)
+    MLPRegressor(max_iter=2, shuffle=False, random_state=0).fit(REG_X, REG_Y)
+    assert calls == [np.int64] * 5 + [None] * 2
+
+
+def test_pickle_keeps_partial_fit_velocity():
+    est = MLPRegressor(dtype="float64", learning_rate_init=0.01, random_state=0)
+    est.partial_fit(REG_X, REG_Y)
+    copy = pickle.loads(pickle.dumps(est))
+    for e in (est, copy):
+        e.partial_fit(REG_X, REG_Y)
+    np.testing.assert_array_equal(copy.predict(REG_X), est.predict(REG_X))
+    # ... and it is not a velocity of zero: that would be another step
+    fresh = pickle.loads(pickle.dumps(est))
+    fresh.model_.reset_optimizer()
+    est.partial_fit(REG_X, REG_Y)
+    fresh.partial_fit(REG_X, REG_Y)
+    assert not np.array_equal(fresh.predict(REG_X), est.predict(REG_X))
+
+
+def test_unpickle_per_batch_loop_velocities():
+    """Pickles from before the compiled loop kept scikit-learn's velocities
+    (v_s = -lr * the model's) as a list, weights then biases."""
+    est = MLPRegressor(dtype="float64", learning_rate_init=0.01, random_state=0)
+    est.partial_fit(REG_X, REG_Y)
+    state = est.__getstate__()
+    state["_net_state"] = dict(state["_net_state"])
+    state["_net_state"].pop("velocity")
+    net, views = est.model_, []
+    for k in range(net.n_layers):
+        w0, b0 = net._net.w_off[k], net._net.b_off[k]
+        W, b = net.weights[k], net.biases[k]
+        views.append((net._velocity[w0:w0 + W.size].reshape(W.shape),
+                      net._velocity[b0:b0 + b.size]))
+    state["_velocities"] = [-0.01 * v for v, _ in views] + [-0.01 * v for _, v in views]
+    old = MLPRegressor.__new__(MLPRegressor)
+    old.__setstate__(state)
+    assert not hasattr(old, "_velocities")
+    np.testing.assert_allclose(old.model_._velocity, est.model_._velocity, rtol=1e-14)
+    old.partial_fit(REG_X, REG_Y)
+    est.partial_fit(REG_X, REG_Y)
+    np.testing.assert_allclose(old.predict(REG_X), est.predict(REG_X), rtol=1e-12)
+
+
+def test_verbose_prints_as_sklearn(capsys):
+    ours, theirs = _pair(MLPClassifier, sknn.MLPClassifier, verbose=True)
+    ours.fit(CLF_X, CLF_Y)
+    printed = capsys.readouterr().out
+    theirs.fit(CLF_X, CLF_Y)
+    assert printed == capsys.readouterr().out
+    assert printed.count("Iteration") == 8
 
 
 def test_pickle_and_clone_round_trip():
