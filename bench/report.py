@@ -45,7 +45,7 @@ def header(env: dict[str, Any], quick: bool) -> str:
         f"CPU: {env.get('cpu')} ({env['cpu_count']} logical CPUs), Python {env['python']}",
         "versions: " + ", ".join(f"{k} {v[k] or 'absent'}" for k in v),
     ]
-    for b in env.get("blas") or []:
+    for b in [b for b in env.get("blas") or [] if b.get("user_api") == "blas"]:
         lines.append(f"BLAS: {b['internal_api']} {b['version']}, core type "
                      f"(threadpoolctl architecture) {b['architecture']}")
     if env.get("blas") is None:

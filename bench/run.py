@@ -167,8 +167,8 @@ def environment() -> dict[str, Any]:
         import numpy  # noqa: F401
         from threadpoolctl import threadpool_info
 
-        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture",
-                                                "num_threads", "filepath")}
+        info["blas"] = [{k: d.get(k) for k in ("user_api", "internal_api", "version",
+                                                "architecture", "num_threads", "filepath")}
                         for d in threadpool_info()]
     except ImportError:
         info["blas"] = None

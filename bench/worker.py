@@ -181,8 +181,9 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         for mod in peer.modules:
             try:
                 importlib.import_module(mod)
-            except ImportError as exc:
-                return {"status": "skipped", "note": f"{mod} not importable ({exc})"}
+            except ModuleNotFoundError as exc:  # not installed: skip with a note
+                return {"status": "skipped", "note": f"{mod} not installed ({exc})"}
+            # any other ImportError (e.g. a broken build) propagates: an error
         if peer.set_threads is not None:
             peer.set_threads(spec["threads"])
     # Libraries are loaded now, so threadpoolctl sees all their pools.

@@ -83,7 +83,7 @@ def test_quick_run_without_optional_peers(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
     for mod in ("torch", "sklearn", "matplotlib"):
         (hidden / mod).mkdir(parents=True)
-        (hidden / mod / "__init__.py").write_text(f"raise ImportError('{mod} hidden by test')\n")
+        (hidden / mod / "__init__.py").write_text(f"raise ModuleNotFoundError('{mod} hidden by test')\n")
     out_json, out_png = tmp_path / "quick.json", tmp_path / "quick.png"
     proc = _run(["-m", "bench", "--quick", "--json", str(out_json), "--png", str(out_png)],
                 extra_pythonpath=hidden)
