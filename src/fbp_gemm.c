@@ -2,11 +2,13 @@
  *
  * Design
  * ------
- * Two paths, chosen from (M, N, K) only, never from n_threads:
+ * Two paths, chosen from (M, N, K) only, never from n_threads, and giving
+ * the same bits per element (see "Per-element invariance" below):
  *
  *  - small: M*N*K <= SMALL_MNK or K == 0.  A plain i/j/k loop straight on the
- *    caller's arrays, no packing, no threads.  Tiny nets (M=1, N=2, K=2) call
- *    this millions of times, so it has to cost tens of nanoseconds.
+ *    caller's arrays, no packing, no threads, compiled once per ISA (the
+ *    same FMA or mul+add as that ISA's micro-kernel).  Tiny nets (M=1, N=2,
+ *    K=2) call this millions of times, so it has to cost tens of nanoseconds.
  *
  *  - blocked (Goto/BLIS): for each NC-wide column panel, for each KC-deep
  *    slab of K, op(B)[KC x NC] is packed into NR-wide slivers (k-major, NR
@@ -15,13 +17,13 @@
  *    are zero-padded to full MR / NR.  The micro-kernel keeps an MR x NR tile
  *    of C in vector registers and runs k = 0..kc-1 with one FMA per
  *    (row, vector) per k: acc += bcast(a[k][r]) * b[k][v].
- *    Then it writes   C  = alpha*acc            (first slab, beta == 0)
- *                     C  = alpha*acc + beta*C   (first slab)
- *                     C  = alpha*acc + C        (later slabs)
+ *    Then it writes   C  = alpha*acc                 (first slab, beta == 0)
+ *                     C  = fma(alpha, acc, beta*C)   (first slab)
+ *                     C  = fma(alpha, acc, C)        (later slabs)
  *    and after the last slab the epilogue (bias, activation or dsrc
  *    derivative) runs on the tile while it is still in L1; sigmoid and tanh
- *    there use a vectorised exp (see "Vector sigmoid / tanh" below), the small
- *    path uses libm.  Edge tiles use half-height (MR/2 rows) and/or
+ *    use a vectorised exp (see "Vector sigmoid / tanh" below), on this path
+ *    and on the small one.  Edge tiles use half-height (MR/2 rows) and/or
  *    half-width (NR/2) variants of the micro-kernel when they fit.
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
@@ -44,29 +46,60 @@
  * n_threads are used when the problem is too small to pay for the fork; this
  * changes speed, never bits.
  *
- * Determinism: every C[i][j] is produced by the same instruction sequence
- * whatever the grid: KC slabs in order 0, KC, 2KC, ... (depends only on K),
- * inside a slab the register FMA chain k = 0..kc-1, the same alpha/beta
- * update, the same epilogue code (vector activations pad partial vectors, so
- * every element takes the vector route).  Edge tiles (m < MR or n < NR) run the
- * same per-element FMA chain (a half-size variant reads the same zero-padded
- * panels) into a scratch tile that is copied from/to C, so an element's bits
- * do not depend on whether it falls in an edge tile; sub-block borders are
- * multiples of MR / NR, so the tiles themselves are the same for every grid.
- * Hence n_threads = 1, 2, 3, 8 give identical bits.
- * Different ISAs may differ from each other (FMA vs mul+add, vector width
- * does not matter) but an ISA is fixed for the life of the process unless a
- * test forces one.
+ * Per-element invariance (the contract in fbp_gemm.h): on one code path
+ * (ISA), C[i][j] is a function of row i of op(A), column j of op(B), C[i][j],
+ * bias[j], dsrc[i][j] and (K, alpha, beta, act) only, not of M, N, the
+ * position of (i, j), the leading dimensions or n_threads, because every way
+ * of computing an element performs the same floating-point operations in the
+ * same order:
+ *   1. K-slabs [0, FBP_KC), [FBP_KC, 2 FBP_KC), ...: one constant for every
+ *      path and ISA, so the boundaries depend on K only.
+ *   2. Per slab, acc = 0 then acc = V_FMA(a_k, b_k, acc) for k in order.  In
+ *      the micro-kernels that is lane (r, l) of one register chain; padding
+ *      lanes (zero-padded slivers) are separate lanes and never mix in.  The
+ *      small path does the same with S_FMA, defined next to V_FMA in each ISA
+ *      block as its scalar twin (_mm256_fmadd_ps <-> __builtin_fmaf, plain
+ *      x*y+z <-> x*y+z), so the small path of an ISA matches its kernels.
+ *   3. The slab is folded in as in the store modes: alpha*acc, or
+ *      fma(alpha, acc, beta*C) on the first slab, fma(alpha, acc, C) later;
+ *      the partial c goes through C (or the edge scratch tile) as a T, exactly
+ *      the scalar path's T c.
+ *   4. The epilogue is one function, epi_row, called per row by the blocked
+ *      driver (per tile, after the last slab) and by the small path (per row);
+ *      sigmoid/tanh always go through the vector exp (partial vectors are
+ *      padded, lanes are independent).  It uses only IEEE +, -, *, /,
+ *      compares and exact conversions, so its bits are even the same in SSE,
+ *      AVX2 and AVX-512 builds of it.
+ *   5. Contraction is off for the whole file (pragma below), so the compiler
+ *      cannot turn a*b+c into an FMA in one copy of an expression and not in
+ *      another (GCC contracts by default in gnu11 wherever the target has
+ *      FMA: the AVX2/AVX-512 functions, or everything under -march=native).
+ * Hence the path (small or blocked), the edge-kernel variant, the thread grid
+ * (sub-block borders are multiples of MR / NR anyway) and the allocation
+ * fallback never change bits.  The AVX-512 kernels come from the same macros
+ * with _mm512 intrinsics and S_FMA = __builtin_fma*, consistent by
+ * construction, but this has only been run on CPUs without AVX-512.
+ * Different ISAs may differ from each other (FMA vs mul+add) but an ISA is
+ * fixed for the life of the process unless a test forces one.
  *
  * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values),
  * grown on demand and reused; freed by a pthread key destructor when the
  * thread exits.  If it cannot be allocated the thread computes its
- * sub-block with the small path (correct and slow, but then not bitwise equal
- * to the blocked path: only under memory exhaustion).
+ * sub-block with the small path of the same ISA: slow, but the same bits.
  *
- * No -ffast-math: the epilogue avoids a*b+c patterns so compiler contraction
- * cannot make the vectorised and scalar parts of a loop round differently.
+ * No -ffast-math.
  */
+/* Every mul and add below is rounded on its own: an FMA only where the code
+ * asks for one (V_FMA / S_FMA of the FMA ISAs).  Compiler contraction of
+ * a*b+c (GCC's default in gnu modes wherever the target has FMA: the
+ * AVX2/AVX-512 functions, any -march=native build) would let two compilations
+ * of the same expression round differently, breaking the per-element
+ * invariance described above. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -85,6 +118,8 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define SMALL_MNK 4096L
+/* K-slab depth of every path and ISA: slab boundaries depend on K only. */
+#define FBP_KC 256
 #define MIN_FLOPS_PER_THREAD 400000.0
 #define INLINE static inline __attribute__((always_inline))
 
@@ -118,15 +153,16 @@ static void *thread_buf(size_t bytes)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Per-dtype generic pieces: job, activations, epilogue, small path, packing */
+/* Per-dtype generic pieces: job, activations, epilogue, packing             */
 /* ------------------------------------------------------------------------ */
 
 /* ------------------------------------------------------------------------ */
-/* Vector sigmoid / tanh for the blocked path's epilogue                     */
+/* Vector sigmoid / tanh for the epilogue (every path)                      */
 /* ------------------------------------------------------------------------ */
 
-/* 32-byte GCC vectors: compiled as ymm inside the AVX2/AVX-512 drivers (the
- * helpers are always_inline) and as SSE pairs in the generic one.
+/* GCC vectors of VL lanes: 32 bytes (ymm inside the AVX2/AVX-512 functions,
+ * the helpers are always_inline, SSE pairs in the generic ones) and 1 lane
+ * (scalar code from the same source, for the ends of rows).
  *   exp(x)   = 2^n * (1 + expm1(r)),  n = round(x / ln2), r = x - n ln2,
  *              expm1(r) by its Taylor series (|r| <= ln2/2, degree 7 / 13,
  *              truncation < 0.3 ulp), |x| clamped; overflow -> inf,
@@ -134,41 +170,71 @@ static void *thread_buf(size_t bytes)
  *   sigmoid  = 1 / (1 + exp(-z))
  *   tanh(z)  = sign(z) * -e / (2 + e),  e = expm1(-2|z|): the Taylor series
  *              directly while |2z| <= ln2/2 (no cancellation), else exp - 1.
- * Every element of C goes through the same vector code (partial vectors are
- * padded), so an element's bits do not depend on its place in a tile. */
-#define DEFINE_VMATH(T, SFX, VT, VI, IT, VL, NTAYLOR, MANT, BIAS, XMAX, XMIN)   \
-typedef T VT __attribute__((vector_size(32)));                                  \
-typedef IT VI __attribute__((vector_size(32)));                                 \
-                                                                                \
-INLINE VT vsel_##SFX(VI m, VT a, VT b) /* m ? a : b, lane-wise */               \
+ * Only IEEE +, -, *, / (never fused: contraction is off), compares, bit
+ * operations and exact conversions, all lane-wise: a lane's result depends on
+ * its input only, not on the vector width or the instruction set, so every
+ * element of C gets the same bits wherever it falls. */
+/* Lane primitives: VT/VI a float/int vector of VL lanes, or for the
+ * single-lane instances ("s" suffix) plain T/IT scalars.  splat: all lanes c;
+ * bits/frombits: reinterpret; sel: m ? a : b lane-wise (m from a compare);
+ * cvt: exact integral float -> int. */
+#define DEFINE_VLANES(T, SFX, VT, VI, IT, VL)                                   \
+typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
+typedef IT VI __attribute__((vector_size(VL * sizeof(T))));                     \
+INLINE VT splat_##SFX(T c) { return (VT){} + c; }                               \
+INLINE VI bits_##SFX(VT x) { return (VI)x; }                                    \
+INLINE VT frombits_##SFX(VI i) { return (VT)i; }                                \
+INLINE VT sel_##SFX(VI m, VT a, VT b)                                           \
 {                                                                               \
     return (VT)(((VI)a & m) | ((VI)b & ~m));                                    \
 }                                                                               \
+INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
+#define DEFINE_SLANES(T, SFX, IT)                                               \
+INLINE T splat_##SFX(T c) { return c; }                                         \
+INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }        \
+INLINE T frombits_##SFX(IT i) { T x; memcpy(&x, &i, sizeof x); return x; }     \
+INLINE T sel_##SFX(IT m, T a, T b) { return m ? a : b; }                        \
+INLINE IT cvt_##SFX(T n) { return (IT)n; }
+
+#define DEFINE_VMATH(T, SFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN)       \
+/* expm1(r) = r * sum_{k < NTAYLOR} r^k / (k+1)!, the sum by Estrin's scheme \
+ * (pairs with r, then with r^2, r^4, r^8: a dependency chain of 4 mul+add   \
+ * levels instead of NTAYLOR - 1 for Horner's; the latency matters for the    \
+ * few-element rows of tiny nets). */                                          \
 INLINE VT vexpm1_taylor_##SFX(VT r)                                             \
 {                                                                               \
+    VT q[16];                                                                   \
     T f = 1;                                                                    \
-    for (int i = 2; i <= NTAYLOR; i++) f *= i;                                  \
-    VT p = (VT){} + (T)1 / f;                                                   \
     _Pragma("GCC unroll 16")                                                    \
-    for (int d = NTAYLOR - 1; d >= 1; d--) {                                    \
-        f /= d + 1;                                                             \
-        p = p * r + (T)1 / f;                                                   \
+    for (int k = 0; k < NTAYLOR; k++) {                                         \
+        f *= k + 1;                                                             \
+        q[k] = splat_##SFX((T)1 / f);                                           \
     }                                                                           \
-    return p * r;                                                               \
+    VT pw = r;                                                                  \
+    _Pragma("GCC unroll 4")                                                     \
+    for (int lev = 0, n = NTAYLOR; lev < 4; lev++, n = (n + 1) / 2) {          \
+        _Pragma("GCC unroll 8")                                                 \
+        for (int i = 0; i < 8; i++) {                                           \
+            if (2 * i + 1 < n) q[i] = q[2 * i] + q[2 * i + 1] * pw;             \
+            else if (2 * i < n) q[i] = q[2 * i];                                \
+        }                                                                       \
+        pw = pw * pw;                                                           \
+    }                                                                           \
+    return q[0] * r;                                                            \
 }                                                                               \
 INLINE VT vexp_##SFX(VT x)                                                      \
 {                                                                               \
-    const VT hi = (VT){} + (T)XMAX, lo = (VT){} + (T)XMIN;                      \
+    const VT hi = splat_##SFX((T)XMAX), lo = splat_##SFX((T)XMIN);              \
     const VI big = x > hi, tiny = x < lo;                                       \
-    VT xc = vsel_##SFX(big, hi, vsel_##SFX(tiny, lo, x));                       \
+    VT xc = sel_##SFX(big, hi, sel_##SFX(tiny, lo, x));                         \
     const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
     VT n = (xc * (T)1.44269504088896340736 + magic) - magic;                    \
     VT r = xc - n * (T)0.693145751953125;                                       \
     r = r - n * (T)1.42860682030941723212e-6;                                   \
-    VI e = (__builtin_convertvector(n, VI) + (BIAS - 1)) << MANT;               \
-    VT y = ((T)1 + vexpm1_taylor_##SFX(r)) * (VT)e * (T)2;                      \
-    y = vsel_##SFX(big, (VT){} + (T)INFINITY, y);                               \
-    return vsel_##SFX(tiny, (VT){}, y);                                         \
+    VI e = (cvt_##SFX(n) + (BIAS - 1)) << MANT;                                 \
+    VT y = ((T)1 + vexpm1_taylor_##SFX(r)) * frombits_##SFX(e) * (T)2;          \
+    y = sel_##SFX(big, splat_##SFX((T)INFINITY), y);                            \
+    return sel_##SFX(tiny, splat_##SFX(0), y);                                  \
 }                                                                               \
 INLINE VT vsigmoid_##SFX(VT z)                                                  \
 {                                                                               \
@@ -176,38 +242,47 @@ INLINE VT vsigmoid_##SFX(VT z)                                                  
 }                                                                               \
 INLINE VT vtanh_##SFX(VT z)                                                     \
 {                                                                               \
-    const VI sign = (VI)z & (VI)(-(VT){}); /* -(+0) has only the sign bit */   \
-    const VT y = (T)-2 * (VT)((VI)z & ~sign);                                   \
+    const VI sign = bits_##SFX(z) & bits_##SFX(-splat_##SFX(0)); /* -(+0) */    \
+    const VT y = (T)-2 * frombits_##SFX(bits_##SFX(z) & ~sign);                 \
     const VI near0 = y >= (T)-0.34657359027997264;                              \
-    const VT e = vsel_##SFX(near0, vexpm1_taylor_##SFX(y), vexp_##SFX(y) - 1);  \
-    return (VT)((VI)(-e / ((T)2 + e)) | sign);                                  \
-}                                                                               \
-/* c[0:n] = act(c[0:n] + b[0:n]) (b may be NULL), act sigmoid or tanh. */       \
-INLINE void vact_row_##SFX(T *c, const T *b, int n, int act)                    \
-{                                                                               \
-    for (int j = 0; j < n; j += VL) {                                           \
-        const int w = n - j < VL ? n - j : VL;                                  \
-        VT x = {}, bv = {};                                                     \
-        if (w == VL) {                                                          \
-            memcpy(&x, c + j, sizeof x);                                        \
-            if (b) memcpy(&bv, b + j, sizeof bv);                               \
-        } else {                                                                \
-            for (int l = 0; l < w; l++) x[l] = c[j + l];                        \
-            if (b) for (int l = 0; l < w; l++) bv[l] = b[j + l];                \
-        }                                                                       \
-        if (b) x = x + bv;                                                      \
-        x = act == FBP_ACT_SIGMOID ? vsigmoid_##SFX(x) : vtanh_##SFX(x);        \
-        if (w == VL) memcpy(c + j, &x, sizeof x);                               \
-        else for (int l = 0; l < w; l++) c[j + l] = x[l];                       \
-    }                                                                           \
+    const VT e = sel_##SFX(near0, vexpm1_taylor_##SFX(y), vexp_##SFX(y) - 1);   \
+    return frombits_##SFX(bits_##SFX(-e / ((T)2 + e)) | sign);                  \
 }
 
-DEFINE_VMATH(float, f32, vf32, vi32, int32_t, 8, 7, 23, 127,
+/* 32-byte vectors and single lanes: the same code, lane by lane the same
+ * operations, so the same bits. */
+DEFINE_VLANES(float, f32, vf32, vi32, int32_t, 8)
+DEFINE_SLANES(float, f32s, int32_t)
+DEFINE_VLANES(double, f64, vf64, vi64, int64_t, 4)
+DEFINE_SLANES(double, f64s, int64_t)
+DEFINE_VMATH(float, f32, vf32, vi32, int32_t, 7, 23, 127,
              88.72283935546875, -87.3365478515625)
-DEFINE_VMATH(double, f64, vf64, vi64, int64_t, 4, 13, 52, 1023,
+DEFINE_VMATH(float, f32s, float, int32_t, int32_t, 7, 23, 127,
+             88.72283935546875, -87.3365478515625)
+DEFINE_VMATH(double, f64, vf64, vi64, int64_t, 13, 52, 1023,
+             709.782712893384, -708.3964185322641)
+DEFINE_VMATH(double, f64s, double, int64_t, int64_t, 13, 52, 1023,
              709.782712893384, -708.3964185322641)
 
-#define DEFINE_COMMON(T, SFX, EXP, TANH)                                        \
+/* c[0:j] = act(c[0:j] + b[0:j]) (b may be NULL), act sigmoid or tanh, for
+ * the whole vectors j = n - n % VL of the row; returns j. */
+#define DEFINE_VACT(T, SFX, VT, VL)                                             \
+INLINE int vact_row_##SFX(T *c, const T *b, int n, int act)                     \
+{                                                                               \
+    int j = 0;                                                                  \
+    for (; j + VL <= n; j += VL) {                                              \
+        VT x, bv;                                                               \
+        memcpy(&x, c + j, sizeof x);                                            \
+        if (b) { memcpy(&bv, b + j, sizeof bv); x = x + bv; }                   \
+        x = act == FBP_ACT_SIGMOID ? vsigmoid_##SFX(x) : vtanh_##SFX(x);        \
+        memcpy(c + j, &x, sizeof x);                                            \
+    }                                                                           \
+    return j;                                                                   \
+}
+DEFINE_VACT(float, f32, vf32, 8)
+DEFINE_VACT(double, f64, vf64, 4)
+
+#define DEFINE_COMMON(T, SFX)                                                   \
 struct job_##SFX {                                                              \
     int ta, tb, M, N, K, act;                                                   \
     T alpha, beta;                                                              \
@@ -215,18 +290,6 @@ struct job_##SFX {                                                              
     T *C;                                                                       \
     long lda, ldb, ldc, ldd;                                                    \
 };                                                                              \
-                                                                                \
-INLINE T act_##SFX(T z, int act)                                                \
-{                                                                               \
-    switch (act) {                                                              \
-    case FBP_ACT_SIGMOID:                                                       \
-        if (z >= 0) return (T)1 / ((T)1 + EXP(-z));                             \
-        else { T e = EXP(z); return e / ((T)1 + e); }                           \
-    case FBP_ACT_RELU: return z > 0 ? z : (T)0;                                 \
-    case FBP_ACT_TANH: return TANH(z);                                          \
-    default: return z;                                                          \
-    }                                                                           \
-}                                                                               \
                                                                                 \
 /* Written without a*b+c so FMA contraction cannot change it. */                \
 INLINE T dact_##SFX(T a, int act)                                               \
@@ -244,71 +307,59 @@ INLINE int has_epilogue_##SFX(const struct job_##SFX *jb)                       
     return jb->bias || jb->act != FBP_ACT_IDENTITY;                             \
 }                                                                               \
                                                                                 \
-/* Epilogue on the m x n block of C at (i0, j0), already alpha/beta-summed. */  \
+/* The epilogue of one element x = C[i][j], already alpha/beta-summed (b: the \
+ * bias row or NULL, d: the dsrc row or NULL): the one definition used by     \
+ * every path (the small path per element, the blocked path per row through  \
+ * epi_row, each ISA).  Sigmoid/tanh are the 1-lane instances of the vector   \
+ * code that epi_row runs on whole vectors: lane by lane the same operations, \
+ * all plain IEEE (contraction is off), so the same bits in any ISA. */       \
+INLINE T epi_elem_##SFX(T x, const T *b, const T *d, int j, int act)           \
+{                                                                               \
+    if (b) x = x + b[j];                                                        \
+    if (d) return x * dact_##SFX(d[j], act);                                    \
+    switch (act) {                                                              \
+    case FBP_ACT_RELU: return x > 0 ? x : (T)0;                                 \
+    case FBP_ACT_SIGMOID: return vsigmoid_##SFX##s(x);                          \
+    case FBP_ACT_TANH: return vtanh_##SFX##s(x);                                \
+    default: return x;                                                          \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* epi_elem on the row c[0:n] (b, d: bias / dsrc + j0 or NULL); the loops are  \
+ * specialised so that they vectorise, sigmoid/tanh take whole vectors. */      \
+INLINE void epi_row_##SFX(T *c, const T *b, const T *d, int n, int act)        \
+{                                                                               \
+    int j = 0;                                                                  \
+    if (d) {                                                                    \
+        if (b) for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], b, d, j, act);    \
+        else for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], NULL, d, j, act);   \
+    } else if (act == FBP_ACT_IDENTITY) {                                       \
+        if (b)                                                                  \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##SFX(c[j], b, NULL, j, FBP_ACT_IDENTITY);      \
+    } else if (act == FBP_ACT_RELU) {                                           \
+        if (b)                                                                  \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##SFX(c[j], b, NULL, j, FBP_ACT_RELU);          \
+        else                                                                    \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##SFX(c[j], NULL, NULL, j, FBP_ACT_RELU);       \
+    } else {                                                                    \
+        j = vact_row_##SFX(c, b, n, act);                                       \
+        for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], b, NULL, j, act);        \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* Epilogue on the m x n block of C at (i0, j0). */                             \
 INLINE void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          \
                            int m, int n)                                        \
 {                                                                               \
-    const int act = jb->act;                                                    \
-    for (int i = 0; i < m; i++) {                                               \
-        T *c = jb->C + (long)(i0 + i) * jb->ldc + j0;                           \
-        if (jb->dsrc) {                                                         \
-            const T *d = jb->dsrc + (long)(i0 + i) * jb->ldd + j0;              \
-            const T *b = jb->bias ? jb->bias + j0 : NULL;                       \
-            for (int j = 0; j < n; j++) {                                       \
-                T x = c[j];                                                     \
-                if (b) x += b[j];                                               \
-                c[j] = x * dact_##SFX(d[j], act);                               \
-            }                                                                   \
-        } else if (jb->bias) {                                                  \
-            const T *b = jb->bias + j0;                                         \
-            if (act == FBP_ACT_IDENTITY)                                        \
-                for (int j = 0; j < n; j++) c[j] += b[j];                       \
-            else if (act == FBP_ACT_RELU)                                       \
-                for (int j = 0; j < n; j++) {                                   \
-                    T x = c[j] + b[j];                                          \
-                    c[j] = x > 0 ? x : (T)0;                                    \
-                }                                                               \
-            else                                                                \
-                vact_row_##SFX(c, b, n, act);                                   \
-        } else if (act == FBP_ACT_RELU) {                                       \
-            for (int j = 0; j < n; j++) c[j] = c[j] > 0 ? c[j] : (T)0;          \
-        } else {                                                                \
-            vact_row_##SFX(c, NULL, n, act);                                    \
-        }                                                                       \
-    }                                                                           \
-}                                                                               \
-                                                                                \
-/* Unpacked i/j/k loop straight on the caller's arrays (C is M x N at C). */  \
-INLINE void small_##SFX(int ta, int tb, int M, int N, int K, T alpha,           \
-                        const T *A, long lda, const T *B, long ldb, T beta,     \
-                        T *C, long ldc, const T *bias, int act,                 \
-                        const T *dsrc, long ldd)                                \
-{                                                                               \
-    const long sai = ta ? 1 : lda, sak = ta ? lda : 1;                          \
-    const long sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
-    for (int i = 0; i < M; i++, A += sai, C += ldc, dsrc += dsrc ? ldd : 0) {   \
-        for (int j = 0; j < N; j++) {                                           \
-            const T *b = B + j * sbj;                                           \
-            T s = 0;                                                            \
-            for (int k = 0; k < K; k++) s += A[k * sak] * b[k * sbk];           \
-            s = alpha * s;                                                      \
-            if (beta != 0) s += beta * C[j];                                    \
-            if (bias) s += bias[j];                                             \
-            C[j] = dsrc ? s * dact_##SFX(dsrc[j], act) : act_##SFX(s, act);     \
-        }                                                                       \
-    }                                                                           \
-}                                                                               \
-                                                                                \
-/* The small path on the sub-block rows [i0,i1) x cols [j0,j1) of a job. */    \
-static void small_block_##SFX(const struct job_##SFX *jb, int i0, int i1,       \
-                              int j0, int j1)                                   \
-{                                                                               \
-    small_##SFX(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,             \
-                jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                   \
-                jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,         \
-                jb->C + i0 * jb->ldc + j0, jb->ldc,                             \
-                jb->bias ? jb->bias + j0 : NULL, jb->act,                       \
-                jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd);       \
+    for (int i = 0; i < m; i++)                                                 \
+        epi_row_##SFX(jb->C + (long)(i0 + i) * jb->ldc + j0,                    \
+                      jb->bias ? jb->bias + j0 : NULL,                          \
+                      jb->dsrc ? jb->dsrc + (long)(i0 + i) * jb->ldd + j0       \
+                               : NULL,                                          \
+                      n, jb->act);                                              \
 }                                                                               \
                                                                                 \
 /* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],        \
@@ -420,8 +471,8 @@ INLINE int transpose_f64(const double *src, long lds, int kc, int W, double *dst
 #define TRANSPOSE_f64(src, lds, kc, W, dst) 0
 #endif
 
-DEFINE_COMMON(float, f32, expf, tanhf)
-DEFINE_COMMON(double, f64, exp, tanh)
+DEFINE_COMMON(float, f32)
+DEFINE_COMMON(double, f64)
 
 /* ------------------------------------------------------------------------ */
 /* Micro-kernel and blocked driver, instantiated per ISA and dtype           */
@@ -475,8 +526,59 @@ DEFINE_UKERNEL(UK##_m, T, TARGET, MR / 2, MR, NV, VL, NV * VL)                  
 DEFINE_UKERNEL(UK##_n, T, TARGET, MR, MR, NV / 2, VL, NV * VL)                  \
 DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
 
+/* The small path of one ISA: a plain i/j/k loop straight on the caller's
+ * arrays (C is M x N at C), no packing, no threads.  It computes each element
+ * exactly as the blocked path of the same ISA does (see "Per-element
+ * invariance" above): per FBP_KC slab an accumulator from 0 chained with
+ * S_FMA (the micro-kernel's V_FMA: a fused multiply-add on the FMA ISAs, mul
+ * then add on generic) in k order, the slab combined with alpha/beta/C as the
+ * micro-kernel's store modes 0/1/2, then the shared row epilogue.  NAME##_block
+ * runs it on a sub-block of a job: the blocked driver's fallback when its
+ * packing buffer cannot be allocated (same bits, only slower). */
+#define DEFINE_SMALL(NAME, T, SFX, TARGET)                                     \
+static TARGET __attribute__((noinline)) void NAME(                              \
+    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
+    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
+    const T *dsrc, int ldd, int n_threads)                                      \
+{   /* the entry point's signature: it can tail-call this */                   \
+    (void)n_threads;                                                            \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
+    const long sai = ta ? 1 : lda, sak = ta ? lda : 1;                          \
+    const long sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
+    const int epi = bias || act != FBP_ACT_IDENTITY;                            \
+    for (int i = 0; i < M; i++, A += sai, C += ldc) {                           \
+        const T *d = dsrc ? dsrc + (long)i * ldd : NULL;                        \
+        for (int j = 0; j < N; j++) {                                           \
+            const T *b = B + j * sbj;                                           \
+            T c = 0;                                                            \
+            int k0 = 0;                                                         \
+            do { /* once when K <= FBP_KC (and when K == 0) */                  \
+                const int k1 = K - k0 <= FBP_KC ? K : k0 + FBP_KC;              \
+                T acc = 0;                                                      \
+                for (int k = k0; k < k1; k++)                                   \
+                    acc = S_FMA(A[k * sak], b[k * sbk], acc);                   \
+                if (k0 > 0) c = S_FMA(alpha, acc, c);                           \
+                else if (beta == 0) c = alpha * acc;                            \
+                else c = S_FMA(alpha, acc, beta * C[j]);                        \
+                k0 = k1;                                                        \
+            } while (k0 < K);                                                   \
+            C[j] = epi ? epi_elem_##SFX(c, bias, d, j, act) : c;                \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+static TARGET void NAME##_block(const struct job_##SFX *jb, int i0, int i1,     \
+                                int j0, int j1)                                 \
+{                                                                               \
+    NAME(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,                    \
+         jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                          \
+         jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,                \
+         jb->C + i0 * jb->ldc + j0, jb->ldc,                                    \
+         jb->bias ? jb->bias + j0 : NULL, jb->act,                              \
+         jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd, 1);           \
+}
+
 /* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
-#define DEFINE_DRIVER(NAME, UK, T, SFX, TARGET, MR, NR, MC, KC, NC)             \
+#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, TARGET, MR, NR, MC, KC, NC)         \
 static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             \
                         int j0, int j1)                                         \
 {                                                                               \
@@ -487,7 +589,7 @@ static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             
     const size_t na = (size_t)MC * kcmax;                                       \
     const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
     T *pa = thread_buf((na + nb) * sizeof(T));                                  \
-    if (!pa) { small_block_##SFX(jb, i0, i1, j0, j1); return; }                 \
+    if (!pa) { SM##_block(jb, i0, i1, j0, j1); return; }                        \
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
     for (int jc = j0; jc < j1; jc += NC) {                                      \
@@ -546,10 +648,12 @@ typedef double gv_f64 __attribute__((vector_size(16)));
 #define V_STOREU(p, x) ({ gv_f32 v_ = (x); memcpy((p), &v_, sizeof v_); })
 #define V_SET1(s) ((gv_f32){(s), (s), (s), (s)})
 #define V_FMA(x, y, z) ((x) * (y) + (z))
+#define S_FMA(x, y, z) ((x) * (y) + (z)) /* scalar twin of V_FMA */
 #define V_MUL(x, y) ((x) * (y))
 DEFINE_KERNELS(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
-DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, float, f32, TARGET_GENERIC,
-              6, 8, 144, 256, 4096)
+DEFINE_SMALL(sm_generic_f32, float, f32, TARGET_GENERIC)
+DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, sm_generic_f32, float, f32, TARGET_GENERIC,
+              6, 8, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -562,14 +666,16 @@ DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, float, f32, TARGET_GENERIC,
 #define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })
 #define V_SET1(s) ((gv_f64){(s), (s)})
 DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
-DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, double, f64, TARGET_GENERIC,
-              6, 4, 72, 256, 4096)
+DEFINE_SMALL(sm_generic_f64, double, f64, TARGET_GENERIC)
+DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, sm_generic_f64, double, f64, TARGET_GENERIC,
+              6, 4, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
 #undef V_STOREU
 #undef V_SET1
 #undef V_FMA
+#undef S_FMA
 #undef V_MUL
 
 #ifdef FBP_X86
@@ -582,16 +688,19 @@ DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, double, f64, TARGET_GENERIC,
 #define V_STOREU _mm256_storeu_ps
 #define V_SET1 _mm256_set1_ps
 #define V_FMA _mm256_fmadd_ps
+#define S_FMA __builtin_fmaf /* scalar twin of V_FMA */
 #define V_MUL _mm256_mul_ps
 DEFINE_KERNELS(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
-DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, float, f32, TARGET_AVX2,
-              6, 16, 144, 256, 4096)
+DEFINE_SMALL(sm_avx2_f32, float, f32, TARGET_AVX2)
+DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, sm_avx2_f32, float, f32, TARGET_AVX2,
+              6, 16, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
 #undef V_STOREU
 #undef V_SET1
 #undef V_FMA
+#undef S_FMA
 #undef V_MUL
 
 #define V_T __m256d
@@ -600,16 +709,19 @@ DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, float, f32, TARGET_AVX2,
 #define V_STOREU _mm256_storeu_pd
 #define V_SET1 _mm256_set1_pd
 #define V_FMA _mm256_fmadd_pd
+#define S_FMA __builtin_fma
 #define V_MUL _mm256_mul_pd
 DEFINE_KERNELS(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
-DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, double, f64, TARGET_AVX2,
-              6, 8, 72, 256, 4096)
+DEFINE_SMALL(sm_avx2_f64, double, f64, TARGET_AVX2)
+DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, sm_avx2_f64, double, f64, TARGET_AVX2,
+              6, 8, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
 #undef V_STOREU
 #undef V_SET1
 #undef V_FMA
+#undef S_FMA
 #undef V_MUL
 
 /* --- avx512f -------------------------------------------------------------- */
@@ -621,16 +733,19 @@ DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, double, f64, TARGET_AVX2,
 #define V_STOREU _mm512_storeu_ps
 #define V_SET1 _mm512_set1_ps
 #define V_FMA _mm512_fmadd_ps
+#define S_FMA __builtin_fmaf
 #define V_MUL _mm512_mul_ps
 DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
-DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, float, f32, TARGET_AVX512,
-              12, 32, 144, 256, 4096)
+DEFINE_SMALL(sm_avx512_f32, float, f32, TARGET_AVX512)
+DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, sm_avx512_f32, float, f32, TARGET_AVX512,
+              12, 32, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
 #undef V_STOREU
 #undef V_SET1
 #undef V_FMA
+#undef S_FMA
 #undef V_MUL
 
 #define V_T __m512d
@@ -639,16 +754,19 @@ DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, float, f32, TARGET_AVX512,
 #define V_STOREU _mm512_storeu_pd
 #define V_SET1 _mm512_set1_pd
 #define V_FMA _mm512_fmadd_pd
+#define S_FMA __builtin_fma
 #define V_MUL _mm512_mul_pd
 DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
-DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, double, f64, TARGET_AVX512,
-              12, 16, 72, 256, 4096)
+DEFINE_SMALL(sm_avx512_f64, double, f64, TARGET_AVX512)
+DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, sm_avx512_f64, double, f64, TARGET_AVX512,
+              12, 16, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
 #undef V_STOREU
 #undef V_SET1
 #undef V_FMA
+#undef S_FMA
 #undef V_MUL
 #endif /* FBP_X86 */
 
@@ -678,6 +796,46 @@ static int isa_from_name(const char *name)
 
 static int g_isa = -1;
 
+/* Small path per ISA. */
+typedef void (*small_f32_fn)(int, int, int, int, int, float, const float *,
+                             int, const float *, int, float, float *, int,
+                             const float *, int, const float *, int, int);
+typedef void (*small_f64_fn)(int, int, int, int, int, double, const double *,
+                             int, const double *, int, double, double *, int,
+                             const double *, int, const double *, int, int);
+static const small_f32_fn small_f32_table[N_ISA] = {
+    sm_generic_f32,
+#ifdef FBP_X86
+    sm_avx2_f32, sm_avx512_f32,
+#endif
+};
+static const small_f64_fn small_f64_table[N_ISA] = {
+    sm_generic_f64,
+#ifdef FBP_X86
+    sm_avx2_f64, sm_avx512_f64,
+#endif
+};
+
+/* The small path of the current ISA, called through this pointer so the
+ * entry point makes no other call (a tail call with its arguments in place).
+ * It starts at a resolver that settles the ISA on first use. */
+static void small_f32_resolve(int, int, int, int, int, float, const float *,
+                              int, const float *, int, float, float *, int,
+                              const float *, int, const float *, int, int);
+static void small_f64_resolve(int, int, int, int, int, double, const double *,
+                              int, const double *, int, double, double *, int,
+                              const double *, int, const double *, int, int);
+static small_f32_fn g_small_f32 = small_f32_resolve;
+static small_f64_fn g_small_f64 = small_f64_resolve;
+
+static void set_current_isa(int isa)
+{
+    __atomic_store_n(&g_small_f32, small_f32_table[isa], __ATOMIC_RELAXED);
+    __atomic_store_n(&g_small_f64, small_f64_table[isa], __ATOMIC_RELAXED);
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+}
+
+
 static int best_isa(void)
 {
     int isa = N_ISA - 1;
@@ -695,15 +853,28 @@ static int current_isa(void)
         int want = isa_from_name(env);
         if (want >= 0 && want < isa) isa = want;
     }
-    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    set_current_isa(isa);
     return isa;
 }
+
+#define DEFINE_RESOLVE(T, SFX)                                                  \
+static void small_##SFX##_resolve(                                              \
+    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
+    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
+    const T *dsrc, int ldd, int n_threads)                                      \
+{                                                                               \
+    small_##SFX##_table[current_isa()](ta, tb, M, N, K, alpha, A, lda, B, ldb,  \
+                                      beta, C, ldc, bias, act, dsrc, ldd,       \
+                                      n_threads);                               \
+}
+DEFINE_RESOLVE(float, f32)
+DEFINE_RESOLVE(double, f64)
 
 int fbp_gemm_set_isa(const char *name)
 {
     int isa = (name && *name) ? isa_from_name(name) : best_isa();
     if (isa < 0 || !isa_supported(isa)) return -1;
-    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    set_current_isa(isa);
     return 0;
 }
 
@@ -787,20 +958,37 @@ static __attribute__((noinline)) void blocked_##SFX(                            
     run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);       \
 }                                                                               \
                                                                                 \
+static __attribute__((noinline)) void rest_##SFX(                               \
+    int trans_a, int trans_b, int M, int N, int K, T alpha, const T *A,         \
+    int lda, const T *B, int ldb, T beta, T *C, int ldc, const T *bias,         \
+    int act, const T *dsrc, int ldd, int n_threads)                             \
+{                                                                               \
+    if (M <= 0 || N <= 0) return;                                               \
+    if (K < 0) K = 0;                                                           \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
+    if (K == 0)                                                                 \
+        small_##SFX##_table[current_isa()](trans_a, trans_b, M, N, K, alpha, A, \
+                                          lda, B, ldb, beta, C, ldc, bias, act, \
+                                          dsrc, ldd, n_threads);                \
+    else                                                                        \
+        blocked_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,   \
+                      C, ldc, bias, act, dsrc, ldd, n_threads);                 \
+}                                                                               \
+                                                                                \
+/* Only the small-path test here, the arguments passed on unchanged: both      \
+ * calls are tail calls (tiny nets call this millions of times). */            \
 void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              \
                     T alpha, const T *A, int lda, const T *B, int ldb,          \
                     T beta, T *C, int ldc, const T *bias, int act,              \
                     const T *dsrc, int ldd, int n_threads)                      \
 {                                                                               \
-    if (M <= 0 || N <= 0) return;                                               \
-    if (K < 0) K = 0;                                                           \
-    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
-    if (K == 0 || (long)M * N * K <= SMALL_MNK)                                 \
-        small_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,  \
-                    ldc, bias, act, dsrc, ldd);                                 \
+    if (M > 0 && N > 0 && K >= 0 && (long)M * N * K <= SMALL_MNK)               \
+        __atomic_load_n(&g_small_##SFX, __ATOMIC_RELAXED)(                      \
+            trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,     \
+            bias, act, dsrc, ldd, n_threads);                                   \
     else                                                                        \
-        blocked_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,   \
-                      C, ldc, bias, act, dsrc, ldd, n_threads);                 \
+        rest_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,   \
+                   ldc, bias, act, dsrc, ldd, n_threads);                       \
 }
 
 DEFINE_ENTRY(float, f32)

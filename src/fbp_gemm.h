@@ -20,10 +20,33 @@
  * beta == 0 means C is write-only (never read, may hold NaN).
  *
  * Contract that the rest of fastbp relies on:
- *   - Determinism: for fixed (trans_a, trans_b, M, N, K) the result is bitwise
- *     identical for every n_threads >= 1.  The k-sum of each C[i, j] runs in
- *     an order that depends only on K (never on the thread count or on where
- *     (i, j) falls in a tile).
+ *   - Per-element invariance: for fixed (trans_a, trans_b, K, alpha, beta,
+ *     act, whether bias / dsrc are given) and fixed values of row i of op(A),
+ *     column j of op(B), the incoming C[i, j] (when beta != 0), bias[j] and
+ *     dsrc[i, j], the result C[i, j] is bitwise the same for every M, N,
+ *     every position of (i, j) in the problem, every lda/ldb/ldc/ldd and
+ *     every n_threads >= 1.  So a sub-block of C computed on its own (pointer
+ *     offsets into A, B, C, bias, dsrc and smaller M, N) equals the same
+ *     block of the full product: 1 row predicted alone equals that row inside
+ *     a batch, and a batch's rows may be split across threads (or calls) in
+ *     any way without changing a bit.
+ *     How: every path (small and blocked, full and edge micro-kernels, the
+ *     fallback used when a packing buffer cannot be allocated) computes each
+ *     element with one sequence of floating-point operations:
+ *         for each K-slab [k0, k1) of FBP_KC = 256 (boundaries depend on K):
+ *             acc = 0; for k = k0..k1-1: acc = fma(op(A)[i,k], op(B)[k,j], acc)
+ *             first slab: c = alpha*acc            (beta == 0)
+ *                         c = fma(alpha, acc, beta*C[i,j])
+ *             later:      c = fma(alpha, acc, c)
+ *         then the epilogue above, by the same code on every path (sigmoid
+ *         and tanh by the library's own exp, not libm).
+ *     "fma" is a fused multiply-add on the AVX2/AVX-512 code paths and a
+ *     multiply then an add on the generic one, so results may differ between
+ *     code paths (i.e. between machines, or under FBP_GEMM_ISA), never
+ *     between shapes on one machine.  The activation's bits do not depend on
+ *     the code path.  K == 0 gives c = alpha*0 (+ beta*C) then the epilogue.
+ *   - Determinism: in particular, for fixed inputs the result is bitwise
+ *     identical for every n_threads >= 1.
  *   - n_threads <= 1 never enters an OpenMP parallel region.
  *   - No allocation per call beyond thread-local packing buffers that are
  *     reused across calls.

@@ -10,10 +10,25 @@
  * written, and that n_threads = 2, 3, 8 give the same bits as n_threads = 1.
  * The activations are also checked alone over their whole range (+-0, tiny,
  * near the exp overflow/underflow thresholds, inf, NaN) to 4 ulp.
+ *
+ * Per-element invariance (the contract in fbp_gemm.h): for many shapes (M, N
+ * 1..300, K = 1, 7, 255, 256, 257, 600, straddling the small/blocked switch,
+ * MR/NR/MC edges and the KC slab boundary) it computes a full C, then
+ * recomputes random row ranges, column ranges, single rows/columns and single
+ * elements as sub-problems (pointer offsets into A, B, C, bias, dsrc and
+ * sub-sizes, so the code path changes; sometimes copied into arrays with
+ * other leading dimensions), with n_threads 1, 2, 3, and requires bitwise
+ * equality.  Every epilogue (bias, each activation, dsrc), the alpha/beta
+ * pairs fastbp uses (1/0, -lr/1) and a generic pair, all transposes, both
+ * dtypes, every ISA this CPU supports.  The same with the packing-buffer
+ * allocation made to fail (aligned_alloc is interposed below): the fallback
+ * must give the same bits.
+ *
  * Prints one line per failure and a summary; exit status 1 on any failure.
  * Argument "quick" runs a reduced set (used for the sanitizer build).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +44,22 @@ static double urand(void) /* uniform in [-1, 1) */
 
 static long n_cases, n_fail;
 static const char *isa_now = "?";
+
+/* The library's packing buffers come from aligned_alloc; this definition in
+ * the executable takes precedence over libc's, so the test can make it fail. */
+static int fail_alloc;
+static long n_refused;
+void *aligned_alloc(size_t alignment, size_t size)
+{
+    void *p;
+    if (__atomic_load_n(&fail_alloc, __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&n_refused, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    return posix_memalign(&p, alignment < sizeof(void *) ? sizeof(void *)
+                                                         : alignment, size)
+           ? NULL : p;
+}
 
 static double ref_act(double z, int act)
 {
@@ -224,6 +255,230 @@ static struct cfg make(int ta, int tb, int M, int N, int K)
     return g;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Per-element invariance                                                    */
+/* ------------------------------------------------------------------------ */
+
+struct icfg {
+    int ta, tb, M, N, K, bias, act, dsrc, nt;
+    double alpha, beta;
+};
+
+static unsigned irand(unsigned n) /* uniform in [0, n) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (unsigned)((rng_state >> 33) % n);
+}
+
+/* Random layout of op(X) (rows x cols of op(X); trans: stored transposed)
+ * with leading dimension = stored width + pad. */
+#define DEFINE_INVAR(T, SFX)                                                    \
+static T *relayout_##SFX(const T *X, long ldx, int trans, int r0, int rows,     \
+                         int c0, int cols, int pad, int *ld_out)                \
+{   /* op(X)[r0:r0+rows, c0:c0+cols] into a fresh array, same trans */          \
+    const int sr = trans ? cols : rows, sc = trans ? rows : cols;               \
+    const int ld = sc + pad;                                                    \
+    T *Y = malloc(sizeof(T) * ((size_t)sr * ld + 1));                           \
+    for (int r = 0; r < sr; r++)                                                \
+        for (int c = 0; c < ld; c++)                                            \
+            Y[(long)r * ld + c] = c >= sc ? (T)NAN                              \
+                : trans ? X[(long)(c0 + r) * ldx + r0 + c]                      \
+                        : X[(long)(r0 + r) * ldx + c0 + c];                     \
+    *ld_out = ld;                                                               \
+    return Y;                                                                   \
+}                                                                               \
+                                                                                \
+struct call_##SFX {                                                             \
+    int ta, tb, M, N, K, lda, ldb, ldc, act, ldd, nt;                           \
+    T alpha, beta;                                                              \
+    const T *A, *B, *bias, *dsrc;                                               \
+    T *C;                                                                       \
+};                                                                              \
+static void *call_##SFX(void *arg)                                              \
+{                                                                               \
+    const struct call_##SFX *q = arg;                                           \
+    fbp_gemm_##SFX(q->ta, q->tb, q->M, q->N, q->K, q->alpha, q->A, q->lda,      \
+                   q->B, q->ldb, q->beta, q->C, q->ldc, q->bias, q->act,        \
+                   q->dsrc, q->ldd, q->nt);                                     \
+    return NULL;                                                                \
+}                                                                               \
+                                                                                \
+/* Full C once, then `nsub` sub-problems compared bitwise with it.  nomem:     \
+ * each sub-problem runs in a fresh thread (its thread-local packing buffer,  \
+ * and its OpenMP team's, still empty) while aligned_alloc fails. */           \
+static void invar_##SFX(struct icfg g, int nsub, int nomem)                     \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    const int lda = ac + 1, ldb = bc + 3, ldc = N + 2, ldd = N + 1;             \
+    T *A = malloc(sizeof(T) * ((size_t)ar * lda + 1));                          \
+    T *B = malloc(sizeof(T) * ((size_t)br * ldb + 1));                          \
+    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *C = malloc(sizeof(T) * (size_t)M * ldc);                                 \
+    T *Cs = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *D = malloc(sizeof(T) * ((size_t)M * ldd + 1));                           \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
+    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
+    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
+    for (long i = 0; i < (long)M * ldd; i++) {                                  \
+        double u = urand();                                                     \
+        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
+                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
+    }                                                                           \
+    for (long i = 0; i < (long)M * ldc; i++)                                    \
+        C0[i] = g.beta == 0 ? (T)NAN : (T)(4 * urand());                        \
+    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    memcpy(C, C0, sizeof(T) * (size_t)M * ldc);                                 \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C, ldc, bp, g.act, dp, ldd, g.nt);                           \
+    int bad = 0;                                                                \
+    for (int s = 0; s < nsub && bad < 3; s++) {                                 \
+        int i0, mi, j0, nj;                                                     \
+        switch (s % 6) {                                                        \
+        case 0: i0 = irand(M); mi = 1; j0 = irand(N); nj = 1; break;            \
+        case 1: i0 = irand(M); mi = 1; j0 = 0; nj = N; break;                   \
+        case 2: i0 = 0; mi = M; j0 = irand(N); nj = 1; break;                   \
+        case 3: i0 = irand(M); mi = 1 + irand(M - i0); j0 = 0; nj = N; break;   \
+        case 4: i0 = 0; mi = M; j0 = irand(N); nj = 1 + irand(N - j0); break;   \
+        default: i0 = irand(M); mi = 1 + irand(M - i0);                         \
+                 j0 = irand(N); nj = 1 + irand(N - j0); break;                  \
+        }                                                                       \
+        const int nt = 1 + irand(3), relay = s % 4 == 3;                        \
+        const T *As = g.ta ? A + i0 : A + (long)i0 * lda;                       \
+        const T *Bs = g.tb ? B + (long)j0 * ldb : B + j0;                       \
+        int ldas = lda, ldbs = ldb, ldcs = ldc;                                 \
+        T *Ar = NULL, *Br = NULL, *Cr = NULL;                                   \
+        memcpy(Cs, C0, sizeof(T) * (size_t)M * ldc);                            \
+        T *Cp = Cs + (long)i0 * ldc + j0;                                       \
+        if (relay) { /* other leading dimensions, fresh arrays */               \
+            Ar = relayout_##SFX(A, lda, g.ta, i0, mi, 0, K, 5, &ldas);          \
+            Br = relayout_##SFX(B, ldb, g.tb, 0, K, j0, nj, 2, &ldbs);          \
+            Cr = relayout_##SFX(C0, ldc, 0, i0, mi, j0, nj, 7, &ldcs);          \
+            As = Ar; Bs = Br; Cp = Cr;                                          \
+        }                                                                       \
+        struct call_##SFX q = {g.ta, g.tb, mi, nj, K, ldas, ldbs, ldcs, g.act,  \
+                               ldd, nt, (T)g.alpha, (T)g.beta, As, Bs,          \
+                               bp ? bp + j0 : NULL,                             \
+                               dp ? dp + (long)i0 * ldd + j0 : NULL, Cp};       \
+        if (nomem) {                                                            \
+            pthread_t th;                                                       \
+            __atomic_store_n(&fail_alloc, 1, __ATOMIC_RELAXED);                 \
+            const int err = pthread_create(&th, NULL, call_##SFX, &q);          \
+            if (!err) pthread_join(th, NULL);                                   \
+            __atomic_store_n(&fail_alloc, 0, __ATOMIC_RELAXED);                 \
+            if (err) {                                                          \
+                printf("FAIL cannot create a thread\n");                        \
+                bad++;                                                          \
+            }                                                                   \
+        } else {                                                                \
+            call_##SFX(&q);                                                     \
+        }                                                                       \
+        n_cases++;                                                              \
+        for (int i = 0; i < mi && bad < 3; i++)                                 \
+            for (int j = 0; j < nj && bad < 3; j++) {                           \
+                const T want = C[(long)(i0 + i) * ldc + j0 + j];                \
+                const T got = Cp[(long)i * ldcs + j];                           \
+                if (memcmp(&want, &got, sizeof(T)) != 0) {                      \
+                    printf("FAIL invariance %s %s ta=%d tb=%d M=%d N=%d K=%d "  \
+                           "a=%g b=%g bias=%d act=%d dsrc=%d nt=%d/%d: C[%d][%d]"\
+                           " = %.17g full, %.17g as part of rows %d+%d cols "   \
+                           "%d+%d%s%s\n", isa_now, #SFX, g.ta, g.tb, M, N, K,   \
+                           g.alpha, g.beta, g.bias, g.act, g.dsrc, g.nt, nt,    \
+                           i0 + i, j0 + j, (double)want, (double)got, i0, mi,   \
+                           j0, nj, relay ? " (relaid)" : "",                    \
+                           nomem ? " (alloc failing)" : "");                    \
+                    bad++;                                                      \
+                }                                                               \
+            }                                                                   \
+        if (!relay) /* nothing outside the sub-block written */                 \
+            for (int i = 0; i < M && bad < 3; i++)                              \
+                for (int j = 0; j < ldc && bad < 3; j++) {                      \
+                    const long o = (long)i * ldc + j;                           \
+                    if (i >= i0 && i < i0 + mi && j >= j0 && j < j0 + nj)       \
+                        continue;                                               \
+                    if (memcmp(Cs + o, C0 + o, sizeof(T)) != 0) {               \
+                        printf("FAIL invariance %s %s: C[%d][%d] outside "      \
+                               "the sub-block written\n", isa_now, #SFX, i, j); \
+                        bad++;                                                  \
+                    }                                                           \
+                }                                                               \
+        free(Ar); free(Br); free(Cr);                                           \
+    }                                                                           \
+    if (bad) n_fail++;                                                          \
+    free(A); free(B); free(C0); free(C); free(Cs); free(D); free(bias);         \
+}
+
+DEFINE_INVAR(float, f32)
+DEFINE_INVAR(double, f64)
+
+static void invar(struct icfg g, int nsub, int nomem)
+{
+    invar_f32(g, nsub, nomem);
+    invar_f64(g, nsub, nomem);
+}
+
+/* alpha/beta: forward and delta (1, 0), fused update (-lr, 1), generic. */
+static const double inv_ab[][2] = {{1.0, 0.0}, {-0.01, 1.0}, {0.37, -0.7}};
+
+/* Epilogue variant e in 0..15: bias, activation, dsrc. */
+static struct icfg icfg_make(int ta, int tb, int M, int N, int K, int e,
+                             int ab, int nt)
+{
+    struct icfg g = {ta, tb, M, N, K, e & 1, (e >> 1) & 3, (e >> 3) & 1, nt,
+                     inv_ab[ab][0], inv_ab[ab][1]};
+    return g;
+}
+
+static void run_invariance(int quick)
+{
+    static const int ms[] = {1, 2, 3, 5, 6, 7, 12, 13, 17, 31, 33, 64, 97,
+                             145, 300};
+    static const int ks[] = {1, 7, 255, 256, 257, 600};
+    enum { NMS = sizeof ms / sizeof *ms, NKS = sizeof ks / sizeof *ks };
+    unsigned u = 0;
+    /* shape sweep: every M x N x K of the lists, options cycled */
+    for (int a = 0; a < NMS; a += quick ? 3 : 1)
+        for (int b = 0; b < NMS; b += quick ? 4 : 1)
+            for (int c = 0; c < NKS; c++, u++) {
+                const int M = ms[a], N = ms[b], K = ks[c];
+                if ((double)M * N * K > 6e6 && (quick || u % 3)) continue;
+                invar(icfg_make(u & 1, (u >> 1) & 1, M, N, K, (u / 4) % 16,
+                                (u / 3) % 3, 1 + u % 3), quick ? 3 : 8, 0);
+            }
+    /* option sweep: every transpose x epilogue x alpha/beta x n_threads on
+     * shapes mixing the small and blocked paths and the KC boundary */
+    static const int sh[][3] = {{37, 53, 257}, {13, 300, 7}, {150, 70, 256},
+                                {300, 19, 600}, {64, 33, 255}};
+    for (unsigned s = 0; s < sizeof sh / sizeof *sh; s++) {
+        if (quick && s >= 2) break;
+        for (int t = 0; t < 4; t++)
+            for (int e = 0; e < 16; e++)
+                for (int ab = 0; ab < 3; ab++)
+                    invar(icfg_make(t & 1, t >> 1, sh[s][0], sh[s][1], sh[s][2],
+                                    e, ab, 1 + (e + ab + t) % 3),
+                          quick ? 2 : 6, 0);
+    }
+}
+
+/* The same with the packing buffers unobtainable (the blocked driver's
+ * fallback); the full C is computed normally. */
+static void run_invariance_nomem(int quick)
+{
+    static const int sh[][3] = {{37, 53, 257}, {150, 70, 256}, {64, 33, 600}};
+    const long refused = n_refused;
+    for (unsigned s = 0; s < sizeof sh / sizeof *sh; s++)
+        for (int t = 0; t < 4; t++)
+            for (int e = 0; e < 16; e += quick ? 5 : 1)
+                invar(icfg_make(t & 1, t >> 1, sh[s][0], sh[s][1], sh[s][2],
+                                e, e % 3, 1 + (e + t) % 3), 3, 1);
+    if (n_refused == refused) {
+        printf("FAIL allocation-failure check: no allocation was refused\n");
+        n_fail++;
+    }
+}
+
 static void run_all(int quick)
 {
     static const int odd[] = {1, 2, 3, 5, 7, 11, 13, 17, 31, 37, 61, 67};
@@ -289,7 +544,11 @@ int main(int argc, char **argv)
         act_range_f32();
         act_range_f64();
         run_all(quick);
-        printf("isa %s: %s\n", isa_now, n_fail == before ? "ok" : "FAILED");
+        long c0 = n_cases;
+        run_invariance(quick);
+        run_invariance_nomem(quick);
+        printf("isa %s: %s (%ld invariance sub-problems)\n", isa_now,
+               n_fail == before ? "ok" : "FAILED", n_cases - c0);
     }
     printf("%ld cases, %ld failed\n", n_cases, n_fail);
     return n_fail ? 1 : 0;
