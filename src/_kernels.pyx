@@ -9,31 +9,36 @@
 # * All scratch lives in ONE flat workspace buffer `ws` (same dtype), carved by
 #   the offsets of a `Work`: the activations A_0..A_L of one batch (A_0 is the
 #   gathered input, A_L holds the output layer's logits z), the outputs yhat,
-#   two ping-pong delta buffers, the gathered targets and the per-sample losses.
-#   It is allocated once per call (once per fit), never per step.
+#   the deltas dloss/dZ_k of every layer, the gathered targets and the
+#   per-sample losses.  It is allocated once per call (once per fit), never
+#   per step.
 # * Forward: A_k = act(A_{k-1} W_k^T + b_k) is one GEMM with a fused bias +
 #   activation epilogue (src/fbp_gemm.c).  The output activation and the loss are
 #   applied row by row here.
 # * Backward reuses the cached activations: the derivative of a hidden activation
 #   is computed from its stored output (sigmoid' = a(1-a), relu' = [a>0],
 #   tanh' = 1-a^2), fused into the GEMM that forms delta_{k-1} = (delta_k W_k) *
-#   act'(A_{k-1}).  delta_{k-1} is formed BEFORE W_k changes; then the SGD step
-#   W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no weight
-#   gradient is ever materialised in plain SGD.
-# * Threads: the GEMM parallelises over tiles of its output (the batch rows for
-#   forward and delta, the rows of W for the update).  Its result does not
-#   depend on the thread count (fbp_gemm.h).  The row-wise loops here
-#   (`prange` over batch rows: output activation, loss, delta_L, gathering a
-#   shuffled batch) write only row i of their outputs in iteration i, so every
-#   write is private to the thread that owns that row; per-row losses go to
-#   their own slot and are summed afterwards in row order, and bias gradients
-#   are column sums taken serially in row order.  Hence results are bitwise the
-#   same for any number of threads.
+#   act'(A_{k-1}).  Every delta is formed BEFORE any W changes; then the SGD
+#   step W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no
+#   weight gradient is ever materialised in plain SGD.
+# * Threads (OpenMP, across batch elements): a step runs in one parallel
+#   region of two phases.  Phase 1: thread t owns a contiguous range of the
+#   batch rows and runs gather, forward, loss and every delta for those rows
+#   only; each GEMM it calls writes only those rows of A_k and delta_k, and
+#   each per-row loop writes only row i's slots (yhat, lossv, hitv, delta_L),
+#   so every write is private to its thread.  A barrier.  Phase 2: thread t
+#   owns a contiguous range of each layer's output units and forms (or applies)
+#   the gradient of those rows of W_k and entries of b_k, reading every row's
+#   delta; the rows of W_k, b_k, grad and the colsum scratch it writes belong
+#   to it alone.  Per-sample losses are summed afterwards in row order, bias
+#   gradients are column sums in row order, and the GEMM gives each element
+#   the same bits whatever range it is computed in (fbp_gemm.h), so a step gives
+#   the same result on any number of threads.  Small steps run serially.
 # * Everything below `def` runs without the GIL.  The `def` wrappers take
 #   arrays that fastbp/_common.py has already validated (shape, dtype,
 #   contiguity, finiteness); they only assert what they rely on.
-from cython.parallel cimport prange
-from libc.math cimport exp, log, log1p, fabs, isfinite
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
@@ -73,6 +78,31 @@ cdef extern from *:
     """
     int FBP_OPENMP
     int fbp_omp_max_threads() nogil
+
+cdef extern from *:
+    """
+    /* A barrier of the enclosing parallel region (every thread reaches it). */
+    #ifdef _OPENMP
+    #define FBP_BARRIER() _Pragma("omp barrier")
+    #else
+    #define FBP_BARRIER() ((void)0)
+    #endif
+    /* out[j] = sum_i d[i * ld + j], i = 0..m-1 in order: restrict lets the
+       compiler vectorise across j, each lane still summing its column in row
+       order. */
+    #define FBP_COLSUM(T, NAME)                                                \
+    static void NAME(const T *restrict d, int64_t m, int64_t n, int64_t ld,  \
+                     T *restrict out) {                                      \
+        for (int64_t j = 0; j < n; j++) out[j] = 0;                          \
+        for (int64_t i = 0; i < m; i++)                                      \
+            for (int64_t j = 0; j < n; j++) out[j] += d[i * ld + j];         \
+    }
+    FBP_COLSUM(float, fbp_colsum_f32)
+    FBP_COLSUM(double, fbp_colsum_f64)
+    """
+    void FBP_BARRIER() nogil
+    void fbp_colsum_f32(const float *d, int64_t m, int64_t n, int64_t ld, float *out) nogil
+    void fbp_colsum_f64(const double *d, int64_t m, int64_t n, int64_t ld, double *out) nogil
 
 # Flush-to-zero / denormals-are-zero: denormal floats slow x86 arithmetic by
 # 10x or more, and SGD can drive small weights and activations there.  The
@@ -121,9 +151,9 @@ cdef enum:
     LOSS_CE = 2
 
 cdef enum:
-    # Row-wise loops go parallel only when a batch has at least this many
-    # values; below it a parallel region costs more than it saves.
-    PAR_MIN_VALUES = 16384
+    # A batch step goes parallel only from this many multiply-adds (of the
+    # forward pass); below it the parallel region costs more than it saves.
+    PAR_MIN_MACS = 65536
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
     SIGNAL_POLL_MACS = 20000000
 
@@ -143,11 +173,11 @@ cdef struct Work:
     int64_t rows            # capacity in batch rows
     int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers
     int64_t yhat            # (rows, n_out) outputs after the output activation
-    int64_t d0, d1          # (rows, max width) ping-pong deltas
+    int64_t delta[65]       # delta[k]: offset of dloss/dZ_k (rows, sizes[k]), k = 1..n_layers
     int64_t y               # (rows, n_out) gathered targets
     int64_t lossv           # (rows,) per-sample loss
     int64_t hitv            # (rows,) per-sample accuracy (classification losses)
-    int64_t colsum          # (max width,) bias-gradient scratch
+    int64_t colsum[65]      # colsum[k]: (sizes[k + 1],) bias-gradient scratch of layer k
     int64_t size            # total elements
 
 
@@ -157,28 +187,27 @@ MAX_LAYERS = 64
 cdef Work make_work(const Spec *s, int64_t rows) noexcept:
     """Offsets of every scratch array inside one flat workspace of `rows` rows."""
     cdef Work w
-    cdef int64_t off = 0, width = 0
+    cdef int64_t off = 0
     cdef int k
     w.rows = rows
     for k in range(s.n_layers + 1):
         w.act[k] = off
         off += rows * s.sizes[k]
-        if k > 0 and s.sizes[k] > width:
-            width = s.sizes[k]
     w.yhat = off
     off += rows * s.sizes[s.n_layers]
-    w.d0 = off
-    off += rows * width
-    w.d1 = off
-    off += rows * width
+    w.delta[0] = -1
+    for k in range(1, s.n_layers + 1):
+        w.delta[k] = off
+        off += rows * s.sizes[k]
     w.y = off
     off += rows * s.sizes[s.n_layers]
     w.lossv = off
     off += rows
     w.hitv = off
     off += rows
-    w.colsum = off
-    off += width
+    for k in range(s.n_layers):   # one per layer: threads reach layers at different times
+        w.colsum[k] = off
+        off += s.sizes[k + 1]
     w.size = off
     return w
 
@@ -199,6 +228,15 @@ cdef inline void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
     else:
         fbp_gemm_f64(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
                      beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+
+
+cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
+                             floating *out) noexcept nogil:                      # OUT (n,)
+    """out[j] = sum_i d[i, j], summed in row order."""
+    if floating is float:
+        fbp_colsum_f32(d, m, n, ld, out)
+    else:
+        fbp_colsum_f64(d, m, n, ld, out)
 
 
 # ---------------------------------------------------------------------------
@@ -306,161 +344,227 @@ cdef double hit_row(const Spec *s,
 
 
 # ---------------------------------------------------------------------------
-# Batch kernels.
+# Batch kernels.  A step is two phases:
+#   1. per batch row (a thread owns a contiguous range of rows): gather the row,
+#      forward through every layer, loss and delta_L, then every delta_k
+#      down to the first layer, all with the weights as they are;
+#   2. per row of W_k (a thread owns a contiguous range of each layer's output
+#      units): the weight and bias gradient of those units, or the SGD step on
+#      them, which needs every row's delta (hence the barrier between phases).
+# Each phase writes only what its thread owns, and every GEMM element comes out
+# the same whatever the row or unit range it is computed in (fbp_gemm.h), so a
+# step gives the same bits on 1 thread as on any number of them.
 
-cdef void forward(const Spec *s,
-                  const floating *theta,     # IN  parameters
-                  floating *ws, const Work *w,  # OUT activations, yhat
-                  const floating *x,         # IN  (m, n_in) batch rows
-                  int64_t m) noexcept nogil:
-    """Every layer's activations for m rows, cached in the workspace."""
+cdef inline int64_t part(int64_t n, int t, int nt) noexcept nogil:
+    """Start of part t of n items split into nt contiguous parts."""
+    return n * t // nt
+
+
+cdef void forward_rows(const Spec *s,
+                       const floating *theta,       # IN  parameters
+                       floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
+                       const floating *x,           # IN  batch input, row 0 (ld n_in)
+                       int64_t r0, int64_t r1) noexcept nogil:
+    """Every layer's activations for batch rows r0..r1, cached in the workspace."""
     cdef int k, L = s.n_layers
-    cdef int64_t i, n_out = s.sizes[L]
-    cdef const floating *h = x
-    cdef floating *a
+    cdef int64_t i, n_in, n_out
     for k in range(L):
-        a = ws + w.act[k + 1]
-        gemm(0, 1, m, s.sizes[k + 1], s.sizes[k],
-             <floating>1, h, s.sizes[k],
-             theta + s.w_off[k], s.sizes[k],
-             <floating>0, a, s.sizes[k + 1],
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        gemm(0, 1, r1 - r0, n_out, n_in,
+             <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
+             theta + s.w_off[k], n_in,
+             <floating>0, ws + w.act[k + 1] + r0 * n_out, n_out,
              theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
              s.hidden if k < L - 1 else ACT_IDENTITY,
-             NULL, 0, s.n_threads)
-        h = a
-    if m * n_out >= PAR_MIN_VALUES and s.n_threads > 1:
-        for i in prange(m, schedule='static', num_threads=s.n_threads):
-            output_row(s, h + i * n_out, ws + w.yhat + i * n_out)
-    else:
-        for i in range(m):
-            output_row(s, h + i * n_out, ws + w.yhat + i * n_out)
+             NULL, 0, 1)
+    n_out = s.sizes[L]
+    for i in range(r0, r1):
+        output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
 
 
-cdef double loss_and_delta(const Spec *s,
-                           floating *ws, const Work *w,  # IN logits/yhat, OUT delta (d0), lossv, hitv
-                           const floating *y,            # IN (m, n_out) targets
-                           int64_t m, bint want_delta,
-                           double *hits) noexcept nogil:  # OUT sum of per-sample accuracy
-    """Sum over the m rows of the per-sample loss; delta_L of the MEAN loss in d0."""
-    cdef int64_t i, n_out = s.sizes[s.n_layers]
-    cdef const floating *z = ws + w.act[s.n_layers]
-    cdef floating *lossv = ws + w.lossv
-    cdef floating *hitv = ws + w.hitv
-    cdef floating *d = ws + w.d0 if want_delta else NULL
-    cdef double scale = 1.0 / m, total = 0.0
-    cdef bint classify = s.loss != LOSS_SQUARED
-    if m * n_out >= PAR_MIN_VALUES and s.n_threads > 1:
-        for i in prange(m, schedule='static', num_threads=s.n_threads):
-            lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
-                                          y + i * n_out,
-                                          (d + i * n_out) if want_delta else NULL, scale)
-            if classify:
-                hitv[i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
-    else:
-        for i in range(m):
-            lossv[i] = <floating>loss_row(s, z + i * n_out, ws + w.yhat + i * n_out,
-                                          y + i * n_out,
-                                          (d + i * n_out) if want_delta else NULL, scale)
-            if classify:
-                hitv[i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
-    # Summed in row order, in double, whatever the thread count.
+cdef void loss_rows(const Spec *s,
+                    floating *ws, const Work *w,  # IN logits, yhat; OUT lossv, hitv, delta_L rows
+                    const floating *y,            # IN  batch targets, row 0 (ld n_out)
+                    int64_t m, int64_t r0, int64_t r1, bint want_delta) noexcept nogil:
+    """Per-sample loss (and accuracy) of rows r0..r1; delta_L of the MEAN loss over m rows."""
+    cdef int L = s.n_layers
+    cdef int64_t i, n_out = s.sizes[L]
+    cdef floating *d
+    for i in range(r0, r1):
+        d = ws + w.delta[L] + i * n_out if want_delta else NULL
+        ws[w.lossv + i] = <floating>loss_row(s, ws + w.act[L] + i * n_out,
+                                             ws + w.yhat + i * n_out, y + i * n_out,
+                                             d, 1.0 / m)
+        if s.loss != LOSS_SQUARED:
+            ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
+
+
+cdef void backprop_rows(const Spec *s,
+                        const floating *theta,        # IN  parameters (unchanged yet)
+                        floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
+                        int64_t r0, int64_t r1) noexcept nogil:
+    """delta_k = (delta_{k+1} W_{k+1}) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
+    cdef int k
+    cdef int64_t n_in, n_out
+    for k in range(s.n_layers - 1, 0, -1):
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        gemm(0, 0, r1 - r0, n_in, n_out,
+             <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
+             theta + s.w_off[k], n_in,
+             <floating>0, ws + w.delta[k] + r0 * n_in, n_in,
+             NULL, s.hidden, ws + w.act[k] + r0 * n_in, n_in, 1)
+
+
+cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work *w,
+                 const floating *X, const floating *Y,   # IN the data set
+                 const int64_t *rows,                    # IN the batch's row indices, or NULL
+                 int64_t start, int64_t m, int64_t r0, int64_t r1,
+                 bint want_delta) noexcept nogil:
+    """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    cdef const floating *x = X + start * n_in
+    cdef const floating *y = Y + start * n_out
+    if rows != NULL:
+        for i in range(r0, r1):
+            for j in range(n_in):
+                ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+            for j in range(n_out):
+                ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
+        x = ws + w.act[0]
+        y = ws + w.y
+    forward_rows(s, theta, ws, w, x, r0, r1)
+    loss_rows(s, ws, w, y, m, r0, r1, want_delta)
+    if want_delta:
+        backprop_rows(s, theta, ws, w, r0, r1)
+
+
+cdef void phase2(const Spec *s,
+                 floating *theta,        # IN, and OUT when grad == NULL
+                 floating *grad,         # OUT gradient of the mean loss, or NULL
+                 floating lr,            # the SGD step when grad == NULL
+                 floating *snap,         # OUT copy of what this call updates, or NULL
+                 floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
+                 const floating *x,      # IN batch input, row 0 (ld n_in)
+                 int64_t m, int t, int nt) noexcept nogil:
+    """Part t of nt of every layer's output units: store their gradient, or step them."""
+    cdef int k
+    cdef int64_t j, o0, o1, n_in, n_out
+    cdef const floating *d
+    cdef const floating *h
+    cdef floating *colsum
+    for k in range(s.n_layers):
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        o0, o1 = part(n_out, t, nt), part(n_out, t + 1, nt)
+        colsum = ws + w.colsum[k]
+        if o1 == o0:
+            continue
+        d = ws + w.delta[k + 1] + o0       # columns o0..o1 of delta (ld n_out)
+        h = x if k == 0 else ws + w.act[k]
+        if grad != NULL:
+            gemm(1, 0, o1 - o0, n_in, m,
+                 <floating>1, d, n_out, h, n_in,
+                 <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
+                 NULL, ACT_IDENTITY, NULL, 0, 1)
+            if s.b_off[k] >= 0:
+                column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
+            continue
+        if snap != NULL:
+            memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
+                   (o1 - o0) * n_in * sizeof(floating))
+            if s.b_off[k] >= 0:
+                memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
+                       (o1 - o0) * sizeof(floating))
+        gemm(1, 0, o1 - o0, n_in, m,
+             -lr, d, n_out, h, n_in,
+             <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+             NULL, ACT_IDENTITY, NULL, 0, 1)
+        if s.b_off[k] >= 0:
+            column_sums(d, m, o1 - o0, n_out, colsum + o0)
+            for j in range(o0, o1):
+                theta[s.b_off[k] + j] -= lr * colsum[j]
+
+
+cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
+    """sum_i v[i] in row order, in double."""
+    cdef int64_t i
+    cdef double total = 0.0
     for i in range(m):
-        total += lossv[i]
-    if classify:
-        for i in range(m):
-            hits[0] += hitv[i]
+        total += v[i]
     return total
 
 
-cdef void column_sums(const floating *d, int64_t m, int64_t n,   # IN (m, n)
-                      floating *out) noexcept nogil:              # OUT (n,)
-    """out[j] = sum_i d[i, j], summed in row order."""
-    cdef int64_t i, j
-    for j in range(n):
-        out[j] = 0
-    for i in range(m):
-        for j in range(n):
-            out[j] += d[i * n + j]
-
-
-cdef void backward(const Spec *s,
-                   floating *theta,            # IN, and OUT when grad == NULL
-                   floating *grad,             # OUT gradient of the mean loss, or NULL
-                   floating lr,                # SGD step when grad == NULL
-                   floating *ws, const Work *w,  # IN activations, delta_L (d0); scratch
-                   const floating *x,          # IN (m, n_in) the batch rows (A_0)
-                   int64_t m) noexcept nogil:
-    """Backpropagate delta_L; either store every gradient or apply the SGD step."""
+cdef int step_threads(const Spec *s, int64_t m) noexcept nogil:
+    """Threads worth using for one step of m rows (1: no parallel region)."""
+    cdef int64_t macs = 0
     cdef int k
-    cdef int64_t j, n_in, n_out
-    cdef floating *d = ws + w.d0
-    cdef floating *d_prev = ws + w.d1
-    cdef floating *tmp
-    cdef floating *colsum = ws + w.colsum
-    cdef const floating *h
-    cdef floating *W
-    cdef floating *b
-    for k in range(s.n_layers - 1, -1, -1):
-        n_in = s.sizes[k]
-        n_out = s.sizes[k + 1]
-        h = x if k == 0 else ws + w.act[k]
-        W = theta + s.w_off[k]
-        # delta_{k-1} = (delta_k W_k) * act'(A_{k-1}), formed while W_k is unchanged.
-        if k > 0:
-            gemm(0, 0, m, n_in, n_out,
-                 <floating>1, d, n_out, W, n_in,
-                 <floating>0, d_prev, n_in,
-                 NULL, s.hidden, h, n_in, s.n_threads)
-        if grad != NULL:
-            gemm(1, 0, n_out, n_in, m,
-                 <floating>1, d, n_out, h, n_in,
-                 <floating>0, grad + s.w_off[k], n_in,
-                 NULL, ACT_IDENTITY, NULL, 0, s.n_threads)
-            if s.b_off[k] >= 0:
-                column_sums(d, m, n_out, grad + s.b_off[k])
-        else:
-            gemm(1, 0, n_out, n_in, m,
-                 -lr, d, n_out, h, n_in,
-                 <floating>1, W, n_in,
-                 NULL, ACT_IDENTITY, NULL, 0, s.n_threads)
-            if s.b_off[k] >= 0:
-                b = theta + s.b_off[k]
-                column_sums(d, m, n_out, colsum)
-                for j in range(n_out):
-                    b[j] -= lr * colsum[j]
-        tmp = d
-        d = d_prev
-        d_prev = tmp
+    for k in range(s.n_layers):
+        macs += s.sizes[k] * s.sizes[k + 1]
+    if s.n_threads <= 1 or m < 2 or m * macs < PAR_MIN_MACS:
+        return 1
+    return <int>min(<int64_t>s.n_threads, m)
 
 
-cdef void gather(const floating *src, int64_t n_cols,   # IN (n_samples, n_cols)
-                 const int64_t *rows, int64_t m,        # IN row indices
-                 floating *dst, int n_threads) noexcept nogil:   # OUT (m, n_cols)
-    """dst[i] = src[rows[i]]: iteration i writes only row i of dst."""
-    cdef int64_t i, j
-    if m * n_cols >= PAR_MIN_VALUES and n_threads > 1:
-        for i in prange(m, schedule='static', num_threads=n_threads):
-            for j in range(n_cols):
-                dst[i * n_cols + j] = src[rows[i] * n_cols + j]
+cdef int batch_step(const Spec *s,
+                    floating *theta,            # IN, OUT when grad == NULL
+                    floating *grad,             # OUT the gradient, or NULL for the fused SGD step
+                    floating lr,
+                    floating *snap,             # OUT theta before the SGD step, or NULL
+                    floating *ws, const Work *w,
+                    const floating *X, const floating *Y,  # IN the data set
+                    const int64_t *rows,        # IN the batch's row indices, or NULL
+                    int64_t start, int64_t m,
+                    double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
+    """One batch: the gradient into `grad`, or the plain SGD step on theta.
+
+    Returns 1 (and changes nothing) when the batch loss is not finite.
+    With one thread the phases run in turn; with more, in one parallel region
+    with a barrier between them.  `snap` is filled just before theta changes.
+    """
+    cdef int nt = step_threads(s, m), t = 0
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef double total = 0.0
+    if rows != NULL:
+        x = ws + w.act[0]
+    if nt == 1:
+        phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
+        loss[0] = row_sum(ws + w.lossv, m)
+        if not isfinite(loss[0]):
+            return 1
+        phase2(s, theta, grad, lr, snap, ws, w, x, m, 0, 1)
+        return 0
+    with parallel(num_threads=nt):
+        t = threadid()
+        phase1(s, theta, ws, w, X, Y, rows, start, m, part(m, t, nt), part(m, t + 1, nt), True)
+        FBP_BARRIER()
+        # Every thread sums the losses in the same order, so all agree.
+        total = row_sum(ws + w.lossv, m)
+        if isfinite(total):
+            phase2(s, theta, grad, lr, snap, ws, w, x, m, t, nt)
+    loss[0] = row_sum(ws + w.lossv, m)
+    return 0 if isfinite(loss[0]) else 1
+
+
+cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const Work *w,
+                       const floating *X,      # IN the data set
+                       const floating *Y,      # IN targets, or NULL for outputs only
+                       int64_t start, int64_t m) noexcept nogil:
+    """Forward (with Y, also the per-sample losses) of m rows from `start`;
+    thread t computes rows part(m, t) .. part(m, t + 1) only."""
+    cdef int nt = step_threads(s, m), t = 0
+    if nt == 1:
+        predict_part(s, theta, ws, w, X, Y, start, m, 0, m)
+        return
+    for t in prange(nt, schedule='static', num_threads=nt):
+        predict_part(s, theta, ws, w, X, Y, start, m, part(m, t, nt), part(m, t + 1, nt))
+
+
+cdef inline void predict_part(const Spec *s, const floating *theta, floating *ws, const Work *w,
+                              const floating *X, const floating *Y,
+                              int64_t start, int64_t m, int64_t r0, int64_t r1) noexcept nogil:
+    if Y != NULL:
+        phase1(s, theta, ws, w, X, Y, NULL, start, m, r0, r1, False)
     else:
-        for i in range(m):
-            for j in range(n_cols):
-                dst[i * n_cols + j] = src[rows[i] * n_cols + j]
-
-
-cdef struct Optim:
-    double lr
-    double momentum          # torch.optim.SGD's momentum (dampening 0)
-    bint nesterov
-    double weight_decay      # torch's: g += weight_decay * theta, biases included
-    double l2                # scikit-learn's alpha: loss += l2 / (2 m) ||W||^2, weights only
-
-
-cdef struct Totals:
-    double loss              # sum of the per-sample losses seen
-    double hits              # sum of the per-sample accuracies seen
-    double penalty           # sum over steps of l2/2 ||W||^2 before the step
-    int64_t n_done           # samples consumed by completed steps
+        forward_rows(s, theta, ws, w, X + start * s.sizes[0], r0, r1)
 
 
 cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
@@ -481,6 +585,21 @@ cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
             g = (g + momentum * velocity[i]) if nesterov else velocity[i]
         theta[i] -= lr * g
     return sq
+
+
+cdef struct Optim:
+    double lr
+    double momentum          # torch.optim.SGD's momentum (dampening 0)
+    bint nesterov
+    double weight_decay      # torch's: g += weight_decay * theta, biases included
+    double l2                # scikit-learn's alpha: loss += l2 / (2 m) ||W||^2, weights only
+
+
+cdef struct Totals:
+    double loss              # sum of the per-sample losses seen
+    double hits              # sum of the per-sample accuracies seen
+    double penalty           # sum over steps of l2/2 ||W||^2 before the step
+    int64_t n_done           # samples consumed by completed steps
 
 
 cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
@@ -534,13 +653,9 @@ cdef int run_epoch(const Spec *s,
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
     KeyboardInterrupt set, again between steps.
     """
-    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0, step_index
-    cdef int64_t n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
-    cdef const floating *xb
-    cdef const floating *yb
+    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
-    cdef bint optimizer = grad != NULL
-    cdef floating lr = <floating>o.lr
+    cdef bint snap_here
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0
@@ -548,27 +663,21 @@ cdef int run_epoch(const Spec *s,
     start = first_step * batch_size
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
-        if order != NULL:
-            gather(X, n_in, order + start, m, ws + w.act[0], s.n_threads)
-            gather(Y, n_out, order + start, m, ws + w.y, s.n_threads)
-            xb = ws + w.act[0]
-            yb = ws + w.y
-        else:
-            xb = X + start * n_in
-            yb = Y + start * n_out
-        forward(s, theta, ws, w, xb, m)
-        batch_loss = loss_and_delta(s, ws, w, yb, m, True, &t.hits)
-        if not isfinite(batch_loss):
+        snap_here = snap != NULL and first_step + steps == snap_step
+        if batch_step(s, theta, grad, <floating>o.lr,
+                      snap if snap_here and grad == NULL else NULL,
+                      ws, w, X, Y, order + start if order != NULL else NULL,
+                      start, m, &batch_loss):
             return 1
-        step_index = first_step + steps
-        if step_index == snap_step and snap != NULL:
-            memcpy(snap, theta, n_params * sizeof(floating))
-            if snap_vel != NULL and velocity != NULL:
-                memcpy(snap_vel, velocity, n_params * sizeof(floating))
-        backward(s, theta, grad, lr, ws, w, xb, m)
-        if optimizer:
+        if grad != NULL:
+            if snap_here:
+                memcpy(snap, theta, n_params * sizeof(floating))
+                if snap_vel != NULL and velocity != NULL:
+                    memcpy(snap_vel, velocity, n_params * sizeof(floating))
             t.penalty += sgd_update(s, theta, grad, velocity, o, m)
         t.loss += batch_loss
+        if s.loss != LOSS_SQUARED:
+            t.hits += row_sum(ws + w.hitv, m)
         t.n_done += m
         start += m
         steps += 1
@@ -655,22 +764,19 @@ cdef class Network:
         """out = network(X), computed `chunk` rows at a time."""
         self._check(theta, X)
         cdef Spec s = self._spec(n_threads)
-        cdef int64_t n = X.shape[0], n_in = X.shape[1], n_out = s.sizes[s.n_layers]
-        cdef int64_t start, m, i
+        cdef int64_t n = X.shape[0], n_out = s.sizes[s.n_layers]
+        cdef int64_t start, m
         if out.shape[0] != n or out.shape[1] != n_out:
             raise ValueError("out has the wrong shape")
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef floating *dst
         with nogil:
             start = 0
             while start < n:
                 m = min(chunk, n - start)
-                forward(&s, &theta[0], &ws[0], &w, &X[start, 0], m)
-                dst = &out[start, 0]
-                for i in range(m * n_out):
-                    dst[i] = ws[w.yhat + i]
+                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], NULL, start, m)
+                memcpy(&out[start, 0], &ws[w.yhat], m * n_out * sizeof(floating))
                 start += m
         return np.asarray(out)
 
@@ -690,26 +796,30 @@ cdef class Network:
             start = 0
             while start < n:
                 m = min(chunk, n - start)
-                forward(&s, &theta[0], &ws[0], &w, &X[start, 0], m)
-                total += loss_and_delta(&s, &ws[0], &w, &Y[start, 0], m, False, &hits)
+                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], &Y[0, 0], start, m)
+                total += row_sum(&ws[w.lossv], m)
+                if s.loss != LOSS_SQUARED:
+                    hits += row_sum(&ws[w.hitv], m)
                 start += m
         return total / n, hits / n
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, floating[::1] grad, int n_threads):
-        """grad = d(mean loss)/d(theta) over the whole of X as one batch; returns the loss."""
+        """grad = d(mean loss)/d(theta) over the whole of X as one batch; returns
+        the mean loss.  When that loss is not finite, grad is all NaN."""
         self._check(theta, X, Y)
         if grad.shape[0] != self.n_params:
             raise ValueError("grad has the wrong length")
         cdef Spec s = self._spec(n_threads)
-        cdef int64_t m = X.shape[0]
+        cdef int64_t m = X.shape[0], i
         cdef Work w = make_work(&s, m)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total, hits = 0.0
+        cdef double total
         with nogil:
-            forward(&s, &theta[0], &ws[0], &w, &X[0, 0], m)
-            total = loss_and_delta(&s, &ws[0], &w, &Y[0, 0], m, True, &hits)
-            backward(&s, <floating *>&theta[0], &grad[0], <floating>0, &ws[0], &w, &X[0, 0], m)
+            if batch_step(&s, <floating *>&theta[0], &grad[0], <floating>0, NULL, &ws[0], &w,
+                          &X[0, 0], &Y[0, 0], NULL, 0, m, &total):
+                for i in range(self.n_params):
+                    grad[i] = <floating>NAN
         return total / m
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
