@@ -894,8 +894,11 @@ cdef class Network:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
         cdef bint ftz_before = fbp_ftz_is_on()
+        # Only the threads the steps will use need the setting (and no
+        # parallel region at all for steps too small to split).
+        cdef int step_nt = step_threads(&s, rows)
         if flush_denormals != ftz_before:
-            fbp_ftz_all(flush_denormals, s.n_threads)
+            fbp_ftz_all(flush_denormals, step_nt)
         try:
             with nogil:
                 status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
@@ -904,7 +907,7 @@ cdef class Network:
                                    snapshot_step, self.n_params, &t)
         finally:  # also on KeyboardInterrupt
             if flush_denormals != ftz_before:
-                fbp_ftz_all(ftz_before, s.n_threads)
+                fbp_ftz_all(ftz_before, step_nt)
         return t.loss, t.hits, t.penalty, t.n_done, status
 
 
