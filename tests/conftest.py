@@ -37,8 +37,3 @@ def fast_impl():
     """The compiled fastbp.MLP only."""
     return load_impl("fast")
 
-
-@pytest.fixture
-def ref_impl():
-    """The pure-Python reference MLP only."""
-    return load_impl("reference")

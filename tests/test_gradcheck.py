@@ -212,47 +212,5 @@ def test_sigmoid_and_softmax_outputs_saturate_without_overflow(impl, dtype):
     np.testing.assert_allclose(p, [[0.5, 0.0, 0.5]], rtol=1e-7, atol=0)
 
 
-# ---------------------------------------------------------------------------
-# The compiled model against the oracle
-# ---------------------------------------------------------------------------
-
-AGREE_CASES = list(itertools.product(ACTIVATIONS, OUTPUT_LOSS, [True, False], ["float64", "float32"]))
-
-
-@pytest.mark.parametrize(
-    "activation,output_loss,bias,dtype", AGREE_CASES,
-    ids=[f"{a}-{o}-{l}-{'bias' if b else 'nobias'}-{d}" for a, (o, l), b, d in AGREE_CASES],
-)
-def test_fast_matches_reference(ref_impl, fast_impl, activation, output_loss, bias, dtype):
-    output, loss = output_loss
-    rng = np.random.default_rng(AGREE_CASES.index((activation, output_loss, bias, dtype)))
-    sizes = [5, 7, 6, 4]
-    kw = dict(activation=activation, output=output, loss=loss, bias=bias, dtype=dtype, seed=3)
-    ref, fast = ref_impl(sizes, **kw), fast_impl(sizes, **kw)
-    for a, b in zip(ref.weights + ref.biases, fast.weights + fast.biases):
-        if a is None:
-            assert b is None
-        else:  # same initialisation (both go through fastbp._common)
-            assert a.dtype == b.dtype and np.array_equal(a, b)
-    X = rng.normal(size=(9, sizes[0]))
-    Y = random_targets(rng, output, loss, 9, sizes[-1])
-    rtol, atol = (1e-10, 1e-13) if dtype == "float64" else (2e-4, 2e-6)
-
-    np.testing.assert_allclose(fast.predict(X), ref.predict(X), rtol=rtol, atol=atol)
-    assert fast.loss(X, Y) == pytest.approx(ref.loss(X, Y), rel=rtol, abs=atol)
-    lf, gf = fast.gradients(X, Y)
-    lr_, gr = ref.gradients(X, Y)
-    assert lf == pytest.approx(lr_, rel=rtol, abs=atol)
-    for k, ((dWf, dbf), (dWr, dbr)) in enumerate(zip(gf, gr)):
-        assert dWf.dtype == dWr.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(dWf, dWr, rtol=rtol, atol=atol, err_msg=f"dW[{k}]")
-        if bias:
-            np.testing.assert_allclose(dbf, dbr, rtol=rtol, atol=atol, err_msg=f"db[{k}]")
-        else:
-            assert dbf is None and dbr is None
-    # one SGD step each: same loss before, same parameters after
-    assert fast.step(X, Y, 0.1) == pytest.approx(ref.step(X, Y, 0.1), rel=rtol, abs=atol)
-    for k in range(len(sizes) - 1):
-        np.testing.assert_allclose(fast.weights[k], ref.weights[k], rtol=rtol, atol=atol)
-        if bias:
-            np.testing.assert_allclose(fast.biases[k], ref.biases[k], rtol=rtol, atol=atol)
+# The compiled model against the reference on every activation, output/loss
+# pair, bias setting, dtype and thread count: tests/test_kernels.py.

@@ -3,7 +3,7 @@
 Every specialisation (float32/float64, 1 and 2 threads, bias on/off, every
 hidden activation, every output/loss pair, batch sizes 1, odd, and larger than
 the thread count) is compared on loss, predictions, every gradient, an SGD
-step and a short fit, with the one tolerance table below.
+step and a short fit, with the one tolerance table (tests/tolerances.py).
 """
 import itertools
 
@@ -13,36 +13,11 @@ import pytest
 import fastbp
 from fastbp import reference
 
-# The one tolerance table: |fast - reference| <= rtol * |reference| + atol * scale,
-# where scale is the largest |value| of the quantity compared (so sums that
-# cancel are judged against the size of their terms, not of their result).
-TOL = {
-    "float64": dict(rtol=1e-10, atol=1e-12),
-    "float32": dict(rtol=1e-4, atol=1e-5),
-}
+from tolerances import ACTIVATIONS, PAIRS, assert_close
 
-ACTIVATIONS = ["identity", "sigmoid", "relu", "tanh"]
-PAIRS = [
-    ("identity", "squared_error"),
-    ("sigmoid", "squared_error"),
-    ("softmax", "squared_error"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("softmax", "cross_entropy"),
-]
 DTYPES = ["float32", "float64"]
 THREADS = [1, 2]
 BATCHES = [1, 5, 33]
-
-
-def assert_close(actual, expected, dtype, what=""):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, what
-    tol = TOL[dtype]
-    scale = max(1e-300, float(np.max(np.abs(expected))) if expected.size else 0.0)
-    bound = tol["rtol"] * np.abs(expected) + tol["atol"] * scale
-    err = np.abs(actual - expected)
-    assert np.all(err <= bound), f"{what}: max err {err.max():.3g}, bound {bound[np.argmax(err - bound)]:.3g}"
 
 
 @pytest.fixture

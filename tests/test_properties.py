@@ -2,8 +2,8 @@
 
 Random architectures (1-3 weight layers, widths 1-20), batch sizes, dtypes,
 memory layouts, activations, output/loss pairs and seeds.  The fast model must
-agree with the pure-Python reference within 1e-10 (float64) / 1e-4 (float32)
-of the largest |value| of each quantity; any layout must give the very same
+agree with the pure-Python reference within the one tolerance table
+(tests/tolerances.py); any layout must give the very same
 bits; and arbitrary junk must give a ValueError (or work), never anything else.
 """
 from datetime import timedelta
@@ -19,14 +19,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 import fastbp  # noqa: E402
 from fastbp import reference  # noqa: E402
 
-TOL = {"float32": 1e-4, "float64": 1e-10}
-PAIRS = [
-    ("identity", "squared_error"),
-    ("sigmoid", "squared_error"),
-    ("softmax", "squared_error"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("softmax", "cross_entropy"),
-]
+from tolerances import PAIRS, assert_close  # noqa: E402  (the one tolerance table)
 SETTINGS = dict(
     deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -94,12 +87,7 @@ def relayout(A, layout, dtype):
 
 
 def close(fast, ref, dtype, what):
-    fast = np.asarray(fast, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    assert fast.shape == ref.shape, what
-    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-30)
-    err = float(np.max(np.abs(fast - ref))) if ref.size else 0.0
-    assert err <= TOL[dtype] * scale, f"{what}: error {err:.3g} > {TOL[dtype]:g} * {scale:.3g}"
+    assert_close(fast, ref, dtype, what)
 
 
 def all_params(net):
