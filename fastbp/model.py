@@ -162,13 +162,17 @@ class MLP:
 
     # -- parameters ---------------------------------------------------------
 
-    def _view_w(self, k: int) -> np.ndarray:
+    def _view_w(self, k: int, flat: Optional[np.ndarray] = None) -> np.ndarray:
+        """W_k as a (n_out, n_in) view of the parameter vector (or of `flat`, laid out alike)."""
+        flat = self._theta if flat is None else flat
         off, n_in, n_out = self._net.w_off[k], self.layer_sizes[k], self.layer_sizes[k + 1]
-        return self._theta[off : off + n_out * n_in].reshape(n_out, n_in)
+        return flat[off : off + n_out * n_in].reshape(n_out, n_in)
 
-    def _view_b(self, k: int) -> np.ndarray:
+    def _view_b(self, k: int, flat: Optional[np.ndarray] = None) -> np.ndarray:
+        """b_k as a view of the parameter vector (or of `flat`, laid out alike)."""
+        flat = self._theta if flat is None else flat
         off = self._net.b_off[k]
-        return self._theta[off : off + self.layer_sizes[k + 1]]
+        return flat[off : off + self.layer_sizes[k + 1]]
 
     @property
     def weights(self) -> ParamList:
@@ -282,13 +286,10 @@ class MLP:
         g = np.empty_like(self._theta)
         with self._lock:
             loss = self._net.gradients(self._theta, Xc, Yc, g, get_num_threads())
-        grads: Grads = []
-        for k in range(self.n_layers):
-            n_in, n_out = self.layer_sizes[k], self.layer_sizes[k + 1]
-            w0 = self._net.w_off[k]
-            dW = g[w0 : w0 + n_out * n_in].reshape(n_out, n_in)
-            db = g[self._net.b_off[k] : self._net.b_off[k] + n_out] if self.bias else None
-            grads.append((dW, db))
+        grads: Grads = [
+            (self._view_w(k, g), self._view_b(k, g) if self.bias else None)
+            for k in range(self.n_layers)
+        ]
         return float(loss), grads
 
     # -- training -----------------------------------------------------------
