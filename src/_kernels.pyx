@@ -150,10 +150,12 @@ cdef enum:
     LOSS_BCE = 1
     LOSS_CE = 2
 
+# A batch step goes parallel only from this many multiply-adds (of the forward
+# pass); below it the parallel region costs more than it saves.  Results do
+# not depend on it; the tests lower it to run the parallel path on small nets.
+cdef int64_t par_min_macs = 65536
+
 cdef enum:
-    # A batch step goes parallel only from this many multiply-adds (of the
-    # forward pass); below it the parallel region costs more than it saves.
-    PAR_MIN_MACS = 65536
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
     SIGNAL_POLL_MACS = 20000000
 
@@ -499,7 +501,7 @@ cdef int step_threads(const Spec *s, int64_t m) noexcept nogil:
     cdef int k
     for k in range(s.n_layers):
         macs += s.sizes[k] * s.sizes[k + 1]
-    if s.n_threads <= 1 or m < 2 or m * macs < PAR_MIN_MACS:
+    if s.n_threads <= 1 or m < 2 or m * macs < par_min_macs:
         return 1
     return <int>min(<int64_t>s.n_threads, m)
 
@@ -919,6 +921,16 @@ def openmp_enabled():
 def max_threads():
     """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
     return fbp_omp_max_threads()
+
+
+def set_parallel_threshold(int64_t macs):
+    """Set the multiply-adds from which a batch step runs in parallel; returns
+    the previous value.  For tests: results are the same either way."""
+    global par_min_macs
+    if macs < 0:
+        raise ValueError("the threshold must be >= 0")
+    previous, par_min_macs = par_min_macs, macs
+    return previous
 
 
 def flush_denormals_enabled():

@@ -22,9 +22,18 @@ BATCHES = [1, 5, 33]
 
 @pytest.fixture
 def threads():
-    before = fastbp.get_num_threads()
-    yield fastbp.set_num_threads
+    """Set the thread count; with more than one thread, every batch step and
+    prediction takes the parallel path, however small the network."""
+    from fastbp import _kernels
+
+    before, threshold = fastbp.get_num_threads(), _kernels.set_parallel_threshold(0)
+
+    def set_threads(n):
+        fastbp.set_num_threads(n)
+
+    yield set_threads
     fastbp.set_num_threads(before)
+    _kernels.set_parallel_threshold(threshold)
 
 
 def make_data(sizes, n, output, loss, seed):

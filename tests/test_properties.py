@@ -136,7 +136,10 @@ def test_layout_and_threads_do_not_change_bits(problem, n_threads):
     X, Y = np.asarray(X, dtype=dtype), np.asarray(Y, dtype=dtype if Y.ndim == 2 else None)
     Xl, Yl = relayout(X, layout, dtype), relayout(Y, layout, dtype)
     keep = [np.array(a, copy=True) for a in (Xl, Yl)]
-    before = fastbp.get_num_threads()
+    from fastbp import _kernels
+
+    # Every step and prediction with n_threads > 1 takes the parallel path.
+    before, threshold = fastbp.get_num_threads(), _kernels.set_parallel_threshold(0)
     try:
         results = []
         for Xv, Yv, t in [(X, Y, 1), (Xl, Yl, n_threads)]:
@@ -151,6 +154,7 @@ def test_layout_and_threads_do_not_change_bits(problem, n_threads):
                                  for o in out]))
     finally:
         fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(threshold)
     assert results[0] == results[1]
     for old, new in zip(keep, (Xl, Yl)):
         assert np.asarray(new).tobytes() == old.tobytes(), "an input was written"
