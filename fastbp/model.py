@@ -21,8 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Callback = Callable[[int, Dict[str, Any]], Any]
 
-# Rows per kernel call in predict() and loss(): bounds their scratch memory.
+# predict() and loss() run the kernels on chunks of rows: at most 4096 (which
+# bounds their scratch memory) and about 2**28 multiply-adds each, so that
+# Ctrl-C, polled between chunks, acts within tens of milliseconds.  Results do
+# not depend on the chunking.
 _CHUNK_ROWS = 4096
+_CHUNK_MACS = 2**28
 
 Grads = List[Tuple[np.ndarray, Optional[np.ndarray]]]
 
@@ -213,6 +217,10 @@ class MLP:
 
     # -- checking -----------------------------------------------------------
 
+    def _chunk_rows(self) -> int:
+        macs_per_row = sum(a * b for a, b in zip(self.layer_sizes, self.layer_sizes[1:]))
+        return max(16, min(_CHUNK_ROWS, _CHUNK_MACS // macs_per_row))
+
     def _X(self, X: Any) -> np.ndarray:
         return C.check_X(X, self.layer_sizes[0], self.dtype.type)
 
@@ -244,7 +252,7 @@ class MLP:
         Xc = self._X(X)
         out = np.empty((Xc.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         with self._lock:
-            self._net.predict(self._theta, Xc, out, _CHUNK_ROWS, get_num_threads())
+            self._net.predict(self._theta, Xc, out, self._chunk_rows(), get_num_threads())
         return out
 
     def loss(self, X: Any, Y: Any) -> float:
@@ -263,7 +271,7 @@ class MLP:
         """
         Xc, Yc = self._XY(X, Y)
         with self._lock:
-            loss, _ = self._net.loss(self._theta, Xc, Yc, _CHUNK_ROWS, get_num_threads())
+            loss, _ = self._net.loss(self._theta, Xc, Yc, self._chunk_rows(), get_num_threads())
         return float(loss)
 
     def gradients(self, X: Any, Y: Any) -> Tuple[float, Grads]:
@@ -481,7 +489,7 @@ class MLP:
                     }
                     if val is not None:
                         v_loss, v_hit = self._net.loss(
-                            self._theta, val[0], val[1], _CHUNK_ROWS, get_num_threads()
+                            self._theta, val[0], val[1], self._chunk_rows(), get_num_threads()
                         )
                         logs["val_loss"] = v_loss
                         logs["val_accuracy"] = v_hit if classify else None

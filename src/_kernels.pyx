@@ -780,6 +780,9 @@ cdef class Network:
                 predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], NULL, start, m)
                 memcpy(&out[start, 0], &ws[w.yhat], m * n_out * sizeof(floating))
                 start += m
+                if start < n:
+                    with gil:  # Ctrl-C between chunks
+                        PyErr_CheckSignals()
         return np.asarray(out)
 
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
@@ -803,6 +806,9 @@ cdef class Network:
                 if s.loss != LOSS_SQUARED:
                     hits += row_sum(&ws[w.hitv], m)
                 start += m
+                if start < n:
+                    with gil:  # Ctrl-C between chunks
+                        PyErr_CheckSignals()
         return total / n, hits / n
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,

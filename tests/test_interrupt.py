@@ -76,3 +76,45 @@ def test_ctrl_c_interrupts_fit_promptly(threads, dtype, kwargs):
     assert fields[2] == "True", "non-finite weights after the interrupt"
     assert fields[3] == "True", "predict failed after the interrupt"
     assert proc.returncode == 0, err
+
+
+PREDICT_CHILD = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import fastbp
+    fastbp.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40000, 400)).astype("float32")
+    net = fastbp.MLP([400, 3000, 3000, 10], seed=0)
+    print("START", flush=True)
+    try:
+        net.predict(X)  # one call of several seconds
+        print("FINISHED", flush=True)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", repr(time.time()), flush=True)
+    """
+)
+
+
+def test_ctrl_c_interrupts_a_long_predict():
+    """predict polls for Ctrl-C between chunks of rows sized to a fixed amount
+    of work, so even one long call stops promptly."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", PREDICT_CHILD], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "START", proc.stderr.read()
+        time.sleep(0.5)
+        t_sig = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    fields = out.split()
+    assert fields and fields[0] == "INTERRUPTED", out + err
+    latency = float(fields[1]) - t_sig
+    print(f"KeyboardInterrupt {latency:.3f} s after SIGINT")
+    assert latency < 1.0, f"KeyboardInterrupt took {latency:.2f} s"
