@@ -170,12 +170,18 @@ def _numeric(name: str, value: Any) -> np.ndarray:
 
 def _first_bad_row(arr: np.ndarray) -> Optional[int]:
     """Index of the first row holding NaN or Inf, or None."""
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(arr)
-        if not finite.all():
-            rows = finite.reshape(finite.shape[0], -1).all(axis=1)
-            return int(np.argmin(rows))
-    return None
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return None
+    # A finite sum proves every value finite without a temporary the size of
+    # the data; only a NaN, an Inf or an overflowing sum needs the full look.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(arr.sum(dtype=np.float64)):
+            return None
+    finite = np.isfinite(arr)
+    if finite.all():
+        return None
+    rows = finite.reshape(finite.shape[0], -1).all(axis=1)
+    return int(np.argmin(rows))
 
 
 def check_X(X: Any, n_in: int, dtype: type) -> np.ndarray:
