@@ -8,7 +8,11 @@
  *  - small: M*N*K <= SMALL_MNK or K == 0.  A plain i/j/k loop straight on the
  *    caller's arrays, no packing, no threads, compiled once per ISA (the
  *    same FMA or mul+add as that ISA's micro-kernel).  Tiny nets (M=1, N=2,
- *    K=2) call this millions of times, so it has to cost tens of nanoseconds.
+ *    K=2) call this millions of times, so it has to cost tens of nanoseconds:
+ *    the public entry point is a single indirect jmp to the current ISA's
+ *    small function (which makes the small-or-not test itself and passes
+ *    other shapes on to rest_*), and the row epilogue is out of line so that
+ *    the loop itself needs no realigned frame.
  *
  *  - blocked (Goto/BLIS): for each NC-wide column panel, for each KC-deep
  *    slab of K, op(B)[KC x NC] is packed into NR-wide slivers (k-major, NR
@@ -67,9 +71,11 @@
  *   4. The epilogue is one function, epi_row, called per row by the blocked
  *      driver (per tile, after the last slab) and by the small path (per row);
  *      sigmoid/tanh always go through the vector exp (partial vectors are
- *      padded, lanes are independent).  It uses only IEEE +, -, *, /,
- *      compares and exact conversions, so its bits are even the same in SSE,
- *      AVX2 and AVX-512 builds of it.
+ *      padded, lanes are independent).  Per ISA it is one instance: plain
+ *      IEEE +, -, *, / for generic, the same plus explicit fused
+ *      multiply-adds (the "f" instance) for AVX2 and AVX-512, which share it
+ *      (32-byte and 1-lane code, lane-wise identical), so within an ISA the
+ *      small and blocked paths and every vector/scalar position agree.
  *   5. Contraction is off for the whole file (pragma below), so the compiler
  *      cannot turn a*b+c into an FMA in one copy of an expression and not in
  *      another (GCC contracts by default in gnu11 wherever the target has
@@ -169,11 +175,16 @@ static void *thread_buf(size_t bytes)
  *              x below the normal range -> 0; NaN propagates.
  *   sigmoid  = 1 / (1 + exp(-z))
  *   tanh(z)  = sign(z) * -e / (2 + e),  e = expm1(-2|z|): the Taylor series
- *              directly while |2z| <= ln2/2 (no cancellation), else exp - 1.
- * Only IEEE +, -, *, / (never fused: contraction is off), compares, bit
+ *              directly while |2z| <= ln2/2 (no cancellation), else
+ *              p 2^n + (2^n - 1) with p = expm1(r) (no cancellation either).
+ * Only IEEE +, -, *, /, MADD(a, b, c) = a*b + c (plain mul then add in the
+ * generic instance, a fused multiply-add in the "f" instance used by the FMA
+ * ISAs; contraction is off, so nothing else is fused), compares, bit
  * operations and exact conversions, all lane-wise: a lane's result depends on
- * its input only, not on the vector width or the instruction set, so every
- * element of C gets the same bits wherever it falls. */
+ * its input only, not on the vector width, so every element of C gets the
+ * same bits wherever it falls on one ISA.  Max error against long double
+ * libm (tests/c/gemm_check.c sweep): sigmoid 2.34 (f32) / 2.36 (f64) ulp,
+ * tanh 3.16 / 3.60 ulp. */
 /* Lane primitives: VT/VI a float/int vector of VL lanes, or for the
  * single-lane instances ("s" suffix) plain T/IT scalars.  splat: all lanes c;
  * bits/frombits: reinterpret; sel: m ? a : b lane-wise (m from a compare);
@@ -191,62 +202,80 @@ INLINE VT sel_##SFX(VI m, VT a, VT b)                                           
 INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
 #define DEFINE_SLANES(T, SFX, IT)                                               \
 INLINE T splat_##SFX(T c) { return c; }                                         \
-INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }        \
-INLINE T frombits_##SFX(IT i) { T x; memcpy(&x, &i, sizeof x); return x; }     \
+INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }         \
+INLINE T frombits_##SFX(IT i) { T x; memcpy(&x, &i, sizeof x); return x; }      \
 INLINE T sel_##SFX(IT m, T a, T b) { return m ? a : b; }                        \
 INLINE IT cvt_##SFX(T n) { return (IT)n; }
 
-#define DEFINE_VMATH(T, SFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN)       \
-/* expm1(r) = r * sum_{k < NTAYLOR} r^k / (k+1)!, the sum by Estrin's scheme \
- * (pairs with r, then with r^2, r^4, r^8: a dependency chain of 4 mul+add   \
- * levels instead of NTAYLOR - 1 for Horner's; the latency matters for the    \
- * few-element rows of tiny nets). */                                          \
-INLINE VT vexpm1_taylor_##SFX(VT r)                                             \
+#define DEFINE_VMATH(T, SFX, LSFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN, \
+                     MADD, TGT)                                                 \
+/* expm1(r) = r * sum_{k < NTAYLOR} r^k / (k+1)!, the sum by Estrin's scheme    \
+ * (pairs with r, then with r^2, r^4, r^8: a dependency chain of 4 mul+add      \
+ * levels instead of NTAYLOR - 1 for Horner's; the latency matters for the      \
+ * few-element rows of tiny nets). */                                           \
+TGT INLINE VT vexpm1_taylor_##SFX(VT r)                                         \
 {                                                                               \
     VT q[16];                                                                   \
     T f = 1;                                                                    \
     _Pragma("GCC unroll 16")                                                    \
     for (int k = 0; k < NTAYLOR; k++) {                                         \
         f *= k + 1;                                                             \
-        q[k] = splat_##SFX((T)1 / f);                                           \
+        q[k] = splat_##LSFX((T)1 / f);                                          \
     }                                                                           \
     VT pw = r;                                                                  \
     _Pragma("GCC unroll 4")                                                     \
-    for (int lev = 0, n = NTAYLOR; lev < 4; lev++, n = (n + 1) / 2) {          \
+    for (int lev = 0, n = NTAYLOR; lev < 4; lev++, n = (n + 1) / 2) {           \
         _Pragma("GCC unroll 8")                                                 \
         for (int i = 0; i < 8; i++) {                                           \
-            if (2 * i + 1 < n) q[i] = q[2 * i] + q[2 * i + 1] * pw;             \
+            if (2 * i + 1 < n) q[i] = MADD(q[2 * i + 1], pw, q[2 * i]);         \
             else if (2 * i < n) q[i] = q[2 * i];                                \
         }                                                                       \
         pw = pw * pw;                                                           \
     }                                                                           \
     return q[0] * r;                                                            \
 }                                                                               \
-INLINE VT vexp_##SFX(VT x)                                                      \
+TGT INLINE VT vexp_##SFX(VT x)                                                  \
 {                                                                               \
-    const VT hi = splat_##SFX((T)XMAX), lo = splat_##SFX((T)XMIN);              \
+    const VT hi = splat_##LSFX((T)XMAX), lo = splat_##LSFX((T)XMIN);            \
     const VI big = x > hi, tiny = x < lo;                                       \
-    VT xc = sel_##SFX(big, hi, sel_##SFX(tiny, lo, x));                         \
+    VT xc = sel_##LSFX(big, hi, sel_##LSFX(tiny, lo, x));                       \
     const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
-    VT n = (xc * (T)1.44269504088896340736 + magic) - magic;                    \
-    VT r = xc - n * (T)0.693145751953125;                                       \
-    r = r - n * (T)1.42860682030941723212e-6;                                   \
-    VI e = (cvt_##SFX(n) + (BIAS - 1)) << MANT;                                 \
-    VT y = ((T)1 + vexpm1_taylor_##SFX(r)) * frombits_##SFX(e) * (T)2;          \
-    y = sel_##SFX(big, splat_##SFX((T)INFINITY), y);                            \
-    return sel_##SFX(tiny, splat_##SFX(0), y);                                  \
+    VT n = MADD(xc, splat_##LSFX((T)1.44269504088896340736),                    \
+                splat_##LSFX(magic)) - magic;                                   \
+    VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
+    r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
+    const VT s = frombits_##LSFX((cvt_##LSFX(n) + (BIAS - 1)) << MANT);         \
+    VT y = MADD(vexpm1_taylor_##SFX(r), s, s) * (T)2; /* (1 + expm1) s 2 */     \
+    y = sel_##LSFX(big, splat_##LSFX((T)INFINITY), y);                          \
+    return sel_##LSFX(tiny, splat_##LSFX(0), y);                                \
 }                                                                               \
-INLINE VT vsigmoid_##SFX(VT z)                                                  \
+/* expm1(y) for y <= 0 (tanh's), without the cancellation of exp(y) - 1:        \
+ * 2^n (1 + p) - 1 = p 2^n + (2^n - 1), 2^n - 1 exact while it matters; y       \
+ * below the normal range gives -1; NaN propagates. */                          \
+TGT INLINE VT vexpm1_neg_##SFX(VT y)                                            \
+{                                                                               \
+    const VT lo = splat_##LSFX((T)XMIN);                                        \
+    const VT xc = sel_##LSFX(y < lo, lo, y);                                    \
+    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
+    VT n = MADD(xc, splat_##LSFX((T)1.44269504088896340736),                    \
+                splat_##LSFX(magic)) - magic;                                   \
+    VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
+    r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
+    const VT s = frombits_##LSFX((cvt_##LSFX(n) + BIAS) << MANT);               \
+    return MADD(vexpm1_taylor_##SFX(r), s, s - (T)1);                           \
+}                                                                               \
+TGT INLINE VT vsigmoid_##SFX(VT z)                                              \
 {                                                                               \
     return (T)1 / ((T)1 + vexp_##SFX(-z));                                      \
 }                                                                               \
-INLINE VT vtanh_##SFX(VT z)                                                     \
+TGT INLINE VT vtanh_##SFX(VT z)                                                 \
 {                                                                               \
-    const VI sign = bits_##SFX(z) & bits_##SFX(-splat_##SFX(0)); /* -(+0) */    \
-    const VT y = (T)-2 * frombits_##SFX(bits_##SFX(z) & ~sign);                 \
+    const VI sign = bits_##LSFX(z) & bits_##LSFX(-splat_##LSFX(0)); /* -(+0) */ \
+    const VT y = (T)-2 * frombits_##LSFX(bits_##LSFX(z) & ~sign);               \
     const VI near0 = y >= (T)-0.34657359027997264;                              \
-    const VT e = sel_##SFX(near0, vexpm1_taylor_##SFX(y), vexp_##SFX(y) - 1);   \
-    return frombits_##SFX(bits_##SFX(-e / ((T)2 + e)) | sign);                  \
+    const VT e = sel_##LSFX(near0, vexpm1_taylor_##SFX(y),                      \
+                            vexpm1_neg_##SFX(y));                               \
+    return frombits_##LSFX(bits_##LSFX(-e / ((T)2 + e)) | sign);                \
 }
 
 /* 32-byte vectors and single lanes: the same code, lane by lane the same
@@ -255,19 +284,43 @@ DEFINE_VLANES(float, f32, vf32, vi32, int32_t, 8)
 DEFINE_SLANES(float, f32s, int32_t)
 DEFINE_VLANES(double, f64, vf64, vi64, int64_t, 4)
 DEFINE_SLANES(double, f64s, int64_t)
-DEFINE_VMATH(float, f32, vf32, vi32, int32_t, 7, 23, 127,
-             88.72283935546875, -87.3365478515625)
-DEFINE_VMATH(float, f32s, float, int32_t, int32_t, 7, 23, 127,
-             88.72283935546875, -87.3365478515625)
-DEFINE_VMATH(double, f64, vf64, vi64, int64_t, 13, 52, 1023,
-             709.782712893384, -708.3964185322641)
-DEFINE_VMATH(double, f64s, double, int64_t, int64_t, 13, 52, 1023,
-             709.782712893384, -708.3964185322641)
+/* Each twice: with plain mul + add (the generic ISA) and, suffix "f", with
+ * explicit fused multiply-adds (the FMA ISAs, AVX2 and AVX-512 alike: the
+ * same 32-byte / 1-lane code, lane by lane the same operations, so the same
+ * bits on both). */
+#define MADD_PLAIN(a, b, c) ((a) * (b) + (c))
+DEFINE_VMATH(float, f32, f32, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
+             MADD_PLAIN, )
+DEFINE_VMATH(float, f32s, f32s, float, int32_t, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
+             MADD_PLAIN, )
+DEFINE_VMATH(double, f64, f64, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
+             MADD_PLAIN, )
+DEFINE_VMATH(double, f64s, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
+             MADD_PLAIN, )
+#ifdef FBP_X86
+#define TARGET_FMA __attribute__((target("avx2,fma")))
+TARGET_FMA INLINE vf32 vfma_f32(vf32 a, vf32 b, vf32 c)
+{
+    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+TARGET_FMA INLINE vf64 vfma_f64(vf64 a, vf64 b, vf64 c)
+{
+    return (vf64)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+}
+DEFINE_VMATH(float, f32f, f32, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
+             vfma_f32, TARGET_FMA)
+DEFINE_VMATH(float, f32fs, f32s, float, int32_t, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
+             __builtin_fmaf, TARGET_FMA)
+DEFINE_VMATH(double, f64f, f64, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
+             vfma_f64, TARGET_FMA)
+DEFINE_VMATH(double, f64fs, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
+             __builtin_fma, TARGET_FMA)
+#endif
 
 /* c[0:j] = act(c[0:j] + b[0:j]) (b may be NULL), act sigmoid or tanh, for
  * the whole vectors j = n - n % VL of the row; returns j. */
-#define DEFINE_VACT(T, SFX, VT, VL)                                             \
-INLINE int vact_row_##SFX(T *c, const T *b, int n, int act)                     \
+#define DEFINE_VACT(T, SFX, VT, VL, TGT)                                        \
+TGT INLINE int vact_row_##SFX(T *c, const T *b, int n, int act)                 \
 {                                                                               \
     int j = 0;                                                                  \
     for (; j + VL <= n; j += VL) {                                              \
@@ -279,8 +332,12 @@ INLINE int vact_row_##SFX(T *c, const T *b, int n, int act)                     
     }                                                                           \
     return j;                                                                   \
 }
-DEFINE_VACT(float, f32, vf32, 8)
-DEFINE_VACT(double, f64, vf64, 4)
+DEFINE_VACT(float, f32, vf32, 8, )
+DEFINE_VACT(double, f64, vf64, 4, )
+#ifdef FBP_X86
+DEFINE_VACT(float, f32f, vf32, 8, TARGET_FMA)
+DEFINE_VACT(double, f64f, vf64, 4, TARGET_FMA)
+#endif
 
 #define DEFINE_COMMON(T, SFX)                                                   \
 struct job_##SFX {                                                              \
@@ -307,65 +364,10 @@ INLINE int has_epilogue_##SFX(const struct job_##SFX *jb)                       
     return jb->bias || jb->act != FBP_ACT_IDENTITY;                             \
 }                                                                               \
                                                                                 \
-/* The epilogue of one element x = C[i][j], already alpha/beta-summed (b: the \
- * bias row or NULL, d: the dsrc row or NULL): the one definition used by     \
- * every path (the small path per element, the blocked path per row through  \
- * epi_row, each ISA).  Sigmoid/tanh are the 1-lane instances of the vector   \
- * code that epi_row runs on whole vectors: lane by lane the same operations, \
- * all plain IEEE (contraction is off), so the same bits in any ISA. */       \
-INLINE T epi_elem_##SFX(T x, const T *b, const T *d, int j, int act)           \
-{                                                                               \
-    if (b) x = x + b[j];                                                        \
-    if (d) return x * dact_##SFX(d[j], act);                                    \
-    switch (act) {                                                              \
-    case FBP_ACT_RELU: return x > 0 ? x : (T)0;                                 \
-    case FBP_ACT_SIGMOID: return vsigmoid_##SFX##s(x);                          \
-    case FBP_ACT_TANH: return vtanh_##SFX##s(x);                                \
-    default: return x;                                                          \
-    }                                                                           \
-}                                                                               \
-                                                                                \
-/* epi_elem on the row c[0:n] (b, d: bias / dsrc + j0 or NULL); the loops are  \
- * specialised so that they vectorise, sigmoid/tanh take whole vectors. */      \
-INLINE void epi_row_##SFX(T *c, const T *b, const T *d, int n, int act)        \
-{                                                                               \
-    int j = 0;                                                                  \
-    if (d) {                                                                    \
-        if (b) for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], b, d, j, act);    \
-        else for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], NULL, d, j, act);   \
-    } else if (act == FBP_ACT_IDENTITY) {                                       \
-        if (b)                                                                  \
-            for (; j < n; j++)                                                  \
-                c[j] = epi_elem_##SFX(c[j], b, NULL, j, FBP_ACT_IDENTITY);      \
-    } else if (act == FBP_ACT_RELU) {                                           \
-        if (b)                                                                  \
-            for (; j < n; j++)                                                  \
-                c[j] = epi_elem_##SFX(c[j], b, NULL, j, FBP_ACT_RELU);          \
-        else                                                                    \
-            for (; j < n; j++)                                                  \
-                c[j] = epi_elem_##SFX(c[j], NULL, NULL, j, FBP_ACT_RELU);       \
-    } else {                                                                    \
-        j = vact_row_##SFX(c, b, n, act);                                       \
-        for (; j < n; j++) c[j] = epi_elem_##SFX(c[j], b, NULL, j, act);        \
-    }                                                                           \
-}                                                                               \
-                                                                                \
-/* Epilogue on the m x n block of C at (i0, j0). */                             \
-INLINE void epilogue_##SFX(const struct job_##SFX *jb, int i0, int j0,          \
-                           int m, int n)                                        \
-{                                                                               \
-    for (int i = 0; i < m; i++)                                                 \
-        epi_row_##SFX(jb->C + (long)(i0 + i) * jb->ldc + j0,                    \
-                      jb->bias ? jb->bias + j0 : NULL,                          \
-                      jb->dsrc ? jb->dsrc + (long)(i0 + i) * jb->ldd + j0       \
-                               : NULL,                                          \
-                      n, jb->act);                                              \
-}                                                                               \
-                                                                                \
-/* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],        \
- * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes    \
- * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in   \
- * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */    \
+/* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],          \
+ * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
+ * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in    \
+ * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */   \
 INLINE void pack_cp_##SFX(const T *src, long lds, int lanes, int kc, int W,     \
                           T *dst)                                               \
 {                                                                               \
@@ -474,6 +476,81 @@ INLINE int transpose_f64(const double *src, long lds, int kc, int W, double *dst
 DEFINE_COMMON(float, f32)
 DEFINE_COMMON(double, f64)
 
+/* Everything that is not the small path (defined with the entry points). */
+static void rest_f32(int, int, int, int, int, float, const float *, int,
+                     const float *, int, float, float *, int, const float *,
+                     int, const float *, int, int);
+static void rest_f64(int, int, int, int, int, double, const double *, int,
+                     const double *, int, double, double *, int,
+                     const double *, int, const double *, int, int);
+
+/* The epilogue, once per dtype and exp flavour (ESFX: plain, or "f" with
+ * explicit FMAs for the FMA ISAs), used by the small and blocked paths of an
+ * ISA alike. */
+#define DEFINE_EPI(T, SFX, ESFX, TGT)                                           \
+/* The epilogue of one element x = C[i][j], already alpha/beta-summed (b: the   \
+ * bias row or NULL, d: the dsrc row or NULL): the one definition used by       \
+ * every path (the small path per element, the blocked path per row through     \
+ * epi_row, each ISA).  Sigmoid/tanh are the 1-lane instances of the vector     \
+ * code that epi_row runs on whole vectors: lane by lane the same operations    \
+ * (contraction is off, FMAs only where written), so the same bits on every     \
+ * path of an ISA. */                                                           \
+TGT INLINE T epi_elem_##ESFX(T x, const T *b, const T *d, int j, int act)       \
+{                                                                               \
+    if (b) x = x + b[j];                                                        \
+    if (d) return x * dact_##SFX(d[j], act);                                    \
+    switch (act) {                                                              \
+    case FBP_ACT_RELU: return x > 0 ? x : (T)0;                                 \
+    case FBP_ACT_SIGMOID: return vsigmoid_##ESFX##s(x);                         \
+    case FBP_ACT_TANH: return vtanh_##ESFX##s(x);                               \
+    default: return x;                                                          \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* epi_elem on the row c[0:n] (b, d: bias / dsrc + j0 or NULL); the loops are   \
+ * specialised so that they vectorise, sigmoid/tanh take whole vectors. */      \
+TGT INLINE void epi_row_##ESFX(T *c, const T *b, const T *d, int n, int act)    \
+{                                                                               \
+    int j = 0;                                                                  \
+    if (d) {                                                                    \
+        if (b) for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], b, d, j, act);   \
+        else for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, act);  \
+    } else if (act == FBP_ACT_IDENTITY) {                                       \
+        if (b)                                                                  \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##ESFX(c[j], b, NULL, j, FBP_ACT_IDENTITY);     \
+    } else if (act == FBP_ACT_RELU) {                                           \
+        if (b)                                                                  \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##ESFX(c[j], b, NULL, j, FBP_ACT_RELU);         \
+        else                                                                    \
+            for (; j < n; j++)                                                  \
+                c[j] = epi_elem_##ESFX(c[j], NULL, NULL, j, FBP_ACT_RELU);      \
+    } else {                                                                    \
+        j = vact_row_##ESFX(c, b, n, act);                                      \
+        for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], b, NULL, j, act);       \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* Epilogue on the m x n block of C at (i0, j0). */                             \
+TGT INLINE void epilogue_##ESFX(const struct job_##SFX *jb, int i0, int j0,     \
+                           int m, int n)                                        \
+{                                                                               \
+    for (int i = 0; i < m; i++)                                                 \
+        epi_row_##ESFX(jb->C + (long)(i0 + i) * jb->ldc + j0,                   \
+                      jb->bias ? jb->bias + j0 : NULL,                          \
+                      jb->dsrc ? jb->dsrc + (long)(i0 + i) * jb->ldd + j0       \
+                               : NULL,                                          \
+                      n, jb->act);                                              \
+}                                                                               \
+
+DEFINE_EPI(float, f32, f32, )
+DEFINE_EPI(double, f64, f64, )
+#ifdef FBP_X86
+DEFINE_EPI(float, f32, f32f, TARGET_FMA)
+DEFINE_EPI(double, f64, f64f, TARGET_FMA)
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Micro-kernel and blocked driver, instantiated per ISA and dtype           */
 /* ------------------------------------------------------------------------ */
@@ -535,24 +612,52 @@ DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
  * micro-kernel's store modes 0/1/2, then the shared row epilogue.  NAME##_block
  * runs it on a sub-block of a job: the blocked driver's fallback when its
  * packing buffer cannot be allocated (same bits, only slower). */
-#define DEFINE_SMALL(NAME, T, SFX, TARGET)                                     \
-static TARGET __attribute__((noinline)) void NAME(                              \
-    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
-    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
-    const T *dsrc, int ldd, int n_threads)                                      \
-{   /* the entry point's signature: it can tail-call this */                   \
-    (void)n_threads;                                                            \
+#define DEFINE_SMALL(NAME, T, SFX, ESFX, TARGET)                                \
+/* The row epilogue out of line: its vector code (32-byte aligned stack) would  \
+ * otherwise make every small call pay for a realigned frame. */                \
+static TARGET __attribute__((noinline)) void NAME##_epi(                        \
+    T *c, const T *b, const T *d, int n, int act)                               \
+{                                                                               \
+    epi_row_##ESFX(c, b, d, n, act);                                            \
+}                                                                               \
+TARGET INLINE void NAME##_body(int ta, int tb, int M, int N, int K, T alpha,    \
+                        const T *A, long lda, const T *B, long ldb, T beta,     \
+                        T *C, long ldc, const T *bias, int act,                 \
+                        const T *dsrc, long ldd)                                \
+{                                                                               \
     if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
     const long sai = ta ? 1 : lda, sak = ta ? lda : 1;                          \
     const long sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
     const int epi = bias || act != FBP_ACT_IDENTITY;                            \
+    if (K <= FBP_KC) { /* one slab (or K == 0): the common case */              \
+        for (int i = 0; i < M; i++, A += sai, C += ldc) {                       \
+            if (beta == 0)                                                      \
+                for (int j = 0; j < N; j++) {                                   \
+                    const T *b = B + j * sbj;                                   \
+                    T acc = 0;                                                  \
+                    for (int k = 0; k < K; k++)                                 \
+                        acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
+                    C[j] = alpha * acc;                                         \
+                }                                                               \
+            else                                                                \
+                for (int j = 0; j < N; j++) {                                   \
+                    const T *b = B + j * sbj;                                   \
+                    T acc = 0;                                                  \
+                    for (int k = 0; k < K; k++)                                 \
+                        acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
+                    C[j] = S_FMA(alpha, acc, beta * C[j]);                      \
+                }                                                               \
+            if (epi)                                                            \
+                NAME##_epi(C, bias, dsrc ? dsrc + (long)i * ldd : NULL, N, act);\
+        }                                                                       \
+        return;                                                                 \
+    }                                                                           \
     for (int i = 0; i < M; i++, A += sai, C += ldc) {                           \
-        const T *d = dsrc ? dsrc + (long)i * ldd : NULL;                        \
         for (int j = 0; j < N; j++) {                                           \
             const T *b = B + j * sbj;                                           \
             T c = 0;                                                            \
             int k0 = 0;                                                         \
-            do { /* once when K <= FBP_KC (and when K == 0) */                  \
+            do {                                                                \
                 const int k1 = K - k0 <= FBP_KC ? K : k0 + FBP_KC;              \
                 T acc = 0;                                                      \
                 for (int k = k0; k < k1; k++)                                   \
@@ -562,23 +667,41 @@ static TARGET __attribute__((noinline)) void NAME(                              
                 else c = S_FMA(alpha, acc, beta * C[j]);                        \
                 k0 = k1;                                                        \
             } while (k0 < K);                                                   \
-            C[j] = epi ? epi_elem_##SFX(c, bias, d, j, act) : c;                \
+            C[j] = c;                                                           \
         }                                                                       \
+        if (epi)                                                                \
+            NAME##_epi(C, bias, dsrc ? dsrc + (long)i * ldd : NULL, N, act);    \
     }                                                                           \
+}                                                                               \
+/* The entry point of this ISA (fbp_gemm_* jumps here): the small path, or      \
+ * the rest (blocked, degenerate shapes) when the shape is not small. */        \
+static TARGET __attribute__((noinline)) void NAME(                              \
+    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
+    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
+    const T *dsrc, int ldd, int n_threads)                                      \
+{                                                                               \
+    if (__builtin_expect(!(M > 0 && N > 0 && K >= 0 &&                          \
+                           (long)M * N * K <= SMALL_MNK), 0)) {                 \
+        rest_##SFX(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,  \
+                   act, dsrc, ldd, n_threads);                                  \
+        return;                                                                 \
+    }                                                                           \
+    NAME##_body(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,     \
+                act, dsrc, ldd);                                                \
 }                                                                               \
 static TARGET void NAME##_block(const struct job_##SFX *jb, int i0, int i1,     \
                                 int j0, int j1)                                 \
 {                                                                               \
-    NAME(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,                    \
-         jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                          \
-         jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,                \
-         jb->C + i0 * jb->ldc + j0, jb->ldc,                                    \
-         jb->bias ? jb->bias + j0 : NULL, jb->act,                              \
-         jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd, 1);           \
+    NAME##_body(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,             \
+                jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                   \
+                jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,         \
+                jb->C + i0 * jb->ldc + j0, jb->ldc,                             \
+                jb->bias ? jb->bias + j0 : NULL, jb->act,                       \
+                jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd);       \
 }
 
 /* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
-#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, TARGET, MR, NR, MC, KC, NC)         \
+#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC)   \
 static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             \
                         int j0, int j1)                                         \
 {                                                                               \
@@ -609,27 +732,27 @@ static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             
                         const int m = mc - ir < MR ? mc - ir : MR;              \
                         const T *a = pa + (long)ir * kc;                        \
                         T *c = jb->C + (long)(ic + ir) * ldc + jc + jr;         \
-                        const int hm = m <= MR / 2, hn = n <= NR / 2;       \
-                        const int rows = hm ? MR / 2 : MR;                  \
-                        const int cols = hn ? NR / 2 : NR;                  \
-                        void (*uk)(int, const T *, const T *, T *, long, T, \
-                                   T, int) = hm ? (hn ? UK##_mn : UK##_m)   \
-                                                : (hn ? UK##_n : UK);       \
-                        if (m == rows && n == cols) {                       \
-                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);\
-                        } else {                                            \
-                            T t[MR * NR] __attribute__((aligned(64)));      \
-                            if (mode)                                       \
-                                for (int r = 0; r < m; r++)                 \
-                                    memcpy(t + r * cols, c + r * ldc,       \
-                                           n * sizeof(T));                  \
-                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);\
-                            for (int r = 0; r < m; r++)                     \
-                                memcpy(c + r * ldc, t + r * cols,           \
-                                       n * sizeof(T));                      \
-                        }                                                   \
+                        const int hm = m <= MR / 2, hn = n <= NR / 2;           \
+                        const int rows = hm ? MR / 2 : MR;                      \
+                        const int cols = hn ? NR / 2 : NR;                      \
+                        void (*uk)(int, const T *, const T *, T *, long, T,     \
+                                   T, int) = hm ? (hn ? UK##_mn : UK##_m)       \
+                                                : (hn ? UK##_n : UK);           \
+                        if (m == rows && n == cols) {                           \
+                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);    \
+                        } else {                                                \
+                            T t[MR * NR] __attribute__((aligned(64)));          \
+                            if (mode)                                           \
+                                for (int r = 0; r < m; r++)                     \
+                                    memcpy(t + r * cols, c + r * ldc,           \
+                                           n * sizeof(T));                      \
+                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);   \
+                            for (int r = 0; r < m; r++)                         \
+                                memcpy(c + r * ldc, t + r * cols,               \
+                                       n * sizeof(T));                          \
+                        }                                                       \
                         if (last && epi)                                        \
-                            epilogue_##SFX(jb, ic + ir, jc + jr, m, n);         \
+                            epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);        \
                     }                                                           \
                 }                                                               \
             }                                                                   \
@@ -651,8 +774,9 @@ typedef double gv_f64 __attribute__((vector_size(16)));
 #define S_FMA(x, y, z) ((x) * (y) + (z)) /* scalar twin of V_FMA */
 #define V_MUL(x, y) ((x) * (y))
 DEFINE_KERNELS(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
-DEFINE_SMALL(sm_generic_f32, float, f32, TARGET_GENERIC)
-DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, sm_generic_f32, float, f32, TARGET_GENERIC,
+DEFINE_SMALL(sm_generic_f32, float, f32, f32, TARGET_GENERIC)
+DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, sm_generic_f32, float, f32, f32,
+              TARGET_GENERIC,
               6, 8, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -666,8 +790,9 @@ DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, sm_generic_f32, float, f32, TARGE
 #define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })
 #define V_SET1(s) ((gv_f64){(s), (s)})
 DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
-DEFINE_SMALL(sm_generic_f64, double, f64, TARGET_GENERIC)
-DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, sm_generic_f64, double, f64, TARGET_GENERIC,
+DEFINE_SMALL(sm_generic_f64, double, f64, f64, TARGET_GENERIC)
+DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, sm_generic_f64, double, f64, f64,
+              TARGET_GENERIC,
               6, 4, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -691,8 +816,9 @@ DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, sm_generic_f64, double, f64, TARG
 #define S_FMA __builtin_fmaf /* scalar twin of V_FMA */
 #define V_MUL _mm256_mul_ps
 DEFINE_KERNELS(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
-DEFINE_SMALL(sm_avx2_f32, float, f32, TARGET_AVX2)
-DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, sm_avx2_f32, float, f32, TARGET_AVX2,
+DEFINE_SMALL(sm_avx2_f32, float, f32, f32f, TARGET_AVX2)
+DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, sm_avx2_f32, float, f32, f32f,
+              TARGET_AVX2,
               6, 16, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -712,8 +838,9 @@ DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, sm_avx2_f32, float, f32, TARGET_AVX2,
 #define S_FMA __builtin_fma
 #define V_MUL _mm256_mul_pd
 DEFINE_KERNELS(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
-DEFINE_SMALL(sm_avx2_f64, double, f64, TARGET_AVX2)
-DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, sm_avx2_f64, double, f64, TARGET_AVX2,
+DEFINE_SMALL(sm_avx2_f64, double, f64, f64f, TARGET_AVX2)
+DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, sm_avx2_f64, double, f64, f64f,
+              TARGET_AVX2,
               6, 8, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -736,8 +863,9 @@ DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, sm_avx2_f64, double, f64, TARGET_AVX2,
 #define S_FMA __builtin_fmaf
 #define V_MUL _mm512_mul_ps
 DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
-DEFINE_SMALL(sm_avx512_f32, float, f32, TARGET_AVX512)
-DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, sm_avx512_f32, float, f32, TARGET_AVX512,
+DEFINE_SMALL(sm_avx512_f32, float, f32, f32f, TARGET_AVX512)
+DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, sm_avx512_f32, float, f32, f32f,
+              TARGET_AVX512,
               12, 32, 144, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -757,8 +885,9 @@ DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, sm_avx512_f32, float, f32, TARGET_A
 #define S_FMA __builtin_fma
 #define V_MUL _mm512_mul_pd
 DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
-DEFINE_SMALL(sm_avx512_f64, double, f64, TARGET_AVX512)
-DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, sm_avx512_f64, double, f64, TARGET_AVX512,
+DEFINE_SMALL(sm_avx512_f64, double, f64, f64f, TARGET_AVX512)
+DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, sm_avx512_f64, double, f64, f64f,
+              TARGET_AVX512,
               12, 16, 72, FBP_KC, 4096)
 #undef V_T
 #undef V_LOAD
@@ -975,20 +1104,18 @@ static __attribute__((noinline)) void rest_##SFX(                               
                       C, ldc, bias, act, dsrc, ldd, n_threads);                 \
 }                                                                               \
                                                                                 \
-/* Only the small-path test here, the arguments passed on unchanged: both      \
- * calls are tail calls (tiny nets call this millions of times). */            \
+/* Nothing but a jump to the current ISA's entry (its small path, which         \
+ * passes other shapes on to rest_*): with no test here GCC compiles this to    \
+ * one indirect jmp, the arguments left in place (tiny nets call this           \
+ * millions of times). */                                                       \
 void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              \
                     T alpha, const T *A, int lda, const T *B, int ldb,          \
                     T beta, T *C, int ldc, const T *bias, int act,              \
                     const T *dsrc, int ldd, int n_threads)                      \
 {                                                                               \
-    if (M > 0 && N > 0 && K >= 0 && (long)M * N * K <= SMALL_MNK)               \
-        __atomic_load_n(&g_small_##SFX, __ATOMIC_RELAXED)(                      \
-            trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,     \
-            bias, act, dsrc, ldd, n_threads);                                   \
-    else                                                                        \
-        rest_##SFX(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,   \
-                   ldc, bias, act, dsrc, ldd, n_threads);                       \
+    __atomic_load_n(&g_small_##SFX, __ATOMIC_RELAXED)(                          \
+        trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,   \
+        act, dsrc, ldd, n_threads);                                             \
 }
 
 DEFINE_ENTRY(float, f32)

@@ -43,8 +43,10 @@
  *     "fma" is a fused multiply-add on the AVX2/AVX-512 code paths and a
  *     multiply then an add on the generic one, so results may differ between
  *     code paths (i.e. between machines, or under FBP_GEMM_ISA), never
- *     between shapes on one machine.  The activation's bits do not depend on
- *     the code path.  K == 0 gives c = alpha*0 (+ beta*C) then the epilogue.
+ *     between shapes on one machine.  Likewise the exp inside sigmoid and
+ *     tanh uses fused multiply-adds on the FMA code paths (one shared
+ *     implementation for AVX2 and AVX-512) and mul+add on the generic one.
+ *     K == 0 gives c = alpha*0 (+ beta*C) then the epilogue.
  *   - Determinism: in particular, for fixed inputs the result is bitwise
  *     identical for every n_threads >= 1.
  *   - n_threads <= 1 never enters an OpenMP parallel region.

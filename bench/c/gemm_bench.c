@@ -6,7 +6,9 @@
  * For each shape, 1 and 2 threads, the best of `trials` (default 15) timings of
  * a loop of calls lasting ~20 ms (short, so that some trials dodge other
  * processes on a shared machine).  FBP_GEMM_ISA=generic|avx2|avx512 forces a
- * code path.  Also reports ns per call of the tiny-net shape M=1, N=2, K=2.
+ * code path.  Also reports GF/s of the 32x128x64 forward shape with a
+ * sigmoid / tanh epilogue (1 thread) and ns per call of the tiny-net shape
+ * M=1, N=2, K=2.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +31,9 @@ static const struct shape shapes[] = {
     {"wgrad", 1, 0, 128, 64, 32},
 };
 
-/* fwd: bias + relu; bwd: dsrc sigmoid'; wgrad: alpha=-lr, beta=1. */
+/* fwd: bias + relu (or g_fwd_act); bwd: dsrc sigmoid'; wgrad: alpha=-lr,
+ * beta=1. */
+static int g_fwd_act = 2; /* FBP_ACT_RELU */
 #define DEFINE_BENCH(T, SFX)                                                    \
 static double bench_##SFX(const struct shape *s, int nt, int trials,            \
                           long *reps_out)                                       \
@@ -46,7 +50,7 @@ static double bench_##SFX(const struct shape *s, int nt, int trials,            
     const int fwd = s->tb, wg = s->ta;                                          \
     const T alpha = wg ? (T)-1e-6 : (T)1, beta = wg ? (T)1 : (T)0;              \
     const T *bp = fwd ? bias : NULL, *dp = (!fwd && !wg) ? D : NULL;            \
-    const int act = fwd ? FBP_ACT_RELU : (dp ? FBP_ACT_SIGMOID : FBP_ACT_IDENTITY); \
+    const int act = fwd ? g_fwd_act : (dp ? FBP_ACT_SIGMOID : FBP_ACT_IDENTITY); \
     const double flops = 2.0 * M * N * K;                                       \
     long reps = 1;                                                              \
     for (;;) { /* calibrate to ~20 ms */                                        \
@@ -114,6 +118,22 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
     }
+    /* the sigmoid / tanh epilogue on the blocked path (vector exp) */
+    for (int a = FBP_ACT_SIGMOID; a <= FBP_ACT_TANH; a += 2) {
+        g_fwd_act = a;
+        for (int d = 0; d < 2; d++) {
+            const char *dn = d ? "f64" : "f32";
+            if (only && strcmp(only, dn) != 0) continue;
+            const struct shape *s = &shapes[2]; /* fwd 32 x 128 x 64 */
+            long reps;
+            double g1 = d ? bench_f64(s, 1, trials, &reps) : bench_f32(s, 1, trials, &reps);
+            printf("%-5s fwd+bias+%-7s %5d %5d %5d   %9.1f (1t)\n", dn,
+                   a == FBP_ACT_SIGMOID ? "sigmoid" : "tanh", s->M, s->N, s->K,
+                   g1 * 1e-9);
+            fflush(stdout);
+        }
+    }
+    g_fwd_act = FBP_ACT_RELU;
     printf("tiny f32 M=1 N=2 K=2 bias+sigmoid: %.1f ns/call (1t), %.1f ns/call (2t)\n",
            tiny_ns(1), tiny_ns(2));
     return 0;

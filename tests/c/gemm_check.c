@@ -9,7 +9,9 @@
  * with an error bound, checks that the padding between N and ldc is never
  * written, and that n_threads = 2, 3, 8 give the same bits as n_threads = 1.
  * The activations are also checked alone over their whole range (+-0, tiny,
- * near the exp overflow/underflow thresholds, inf, NaN) to 4 ulp.
+ * near the exp overflow/underflow thresholds, inf, NaN) to 4 ulp, and their
+ * max error in ulps against long double libm is measured over a sweep and
+ * printed (fails above 4 ulp).
  *
  * Per-element invariance (the contract in fbp_gemm.h): for many shapes (M, N
  * 1..300, K = 1, 7, 255, 256, 257, 600, straddling the small/blocked switch,
@@ -231,6 +233,56 @@ static void act_range_##SFX(void)                                               
 
 DEFINE_ACT_RANGE(float, f32, 5.96e-8, 2.4e-38)
 DEFINE_ACT_RANGE(double, f64, 1.12e-16, 4.5e-308)
+
+/* Accuracy of sigmoid / tanh (the library's own exp) against a long double
+ * libm reference: max error in ulps of the true value over a sweep of z
+ * (wide range, |z| < 1 and |z| < 0.4 where tanh switches formula), on the
+ * small path (N = 4096) and the blocked one (N = 4097, K = 1).  Printed, and
+ * a failure above ULP_MAX. */
+#define ULP_MAX 4.0
+#define DEFINE_ULP_SWEEP(T, SFX, NEXT)                                          \
+static double ulp_##SFX(T got, long double want)                                \
+{                                                                               \
+    const T w = (T)want;                                                        \
+    if (w == 0) return got == 0 ? 0 : 1e30;                                     \
+    const T u = NEXT(w < 0 ? -w : w, (T)INFINITY) - (w < 0 ? -w : w);           \
+    return (double)(fabsl((long double)got - want) / u);                        \
+}                                                                               \
+static void ulp_sweep_##SFX(int quick)                                          \
+{                                                                               \
+    enum { NZ = 4097 };                                                         \
+    T *z = malloc(sizeof(T) * NZ), *c = malloc(sizeof(T) * NZ), one = 1;        \
+    const long rounds = quick ? 30 : 300;                                       \
+    for (int act = FBP_ACT_SIGMOID; act <= FBP_ACT_TANH; act += 2) {            \
+        double worst = 0, zw = 0;                                               \
+        for (long r = 0; r < rounds; r++) {                                     \
+            const double lim = r % 3 == 0 ? (act == FBP_ACT_SIGMOID ? 88 : 20)  \
+                             : r % 3 == 1 ? 1.0 : 0.4;                          \
+            const int n = NZ - (r & 1); /* 4097 blocked, 4096 small */          \
+            for (int i = 0; i < n; i++) {                                       \
+                double u = (r * NZ + i) * 0.6180339887498949;                   \
+                z[i] = (T)((2 * (u - floor(u)) - 1) * lim);                     \
+            }                                                                   \
+            fbp_gemm_##SFX(0, 0, 1, n, 1, 1, &one, 1, z, n, 0, c, n, NULL, act, \
+                           NULL, 0, 1);                                         \
+            for (int i = 0; i < n; i++) {                                       \
+                const long double zl = z[i];                                    \
+                const long double w = act == FBP_ACT_SIGMOID                    \
+                    ? 1 / (1 + expl(-zl)) : tanhl(zl);                          \
+                const double e = ulp_##SFX(c[i], w);                            \
+                if (e > worst) { worst = e; zw = z[i]; }                        \
+            }                                                                   \
+        }                                                                       \
+        n_cases++;                                                              \
+        printf("  %s %s %-7s max error %.2f ulp (z = %.9g)%s\n", isa_now, #SFX, \
+               act == FBP_ACT_SIGMOID ? "sigmoid" : "tanh", worst, zw,          \
+               worst > ULP_MAX ? "  FAIL" : "");                                \
+        if (worst > ULP_MAX) n_fail++;                                          \
+    }                                                                           \
+    free(z); free(c);                                                           \
+}
+DEFINE_ULP_SWEEP(float, f32, nextafterf)
+DEFINE_ULP_SWEEP(double, f64, nextafter)
 
 static void check(struct cfg g, int threads_check)
 {
@@ -543,6 +595,8 @@ int main(int argc, char **argv)
         opt_counter = 0;
         act_range_f32();
         act_range_f64();
+        ulp_sweep_f32(quick);
+        ulp_sweep_f64(quick);
         run_all(quick);
         long c0 = n_cases;
         run_invariance(quick);
