@@ -55,8 +55,12 @@ def check_config(
 ) -> Tuple[Tuple[int, ...], type]:
     """Validate the constructor's arguments; return (layer sizes, numpy dtype)."""
     try:
-        sizes = tuple(int(n) for n in layer_sizes)
-        ok = len(sizes) >= 2 and all(n == s and n >= 1 for n, s in zip(sizes, layer_sizes))
+        given = list(layer_sizes)
+        ok = len(given) >= 2 and all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 1
+            for n in given
+        )
+        sizes = tuple(int(n) for n in given)
     except (TypeError, ValueError):
         ok = False
     if not ok:

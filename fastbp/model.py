@@ -61,6 +61,11 @@ class ParamList(list):
     append = extend = insert = pop = remove = clear = sort = reverse = _fixed
     __iadd__ = __imul__ = _fixed  # type: ignore[assignment]
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # copy, deepcopy and pickle make a plain list (of the same arrays, or
+        # of copies): only the model's own list writes into the model.
+        return (list, (list(self),))
+
 
 class MLP:
     """A dense multilayer perceptron trained by backpropagation and SGD.
@@ -466,7 +471,7 @@ class MLP:
         hist = History()
         rng = np.random.default_rng(seed)
         progress = Progress(verbose, epochs, n_batches, n)
-        best_val, best_theta, since_best = np.inf, None, 0
+        best_val, best, since_best = np.inf, None, 0  # best: (theta, velocity) copies
 
         with self._lock:
             runner = Epochs(
@@ -500,7 +505,8 @@ class MLP:
                     stop = False
                     if early_stopping:
                         if logs["val_loss"] < best_val:
-                            best_val, best_theta, since_best = logs["val_loss"], self._theta.copy(), 0
+                            best_val, since_best = logs["val_loss"], 0
+                            best = (self._theta.copy(), runner.velocity.copy())
                             hist.best_epoch = epoch
                         else:
                             since_best += 1
@@ -511,11 +517,12 @@ class MLP:
                     if stop:
                         hist.stopped_early = epoch < epochs - 1
                         break
+                if best is not None:  # the best epoch's weights, and its momentum
+                    np.copyto(self._theta, best[0])
+                    np.copyto(runner.velocity, best[1])
             finally:
                 progress.close()
                 del runner  # the workspace goes before the lock is released
-            if best_theta is not None:
-                self._theta[...] = best_theta
         return hist
 
     def _validation(
@@ -690,26 +697,25 @@ class Epochs:
 
         With a live progress display, the epoch runs a few batches at a time
         (the result is the same).  When the loss becomes NaN or Inf, or the
-        parameters stop being finite, the model is rewound to the last step
-        with a finite loss (see :meth:`_fail`) and FloatingPointError is raised.
+        parameters stop being finite, the model is rewound to the last good
+        step (see :meth:`_fail`) and FloatingPointError is raised.
 
-        Rewinding needs one saved copy of the parameters: the kernel takes it
-        during each epoch's last step, once that step's loss is known to be
-        finite and before its update.  Before the first such copy, the copy
-        is the fit's starting point.
+        Rewinding needs one saved copy of the parameters (and velocity): the
+        kernel takes it during each epoch's first step, once that step's loss
+        is known to be finite and before its update, so it always holds the
+        start of the last epoch whose first loss was finite.
         """
         m = self.model
         if self._saved is None:
-            self._saved = (m._theta.copy(), self.velocity.copy())
-        last = self.n_batches - 1
+            self._saved = (np.empty_like(m._theta), np.empty_like(self.velocity))
         piece = max(1, self.n_batches // 100) if progress is not None and progress.live else -1
         n = self.X.shape[0]
         totals = np.zeros(3)
         steps = 0
         while steps < self.n_batches:
-            *sums, done, status = self.run(order, lr, steps, piece, snapshot_step=last)
+            *sums, done, status = self.run(order, lr, steps, piece, snapshot_step=0)
             batches = -(-done // self.batch_size)
-            if steps <= last < steps + batches:
+            if steps == 0 and batches > 0:
                 self._anchor = (epoch, order, lr)
             if status:
                 self._fail(order, lr, epoch, steps + batches)
@@ -718,42 +724,62 @@ class Epochs:
             if progress is not None:
                 seen = min(steps * self.batch_size, n)
                 progress.update(batches, seen, totals[0] / seen)
-        if not np.isfinite(m._theta).all():  # the last step overflowed the weights
+        if not np.isfinite(m._theta).all():  # a step overflowed the weights, not the loss
             self._fail(order, lr, epoch, self.n_batches)
         return float(totals[0]), float(totals[1]), float(totals[2])
 
     def _fail(self, order: Optional[np.ndarray], lr: float, epoch: int, failed: int) -> None:
         """Rewind to the last good step and raise FloatingPointError.
 
-        Step ``failed`` of this epoch (0-based; n_batches for "after the last
-        step") met a non-finite loss: the weights it saw, left by the step
-        before it, are already bad, so the last good weights are those the
-        step before that one left.  They are rebuilt from the saved copy by
-        replaying steps, which is exact: the kernels are deterministic.
+        Either step ``failed`` of this epoch (0-based) met a non-finite loss
+        -- the weights it saw, left by the step before it, are already bad, so
+        the last good weights are those that step started from -- or
+        (``failed == n_batches``) every loss was finite but the weights are
+        not: then the first step that made them non-finite is found, and the
+        weights it started from are the last good ones.  Everything is
+        rebuilt from the saved copy by replaying steps, which is exact: the
+        kernels are deterministic.
         """
         m = self.model
         assert self._saved is not None
-        np.copyto(m._theta, self._saved[0])
-        np.copyto(self.velocity, self._saved[1])
-        last = self.n_batches - 1
+
+        def restore() -> None:
+            np.copyto(m._theta, self._saved[0])
+            np.copyto(self.velocity, self._saved[1])
+
         if self._anchor is not None and self._anchor[0] == epoch:
-            assert failed == self.n_batches
-            pass  # the copy was taken at this epoch's last step: it is the answer
-        elif self._anchor is not None:
-            # The copy was taken at the previous epoch's last step (whose loss
-            # was finite): replay that step, then this epoch's steps before the
-            # one whose weights were already bad.
-            if failed >= 1:
-                self.run(self._anchor[1], self._anchor[2], last, 1)
+            restore()  # the start of this epoch
+            if failed < self.n_batches:
                 if failed >= 2:
                     self.run(order, lr, 0, failed - 1)
-        elif failed >= 2:  # the copy is the fit's starting point
-            self.run(order, lr, 0, failed - 1)
-        where = f"batch {failed + 1}" if failed < self.n_batches else "its last batch"
+            else:  # find the step that overflowed the weights
+                failed = 0
+                while True:
+                    before = (m._theta.copy(), self.velocity.copy())
+                    self.run(order, lr, failed, 1)
+                    if not np.isfinite(m._theta).all():
+                        np.copyto(m._theta, before[0])
+                        np.copyto(self.velocity, before[1])
+                        break
+                    failed += 1
+                where = f"batch {failed + 1}, whose update made weights NaN or Inf"
+                self._raise(epoch, where, lr)
+        elif self._anchor is not None:
+            # This epoch's first loss was not finite: go back to the start of
+            # the previous epoch and replay it up to its last step.
+            restore()
+            _, prev_order, prev_lr = self._anchor
+            if self.n_batches >= 2:
+                self.run(prev_order, prev_lr, 0, self.n_batches - 1)
+        else:  # the fit's first loss was not finite: nothing better than the start
+            assert failed == 0
+        self._raise(epoch, f"batch {failed + 1}, whose loss was NaN or Inf", lr)
+
+    @staticmethod
+    def _raise(epoch: int, where: str, lr: float) -> None:
         raise FloatingPointError(
-            f"the training loss became NaN or Inf at epoch {epoch + 1}, {where}; the "
-            f"weights are restored to the last step with a finite loss. Try a smaller "
-            f"learning rate (lr={lr:g})."
+            f"training diverged at epoch {epoch + 1}, {where}; the weights are restored "
+            f"to the last good step. Try a smaller learning rate (lr={lr:g})."
         )
 
 

@@ -106,33 +106,37 @@ cdef extern from *:
 
 # Flush-to-zero / denormals-are-zero: denormal floats slow x86 arithmetic by
 # 10x or more, and SGD can drive small weights and activations there.  The
-# MXCSR bits are per thread, so they are set (and later restored) in the
-# calling thread and in every OpenMP worker of a team of n_threads.
+# MXCSR bits are per thread: the calling thread sets them for a fit epoch, and
+# every thread of a step's parallel region sets them on entry and restores its
+# own previous value on exit, so no thread relies on another's state.
 cdef extern from *:
     """
     #if defined(__SSE2__) || defined(__x86_64__) || defined(_M_X64)
     #include <xmmintrin.h>
     #define FBP_FTZ_BITS 0x8040u
-    static unsigned int fbp_mxcsr(void) { return _mm_getcsr(); }
-    static void fbp_ftz_all(int on, int n_threads) {
-        unsigned int bits = on ? FBP_FTZ_BITS : 0u;
-        _mm_setcsr((_mm_getcsr() & ~FBP_FTZ_BITS) | bits);
-    #ifdef _OPENMP
-        if (n_threads > 1) {
-            #pragma omp parallel num_threads(n_threads)
-            _mm_setcsr((_mm_getcsr() & ~FBP_FTZ_BITS) | bits);
-        }
-    #endif
+    /* Set (on != 0) or clear FTZ/DAZ in this thread; returns the old MXCSR. */
+    static unsigned int fbp_ftz_set(int on) {
+        unsigned int old = _mm_getcsr();
+        _mm_setcsr((old & ~FBP_FTZ_BITS) | (on ? FBP_FTZ_BITS : 0u));
+        return old;
     }
+    static void fbp_ftz_restore(unsigned int old) { _mm_setcsr(old); }
     static int fbp_ftz_is_on(void) { return (_mm_getcsr() & FBP_FTZ_BITS) == FBP_FTZ_BITS; }
     #else
-    static unsigned int fbp_mxcsr(void) { return 0u; }
-    static void fbp_ftz_all(int on, int n_threads) { (void)on; (void)n_threads; }
+    static unsigned int fbp_ftz_set(int on) { (void)on; return 0u; }
+    static void fbp_ftz_restore(unsigned int old) { (void)old; }
     static int fbp_ftz_is_on(void) { return 0; }
     #endif
+    #ifdef _OPENMP
+    static int fbp_team_size(void) { return omp_get_num_threads(); }
+    #else
+    static int fbp_team_size(void) { return 1; }
+    #endif
     """
-    void fbp_ftz_all(int on, int n_threads) nogil
+    unsigned int fbp_ftz_set(int on) nogil
+    void fbp_ftz_restore(unsigned int old) nogil
     int fbp_ftz_is_on() nogil
+    int fbp_team_size() nogil
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -169,6 +173,7 @@ cdef struct Spec:
     int output              # OUT_*
     int loss                # LOSS_*
     int n_threads
+    int ftz                 # -1: leave FTZ/DAZ alone, else 0/1 in a step's threads
 
 
 cdef struct Work:
@@ -522,7 +527,8 @@ cdef int batch_step(const Spec *s,
     With one thread the phases run in turn; with more, in one parallel region
     with a barrier between them.  `snap` is filled just before theta changes.
     """
-    cdef int nt = step_threads(s, m), t = 0
+    cdef int nt = step_threads(s, m), t = 0, team = 1, p = 0
+    cdef unsigned int csr = 0
     cdef const floating *x = X + start * s.sizes[0]
     cdef double total = 0.0
     if rows != NULL:
@@ -535,13 +541,26 @@ cdef int batch_step(const Spec *s,
         phase2(s, theta, grad, lr, snap, ws, w, x, m, 0, 1)
         return 0
     with parallel(num_threads=nt):
+        # OpenMP may give fewer threads than asked (OMP_DYNAMIC,
+        # OMP_THREAD_LIMIT, nesting): the work stays cut into nt parts and each
+        # thread of the team takes parts t, t + team, ...
         t = threadid()
-        phase1(s, theta, ws, w, X, Y, rows, start, m, part(m, t, nt), part(m, t + 1, nt), True)
+        team = fbp_team_size()
+        csr = fbp_ftz_set(s.ftz) if s.ftz >= 0 else 0
+        p = t
+        while p < nt:
+            phase1(s, theta, ws, w, X, Y, rows, start, m, part(m, p, nt), part(m, p + 1, nt), True)
+            p = p + team
         FBP_BARRIER()
         # Every thread sums the losses in the same order, so all agree.
         total = row_sum(ws + w.lossv, m)
         if isfinite(total):
-            phase2(s, theta, grad, lr, snap, ws, w, x, m, t, nt)
+            p = t
+            while p < nt:
+                phase2(s, theta, grad, lr, snap, ws, w, x, m, p, nt)
+                p = p + team
+        if s.ftz >= 0:
+            fbp_ftz_restore(csr)
     loss[0] = row_sum(ws + w.lossv, m)
     return 0 if isfinite(loss[0]) else 1
 
@@ -749,6 +768,7 @@ cdef class Network:
     cdef Spec _spec(self, int n_threads):
         cdef Spec s = self.spec
         s.n_threads = n_threads if n_threads > 0 else 1
+        s.ftz = -1
         return s
 
     def _check(self, theta, X, Y=None):
@@ -901,12 +921,10 @@ cdef class Network:
                 if snapshot_velocity is None or snapshot_velocity.shape[0] != self.n_params:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
-        cdef bint ftz_before = fbp_ftz_is_on()
-        # Only the threads the steps will use need the setting (and no
-        # parallel region at all for steps too small to split).
-        cdef int step_nt = step_threads(&s, rows)
-        if flush_denormals != ftz_before:
-            fbp_ftz_all(flush_denormals, step_nt)
+        # The calling thread runs with FTZ/DAZ as asked for the whole call;
+        # the threads of each parallel step set (and restore) it themselves.
+        s.ftz = 1 if flush_denormals else -1
+        cdef unsigned int csr = fbp_ftz_set(1) if flush_denormals else 0
         try:
             with nogil:
                 status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
@@ -914,8 +932,8 @@ cdef class Network:
                                    &o, first_step, max_steps, snap_p, snap_vel_p,
                                    snapshot_step, self.n_params, &t)
         finally:  # also on KeyboardInterrupt
-            if flush_denormals != ftz_before:
-                fbp_ftz_all(ftz_before, step_nt)
+            if flush_denormals:
+                fbp_ftz_restore(csr)
         return t.loss, t.hits, t.penalty, t.n_done, status
 
 
@@ -937,6 +955,14 @@ def set_parallel_threshold(int64_t macs):
         raise ValueError("the threshold must be >= 0")
     previous, par_min_macs = par_min_macs, macs
     return previous
+
+
+def _set_flush_denormals(bint on):
+    """Turn FTZ/DAZ on or off in the calling thread (for tests); returns the
+    previous state."""
+    cdef bint before = fbp_ftz_is_on()
+    fbp_ftz_set(on)
+    return bool(before)
 
 
 def flush_denormals_enabled():

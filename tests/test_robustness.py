@@ -229,7 +229,7 @@ def test_bad_config(MLP, kw, pattern):
 
 
 @pytest.mark.parametrize("sizes", [[3], [], [3, 0, 2], [3, -1], [3, 2.5], ["3", 2], None, 5, "34",
-                                   [2] * 66])
+                                   [2] * 66, [True, 2], [3.0, 2]])
 def test_bad_layer_sizes(MLP, sizes):
     with pytest.raises(ValueError, match=r"layer_sizes|at most 64 weight layers"):
         MLP(sizes, output="identity", loss="squared_error")
@@ -390,6 +390,19 @@ def _step_replay(factory, X, Y, batch_size, lr, epochs):
     return snaps, None, None
 
 
+def _check_where(msg, kind, epoch, batch, last):
+    """fit names the batch whose loss was not finite, or the batch whose update
+    made the weights non-finite when no loss showed it before the epoch ended."""
+    if kind == "loss":
+        assert f"epoch {epoch}, batch {batch}, whose loss was NaN or Inf" in msg, msg
+    elif last:
+        assert f"epoch {epoch}, batch {batch}, whose update made weights NaN or Inf" in msg, msg
+    else:
+        assert (f"epoch {epoch}, batch {batch + 1}, whose loss was NaN or Inf" in msg
+                or f"epoch {epoch}, batch {batch}, whose update made weights NaN or Inf" in msg), msg
+    assert "smaller learning rate" in msg
+
+
 def _check_divergence(factory, X, Y, batch_size, lr, epochs=6):
     snaps, where, kind = _step_replay(factory, X, Y, batch_size, lr, epochs)
     assert where is not None, "the test data should diverge"
@@ -398,13 +411,7 @@ def _check_divergence(factory, X, Y, batch_size, lr, epochs=6):
     with pytest.raises(FloatingPointError) as info:
         net.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=False)
     msg = str(info.value)
-    # fit notices a bad step at the next batch's loss, or at the end of the epoch.
-    if kind == "loss":
-        assert f"epoch {epoch}, batch {batch};" in msg
-    elif last:
-        assert f"epoch {epoch}, its last batch" in msg
-    else:
-        assert f"epoch {epoch}, batch {batch + 1};" in msg
+    _check_where(msg, kind, epoch, batch, last)
     assert "smaller learning rate" in msg and "NaN or Inf" in msg
     params = params_of(net)
     assert all(np.isfinite(p).all() for p in params), f"non-finite weights after: {msg}"
@@ -441,7 +448,7 @@ def test_divergence_with_shuffle_matches_replay():
     lr = 1e300
     net = fastbp.MLP([3, 8, 2], activation="relu", output="identity", loss="squared_error",
                      dtype="float64", seed=0)
-    with pytest.raises(FloatingPointError, match=r"at epoch \d+, batch \d+.*smaller learning rate"):
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch \d+, batch \d+.*smaller learning rate"):
         net.fit(X, Y, epochs=20, batch_size=3, lr=lr, seed=5)
     assert all(np.isfinite(p).all() for p in params_of(net))
     assert np.isfinite(net.predict(X)).all()
@@ -518,11 +525,131 @@ def test_divergence_with_shuffle_rewinds_exactly(seed):
     with pytest.raises(FloatingPointError) as info:
         fitted.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     msg = str(info.value)
-    if kind == "loss":
-        assert f"epoch {epoch}, batch {b};" in msg
-    elif last:
-        assert f"epoch {epoch}, its last batch" in msg
-    else:
-        assert f"epoch {epoch}, batch {b + 1};" in msg
+    _check_where(msg, kind, epoch, b, last)
     failing = len(snaps)
     assert_same_params(snaps[max(0, failing - 2 if kind == "loss" else failing - 1)], fitted)
+
+
+# ---------------------------------------------------------------------------
+# Found in review: a smaller OpenMP team than asked for, FTZ already on in the
+# caller, weights overflowing while the loss stays finite, callbacks that
+# change the weights, copies of the parameter lists.
+
+TEAM_CHILD = """
+import sys, numpy as np, fastbp
+from fastbp import _kernels
+_kernels.set_parallel_threshold(0)
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 32)); y = rng.integers(0, 3, 256)
+out = []
+for n in (1, 4):
+    fastbp.set_num_threads(n)
+    net = fastbp.MLP([32, 64, 3], seed=0)
+    net.fit(X, y, epochs=3, batch_size=64, lr=0.1, seed=0)
+    out.append(net._theta.tobytes() + net.predict(X).tobytes())
+print("SAME" if out[0] == out[1] else "DIFFERENT")
+"""
+
+
+@pytest.mark.parametrize("env", [{"OMP_THREAD_LIMIT": "2"}, {"OMP_DYNAMIC": "true"}])
+def test_a_smaller_openmp_team_gives_the_same_result(env):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = dict(os.environ, **env, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", TEAM_CHILD], capture_output=True, text=True,
+                         env=full, timeout=120)
+    assert out.stdout.strip() == "SAME", out.stdout + out.stderr
+
+
+def test_flush_denormals_holds_in_every_thread_when_the_caller_already_flushes(threads):
+    from fastbp import _kernels
+
+    threshold = _kernels.set_parallel_threshold(0)
+    X = np.full((4, 1), 1e-20, dtype=np.float32)
+    Y = np.full((4, 1), -1e-20, dtype=np.float32)
+    kw = dict(activation="identity", output="identity", loss="squared_error", bias=False,
+              weights=[np.zeros((1, 1)), np.ones((1, 1))])
+    try:
+        threads(2)
+        fastbp.MLP([1, 1, 1], **kw).fit(X, Y, epochs=1, batch_size=4, lr=1.0)  # start the pool
+        before = _kernels._set_flush_denormals(True)
+        try:
+            results = []
+            for n in (1, 2):
+                threads(n)
+                net = fastbp.MLP([1, 1, 1], **kw)
+                net.fit(X, Y, epochs=1, batch_size=4, lr=1.0)
+                results.append(net._theta.copy())
+        finally:
+            _kernels._set_flush_denormals(before)
+    finally:
+        _kernels.set_parallel_threshold(threshold)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert results[0][0] == 0.0  # the denormal update was flushed in both
+
+
+def test_weights_overflowing_behind_a_finite_loss_are_rewound():
+    # ReLU maps the -Inf pre-activation of an overflowed unit to 0: the loss
+    # stays finite while the weight is -Inf.
+    X = np.full((3, 1), 1e30)
+    Y = np.zeros((3, 1))
+    net = fastbp.MLP([1, 1, 1], activation="relu", output="identity", loss="squared_error",
+                     bias=False, dtype="float32",
+                     weights=[np.full((1, 1), 1e-30), np.full((1, 1), 1e9)])
+    first = params_of(net)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1, whose update made weights"):
+        net.fit(X, Y, epochs=2, batch_size=1, lr=1.0, shuffle=False)
+    assert all(np.isfinite(p).all() for p in params_of(net))
+    assert_same_params(first, net)  # the first step overflowed: back to the start
+
+
+def test_rewind_after_a_callback_changed_the_weights_lands_on_a_visited_state():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 4)) * 3
+    y = rng.integers(0, 3, 50)
+    for lr in (3.0, 10.0, 30.0, 100.0):
+        net = fastbp.MLP([4, 8, 3], seed=0)
+
+        def shrink(epoch, logs):
+            for W in net.weights:
+                W *= 0.5
+
+        try:
+            net.fit(X, y, epochs=30, batch_size=10, lr=lr, shuffle=False, callbacks=[shrink])
+            continue
+        except FloatingPointError:
+            pass
+        restored = net._theta.copy()
+        # Every state the same training passes through, step by step.
+        twin, visited, done = fastbp.MLP([4, 8, 3], seed=0), [], False
+        for _ in range(30):
+            for s in range(5):
+                visited.append(twin._theta.copy())
+                try:
+                    twin.step(X[s * 10:(s + 1) * 10], y[s * 10:(s + 1) * 10], lr)
+                except FloatingPointError:
+                    done = True
+                    break
+            if done:
+                break
+            for W in twin.weights:
+                W *= 0.5
+        assert any(np.array_equal(restored, v) for v in visited), f"lr={lr}"
+
+
+def test_parameter_lists_copy_and_pickle_as_plain_lists():
+    import copy
+    import pickle
+
+    net = fastbp.MLP([3, 4, 2], seed=0)
+    shallow, deep = copy.copy(net.weights), copy.deepcopy(net.weights)
+    pickled = pickle.loads(pickle.dumps(net.weights))
+    for other in (shallow, deep, pickled):
+        assert type(other) is list and len(other) == 2
+        np.testing.assert_array_equal(other[0], net.weights[0])
+    assert shallow[0] is net.weights[0]
+    deep[0][...] = 7  # a deep copy is independent of the model
+    assert not (net.weights[0] == 7).any()

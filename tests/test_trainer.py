@@ -355,3 +355,17 @@ def test_live_progress_bar_runs_epochs_in_pieces(capsys):
     assert "epoch 1/2" in err and "epoch 2/2" in err and "200/200" in err
     np.testing.assert_array_equal(a._theta, b._theta)
     np.testing.assert_allclose(ha.loss, hb.loss, rtol=1e-12)
+
+
+def test_early_stopping_restores_the_best_epochs_velocity_too():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 2))
+    y = rng.integers(0, 3, size=60)
+    kw = dict(batch_size=4, lr=0.05, momentum=0.9, validation_split=0.5, seed=0)
+    a = fastbp.MLP([2, 64, 3], activation="relu", dtype="float64", seed=0)
+    hist = a.fit(X, y, epochs=200, early_stopping=True, patience=3, **kw)
+    assert hist.stopped_early
+    b = fastbp.MLP([2, 64, 3], activation="relu", dtype="float64", seed=0)
+    b.fit(X, y, epochs=hist.best_epoch + 1, **kw)  # the same run, stopped at the best epoch
+    np.testing.assert_array_equal(a._theta, b._theta)
+    np.testing.assert_array_equal(a.optimizer_state()["velocity"], b.optimizer_state()["velocity"])
