@@ -257,6 +257,20 @@ cdef inline double sigmoid(double z) noexcept nogil:
     return e / (1.0 + e)
 
 
+cdef inline double sum_exp(const floating *z, int64_t n,   # IN  (n,) logits
+                          double *zmax) noexcept nogil:      # OUT max of z
+    """sum_j exp(z_j - max z), the stable core of softmax and log-sum-exp."""
+    cdef int64_t j
+    cdef double total = 0.0
+    zmax[0] = z[0]
+    for j in range(1, n):
+        if z[j] > zmax[0]:
+            zmax[0] = z[j]
+    for j in range(n):
+        total += exp(z[j] - zmax[0])
+    return total
+
+
 cdef void output_row(const Spec *s,
                      const floating *z,      # IN  (n_out,) logits
                      floating *yhat,         # OUT (n_out,) output activation
@@ -270,13 +284,7 @@ cdef void output_row(const Spec *s,
         for j in range(n):
             yhat[j] = <floating>sigmoid(z[j])
     else:
-        zmax = z[0]
-        for j in range(1, n):
-            if z[j] > zmax:
-                zmax = z[j]
-        total = 0.0
-        for j in range(n):
-            total += exp(z[j] - zmax)
+        total = sum_exp(z, n, &zmax)
         for j in range(n):
             yhat[j] = <floating>(exp(z[j] - zmax) / total)
 
@@ -311,13 +319,7 @@ cdef double loss_row(const Spec *s,
             if delta != NULL:
                 delta[j] = <floating>(scale * (sigmoid(zj) - y[j]))
     else:
-        zmax = z[0]
-        for j in range(1, n):
-            if z[j] > zmax:
-                zmax = z[j]
-        lse = 0.0
-        for j in range(n):
-            lse += exp(z[j] - zmax)
+        lse = sum_exp(z, n, &zmax)
         lse = zmax + log(lse)
         ysum = 0.0
         for j in range(n):

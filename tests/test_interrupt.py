@@ -43,27 +43,25 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("threads, dtype, kwargs", [
-    (1, "float32", "{}"),
-    (2, "float64", "{}"),
-    (2, "float32", "dict(momentum=0.9, weight_decay=1e-4)"),
-])
-def test_ctrl_c_interrupts_fit_promptly(threads, dtype, kwargs):
+def interrupt(code, args=(), delay=1.0):
+    """Run `code` in a subprocess, SIGINT it `delay` s after it prints START;
+    returns (the words it printed, the seconds from the signal to the
+    KeyboardInterrupt it reports, its stderr, its exit status)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(threads), dtype, kwargs],
+        [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "START", line + proc.stderr.read()
-        time.sleep(1.0)
+        time.sleep(delay)
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"the fit ended before the interrupt (exit {proc.returncode}):\n{out}{err}")
+            pytest.fail(f"the work ended before the interrupt (exit {proc.returncode}):\n{out}{err}")
         t_sig = time.time()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -72,10 +70,20 @@ def test_ctrl_c_interrupts_fit_promptly(threads, dtype, kwargs):
     assert fields and fields[0] == "INTERRUPTED", out + err
     latency = float(fields[1]) - t_sig
     print(f"KeyboardInterrupt {latency:.3f} s after SIGINT")
+    return fields, latency, err, proc.returncode
+
+
+@pytest.mark.parametrize("threads, dtype, kwargs", [
+    (1, "float32", "{}"),
+    (2, "float64", "{}"),
+    (2, "float32", "dict(momentum=0.9, weight_decay=1e-4)"),
+])
+def test_ctrl_c_interrupts_fit_promptly(threads, dtype, kwargs):
+    fields, latency, err, status = interrupt(CHILD, (str(threads), dtype, kwargs))
     assert latency < 2.0, f"KeyboardInterrupt took {latency:.2f} s"
     assert fields[2] == "True", "non-finite weights after the interrupt"
     assert fields[3] == "True", "predict failed after the interrupt"
-    assert proc.returncode == 0, err
+    assert status == 0, err
 
 
 PREDICT_CHILD = textwrap.dedent(
@@ -100,21 +108,5 @@ PREDICT_CHILD = textwrap.dedent(
 def test_ctrl_c_interrupts_a_long_predict():
     """predict polls for Ctrl-C between chunks of rows sized to a fixed amount
     of work, so even one long call stops promptly."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", PREDICT_CHILD], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == "START", proc.stderr.read()
-        time.sleep(0.5)
-        t_sig = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    fields = out.split()
-    assert fields and fields[0] == "INTERRUPTED", out + err
-    latency = float(fields[1]) - t_sig
-    print(f"KeyboardInterrupt {latency:.3f} s after SIGINT")
+    _, latency, _, _ = interrupt(PREDICT_CHILD, delay=0.5)
     assert latency < 1.0, f"KeyboardInterrupt took {latency:.2f} s"
