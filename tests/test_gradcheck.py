@@ -12,14 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
-ACTIVATIONS = ["identity", "sigmoid", "relu", "tanh"]
-OUTPUT_LOSS = [
-    ("identity", "squared_error"),
-    ("sigmoid", "squared_error"),
-    ("softmax", "squared_error"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("softmax", "cross_entropy"),
-]
+from tolerances import ACTIVATIONS
+from tolerances import PAIRS as OUTPUT_LOSS
+
 SIZES = [3, 4, 5, 3]
 N_SAMPLES = 6
 H = 1e-6

@@ -2,7 +2,7 @@
 
 Used by every test that compares ``fastbp.MLP`` with ``fastbp.reference.MLP``
 (tests/test_kernels.py, tests/test_properties.py), together with the lists of
-activations and output/loss pairs those tests sweep.
+activations and output/loss pairs that those tests and the gradient checks sweep.
 """
 import numpy as np
 
