@@ -88,6 +88,18 @@ def _float_in(low: float, high: float, low_open: bool = False,
     return parse
 
 
+def _add_sgd_options(p: argparse.ArgumentParser, epochs: int) -> None:
+    """--epochs, --batch-size, --lr and --momentum, shared by train and digits."""
+    p.add_argument("--epochs", type=_int_at_least(1), default=epochs,
+                   help=f"epochs (default {epochs})")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32,
+                   help="mini-batch size (default 32)")
+    p.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
+                   default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
+                   help="SGD momentum (default 0.9; 0 for plain SGD)")
+
+
 def _hidden(text: str) -> List[int]:
     """``"64,32"`` -> ``[64, 32]``; ``""`` or ``"none"`` -> ``[]`` (no hidden layer)."""
     if text.strip().lower() in ("", "none", "0"):
@@ -141,14 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden layer widths (default 64; 'none' for no hidden layer)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="hidden activation (default relu)")
-    t.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs (default 20)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=32,
-                   help="mini-batch size (default 32)")
-    t.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
-                   default=0.01,
-                   help="learning rate (default 0.01)")
-    t.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
-                   help="SGD momentum (default 0.9; 0 for plain SGD)")
+    _add_sgd_options(t, epochs=20)
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     t.add_argument("--weight-decay", type=_float_in(0, float("inf"), high_open=True),
                    default=0.0,
@@ -203,14 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "settings, and print their test accuracies (needs scikit-learn).")
     g.add_argument("--hidden", type=_hidden, default=[64], metavar="N,N,...",
                    help="hidden layer widths (default 64)")
-    g.add_argument("--epochs", type=_int_at_least(1), default=30, help="epochs (default 30)")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=32,
-                   help="mini-batch size (default 32)")
-    g.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
-                   default=0.01,
-                   help="learning rate (default 0.01)")
-    g.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
-                   help="momentum (default 0.9)")
+    _add_sgd_options(g, epochs=30)
     g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     g.add_argument("--threads", type=_int_at_least(0), default=0,
                    help="threads (default: all cores)")
