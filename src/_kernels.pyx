@@ -64,6 +64,7 @@ cdef extern from "fbp_gemm.h" nogil:
                       const double *dsrc, int ldd,
                       int n_threads)
     const char *fbp_gemm_isa()
+    int fbp_gemm_set_isa(const char *name)
 
 cdef extern from *:
     """
@@ -137,6 +138,21 @@ cdef extern from *:
     void fbp_ftz_restore(unsigned int old) nogil
     int fbp_ftz_is_on() nogil
     int fbp_team_size() nogil
+
+cdef extern from *:
+    """
+    /* Test hook: parallel regions entered with a team of more than one
+       thread (counted once per region, by its thread 0). */
+    static int64_t fbp_n_parallel = 0;
+    static void fbp_count_parallel(int team) {
+        if (team > 1) __atomic_fetch_add(&fbp_n_parallel, 1, __ATOMIC_RELAXED);
+    }
+    static int64_t fbp_parallel_count(void) {
+        return __atomic_load_n(&fbp_n_parallel, __ATOMIC_RELAXED);
+    }
+    """
+    void fbp_count_parallel(int team) nogil
+    int64_t fbp_parallel_count() nogil
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
@@ -548,6 +564,8 @@ cdef int batch_step(const Spec *s,
         # thread of the team takes parts t, t + team, ...
         t = threadid()
         team = fbp_team_size()
+        if t == 0:
+            fbp_count_parallel(team)
         csr = fbp_ftz_set(s.ftz) if s.ftz >= 0 else 0
         p = t
         while p < nt:
@@ -578,6 +596,8 @@ cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const
         predict_part(s, theta, ws, w, X, Y, start, m, 0, m)
         return
     for t in prange(nt, schedule='static', num_threads=nt):
+        if t == 0:
+            fbp_count_parallel(fbp_team_size())
         predict_part(s, theta, ws, w, X, Y, start, m, part(m, t, nt), part(m, t + 1, nt))
 
 
@@ -975,3 +995,31 @@ def flush_denormals_enabled():
 def gemm_isa():
     """The GEMM code path chosen at run time for this CPU."""
     return fbp_gemm_isa().decode()
+
+
+def set_gemm_isa(name=None):
+    """Force the GEMM's code path ("generic", "avx2", "avx512"; None: the best
+    this CPU has) for tests and benchmarks; returns the previous one.  Raises
+    ValueError for a path that is unknown or that this CPU lacks.  Not to be
+    called while a kernel runs in another thread."""
+    previous = gemm_isa()
+    cdef bytes b = (name or "").encode()
+    if fbp_gemm_set_isa(b) != 0:
+        raise ValueError(f"GEMM code path {name!r} is unknown or not supported by this CPU")
+    return previous
+
+
+def gemm_isas():
+    """The GEMM code paths this CPU can run, slowest first."""
+    previous = gemm_isa()
+    found = [name for name in ("generic", "avx2", "avx512")
+             if fbp_gemm_set_isa(name.encode()) == 0]
+    fbp_gemm_set_isa(previous.encode())
+    return found
+
+
+def parallel_regions():
+    """How many parallel regions (training steps, predict chunks) have run
+    with a team of more than one thread since the module was loaded: a test
+    hook to prove that a parallel path really ran."""
+    return fbp_parallel_count()
