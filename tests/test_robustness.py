@@ -653,3 +653,152 @@ def test_parameter_lists_copy_and_pickle_as_plain_lists():
     assert shallow[0] is net.weights[0]
     deep[0][...] = 7  # a deep copy is independent of the model
     assert not (net.weights[0] == 7).any()
+
+
+# ---------------------------------------------------------------------------
+# Booleans must be bool: a string such as "False" is not silently True.
+
+_NOT_BOOLS = ["False", "no", "", 0, 1, 1.0, None, [True], np.array([True]), np.int64(1)]
+
+
+@pytest.mark.parametrize("name", ["shuffle", "nesterov", "early_stopping", "flush_denormals"])
+@pytest.mark.parametrize("value", _NOT_BOOLS, ids=repr)
+def test_fit_booleans_must_be_bool(name, value):
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1, dtype="float64")
+    before = params_of(net)
+    kw = {name: value, "momentum": 0.9, "validation_split": 0.25}
+    with pytest.raises(ValueError, match=rf"{name} must be a bool.*got {re.escape(repr(value))}"):
+        net.fit(X, y, epochs=2, batch_size=4, **kw)
+    assert_same_params(before, net)
+    assert net.optimizer_state() == {}
+
+
+@pytest.mark.parametrize("value", _NOT_BOOLS, ids=repr)
+def test_constructor_bias_must_be_bool(value):
+    with pytest.raises(ValueError, match=rf"bias must be a bool.*got {re.escape(repr(value))}"):
+        fastbp.MLP([3, 4, 2], bias=value)
+
+
+def test_numpy_bools_are_bools():
+    X, y = data(n=20)
+    a = fastbp.MLP([3, 4, 2], seed=1, bias=np.True_)
+    b = fastbp.MLP([3, 4, 2], seed=1, bias=True)
+    assert a.bias is True and repr(a) == repr(b)
+    assert fastbp.MLP([3, 4, 2], bias=np.False_).biases[0] is None
+    kw = dict(epochs=2, batch_size=4, momentum=0.9, validation_split=0.25, seed=0)
+    a.fit(X, y, shuffle=np.True_, nesterov=np.True_, early_stopping=np.False_,
+          flush_denormals=np.bool_(True), **kw)
+    b.fit(X, y, shuffle=True, nesterov=True, early_stopping=False, flush_denormals=True, **kw)
+    assert a._theta.tobytes() == b._theta.tobytes()
+
+
+def test_check_bool_helper():
+    from fastbp import _common as C
+
+    assert C.check_bool("x", True) is True and C.check_bool("x", np.False_) is False
+    for bad in _NOT_BOOLS:
+        with pytest.raises(ValueError, match=r"^x must be a bool \(True or False\), got "):
+            C.check_bool("x", bad)
+
+
+# ---------------------------------------------------------------------------
+# A fit that fails after training started leaves the model as it was.
+
+def _state(net):
+    state = net.optimizer_state()
+    return net._theta.tobytes(), {k: v.tobytes() for k, v in state.items()}
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("had_velocity", [False, True])
+def test_schedule_failing_mid_fit_restores_the_model(momentum, had_velocity):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1, dtype="float64")
+    if had_velocity:
+        net.fit(X, y, epochs=1, batch_size=8, momentum=0.5)
+    before = _state(net)
+    calls = []
+
+    def schedule(epoch, lr0):
+        calls.append(epoch)
+        return float("nan") if epoch == 3 else lr0
+
+    with pytest.raises(ValueError, match=r"schedule returned lr=nan for epoch 3"):
+        net.fit(X, y, epochs=6, batch_size=8, lr=0.1, momentum=momentum, schedule=schedule)
+    assert calls == [0, 1, 2, 3]  # three epochs trained, then restored
+    assert _state(net) == before
+    assert ("velocity" in net.optimizer_state()) == had_velocity
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("k")])
+def test_callback_raising_mid_fit_restores_the_model(error):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1, dtype="float32")
+    before = _state(net)
+
+    def cb(epoch, logs):
+        if epoch == 2:
+            raise error
+
+    with pytest.raises(type(error)):
+        net.fit(X, y, epochs=5, batch_size=8, momentum=0.9, nesterov=True, callbacks=[cb])
+    assert _state(net) == before and net.optimizer_state() == {}
+    # A callback returning something without a truth value fails the same way.
+    with pytest.raises(ValueError, match="truth value"):
+        net.fit(X, y, epochs=5, batch_size=8, callbacks=[lambda e, logs: np.ones(2)])
+    assert _state(net) == before
+
+
+def test_the_restored_model_trains_as_if_the_failed_fit_never_ran():
+    X, y = data(n=40)
+    a, b = fastbp.MLP([3, 8, 2], seed=1), fastbp.MLP([3, 8, 2], seed=1)
+    kw = dict(batch_size=8, lr=0.1, momentum=0.9, seed=0)
+    a.fit(X, y, epochs=2, **kw)
+    b.fit(X, y, epochs=2, **kw)
+    with pytest.raises(ValueError, match="schedule returned"):
+        a.fit(X, y, epochs=4, schedule=lambda e, lr0: -1.0 if e == 2 else lr0, **kw)
+    a.fit(X, y, epochs=2, **kw)
+    b.fit(X, y, epochs=2, **kw)
+    assert _state(a) == _state(b)
+
+
+class _NoHook:
+    on_epoch_end = 3
+
+
+class _AbstractSchedule(fastbp.schedules.Schedule):
+    pass
+
+
+@pytest.mark.parametrize("kw,error,pattern", [
+    (dict(callbacks=[5]), ValueError, r"callbacks\[1\] must be callable .*on_epoch_end.*got 5"),
+    (dict(callbacks=[_NoHook()]), ValueError, r"callbacks\[1\] must be callable"),
+    (dict(callbacks=lambda e, logs: None), ValueError, r"callbacks must be a sequence"),
+    (dict(callbacks="cb"), ValueError, r"callbacks must be a sequence"),
+    (dict(schedule=5), ValueError, r"schedule must be a name"),
+    (dict(schedule=_AbstractSchedule()), NotImplementedError, None),
+    (dict(schedule=lambda e, lr0: "fast"), ValueError, r"schedule returned 'fast' for epoch 0"),
+    (dict(schedule=fastbp.schedules.StepDecay(1, gamma=1e200)), ValueError,
+     r"schedule returned lr=inf for epoch 5"),
+    (dict(schedule=fastbp.schedules.InverseScaling(power_t=-400.0)), ValueError,
+     r"schedule returned lr=inf for epoch 5"),
+    (dict(verbose="yes"), ValueError, r"verbose must be an integer >= 0"),
+    (dict(verbose=-1), ValueError, r"verbose must be an integer >= 0"),
+    (dict(patience=2.5), ValueError, r"patience must be an integer"),
+    (dict(seed="x"), (TypeError, ValueError), None),
+])
+def test_fit_options_are_checked_before_training(kw, error, pattern):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1)
+    before = _state(net)
+    epochs = []
+    record = [lambda e, logs: epochs.append(e)]
+    if isinstance(kw.get("callbacks"), list):  # a good callback first, then the bad one
+        kw = dict(kw, callbacks=record + kw["callbacks"])
+    else:
+        kw = dict({"callbacks": record}, **kw)
+    with pytest.raises(error, match=pattern):
+        net.fit(X, y, epochs=6, batch_size=8, momentum=0.9, **kw)
+    assert epochs == [], "training started before the options were checked"
+    assert _state(net) == before and net.optimizer_state() == {}
