@@ -62,6 +62,7 @@ _MAX_META_BYTES = 1 << 16
 _MAX_STR_CHARS = 64
 _MAX_LAYERS = 100_000
 _MAX_OPT_ARRAYS = 64
+_MAX_NAME_CHARS = 1024
 
 
 class ModelFileError(ValueError):
@@ -112,12 +113,45 @@ def _arrays_of(net: "MLP") -> Dict[str, np.ndarray]:
         "bias": np.array(bool(net.bias)),
         "dtype": np.array(np.dtype(net.dtype).name),
     }
+    # Copies, not views: the file is written after the model's lock is released.
     for k in range(net.n_layers):
-        arrays[f"weight_{k}"] = np.ascontiguousarray(net.weights[k])
+        arrays[f"weight_{k}"] = np.array(net.weights[k], order="C", copy=True)
         if net.bias:
-            arrays[f"bias_{k}"] = np.ascontiguousarray(net.biases[k])
+            arrays[f"bias_{k}"] = np.array(net.biases[k], order="C", copy=True)
     arrays.update(_state_of(net))
+    names = getattr(net, "feature_names_in_", None)
+    if names is not None:
+        arrays["feature_names_in"] = _names_array(names, net.layer_sizes[0])
     return arrays
+
+
+def _names_array(names: Any, n_in: int) -> np.ndarray:
+    """Feature names as the unicode array stored in the file."""
+    names = [str(n) for n in names]
+    if len(names) != n_in:
+        raise ValueError(f"feature_names_in_ has {len(names)} names, the network has {n_in} inputs")
+    for name in names:
+        if name.endswith("\0") or len(name) > _MAX_NAME_CHARS:
+            raise ValueError(
+                f"feature name {name[:40]!r} cannot be stored: names must be at most "
+                f"{_MAX_NAME_CHARS} characters and not end in a NUL character"
+            )
+    return np.array(names, dtype=f"<U{max([1] + [len(n) for n in names])}")
+
+
+def _snapshot(net: "MLP") -> Dict[str, np.ndarray]:
+    """Every array of the file, read as one consistent state.
+
+    The model's lock (when it has one) is held while the parameters, the
+    optimizer state and the feature names are copied, so a save issued while
+    another thread trains the model waits for that call to end instead of
+    mixing layers of different steps.
+    """
+    lock = getattr(net, "_lock", None)
+    if lock is None:
+        return _arrays_of(net)
+    with lock:
+        return _arrays_of(net)
 
 
 def _new_file_mode(path: str) -> int:
@@ -162,7 +196,10 @@ def save(net: "MLP", path: PathLike) -> None:
     ----------
     net : fastbp.MLP
         The model.  Its optimizer state (``net.optimizer_state()``, when the
-        model has one) is saved too, so that training can resume exactly.
+        model has one) is saved too, so that training can resume exactly, and
+        its ``feature_names_in_`` when it has them.  The model is read under
+        its lock: a save issued while another thread fits the model waits for
+        the fit to end and writes one consistent state.
     path : str or os.PathLike
         Destination file, used exactly as given (no ``.npz`` suffix is added).
         An existing file there is replaced.
@@ -191,7 +228,7 @@ def save(net: "MLP", path: PathLike) -> None:
     path = os.fspath(path)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    arrays = _arrays_of(net)
+    arrays = _snapshot(net)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(

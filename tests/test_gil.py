@@ -152,3 +152,83 @@ def test_many_threads_many_models_no_crash():
     run_threads(*[lambda k=k: nets[k].fit(X, y, epochs=2, batch_size=5, lr=0.1, seed=k)
                   for k in range(6)])
     assert [params(n) for n in nets] == serial
+
+
+@pytest.mark.parametrize("how", ["method", "function"])
+def test_save_issued_during_a_fit_waits_for_it(tmp_path, how):
+    """A save from another thread while a fit runs writes the fit's final state.
+
+    Deterministic: the fit's first callback lets the saver start and then
+    waits up to 0.3 s for its save to finish.  A save that takes the model's
+    lock cannot finish before the fit ends, so the callback times out and the
+    file holds the final weights; a save that read the parameters without the
+    lock would finish inside the wait and hold the weights of epoch 1.
+    """
+    X, y = problem(10, n=300)
+    net = fastbp.MLP([64, 96, 10], seed=11)
+    path = tmp_path / "m.npz"
+    in_fit, saved, order = threading.Event(), threading.Event(), []
+
+    def cb(epoch, logs):
+        if epoch == 0:
+            in_fit.set()
+            saved.wait(0.3)
+        order.append(("epoch", epoch, saved.is_set()))
+
+    def fitter():
+        net.fit(X, y, epochs=3, batch_size=16, lr=0.05, momentum=0.9, seed=0, callbacks=[cb])
+
+    def saver():
+        assert in_fit.wait(30)
+        if how == "method":
+            net.save(path)
+        else:
+            fastbp.io.save(net, path)
+        saved.set()
+
+    run_threads(fitter, saver)
+    assert [e for _, e, _ in order] == [0, 1, 2]
+    assert not any(done for _, _, done in order), "the save finished inside the fit"
+    back = fastbp.load(path)
+    assert back._theta.tobytes() == net._theta.tobytes()
+    assert back.optimizer_state()["velocity"].tobytes() == net.optimizer_state()["velocity"].tobytes()
+
+
+def test_repeated_saves_during_a_fit_each_hold_one_whole_state(tmp_path):
+    """The experiment of issue 8: saves in a loop while a fit runs; every file
+    is the state before the fit or the state after it (the fit holds the lock
+    from its first step to its last), never layers from different steps."""
+    X, y = problem(12, n=1500)
+    net = fastbp.MLP([64, 96, 10], seed=13)
+    before = params(net)
+    done, files = threading.Event(), []
+
+    def fitter():
+        try:
+            net.fit(X, y, epochs=3, batch_size=4, lr=0.05, seed=0)
+        finally:
+            done.set()
+
+    def saver():
+        while not done.is_set() or not files:
+            path = tmp_path / f"m{len(files)}.npz"
+            net.save(path)
+            files.append(path)
+
+    run_threads(fitter, saver)
+    after = params(net)
+    assert before != after
+    states = [params(fastbp.load(p)) for p in files]
+    assert set(states) <= {before, after}, "a saved file mixes layers of different steps"
+
+
+def test_a_callback_may_checkpoint_the_model(tmp_path):
+    """The lock is re-entrant: saving from a fit's own callback works, and each
+    checkpoint is the model at the end of its epoch."""
+    X, y = problem(14, n=200)
+    net, twin = fastbp.MLP([64, 96, 10], seed=15), fastbp.MLP([64, 96, 10], seed=15)
+    net.fit(X, y, epochs=3, batch_size=16, lr=0.05, shuffle=False,
+            callbacks=[lambda e, logs: net.save(tmp_path / f"ckpt{e}.npz")])
+    for e in range(3):
+        twin.fit(X, y, epochs=1, batch_size=16, lr=0.05, shuffle=False)
+        assert params(fastbp.load(tmp_path / f"ckpt{e}.npz")) == params(twin)
