@@ -456,7 +456,7 @@ def _warn(message: str) -> None:
     import warnings
 
     here = os.path.dirname(os.path.abspath(__file__))
-    level, frame = 1, sys._getframe(1)
+    level, frame = 2, sys._getframe(1)
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
         level += 1
         frame = frame.f_back

@@ -43,8 +43,9 @@ __all__ = [
 
 #: Value of the ``format`` key of every fastbp model file.
 FORMAT_NAME = "fastbp-mlp"
-#: The format version this module writes, and the highest one it reads.
-FORMAT_VERSION = 1
+#: The format version this module writes, and the highest one it reads
+#: (version 2 added the optional ``feature_names_in`` key).
+FORMAT_VERSION = 2
 #: Default cap on the number of parameters :func:`load` accepts (see ``max_params``).
 MAX_PARAMS = 1 << 30
 
@@ -400,10 +401,14 @@ def _read_model(
 
     expected = {"format", "version", "fastbp_version", "layer_sizes", "activation",
                 "output", "loss", "bias", "dtype"}
+    optional = {"fastbp_version"}
+    if version >= 2:
+        optional.add("feature_names_in")
+    expected |= optional
     expected.update(f"weight_{k}" for k in range(n_layers))
     if bias:
         expected.update(f"bias_{k}" for k in range(n_layers))
-    missing = sorted(expected - set(ar.members) - {"fastbp_version"})
+    missing = sorted(expected - set(ar.members) - optional)
     if missing:
         raise ModelFileError(f"missing key(s) {', '.join(map(repr, missing))}")
     opt_keys = []
@@ -452,6 +457,10 @@ def _read_model(
 
     config = dict(layer_sizes=sizes, activation=activation, output=output, loss=loss,
                   bias=bias, dtype=dtype_name)
+    if "feature_names_in" in ar.members:
+        names = ar.read("feature_names_in", "U", shape=(sizes[0],),
+                        max_bytes=sizes[0] * 4 * _MAX_NAME_CHARS)
+        config["feature_names_in"] = [str(n) for n in names]
     return config, weights, biases, state
 
 
@@ -476,7 +485,9 @@ def load(path: Union[PathLike, IO[bytes]], max_params: int = MAX_PARAMS) -> "MLP
     -------
     fastbp.MLP
         A model with bit-identical parameters, the same architecture and dtype,
-        and the saved optimizer state (given to ``net.set_optimizer_state``).
+        the saved optimizer state (given to ``net.set_optimizer_state``) and
+        the saved ``feature_names_in_``, if any.  Files of every format
+        version from 1 to :data:`FORMAT_VERSION` load.
 
     Raises
     ------
@@ -515,6 +526,8 @@ def load(path: Union[PathLike, IO[bytes]], max_params: int = MAX_PARAMS) -> "MLP
                   weights=weights, biases=biases if config["bias"] else None)
     except ValueError as exc:
         raise ModelFileError(f"inconsistent model file: {exc}") from None
+    if "feature_names_in" in config:
+        net.feature_names_in_ = config["feature_names_in"]
     if state:
         setter = getattr(net, "set_optimizer_state", None)
         if setter is None:

@@ -121,7 +121,7 @@ def test_file_is_plain_npz_with_documented_keys(tmp_path):
                        "output", "loss", "bias", "dtype", "weight_0", "bias_0", "weight_1",
                        "bias_1"} <= {k for k in keys if k.startswith("optimizer.")}
         assert str(z["format"]) == "fastbp-mlp"
-        assert int(z["version"]) == fio.FORMAT_VERSION == 1
+        assert int(z["version"]) == fio.FORMAT_VERSION == 2
         assert z["layer_sizes"].dtype == np.int64 and list(z["layer_sizes"]) == [4, 3, 2]
         assert z["bias"].dtype == np.bool_ and bool(z["bias"])
         assert str(z["dtype"]) == "float64"
@@ -384,7 +384,7 @@ def test_format_stored_as_bytes_is_rejected(tmp_path):
     load_error(hostile(tmp_path, {"format": np.array(b"fastbp-mlp")}), "'format' has dtype")
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1])
+@pytest.mark.parametrize("version", [0, 3, 99, -1])
 def test_unknown_version(tmp_path, version):
     load_error(hostile(tmp_path, {"version": np.array(version, dtype=np.int64)}),
                f"unsupported format version {version}")
@@ -668,3 +668,88 @@ def test_pathlib_and_error_type():
     assert issubclass(ModelFileError, ValueError)
     assert fio.FORMAT_NAME == "fastbp-mlp"
     assert isinstance(pathlib.Path("x"), os.PathLike)  # save/load take Path (tmp_path) and str
+
+
+# ---------------------------------------------------------------------------
+# feature names (format version 2)
+# ---------------------------------------------------------------------------
+
+
+def named_net(names=("a", "b", "c", "d", "e")):
+    net = make_net()
+    net.feature_names_in_ = list(names)
+    return net
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_feature_names_round_trip(tmp_path):
+    net = named_net(["a", "b b", "ünï", "x" * 300, ""])
+    fio.save(net, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["feature_names_in"].dtype.kind == "U"
+        assert list(z["feature_names_in"]) == list(net.feature_names_in_)
+    back = fio.load(tmp_path / "m.npz")
+    assert_same_model(net, back)
+    assert back.feature_names_in_.dtype == object
+    assert list(back.feature_names_in_) == ["a", "b b", "ünï", "x" * 300, ""]
+    # A model without names writes no names key, and loads without names.
+    fio.save(make_net(), tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz", allow_pickle=False) as z:
+        assert "feature_names_in" not in z.files
+    assert not hasattr(fio.load(tmp_path / "plain.npz"), "feature_names_in_")
+
+
+def test_feature_names_of_a_data_frame_survive_save_and_pickle(tmp_path):
+    pd = pytest.importorskip("pandas")
+    net = make_net()
+    X, Y = data(net, n=12)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(5)])
+    net.fit(frame, Y, epochs=1)
+    net.save(tmp_path / "m.npz")
+    for back in (fastbp.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(net))):
+        assert list(back.feature_names_in_) == list(frame.columns)
+        with pytest.raises(ValueError, match="same order"):
+            back.predict(frame[frame.columns[::-1]])
+        np.testing.assert_array_equal(back.predict(frame), net.predict(frame))
+
+
+def test_version_1_files_still_load(tmp_path):
+    net = make_net()
+    arrays = fio._arrays_of(net)
+    arrays["version"] = np.array(1, dtype=np.int64)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    back = fio.load(tmp_path / "v1.npz")
+    assert_same_model(net, back)
+    assert not hasattr(back, "feature_names_in_")
+    # Names are not part of version 1: such a file is foreign or tampered.
+    load_error(hostile(tmp_path, {"version": np.array(1, dtype=np.int64)},
+                       feature_names_in=np.array(["a", "b", "c", "d"])),
+               "unexpected key 'feature_names_in'")
+
+
+def test_pickles_without_feature_names_still_load():
+    net = make_net()
+    state = net.__getstate__()
+    assert "feature_names_in_" not in state  # as an older fastbp pickled it
+    back = fastbp.MLP.__new__(fastbp.MLP)
+    back.__setstate__(state)
+    assert_same_model(net, back)
+    assert not hasattr(back, "feature_names_in_")
+
+
+@pytest.mark.parametrize("names, match", [
+    (np.array(["a", "b", "c"]), r"'feature_names_in' has shape \(3,\), expected \(4,\)"),
+    (np.array([b"a", b"b", b"c", b"d"]), "'feature_names_in' has dtype"),
+    (np.array([1, 2, 3, 4]), "'feature_names_in' has dtype"),
+    (np.array("abcd"), r"'feature_names_in' has shape \(\), expected \(4,\)"),
+    (np.array(["a" * 2000, "b", "c", "d"]), "'feature_names_in' declares .* bytes"),
+])
+def test_bad_feature_names_in_a_file(tmp_path, names, match):
+    load_error(hostile(tmp_path, feature_names_in=names), match)
+
+
+def test_names_that_cannot_be_stored_are_refused_before_writing(tmp_path):
+    net = named_net(["a", "b", "c", "d", "e\0"])
+    with pytest.raises(ValueError, match="cannot be stored"):
+        fio.save(net, tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)

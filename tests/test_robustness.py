@@ -802,3 +802,108 @@ def test_fit_options_are_checked_before_training(kw, error, pattern):
         net.fit(X, y, epochs=6, batch_size=8, momentum=0.9, **kw)
     assert epochs == [], "training started before the options were checked"
     assert _state(net) == before and net.optimizer_state() == {}
+
+
+# ---------------------------------------------------------------------------
+# Data frames: column names recorded and checked (scikit-learn's feature_names_in_).
+
+def _frame(X, columns):
+    pd = pytest.importorskip("pandas")
+    return pd.DataFrame(X, columns=columns)
+
+
+def test_fit_records_the_column_names():
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    assert not hasattr(net, "feature_names_in_")
+    net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1)
+    names = net.feature_names_in_
+    assert names.dtype == object and list(names) == ["a", "b", "c"]
+    names[0] = "changed"  # a copy
+    assert list(net.feature_names_in_) == ["a", "b", "c"]
+    stepped = fastbp.MLP([3, 4, 2], seed=1)
+    stepped.step(_frame(X, ["p", "q", "r"]), y, 0.1)
+    assert list(stepped.feature_names_in_) == ["p", "q", "r"]
+
+
+@pytest.mark.parametrize("columns,pattern", [
+    (["b", "a", "c"], r"Feature names must be in the same order as they were in fit"),
+    (["a", "b", "z"], r"Feature names unseen at fit time:\n- z\nFeature names seen at fit "
+                      r"time, yet now missing:\n- c\n"),
+])
+def test_a_later_frame_with_other_columns_is_rejected(columns, pattern):
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1)
+    before = params_of(net)
+    other = _frame(X, columns)
+    calls = [lambda: net.predict(other), lambda: net.loss(other, y),
+             lambda: net.gradients(other, y), lambda: net.step(other, y, 0.1),
+             lambda: net.fit(other, y, epochs=1),
+             lambda: net.fit(X, y, epochs=1, validation_data=(other, y))]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^The feature names should match those that were "
+                                             r"passed during fit\.\n" + pattern):
+            call()
+        assert_same_params(before, net)
+    assert list(net.feature_names_in_) == ["a", "b", "c"]
+
+
+def test_same_columns_pass_and_plain_arrays_warn():
+    import warnings
+
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    frame = _frame(X, ["a", "b", "c"])
+    net.fit(frame, y, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_frame = net.predict(frame)
+        net.loss(frame, y)
+    with pytest.warns(UserWarning, match=r"^X does not have valid feature names, but MLP was "
+                                         r"fitted with feature names$") as record:
+        from_array = net.predict(X)
+    assert record[0].filename == __file__  # attributed to the caller
+    np.testing.assert_array_equal(from_frame, from_array)
+    for call in (lambda: net.loss(X, y), lambda: net.gradients(X, y),
+                 lambda: net.step(X, y, 0.1), lambda: net.fit(X, y, epochs=1)):
+        with pytest.warns(UserWarning, match="does not have valid feature names"):
+            call()
+
+
+def test_frames_without_string_names_and_unnamed_models():
+    import warnings
+
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.fit(_frame(X, [0, 1, 2]), y, epochs=1)  # pandas' default integer columns: no names
+        assert not hasattr(net, "feature_names_in_")
+        net.predict(_frame(X, ["a", "b", "c"]))     # a model without names takes any frame
+        assert not hasattr(net, "feature_names_in_")
+    with pytest.raises(TypeError, match="Feature names are only supported if all input "
+                                        "features have string names"):
+        net.fit(_frame(X, ["a", 1, "c"]), y, epochs=1)
+
+
+def test_a_failed_fit_records_no_names():
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    with pytest.raises(ValueError, match="lr"):
+        net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1, lr=-1)
+    with pytest.raises(RuntimeError):
+        net.fit(_frame(X, ["a", "b", "c"]), y, epochs=2,
+                callbacks=[lambda e, logs: (_ for _ in ()).throw(RuntimeError("x"))])
+    assert not hasattr(net, "feature_names_in_")
+
+
+def test_feature_names_can_be_set_and_deleted():
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    net.feature_names_in_ = ["x", "y", "z"]
+    assert list(net.feature_names_in_) == ["x", "y", "z"]
+    for bad in (["x", "y"], ["x", "y", 3], "xyz"):
+        with pytest.raises(ValueError, match="feature names must be a sequence of 3 strings"):
+            net.feature_names_in_ = bad
+    del net.feature_names_in_
+    assert not hasattr(net, "feature_names_in_")
