@@ -386,10 +386,12 @@ class MLP:
         return float(loss_sum / n)
 
     def workspace_nbytes(self, batch_size: int) -> int:
-        """Bytes of scratch a fit with this batch size allocates (once, per call).
+        """Bytes of the kernel workspace a fit with this batch size allocates (once, per call).
 
         The workspace holds one batch of activations per layer, the outputs, two
-        delta buffers, the gathered targets and per-sample losses.
+        delta buffers, the gathered targets and per-sample losses.  A fit
+        allocates more than this (see :attr:`History.workspace_bytes`, which
+        reports all of it).
         """
         return int(self._net.workspace_size(int(batch_size))) * self.dtype.itemsize
 

@@ -257,12 +257,31 @@ def test_history_plot(tmp_path):
 
 
 def test_workspace_is_reported():
-    X, y = blobs()
+    X, y = blobs()  # float64 C arrays, as the model's dtype: no converted copy of X
     model = net()
+    params, onehot, perm = model.n_params * 8, 120 * 3 * 8, 120 * 8
+    snapshot = params  # the rewind copy
     hist = model.fit(X, y, epochs=1, batch_size=16)
-    assert hist.workspace_bytes == model.workspace_nbytes(16) > 0
-    hist = model.fit(X, y, epochs=1, batch_size=16, momentum=0.9)
-    assert hist.workspace_bytes == model.workspace_nbytes(16) + model.n_params * 8
+    assert hist.workspace_bytes == model.workspace_nbytes(16) + snapshot + onehot + perm
+    hist = model.fit(X, y, epochs=2, batch_size=16, shuffle=False)
+    assert hist.workspace_bytes == model.workspace_nbytes(16) + snapshot + onehot
+    # Momentum: the gradient, a new velocity and its rewind copy; two live permutations.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 3 * params + snapshot + onehot
+                                    + 2 * perm)
+    # The velocity now exists: not allocated again.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 2 * params + snapshot + onehot
+                                    + 2 * perm)
+    # A callback: the restore copy of the parameters and velocity.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9, callbacks=[lambda e, logs: None])
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 4 * params + snapshot + onehot
+                                    + 2 * perm)
+    # Early stopping: the best epoch's parameters (no momentum in this fit: no
+    # velocity copies); the validation workspace.
+    hist = model.fit(X, y, epochs=2, batch_size=16, validation_split=0.25, early_stopping=True)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + params + snapshot + onehot
+                                    + 2 * 90 * 8 + model.workspace_nbytes(30))
 
 
 def test_bad_optimizer_arguments():
