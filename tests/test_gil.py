@@ -7,6 +7,10 @@
   state the model really was in, and the final weights are those of one of the
   serial orders.
 
+* While one model's compiled epoch runs, another Python thread runs (shown
+  without timing: see test_the_kernels_release_the_gil).
+* A save waits for a fit running in another thread and writes one whole state.
+
 The speed-up itself is a benchmark (tools/gil_bench.py), not a timed test.
 """
 import threading
@@ -82,44 +86,80 @@ def test_fit_and_step_on_one_model_from_two_threads():
     def fresh():
         return fastbp.MLP([64, 96, 10], seed=7)
 
-    def do_fit(net):
-        net.fit(X, y, epochs=2, batch_size=8, lr=0.05, seed=0)
+    def do_fit(net, callbacks=()):
+        net.fit(X, y, epochs=2, batch_size=8, lr=0.05, seed=0, callbacks=list(callbacks))
 
     def do_step(net):
         net.step(Xs, ys, 0.1)
 
-    orders = set()
-    for first, second in [(do_fit, do_step), (do_step, do_fit)]:
+    orders = {}
+    for name, (first, second) in {"fit, step": (do_fit, do_step),
+                                  "step, fit": (do_step, do_fit)}.items():
         net = fresh()
         first(net)
         second(net)
-        orders.add(params(net))
+        orders[params(net)] = name
     assert len(orders) == 2
-    seen = set()
-    for trial in range(4):
-        net = fresh()
-        started = threading.Event()
+    seen = []
 
-        def fitter():
-            started.set()
-            do_fit(net)
+    # A step issued while the fit runs (from the fit's first callback on) waits
+    # for the fit: the serial order "fit, step", deterministically.
+    net = fresh()
+    issuing = threading.Event()
 
-        def stepper():
-            if trial % 2:
-                started.wait()
+    def first_epoch_lets_the_step_go(epoch, logs):
+        if epoch == 0:
+            stepper.start()
+            assert issuing.wait(30)
+
+    def step_during_fit():
+        issuing.set()
+        do_step(net)
+
+    stepper = threading.Thread(target=step_during_fit)
+    run_threads(lambda: do_fit(net, [first_epoch_lets_the_step_go]))
+    stepper.join(60)
+    assert not stepper.is_alive()
+    seen.append(orders.get(params(net), "torn"))
+
+    # A fit issued while a step holds the model's lock waits for it: "step, fit".
+    net = fresh()
+    locked, issued = threading.Event(), threading.Event()
+
+    def stepper_holding_the_lock():
+        with net._lock:
+            locked.set()
+            assert issued.wait(30)
             do_step(net)
 
-        run_threads(fitter, stepper)
-        final = params(net)
-        assert final in orders, "torn update: final weights match no serial order"
-        seen.add(final)
+    def fitter():
+        assert locked.wait(30)
+        issued.set()
+        do_fit(net)
+
+    run_threads(stepper_holding_the_lock, fitter)
+    seen.append(orders.get(params(net), "torn"))
+
+    # Free-running: whichever gets the lock first, never a torn update.
+    for trial in range(2):
+        net = fresh()
+        run_threads(lambda: do_fit(net), lambda: do_step(net))
+        seen.append(orders.get(params(net), "torn"))
+    assert seen[:2] == ["fit, step", "step, fit"]
+    assert "torn" not in seen, f"torn update: final weights match no serial order ({seen})"
 
 
 def test_predict_while_fitting_sees_whole_states_only():
     X, y = problem(6, n=1500)
     net = fastbp.MLP([64, 96, 10], seed=8)
-    before = net.predict(X[:20]).tobytes()
-    preds = []
+
+    def observe():
+        loss, grads = net.gradients(X[:20], y[:20])
+        return (net.predict(X[:20]).tobytes(), net.loss(X[:20], y[:20]), loss,
+                b"".join(g.tobytes() for pair in grads for g in pair))
+
+    before = observe()
+    seen = []
     done = threading.Event()
 
     def fitter():
@@ -128,17 +168,74 @@ def test_predict_while_fitting_sees_whole_states_only():
         finally:
             done.set()
 
-    def predictor():
+    def observer():
         while not done.is_set():
-            preds.append(net.predict(X[:20]).tobytes())
-            net.loss(X[:20], y[:20])
-            net.gradients(X[:20], y[:20])
-        preds.append(net.predict(X[:20]).tobytes())
+            seen.append(observe())
+        seen.append(observe())
 
-    run_threads(fitter, predictor)
-    after = net.predict(X[:20]).tobytes()
-    assert before != after
-    assert set(preds) <= {before, after}, "a prediction saw a half-trained model"
+    run_threads(fitter, observer)
+    after = observe()
+    assert all(a != b for a, b in zip(before, after))
+    # Predictions, losses and gradients each come from one whole state, and all
+    # of one observation from the same one (no call ran inside the fit).
+    for obs in seen:
+        assert obs in (before, after), "a call saw a half-trained model"
+
+
+def test_the_kernels_release_the_gil():
+    """While one thread is inside a compiled epoch, another runs Python code.
+
+    The interpreter's switch interval is set to 10 s, so no thread is forced
+    off the GIL: the other thread can run only when the fitting thread
+    releases it.  The schedule (called just before each epoch's compiled
+    loop) wakes the other thread; the epoch's callback (just after the loop)
+    checks whether it ran in between, and stops the fit once it has.  A
+    kernel that held the GIL would leave it asleep through every epoch.  No
+    timing is involved: on a busy machine the other thread merely needs to
+    be scheduled once during one of up to 100 epochs of ~10 ms.  The model is
+    tiny so that no numpy call on the parameters releases the GIL either.
+    """
+    import sys
+
+    rng = np.random.default_rng(16)
+    X = rng.normal(size=(50_000, 4))
+    y = rng.integers(0, 2, size=50_000)
+    net = fastbp.MLP([4, 6, 2], seed=17)
+    assert net.n_params < 500  # numpy releases the GIL only for larger loops
+    go, finished, window, ran = threading.Event(), threading.Event(), [None], []
+
+    def schedule(epoch, lr0):
+        window[0] = epoch
+        go.set()
+        return lr0
+
+    def stop_once_overlapped(epoch, logs):
+        window[0] = None
+        return epoch in ran
+
+    def other():
+        while not finished.is_set():
+            if go.wait(0.01):
+                go.clear()
+                if window[0] is not None:
+                    ran.append(window[0])
+
+    hist = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        t = threading.Thread(target=other)
+        t.start()
+        try:
+            hist.append(net.fit(X, y, epochs=100, batch_size=1, lr=0.01, shuffle=False,
+                                schedule=schedule, callbacks=[stop_once_overlapped]))
+        finally:
+            finished.set()
+            t.join(30)
+    finally:
+        sys.setswitchinterval(old)
+    assert hist[0].stopped_early, "no epoch let another thread run: the GIL was held"
+    assert ran and ran[0] == hist[0].epochs - 1
 
 
 def test_many_threads_many_models_no_crash():
