@@ -87,7 +87,8 @@ class MLP:
         Both cross entropies are computed from the logits z, in a numerically
         stable form.
     bias : bool
-        Whether each layer has a bias vector.
+        Whether each layer has a bias vector (``bool`` or ``numpy.bool_``;
+        anything else raises ValueError).
     dtype : {"float32", "float64"}
         Precision of the parameters and of all computation in the kernels.
     seed : int or None
@@ -479,14 +480,26 @@ class MLP:
             ~1e-38 in float32) slow arithmetic down 10x or more; flushing
             them to zero changes results only where such tiny values occur.
 
+        Every boolean option must be ``bool`` or ``numpy.bool_``.  When ``X``
+        is a data frame with string column names, the first fit records them
+        as :attr:`feature_names_in_`; later frames must match them.
+
         Returns
         -------
         History
             Per-epoch ``loss``, ``accuracy`` (classification losses),
-            ``val_loss``, ``val_accuracy``, ``lr`` and ``seconds``.
+            ``val_loss``, ``val_accuracy``, ``lr`` and ``seconds``, and
+            ``workspace_bytes``, the memory the fit allocated.
 
         Raises
         ------
+        ValueError
+            For any bad argument or option, checked before training starts
+            (for a schedule: its first rate, and every rate of a built-in
+            schedule); the model is unchanged.  When a later rate of a
+            schedule of one's own is bad, or a callback raises (any
+            exception), the model is restored to its state before the call
+            (parameters, velocity, feature names) and the error re-raised.
         FloatingPointError
             When the loss becomes NaN or Inf; the model is left at the last
             step whose loss was finite.
