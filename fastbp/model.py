@@ -563,6 +563,7 @@ class MLP:
             )
             if names is not None and self._feature_names is None:
                 self._feature_names = names
+            diverged = False
             try:
                 for epoch in range(epochs):
                     lr_e = lr_first if epoch == 0 else schedules.check_lr_value(lr_of(epoch, lr0), epoch)
@@ -571,7 +572,11 @@ class MLP:
                         order = np.asarray(rng.permutation(n), dtype=np.int64)
                     t0 = time.perf_counter()
                     progress.start_epoch(epoch)
-                    loss_sum, hit_sum, _ = runner.epoch(order, lr_e, epoch, progress)
+                    try:
+                        loss_sum, hit_sum, _ = runner.epoch(order, lr_e, epoch, progress)
+                    except FloatingPointError:
+                        diverged = True  # rewound to the last good step: kept
+                        raise
                     logs: Dict[str, Any] = {
                         "epoch": epoch,
                         "loss": loss_sum / n,
@@ -607,10 +612,10 @@ class MLP:
                     # The best epoch's weights, and its momentum.
                     np.copyto(self._theta, best[0])
                     np.copyto(runner.velocity, best[1])
-            except (FloatingPointError, KeyboardInterrupt):
-                raise  # rewound to the last good step / left at the last completed step
+            except KeyboardInterrupt:
+                raise  # Ctrl-C: left at the last completed step
             except BaseException:
-                if restore is not None:
+                if restore is not None and not diverged:
                     np.copyto(self._theta, restore[0])
                     self._velocity = restore[1]
                     self._feature_names = restore[2]

@@ -840,7 +840,7 @@ def test_a_later_frame_with_other_columns_is_rejected(columns, pattern):
     calls = [lambda: net.predict(other), lambda: net.loss(other, y),
              lambda: net.gradients(other, y), lambda: net.step(other, y, 0.1),
              lambda: net.fit(other, y, epochs=1),
-             lambda: net.fit(X, y, epochs=1, validation_data=(other, y))]
+             lambda: net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1, validation_data=(other, y))]
     for call in calls:
         with pytest.raises(ValueError, match=r"^The feature names should match those that were "
                                              r"passed during fit\.\n" + pattern):
@@ -907,3 +907,17 @@ def test_feature_names_can_be_set_and_deleted():
             net.feature_names_in_ = bad
     del net.feature_names_in_
     assert not hasattr(net, "feature_names_in_")
+
+
+def test_a_floating_point_error_from_a_callback_is_not_divergence():
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1)
+    before = _state(net)
+
+    def cb(epoch, logs):
+        if epoch == 1:
+            raise FloatingPointError("the callback's own")
+
+    with pytest.raises(FloatingPointError, match="the callback's own"):
+        net.fit(X, y, epochs=4, batch_size=8, callbacks=[cb])
+    assert _state(net) == before
