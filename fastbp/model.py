@@ -566,7 +566,8 @@ class MLP:
             diverged = False
             try:
                 for epoch in range(epochs):
-                    lr_e = lr_first if epoch == 0 else schedules.check_lr_value(lr_of(epoch, lr0), epoch)
+                    lr_e = lr_first if epoch == 0 else schedules.check_lr_value(
+                        lr_of(epoch, lr0), epoch)
                     order = None
                     if shuffle:
                         order = np.asarray(rng.permutation(n), dtype=np.int64)
@@ -660,6 +661,8 @@ class MLP:
             except (TypeError, ValueError):
                 raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
             return X, Y, self._XY(Xv, Yv)
+        if isinstance(split, (str, bytes, bool, np.bool_)):
+            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
         try:
             split = float(split)
         except (TypeError, ValueError):

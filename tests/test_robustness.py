@@ -787,6 +787,10 @@ class _AbstractSchedule(fastbp.schedules.Schedule):
     (dict(verbose=-1), ValueError, r"verbose must be an integer >= 0"),
     (dict(patience=2.5), ValueError, r"patience must be an integer"),
     (dict(seed="x"), (TypeError, ValueError), None),
+    (dict(validation_split="0.2"), ValueError, r"validation_split must be a number"),
+    (dict(validation_split=True), ValueError, r"validation_split must be a number"),
+    (dict(momentum="0.9"), ValueError, r"momentum must be a finite number"),
+    (dict(nesterov="True"), ValueError, r"nesterov must be a bool"),
 ])
 def test_fit_options_are_checked_before_training(kw, error, pattern):
     X, y = data(n=40)
@@ -798,8 +802,9 @@ def test_fit_options_are_checked_before_training(kw, error, pattern):
         kw = dict(kw, callbacks=record + kw["callbacks"])
     else:
         kw = dict({"callbacks": record}, **kw)
+    kw = {"momentum": 0.9, **kw}
     with pytest.raises(error, match=pattern):
-        net.fit(X, y, epochs=6, batch_size=8, momentum=0.9, **kw)
+        net.fit(X, y, epochs=6, batch_size=8, **kw)
     assert epochs == [], "training started before the options were checked"
     assert _state(net) == before and net.optimizer_state() == {}
 
