@@ -64,6 +64,7 @@ _MAX_STR_CHARS = 64
 _MAX_LAYERS = 100_000
 _MAX_OPT_ARRAYS = 64
 _MAX_NAME_CHARS = 1024
+_MAX_NAMES_BYTES = 1 << 26  # the whole feature_names_in member
 
 
 class ModelFileError(ValueError):
@@ -137,7 +138,13 @@ def _names_array(names: Any, n_in: int) -> np.ndarray:
                 f"feature name {name[:40]!r} cannot be stored: names must be at most "
                 f"{_MAX_NAME_CHARS} characters and not end in a NUL character"
             )
-    return np.array(names, dtype=f"<U{max([1] + [len(n) for n in names])}")
+    out = np.array(names, dtype=f"<U{max([1] + [len(n) for n in names])}")
+    if out.nbytes > _MAX_NAMES_BYTES:
+        raise ValueError(
+            f"the feature names take {out.nbytes} bytes as a unicode array, more than the "
+            f"{_MAX_NAMES_BYTES} a model file may hold"
+        )
+    return out
 
 
 def _snapshot(net: "MLP") -> Dict[str, np.ndarray]:
@@ -459,7 +466,7 @@ def _read_model(
                   bias=bias, dtype=dtype_name)
     if "feature_names_in" in ar.members:
         names = ar.read("feature_names_in", "U", shape=(sizes[0],),
-                        max_bytes=sizes[0] * 4 * _MAX_NAME_CHARS)
+                        max_bytes=min(sizes[0] * 4 * _MAX_NAME_CHARS, _MAX_NAMES_BYTES))
         config["feature_names_in"] = [str(n) for n in names]
     return config, weights, biases, state
 
