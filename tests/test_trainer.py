@@ -388,3 +388,23 @@ def test_early_stopping_restores_the_best_epochs_velocity_too():
     b.fit(X, y, epochs=hist.best_epoch + 1, **kw)  # the same run, stopped at the best epoch
     np.testing.assert_array_equal(a._theta, b._theta)
     np.testing.assert_array_equal(a.optimizer_state()["velocity"], b.optimizer_state()["velocity"])
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: schedules.StepDecay(step_size=0), "step_size must be an integer >= 1"),
+    (lambda: schedules.StepDecay(step_size=2.5), "step_size must be an integer >= 1"),
+    (lambda: schedules.StepDecay(gamma="0.5"), "gamma must be a finite number"),
+    (lambda: schedules.StepDecay(gamma=0.0), "gamma must be > 0"),
+    (lambda: schedules.InverseScaling(power_t=float("nan")), "power_t must be a finite number"),
+    (lambda: schedules.Cosine(t_max=0), "t_max must be an integer >= 1"),
+    (lambda: schedules.Cosine(lr_min=-0.1), "lr_min must be >= 0"),
+])
+def test_schedule_parameters_are_checked(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def test_built_in_schedules_overflow_to_inf_not_to_an_exception():
+    assert schedules.StepDecay(1, gamma=1e200)(3, 0.1) == float("inf")
+    assert schedules.InverseScaling(power_t=-400.0)(6, 0.1) == float("inf")
+    assert schedules.InverseScaling(power_t=400.0)(6, 0.1) == 0.0
