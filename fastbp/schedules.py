@@ -110,7 +110,12 @@ class InverseScaling(Schedule):
         self.power_t = _number("InverseScaling power_t", power_t)
 
     def __call__(self, epoch: int, lr0: float) -> float:
-        return _guard(lambda: lr0 / (epoch + 1) ** self.power_t)
+        try:
+            return lr0 / (epoch + 1) ** self.power_t
+        except OverflowError:  # the divisor overflows (power_t > 0): the rate is 0
+            return 0.0
+        except ZeroDivisionError:  # the divisor underflows to 0 (power_t < 0)
+            return math.inf
 
     def _bounding_epochs(self, epochs: int) -> Optional[Tuple[int, ...]]:
         return (0, max(0, epochs - 1)) if type(self) is InverseScaling else None
