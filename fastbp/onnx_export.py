@@ -9,15 +9,14 @@ exported files).
 The graph of :func:`to_onnx` (docs/onnx.md draws it): one input ``X`` of
 shape ``(N, n_in)``, ``N`` a dynamic batch dimension; for each layer k a
 ``Gemm(h, W<k>, b<k>, transB=1)``, with ``W<k>`` stored as fastbp holds it,
-(n_out, n_in), and no third input without bias; after every layer but the
-last the hidden activation (``Relu``, ``Sigmoid``, ``Tanh``; nothing for
-identity); after the last the output activation: nothing for identity,
-1 / (1 + exp(-z)) for sigmoid, and for softmax exp(z - max z) / sum with the
-subtraction's rounding error compensated (see :func:`_output_softmax`), so
-that small probabilities keep their relative accuracy (onnxruntime's own
-``Sigmoid`` and ``Softmax`` kernels lose it).  The one output ``Y``,
-``(N, n_out)``, is what ``net.predict`` returns.  Everything computes in the
-model's dtype, float32 or float64.
+(n_out, n_in), and no third input without bias; then the layer's activation:
+``Relu``, ``Tanh``, nothing for identity, ``1 / (1 + Exp(-z))`` for sigmoid,
+and after the last layer for softmax ``Exp(z - max z) / ReduceSum`` with the
+subtraction's rounding error compensated (:func:`_output_softmax`).  Both
+keep small values' relative accuracy, which onnxruntime's own ``Sigmoid``
+and ``Softmax`` kernels lose.  The one output ``Y``, ``(N, n_out)``, is what
+``net.predict`` returns.  Everything computes in the model's dtype, float32
+or float64.
 
 :func:`estimator_to_onnx` builds on the same network and adds the outputs
 skl2onnx gives for scikit-learn's MLPs with ``zipmap=False``: ``label`` and
@@ -39,10 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = ["to_onnx", "estimator_to_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
-#: The default opset.  Every operator used (Gemm, Relu, Sigmoid, Tanh, Exp,
-#: Neg, Add, Sub, Mul, Div, ReduceMax, ReduceSum, Concat, ArgMax, Gather,
-#: Greater, Cast) has its float64 kernels and current form at opset 13, so the
-#: files load in runtimes of the last years (onnxruntime >= 1.7).
+#: The default opset.  Every operator used (Gemm, Relu, Tanh, Exp, Neg, Add,
+#: Sub, Mul, Div, ReduceMax, ReduceSum, Concat, ArgMax, Gather, Greater, Cast)
+#: has float64 support and its current form at opset 13, which runtimes of the
+#: last years implement (onnxruntime since 1.7; tested with 1.32).
 DEFAULT_OPSET = 13
 #: The lowest opset accepted (ReduceSum takes its axes as an input from 13 on).
 MIN_OPSET = 13
@@ -227,8 +226,8 @@ def _sigmoid(g: _Graph, net: "MLP", z: str, output: str) -> str:
     through tanh), a large relative error for small values: on random
     logits its float32 results were on average 25 ulp and at worst 2e5 ulp
     from the exact value (probabilities of 1e-7 off by 100%), float64 up to
-    1e-3 relative at z = −30; this form stays within 1.2 ulp (fastbp's
-    kernels: 2 ulp).  Below 1e-38 (float32) it gives 0.
+    1e-3 relative at z = −30; this form stays within 2 ulp
+    on the same logits, as fastbp's kernels do.  Below 1e-38 (float32) it gives 0.
     """
     one = g.const("one", np.array(1.0, dtype=net.dtype))
     e = g.node("Exp", [g.node("Neg", [z])])
@@ -342,11 +341,10 @@ def to_onnx(
         output ``output_name`` of shape ``(N, n_out)``, both in the model's
         dtype (float32 or float64), ``N`` a dynamic batch dimension.  Layer k
         is ``Gemm(h, W_k, b_k, transB=1)`` with initializers ``W<k>`` of shape
-        (n_out, n_in) and ``b<k>`` (absent without bias), followed by the
-        hidden activation (``Relu``, ``Sigmoid``, ``Tanh``, none for identity)
-        or, after the last layer, the output activation: none for identity,
-        ``1 / (1 + Exp(-z))`` for sigmoid, and for softmax ``Exp(z - max z)``,
-        compensated for the subtraction's rounding, over its ``ReduceSum``
+        (n_out, n_in) and ``b<k>`` (absent without bias), followed by its
+        activation: ``Relu``, ``Tanh``, none for identity, ``1 / (1 + Exp(-z))``
+        for sigmoid, and for a softmax output ``Exp(z - max z)``, compensated
+        for the subtraction's rounding, over its ``ReduceSum``
         (see the module's notes).  The model's ``metadata_props`` hold
         ``fastbp_version``, ``layer_sizes`` (JSON), ``activation``,
         ``output``, ``loss``, ``bias`` and ``dtype``; ``producer_name`` is

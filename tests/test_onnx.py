@@ -20,12 +20,14 @@ ort = pytest.importorskip("onnxruntime")
 # |onnxruntime - fastbp| <= RTOL * |fastbp| for sigmoid and softmax outputs, and
 # <= RTOL * S for identity outputs, where S = |W_L| |h| + |b_L| is the size of the
 # terms the last layer sums (its result can cancel to anything near 0).  Measured
-# worst cases (tests below, and docs/onnx.md): float32 3.8e-7, float64 2.6e-15.
+# worst cases on SIZES (`python tests/test_onnx.py` prints the table of
+# docs/onnx.md): float32 3.9e-7, float64 2.1e-15.
 RTOL = {"float32": 1e-6, "float64": 1e-14}
-# Hidden tanh layers in float32: fastbp's tanh and onnxruntime's are each up to
-# 2.6 and 4.5 ulp from the exact tanh, and their differences add up in the next
-# layer's sums.  Measured here 1.5e-6, where fastbp's own predictions are 7.4e-7
-# and the graph's 7.7e-7 from the exact function of the same float32 parameters.
+# Hidden tanh layers in float32: fastbp's tanh and onnxruntime's are up to 2.6
+# and 4.5 ulp from the exact tanh, and their differences add up in the next
+# layer's sums.  Measured 1.0e-6 on SIZES (1.8e-6 on 50-200-100-10), where
+# fastbp's own predictions are 8.2e-7 and the graph's 7.5e-7 from the exact
+# function of the same float32 parameters.
 RTOL_TANH_FLOAT32 = 2.5e-6
 SIZES = (6, 24, 16, 4)
 
@@ -113,13 +115,14 @@ def test_onnxruntime_equals_predict(activation, output, loss, bias, dtype):
         assert_matches_predict(net, sess.run(["Y"], {"X": X})[0], X)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_one_layer_and_a_large_batch_on_two_threads(activation):
+def test_one_layer_and_a_large_batch_on_two_threads(activation, dtype):
     # No hidden layer; a batch larger than onnxruntime's and fastbp's blocks.
     for sizes, output, loss in [((9, 5), "softmax", "cross_entropy"),
                                 ((40, 64, 3), "sigmoid", "binary_cross_entropy"),
                                 ((40, 64, 3), "identity", "squared_error")]:
-        net = make_net(activation, output, loss, sizes=sizes, seed=3)
+        net = make_net(activation, output, loss, sizes=sizes, dtype=dtype, seed=3)
         X = inputs(net, 20000, seed=1)
         assert_matches_predict(net, session(net.to_onnx(), threads=2).run(None, {"X": X})[0], X)
 
@@ -481,3 +484,85 @@ def test_cli_export_errors(tmp_path, capsys, case):
                 "opset": "opset must be between 13"}[case]
     assert expected in stderr
     assert sorted(os.listdir(tmp_path)) == files  # nothing written
+
+
+# -- the precision table of docs/onnx.md -------------------------------------------------
+
+
+def precision_table(sizes_list=(SIZES, (50, 200, 100, 10)), n=4000, seeds=(0, 1, 2)):
+    """Worst |onnxruntime - fastbp| over random inputs, in the units of assert_matches_predict.
+
+    Run ``python tests/test_onnx.py`` (from the repository root) to print it.
+    """
+    rows = []
+    for sizes in sizes_list:
+        for dtype in ("float32", "float64"):
+            for activation in ACTIVATIONS:
+                cells = []
+                for output, loss in [("identity", "squared_error"),
+                                     ("sigmoid", "binary_cross_entropy"),
+                                     ("softmax", "cross_entropy")]:
+                    worst = 0.0
+                    for seed in seeds:
+                        for bias in (True, False):
+                            net = make_net(activation, output, loss, bias, dtype, sizes, seed)
+                            X = inputs(net, n, seed)
+                            got = session(net.to_onnx()).run(None, {"X": X})[0]
+                            expected = net.predict(X).astype(np.float64)
+                            scale = (term_scale(net, X) if output == "identity"
+                                     else np.abs(expected))
+                            err = np.abs(got - expected)
+                            rel = np.divide(err, scale, out=np.zeros_like(err), where=err > 0)
+                            worst = max(worst, float(rel.max()))
+                    cells.append(f"{worst:.1e}")
+                rows.append(f"| {'-'.join(map(str, sizes))} | {dtype} | {activation} | "
+                            + " | ".join(cells) + " |")
+    return ("| network | dtype | hidden | identity | sigmoid | softmax |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def exact(net, X):
+    """The network's function in float64 arithmetic, of its (float32) parameters and X."""
+    h = X.astype(np.float64)
+    for k in range(net.n_layers):
+        h = h @ net.weights[k].astype(np.float64).T
+        if net.bias:
+            h = h + net.biases[k]
+        if k < net.n_layers - 1:
+            h = _ACT[net.activation](h)
+    if net.output == "softmax":
+        e = np.exp(h - h.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return _ACT[net.output](h)
+
+
+def exact_table(sizes_list=(SIZES, (50, 200, 100, 10)), n=4000, seeds=(0, 1, 2)):
+    """float32: worst relative error of fastbp and of the graph from the exact function."""
+    rows = []
+    for sizes in sizes_list:
+        for activation in ACTIVATIONS:
+            for output, loss in [("sigmoid", "binary_cross_entropy"),
+                                 ("softmax", "cross_entropy")]:
+                worst = np.zeros(3)
+                for seed in seeds:
+                    for bias in (True, False):
+                        net = make_net(activation, output, loss, bias, "float32", sizes, seed)
+                        X = inputs(net, n, seed)
+                        got = session(net.to_onnx()).run(None, {"X": X})[0].astype(np.float64)
+                        mine = net.predict(X).astype(np.float64)
+                        ref = exact(net, X)
+                        worst = np.maximum(worst, [np.max(np.abs(mine - ref) / ref),
+                                                   np.max(np.abs(got - ref) / ref),
+                                                   np.max(np.abs(got - mine) / mine)])
+                rows.append(f"| {'-'.join(map(str, sizes))} | {activation} | {output} | "
+                            + " | ".join(f"{v:.1e}" for v in worst) + " |")
+    return ("| network | hidden | output | fastbp vs exact | ONNX vs exact | ONNX vs fastbp |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; worst over seeds 0-2, "
+          "bias on/off, 4000 rows of N(0, 2^2) inputs\n")
+    print(precision_table())
+    print("\nfloat32, relative to the exact function of the same parameters:\n")
+    print(exact_table())
