@@ -390,7 +390,8 @@ class SGD(Optimizer):
     Parameters
     ----------
     lr : float, default 0.01
-        Learning rate, finite and >= 0.
+        Learning rate, finite and >= 0.  (0.01 is fastbp's ``fit`` default;
+        ``torch.optim.SGD`` defaults to 1e-3.)
     momentum : float, default 0.0
         >= 0.  State ``momentum_buffer`` (:math:`b`) when non-zero.
     nesterov : bool, default False
