@@ -814,22 +814,29 @@ class LBFGS(Optimizer):
                                  f"values for {x.size} parameters")
             return float(loss), g
 
-        last: list = []
+        stopped: list = []  # the iterate at which the callback asked to stop
+        n_seen = 0
         cb = None
         if callback is not None:
             def cb(xk: np.ndarray) -> None:
+                nonlocal n_seen
+                n_seen += 1
                 theta = np.array(xk, dtype=dt)
-                last[:] = [theta]
                 if callback(theta) is True:
+                    stopped.append(theta)
                     raise StopIteration
 
         try:
             res = scipy.optimize.minimize(fun, x0.astype(np.float64), method="L-BFGS-B",
                                           jac=True, callback=cb, options=self.scipy_options())
-        except StopIteration:  # scipy < 1.11 lets the callback's StopIteration through
+        except StopIteration:
+            if not stopped:
+                raise
+            # scipy < 1.11 lets the callback's StopIteration out of minimize
             res = scipy.optimize.OptimizeResult(
-                x=np.asarray(last[0], dtype=np.float64), fun=fun(last[0])[0], nit=0,
-                nfev=n_calls, success=False, status=99, message="stopped by the callback")
+                x=stopped[0].astype(np.float64), fun=float(fun_and_grad(stopped[0].copy())[0]),
+                nit=n_seen, nfev=n_calls,
+                success=False, status=99, message="stopped by the callback")
         n_fun = int(getattr(res, "nfev", n_calls))
         return LBFGSResult(np.asarray(res.x, dtype=np.float64).astype(dt), int(res.nit),
                            n_fun, res)

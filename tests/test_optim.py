@@ -463,6 +463,7 @@ def test_lbfgs_callback_stops_on_old_scipy(monkeypatch):
     A, b, fun = _quadratic(5)
     res = optim.LBFGS().minimize(fun, np.zeros(5), callback=lambda th: True)
     assert res.result.status == 99 and not res.converged
+    assert res.n_iter == 1 and res.n_fun == 1
     assert res.loss == fun(res.theta)[0]
 
 
