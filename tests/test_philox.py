@@ -60,9 +60,11 @@ def test_c_kat(philox_exe):
     assert "FAIL" not in out and "6 vectors, 0 failed" in out, out
 
 
-def test_c_kat_sanitized(tmp_path):
+def test_c_sanitized(tmp_path):
     exe = build_c(tmp_path, "philox_check.c", "philox_check", "sanitized")
     assert "0 failed" in _run(exe, "kat")
+    out = _run(exe, "range", "f32", 5, 1, 2, 3, 2 ** 34 - 70, 67, "0.5")
+    assert len(out.split()) == 67
 
 
 def test_mapping_is_the_documented_one():
