@@ -297,7 +297,8 @@ class Optimizer:
                 f"missing {missing}, unexpected {extra}"
             )
         step = state["step"]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or step < 0:
+        if (isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral)
+                or step < 0):
             raise ValueError(f"state['step'] must be an integer >= 0, got {step!r}")
         for key in self.state_names():
             arr = state[key]

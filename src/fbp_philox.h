@@ -100,25 +100,25 @@ static inline double fbp_dropout_uniform(uint64_t seed, uint32_t epoch, uint32_t
     return u[unit & 3];
 }
 
-#define FBP_PHILOX_DEFINE(T, SFX)                                                     \
-/* x[j] (unit unit0 + j of `row`) = u >= p ? x[j] * scale : 0, j = 0 .. n-1 */   \
-static inline void fbp_dropout_range_##SFX(                                          \
-    T *x,               /* IN/OUT n activations (or deltas) of one row */            \
-    int64_t n,                                                                       \
-    uint64_t unit0,     /* IN the global unit index of x[0] */                       \
-    uint64_t seed, uint32_t epoch, uint32_t step, uint32_t row,                      \
-    double p,           /* IN drop probability, in [0, 1) */                         \
-    T scale)            /* IN (T)(1 / (1 - p)) */                                    \
-{                                                                                    \
-    double u[4];                                                                     \
-    int64_t j = 0;                                                                   \
-    while (j < n) {                                                                  \
-        uint64_t unit = unit0 + (uint64_t)j;                                         \
-        int lane = (int)(unit & 3);                                                  \
-        fbp_dropout_block(seed, epoch, step, row, (uint32_t)(unit >> 2), u);         \
-        for (; lane < 4 && j < n; lane++, j++)                                       \
-            x[j] = u[lane] >= p ? x[j] * scale : (T)0;                               \
-    }                                                                                \
+#define FBP_PHILOX_DEFINE(T, SFX)                                                      \
+/* x[j] (unit unit0 + j of `row`) = u >= p ? x[j] * scale : 0, j = 0 .. n-1 */         \
+static inline void fbp_dropout_range_##SFX(                                            \
+    T *x,               /* IN/OUT n activations (or deltas) of one row */              \
+    int64_t n,                                                                         \
+    uint64_t unit0,     /* IN the global unit index of x[0] */                         \
+    uint64_t seed, uint32_t epoch, uint32_t step, uint32_t row,                        \
+    double p,           /* IN drop probability, in [0, 1) */                           \
+    T scale)            /* IN (T)(1 / (1 - p)) */                                      \
+{                                                                                      \
+    double u[4];                                                                       \
+    int64_t j = 0;                                                                     \
+    while (j < n) {                                                                    \
+        uint64_t unit = unit0 + (uint64_t)j;                                           \
+        int lane = (int)(unit & 3);                                                    \
+        fbp_dropout_block(seed, epoch, step, row, (uint32_t)(unit >> 2), u);           \
+        for (; lane < 4 && j < n; lane++, j++)                                         \
+            x[j] = u[lane] >= p ? x[j] * scale : (T)0;                                 \
+    }                                                                                  \
 }
 
 FBP_PHILOX_DEFINE(float, f32)

@@ -40,89 +40,89 @@ static int read_all(FILE *f, void *dst, size_t bytes)
     return fread(dst, 1, bytes, f) == bytes;
 }
 
-#define RUN(T, SFX)                                                                  \
-static int run_##SFX(const int64_t *h, const double *hyp, const double *lrs,        \
-                     FILE *in, FILE *out)                                            \
-{                                                                                     \
-    int64_t kind = h[0], n = h[2], n_steps = h[3], n_state = h[4], step0 = h[5];     \
-    int64_t k, start, len;                                                            \
-    T *theta = malloc(sizeof(T) * (size_t)(n + 1));                              \
-    T *state = malloc(sizeof(T) * (size_t)(n_state * n + 1));          \
-    T *grad = malloc(sizeof(T) * (size_t)(n + 1));                               \
-    double *sq = calloc((size_t)(n_steps + 1), sizeof(double));            \
-    if (!theta || !state || !grad || !sq) {                                          \
-        fprintf(stderr, "out of memory\n");                                           \
-        return 1;                                                                     \
-    }                                                                                 \
-    if (!read_all(in, theta, sizeof(T) * (size_t)n)                                  \
-        || !read_all(in, state, sizeof(T) * (size_t)(n_state * n))) {                \
-        fprintf(stderr, "short case file (theta/state)\n");                          \
-        return 1;                                                                     \
-    }                                                                                 \
-    for (k = 0; k < n_steps; k++) {                                                   \
-        int64_t step = step0 + k + 1;                                                 \
-        if (!read_all(in, grad, sizeof(T) * (size_t)n)) {                            \
-            fprintf(stderr, "short case file (grad %ld)\n", (long)k);                \
-            return 1;                                                                 \
-        }                                                                             \
-        lcg = (uint64_t)h[6] * 0x9E3779B97F4A7C15ull + (uint64_t)k;                   \
-        if (kind == 0) {                                                              \
-            fbp_sgd_step_##SFX s = fbp_sgd_prepare_##SFX(lrs[k], hyp[0], hyp[1] != 0,     \
-                                                      hyp[2], step);                  \
-            if (s.has_momentum != (n_state == 1)) {                                   \
-                fprintf(stderr, "SGD: n_state does not match momentum\n");           \
-                return 1;                                                             \
-            }                                                                         \
-            for (start = 0; start < n; start += len) {                                \
-                len = next_len();                                                     \
-                if (len > n - start) len = n - start;                                 \
-                fbp_sgd_range_##SFX(theta + start, grad + start,                      \
-                                    s.has_momentum ? state + start : NULL,            \
-                                    len, &s, &sq[k]);                                 \
-            }                                                                         \
-        } else if (kind == 1) {                                                       \
+#define RUN(T, SFX)                                                                    \
+static int run_##SFX(const int64_t *h, const double *hyp, const double *lrs,           \
+                     FILE *in, FILE *out)                                              \
+{                                                                                      \
+    int64_t kind = h[0], n = h[2], n_steps = h[3], n_state = h[4], step0 = h[5];       \
+    int64_t k, start, len;                                                             \
+    T *theta = malloc(sizeof(T) * (size_t)(n + 1));                                    \
+    T *state = malloc(sizeof(T) * (size_t)(n_state * n + 1));                          \
+    T *grad = malloc(sizeof(T) * (size_t)(n + 1));                                     \
+    double *sq = calloc((size_t)(n_steps + 1), sizeof(double));                        \
+    if (!theta || !state || !grad || !sq) {                                            \
+        fprintf(stderr, "out of memory\n");                                            \
+        return 1;                                                                      \
+    }                                                                                  \
+    if (!read_all(in, theta, sizeof(T) * (size_t)n)                                    \
+        || !read_all(in, state, sizeof(T) * (size_t)(n_state * n))) {                  \
+        fprintf(stderr, "short case file (theta/state)\n");                            \
+        return 1;                                                                      \
+    }                                                                                  \
+    for (k = 0; k < n_steps; k++) {                                                    \
+        int64_t step = step0 + k + 1;                                                  \
+        if (!read_all(in, grad, sizeof(T) * (size_t)n)) {                              \
+            fprintf(stderr, "short case file (grad %ld)\n", (long)k);                  \
+            return 1;                                                                  \
+        }                                                                              \
+        lcg = (uint64_t)h[6] * 0x9E3779B97F4A7C15ull + (uint64_t)k;                    \
+        if (kind == 0) {                                                               \
+            fbp_sgd_step_##SFX s = fbp_sgd_prepare_##SFX(lrs[k], hyp[0], hyp[1] != 0,  \
+                                                      hyp[2], step);                   \
+            if (s.has_momentum != (n_state == 1)) {                                    \
+                fprintf(stderr, "SGD: n_state does not match momentum\n");             \
+                return 1;                                                              \
+            }                                                                          \
+            for (start = 0; start < n; start += len) {                                 \
+                len = next_len();                                                      \
+                if (len > n - start) len = n - start;                                  \
+                fbp_sgd_range_##SFX(theta + start, grad + start,                       \
+                                    s.has_momentum ? state + start : NULL,             \
+                                    len, &s, &sq[k]);                                  \
+            }                                                                          \
+        } else if (kind == 1) {                                                        \
             fbp_adam_step_##SFX s = fbp_adam_prepare_##SFX(lrs[k], hyp[0], hyp[1], hyp[2], \
-                                                        hyp[3], hyp[4] != 0,          \
-                                                        hyp[5] != 0, step);           \
-            if (n_state != 2 + s.amsgrad) {                                           \
-                fprintf(stderr, "Adam: n_state does not match amsgrad\n");           \
-                return 1;                                                             \
-            }                                                                         \
-            for (start = 0; start < n; start += len) {                                \
-                len = next_len();                                                     \
-                if (len > n - start) len = n - start;                                 \
-                fbp_adam_range_##SFX(theta + start, grad + start, state + start,      \
-                                     state + n + start,                               \
-                                     s.amsgrad ? state + 2 * n + start : NULL,        \
-                                     len, &s, &sq[k]);                                \
-            }                                                                         \
-        } else if (kind == 2) {                                                       \
+                                                        hyp[3], hyp[4] != 0,           \
+                                                        hyp[5] != 0, step);            \
+            if (n_state != 2 + s.amsgrad) {                                            \
+                fprintf(stderr, "Adam: n_state does not match amsgrad\n");             \
+                return 1;                                                              \
+            }                                                                          \
+            for (start = 0; start < n; start += len) {                                 \
+                len = next_len();                                                      \
+                if (len > n - start) len = n - start;                                  \
+                fbp_adam_range_##SFX(theta + start, grad + start, state + start,       \
+                                     state + n + start,                                \
+                                     s.amsgrad ? state + 2 * n + start : NULL,         \
+                                     len, &s, &sq[k]);                                 \
+            }                                                                          \
+        } else if (kind == 2) {                                                        \
             fbp_rmsprop_step_##SFX s = fbp_rmsprop_prepare_##SFX(lrs[k], hyp[0], hyp[1], \
                                                               hyp[2], hyp[3],          \
                                                               hyp[4] != 0);            \
-            T *buf = s.has_momentum ? state + n : NULL;                               \
-            T *gavg = s.centered ? state + (1 + s.has_momentum) * n : NULL;           \
-            if (n_state != 1 + s.has_momentum + s.centered) {                         \
-                fprintf(stderr, "RMSprop: n_state does not match the options\n");    \
-                return 1;                                                             \
-            }                                                                         \
-            for (start = 0; start < n; start += len) {                                \
-                len = next_len();                                                     \
-                if (len > n - start) len = n - start;                                 \
-                fbp_rmsprop_range_##SFX(theta + start, grad + start, state + start,   \
-                                        buf ? buf + start : NULL,                     \
-                                        gavg ? gavg + start : NULL, len, &s, &sq[k]); \
-            }                                                                         \
-        } else {                                                                      \
-            fprintf(stderr, "unknown kind %ld\n", (long)kind);                       \
-            return 1;                                                                 \
-        }                                                                             \
-    }                                                                                 \
-    fwrite(theta, sizeof(T), (size_t)n, out);                                         \
-    fwrite(state, sizeof(T), (size_t)(n_state * n), out);                             \
-    fwrite(sq, sizeof(double), (size_t)n_steps, out);                                 \
-    free(theta); free(state); free(grad); free(sq);                                   \
-    return 0;                                                                         \
+            T *buf = s.has_momentum ? state + n : NULL;                                \
+            T *gavg = s.centered ? state + (1 + s.has_momentum) * n : NULL;            \
+            if (n_state != 1 + s.has_momentum + s.centered) {                          \
+                fprintf(stderr, "RMSprop: n_state does not match the options\n");      \
+                return 1;                                                              \
+            }                                                                          \
+            for (start = 0; start < n; start += len) {                                 \
+                len = next_len();                                                      \
+                if (len > n - start) len = n - start;                                  \
+                fbp_rmsprop_range_##SFX(theta + start, grad + start, state + start,    \
+                                        buf ? buf + start : NULL,                      \
+                                        gavg ? gavg + start : NULL, len, &s, &sq[k]);  \
+            }                                                                          \
+        } else {                                                                       \
+            fprintf(stderr, "unknown kind %ld\n", (long)kind);                         \
+            return 1;                                                                  \
+        }                                                                              \
+    }                                                                                  \
+    fwrite(theta, sizeof(T), (size_t)n, out);                                          \
+    fwrite(state, sizeof(T), (size_t)(n_state * n), out);                              \
+    fwrite(sq, sizeof(double), (size_t)n_steps, out);                                  \
+    free(theta); free(state); free(grad); free(sq);                                    \
+    return 0;                                                                          \
 }
 
 RUN(float, f32)

@@ -70,25 +70,25 @@ static int uniforms(char **a)
     return 0;
 }
 
-#define RANGE(T, SFX)                                                                \
-static int range_##SFX(uint64_t seed, uint32_t epoch, uint32_t step, uint32_t row,  \
-                       uint64_t unit0, long n, double p)                             \
-{                                                                                    \
-    T *x = malloc(sizeof(T) * (size_t)(n + 1));                                      \
-    T scale = (T)(1.0 / (1.0 - p));                                                  \
-    long j, start, len = 1;                                                          \
-    if (!x) return 1;                                                                \
-    for (j = 0; j < n; j++)                                                          \
-        x[j] = (T)(1 + j / 8.0);                                                     \
-    for (start = 0; start < n; start += len, len = len % 9 + 1) {                    \
-        long m = len < n - start ? len : n - start;                                  \
-        fbp_dropout_range_##SFX(x + start, m, unit0 + (uint64_t)start, seed, epoch,  \
-                                step, row, p, scale);                                \
-    }                                                                                \
-    for (j = 0; j < n; j++)                                                          \
-        printf("%a\n", (double)x[j]);                                                \
-    free(x);                                                                         \
-    return 0;                                                                        \
+#define RANGE(T, SFX)                                                                  \
+static int range_##SFX(uint64_t seed, uint32_t epoch, uint32_t step, uint32_t row,     \
+                       uint64_t unit0, long n, double p)                               \
+{                                                                                      \
+    T *x = malloc(sizeof(T) * (size_t)(n + 1));                                        \
+    T scale = (T)(1.0 / (1.0 - p));                                                    \
+    long j, start, len = 1;                                                            \
+    if (!x) return 1;                                                                  \
+    for (j = 0; j < n; j++)                                                            \
+        x[j] = (T)(1 + j / 8.0);                                                       \
+    for (start = 0; start < n; start += len, len = len % 9 + 1) {                      \
+        long m = len < n - start ? len : n - start;                                    \
+        fbp_dropout_range_##SFX(x + start, m, unit0 + (uint64_t)start, seed, epoch,    \
+                                step, row, p, scale);                                  \
+    }                                                                                  \
+    for (j = 0; j < n; j++)                                                            \
+        printf("%a\n", (double)x[j]);                                                  \
+    free(x);                                                                           \
+    return 0;                                                                          \
 }
 
 RANGE(float, f32)
