@@ -281,7 +281,8 @@ class Optimizer:
         ----------
         state : dict
             ``{"step": int >= 0, name: array (n_params,) of dtype}`` for each
-            of :meth:`state_names`, nothing else.
+            of :meth:`state_names`, nothing else (``step`` may also be a 0-d
+            integer array, as ``np.load`` returns it).
         n_params : int
         dtype : float32 or float64
         """
@@ -297,6 +298,8 @@ class Optimizer:
                 f"missing {missing}, unexpected {extra}"
             )
         step = state["step"]
+        if isinstance(step, np.ndarray) and step.ndim == 0 and step.dtype.kind in "iu":
+            step = step.item()  # as np.load gives it back
         if (isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral)
                 or step < 0):
             raise ValueError(f"state['step'] must be an integer >= 0, got {step!r}")

@@ -15,6 +15,7 @@ ones that still leave a margin of 10x or more over what this machine measures
 (FMA), which numpy and fastbp's kernels do not (tests/test_optim_c.py holds
 those to the bit).
 """
+import copy
 import json
 import math
 import pickle
@@ -329,6 +330,18 @@ def test_config_round_trip(opt):
 def test_pickle(opt):
     back = pickle.loads(pickle.dumps(opt))
     assert type(back) is type(opt) and back == opt and back is not opt
+    assert copy.deepcopy(opt) == opt and copy.copy(opt) == opt
+
+
+def test_state_survives_npz(tmp_path):
+    opt = optim.Adam(amsgrad=True)
+    theta, state = np.ones(4), opt.init_state(4)
+    opt.update(theta, np.arange(4.0), state)
+    np.savez(tmp_path / "s.npz", **state)
+    with np.load(tmp_path / "s.npz") as f:
+        loaded = {k: f[k].copy() for k in f.files}
+    opt.update(theta, np.arange(4.0), loaded)
+    assert loaded["step"] == 2 and isinstance(loaded["step"], int)
 
 
 def test_equality_and_config_errors():
