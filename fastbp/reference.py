@@ -22,7 +22,7 @@ inputs and start from the same parameters.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,6 +160,40 @@ def accumulate_param_grads(dW: Matrix, db: Optional[Vector], dz: Vector, h: Vect
 
 
 # --------------------------------------------------------------------------
+# The optimizer: torch.optim.SGD (momentum, Nesterov, weight decay) and
+# scikit-learn's L2 penalty, one parameter at a time
+# --------------------------------------------------------------------------
+
+def sgd_parameter(theta: float, grad: float, velocity: Optional[float], lr: float,
+                  momentum: float, nesterov: bool, decay: float) -> Tuple[float, Optional[float]]:
+    """One torch.optim.SGD step (dampening 0) of one parameter; (theta, velocity) after it.
+
+    g = grad + decay * theta; with momentum, v = momentum * v + g and the step
+    direction is g + momentum * v (Nesterov) or v; theta -= lr * direction.
+    ``velocity`` is None without momentum (torch keeps no buffer then).
+    """
+    g = grad + decay * theta
+    if momentum != 0.0:
+        velocity = momentum * velocity + g
+        g = g + momentum * velocity if nesterov else velocity
+    return theta - lr * g, velocity
+
+
+def l2_gradient(W: Matrix, l2: float, m: int) -> Matrix:
+    """d/dW of scikit-learn's penalty l2 / (2 m) * sum W^2 for a batch of m rows: (l2 / m) W."""
+    return [[l2 / m * w for w in row] for row in W]
+
+
+def l2_penalty(Ws: List[Matrix], l2: float) -> float:
+    """l2 / 2 * sum of every weight squared (biases are not penalised).
+
+    A batch of m rows minimises mean loss + l2 / (2 m) * sum W^2; weighted by m,
+    its objective is m * mean loss + this.
+    """
+    return 0.5 * l2 * sum(w * w for W in Ws for row in W for w in row)
+
+
+# --------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------
 
@@ -233,6 +267,9 @@ class MLP:
         self.n_layers: int = len(sizes) - 1
         self.weights: List[np.ndarray] = W
         self.biases: List[Optional[np.ndarray]] = b
+        # The momentum velocity, in the model dtype: one Matrix-shaped array per
+        # weight and bias, created (zero) by the first fit with momentum.
+        self._velocity: Optional[List[np.ndarray]] = None
 
     def __repr__(self) -> str:
         return (
@@ -312,18 +349,97 @@ class MLP:
         return total / n, Ws, bs, dWs, dbs
 
     def _sgd_update(self, X: Matrix, Y: Matrix, lr: float) -> float:
-        """One SGD step on a batch of already validated rows; the loss before it."""
+        """One plain SGD step on a batch of already validated rows; the loss before it."""
+        return self._optimizer_step(X, Y, lr, _PLAIN_SGD)[0]
+
+    def _optimizer_step(self, X: Matrix, Y: Matrix, lr: float, opt: dict) -> Tuple[float, float]:
+        """One optimizer step on a batch; (mean loss, l2 penalty) before it.
+
+        ``opt`` holds torch.optim.SGD's momentum, nesterov and weight_decay
+        (decay on the biases too) and scikit-learn's ``l2``: the batch of m
+        rows minimises mean loss + l2 / (2 m) * sum W^2, so the weights'
+        gradient gains (l2 / m) W.  The penalty returned is l2 / 2 * sum W^2.
+        """
         loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y)
         if not math.isfinite(loss):
             # as the fast model: never write a diverged step into the parameters
             raise FloatingPointError("the loss is not finite on this batch; the model was not updated")
-        for k in range(self.n_layers):
-            new_W = [[w - lr * g for w, g in zip(row, grow)] for row, grow in zip(Ws[k], dWs[k])]
-            self.weights[k][...] = np.array(new_W, dtype=self.dtype)
-            if bs[k] is not None:
-                new_b = [b - lr * g for b, g in zip(bs[k], dbs[k])]
-                self.biases[k][...] = np.array(new_b, dtype=self.dtype)
-        return loss
+        m = len(X)
+        penalty = l2_penalty(Ws, opt["l2"])
+        if opt["l2"] != 0.0:
+            dWs = [[[g + p for g, p in zip(grow, prow)] for grow, prow in zip(dW, l2_gradient(W, opt["l2"], m))]
+                   for dW, W in zip(dWs, Ws)]
+        params = [(Ws[k], dWs[k], self.weights[k]) for k in range(self.n_layers)]
+        params += [(bs[k], dbs[k], self.biases[k]) for k in range(self.n_layers) if bs[k] is not None]
+        momentum = opt["momentum"]
+        if momentum != 0.0 and self._velocity is None:
+            self._velocity = [np.zeros_like(stored) for _, _, stored in params]
+        for i, (theta, grad, stored) in enumerate(params):
+            theta, grad = np.asarray(theta).ravel().tolist(), np.asarray(grad).ravel().tolist()
+            vel = self._velocity[i].ravel().tolist() if momentum != 0.0 else [None] * len(theta)
+            new = [sgd_parameter(t, g, v, lr, momentum, opt["nesterov"], opt["weight_decay"])
+                   for t, g, v in zip(theta, grad, vel)]
+            stored[...] = np.array([t for t, _ in new], dtype=self.dtype).reshape(stored.shape)
+            if momentum != 0.0:
+                self._velocity[i][...] = np.array([v for _, v in new], dtype=self.dtype).reshape(stored.shape)
+        return loss, penalty
+
+    # ---- optimizer state -------------------------------------------------
+
+    def optimizer_state(self) -> Dict[str, np.ndarray]:
+        """A copy of the optimizer's state, laid out as the fast model's.
+
+        Returns
+        -------
+        dict
+            ``{"velocity": flat array of n_params}`` (W_0, b_0, W_1, b_1, ...
+            each row-major, as ``fastbp.MLP.optimizer_state``) once a fit with
+            momentum has run; empty otherwise.
+        """
+        if self._velocity is None:
+            return {}
+        return {"velocity": np.concatenate([v.ravel() for v in self._in_theta_order(self._velocity)])}
+
+    def set_optimizer_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` returned (or the fast model's).
+
+        Parameters
+        ----------
+        state : dict
+            ``{}`` or ``{"velocity": array of n_params}``.
+        """
+        unknown = set(state) - {"velocity"}
+        if unknown:
+            raise ValueError(f"unknown optimizer state keys {sorted(unknown)}")
+        if state.get("velocity") is None:
+            self._velocity = None
+            return
+        flat = _common._param("velocity", state["velocity"], (self.n_params,), self.dtype.type)
+        parts, off = [], 0
+        for arr in self._in_theta_order([*self.weights, *(b for b in self.biases if b is not None)]):
+            parts.append(flat[off:off + arr.size].reshape(arr.shape).copy())
+            off += arr.size
+        # back from theta order (W_0, b_0, W_1, ...) to ours (all W, then all b)
+        n = self.n_layers
+        order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)] if self.bias else list(range(n))
+        self._velocity = [parts[i] for i in order]
+
+    def reset_optimizer(self) -> None:
+        """Forget the momentum velocity: the next fit starts from rest."""
+        self._velocity = None
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (weights and biases)."""
+        return sum(W.size for W in self.weights) + sum(b.size for b in self.biases if b is not None)
+
+    def _in_theta_order(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
+        """Per-parameter arrays (all weights, then all biases) in the fast
+        model's flat order: W_0, b_0, W_1, b_1, ..."""
+        n = self.n_layers
+        if not self.bias:
+            return list(arrays[:n])
+        return [a for k in range(n) for a in (arrays[k], arrays[n + k])]
 
     # ---- public API ------------------------------------------------------
 
@@ -429,13 +545,19 @@ class MLP:
         lr: float = 0.01,
         shuffle: bool = True,
         seed: Optional[int] = None,
+        *,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        l2: float = 0.0,
     ) -> _common.History:
         """Mini-batch SGD over the data for a number of epochs.
 
         Each epoch walks the samples (in the order of
         ``numpy.random.default_rng(seed).permutation`` when ``shuffle``, else
         in order) in consecutive batches of ``batch_size`` rows (the last may
-        be smaller) and makes one :meth:`step` per batch.
+        be smaller) and makes one optimizer step per batch (a :meth:`step`
+        when momentum, weight_decay and l2 are 0).
 
         Parameters
         ----------
@@ -449,12 +571,25 @@ class MLP:
             Reshuffle the samples at the start of every epoch.
         seed : int or None
             Seed of the shuffling generator (one generator for the whole fit).
+        momentum, nesterov, weight_decay : float, bool, float
+            ``torch.optim.SGD(params, lr, momentum, dampening=0, weight_decay,
+            nesterov)``, as ``fastbp.MLP.fit``: per parameter ``g = grad +
+            weight_decay * theta`` (biases included), ``v = momentum * v + g``,
+            ``theta -= lr * (g + momentum * v if nesterov else v)``.  The
+            velocity v persists across fits (:meth:`optimizer_state`,
+            :meth:`reset_optimizer`).
+        l2 : float
+            scikit-learn's ``alpha`` (what its estimators pass to
+            ``fastbp.model.Epochs``): a batch of m rows minimises mean loss +
+            l2 / (2 m) * sum W^2, over the weights only.
 
         Returns
         -------
         fastbp._common.History
             ``loss[e]`` is the mean over epoch e's samples of the loss each
-            had in its batch's forward pass, before that batch's update.
+            had in its batch's forward pass, before that batch's update; with
+            ``l2``, of the objective: (sum over batches of m * mean loss +
+            l2 / 2 * sum W^2) / n_samples, scikit-learn's ``loss_``.
 
         Raises
         ------
@@ -466,6 +601,7 @@ class MLP:
         Xc, Yc = self._inputs_and_targets(X, Y)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
         lr = _common.check_lr(lr, self.dtype.type)
+        opt = _check_optimizer(momentum, nesterov, weight_decay, l2)
         rows_X, rows_Y = Xc.tolist(), Yc.tolist()
         n = len(rows_X)
         rng = np.random.default_rng(seed)
@@ -475,9 +611,31 @@ class MLP:
             weighted = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                batch_loss = self._round(
-                    self._sgd_update([rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr)
+                batch_loss, penalty = self._optimizer_step(
+                    [rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr, opt
                 )
-                weighted += batch_loss * len(idx)
+                weighted += self._round(batch_loss) * len(idx) + penalty
             hist.loss.append(self._round(weighted / n))
         return hist
+
+
+_PLAIN_SGD = dict(momentum=0.0, nesterov=False, weight_decay=0.0, l2=0.0)
+
+
+def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any, l2: Any) -> dict:
+    """The optimizer settings of :meth:`MLP.fit`, checked as ``fastbp.MLP.fit`` checks them."""
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+    values = {}
+    for name, value in (("momentum", momentum), ("weight_decay", weight_decay), ("l2", l2)):
+        if isinstance(value, (str, bytes, bool, np.bool_)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
+        if not (math.isfinite(values[name]) and values[name] >= 0.0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if nesterov and values["momentum"] == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    return dict(values, nesterov=bool(nesterov))
