@@ -201,7 +201,7 @@ def test_velocity_is_state():
     with pytest.raises(ValueError, match="velocity"):
         two.set_optimizer_state({"velocity": np.zeros(3)})
     with pytest.raises(ValueError, match="unknown"):
-        two.set_optimizer_state({"momentum_buffer": np.zeros(two.n_params)})
+        two.set_optimizer_state({"moments": np.zeros(two.n_params)})
 
 
 def test_l2_penalises_weights_only():
