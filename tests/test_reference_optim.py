@@ -22,6 +22,12 @@ thread count and bias setting:
   (injected by hand, never committed), that test failed in all 6 of its
   momentum cases, while tests/test_trainer.py and tests/test_torch_interop.py
   (PyTorch's SGD) passed.
+
+``fit(optimizer=...)`` with fastbp.optim's SGD, Adam, AdamW and RMSprop, and
+``sample_weight`` (each batch minimises sum s_i loss_i / sum s_i), are checked
+against PyTorch (skipped without it) in float64: parameters, loss history and
+every state array after three epochs within 1e-10, for three activation /
+output / loss combinations, weighted and not.
 """
 import itertools
 
@@ -262,3 +268,181 @@ def test_optimizer_float32_within_a_few_ulp(name, n_threads, threads):
         if mu:
             assert_within(fast.optimizer_state()["velocity"], ref.optimizer_state()["velocity"],
                           evel, f"step {step}: velocity")
+
+
+# ---------------------------------------------------------------------------
+# fit(optimizer=fastbp.optim...) and sample_weight, against PyTorch (float64)
+# ---------------------------------------------------------------------------
+
+def torch_objective(torch, layers, activation, output, loss, X, Y, s):
+    """sum_i s_i loss_i / sum_i s_i of the batch, in torch, as fastbp defines the losses."""
+    F = torch.nn.functional
+    act = {"identity": lambda z: z, "relu": torch.relu, "tanh": torch.tanh,
+           "sigmoid": torch.sigmoid}[activation]
+    h = X
+    for k, layer in enumerate(layers):
+        h = layer(h)
+        if k < len(layers) - 1:
+            h = act(h)
+    if loss == "cross_entropy":
+        per = -(Y * F.log_softmax(h, dim=1)).sum(dim=1)
+    elif loss == "binary_cross_entropy":
+        per = F.binary_cross_entropy_with_logits(h, Y, reduction="none").sum(dim=1)
+    else:
+        out = {"identity": h, "sigmoid": torch.sigmoid(h), "softmax": torch.softmax(h, dim=1)}[output]
+        per = 0.5 * ((out - Y) ** 2).sum(dim=1)
+    return (s * per).sum() / s.sum()
+
+
+def torch_optimizer(torch, opt, params):
+    """torch.optim's twin of a fastbp.optim object (single-tensor algorithm)."""
+    cfg = opt.get_config()
+    name = cfg.pop("name")
+    if "betas" in cfg:
+        cfg["betas"] = tuple(cfg["betas"])
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "rmsprop": torch.optim.RMSprop}[name]
+    return cls(params, foreach=False, **cfg)
+
+
+def optim_cases():
+    from fastbp import optim
+
+    return {
+        "sgd": optim.SGD(lr=0.1),
+        "sgd-momentum-decay": optim.SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+        "sgd-nesterov": optim.SGD(lr=0.05, momentum=0.8, nesterov=True),
+        "adam": optim.Adam(lr=0.01),
+        "adam-amsgrad-decay": optim.Adam(lr=0.02, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
+        "adamw": optim.AdamW(lr=0.01, weight_decay=0.1),
+        "rmsprop": optim.RMSprop(lr=0.01),
+        "rmsprop-centered-momentum": optim.RMSprop(lr=0.005, alpha=0.9, momentum=0.5, centered=True,
+                                                   weight_decay=0.01),
+    }
+
+
+OPTIM_NAMES = ["sgd", "sgd-momentum-decay", "sgd-nesterov", "adam", "adam-amsgrad-decay", "adamw",
+               "rmsprop", "rmsprop-centered-momentum"]
+TORCH_PAIRS = [("tanh", "softmax", "cross_entropy"), ("relu", "sigmoid", "binary_cross_entropy"),
+               ("sigmoid", "softmax", "squared_error")]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("net", TORCH_PAIRS, ids=lambda p: "-".join(p))
+@pytest.mark.parametrize("name", OPTIM_NAMES)
+def test_reference_optimizers_match_torch(name, net, weighted):
+    torch = pytest.importorskip("torch")
+    activation, output, loss = net
+    opt = optim_cases()[name]
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(N, SIZES[0]))
+    if loss == "cross_entropy":
+        Y = np.eye(SIZES[-1])[rng.integers(0, SIZES[-1], size=N)]
+    else:
+        Y = rng.uniform(size=(N, SIZES[-1]))
+    s = rng.uniform(0.2, 2.0, size=N) if weighted else np.ones(N)
+    ref = reference.MLP(SIZES, activation=activation, output=output, loss=loss, dtype="float64",
+                        seed=1)
+    for b in ref.biases:
+        b[...] = rng.normal(scale=0.3, size=b.shape)
+    layers = []
+    for W, b in zip(ref.weights, ref.biases):
+        layer = torch.nn.Linear(W.shape[1], W.shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(W.copy()))
+            layer.bias.copy_(torch.from_numpy(b.copy()))
+        layers.append(layer)
+    t_opt = torch_optimizer(torch, opt, [p for layer in layers for p in layer.parameters()])
+    Xt, Yt, st = (torch.from_numpy(a) for a in (X, Y, s))
+    torch_history = []
+    for epoch in range(3):
+        total = 0.0
+        for start in range(0, N, BATCH):
+            sl = slice(start, start + BATCH)
+            t_opt.zero_grad()
+            value = torch_objective(torch, layers, activation, output, loss, Xt[sl], Yt[sl], st[sl])
+            value.backward()
+            t_opt.step()
+            total += value.item() * float(st[sl].sum())
+        torch_history.append(total / float(st.sum()))
+
+    hist = ref.fit(X, Y, epochs=3, batch_size=BATCH, shuffle=False, optimizer=opt,
+                   sample_weight=s if weighted else None)
+    torch_theta = np.concatenate([p.detach().numpy().ravel() for layer in layers
+                                  for p in (layer.weight, layer.bias)])
+    assert_close(flat(ref), torch_theta, "float64", f"{name}: parameters after 3 epochs")
+    assert_close(hist.loss, torch_history, "float64", f"{name}: loss history")
+    # the state is fastbp.optim's, and what torch keeps
+    state = ref.optimizer_state()
+    assert state["step"] == 3 * 3 and set(state) == {"step", *opt.state_names()}
+    for key in opt.state_names():
+        torch_state = np.concatenate([t_opt.state[p][key].numpy().ravel() for layer in layers
+                                      for p in (layer.weight, layer.bias)])
+        assert_close(state[key], torch_state, "float64", f"{name}: state {key}")
+
+
+def test_reference_optimizer_resumes_and_follows_fastbp_optim():
+    """Two fits with one optimizer equal one fit of both epochs (the state carries
+    over), and the per-parameter steps equal fastbp.optim's own numpy update."""
+    from fastbp import optim
+
+    X, y = data()
+    Y = np.eye(SIZES[-1])[y]
+    opt = optim.Adam(lr=0.01, weight_decay=0.01)
+    one, two, three = (models(True, "float64")[1] for _ in range(3))
+    one.fit(X, y, epochs=2, batch_size=N, shuffle=False, optimizer=opt)
+    two.fit(X, y, epochs=1, batch_size=N, shuffle=False, optimizer=opt)
+    two.fit(X, y, epochs=1, batch_size=N, shuffle=False, optimizer=opt)
+    np.testing.assert_array_equal(flat(one), flat(two))
+    theta, state = flat(three), opt.init_state(three.n_params, np.float64)
+    for _ in range(2):
+        _, grads = three.gradients(X, Y)
+        grad = np.concatenate([a.ravel() for dW, db in grads for a in (dW, db)])
+        opt.update(theta, grad, state)
+        three._write_flat(theta.tolist())
+    assert_close(flat(one), theta, "float64", "against fastbp.optim.Adam.update")
+    # an explicit lr overrides the optimizer's
+    a, b = models(True, "float64")[1], models(True, "float64")[1]
+    a.fit(X, y, epochs=1, batch_size=N, shuffle=False, optimizer=optim.SGD(lr=0.5))
+    b.fit(X, y, epochs=1, batch_size=N, lr=0.5, shuffle=False, optimizer=optim.SGD(lr=0.1))
+    np.testing.assert_array_equal(flat(a), flat(b))
+
+
+def test_sample_weight_semantics():
+    X, y = data()
+    ref = models(True, "float64")[1]
+    ones = np.ones(N)
+    assert ref.loss(X, y, sample_weight=ones) == ref.loss(X, y)
+    for (dW1, db1), (dW2, db2) in zip(ref.gradients(X, y, ones)[1], ref.gradients(X, y)[1]):
+        np.testing.assert_array_equal(dW1, dW2)
+        np.testing.assert_array_equal(db1, db2)
+    # weight 2 is the row twice; weight 0 is the row left out
+    s = np.ones(N)
+    s[0], s[1] = 2.0, 0.0
+    X2, y2 = np.vstack([X[:1], X[:1], X[2:]]), np.concatenate([y[:1], y[:1], y[2:]])
+    assert ref.loss(X, y, sample_weight=s) == pytest.approx(ref.loss(X2, y2), rel=1e-14)
+    for (dW1, db1), (dW2, db2) in zip(ref.gradients(X, y, s)[1], ref.gradients(X2, y2)[1]):
+        np.testing.assert_allclose(dW1, dW2, rtol=1e-13, atol=1e-16)
+        np.testing.assert_allclose(db1, db2, rtol=1e-13, atol=1e-16)
+    a, b = models(True, "float64")[1], models(True, "float64")[1]
+    a.step(X, y, LR, sample_weight=s)
+    b.step(X2, y2, LR)
+    assert_close(flat(a), flat(b), "float64", "weighted step")
+    for bad in (-ones, np.zeros(N), np.ones(N - 1), np.full(N, np.nan), "1"):
+        with pytest.raises(ValueError, match="sample_weight"):
+            ref.loss(X, y, sample_weight=bad)
+    with pytest.raises(ValueError, match="l2"):
+        ref.fit(X, y, epochs=1, l2=0.1, sample_weight=ones)
+
+
+def test_bad_optimizer_objects():
+    from fastbp import optim
+
+    X, y = data()
+    ref = models(True, "float64")[1]
+    before = flat(ref).copy()
+    for kw in (dict(optimizer="adam"), dict(optimizer=optim.LBFGS()),
+               dict(optimizer=optim.SGD(), momentum=0.9), dict(optimizer=optim.Adam(), l2=0.1)):
+        with pytest.raises(ValueError):
+            ref.fit(X, y, epochs=1, **kw)
+    np.testing.assert_array_equal(flat(ref), before)
