@@ -334,7 +334,7 @@ class MLP:
         biases: Optional[Sequence[Any]] = None,
     ) -> None:
         sizes, dt = _common.check_config(layer_sizes, activation, output, loss, dtype)
-        bias = bool(bias)
+        bias = _common.check_bool("bias", bias)
         default = _common.init_params(sizes, activation, bias, dt, seed)
         W, b = _common.check_params(sizes, bias, dt, weights, biases, default)
         self.layer_sizes: Tuple[int, ...] = sizes
@@ -772,6 +772,7 @@ class MLP:
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
+        shuffle = _common.check_bool("shuffle", shuffle)
         opt = _check_optimizer(momentum, nesterov, weight_decay, l2)
         opt["object"] = _check_optimizer_object(optimizer, opt)
         if optimizer is not None and lr is _DEFAULT_LR:
@@ -806,22 +807,18 @@ _PLAIN_SGD = dict(momentum=0.0, nesterov=False, weight_decay=0.0, l2=0.0)
 
 
 def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any, l2: Any) -> dict:
-    """The optimizer settings of :meth:`MLP.fit`, checked as ``fastbp.MLP.fit`` checks them."""
-    if not isinstance(nesterov, (bool, np.bool_)):
-        raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
-    values = {}
-    for name, value in (("momentum", momentum), ("weight_decay", weight_decay), ("l2", l2)):
-        if isinstance(value, (str, bytes, bool, np.bool_)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        try:
-            values[name] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
-        if not (math.isfinite(values[name]) and values[name] >= 0.0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if nesterov and values["momentum"] == 0.0:
-        raise ValueError("nesterov=True needs momentum > 0")
-    return dict(values, nesterov=bool(nesterov))
+    """The optimizer keywords of :meth:`MLP.fit`, checked as ``fastbp.MLP.fit`` checks them
+    (and ``l2`` as a number >= 0, as the fast model's ``Epochs`` takes it)."""
+    momentum, nesterov, weight_decay = _common.check_optimizer(momentum, nesterov, weight_decay)
+    if isinstance(l2, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    try:
+        value = float(l2)
+    except (TypeError, ValueError):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    return dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, l2=value)
 
 
 def _check_optimizer_object(optimizer: Any, keywords: dict) -> Any:
