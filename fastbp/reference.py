@@ -10,7 +10,11 @@ Everything here is written the way the lecture notes write backpropagation:
    (dl/dh_j = sum_i dl/dz_i * W[i][j], the "copy gate adds gradients" rule),
    times its local derivative, taken from its stored output;
 3. the *parameter gradients* from those node gradients:
-   dl/dW[i][j] = dl/dz_i * h_j and dl/db_i = dl/dz_i.
+   dl/dW[i][j] = dl/dz_i * h_j and dl/db_i = dl/dz_i;
+4. the *optimizer step*, one parameter at a time: SGD, torch.optim.SGD's
+   momentum, Nesterov and weight decay, scikit-learn's L2 penalty, or one of
+   fastbp.optim's algorithms (SGD, Adam, AdamW, RMSprop) as their docstrings
+   write them.
 
 It computes with Python floats (IEEE doubles) and the :mod:`math` module, one
 sample at a time, with plain lists; numpy is used only to convert inputs and
