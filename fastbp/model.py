@@ -1051,8 +1051,9 @@ class MLP:
         dict
             Empty until a fit or step with a stateful optimizer (SGD with
             momentum, Adam, AdamW, RMSprop) has run.  Then:
-            ``"optimizer"``, the optimizer's :meth:`~fastbp.optim.Optimizer.get_config`
-            dict (with the learning rate of the last step); ``"step"``, the
+            ``"optimizer"``, the :meth:`~fastbp.optim.Optimizer.get_config`
+            dict of the optimizer that trained last (its own ``lr``, not a
+            schedule's rates); ``"step"``, the
             number of updates applied; and one flat array of ``n_params`` per
             state name of the optimizer, in the model's parameter order:
             torch's names (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
@@ -1230,6 +1231,7 @@ class Epochs:
     ) -> None:
         nesterov = C.check_bool("nesterov", nesterov)
         flush_denormals = C.check_bool("flush_denormals", flush_denormals)
+        self._lr_from_run = optimizer is None
         if optimizer is None:
             # (fastbp.sklearn passes nesterov=True with momentum 0: plain SGD.)
             optimizer = optim.SGD(momentum=momentum, nesterov=nesterov and momentum != 0,
@@ -1368,9 +1370,9 @@ class Epochs:
                 snapshot=saved[0], snapshot_state=saved[1], snapshot_step=snapshot_step, **kw,
             )
         if self.state is not None:
-            config = self.optimizer.get_config()
-            config["lr"] = float(lr)
-            m._opt_config = config
+            if self._lr_from_run:  # fastbp.sklearn's SGD: its rate is the first call's
+                self.optimizer.lr, self._lr_from_run = lr, False
+            m._opt_config = self.optimizer.get_config()
         return out
 
     def epoch(
