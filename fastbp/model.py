@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -861,7 +862,6 @@ class MLP:
         classify = self.loss_name != "squared_error"
         grad = np.empty_like(self._theta)
         hist = History()
-        progress = Progress(verbose, opt.max_iter, 1, X.shape[0])
         item = self.dtype.itemsize
         # The kernels' workspace for all the rows (one batch), the gradient,
         # scipy's float64 copies (x, g and 10 correction pairs), the restore
@@ -894,8 +894,12 @@ class MLP:
             now = time.perf_counter()
             logs["seconds"], state["t0"] = now - state["t0"], now
             hist.record(logs)
-            progress.start_epoch(it)
-            progress.end_epoch(it, logs)
+            if verbose:  # one line per iteration (no per-batch bar: there are no batches)
+                shown = "  ".join(f"{k} {logs[k]:.4g}" for k in
+                                  ("loss", "accuracy", "val_loss", "val_accuracy")
+                                  if logs.get(k) is not None)
+                print(f"L-BFGS iteration {it + 1}/{opt.max_iter}  {shown}  "
+                      f"{logs['seconds']:.2f}s", file=sys.stderr, flush=True)
             state["iteration"] = it + 1
             stop = False
             if best is not None:
@@ -935,8 +939,6 @@ class MLP:
                 np.copyto(self._theta, restore[0])
                 self._feature_names = restore[1]
                 raise
-            finally:
-                progress.close()
         return hist
 
     def _fit_bytes(
