@@ -615,7 +615,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     if error is None:
         Xc, Yc, val = local["X"], local["Y"], local["val"]
         sig = dict(
-            net=_net_config(net), n_samples=n_samples, epochs=local["epochs"],
+            **_net_config(net), n_samples=n_samples, epochs=local["epochs"],
             batch_size=local["batch_size"], lr=local["lr0"], shuffle=bool(shuffle),
             seed=seed, momentum=local["momentum"], nesterov=bool(nesterov),
             weight_decay=local["weight_decay"], schedule=_describe(schedule),
