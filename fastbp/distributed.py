@@ -71,7 +71,8 @@ from ._threads import get_num_threads
 from .history import History
 from .model import MLP, _check_optimizer
 
-__all__ = ["fit", "combine_gradients", "MPIComm", "TorchComm", "CHECKPOINT_FORMAT"]
+__all__ = ["fit", "combine_gradients", "FixedOrderAllreduce", "MPIComm", "TorchComm",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "fastbp-distributed-checkpoint"
 _CHECKPOINT_VERSION = 1
@@ -118,6 +119,10 @@ class MPIComm:
     def Bcast(self, buf: np.ndarray) -> None:
         """Overwrite ``buf`` with rank 0's."""
         self.comm.Bcast(buf, root=0)
+
+    def Allgather_f64(self, value: float, out: np.ndarray) -> None:
+        """``out[r]`` = rank r's ``value`` (float64), on every rank."""
+        self.comm.Allgather(np.array([value], dtype=np.float64), out)
 
     def Alltoallv(self, send: np.ndarray, send_counts: Sequence[int],
                   recv: np.ndarray, recv_counts: Sequence[int]) -> None:
@@ -175,6 +180,10 @@ class TorchComm:
     def Bcast(self, buf: np.ndarray) -> None:
         t = self.torch.from_numpy(buf)
         self.dist.broadcast(t, src=0, group=self.group)
+
+    def Allgather_f64(self, value: float, out: np.ndarray) -> None:
+        mine = self.torch.tensor([value], dtype=self.torch.float64)
+        self.dist.all_gather_into_tensor(self.torch.from_numpy(out), mine, group=self.group)
 
     def Alltoallv(self, send: np.ndarray, send_counts: Sequence[int],
                   recv: np.ndarray, recv_counts: Sequence[int]) -> None:
@@ -236,59 +245,167 @@ def combine_gradients(grads: Sequence[np.ndarray], rows: Sequence[int]) -> np.nd
     """
     if len(grads) != len(rows) or not grads:
         raise ValueError("combine_gradients needs one row count per gradient, at least one")
-    total = int(sum(rows))
-    weights = [int(m) / total for m in rows]
-    acc = np.zeros(grads[0].shape, dtype=np.float64)
-    tmp = np.empty_like(acc)
-    first = True
-    for g, w, m in zip(grads, weights, rows):
-        if not m:
-            continue
-        if first:
-            np.multiply(g, w, out=acc, dtype=np.float64)
-            first = False
-        else:
-            np.multiply(g, w, out=tmp, dtype=np.float64)
-            np.add(acc, tmp, out=acc)
+    if not any(rows):
+        raise ValueError("combine_gradients needs at least one shard with rows")
+    acc = np.empty(grads[0].shape, dtype=np.float64)
+    _combine_into(grads, rows, acc, np.empty_like(acc))
     return acc.astype(grads[0].dtype)
 
 
-class _Reducer:
-    """Reduce-scatter (Alltoallv) + rank-order float64 sum + Allgatherv, on numpy buffers."""
+def _chunks(n: int, K: int) -> List[int]:
+    """Boundaries of the K contiguous chunks of a vector of n entries: chunk c is
+    ``bounds[c]:bounds[c+1]``, owned by rank c."""
+    return [n * c // K for c in range(K + 1)]
 
-    def __init__(self, comm: Any, n: int, dtype: np.dtype) -> None:
+
+class FixedOrderAllreduce:
+    """The deterministic allreduce of :func:`combine_gradients`, for your own loops.
+
+    ``reduce(grad, rows, out)`` leaves ``combine_gradients(<every rank's grad>,
+    rows)`` in ``out`` on every rank, bitwise the same everywhere and in every
+    run: a reduce-scatter (``Alltoallv``) sends chunk c of each rank's vector
+    to rank c, which sums the K pieces in rank order in float64; an
+    ``Allgatherv`` then hands every rank the whole result.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, MPIComm or TorchComm, optional
+    n : int
+        Length of the vectors.
+    dtype : numpy dtype
+        Their dtype (float32 or float64).
+
+    Attributes
+    ----------
+    seconds : float
+        Wall time spent in the two collectives (waits for other ranks included).
+    """
+
+    def __init__(self, comm: Any, n: int, dtype: Any) -> None:
+        comm = _as_comm(comm)
         K, r = comm.size, comm.rank
         self.comm = comm
-        self.bounds = [n * c // K for c in range(K + 1)]
+        self.bounds = _chunks(int(n), K)
         self.counts = [self.bounds[c + 1] - self.bounds[c] for c in range(K)]
         self.lo, self.hi = self.bounds[r], self.bounds[r + 1]
         length = self.hi - self.lo
         self.recv = np.empty((K, length), dtype=dtype)
         self.acc = np.empty(length, dtype=np.float64)
         self.tmp = np.empty(length, dtype=np.float64)
-        self.seconds = 0.0  # time spent in the reduction, summed over calls
+        self.seconds = 0.0
 
     def __call__(self, grad: np.ndarray, rows: Sequence[int], out: np.ndarray) -> None:
-        """``out`` = combine_gradients(every rank's ``grad``, rows), on every rank."""
-        t0 = time.perf_counter()
         K = self.comm.size
-        length = self.hi - self.lo
-        self.comm.Alltoallv(grad, self.counts, self.recv.reshape(-1), [length] * K)
-        total = int(sum(rows))
-        first = True
-        for src in range(K):
-            if not rows[src]:
-                continue
-            w = int(rows[src]) / total
-            if first:
-                np.multiply(self.recv[src], w, out=self.acc, dtype=np.float64)
-                first = False
-            else:
-                np.multiply(self.recv[src], w, out=self.tmp, dtype=np.float64)
-                np.add(self.acc, self.tmp, out=self.acc)
+        t0 = time.perf_counter()
+        self.comm.Alltoallv(grad, self.counts, self.recv.reshape(-1), [self.hi - self.lo] * K)
+        self.seconds += time.perf_counter() - t0
+        _combine_into(self.recv, rows, self.acc, self.tmp)
         out[self.lo:self.hi] = self.acc
+        t0 = time.perf_counter()
         self.comm.Allgatherv(out, self.counts)
         self.seconds += time.perf_counter() - t0
+
+
+def _combine_into(pieces: np.ndarray, rows: Sequence[int], acc: np.ndarray,
+                  tmp: np.ndarray) -> None:
+    """acc = sum_r (rows[r] / sum(rows)) * pieces[r], in float64, in rank order."""
+    total = int(sum(rows))
+    first = True
+    for r, m in enumerate(rows):
+        if not m:
+            continue
+        if first:
+            np.multiply(pieces[r], int(m) / total, out=acc, dtype=np.float64)
+            first = False
+        else:
+            np.multiply(pieces[r], int(m) / total, out=tmp, dtype=np.float64)
+            np.add(acc, tmp, out=acc)
+
+
+# Entries per block of the owner's combine-and-update loop: its float64
+# scratch (2 x 128 KiB) stays in the L2 cache.
+_BLOCK = 1 << 14
+
+
+class _Step:
+    """One rank's part of a synchronous step after its shard gradient is formed.
+
+    Rank c owns chunk c of the flat vector.  ``exchange`` sends chunk c of this
+    rank's gradient to rank c (Alltoallv); ``update`` combines the K pieces of
+    its own chunk in rank order (float64) and applies torch.optim.SGD to its
+    chunk of the parameters and velocity, block by block while the block is
+    in cache; ``share`` hands every rank every chunk of the new parameters
+    (Allgatherv).  Each entry is updated by exactly one rank, once, so every
+    rank ends with the same bits; the velocity stays sharded until
+    ``gather_velocity``.  With one rank nothing is communicated.
+    """
+
+    def __init__(self, comm: Any, n: int, dtype: np.dtype) -> None:
+        K, r = comm.size, comm.rank
+        self.comm, self.K = comm, K
+        self.bounds = _chunks(n, K)
+        self.counts = [self.bounds[c + 1] - self.bounds[c] for c in range(K)]
+        self.lo, self.hi = self.bounds[r], self.bounds[r + 1]
+        length = self.hi - self.lo
+        self.recv = np.empty((K, length), dtype=dtype) if K > 1 else None
+        block = min(_BLOCK, max(length, 1))
+        self.acc = np.empty(block, dtype=np.float64)
+        self.tmp = np.empty(block, dtype=np.float64)
+        self.g = np.empty(block, dtype=dtype)
+        self.t = np.empty(block, dtype=dtype)
+        self.comm_seconds = 0.0
+        self.nbytes = sum(a.nbytes for a in (self.acc, self.tmp, self.g, self.t)) + (
+            self.recv.nbytes if self.recv is not None else 0)
+
+    def exchange(self, grad: np.ndarray) -> np.ndarray:
+        """The K pieces of this rank's chunk, one row per rank."""
+        if self.K == 1:
+            return grad.reshape(1, -1)
+        t0 = time.perf_counter()
+        self.comm.Alltoallv(grad, self.counts, self.recv.reshape(-1),
+                            [self.hi - self.lo] * self.K)
+        self.comm_seconds += time.perf_counter() - t0
+        return self.recv
+
+    def update(self, pieces: np.ndarray, rows: Sequence[int], theta: np.ndarray,
+               velocity: np.ndarray, lr: Any, mu: Any, nesterov: bool, wd: Any) -> None:
+        """torch.optim.SGD on this rank's chunk, with the combined gradient."""
+        for a in range(0, self.hi - self.lo, _BLOCK):
+            b = min(self.hi - self.lo, a + _BLOCK)
+            n = b - a
+            g, t = self.g[:n], self.t[:n]
+            if self.K == 1:
+                np.copyto(g, pieces[0, a:b])  # the weight is 1: combine is exact
+            else:
+                acc = self.acc[:n]
+                _combine_into(pieces[:, a:b], rows, acc, self.tmp[:n])
+                np.copyto(g, acc, casting="same_kind")
+            th = theta[self.lo + a:self.lo + b]
+            if wd:
+                np.multiply(th, wd, out=t)
+                g += t
+            if mu:
+                v = velocity[self.lo + a:self.lo + b]
+                v *= mu
+                v += g
+                if nesterov:
+                    np.multiply(v, mu, out=t)
+                    g += t
+                else:
+                    g = v
+            np.multiply(g, lr, out=t)
+            th -= t
+
+    def share(self, theta: np.ndarray) -> None:
+        """Every rank gets every chunk of the parameters."""
+        if self.K > 1:
+            t0 = time.perf_counter()
+            self.comm.Allgatherv(theta, self.counts)
+            self.comm_seconds += time.perf_counter() - t0
+
+    def gather_velocity(self, velocity: np.ndarray) -> None:
+        if self.K > 1 and velocity.size:
+            self.comm.Allgatherv(velocity, self.counts)
 
 
 # ---------------------------------------------------------------------------
@@ -726,14 +843,14 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
 
     # -- 3. the epochs ----------------------------------------------------
     grad = np.empty_like(theta)
-    full = np.empty_like(theta)
-    tmp = np.empty_like(theta)
-    reduce = _Reducer(comm, theta.shape[0], net.dtype)
-    hist.workspace_bytes = int(grad.nbytes * 3 + reduce.recv.nbytes + reduce.acc.nbytes * 2)
+    step = _Step(comm, theta.shape[0], net.dtype)
+    losses = np.empty(K, dtype=np.float64)
+    hist.workspace_bytes = int(grad.nbytes + step.nbytes)
     start_theta = np.empty_like(theta)
     start_velocity = np.empty_like(velocity)
     n_batches = -(-n // B)
     sdt = net.dtype.type
+    mu_t, wd_t = sdt(mu), sdt(wd)
     for epoch in range(start_epoch, epochs):
         lr_e = comm.bcast(schedules.check_lr_value(lr_of(epoch, lr0), epoch) if me == 0 else None)
         lr_t = sdt(lr_e)
@@ -748,35 +865,28 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             bounds = [m * r // K for r in range(K + 1)]
             shard_rows = [bounds[r + 1] - bounds[r] for r in range(K)]
             Xs, Ys = data.shard(rows, bounds[me], bounds[me + 1], bounds)
+            local_loss = 0.0
             if shard_rows[me]:
                 loss_me, _ = net.flat_gradient(Xs, Ys, out=grad)
-                loss_sum += loss_me * shard_rows[me]
+                local_loss = loss_me * shard_rows[me]
             else:
                 grad.fill(0)
-            reduce(grad, shard_rows, full)
-            # A shard whose loss is not finite has an all-NaN gradient, so the
-            # reduced gradient's first entry tells every rank alike.
-            if not np.isfinite(full[0]):
+            # Every rank's shard loss, to every rank: the same finiteness
+            # verdict everywhere, and the epoch's loss in rank order.
+            comm.Allgather_f64(local_loss, losses)
+            if not np.isfinite(losses).all():
+                bad = [r for r in range(K) if not np.isfinite(losses[r])]
                 raise _collective(FloatingPointError(
                     f"training diverged at epoch {epoch + 1}, batch {b + 1}, whose loss was "
-                    f"NaN or Inf; the weights are those of the last good step. Try a "
-                    f"smaller learning rate (lr={lr_e:g})."
+                    f"NaN or Inf (on the shard of rank {', '.join(map(str, bad))}); the weights "
+                    f"are those of the last good step. Try a smaller learning rate "
+                    f"(lr={lr_e:g})."
                 ))
-            # torch.optim.SGD, in the model's dtype.
-            g = full
-            if wd:
-                np.multiply(theta, sdt(wd), out=tmp)
-                g += tmp
-            if mu:
-                velocity *= sdt(mu)
-                velocity += g
-                if nesterov:
-                    np.multiply(velocity, sdt(mu), out=tmp)
-                    g += tmp
-                else:
-                    g = velocity
-            np.multiply(g, lr_t, out=tmp)
-            theta -= tmp
+            for r in range(K):
+                loss_sum += losses[r]
+            pieces = step.exchange(grad)
+            step.update(pieces, shard_rows, theta, velocity, lr_t, mu_t, nesterov, wd_t)
+            step.share(theta)
         if not np.isfinite(theta).all():
             np.copyto(theta, start_theta)
             np.copyto(velocity, start_velocity)
@@ -785,8 +895,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 f"the weights are restored to the start of that epoch. Try a smaller "
                 f"learning rate (lr={lr_e:g})."
             ))
-        totals = comm.allgather(loss_sum)
-        logs: Dict[str, Any] = {"epoch": epoch, "loss": float(sum(totals)) / n,
+        step.gather_velocity(velocity)
+        logs: Dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n,
                                 "accuracy": None, "lr": lr_e}
         if val is not None:
             if val[0].shape[0]:
@@ -843,5 +953,5 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             np.copyto(velocity, best[1])
     if mu:
         net.set_optimizer_state({"velocity": velocity})
-    hist.comm_seconds = reduce.seconds + data.seconds  # type: ignore[attr-defined]
+    hist.comm_seconds = step.comm_seconds + data.seconds  # type: ignore[attr-defined]
     return hist
