@@ -369,12 +369,17 @@ class _Step:
 
     def update(self, pieces: np.ndarray, rows: Sequence[int], theta: np.ndarray,
                velocity: np.ndarray, lr: Any, mu: Any, nesterov: bool, wd: Any) -> None:
-        """torch.optim.SGD on this rank's chunk, with the combined gradient."""
+        """torch.optim.SGD on this rank's chunk, with the combined gradient.
+
+        ``pieces`` is (K, chunk) (combined here, see :func:`combine_gradients`)
+        or, 1-D, this chunk of the gradient already combined."""
         for a in range(0, self.hi - self.lo, _BLOCK):
             b = min(self.hi - self.lo, a + _BLOCK)
             n = b - a
             g, t = self.g[:n], self.t[:n]
-            if self.K == 1:
+            if pieces.ndim == 1:
+                np.copyto(g, pieces[a:b])
+            elif self.K == 1:
                 np.copyto(g, pieces[0, a:b])  # the weight is 1: combine is exact
             else:
                 acc = self.acc[:n]
@@ -406,6 +411,132 @@ class _Step:
     def gather_velocity(self, velocity: np.ndarray) -> None:
         if self.K > 1 and velocity.size:
             self.comm.Allgatherv(velocity, self.counts)
+
+
+# ---------------------------------------------------------------------------
+# K-independent mode: fixed-size row slabs summed in a fixed tree
+# ---------------------------------------------------------------------------
+
+
+def _split(lo: int, hi: int) -> int:
+    """The tree's split of leaves lo..hi (>= 2 of them): the left part is the
+    largest power of two that is smaller than their number."""
+    return lo + (1 << ((hi - lo - 1).bit_length() - 1))
+
+
+def _cover(lo: int, hi: int, a: int, b: int, out: List[Tuple[int, int]]) -> None:
+    """The largest nodes of the tree over lo..hi that lie inside a..b, left to right."""
+    if b <= lo or hi <= a:
+        return
+    if a <= lo and hi <= b:
+        out.append((lo, hi))
+        return
+    mid = _split(lo, hi)
+    _cover(lo, mid, a, b, out)
+    _cover(mid, hi, a, b, out)
+
+
+class _SlabTree:
+    """The batch gradient as a fixed tree over fixed-size row slabs.
+
+    The batch of m rows is cut into slabs of ``slab_rows`` rows (the last may
+    be shorter); slab j's leaf is its mean gradient times m_j / m (in float64,
+    rounded once to the model's dtype); a node is the sum, in the model's
+    dtype, of its two children, the left child holding the largest power of
+    two of leaves smaller than the node's.  The tree depends on m and
+    slab_rows only, not on K: rank r owns slabs ``n_s*r//K .. n_s*(r+1)//K``,
+    computes the largest nodes inside its range, and sends chunk c of each to
+    rank c, which evaluates the rest of the tree for its chunk.  Every node
+    gets the same bits whatever K, so the run is bitwise the same for any K
+    (K = 1 included).
+    """
+
+    def __init__(self, comm: Any, step: _Step, slab_rows: int, n: int, dtype: np.dtype) -> None:
+        self.comm, self.step, self.S = comm, step, slab_rows
+        self.n, self.dtype = n, dtype
+        self.pool: List[np.ndarray] = []
+        self.send = np.empty(0, dtype=dtype)
+        self.recv = np.empty(0, dtype=dtype)
+
+    def _buffer(self) -> np.ndarray:
+        return self.pool.pop() if self.pool else np.empty(self.n, dtype=self.dtype)
+
+    def shard_bounds(self, m: int) -> Tuple[List[int], List[int]]:
+        """(slab boundaries per rank, row boundaries per rank) of a batch of m rows."""
+        K, S = self.comm.size, self.S
+        n_s = -(-m // S)
+        slabs = [n_s * r // K for r in range(K + 1)]
+        return slabs, [min(j * S, m) for j in slabs]
+
+    def gradient(self, net: MLP, Xs: np.ndarray, Ys: np.ndarray, m: int,
+                 slabs: List[int]) -> Tuple[np.ndarray, float]:
+        """This rank's chunk of the batch gradient, and its shard's loss sum."""
+        K, me, S = self.comm.size, self.comm.rank, self.S
+        n_s = slabs[-1]
+        first = slabs[me]
+        loss = [0.0]
+
+        def leaf(j: int) -> np.ndarray:
+            lo, hi = (j - first) * S, min((j + 1) * S, m) - first * S
+            buf = self._buffer()
+            value, _ = net.flat_gradient(Xs[lo:hi], Ys[lo:hi], out=buf)
+            loss[0] += value * (hi - lo)
+            np.multiply(buf, (hi - lo) / m, out=buf, dtype=np.float64, casting="same_kind")
+            return buf
+
+        def value(lo: int, hi: int) -> np.ndarray:
+            if hi - lo == 1:
+                return leaf(lo)
+            mid = _split(lo, hi)
+            left, right = value(lo, mid), value(mid, hi)
+            left += right
+            self.pool.append(right)
+            return left
+
+        covers: List[List[Tuple[int, int]]] = []
+        for r in range(K):
+            nodes: List[Tuple[int, int]] = []
+            _cover(0, n_s, slabs[r], slabs[r + 1], nodes)
+            covers.append(nodes)
+        mine = [value(lo, hi) for lo, hi in covers[me]]
+        step = self.step
+        if K == 1:
+            chunk = mine[0]
+        else:
+            # Chunk c of each of my nodes to rank c; my chunk of everyone's nodes.
+            counts = [len(mine) * c for c in step.counts]
+            if self.send.shape[0] < sum(counts):
+                self.send = np.empty(sum(counts), dtype=self.dtype)
+            pos = 0
+            for c in range(K):
+                for v in mine:
+                    part = v[step.bounds[c]:step.bounds[c + 1]]
+                    self.send[pos:pos + part.shape[0]] = part
+                    pos += part.shape[0]
+            L = step.hi - step.lo
+            rcounts = [len(covers[r]) * L for r in range(K)]
+            if self.recv.shape[0] < sum(rcounts):
+                self.recv = np.empty(sum(rcounts), dtype=self.dtype)
+            t0 = time.perf_counter()
+            self.comm.Alltoallv(self.send[:sum(counts)], counts, self.recv[:sum(rcounts)],
+                                rcounts)
+            step.comm_seconds += time.perf_counter() - t0
+            have: Dict[Tuple[int, int], np.ndarray] = {}
+            pos = 0
+            for r in range(K):
+                for node in covers[r]:
+                    have[node] = self.recv[pos:pos + L]
+                    pos += L
+
+            def upper(lo: int, hi: int) -> np.ndarray:
+                if (lo, hi) in have:
+                    return have[(lo, hi)]
+                mid = _split(lo, hi)
+                return upper(lo, mid) + upper(mid, hi)
+
+            chunk = upper(0, n_s)
+        self.pool.extend(mine)
+        return chunk[step.lo:step.hi] if K == 1 else chunk, loss[0]
 
 
 # ---------------------------------------------------------------------------
@@ -563,6 +694,7 @@ def fit(
     verbose: int = 0,
     checkpoint: Optional[PathLike] = None,
     resume: Optional[PathLike] = None,
+    slab_rows: Optional[int] = None,
     abort_on_error: bool = True,
 ) -> History:
     """Train ``net`` on K ranks in lockstep: synchronous data-parallel SGD.
@@ -619,6 +751,16 @@ def fit(
         Continue from such a checkpoint (read on rank 0, broadcast): the run
         goes on from the epoch after the saved one up to ``epochs`` and ends
         with the same bits as an uninterrupted run (same K).
+    slab_rows : int, optional
+        Make the result bitwise the same for every K (K = 1 included): the
+        batch gradient is then a fixed tree over slabs of ``slab_rows`` rows
+        (one compiled call per slab, a leaf = the slab's mean gradient times
+        its share of the batch, nodes summed in the model's dtype, the tree
+        fixed by the batch size and ``slab_rows`` alone), and rank r computes
+        the slabs ``n_s*r//K .. n_s*(r+1)//K``.  Costs one kernel call and
+        one full-length gradient write per slab; take slabs of 32 rows or
+        more.  Default None: one call per rank on its shard (faster; the bits
+        depend on K).
     abort_on_error : bool
         On an exception that only some ranks raise, print it (naming the
         rank) and ``comm.Abort(1)``; False re-raises it instead (the other
@@ -656,7 +798,7 @@ def fit(
         return _fit(net, X, Y, comm, n_samples, epochs, batch_size, lr, shuffle, seed,
                     momentum, nesterov, weight_decay, schedule, validation_data,
                     validation_split, early_stopping, patience, callbacks, verbose,
-                    checkpoint, resume)
+                    checkpoint, resume, slab_rows)
     except BaseException as exc:
         if getattr(exc, "fastbp_collective", False) or comm.size == 1 or not abort_on_error:
             raise
@@ -715,7 +857,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
          nesterov: bool, weight_decay: float, schedule: Any, validation_data: Any,
          validation_split: float, early_stopping: bool, patience: int,
          callbacks: Any, verbose: int, checkpoint: Optional[PathLike],
-         resume: Optional[PathLike]) -> History:
+         resume: Optional[PathLike], slab_rows: Optional[int]) -> History:
     K, me = comm.size, comm.rank
 
     # -- 1. every rank checks its own input, then all compare signatures ----
@@ -726,6 +868,9 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                              batch_size, lr, momentum, nesterov, weight_decay, patience,
                              early_stopping)
         lr_of = schedules.resolve(schedule, local["epochs"])
+        if slab_rows is not None and (isinstance(slab_rows, bool) or not isinstance(
+                slab_rows, (int, np.integer)) or slab_rows < 1):
+            raise ValueError(f"slab_rows must be a positive integer or None, got {slab_rows!r}")
     except (ValueError, TypeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     sig: Dict[str, Any] = {}
@@ -739,6 +884,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             early_stopping=bool(early_stopping), patience=int(patience),
             validation=val is not None, validation_split=float(validation_split or 0.0),
             checkpoint=checkpoint is not None, resume=resume is not None,
+            slab_rows=slab_rows,
             X_row_shape=list(np.shape(X)[1:]), Y_row_shape=list(np.shape(Y)[1:]),
         )
         rows = dict(train=int(Xc.shape[0]), val=int(val[0].shape[0]) if val is not None else 0)
@@ -844,6 +990,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     # -- 3. the epochs ----------------------------------------------------
     grad = np.empty_like(theta)
     step = _Step(comm, theta.shape[0], net.dtype)
+    tree = _SlabTree(comm, step, slab_rows, theta.shape[0], net.dtype) if slab_rows else None
     losses = np.empty(K, dtype=np.float64)
     hist.workspace_bytes = int(grad.nbytes + step.nbytes)
     start_theta = np.empty_like(theta)
@@ -862,11 +1009,16 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         for b in range(n_batches):
             rows = order[b * B:(b + 1) * B]
             m = rows.shape[0]
-            bounds = [m * r // K for r in range(K + 1)]
+            if tree is None:
+                bounds = [m * r // K for r in range(K + 1)]
+            else:
+                slabs, bounds = tree.shard_bounds(m)
             shard_rows = [bounds[r + 1] - bounds[r] for r in range(K)]
             Xs, Ys = data.shard(rows, bounds[me], bounds[me + 1], bounds)
             local_loss = 0.0
-            if shard_rows[me]:
+            if tree is not None:
+                pieces, local_loss = tree.gradient(net, Xs, Ys, m, slabs)
+            elif shard_rows[me]:
                 loss_me, _ = net.flat_gradient(Xs, Ys, out=grad)
                 local_loss = loss_me * shard_rows[me]
             else:
@@ -884,7 +1036,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 ))
             for r in range(K):
                 loss_sum += losses[r]
-            pieces = step.exchange(grad)
+            if tree is None:
+                pieces = step.exchange(grad)
             step.update(pieces, shard_rows, theta, velocity, lr_t, mu_t, nesterov, wd_t)
             step.share(theta)
         if not np.isfinite(theta).all():

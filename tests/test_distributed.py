@@ -193,6 +193,14 @@ WORKER = textwrap.dedent(
     comm = MPI.COMM_WORLD
     rank, K = comm.Get_rank(), comm.Get_size()
     fastbp.set_num_threads(1)
+    if cfg.get("allreduce"):
+        g = np.random.default_rng(rank).normal(size=1001).astype(np.float32)
+        out = np.empty_like(g)
+        fd.FixedOrderAllreduce(comm, 1001, np.float32)(g, [3 + r for r in range(K)], out)
+        outs = comm.gather(out)
+        if rank == 0:
+            np.savez(cfg["out"], outs=np.array(outs))
+        sys.exit(0)
     rng = np.random.default_rng(0)
     n, n_in = cfg.get("n", 150), cfg.get("n_in", 5)
     X = rng.normal(size=(n, n_in)).astype(np.float32)
@@ -412,3 +420,33 @@ def test_bad_data_on_one_rank_is_reported_on_every_rank(mpi_run, cfg, message):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
     assert len(lines) == 2, proc.stdout + proc.stderr
     assert all(message in ln for ln in lines), lines
+
+
+def test_slab_mode_is_bitwise_the_same_for_every_K(mpi_run):
+    fit = dict(FIT, epochs=1, batch_size=40, slab_rows=8)
+    runs = [mpi_run(K, dict(fit=fit, validation=True)).result for K in (1, 2, 3)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r["thetas"][0], runs[0]["thetas"][0])
+        for t in r["thetas"]:
+            np.testing.assert_array_equal(t, r["thetas"][0])
+        np.testing.assert_array_equal(r["velocity"][0], runs[0]["velocity"][0])
+    # The sharded layout gives the same bits too.
+    own = mpi_run(3, dict(fit=fit, validation=True, sharded=True)).result
+    np.testing.assert_array_equal(own["thetas"][0], runs[0]["thetas"][0])
+    # And it is still within rounding of MLP.fit.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    net = fastbp.MLP([5, 16, 3], seed=1)
+    net.fit(X, y, **{k: v for k, v in fit.items() if k != "slab_rows"})
+    ref = net.flat_parameters.astype(np.float64)
+    assert np.linalg.norm(runs[0]["thetas"][0] - ref) / np.linalg.norm(ref) <= 1e-6
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_fixed_order_allreduce_equals_combine_gradients_on_every_rank(mpi_run, K):
+    outs = mpi_run(K, dict(allreduce=True, fit={})).result["outs"]
+    grads = [np.random.default_rng(r).normal(size=1001).astype(np.float32) for r in range(K)]
+    expected = fd.combine_gradients(grads, [3 + r for r in range(K)])
+    for out in outs:
+        np.testing.assert_array_equal(out, expected)
