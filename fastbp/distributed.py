@@ -183,7 +183,8 @@ class TorchComm:
 
     def Allgather_f64(self, value: float, out: np.ndarray) -> None:
         mine = self.torch.tensor([value], dtype=self.torch.float64)
-        self.dist.all_gather_into_tensor(self.torch.from_numpy(out), mine, group=self.group)
+        parts = [self.torch.from_numpy(out[r:r + 1]) for r in range(self.size)]
+        self.dist.all_gather(parts, mine, group=self.group)
 
     def Alltoallv(self, send: np.ndarray, send_counts: Sequence[int],
                   recv: np.ndarray, recv_counts: Sequence[int]) -> None:
@@ -194,11 +195,17 @@ class TorchComm:
                                     group=self.group)
 
     def Allgatherv(self, buf: np.ndarray, counts: Sequence[int]) -> None:
-        t = self.torch.from_numpy(buf)
+        # all_gather needs equal sizes: pad every block to the longest.
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        parts = [t[int(starts[r]):int(starts[r + 1])] for r in range(self.size)]
-        mine = parts[self.rank].clone()
-        self.dist.all_gather(parts, mine, group=self.group)
+        width = int(max(counts))
+        padded = np.zeros((self.size, width), dtype=buf.dtype)
+        a, b = int(starts[self.rank]), int(starts[self.rank + 1])
+        padded[self.rank, :b - a] = buf[a:b]
+        parts = [self.torch.from_numpy(padded[r]) for r in range(self.size)]
+        self.dist.all_gather(parts, parts[self.rank].clone(), group=self.group)
+        for r in range(self.size):
+            a, b = int(starts[r]), int(starts[r + 1])
+            buf[a:b] = padded[r, :b - a]
 
     def Abort(self, code: int = 1) -> None:
         sys.stderr.flush()

@@ -450,3 +450,54 @@ def test_fixed_order_allreduce_equals_combine_gradients_on_every_rank(mpi_run, K
     expected = fd.combine_gradients(grads, [3 + r for r in range(K)])
     for out in outs:
         np.testing.assert_array_equal(out, expected)
+
+
+TORCH_WORKER = textwrap.dedent(
+    """
+    import json, os, sys, numpy as np
+    import torch.distributed as dist
+    import fastbp, fastbp.distributed as fd
+
+    cfg = json.loads(sys.argv[1])
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + cfg["port"],
+                            rank=int(sys.argv[2]), world_size=2)
+    fastbp.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    net = fastbp.MLP([5, 16, 3], seed=1 + dist.get_rank())
+    fd.fit(net, X, y, comm=fd.TorchComm(), **cfg["fit"])
+    np.save(cfg["out"] + str(dist.get_rank()) + ".npy", net.flat_parameters)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torch_distributed_gloo_gives_the_same_bits_as_mpi(tmp_path):
+    pytest.importorskip("torch")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = tmp_path / "torch_worker.py"
+    script.write_text(TORCH_WORKER)
+    out = str(tmp_path / "theta")
+    cfg = json.dumps(dict(fit=FIT, port=port, out=out))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), cfg, str(r)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    t0, t1 = np.load(out + "0.npy"), np.load(out + "1.npy")
+    np.testing.assert_array_equal(t0, t1)
+    net, _, _ = _replay(2, FIT)
+    np.testing.assert_array_equal(t0, net.flat_parameters)
