@@ -1035,9 +1035,13 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             comm.Allgather_f64(local_loss, losses)
             if not np.isfinite(losses).all():
                 bad = [r for r in range(K) if not np.isfinite(losses[r])]
+                step.gather_velocity(velocity)  # the velocity of the last good step
+                if mu:
+                    net.set_optimizer_state({"velocity": velocity})
                 raise _collective(FloatingPointError(
                     f"training diverged at epoch {epoch + 1}, batch {b + 1}, whose loss was "
-                    f"NaN or Inf (on the shard of rank {', '.join(map(str, bad))}); the weights "
+                    f"NaN or Inf (on the shard{'s' if len(bad) > 1 else ''} of rank"
+                    f"{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}); the weights "
                     f"are those of the last good step. Try a smaller learning rate "
                     f"(lr={lr_e:g})."
                 ))
@@ -1050,6 +1054,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         if not np.isfinite(theta).all():
             np.copyto(theta, start_theta)
             np.copyto(velocity, start_velocity)
+            if mu:
+                net.set_optimizer_state({"velocity": velocity})
             raise _collective(FloatingPointError(
                 f"training diverged at epoch {epoch + 1}: an update made weights NaN or Inf; "
                 f"the weights are restored to the start of that epoch. Try a smaller "

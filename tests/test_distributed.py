@@ -239,8 +239,9 @@ WORKER = textwrap.dedent(
         net.flat_gradient = failing
     try:
         hist = fd.fit(net, X, y, **kw)
-    except ValueError as exc:
-        sys.stdout.write(f"CAUGHT rank {rank}: {exc}\\n")
+    except (ValueError, FloatingPointError) as exc:
+        finite = bool(np.isfinite(net.flat_parameters).all())
+        sys.stdout.write(f"CAUGHT rank {rank}: {exc} finite={finite}\\n")
         sys.stdout.flush()
         sys.exit(0)
     thetas = comm.gather(net.flat_parameters.copy())
@@ -501,3 +502,11 @@ def test_torch_distributed_gloo_gives_the_same_bits_as_mpi(tmp_path):
     np.testing.assert_array_equal(t0, t1)
     net, _, _ = _replay(2, FIT)
     np.testing.assert_array_equal(t0, net.flat_parameters)
+
+
+def test_divergence_stops_every_rank_alike_at_the_last_good_step(mpi_run):
+    proc = mpi_run(2, dict(fit=dict(FIT, lr=1e30)))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
+    assert len(lines) == 2, proc.stdout + proc.stderr
+    for ln in lines:
+        assert "training diverged at epoch 1, batch" in ln and "finite=True" in ln, ln

@@ -92,7 +92,7 @@ def test_grid_search_cv_with_fastbp_estimators(backend):
     est = MLPClassifier(max_iter=5, batch_size=32, random_state=0)
 
     def search(n_jobs):
-        gs = GridSearchCV(est, grid, cv=3, n_jobs=n_jobs)
+        gs = GridSearchCV(est, grid, cv=2, n_jobs=n_jobs)
         if backend == "threading":
             fastbp.set_num_threads(max(1, CORES // N_JOBS))
         with joblib.parallel_config(backend=backend):
