@@ -955,9 +955,14 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 if meta["net"] != _net_config(net):
                     raise ValueError(f"the checkpoint {os.fspath(resume)!r} is for "
                                      f"{meta['net']}, not for this model")
+                shape = (net.n_params,)
+                for key in ("theta", "velocity", "best_theta", "best_velocity"):
+                    if key in arrays and not (key == "best_velocity" and arrays[key].size == 0):
+                        arrays[key] = C._param(f"checkpoint {key}", arrays[key], shape,
+                                               net.dtype.type)
                 state = (None, arrays, meta)
-            except ValueError as exc:
-                state = (str(exc), None, None)
+            except (ValueError, KeyError, TypeError) as exc:
+                state = (f"cannot resume from {os.fspath(resume)!r}: {exc}", None, None)
         err, arrays, meta = comm.bcast(state)
         if err is not None:
             raise _collective(ValueError(err))

@@ -415,6 +415,7 @@ def test_mismatched_options_or_shapes_are_reported_on_every_rank(mpi_run, cfg, p
 @pytest.mark.parametrize("cfg, message", [
     (dict(nan_row=7), "bad input on rank 1: ValueError: X contains NaN or Inf (first in row 7)"),
     (dict(fit=dict(FIT, n_samples=149)), "n_samples=149 but the ranks hold 150 + 150 = 300 rows"),
+    (dict(fit=dict(FIT, resume="/nonexistent/ckpt.npz")), "cannot resume from '/nonexistent"),
 ])
 def test_bad_data_on_one_rank_is_reported_on_every_rank(mpi_run, cfg, message):
     proc = mpi_run(2, dict(dict(fit=FIT), **cfg))
