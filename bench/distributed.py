@@ -220,7 +220,8 @@ def main(argv: List[str] = None) -> None:
         r = results[name]
         k1, k2 = r["runs"][1], r["runs"][2]
         print(f"| {name} | {cfg['batch']} | {1e3 * k1['step_s']:.2f} | {1e3 * k2['step_s']:.2f} "
-              f"| {r['speedup']:.2f} | {1e3 * k2['comm_s']:.2f} ({k2['comm_s'] / k2['step_s']:.0%}) "
+              f"| {r['speedup']:.2f} | {1e3 * k2['comm_s']:.2f} "
+              f"({k2['comm_s'] / k2['step_s']:.0%}) "
               f"| {1e9 * r['reduce_s_per_byte_K2']:.2f} "
               f"| {1e3 * k1['grad_cpu_s_max_rank']:.2f} / {1e3 * k2['grad_cpu_s_max_rank']:.2f} |")
     print(f"\nModel: {NETWORK_GBPS:g} Gb/s, {LATENCY_S * 1e6:g} us per message; "

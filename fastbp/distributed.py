@@ -614,8 +614,8 @@ def _abort(comm: Any, exc: BaseException) -> None:
         f"{type(exc).__name__}: {exc}; aborting the job\n"
     )
     try:
-        sys.stderr.write(msg + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        sys.stderr.write(msg)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(tb + msg)
         sys.stderr.flush()
     finally:
         comm.Abort(1)

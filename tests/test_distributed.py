@@ -228,7 +228,8 @@ WORKER = textwrap.dedent(
         kw["n_samples"] = n
         if cfg.get("validation"):
             vcuts = [0, 13, 40] if K == 2 else [0, 10, 25, 40]
-            kw["validation_data"] = (Xv[vcuts[rank]:vcuts[rank + 1]], yv[vcuts[rank]:vcuts[rank + 1]])
+            a, b = vcuts[rank], vcuts[rank + 1]
+            kw["validation_data"] = (Xv[a:b], yv[a:b])
     if rank == 1 and cfg.get("fail_at"):
         real, calls = net.flat_gradient, [0]
         def failing(*a, **k):
@@ -299,7 +300,8 @@ def _replay(K, fit):
     theta = net.flat_parameters
     v = np.zeros_like(theta)
     f32 = np.float32
-    mu, wd, nest = fit.get("momentum", 0.0), fit.get("weight_decay", 0.0), fit.get("nesterov", False)
+    mu, wd = fit.get("momentum", 0.0), fit.get("weight_decay", 0.0)
+    nest = fit.get("nesterov", False)
     order_rng = np.random.default_rng(fit["seed"])
     B = fit["batch_size"]
     for _ in range(fit["epochs"]):
