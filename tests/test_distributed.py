@@ -513,3 +513,15 @@ def test_divergence_stops_every_rank_alike_at_the_last_good_step(mpi_run):
     assert len(lines) == 2, proc.stdout + proc.stderr
     for ln in lines:
         assert "training diverged at epoch 1, batch" in ln and "finite=True" in ln, ln
+
+
+def test_one_rank_with_momentum_is_bitwise_mlp_fit(mpi_run):
+    res = mpi_run(1, dict(fit=FIT)).result
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    net = fastbp.MLP([5, 16, 3], seed=1)
+    hist = net.fit(X, y, **FIT)
+    np.testing.assert_array_equal(res["thetas"][0], net.flat_parameters)
+    np.testing.assert_array_equal(res["velocity"][0], net.optimizer_state()["velocity"])
+    np.testing.assert_allclose(res["loss"], hist.loss, rtol=1e-12)
