@@ -15,15 +15,17 @@ What one step does, on every rank (K ranks, global batch of B rows):
 2. the batch is cut into K contiguous shards, shard r = batch rows
    ``B*r//K .. B*(r+1)//K``; rank r computes its shard's mean loss and
    gradient g_r in one compiled call (:meth:`fastbp.MLP.flat_gradient`);
-3. the gradient of the batch's mean loss, ``g = sum_r (m_r / B) g_r`` (m_r the
+3. every rank's shard loss goes to every rank (a NaN or Inf stops all alike);
+4. the gradient of the batch's mean loss, ``g = sum_r (m_r / B) g_r`` (m_r the
    shard's rows), is formed by a **fixed-order reduction**: the flat vector is
    cut into K chunks; a reduce-scatter (``Alltoallv``) sends chunk c of every
    g_r to rank c, which sums them in rank order 0, 1, ..., K-1 in float64 and
-   rounds once to the model's dtype; an ``Allgatherv`` hands every rank the
-   whole vector.  ``MPI_Allreduce`` is never used for it: its summation order
-   changes with K, the message size and the MPI's algorithm;
-4. every rank applies the same optimizer update (torch.optim.SGD's formula)
-   to the same bits.
+   rounds once to the model's dtype.  ``MPI_Allreduce`` is never used for it:
+   its summation order changes with K, the message size and the MPI's
+   algorithm;
+5. rank c applies the optimizer update (torch.optim.SGD's formula) to chunk c
+   of the parameters and of the velocity, and an ``Allgatherv`` hands every
+   rank the new parameters: each entry is updated once, by one rank.
 
 So every rank ends bitwise equal, repeated runs are bitwise equal, and the
 result equals one process replaying the same shards and the same reduction
@@ -31,7 +33,8 @@ result equals one process replaying the same shards and the same reduction
 with the same seed the result differs by rounding only (a batch's gradient is
 summed in a different order, and plain SGD's fused update rounds differently):
 tested at <= 1e-6 relative (parameter-vector norm) in float32 after one epoch.
-The bits depend on K.
+The bits depend on K, unless ``fit(slab_rows=S)``: then they are the same for
+every K (see :func:`fit`).
 
 Data layout: with ``n_samples=None`` every rank holds the whole data set (an
 in-memory array, or a memory-mapped ``.npy`` that every process maps).
@@ -731,9 +734,11 @@ def fit(
         shards.  ``seed=None``: rank 0 draws one and broadcasts it.
     momentum, nesterov, weight_decay
         torch.optim.SGD's formula (``g += weight_decay*θ; v = momentum*v + g;
-        θ -= lr*(g + momentum*v if nesterov else v)``), applied in numpy to
-        the reduced gradient, identically on every rank.  The velocity is the
-        model's optimizer state (it persists across fits and in model files).
+        θ -= lr*(g + momentum*v if nesterov else v)``), in numpy: rank c
+        updates chunk c of θ and of the velocity with the reduced gradient,
+        then every rank receives the new θ, so all hold the same bits.  The
+        velocity is the model's optimizer state (it persists across fits and
+        in model files).
     schedule
         As for ``MLP.fit``; rank 0 evaluates it and broadcasts each epoch's lr.
     validation_data : (X_val, Y_val), optional
@@ -779,7 +784,8 @@ def fit(
         ``loss`` (the running mean over the epoch's samples, as ``MLP.fit``),
         ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``best_epoch``,
         ``stopped_early``; ``accuracy`` stays empty (the gradient kernel does
-        not report it).  The same on every rank.
+        not report it).  The same on every rank.  Also ``comm_seconds``: this
+        rank's wall time inside the step's collectives (waits included).
 
     Raises
     ------
