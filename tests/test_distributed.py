@@ -394,9 +394,9 @@ def test_resume_from_a_checkpoint_gives_the_same_bits(mpi_run, tmp_path):
 
 def test_an_exception_on_rank_1_aborts_the_job_naming_rank_1(mpi_run):
     proc = mpi_run(2, dict(fit=dict(FIT, epochs=50), fail_at=3), expect_ok=False, timeout=60)
-    assert proc.returncode != 0
-    assert "rank 1 of 2 failed: RuntimeError: boom in the gradient" in proc.stderr
-    assert proc.seconds < 30
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "rank 1 of 2 failed: RuntimeError: boom in the gradient" in proc.stderr, proc.stderr
+    assert proc.seconds < 30, proc.seconds
 
 
 @pytest.mark.parametrize("cfg, pattern", [
