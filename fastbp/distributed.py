@@ -69,10 +69,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _common as C
+from . import optim as _optim
 from . import schedules
 from ._threads import get_num_threads
 from .history import History
-from .model import MLP, _check_optimizer
+from .model import MLP
 
 __all__ = ["fit", "combine_gradients", "FixedOrderAllreduce", "MPIComm", "TorchComm",
            "CHECKPOINT_FORMAT"]
@@ -347,7 +348,7 @@ class _Step:
     in cache; ``share`` hands every rank every chunk of the new parameters
     (Allgatherv).  Each entry is updated by exactly one rank, once, so every
     rank ends with the same bits; the velocity stays sharded until
-    ``gather_velocity``.  With one rank nothing is communicated.
+    ``gather``.  With one rank nothing is communicated.
     """
 
     def __init__(self, comm: Any, n: int, dtype: np.dtype) -> None:
@@ -418,9 +419,37 @@ class _Step:
             self.comm.Allgatherv(theta, self.counts)
             self.comm_seconds += time.perf_counter() - t0
 
-    def gather_velocity(self, velocity: np.ndarray) -> None:
-        if self.K > 1 and velocity.size:
-            self.comm.Allgatherv(velocity, self.counts)
+    def gather(self, state: np.ndarray) -> None:
+        """Every rank gets every chunk of an optimizer state array."""
+        if self.K > 1 and state.size:
+            self.comm.Allgatherv(state, self.counts)
+
+    def update_with(self, opt: Any, pieces: np.ndarray, rows: Sequence[int], theta: np.ndarray,
+                    state: Dict[str, np.ndarray], step: int, lr: float) -> None:
+        """``opt.update`` (a :mod:`fastbp.optim` optimizer) on this rank's chunk.
+
+        Every optimizer there but L-BFGS works element by element (with
+        scalars that depend on the step count only), so updating chunk by
+        chunk gives the same bits as one update of the whole vector."""
+        L = self.hi - self.lo
+        if L == 0:
+            return
+        if pieces.ndim == 1:
+            g = pieces
+        elif self.K == 1:
+            g = pieces[0]
+        else:
+            if getattr(self, "gchunk", None) is None:
+                self.gchunk = np.empty(L, dtype=theta.dtype)
+            g = self.gchunk
+            for a in range(0, L, _BLOCK):
+                b = min(L, a + _BLOCK)
+                acc = self.acc[:b - a]
+                _combine_into(pieces[:, a:b], rows, acc, self.tmp[:b - a])
+                np.copyto(g[a:b], acc, casting="same_kind")
+        chunk = {"step": step}
+        chunk.update({k: v[self.lo:self.hi] for k, v in state.items()})
+        opt.update(theta[self.lo:self.hi], g, chunk, lr=lr)
 
 
 # ---------------------------------------------------------------------------
@@ -696,6 +725,8 @@ def fit(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    optimizer: Any = None,
+    optimizer_state: Optional[Dict[str, Any]] = None,
     schedule: schedules.ScheduleLike = None,
     validation_data: Optional[Tuple[Any, Any]] = None,
     validation_split: float = 0.0,
@@ -740,6 +771,17 @@ def fit(
         then every rank receives the new θ, so all hold the same bits.  The
         velocity is the model's optimizer state (it persists across fits and
         in model files).
+    optimizer : fastbp.optim optimizer or its name, optional
+        ``SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` (not ``LBFGS``), instead of
+        ``momentum``/``nesterov``/``weight_decay``.  Rank c calls
+        ``optimizer.update(θ[chunk c], g[chunk c], <state[chunk c]>, lr=...)``
+        with each epoch's lr (``lr`` and ``schedule``; the optimizer's own
+        ``lr`` is not used); these optimizers work element by element, so this
+        gives the bits of one update of the whole vector.
+    optimizer_state : dict, optional
+        With ``optimizer``: its state to start from (``optimizer.init_state``,
+        or a previous fit's); rank 0's is broadcast.  It is updated in place,
+        and returned as ``History.optimizer_state`` (a fresh one when not given).
     schedule
         As for ``MLP.fit``; rank 0 evaluates it and broadcasts each epoch's lr.
     validation_data : (X_val, Y_val), optional
@@ -786,7 +828,9 @@ def fit(
         ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``best_epoch``,
         ``stopped_early``; ``accuracy`` stays empty (the gradient kernel does
         not report it).  The same on every rank.  Also ``comm_seconds``: this
-        rank's wall time inside the step's collectives (waits included).
+        rank's wall time inside the step's collectives (waits included), and
+        ``optimizer_state``: the optimizer's state dict with ``optimizer=``
+        (None otherwise; the built-in SGD's velocity is the model's).
 
     Raises
     ------
@@ -810,7 +854,8 @@ def fit(
     comm = _as_comm(comm)
     try:
         return _fit(net, X, Y, comm, n_samples, epochs, batch_size, lr, shuffle, seed,
-                    momentum, nesterov, weight_decay, schedule, validation_data,
+                    momentum, nesterov, weight_decay, optimizer, optimizer_state,
+                    schedule, validation_data,
                     validation_split, early_stopping, patience, callbacks, verbose,
                     checkpoint, resume, slab_rows)
     except BaseException as exc:
@@ -823,15 +868,31 @@ def fit(
 def _check_local(net: MLP, X: Any, Y: Any, validation_data: Any, validation_split: float,
                  n_samples: Optional[int], epochs: int, batch_size: int, lr: float,
                  momentum: float, nesterov: bool, weight_decay: float, patience: int,
-                 early_stopping: bool) -> Dict[str, Any]:
+                 early_stopping: bool, shuffle: bool, optimizer: Any, optimizer_state: Any,
+                 callbacks: Any) -> Dict[str, Any]:
     """This rank's checked arrays and options; raises on bad input."""
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a fastbp.MLP, got {type(net).__name__}")
     epochs, batch_size = C.check_fit_args(epochs, batch_size)
     lr0 = C.check_lr(lr, net.dtype.type)
-    mu, wd = _check_optimizer(momentum, nesterov, weight_decay)
-    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
-        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+    mu, nesterov, wd = C.check_optimizer(momentum, nesterov, weight_decay)
+    C.check_bool("shuffle", shuffle)
+    C.check_bool("early_stopping", early_stopping)
+    C.check_int("patience", patience, 1)
+    hooks = C.check_callbacks(callbacks)
+    opt = None
+    if optimizer is not None:
+        opt = _optim.get(optimizer)
+        if isinstance(opt, _optim.LBFGS):
+            raise ValueError("LBFGS is a full-batch method; fastbp.distributed.fit takes the "
+                             "mini-batch optimizers (SGD, Adam, AdamW, RMSprop)")
+        if mu or wd or nesterov:
+            raise ValueError("give optimizer= or momentum/nesterov/weight_decay, not both "
+                             "(the optimizer object holds its own)")
+        if optimizer_state is not None:
+            opt.check_state(optimizer_state, net.n_params, net.dtype)
+    elif optimizer_state is not None:
+        raise ValueError("optimizer_state needs optimizer=")
     if n_samples is not None and (isinstance(n_samples, bool)
                                   or not isinstance(n_samples, (int, np.integer)) or n_samples < 1):
         raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
@@ -863,12 +924,14 @@ def _check_local(net: MLP, X: Any, Y: Any, validation_data: Any, validation_spli
     if early_stopping and val is None:
         raise ValueError("early_stopping needs validation_data or validation_split")
     return dict(X=Xc, Y=Yc, val=val, epochs=epochs, batch_size=batch_size, lr0=lr0,
-                momentum=mu, weight_decay=wd)
+                momentum=mu, nesterov=nesterov, weight_decay=wd, optimizer=opt,
+                optimizer_state=optimizer_state, callbacks=hooks)
 
 
 def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: int,
          batch_size: int, lr: float, shuffle: bool, seed: Optional[int], momentum: float,
-         nesterov: bool, weight_decay: float, schedule: Any, validation_data: Any,
+         nesterov: bool, weight_decay: float, optimizer: Any, optimizer_state: Any,
+         schedule: Any, validation_data: Any,
          validation_split: float, early_stopping: bool, patience: int,
          callbacks: Any, verbose: int, checkpoint: Optional[PathLike],
          resume: Optional[PathLike], slab_rows: Optional[int]) -> History:
@@ -880,7 +943,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     try:
         local = _check_local(net, X, Y, validation_data, validation_split, n_samples, epochs,
                              batch_size, lr, momentum, nesterov, weight_decay, patience,
-                             early_stopping)
+                             early_stopping, shuffle, optimizer, optimizer_state, callbacks)
         lr_of = schedules.resolve(schedule, local["epochs"])
         if slab_rows is not None and (isinstance(slab_rows, bool) or not isinstance(
                 slab_rows, (int, np.integer)) or slab_rows < 1):
@@ -893,8 +956,9 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         sig = dict(
             **_net_config(net), n_samples=n_samples, epochs=local["epochs"],
             batch_size=local["batch_size"], lr=local["lr0"], shuffle=bool(shuffle),
-            seed=seed, momentum=local["momentum"], nesterov=bool(nesterov),
+            seed=seed, momentum=local["momentum"], nesterov=local["nesterov"],
             weight_decay=local["weight_decay"], schedule=_describe(schedule),
+            optimizer=local["optimizer"].get_config() if local["optimizer"] else None,
             early_stopping=bool(early_stopping), patience=int(patience),
             validation=val is not None, validation_split=float(validation_split or 0.0),
             checkpoint=checkpoint is not None, resume=resume is not None,
@@ -935,7 +999,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
 
     epochs, B = local["epochs"], local["batch_size"]
     lr0, mu, wd = local["lr0"], local["momentum"], local["weight_decay"]
-    nesterov = bool(nesterov)
+    nesterov = local["nesterov"]
     sharded = n_samples is not None and any(n != n_samples for n in train_rows)
     offsets = np.concatenate([[0], np.cumsum(train_rows)]).astype(np.int64) if sharded else None
     data = _Data(comm, Xc, Yc, offsets)
@@ -944,16 +1008,22 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         nv = val[0].shape[0]
         a, b = nv * me // K, nv * (me + 1) // K
         val = (val[0][a:b], val[1][a:b])
-    callbacks = list(callbacks or []) if me == 0 else []
+    callbacks = local["callbacks"] if me == 0 else []
     classify = net.loss_name != "squared_error"
 
     # -- 2. the starting state: rank 0's (or the checkpoint's), broadcast ----
+    # The optimizer's state is a dict of flat arrays: {"velocity"} for the
+    # built-in SGD (the model's optimizer state), the optimizer's state_names()
+    # otherwise, plus the number of steps taken (``ostep``).
     theta = net.flat_parameters
+    P = theta.shape[0]
+    opt = local["optimizer"]
     start_epoch = 0
     hist = History()
     best_val, since_best = np.inf, 0
-    best: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    best: Optional[Tuple[np.ndarray, Dict[str, np.ndarray], int]] = None
     rng_state = None
+    ckpt: Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]] = None
     if resume is not None:
         state = None
         if me == 0:
@@ -962,21 +1032,20 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 if meta["net"] != _net_config(net):
                     raise ValueError(f"the checkpoint {os.fspath(resume)!r} is for "
                                      f"{meta['net']}, not for this model")
-                shape = (net.n_params,)
-                for key in ("theta", "velocity", "best_theta", "best_velocity"):
-                    if key in arrays and not (key == "best_velocity" and arrays[key].size == 0):
-                        arrays[key] = C._param(f"checkpoint {key}", arrays[key], shape,
-                                               net.dtype.type)
+                wanted = opt.get_config() if opt is not None else None
+                if meta.get("optimizer") != wanted:
+                    raise ValueError(f"the checkpoint was written with optimizer "
+                                     f"{meta.get('optimizer')}, this fit uses {wanted}")
+                for key in list(arrays):
+                    arrays[key] = C._param(f"checkpoint {key}", arrays[key], (P,),
+                                           net.dtype.type)
                 state = (None, arrays, meta)
             except (ValueError, KeyError, TypeError) as exc:
                 state = (f"cannot resume from {os.fspath(resume)!r}: {exc}", None, None)
         err, arrays, meta = comm.bcast(state)
         if err is not None:
             raise _collective(ValueError(err))
-        if me == 0:
-            theta[...] = arrays["theta"]
-            net.set_optimizer_state({"velocity": arrays["velocity"]} if "velocity" in arrays
-                                    else {})
+        ckpt = (arrays, meta)
         start_epoch = int(meta["epoch"])
         seed = meta["seed"]
         rng_state = meta["rng"]
@@ -984,46 +1053,80 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             getattr(hist, key).extend(values)
         hist.best_epoch = meta["best_epoch"]
         best_val, since_best = float(meta["best_val"]), int(meta["since_best"])
-        if "best_theta" in arrays:
-            best = (arrays["best_theta"], arrays.get("best_velocity", np.zeros(0, net.dtype)))
     elif seed is None:
         seed = comm.bcast(int(np.random.SeedSequence().entropy) if me == 0 else None)
+
+    if opt is not None:
+        names: Tuple[str, ...] = tuple(opt.state_names())
+        given = local["optimizer_state"]
+        ostate = given if given is not None else opt.init_state(P, net.dtype)
+        ost = {k: ostate[k] for k in names}
+        ostep = int(np.asarray(ostate["step"]))
+    else:
+        names = ("velocity",) if mu else ()
+        v0 = net.optimizer_state().get("velocity")
+        ost = {"velocity": v0 if v0 is not None else np.zeros_like(theta)} if mu else {}
+        ostep = 0
+        ostate = None
+    if ckpt is not None:
+        arrays, meta = ckpt
+        np.copyto(theta, arrays["theta"])
+        for k in names:
+            if "state." + k in arrays:
+                np.copyto(ost[k], arrays["state." + k])
+            else:
+                ost[k].fill(0)
+        ostep = int(meta["state_step"])
+        if "best.theta" in arrays:
+            best = (arrays["best.theta"], {k: arrays["best.state." + k] for k in names},
+                    int(meta["best_state_step"]))
+    # Rank 0's parameters and optimizer state win.
     comm.Bcast(theta)
-    has_v = comm.bcast("velocity" in net.optimizer_state())
-    v0 = net.optimizer_state().get("velocity") if has_v else None
-    if has_v:
-        if v0 is None:
-            v0 = np.zeros_like(theta)
-        comm.Bcast(v0)
-        net.set_optimizer_state({"velocity": v0})
-    else:
-        net.reset_optimizer()
-    if mu:
-        velocity = v0 if v0 is not None else np.zeros_like(theta)
-    else:
-        velocity = np.zeros(0, dtype=net.dtype)
+    ostep = int(comm.bcast(ostep))
+    if opt is None:
+        has_v = comm.bcast("velocity" in net.optimizer_state())
+        if has_v and not mu:  # a fit without momentum leaves rank 0's velocity as it is
+            v0 = net.optimizer_state().get("velocity")
+            ost_v = v0 if v0 is not None else np.zeros_like(theta)
+            comm.Bcast(ost_v)
+            net.set_optimizer_state({"velocity": ost_v})
+        elif not has_v and not mu:
+            net.reset_optimizer()
+    for k in names:
+        comm.Bcast(ost[k])
     rng = np.random.default_rng(seed)
     if rng_state is not None:
         rng.bit_generator.state = rng_state
 
+    def publish() -> None:
+        """The optimizer state into the model (built-in SGD) or the caller's dict."""
+        if opt is None:
+            if mu:
+                net.set_optimizer_state({"velocity": ost["velocity"]})
+        else:
+            ostate["step"] = ostep
+
     # -- 3. the epochs ----------------------------------------------------
     grad = np.empty_like(theta)
-    step = _Step(comm, theta.shape[0], net.dtype)
-    tree = _SlabTree(comm, step, slab_rows, theta.shape[0], net.dtype) if slab_rows else None
+    step = _Step(comm, P, net.dtype)
+    tree = _SlabTree(comm, step, slab_rows, P, net.dtype) if slab_rows else None
     losses = np.empty(K, dtype=np.float64)
     hist.workspace_bytes = int(grad.nbytes + step.nbytes)
     start_theta = np.empty_like(theta)
-    start_velocity = np.empty_like(velocity)
+    start_ost = {k: np.empty_like(v) for k, v in ost.items()}
     n_batches = -(-n // B)
     sdt = net.dtype.type
     mu_t, wd_t = sdt(mu), sdt(wd)
+    velocity = ost.get("velocity", np.zeros(0, dtype=net.dtype)) if opt is None else None
     for epoch in range(start_epoch, epochs):
         lr_e = comm.bcast(schedules.check_lr_value(lr_of(epoch, lr0), epoch) if me == 0 else None)
         lr_t = sdt(lr_e)
         order = rng.permutation(n).astype(np.int64) if shuffle else np.arange(n, dtype=np.int64)
         t0 = time.perf_counter()
         np.copyto(start_theta, theta)
-        np.copyto(start_velocity, velocity)
+        for k in names:
+            np.copyto(start_ost[k], ost[k])
+        start_step = ostep
         loss_sum = 0.0
         for b in range(n_batches):
             rows = order[b * B:(b + 1) * B]
@@ -1047,9 +1150,9 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             comm.Allgather_f64(local_loss, losses)
             if not np.isfinite(losses).all():
                 bad = [r for r in range(K) if not np.isfinite(losses[r])]
-                step.gather_velocity(velocity)  # the velocity of the last good step
-                if mu:
-                    net.set_optimizer_state({"velocity": velocity})
+                for k in names:  # the state of the last good step
+                    step.gather(ost[k])
+                publish()
                 raise _collective(FloatingPointError(
                     f"training diverged at epoch {epoch + 1}, batch {b + 1}, whose loss was "
                     f"NaN or Inf (on the shard{'s' if len(bad) > 1 else ''} of rank"
@@ -1061,19 +1164,25 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 loss_sum += losses[r]
             if tree is None:
                 pieces = step.exchange(grad)
-            step.update(pieces, shard_rows, theta, velocity, lr_t, mu_t, nesterov, wd_t)
+            if opt is None:
+                step.update(pieces, shard_rows, theta, velocity, lr_t, mu_t, nesterov, wd_t)
+            else:
+                step.update_with(opt, pieces, shard_rows, theta, ost, ostep, lr_e)
+            ostep += 1
             step.share(theta)
         if not np.isfinite(theta).all():
             np.copyto(theta, start_theta)
-            np.copyto(velocity, start_velocity)
-            if mu:
-                net.set_optimizer_state({"velocity": velocity})
+            for k in names:
+                np.copyto(ost[k], start_ost[k])
+            ostep = start_step
+            publish()
             raise _collective(FloatingPointError(
                 f"training diverged at epoch {epoch + 1}: an update made weights NaN or Inf; "
                 f"the weights are restored to the start of that epoch. Try a smaller "
                 f"learning rate (lr={lr_e:g})."
             ))
-        step.gather_velocity(velocity)
+        for k in names:
+            step.gather(ost[k])
         logs: Dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n,
                                 "accuracy": None, "lr": lr_e}
         if val is not None:
@@ -1098,27 +1207,25 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         if early_stopping:
             if logs["val_loss"] < best_val:
                 best_val, since_best = logs["val_loss"], 0
-                best = (theta.copy(), velocity.copy())
+                best = (theta.copy(), {k: v.copy() for k, v in ost.items()}, ostep)
                 hist.best_epoch = epoch
             else:
                 since_best += 1
                 stop = since_best >= patience
-        for cb in callbacks:
-            hook = getattr(cb, "on_epoch_end", cb)
+        for hook in callbacks:
             stop = bool(hook(epoch, dict(logs))) or stop
         stop = bool(comm.bcast(stop if me == 0 else None))
-        if mu:
-            net.set_optimizer_state({"velocity": velocity})
+        publish()
         if checkpoint is not None and me == 0:
             arrays = {"theta": theta}
-            if mu:
-                arrays["velocity"] = velocity
+            arrays.update({"state." + k: v for k, v in ost.items()})
             if best is not None:
-                arrays["best_theta"] = best[0]
-                if mu:
-                    arrays["best_velocity"] = best[1]
+                arrays["best.theta"] = best[0]
+                arrays.update({"best.state." + k: v for k, v in best[1].items()})
             meta = dict(format=CHECKPOINT_FORMAT, version=_CHECKPOINT_VERSION, epoch=epoch + 1,
                         seed=seed, rng=rng.bit_generator.state, net=_net_config(net),
+                        optimizer=opt.get_config() if opt is not None else None,
+                        state_step=ostep, best_state_step=best[2] if best else 0,
                         history=hist.as_dict(), best_epoch=hist.best_epoch,
                         best_val=float(best_val), since_best=since_best, ranks=K)
             _write_checkpoint(checkpoint, arrays, meta)
@@ -1127,9 +1234,10 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             break
     if best is not None:
         np.copyto(theta, best[0])
-        if mu and best[1].shape == velocity.shape:
-            np.copyto(velocity, best[1])
-    if mu:
-        net.set_optimizer_state({"velocity": velocity})
+        for k in names:
+            np.copyto(ost[k], best[1][k])
+        ostep = best[2]
+    publish()
+    hist.optimizer_state = ostate  # type: ignore[attr-defined]
     hist.comm_seconds = step.comm_seconds + data.seconds  # type: ignore[attr-defined]
     return hist

@@ -238,6 +238,9 @@ WORKER = textwrap.dedent(
                 raise RuntimeError("boom in the gradient")
             return real(*a, **k)
         net.flat_gradient = failing
+    if "optimizer" in cfg:
+        from fastbp import optim
+        kw["optimizer"] = optim.Optimizer.from_config(cfg["optimizer"])
     try:
         hist = fd.fit(net, X, y, **kw)
     except (ValueError, FloatingPointError) as exc:
@@ -247,6 +250,9 @@ WORKER = textwrap.dedent(
         sys.exit(0)
     thetas = comm.gather(net.flat_parameters.copy())
     vel = comm.gather(net.optimizer_state().get("velocity"))
+    if hist.optimizer_state is not None:
+        vel = comm.gather(np.concatenate([hist.optimizer_state[k] for k in sorted(
+            hist.optimizer_state) if k != "step"] + [[hist.optimizer_state["step"]]]))
     if rank == 0:
         np.savez(cfg["out"], thetas=np.array(thetas), loss=np.array(hist.loss),
                  val_loss=np.array(hist.val_loss),
@@ -525,3 +531,65 @@ def test_one_rank_with_momentum_is_bitwise_mlp_fit(mpi_run):
     np.testing.assert_array_equal(res["thetas"][0], net.flat_parameters)
     np.testing.assert_array_equal(res["velocity"][0], net.optimizer_state()["velocity"])
     np.testing.assert_allclose(res["loss"], hist.loss, rtol=1e-12)
+
+
+ADAM = {"name": "adam", "lr": 0.001, "betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.01,
+        "amsgrad": True}
+
+
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("config", [ADAM, {"name": "sgd", "momentum": 0.9, "nesterov": True,
+                                           "weight_decay": 1e-3},
+                                    {"name": "rmsprop", "momentum": 0.5, "centered": True}])
+def test_optimizer_objects_give_the_replay_of_one_whole_vector_update(mpi_run, K, config):
+    from fastbp import optim
+
+    fit = dict(epochs=2, batch_size=16, lr=0.01, seed=3)
+    res = mpi_run(K, dict(fit=fit, optimizer=config)).result
+    for t in res["thetas"][1:]:
+        np.testing.assert_array_equal(t, res["thetas"][0])
+    for v in res["velocity"][1:]:
+        np.testing.assert_array_equal(v, res["velocity"][0])
+    # The replay: the same shards and combine_gradients, then opt.update on the whole vector.
+    opt = optim.Optimizer.from_config(config)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    net = fastbp.MLP([5, 16, 3], seed=1)
+    theta = net.flat_parameters
+    state = opt.init_state(net.n_params, np.float32)
+    order_rng = np.random.default_rng(3)
+    for _ in range(2):
+        order = order_rng.permutation(150)
+        for b in range(-(-150 // 16)):
+            rows = order[b * 16:(b + 1) * 16]
+            cut = [len(rows) * r // K for r in range(K + 1)]
+            grads = [net.flat_gradient(X[rows[cut[r]:cut[r + 1]]], y[rows[cut[r]:cut[r + 1]]])[1]
+                     for r in range(K)]
+            opt.update(theta, fd.combine_gradients(grads, np.diff(cut)), state, lr=0.01)
+    np.testing.assert_array_equal(res["thetas"][0], theta)
+    flat = np.concatenate([state[k] for k in sorted(state) if k != "step"] + [[state["step"]]])
+    np.testing.assert_array_equal(res["velocity"][0], flat)
+
+
+def test_resume_with_an_optimizer_object(mpi_run, tmp_path):
+    ckpt = str(tmp_path / "adam.npz")
+    straight = mpi_run(3, dict(fit=dict(FIT_ADAM, epochs=3), optimizer=ADAM)).result
+    mpi_run(3, dict(fit=dict(FIT_ADAM, epochs=1, checkpoint=ckpt), optimizer=ADAM))
+    resumed = mpi_run(3, dict(fit=dict(FIT_ADAM, epochs=3, resume=ckpt), optimizer=ADAM)).result
+    np.testing.assert_array_equal(resumed["thetas"], straight["thetas"])
+    np.testing.assert_array_equal(resumed["velocity"], straight["velocity"])
+    # A checkpoint of another optimizer is refused on every rank.
+    proc = mpi_run(2, dict(fit=dict(FIT_ADAM, epochs=3, resume=ckpt),
+                           optimizer=dict(ADAM, name="adamw")))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
+    assert len(lines) == 2 and all("written with optimizer" in ln for ln in lines), proc.stdout
+
+
+FIT_ADAM = dict(batch_size=16, lr=0.01, seed=5)
+
+
+def test_optimizer_and_momentum_together_are_refused(mpi_run):
+    proc = mpi_run(2, dict(fit=dict(FIT_ADAM, momentum=0.9), optimizer=ADAM))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
+    assert len(lines) == 2 and all("not both" in ln for ln in lines), proc.stdout
