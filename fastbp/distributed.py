@@ -170,10 +170,12 @@ class TorchComm:
         self.torch, self.dist, self.group = torch, dist, group
         self.rank = int(dist.get_rank(group))
         self.size = int(dist.get_world_size(group))
+        # broadcast's src is a global rank: the group's rank 0.
+        self.root = int(dist.get_global_rank(group, 0)) if group is not None else 0
 
     def bcast(self, obj: Any) -> Any:
         box = [obj]
-        self.dist.broadcast_object_list(box, src=0, group=self.group)
+        self.dist.broadcast_object_list(box, src=self.root, group=self.group)
         return box[0]
 
     def allgather(self, obj: Any) -> List[Any]:
@@ -183,7 +185,7 @@ class TorchComm:
 
     def Bcast(self, buf: np.ndarray) -> None:
         t = self.torch.from_numpy(buf)
-        self.dist.broadcast(t, src=0, group=self.group)
+        self.dist.broadcast(t, src=self.root, group=self.group)
 
     def Allgather_f64(self, value: float, out: np.ndarray) -> None:
         mine = self.torch.tensor([value], dtype=self.torch.float64)
