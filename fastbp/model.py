@@ -245,9 +245,10 @@ class MLP:
             loss, and the gradient is its gradient (the same as
             :meth:`gradients`, flattened).  ``"sum"``: the sum of the
             per-sample losses and the gradient of that sum; the kernel forms
-            the gradient of the mean, which is then multiplied by
-            ``n_samples`` in the model's dtype (exact when ``n_samples`` is a
-            power of two, else within an ulp or so of the exact sum).
+            the gradient of the mean (its output deltas scaled by
+            1/n_samples), which is then multiplied by ``n_samples`` in the
+            model's dtype: the gradient of the sum up to those two roundings,
+            none when ``n_samples`` is a power of two.
         out : ndarray, optional
             Where to write the gradient: C-contiguous, writable, of shape
             ``(n_params,)`` and the model's dtype, not overlapping the
