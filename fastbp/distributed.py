@@ -676,8 +676,12 @@ def _write_checkpoint(path: PathLike, arrays: Dict[str, np.ndarray], meta: Dict[
     """Write ``arrays`` and ``meta`` (JSON) as one .npz, atomically."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    from .io import _new_file_mode
+
+    mode = _new_file_mode(path)  # as fastbp.io.save: the old file's, else 0o666 less the umask
     fd, tmp = tempfile.mkstemp(prefix=".fastbp-ckpt-", suffix=".npz", dir=directory)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
             f.flush()
