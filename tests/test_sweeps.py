@@ -35,9 +35,12 @@ def _kernel_threads(n: int):
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
-    saved = _threads._n_threads
+    # set_num_threads is process-wide: put back what the process had.
+    has = hasattr(_threads, "_n_threads")
+    saved = getattr(_threads, "_n_threads", None)
     yield
-    _threads._n_threads = saved
+    if has:
+        _threads._n_threads = saved
 
 
 def _data():
