@@ -64,6 +64,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -145,6 +146,14 @@ class MPIComm:
         """End every process of the job."""
         self.comm.Abort(code)
 
+    def local_size(self) -> int:
+        """How many ranks of this communicator share this node."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return int(node.Get_size())
+        finally:
+            node.Free()
+
 
 class TorchComm:
     """The same collectives over ``torch.distributed`` (gloo), for users of torchrun.
@@ -212,6 +221,13 @@ class TorchComm:
         for r in range(self.size):
             a, b = int(starts[r]), int(starts[r + 1])
             buf[a:b] = padded[r, :b - a]
+
+    def local_size(self) -> int:
+        """How many ranks share this node (torchrun's LOCAL_WORLD_SIZE; 1 if unset)."""
+        try:
+            return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            return 1
 
     def Abort(self, code: int = 1) -> None:
         sys.stderr.flush()
@@ -656,6 +672,20 @@ def _abort(comm: Any, exc: BaseException) -> None:
         comm.Abort(1)
 
 
+def _warn_oversubscribed(comm: Any) -> None:
+    """Warn (once per node) when ranks x kernel threads exceed the node's cores."""
+    local = comm.local_size() if hasattr(comm, "local_size") else 1
+    threads, cores = get_num_threads(), os.cpu_count() or 1
+    if local * threads > cores and comm.rank % local == 0:
+        warnings.warn(
+            f"fastbp.distributed: {local} ranks on this node x {threads} kernel threads each "
+            f"> {cores} cores: a step then waits for its slowest rank. Set "
+            f"fastbp.set_num_threads({max(1, cores // local)}) or "
+            f"OMP_NUM_THREADS={max(1, cores // local)} in every rank.",
+            RuntimeWarning, stacklevel=4,
+        )
+
+
 def _describe(obj: Any) -> Any:
     """A comparable description of an option (callables by their qualified name)."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -1003,6 +1033,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     if diffs:
         raise _collective(ValueError("fastbp.distributed.fit: " + "; ".join(diffs)))
 
+    _warn_oversubscribed(comm)
     epochs, B = local["epochs"], local["batch_size"]
     lr0, mu, wd = local["lr0"], local["momentum"], local["weight_decay"]
     nesterov = local["nesterov"]

@@ -192,7 +192,7 @@ WORKER = textwrap.dedent(
     cfg = json.loads(sys.argv[1])
     comm = MPI.COMM_WORLD
     rank, K = comm.Get_rank(), comm.Get_size()
-    fastbp.set_num_threads(1)
+    fastbp.set_num_threads(cfg.get("threads", 1))
     if cfg.get("allreduce"):
         g = np.random.default_rng(rank).normal(size=1001).astype(np.float32)
         out = np.empty_like(g)
@@ -593,3 +593,13 @@ def test_optimizer_and_momentum_together_are_refused(mpi_run):
     proc = mpi_run(2, dict(fit=dict(FIT_ADAM, momentum=0.9), optimizer=ADAM))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
     assert len(lines) == 2 and all("not both" in ln for ln in lines), proc.stdout
+
+
+def test_more_ranks_times_threads_than_cores_is_warned_about(mpi_run):
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("needs 2 cores for a run that fits")
+    quiet = mpi_run(2, dict(fit=dict(FIT, epochs=1), threads=1))
+    assert "kernel threads each" not in quiet.stderr
+    loud = mpi_run(2, dict(fit=dict(FIT, epochs=1), threads=cores))
+    assert f"2 ranks on this node x {cores} kernel threads each > {cores} cores" in loud.stderr
