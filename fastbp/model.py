@@ -253,6 +253,121 @@ class MLP:
         """Total number of trainable parameters."""
         return int(self._net.n_params)
 
+    # -- flat views (for users' own training loops and fastbp.distributed) --
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        """The 1-D vector of length ``n_params`` that holds every parameter.
+
+        This is the model's own storage (not a copy): writes into it change the
+        model, and ``weights[k]`` / ``biases[k]`` are views of it.  Layout, in
+        order for each layer k = 0 .. n_layers-1: ``W_k`` (n_out, n_in)
+        row-major, then ``b_k`` (n_out,) when the model has biases; so
+        ``W_k[i, j]`` sits at ``offset_k + i * n_in + j``.  :meth:`unflatten`
+        gives the per-layer views of any vector laid out alike, and
+        :meth:`flat_gradient` returns gradients in this layout.
+
+        Assigning ``net.flat_parameters = v`` copies ``v`` (shape
+        ``(n_params,)``, finite) into the model.
+        """
+        return self._theta
+
+    @flat_parameters.setter
+    def flat_parameters(self, value: Any) -> None:
+        new = C._param("flat_parameters", value, self._theta.shape, self.dtype.type)
+        with self._lock:
+            self._theta[...] = new
+
+    def flat_gradient(
+        self, X: Any, Y: Any, *, reduction: str = "mean", out: Optional[np.ndarray] = None,
+    ) -> Tuple[float, np.ndarray]:
+        """The loss and its gradient as one flat vector, in one compiled call.
+
+        The forward and backward pass over the whole of ``X`` (one batch) run in
+        one call to the kernels, without the GIL, on ``get_num_threads()``
+        threads; the result is bitwise the same for any thread count.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_in)
+        Y : array_like
+            Targets, as for :meth:`loss`.
+        reduction : {"mean", "sum"}
+            ``"mean"``: the loss is the mean over the samples of the per-sample
+            loss, and the gradient is its gradient (the same as
+            :meth:`gradients`, flattened).  ``"sum"``: the sum of the
+            per-sample losses and the gradient of that sum; the kernel forms
+            the gradient of the mean (its output deltas scaled by
+            1/n_samples), which is then multiplied by ``n_samples`` in the
+            model's dtype: the gradient of the sum up to those two roundings,
+            none when ``n_samples`` is a power of two.
+        out : ndarray, optional
+            Where to write the gradient: C-contiguous, writable, of shape
+            ``(n_params,)`` and the model's dtype, not overlapping the
+            parameters.  A new array when omitted.
+
+        Returns
+        -------
+        loss : float
+            The mean (or sum) of the per-sample losses.
+        grad : ndarray of shape (n_params,)
+            The gradient, laid out as :attr:`flat_parameters`; ``out`` when
+            given.  All NaN when the loss is not finite.
+        """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
+        if out is None:
+            g = np.empty_like(self._theta)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+            if out.shape != self._theta.shape or out.dtype != self.dtype:
+                raise ValueError(
+                    f"out must have shape ({self.n_params},) and dtype {self.dtype.name}, "
+                    f"got {out.shape} {out.dtype}"
+                )
+            if not (out.flags.c_contiguous and out.flags.writeable):
+                raise ValueError("out must be C-contiguous and writable")
+            if np.may_share_memory(out, self._theta):
+                raise ValueError("out must not overlap the model's parameters")
+            g = out
+        Xc, Yc = self._XY(X, Y)
+        if np.may_share_memory(Xc, g):
+            Xc = Xc.copy()
+        if np.may_share_memory(Yc, g):
+            Yc = Yc.copy()
+        with self._lock:
+            loss = float(self._net.gradients(self._theta, Xc, Yc, g, get_num_threads()))
+        if reduction == "sum":
+            m = Xc.shape[0]
+            g *= self.dtype.type(m)
+            loss *= m
+        return loss, g
+
+    def unflatten(self, flat: np.ndarray) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """Per-layer views ``[(W_0, b_0), ...]`` of a vector laid out as :attr:`flat_parameters`.
+
+        Parameters
+        ----------
+        flat : ndarray of shape (n_params,)
+            Any 1-D numpy array of that length (any dtype): the parameters, a
+            gradient from :meth:`flat_gradient`, an optimizer's state, ...
+
+        Returns
+        -------
+        list of (ndarray, ndarray or None)
+            ``W_k`` of shape (n_out, n_in) and ``b_k`` of shape (n_out,) (None
+            without biases), views of ``flat``: writes go into it.
+        """
+        if not isinstance(flat, np.ndarray):
+            raise TypeError(f"unflatten needs a numpy array, got {type(flat).__name__}")
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"unflatten needs shape ({self.n_params},), got {flat.shape}")
+        return [
+            (self._view_w(k, flat), self._view_b(k, flat) if self.bias else None)
+            for k in range(self.n_layers)
+        ]
+
     def __getstate__(self) -> Dict[str, Any]:
         """Pickle support: the configuration, the parameters and the optimizer state."""
         config = dict(
