@@ -612,10 +612,17 @@ class MLP:
         ----------
         state : dict
             ``{}``, ``{"velocity": array of n_params}``, or ``{"step": int >= 0,
-            name: array of n_params, ...}`` with fastbp.optim's state names.
+            name: array of n_params, ...}`` with fastbp.optim's state names
+            (``fastbp.MLP.optimizer_state()``'s ``"optimizer"`` entry, and its
+            ``"step"`` next to a ``"velocity"``, are ignored).
         """
         if not isinstance(state, dict):
             raise ValueError(f"optimizer state must be a dict, got {type(state).__name__}")
+        # The fast model's state also names its optimizer (and counts SGD's
+        # steps): the reference keeps only what its steps read.
+        state = {k: v for k, v in state.items() if k != "optimizer"}
+        if "velocity" in state:
+            state.pop("step", None)
         known = {"velocity", "step", "momentum_buffer", "exp_avg", "exp_avg_sq",
                  "max_exp_avg_sq", "square_avg", "grad_avg"}
         unknown = set(state) - known
