@@ -228,7 +228,8 @@ class Table:
         if self.decimal == "." and _is_float(cell(i, j).replace(",", ".")):
             hint = "for decimal commas, give --decimal ,"
         if len(bad) == 1:
-            what = f"line {self.lines[i]}, column {names[j]!r}: {_short(cell(i, j))!r} is not a number"
+            what = (f"line {self.lines[i]}, column {names[j]!r}: {_short(cell(i, j))!r} is not "
+                    "a number")
         else:
             what = f"{len(bad)} cells are not numbers ({shown}{more})"
         raise DataError(f"{self.path}: {what}; feature columns must be numeric: {hint}")

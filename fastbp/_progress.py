@@ -149,7 +149,7 @@ class Progress:
         width = self.width()
         count = f"{done}/{self.n_batches}"
         head = self._desc(self._epoch)
-        room = width - len(head) - len(count) - len(tail) - 5  # " [" "] " " "
+        room = width - len(head) - len(count) - len(tail) - 6  # " [", "] ", "  "
         if room < 10:  # too narrow for the tail: bar and count only
             tail, room = "", width - len(head) - len(count) - 4
         n = max(1, min(30, room))
@@ -184,9 +184,13 @@ class Progress:
             return
         width = self.width()
         if self._bar is not None:  # tqdm
-            meter = dict(self._bar.format_dict, ncols=None, postfix=metrics)
-            fits = len(self._bar.format_meter(**meter)) <= width
-            self._bar.set_postfix_str(metrics if fits else rate, refresh=False)
+            def fit(postfix: str) -> bool:  # with a bar of 10 characters
+                meter = dict(self._bar.format_dict, ncols=None, postfix=postfix or None)
+                return len(self._bar.format_meter(**meter)) <= width
+
+            fits = fit(metrics)
+            self._bar.set_postfix_str(metrics if fits else rate if fit(rate) else "",
+                                      refresh=False)
             self._bar.close()
             self._bar = None
         else:  # the built-in bar

@@ -88,7 +88,7 @@ class History:
             if "matplotlib.pyplot" not in sys.modules:
                 matplotlib.use("Agg")
             import matplotlib.pyplot as plt
-            from matplotlib.ticker import MaxNLocator
+            from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("History.plot needs matplotlib: pip install matplotlib") from exc
         name = loss_name if loss_name is not None else self.loss_name
@@ -104,9 +104,16 @@ class History:
             ax.plot([kept + 1], [self.val_loss[kept]], linestyle="none", marker="o",
                     markersize=8, markerfacecolor="none", markeredgecolor="black",
                     label=f"kept epoch {kept + 1}")
-        ax.set_ylabel(f"{name} (loss)" if name else "loss")
+        ax.set_ylabel("loss")
         ax.set_title(f"loss: {name}" if name else "loss")
-        ax.set_yscale("log" if min(self.loss + self.val_loss, default=1) > 0 else "linear")
+        if min(self.loss + self.val_loss, default=1) > 0:
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.4, not 4x10^-1
+            ax.yaxis.set_major_formatter(plain)
+            values = self.loss + self.val_loss
+            # minor ticks labelled only within one decade (where there are no major ones)
+            ax.yaxis.set_minor_formatter(plain if max(values) < 10 * min(values)
+                                         else NullFormatter())
         ax.legend()
         if panels == 2:
             ax = axes[0][1]
