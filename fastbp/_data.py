@@ -538,6 +538,9 @@ def load_training_data(
     if missing not in ("error", "drop"):
         raise DataError(f"missing must be 'error' or 'drop', got {missing!r}")
     if is_npz(path):
+        if features or drop or target is not None:
+            raise DataError(f"{path}: --target, --features and --drop name CSV columns; an "
+                            ".npz file holds the features in X and the target in y")
         return _load_npz(path, missing)
     table = read_csv(path, sep, decimal)
     names = list(table.names)

@@ -7,9 +7,16 @@ target names, the feature scaler, and the class names (classification) or the
 target scaler (regression); plus the training options and final metrics, for
 the record.
 
+Reading the data (delimiter detection, decimal commas, column selection,
+missing values, task inference) is :mod:`fastbp._data`'s; the progress display
+is :mod:`fastbp._progress`'s.  ``train`` refuses to overwrite an existing model
+or sidecar unless given ``--force``.
+
 Every error the user can cause (a missing or malformed file, an unknown
-column, a bad option value, ...) is reported as one line,
-``fastbp: error: ...``, with exit status 2; never a traceback.
+column, a missing value, a bad option value, ...) is reported as one line,
+``fastbp: error: ...``, with exit status 2; never a traceback.  Things that
+look wrong but do not stop the command are ``fastbp: warning: ...`` lines on
+standard error.
 """
 from __future__ import annotations
 

@@ -836,3 +836,32 @@ def test_history_plot_integer_ticks_kept_epoch_marker_and_loss_name(tmp_path: Pa
     hist.plot(tmp_path / "h.png", loss_name="cross entropy")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
     assert "loss" in hist.figure().axes[0].get_ylabel()  # without a name: plain "loss"
+
+
+def test_a_missing_label_is_a_missing_value_not_a_class(blobs: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    rows = read_csv(blobs)
+    rows[10][2], rows[20][2] = "?", ""
+    data = write_csv(tmp_path / "b.csv", rows[0], rows[1:])
+    _assert_one_line_error(*run(["train", data, "-q"], capsys)[::2], "2 missing values",
+                           "line 11, column 'animal'", "line 21, column 'animal'", "in 2 rows")
+    code, out, err = run(["train", data, "-q", "--epochs", "1", "--missing", "drop"], capsys)
+    assert code == 0, err
+    assert "3 classes" in out and "dropped 2 of 300 rows" in out
+    assert json.loads((tmp_path / "b.fastbp.json").read_text())["classes"] == ["cat", "dog", "emu"]
+
+
+def test_npz_missing_values_and_csv_only_options(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    X[4, 1], y[7] = np.nan, np.nan
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    _assert_one_line_error(*run(["train", tmp_path / "d.npz", "-q"], capsys)[::2],
+                           "missing values (NaN) in 2 rows", "rows 4, 7", "--missing drop")
+    code, out, err = run(["train", tmp_path / "d.npz", "-q", "--epochs", "1", "--missing",
+                          "drop"], capsys)
+    assert code == 0, err
+    assert "48 rows" in out and "dropped 2 of 50 rows" in out and "regression" in out
+    _assert_one_line_error(*run(["train", tmp_path / "d.npz", "--drop", "x0"], capsys)[::2],
+                           "CSV columns")
