@@ -760,8 +760,8 @@ def infer_task(y: np.ndarray) -> Tuple[str, str]:
     if n < MIN_ROWS_PER_CLASS * k:
         return "regress", (f"{counted}: fewer than {MIN_ROWS_PER_CLASS} rows per value, too "
                            "few for classes")
-    return "classify", (f"{counted} (at most {MAX_INTEGER_CLASSES}, with "
-                        f"{MIN_ROWS_PER_CLASS}+ rows per value)")
+    return "classify", (f"{counted}: at most {MAX_INTEGER_CLASSES}, with "
+                        f"{MIN_ROWS_PER_CLASS} or more rows per value")
 
 
 def class_names(y: np.ndarray) -> List[str]:

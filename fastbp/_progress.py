@@ -80,7 +80,7 @@ class Progress:
         self._tqdm: Any = None
         self._t0 = self._drawn_at = 0.0
         self._drawn = 0  # length of the built-in bar's line on screen
-        self._done = 0
+        self._done = self._samples = self._epoch = 0
         self.mode = "off"
         if not verbose:
             return
@@ -124,7 +124,7 @@ class Progress:
             )
         elif self.mode == "bar":
             self._drawn_at = 0.0
-            self._draw_bar(0.0, final=False)
+            self._draw_bar(0.0)
 
     def _rate(self, samples: int) -> str:
         return f"{samples / max(time.perf_counter() - self._t0, 1e-9):,.0f} samples/s"
@@ -138,10 +138,9 @@ class Progress:
                 f"loss {format_value(running_loss)}, {self._rate(samples)}", refresh=False)
             self._bar.update(batches)
         elif self.mode == "bar":
-            self._loss = running_loss
             self._samples = samples
             if time.perf_counter() - self._drawn_at >= REDRAW_SECONDS:
-                self._draw_bar(running_loss, final=False)
+                self._draw_bar(running_loss)
 
     # -- the built-in bar ---------------------------------------------------------
 
@@ -165,9 +164,9 @@ class Progress:
         self._drawn = len(line)
         self._drawn_at = time.perf_counter()
 
-    def _draw_bar(self, running_loss: float, final: bool) -> None:
+    def _draw_bar(self, running_loss: float) -> None:
         tail = "" if self._done == 0 else (
-            f"loss {format_value(running_loss)}  {self._rate(getattr(self, '_samples', 0))}")
+            f"loss {format_value(running_loss)}  {self._rate(self._samples)}")
         self._write_bar(self._bar_line(self._done, tail))
 
     # -- end of an epoch ---------------------------------------------------------
