@@ -865,3 +865,20 @@ def test_npz_missing_values_and_csv_only_options(tmp_path: Path,
     assert "48 rows" in out and "dropped 2 of 50 rows" in out and "regression" in out
     _assert_one_line_error(*run(["train", tmp_path / "d.npz", "--drop", "x0"], capsys)[::2],
                            "CSV columns")
+
+
+def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_defaults_check",
+                                                  ROOT / "tools" / "cli_defaults_check.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    code = tool.main(["--only", "iris,diabetes", "--", "--epochs", "1", "--lr", "1e-4"])
+    out = capsys.readouterr().out
+    assert code == 1 and "0 of 2 targets met" in out  # one epoch at a tiny rate: not good
+    iris = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
+    assert iris[1] == "112/38" and iris[-3:] == ["0.9500", "NO", "accuracy"]
+    assert "R² (RidgeCV 0." in out
