@@ -575,6 +575,16 @@ class MLP:
 
         return to_torch(self)
 
+    def to_onnx(self, path: Optional[Union[str, "os.PathLike[str]"]] = None,
+                **kwargs: Any) -> Any:
+        """The same network as an ``onnx.ModelProto``, also written to ``path`` if given.
+
+        Needs the ``onnx`` package; see :func:`fastbp.onnx_export.to_onnx`.
+        """
+        from .onnx_export import to_onnx
+
+        return to_onnx(self, path, **kwargs)
+
     @classmethod
     def from_torch(
         cls, module: Any, *, loss: Optional[str] = None, dtype: Any = None,
