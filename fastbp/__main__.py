@@ -1,6 +1,6 @@
 """``python -m fastbp``: the command line (see :mod:`fastbp.cli`).
 
-Commands: ``demo``, ``train``, ``predict``, ``bench`` and ``digits``; run
+Commands: ``demo``, ``train``, ``predict``, ``export``, ``bench`` and ``digits``; run
 ``python -m fastbp --help`` for the list and ``python -m fastbp COMMAND --help``
 for a command's options.  :func:`main` is also the ``fastbp`` console script.
 

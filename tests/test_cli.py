@@ -90,7 +90,7 @@ def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture) -> No
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run(["--help"], capsys)
     assert code == 0
-    for command in ("demo", "train", "predict", "bench", "digits"):
+    for command in ("demo", "train", "predict", "export", "bench", "digits"):
         assert command in out
 
 
