@@ -13,6 +13,11 @@ import os as _os
 # the user wins.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+try:  # a source folder without the compiled kernels: say so, not "cannot import name"
+    from . import _kernels  # noqa: E402, F401
+except ImportError as _exc:
+    from .__main__ import missing_kernels
+    missing_kernels(_exc)
 from . import io, reference, schedules  # noqa: E402
 from ._threads import get_num_threads, set_num_threads  # noqa: E402
 from .history import History  # noqa: E402
