@@ -49,22 +49,24 @@ ctypedef fused floating:
     double
 
 cdef extern from "fbp_gemm.h" nogil:
-    void fbp_gemm_f32(int trans_a, int trans_b, int M, int N, int K,
-                      float alpha, const float *A, int lda,
-                      const float *B, int ldb,
-                      float beta, float *C, int ldc,
+    void fbp_gemm_f32(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda,
+                      const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc,
                       const float *bias, int act,
-                      const float *dsrc, int ldd,
+                      const float *dsrc, int64_t ldd,
                       int n_threads)
-    void fbp_gemm_f64(int trans_a, int trans_b, int M, int N, int K,
-                      double alpha, const double *A, int lda,
-                      const double *B, int ldb,
-                      double beta, double *C, int ldc,
+    void fbp_gemm_f64(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      double alpha, const double *A, int64_t lda,
+                      const double *B, int64_t ldb,
+                      double beta, double *C, int64_t ldc,
                       const double *bias, int act,
-                      const double *dsrc, int ldd,
+                      const double *dsrc, int64_t ldd,
                       int n_threads)
     const char *fbp_gemm_isa()
     int fbp_gemm_set_isa(const char *name)
+    void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
+    int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
 
 cdef extern from *:
     """
@@ -246,11 +248,11 @@ cdef inline void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
                       const floating *dsrc, int64_t ldd,                  # IN
                       int n_threads) noexcept nogil:
     if floating is float:
-        fbp_gemm_f32(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
-                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+        fbp_gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                     bias, act, dsrc, ldd, n_threads)
     else:
-        fbp_gemm_f64(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
-                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+        fbp_gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                     bias, act, dsrc, ldd, n_threads)
 
 
 cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
