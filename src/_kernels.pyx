@@ -125,10 +125,22 @@ cdef extern from *:
     }
     static void fbp_ftz_restore(unsigned int old) { _mm_setcsr(old); }
     static int fbp_ftz_is_on(void) { return (_mm_getcsr() & FBP_FTZ_BITS) == FBP_FTZ_BITS; }
+    /* The FTZ/DAZ bits of this thread; set them to `mode` (returning the old
+       MXCSR) and put the old value back. */
+    static unsigned int fbp_ftz_mode(void) { return _mm_getcsr() & FBP_FTZ_BITS; }
+    static unsigned int fbp_ftz_enter(unsigned int mode) {
+        unsigned int old = _mm_getcsr();
+        if ((old & FBP_FTZ_BITS) != mode) _mm_setcsr((old & ~FBP_FTZ_BITS) | mode);
+        return old;
+    }
+    static void fbp_ftz_leave(unsigned int old) { if (_mm_getcsr() != old) _mm_setcsr(old); }
     #else
     static unsigned int fbp_ftz_set(int on) { (void)on; return 0u; }
     static void fbp_ftz_restore(unsigned int old) { (void)old; }
     static int fbp_ftz_is_on(void) { return 0; }
+    static unsigned int fbp_ftz_mode(void) { return 0u; }
+    static unsigned int fbp_ftz_enter(unsigned int mode) { (void)mode; return 0u; }
+    static void fbp_ftz_leave(unsigned int old) { (void)old; }
     #endif
     #ifdef _OPENMP
     static int fbp_team_size(void) { return omp_get_num_threads(); }
@@ -139,6 +151,9 @@ cdef extern from *:
     unsigned int fbp_ftz_set(int on) nogil
     void fbp_ftz_restore(unsigned int old) nogil
     int fbp_ftz_is_on() nogil
+    unsigned int fbp_ftz_mode() nogil
+    unsigned int fbp_ftz_enter(unsigned int mode) nogil
+    void fbp_ftz_leave(unsigned int old) nogil
     int fbp_team_size() nogil
 
 cdef extern from *:
@@ -156,6 +171,81 @@ cdef extern from *:
     void fbp_count_parallel(int team) nogil
     int64_t fbp_parallel_count() nogil
 
+cdef extern from *:
+    """
+    /* A wave: n tiles of work that any thread of a step takes, one at a time,
+       from a shared counter (the caller's thread included); `done` counts the
+       finished tiles.  A thread that finds no tile left waits only for the
+       tiles still in progress: spinning briefly, then asleep on a futex, so a
+       descheduled holder gets the core back at once.  A thread that is late
+       (not yet scheduled) holds up nobody: its tiles are taken by the others.
+       fbp_wave_finish publishes the tile's writes (release); fbp_wave_wait
+       returns once every tile's writes are visible (acquire). */
+    #include <limits.h>
+    #if defined(__linux__)
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #elif defined(_WIN32)
+    #include <windows.h>
+    #else
+    #include <sched.h>
+    #endif
+    typedef struct { int next, done, sleepers, n; } fbp_wave;
+    #define FBP_SPIN 1500
+    static inline void fbp_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
+    static inline int fbp_wave_claim(fbp_wave *w) {
+        int t = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
+        return t < w->n ? t : -1;
+    }
+    static inline void fbp_wave_finish(fbp_wave *w) {
+        if (__atomic_add_fetch(&w->done, 1, __ATOMIC_SEQ_CST) == w->n &&
+            __atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST) > 0) {
+    #if defined(__linux__)
+            syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    #endif
+        }
+    }
+    static void fbp_wave_wait(fbp_wave *w) {
+        int d;
+        for (int i = 0; i < FBP_SPIN; i++) {
+            if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) >= w->n) return;
+            fbp_pause();
+        }
+        __atomic_add_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+        while ((d = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) < w->n) {
+    #if defined(__linux__)
+            syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, d, NULL, NULL, 0);
+    #elif defined(_WIN32)
+            SwitchToThread();
+    #else
+            sched_yield();
+    #endif
+        }
+        __atomic_sub_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+    }
+    """
+    ctypedef struct fbp_wave:
+        int next
+        int done
+        int sleepers
+        int n
+    int fbp_wave_claim(fbp_wave *w) nogil
+    void fbp_wave_finish(fbp_wave *w) nogil
+    void fbp_wave_wait(fbp_wave *w) nogil
+
+cdef extern from *:
+    """
+    /* Marks this library for threadpoolctl (fastbp/_threads.py registers a
+       controller that looks for this symbol). */
+    __attribute__((visibility("default"))) int fastbp_kernels_abi(void) { return 1; }
+    """
+    int fastbp_kernels_abi() nogil
+
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
 
@@ -172,10 +262,23 @@ cdef enum:
     LOSS_BCE = 1
     LOSS_CE = 2
 
-# A batch step goes parallel only from this many multiply-adds (of the forward
-# pass); below it the parallel region costs more than it saves.  Results do
-# not depend on it; the tests lower it to run the parallel path on small nets.
+# Threads: a step (or a predict chunk) uses one thread per this many
+# multiply-adds of its forward pass, at most n_threads: a step too small to
+# gain runs serially, with no parallel region.  Its tiles are cut no finer than
+# a quarter of it.  Results do not depend on it; the tests lower it (to 0: as
+# many threads and tiles as the shape allows) to run the parallel paths on
+# small nets.
 cdef int64_t par_min_macs = 65536
+
+cdef enum:
+    # Row split (each tile: some batch rows through every layer) while every
+    # thread gets at least this many rows, else the output units of every
+    # layer are split (one wave per layer).
+    ROWS_PER_THREAD = 16
+    # Tiles per thread: rows (each row tile packs every W again) and units.
+    ROW_TILES_PER_THREAD = 2
+    UNIT_TILES_PER_THREAD = 4
+    MAX_WAVES = 2 * 64 + 1
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -191,12 +294,22 @@ cdef struct Spec:
     int output              # OUT_*
     int loss                # LOSS_*
     int n_threads
-    int ftz                 # -1: leave FTZ/DAZ alone, else 0/1 in a step's threads
+    unsigned int ftz        # the caller's FTZ/DAZ bits, set in every thread of a region
+    int elem                # bytes per element (4, 8): the GEMM's tile shape
+
+
+cdef enum:
+    # What a call's workspace holds besides the activations A_1..A_L and yhat.
+    WS_GATHER = 1           # A_0 and y: the gathered (shuffled) batch
+    WS_TARGETS = 2          # lossv, hitv
+    WS_DELTAS = 4           # delta_1..delta_L
+    WS_COLSUM = 8           # bias-gradient scratch of the fused SGD step
+    WS_FIT = 15
 
 
 cdef struct Work:
     int64_t rows            # capacity in batch rows
-    int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers
+    int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers (A_0: WS_GATHER)
     int64_t yhat            # (rows, n_out) outputs after the output activation
     int64_t delta[65]       # delta[k]: offset of dloss/dZ_k (rows, sizes[k]), k = 1..n_layers
     int64_t y               # (rows, n_out) gathered targets
@@ -209,30 +322,40 @@ cdef struct Work:
 MAX_LAYERS = 64
 
 
-cdef Work make_work(const Spec *s, int64_t rows) noexcept:
-    """Offsets of every scratch array inside one flat workspace of `rows` rows."""
+cdef Work make_work(const Spec *s, int64_t rows, int what) noexcept nogil:
+    """Offsets of the scratch arrays a call needs (`what`: WS_* flags) inside
+    one flat workspace of `rows` rows; -1 for the ones it does not need."""
     cdef Work w
     cdef int64_t off = 0
-    cdef int k
+    cdef int k, L = s.n_layers
     w.rows = rows
-    for k in range(s.n_layers + 1):
+    w.act[0] = w.y = w.lossv = w.hitv = w.delta[0] = -1
+    if what & WS_GATHER:
+        w.act[0] = off
+        off += rows * s.sizes[0]
+    for k in range(1, L + 1):
         w.act[k] = off
         off += rows * s.sizes[k]
     w.yhat = off
-    off += rows * s.sizes[s.n_layers]
-    w.delta[0] = -1
-    for k in range(1, s.n_layers + 1):
-        w.delta[k] = off
-        off += rows * s.sizes[k]
-    w.y = off
-    off += rows * s.sizes[s.n_layers]
-    w.lossv = off
-    off += rows
-    w.hitv = off
-    off += rows
-    for k in range(s.n_layers):   # one per layer: threads reach layers at different times
-        w.colsum[k] = off
-        off += s.sizes[k + 1]
+    off += rows * s.sizes[L]
+    for k in range(1, L + 1):
+        w.delta[k] = -1
+        if what & WS_DELTAS:
+            w.delta[k] = off
+            off += rows * s.sizes[k]
+    if what & WS_GATHER:
+        w.y = off
+        off += rows * s.sizes[L]
+    if what & WS_TARGETS:
+        w.lossv = off
+        off += rows
+        w.hitv = off
+        off += rows
+    for k in range(L):   # one per layer: tiles of different layers run at once
+        w.colsum[k] = -1
+        if what & WS_COLSUM:
+            w.colsum[k] = off
+            off += s.sizes[k + 1]
     w.size = off
     return w
 
@@ -371,20 +494,114 @@ cdef double hit_row(const Spec *s,
 
 
 # ---------------------------------------------------------------------------
-# Batch kernels.  A step is two phases:
-#   1. per batch row (a thread owns a contiguous range of rows): gather the row,
-#      forward through every layer, loss and delta_L, then every delta_k
-#      down to the first layer, all with the weights as they are;
-#   2. per row of W_k (a thread owns a contiguous range of each layer's output
-#      units): the weight and bias gradient of those units, or the SGD step on
-#      them, which needs every row's delta (hence the barrier between phases).
-# Each phase writes only what its thread owns, and every GEMM element comes out
-# the same whatever the row or unit range it is computed in (fbp_gemm.h), so a
-# step gives the same bits on 1 thread as on any number of them.
+# Batch kernels.  A step is, in order:
+#   1. per batch row: gather the row, forward through every layer, loss and
+#      delta_L, then every delta_k down to the first layer, all with the
+#      weights as they are;
+#   2. per row of W_k (output unit): the weight and bias gradient of that
+#      unit, or the SGD step on it, which needs every row's delta.
+# With threads the work is cut into tiles that any thread of the step takes
+# from a shared counter (see fbp_wave): a "wave" is a set of tiles that may run
+# in any order, and a thread moves to the next wave once every tile of this
+# one is finished.  Two plans:
+#   * row split (enough rows per thread): wave 0 = row tiles of part 1,
+#     wave 1 = unit tiles of part 2 (every layer's units, one list);
+#   * unit split (a small batch): part 1 layer by layer, each GEMM's output
+#     columns cut into tiles: forward waves 0..L-1, one wave of output rows
+#     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
+#     part-2 wave.
+# Each tile writes only its own rows (row split) or columns (unit split) of
+# A_k / delta_k, its own slots of yhat, lossv, hitv, and in part 2 its own
+# rows of W_k, grad, entries of b_k and of colsum; what it reads was finished
+# in an earlier wave.  So every write inside a parallel region is private to
+# the thread running that tile.  The GEMM gives each element the same bits
+# whatever block it is computed in (fbp_gemm.h), per-sample losses are summed
+# in row order and bias gradients are column sums in row order, so a step
+# gives the same bits on 1 thread as on any number of them, whichever thread
+# takes which tile.
 
-cdef inline int64_t part(int64_t n, int t, int nt) noexcept nogil:
+cdef struct Plan:
+    int nt                  # threads asked for (1: serial, no parallel region)
+    bint by_units           # unit split (else row split)
+    int n_waves
+    int loss_wave           # the loss is complete after this wave (-1: no loss)
+    int64_t row_align       # row tiles start at multiples of this
+    int64_t mr, nr          # the GEMM's micro-tile (units align to mr, columns to nr)
+    int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
+    fbp_wave waves[MAX_WAVES]
+
+
+cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
     """Start of part t of n items split into nt contiguous parts."""
     return n * t // nt
+
+
+cdef inline int64_t cut(int64_t n, int64_t t, int64_t nt, int64_t align) noexcept nogil:
+    """Start of tile t of n items cut into nt tiles at multiples of align."""
+    return min(n, part((n + align - 1) // align, t, nt) * align)
+
+
+cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt) noexcept nogil:
+    """Tiles for n items (at multiples of align) worth `macs` multiply-adds."""
+    cdef int64_t t = UNIT_TILES_PER_THREAD * nt, lim = (n + align - 1) // align
+    if par_min_macs > 0:
+        t = min(t, max(<int64_t>1, 4 * macs // par_min_macs))
+    return <int>max(<int64_t>1, min(t, lim))
+
+
+cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
+    cdef int64_t macs = 0
+    cdef int k
+    for k in range(s.n_layers):
+        macs += s.sizes[k] * s.sizes[k + 1]
+    return m * macs
+
+
+cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
+                    Plan *p) noexcept nogil:
+    """Threads, split and tiles for m rows: a training step (train), or a
+    forward pass, with per-sample losses when with_loss."""
+    cdef int64_t macs = forward_macs(s, m), units
+    cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
+    if par_min_macs > 0:
+        nt = <int>min(<int64_t>nt, macs // par_min_macs)
+    p.nt = max(1, nt)
+    p.loss_wave = -1
+    p.n_waves = 0
+    fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
+    if p.nt == 1:
+        return
+    nt = p.nt
+    p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
+    if not p.by_units:
+        p.row_align = p.mr if m >= 4 * p.mr * nt else 1
+        p.waves[0].n = <int>min(<int64_t>ROW_TILES_PER_THREAD * nt,
+                                (m + p.row_align - 1) // p.row_align)
+        if with_loss:
+            p.loss_wave = 0
+        nw = 1
+    else:
+        for k in range(L):       # forward, layer by layer, output columns
+            p.waves[nw].n = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+            nw += 1
+        p.waves[nw].n = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
+        if with_loss:
+            p.loss_wave = nw
+        nw += 1
+        if train:
+            for k in range(L - 1, 0, -1):   # delta_k, columns
+                p.waves[nw].n = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+                nw += 1
+    if train:
+        p.p2_first[0] = 0
+        for k in range(L):
+            units = s.sizes[k + 1]
+            p.p2_first[k + 1] = p.p2_first[k] + tiles_for(units, m * s.sizes[k] * units, p.mr, nt)
+        p.waves[nw].n = <int>p.p2_first[L]
+        nw += 1
+    p.n_waves = nw
+    for k in range(nw):
+        p.waves[k].next = p.waves[k].done = p.waves[k].sleepers = 0
 
 
 cdef void forward_rows(const Spec *s,
@@ -394,19 +611,27 @@ cdef void forward_rows(const Spec *s,
                        int64_t r0, int64_t r1) noexcept nogil:
     """Every layer's activations for batch rows r0..r1, cached in the workspace."""
     cdef int k, L = s.n_layers
-    cdef int64_t i, n_in, n_out
+    cdef int64_t i, n_out
     for k in range(L):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        gemm(0, 1, r1 - r0, n_out, n_in,
-             <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
-             theta + s.w_off[k], n_in,
-             <floating>0, ws + w.act[k + 1] + r0 * n_out, n_out,
-             theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
-             s.hidden if k < L - 1 else ACT_IDENTITY,
-             NULL, 0, 1)
+        forward_cols(s, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
     n_out = s.sizes[L]
     for i in range(r0, r1):
         output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
+
+
+cdef inline void forward_cols(const Spec *s, const floating *theta,
+                              floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1]
+                              const floating *x,             # IN  batch input (ld n_in)
+                              int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1])."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 1, r1 - r0, j1 - j0, n_in,
+         <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
+         theta + s.w_off[k] + j0 * n_in, n_in,
+         <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
+         theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
+         s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
+         NULL, 0, 1)
 
 
 cdef void loss_rows(const Spec *s,
@@ -426,20 +651,37 @@ cdef void loss_rows(const Spec *s,
             ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
 
 
+cdef inline void backprop_cols(const Spec *s, const floating *theta,
+                               floating *ws, const Work *w,  # IN delta_{k+1}, A_k; OUT delta_k[r0:r1, j0:j1]
+                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 0, r1 - r0, j1 - j0, n_out,
+         <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
+         theta + s.w_off[k] + j0, n_in,
+         <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
+         NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
+
+
 cdef void backprop_rows(const Spec *s,
                         const floating *theta,        # IN  parameters (unchanged yet)
                         floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
                         int64_t r0, int64_t r1) noexcept nogil:
-    """delta_k = (delta_{k+1} W_{k+1}) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
+    """delta_k = (delta_{k+1} W_k) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
     cdef int k
-    cdef int64_t n_in, n_out
     for k in range(s.n_layers - 1, 0, -1):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        gemm(0, 0, r1 - r0, n_in, n_out,
-             <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
-             theta + s.w_off[k], n_in,
-             <floating>0, ws + w.delta[k] + r0 * n_in, n_in,
-             NULL, s.hidden, ws + w.act[k] + r0 * n_in, n_in, 1)
+        backprop_cols(s, theta, ws, w, k, r0, r1, 0, s.sizes[k])
+
+
+cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
+                      const floating *X, const floating *Y,   # IN the data set
+                      const int64_t *rows,                    # IN the batch's row indices
+                      int64_t r0, int64_t r1) noexcept nogil:
+    """Copy rows r0..r1 of the batch into A_0 and y."""
+    cdef int64_t i, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    for i in range(r0, r1):
+        memcpy(ws + w.act[0] + i * n_in, X + rows[i] * n_in, n_in * sizeof(floating))
+        memcpy(ws + w.y + i * n_out, Y + rows[i] * n_out, n_out * sizeof(floating))
 
 
 cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work *w,
@@ -448,15 +690,10 @@ cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work 
                  int64_t start, int64_t m, int64_t r0, int64_t r1,
                  bint want_delta) noexcept nogil:
     """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
-    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
-    cdef const floating *x = X + start * n_in
-    cdef const floating *y = Y + start * n_out
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[s.n_layers]
     if rows != NULL:
-        for i in range(r0, r1):
-            for j in range(n_in):
-                ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
-            for j in range(n_out):
-                ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
+        gather_rows(s, ws, w, X, Y, rows, r0, r1)
         x = ws + w.act[0]
         y = ws + w.y
     forward_rows(s, theta, ws, w, x, r0, r1)
@@ -465,50 +702,44 @@ cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work 
         backprop_rows(s, theta, ws, w, r0, r1)
 
 
-cdef void phase2(const Spec *s,
-                 floating *theta,        # IN, and OUT when grad == NULL
-                 floating *grad,         # OUT gradient of the mean loss, or NULL
-                 floating lr,            # the SGD step when grad == NULL
-                 floating *snap,         # OUT copy of what this call updates, or NULL
-                 floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
-                 const floating *x,      # IN batch input, row 0 (ld n_in)
-                 int64_t m, int t, int nt) noexcept nogil:
-    """Part t of nt of every layer's output units: store their gradient, or step them."""
-    cdef int k
-    cdef int64_t j, o0, o1, n_in, n_out
-    cdef const floating *d
-    cdef const floating *h
+cdef void update_units(const Spec *s,
+                       floating *theta,        # IN, and OUT when grad == NULL
+                       floating *grad,         # OUT gradient of the mean loss, or NULL
+                       floating lr,            # the SGD step when grad == NULL
+                       floating *snap,         # OUT copy of what this call updates, or NULL
+                       floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
+                       const floating *x,      # IN batch input, row 0 (ld n_in)
+                       int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
+    """Units o0..o1 of layer k: store their gradient, or step them."""
+    cdef int64_t j, n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    cdef const floating *d = ws + w.delta[k + 1] + o0   # columns o0..o1 of delta (ld n_out)
+    cdef const floating *h = x if k == 0 else ws + w.act[k]
     cdef floating *colsum
-    for k in range(s.n_layers):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        o0, o1 = part(n_out, t, nt), part(n_out, t + 1, nt)
-        colsum = ws + w.colsum[k]
-        if o1 == o0:
-            continue
-        d = ws + w.delta[k + 1] + o0       # columns o0..o1 of delta (ld n_out)
-        h = x if k == 0 else ws + w.act[k]
-        if grad != NULL:
-            gemm(1, 0, o1 - o0, n_in, m,
-                 <floating>1, d, n_out, h, n_in,
-                 <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
-                 NULL, ACT_IDENTITY, NULL, 0, 1)
-            if s.b_off[k] >= 0:
-                column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
-            continue
-        if snap != NULL:
-            memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
-                   (o1 - o0) * n_in * sizeof(floating))
-            if s.b_off[k] >= 0:
-                memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
-                       (o1 - o0) * sizeof(floating))
+    if o1 <= o0:
+        return
+    if grad != NULL:
         gemm(1, 0, o1 - o0, n_in, m,
-             -lr, d, n_out, h, n_in,
-             <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+             <floating>1, d, n_out, h, n_in,
+             <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
              NULL, ACT_IDENTITY, NULL, 0, 1)
         if s.b_off[k] >= 0:
-            column_sums(d, m, o1 - o0, n_out, colsum + o0)
-            for j in range(o0, o1):
-                theta[s.b_off[k] + j] -= lr * colsum[j]
+            column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
+        return
+    if snap != NULL:
+        memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
+               (o1 - o0) * n_in * sizeof(floating))
+        if s.b_off[k] >= 0:
+            memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
+                   (o1 - o0) * sizeof(floating))
+    gemm(1, 0, o1 - o0, n_in, m,
+         -lr, d, n_out, h, n_in,
+         <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+         NULL, ACT_IDENTITY, NULL, 0, 1)
+    if s.b_off[k] >= 0:
+        colsum = ws + w.colsum[k]
+        column_sums(d, m, o1 - o0, n_out, colsum + o0)
+        for j in range(o0, o1):
+            theta[s.b_off[k] + j] -= lr * colsum[j]
 
 
 cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
@@ -520,15 +751,94 @@ cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
     return total
 
 
-cdef int step_threads(const Spec *s, int64_t m) noexcept nogil:
-    """Threads worth using for one step of m rows (1: no parallel region)."""
-    cdef int64_t macs = 0
-    cdef int k
-    for k in range(s.n_layers):
-        macs += s.sizes[k] * s.sizes[k + 1]
-    if s.n_threads <= 1 or m < 2 or m * macs < par_min_macs:
-        return 1
-    return <int>min(<int64_t>s.n_threads, m)
+cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
+                   floating *theta, floating *grad, floating lr, floating *snap,
+                   floating *ws, const Work *w,
+                   const floating *X, const floating *Y, const int64_t *rows,
+                   int64_t start, int64_t m, bint train) noexcept nogil:
+    """Tile t of wave `wave` of the plan (see the block above Plan)."""
+    cdef int L = s.n_layers, k
+    cdef int64_t n = p.waves[wave].n, a, b, i
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[L] if Y != NULL else NULL
+    if rows != NULL:
+        x = ws + w.act[0]
+        y = ws + w.y
+    if train and wave == p.n_waves - 1:       # part 2: the units of one layer
+        k = 0
+        while p.p2_first[k + 1] <= t:
+            k += 1
+        n = p.p2_first[k + 1] - p.p2_first[k]
+        t -= p.p2_first[k]
+        update_units(s, theta, grad, lr, snap, ws, w, x, m, k,
+                     cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr))
+    elif not p.by_units:                      # row split: rows through everything
+        a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
+        if Y == NULL:
+            forward_rows(s, theta, ws, w, x, a, b)
+        else:
+            phase1(s, theta, ws, w, X, Y, rows, start, m, a, b, train)
+    elif wave < L:                            # unit split: forward of layer `wave`
+        k = wave
+        forward_cols(s, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
+                     cut(s.sizes[k + 1], t + 1, n, p.nr))
+    elif wave == L:                           # output activation and loss rows
+        a, b = part(m, t, n), part(m, t + 1, n)
+        for i in range(a, b):
+            output_row(s, ws + w.act[L] + i * s.sizes[L], ws + w.yhat + i * s.sizes[L])
+        if Y != NULL:
+            loss_rows(s, ws, w, y, m, a, b, train)
+    else:                                     # delta_k, k = L-1 .. 1
+        k = L - 1 - (wave - L - 1)
+        backprop_cols(s, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
+                      cut(s.sizes[k], t + 1, n, p.nr))
+
+
+cdef void run_waves(const Spec *s, Plan *p,
+                    floating *theta, floating *grad, floating lr, floating *snap,
+                    floating *ws, const Work *w,
+                    const floating *X, const floating *Y, const int64_t *rows,
+                    int64_t start, int64_t m, bint train) noexcept nogil:
+    """One thread's share of a plan: take tiles until none is left in a
+    wave, wait for the ones still running, go on to the next wave.  After the
+    loss wave every thread sums the losses (in row order: all agree) and stops
+    before the updates when the sum is not finite."""
+    cdef int v
+    cdef int64_t t
+    for v in range(p.n_waves):
+        while True:
+            t = fbp_wave_claim(&p.waves[v])
+            if t < 0:
+                break
+            run_tile(s, p, v, t, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, train)
+            fbp_wave_finish(&p.waves[v])
+        if v == p.n_waves - 1:
+            break                 # the region's end waits for the last wave
+        fbp_wave_wait(&p.waves[v])
+        if v == p.loss_wave and train and not isfinite(row_sum(ws + w.lossv, m)):
+            break
+
+
+cdef void run_plan(const Spec *s, Plan *p,
+                   floating *theta, floating *grad, floating lr, floating *snap,
+                   floating *ws, const Work *w,
+                   const floating *X, const floating *Y, const int64_t *rows,
+                   int64_t start, int64_t m, bint train) noexcept nogil:
+    """Run a plan of p.nt > 1 threads in one parallel region.  OpenMP may give
+    fewer threads (OMP_DYNAMIC, OMP_THREAD_LIMIT, nesting): the tiles do not
+    depend on the team.  Each thread runs with the caller's FTZ/DAZ mode and
+    restores its own afterwards."""
+    cdef int t = 0
+    cdef unsigned int csr = 0
+    if rows != NULL and p.by_units:   # the (small) batch is gathered first
+        gather_rows(s, ws, w, X, Y, rows, 0, m)
+    with parallel(num_threads=p.nt):
+        t = threadid()
+        if t == 0:
+            fbp_count_parallel(fbp_team_size())
+        csr = fbp_ftz_enter(s.ftz)
+        run_waves(s, p, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, train)
+        fbp_ftz_leave(csr)
 
 
 cdef int batch_step(const Spec *s,
@@ -544,72 +854,43 @@ cdef int batch_step(const Spec *s,
     """One batch: the gradient into `grad`, or the plain SGD step on theta.
 
     Returns 1 (and changes nothing) when the batch loss is not finite.
-    With one thread the phases run in turn; with more, in one parallel region
-    with a barrier between them.  `snap` is filled just before theta changes.
+    Serially the two parts run in turn; with threads, as the plan's waves in
+    one parallel region.  `snap` is filled just before theta changes.
     """
-    cdef int nt = step_threads(s, m), t = 0, team = 1, p = 0
-    cdef unsigned int csr = 0
+    cdef Plan p
+    cdef int k
     cdef const floating *x = X + start * s.sizes[0]
-    cdef double total = 0.0
+    make_plan(s, m, True, True, &p)
+    if p.nt > 1:
+        run_plan(s, &p, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, True)
+        loss[0] = row_sum(ws + w.lossv, m)
+        return 0 if isfinite(loss[0]) else 1
     if rows != NULL:
         x = ws + w.act[0]
-    if nt == 1:
-        phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
-        loss[0] = row_sum(ws + w.lossv, m)
-        if not isfinite(loss[0]):
-            return 1
-        phase2(s, theta, grad, lr, snap, ws, w, x, m, 0, 1)
-        return 0
-    with parallel(num_threads=nt):
-        # OpenMP may give fewer threads than asked (OMP_DYNAMIC,
-        # OMP_THREAD_LIMIT, nesting): the work stays cut into nt parts and each
-        # thread of the team takes parts t, t + team, ...
-        t = threadid()
-        team = fbp_team_size()
-        if t == 0:
-            fbp_count_parallel(team)
-        csr = fbp_ftz_set(s.ftz) if s.ftz >= 0 else 0
-        p = t
-        while p < nt:
-            phase1(s, theta, ws, w, X, Y, rows, start, m, part(m, p, nt), part(m, p + 1, nt), True)
-            p = p + team
-        FBP_BARRIER()
-        # Every thread sums the losses in the same order, so all agree.
-        total = row_sum(ws + w.lossv, m)
-        if isfinite(total):
-            p = t
-            while p < nt:
-                phase2(s, theta, grad, lr, snap, ws, w, x, m, p, nt)
-                p = p + team
-        if s.ftz >= 0:
-            fbp_ftz_restore(csr)
+    phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
     loss[0] = row_sum(ws + w.lossv, m)
-    return 0 if isfinite(loss[0]) else 1
+    if not isfinite(loss[0]):
+        return 1
+    for k in range(s.n_layers):
+        update_units(s, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
+    return 0
 
 
 cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const Work *w,
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
                        int64_t start, int64_t m) noexcept nogil:
-    """Forward (with Y, also the per-sample losses) of m rows from `start`;
-    thread t computes rows part(m, t) .. part(m, t + 1) only."""
-    cdef int nt = step_threads(s, m), t = 0
-    if nt == 1:
-        predict_part(s, theta, ws, w, X, Y, start, m, 0, m)
-        return
-    for t in prange(nt, schedule='static', num_threads=nt):
-        if t == 0:
-            fbp_count_parallel(fbp_team_size())
-        predict_part(s, theta, ws, w, X, Y, start, m, part(m, t, nt), part(m, t + 1, nt))
-
-
-cdef inline void predict_part(const Spec *s, const floating *theta, floating *ws, const Work *w,
-                              const floating *X, const floating *Y,
-                              int64_t start, int64_t m, int64_t r0, int64_t r1) noexcept nogil:
-    if Y != NULL:
-        phase1(s, theta, ws, w, X, Y, NULL, start, m, r0, r1, False)
+    """Forward (with Y, also the per-sample losses) of m rows from `start`,
+    into rows 0..m-1 of the workspace."""
+    cdef Plan p
+    make_plan(s, m, False, Y != NULL, &p)
+    if p.nt > 1:
+        run_plan(s, &p, <floating *>theta, NULL, <floating>0, NULL, ws, w, X, Y, NULL,
+                 start, m, False)
+    elif Y != NULL:
+        phase1(s, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
-        forward_rows(s, theta, ws, w, X + start * s.sizes[0], r0, r1)
+        forward_rows(s, theta, ws, w, X + start * s.sizes[0], 0, m)
 
 
 cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
@@ -786,13 +1067,67 @@ cdef class Network:
         self.spec.b_off = &bo[0]
 
     def workspace_size(self, int64_t rows):
-        """Elements of scratch a call over `rows` batch rows allocates."""
-        return make_work(&self.spec, rows).size
+        """Elements of the workspace `fit_epoch` needs for batches of `rows` rows."""
+        return make_work(&self.spec, rows, WS_FIT).size
 
-    cdef Spec _spec(self, int n_threads):
+    def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
+                             int n_threads):
+        """Bytes of kernel scratch a fit of n_samples rows in batches of
+        batch_size needs: the workspace (`workspace_size`, allocated by the
+        caller for the fit) plus the GEMM's packing buffers of the threads
+        its steps run on (fbp_gemm_buffer_bytes of the largest product a tile
+        of a step computes, per thread; each thread allocates its buffer on
+        first need and keeps it for later calls, so a second fit on the same
+        threads allocates none of it again).
+
+        Parameters
+        ----------
+        batch_size, n_samples : int
+            As given to the fit (n_samples >= 1).
+        itemsize : int
+            4 (float32) or 8 (float64).
+        n_threads : int
+            The thread count the fit runs with (fastbp.get_num_threads()).
+
+        Returns
+        -------
+        int
+        """
+        if batch_size < 1 or n_samples < 1 or itemsize not in (4, 8):
+            raise ValueError("batch_size and n_samples must be >= 1 and itemsize 4 or 8")
+        cdef Spec s = self._spec(n_threads, itemsize)
+        cdef int64_t rows = min(batch_size, n_samples), per_thread = 0, r, c
+        cdef Plan p
+        cdef int k, L = s.n_layers
+        make_plan(&s, rows, True, True, &p)
+        # The largest product a thread may compute: with row tiles, the
+        # tallest tile's rows; with unit tiles, whole rows of every GEMM but
+        # at most one tile's columns (the widest tile).  Part 2 (all plans):
+        # the widest unit tile times n_in, over K = the batch.
+        for k in range(L):
+            if p.nt == 1 or not p.by_units:
+                r = rows if p.nt == 1 else cut(rows, 1, p.waves[0].n, p.row_align)
+                per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k + 1], s.sizes[k]))
+                if k > 0:
+                    per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k], s.sizes[k + 1]))
+            else:
+                per_thread = max(per_thread, fbp_gemm_buffer_bytes(
+                    itemsize, rows, cut(s.sizes[k + 1], 1, p.waves[k].n, p.nr), s.sizes[k]))
+                if k > 0:
+                    per_thread = max(per_thread, fbp_gemm_buffer_bytes(
+                        itemsize, rows, cut(s.sizes[k], 1, p.waves[2 * L - k].n, p.nr), s.sizes[k + 1]))
+            c = s.sizes[k + 1] if p.nt == 1 else \
+                cut(s.sizes[k + 1], 1, p.p2_first[k + 1] - p.p2_first[k], p.mr)
+            per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
+        return int(make_work(&s, rows, WS_FIT).size * itemsize + p.nt * per_thread)
+
+    cdef Spec _spec(self, int n_threads, int elem):
+        """The spec of one call: its thread count, element size, and the
+        calling thread's FTZ/DAZ mode (every thread of a region runs with it)."""
         cdef Spec s = self.spec
         s.n_threads = n_threads if n_threads > 0 else 1
-        s.ftz = -1
+        s.ftz = fbp_ftz_mode()
+        s.elem = elem
         return s
 
     def _check(self, theta, X, Y=None):
@@ -802,20 +1137,18 @@ cdef class Network:
             raise ValueError("X has the wrong shape")
         if Y is not None and (Y.shape[0] != X.shape[0] or Y.shape[1] != self.sizes[self.spec.n_layers]):
             raise ValueError("Y has the wrong shape")
-        if X.shape[0] >= 2**31:
-            raise ValueError("at most 2**31 - 1 samples per call")
 
     def predict(self, const floating[::1] theta, const floating[:, ::1] X,
                 floating[:, ::1] out, int64_t chunk, int n_threads):
         """out = network(X), computed `chunk` rows at a time."""
         self._check(theta, X)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], n_out = s.sizes[s.n_layers]
         cdef int64_t start, m
         if out.shape[0] != n or out.shape[1] != n_out:
             raise ValueError("out has the wrong shape")
         chunk = max(1, min(chunk, n))
-        cdef Work w = make_work(&s, chunk)
+        cdef Work w = make_work(&s, chunk, 0)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         with nogil:
             start = 0
@@ -835,10 +1168,10 @@ cdef class Network:
 
         The accuracy is 0 for squared_error (not a classification loss)."""
         self._check(theta, X, Y)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], start, m
         chunk = max(1, min(chunk, n))
-        cdef Work w = make_work(&s, chunk)
+        cdef Work w = make_work(&s, chunk, WS_TARGETS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef double total = 0.0, hits = 0.0
         with nogil:
@@ -862,9 +1195,11 @@ cdef class Network:
         self._check(theta, X, Y)
         if grad.shape[0] != self.n_params:
             raise ValueError("grad has the wrong length")
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t m = X.shape[0], i
-        cdef Work w = make_work(&s, m)
+        # No gathered batch (X is used in place) and no SGD scratch: only
+        # what a gradient over X needs.
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef double total
         with nogil:
@@ -903,10 +1238,10 @@ cdef class Network:
         its update (and the velocity to `snapshot_velocity`, if momentum).
         """
         self._check(theta, X, Y)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0]
         cdef int64_t rows = max(1, min(batch_size, n))
-        cdef Work w = make_work(&s, rows)
+        cdef Work w = make_work(&s, rows, WS_FIT)
         cdef Optim o
         cdef Totals t
         cdef const int64_t[::1] order_v
@@ -946,9 +1281,10 @@ cdef class Network:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
         # The calling thread runs with FTZ/DAZ as asked for the whole call;
-        # the threads of each parallel step set (and restore) it themselves.
-        s.ftz = 1 if flush_denormals else -1
+        # the threads of each parallel step set that mode (on, or the
+        # caller's own, normally off) and restore theirs afterwards.
         cdef unsigned int csr = fbp_ftz_set(1) if flush_denormals else 0
+        s.ftz = fbp_ftz_mode()
         try:
             with nogil:
                 status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
