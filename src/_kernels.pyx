@@ -1356,6 +1356,15 @@ def gemm_isas():
     return found
 
 
+def gemm_buffer_bytes(int itemsize, int64_t M, int64_t N, int64_t K):
+    """Bytes of packing buffer the GEMM needs (per thread, kept for later
+    calls) for one M x N x K product of 4- or 8-byte elements on the current
+    code path; 0 on its small path."""
+    if itemsize not in (4, 8):
+        raise ValueError("itemsize must be 4 or 8")
+    return fbp_gemm_buffer_bytes(itemsize, M, N, K)
+
+
 def parallel_regions():
     """How many parallel regions (training steps, predict chunks) have run
     with a team of more than one thread since the module was loaded: a test
