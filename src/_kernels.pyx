@@ -173,15 +173,25 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* A wave: n tiles of work that any thread of a step takes, one at a time,
-       from a shared counter (the caller's thread included); `done` counts the
-       finished tiles.  A thread that finds no tile left waits only for the
-       tiles still in progress: spinning briefly, then asleep on a futex, so a
-       descheduled holder gets the core back at once.  A thread that is late
-       (not yet scheduled) holds up nobody: its tiles are taken by the others.
-       fbp_wave_finish publishes the tile's writes (release); fbp_wave_wait
-       returns once every tile's writes are visible (acquire). */
+    /* A team: the threads of one parallel region, which may run many steps.
+       Thread 0 (the caller) drives: for each step it publishes a generation
+       g with the step's waves (a wave: n tiles that may run in any order),
+       then takes tiles itself.  The other threads wait for a new generation,
+       then take tiles from the same waves.  A tile is claimed by a CAS on
+       word[v] = (g << 32) | next: a thread still on an old generation (one
+       that was descheduled and wakes late) fails the tag check and goes back
+       to waiting, so nobody ever waits for a thread that holds no tile; a
+       thread waits only for tiles in progress (wave by wave), spinning
+       briefly, then asleep on a futex (an event count) so that a descheduled
+       holder gets the core back at once.  Publishing: every word is first
+       tagged with g but no tile (so no claim of g-1 can succeed while the
+       step's data are rewritten), then the step data, then the words, then
+       seq = g.  A claimed tile's data are stable: a generation ends only
+       when all its claimed tiles are finished.  fbp_team_finish publishes a
+       tile's writes (seq_cst increments), fbp_team_wait_wave returns once
+       every tile's writes are visible. */
     #include <limits.h>
+    #include <string.h>
     #if defined(__linux__)
     #include <linux/futex.h>
     #include <sys/syscall.h>
@@ -191,52 +201,178 @@ cdef extern from *:
     #else
     #include <sched.h>
     #endif
-    typedef struct { int next, done, sleepers, n; } fbp_wave;
-    #define FBP_SPIN 1500
+    #define FBP_MAXW 129
+    #define FBP_SPIN 2000
+    #define FBP_NO_TILE 0x7fffffffLL
+    typedef struct {
+        int64_t word[FBP_MAXW];
+        int done[FBP_MAXW];
+        int n[FBP_MAXW];
+        int nw, loss_wave, hi;
+        unsigned seq;
+        int quit, ev, sleepers;
+        /* thread 0 only: run serially until this time (ns), and the last backoff */
+        int64_t serial_until, backoff;
+    } fbp_team;
+    #include <time.h>
+    static int64_t fbp_now_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
+    /* Thread 0, before a step: 1 while the team is backing off (serial). */
+    static int fbp_team_backing_off(fbp_team *T) {
+        return T->serial_until != 0 && fbp_now_ns() < T->serial_until;
+    }
+    /* Thread 0, after a parallel step that took step_ns, of which it spent
+       wait_ns waiting for tiles that other threads held: when more than half
+       the step went on waiting (the other threads are descheduled: a busy
+       machine), run the next steps serially for 20 times that wait (so a
+       failed attempt costs at most ~5%), doubling while attempts keep
+       failing, up to a second; a good step ends the backoff.  Results do
+       not depend on it (they do not depend on the thread count). */
+    static void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns) {
+        if (2 * wait_ns > step_ns && wait_ns > 20000) {
+            int64_t b = 20 * wait_ns;
+            if (T->backoff * 2 > b) b = T->backoff * 2;
+            if (b > 1000000000LL) b = 1000000000LL;
+            T->backoff = b;
+            T->serial_until = fbp_now_ns() + b;
+        } else {
+            T->backoff = 0;
+            T->serial_until = 0;
+        }
+    }
     static inline void fbp_pause(void) {
     #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
     #endif
     }
-    static inline int fbp_wave_claim(fbp_wave *w) {
-        int t = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
-        return t < w->n ? t : -1;
-    }
-    static inline void fbp_wave_finish(fbp_wave *w) {
-        if (__atomic_add_fetch(&w->done, 1, __ATOMIC_SEQ_CST) == w->n &&
-            __atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST) > 0) {
+    static void fbp_team_init(fbp_team *T) { memset(T, 0, sizeof *T); }
+    static void fbp_notify(fbp_team *T) {
+        __atomic_add_fetch(&T->ev, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&T->sleepers, __ATOMIC_SEQ_CST) > 0) {
     #if defined(__linux__)
-            syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+            syscall(SYS_futex, &T->ev, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     #endif
         }
     }
-    static void fbp_wave_wait(fbp_wave *w) {
-        int d;
+    static void fbp_sleep(fbp_team *T, int e) {
+    #if defined(__linux__)
+        syscall(SYS_futex, &T->ev, FUTEX_WAIT_PRIVATE, e, NULL, NULL, 0);
+    #elif defined(_WIN32)
+        (void)T; (void)e; SwitchToThread();
+    #else
+        (void)T; (void)e; sched_yield();
+    #endif
+    }
+    /* Caller: no claim succeeds from now until fbp_team_open(g). */
+    static void fbp_team_invalidate(fbp_team *T, unsigned g) {
+        for (int v = 0; v < T->hi; v++)
+            __atomic_store_n(&T->word[v], ((int64_t)g << 32) | FBP_NO_TILE, __ATOMIC_SEQ_CST);
+    }
+    static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int loss_wave) {
+        int top = nw > T->hi ? nw : T->hi;
+        for (int v = 0; v < top; v++) {
+            __atomic_store_n(&T->done[v], 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&T->n[v], v < nw ? n[v] : 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&T->word[v], (int64_t)g << 32, __ATOMIC_SEQ_CST);
+        }
+        T->hi = top;
+        __atomic_store_n(&T->nw, nw, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&T->loss_wave, loss_wave, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&T->seq, g, __ATOMIC_SEQ_CST);
+        fbp_notify(T);
+    }
+    static void fbp_team_quit(fbp_team *T) {
+        __atomic_store_n(&T->quit, 1, __ATOMIC_SEQ_CST);
+        fbp_notify(T);
+    }
+    static int fbp_team_nw(fbp_team *T) { return __atomic_load_n(&T->nw, __ATOMIC_SEQ_CST); }
+    static int fbp_team_loss_wave(fbp_team *T) { return __atomic_load_n(&T->loss_wave, __ATOMIC_SEQ_CST); }
+    /* A tile of wave v of generation g: its index, -1 when none is left, -2
+       when g is over. */
+    static int fbp_team_claim(fbp_team *T, int v, unsigned g) {
+        int64_t w = __atomic_load_n(&T->word[v], __ATOMIC_SEQ_CST);
+        for (;;) {
+            if ((unsigned)((uint64_t)w >> 32) != g) return -2;
+            int64_t idx = w & 0xffffffffLL;
+            if (idx >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST)) return -1;
+            if (__atomic_compare_exchange_n(&T->word[v], &w, w + 1, 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                return (int)idx;
+        }
+    }
+    static void fbp_team_finish(fbp_team *T, int v) {
+        if (__atomic_add_fetch(&T->done[v], 1, __ATOMIC_SEQ_CST) ==
+            __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
+            fbp_notify(T);
+    }
+    /* 0: wave v of g is finished; -2: g is over; 1: not yet. */
+    static int fbp_wave_state(fbp_team *T, int v, unsigned g) {
+        if (__atomic_load_n(&T->done[v], __ATOMIC_SEQ_CST) >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
+            return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 0 : -2;
+        return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 1 : -2;
+    }
+    static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
+        int r, e;
         for (int i = 0; i < FBP_SPIN; i++) {
-            if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) >= w->n) return;
+            if ((r = fbp_wave_state(T, v, g)) != 1) return r;
             fbp_pause();
         }
-        __atomic_add_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
-        while ((d = __atomic_load_n(&w->done, __ATOMIC_SEQ_CST)) < w->n) {
-    #if defined(__linux__)
-            syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, d, NULL, NULL, 0);
-    #elif defined(_WIN32)
-            SwitchToThread();
-    #else
-            sched_yield();
-    #endif
+        __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        for (;;) {
+            e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
+            if ((r = fbp_wave_state(T, v, g)) != 1) break;
+            fbp_sleep(T, e);
         }
-        __atomic_sub_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+        __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        return r;
+    }
+    /* A worker: the next generation after `last`, or 0 once the team quits. */
+    static unsigned fbp_team_next(fbp_team *T, unsigned last) {
+        unsigned g = 0;
+        int e;
+        for (int i = 0; i < FBP_SPIN; i++) {
+            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
+            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
+            fbp_pause();
+        }
+        __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        for (;;) {
+            e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) { g = 0; break; }
+            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) break;
+            fbp_sleep(T, e);
+        }
+        __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        return g;
+    }
+    /* Ctrl-C from inside a region (thread 0, the caller's thread): -1 with
+       the exception set in the caller's thread state. */
+    static int fbp_poll_signals(void) {
+        PyGILState_STATE st = PyGILState_Ensure();
+        int r = PyErr_CheckSignals();
+        PyGILState_Release(st);
+        return r;
     }
     """
-    ctypedef struct fbp_wave:
-        int next
-        int done
-        int sleepers
-        int n
-    int fbp_wave_claim(fbp_wave *w) nogil
-    void fbp_wave_finish(fbp_wave *w) nogil
-    void fbp_wave_wait(fbp_wave *w) nogil
+    ctypedef struct fbp_team:
+        pass
+    void fbp_team_init(fbp_team *T) nogil
+    void fbp_team_invalidate(fbp_team *T, unsigned g) nogil
+    void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int loss_wave) nogil
+    void fbp_team_quit(fbp_team *T) nogil
+    int fbp_team_nw(fbp_team *T) nogil
+    int fbp_team_loss_wave(fbp_team *T) nogil
+    int fbp_team_claim(fbp_team *T, int v, unsigned g) nogil
+    void fbp_team_finish(fbp_team *T, int v) nogil
+    int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) nogil
+    unsigned fbp_team_next(fbp_team *T, unsigned last) nogil
+    int fbp_poll_signals() nogil
+    int64_t fbp_now_ns() nogil
+    int fbp_team_backing_off(fbp_team *T) nogil
+    void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns) nogil
 
 cdef extern from *:
     """
@@ -528,7 +664,21 @@ cdef struct Plan:
     int64_t row_align       # row tiles start at multiples of this
     int64_t mr, nr          # the GEMM's micro-tile (units align to mr, columns to nr)
     int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
-    fbp_wave waves[MAX_WAVES]
+    int n_tiles[MAX_WAVES]  # tiles of each wave
+
+
+cdef struct Job:
+    # One step (or forward chunk) as every thread of the team reads it (only
+    # after claiming one of its tiles: then it cannot change).
+    Plan plan
+    void *theta
+    void *grad
+    void *snap
+    const int64_t *rows
+    int64_t start, m
+    double lr
+    bint train
+    bint has_y
 
 
 cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
@@ -575,33 +725,31 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
     if not p.by_units:
         p.row_align = p.mr if m >= 4 * p.mr * nt else 1
-        p.waves[0].n = <int>min(<int64_t>ROW_TILES_PER_THREAD * nt,
+        p.n_tiles[0] = <int>min(<int64_t>ROW_TILES_PER_THREAD * nt,
                                 (m + p.row_align - 1) // p.row_align)
         if with_loss:
             p.loss_wave = 0
         nw = 1
     else:
         for k in range(L):       # forward, layer by layer, output columns
-            p.waves[nw].n = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
             nw += 1
-        p.waves[nw].n = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
+        p.n_tiles[nw] = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
         if with_loss:
             p.loss_wave = nw
         nw += 1
         if train:
             for k in range(L - 1, 0, -1):   # delta_k, columns
-                p.waves[nw].n = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+                p.n_tiles[nw] = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
                 nw += 1
     if train:
         p.p2_first[0] = 0
         for k in range(L):
             units = s.sizes[k + 1]
             p.p2_first[k + 1] = p.p2_first[k] + tiles_for(units, m * s.sizes[k] * units, p.mr, nt)
-        p.waves[nw].n = <int>p.p2_first[L]
+        p.n_tiles[nw] = <int>p.p2_first[L]
         nw += 1
     p.n_waves = nw
-    for k in range(nw):
-        p.waves[k].next = p.waves[k].done = p.waves[k].sleepers = 0
 
 
 cdef void forward_rows(const Spec *s,
@@ -758,7 +906,7 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
                    int64_t start, int64_t m, bint train) noexcept nogil:
     """Tile t of wave `wave` of the plan (see the block above Plan)."""
     cdef int L = s.n_layers, k
-    cdef int64_t n = p.waves[wave].n, a, b, i
+    cdef int64_t n = p.n_tiles[wave], a, b, i
     cdef const floating *x = X + start * s.sizes[0]
     cdef const floating *y = Y + start * s.sizes[L] if Y != NULL else NULL
     if rows != NULL:
@@ -794,54 +942,78 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
                       cut(s.sizes[k], t + 1, n, p.nr))
 
 
-cdef void run_waves(const Spec *s, Plan *p,
-                    floating *theta, floating *grad, floating lr, floating *snap,
-                    floating *ws, const Work *w,
-                    const floating *X, const floating *Y, const int64_t *rows,
-                    int64_t start, int64_t m, bint train) noexcept nogil:
-    """One thread's share of a plan: take tiles until none is left in a
-    wave, wait for the ones still running, go on to the next wave.  After the
-    loss wave every thread sums the losses (in row order: all agree) and stops
-    before the updates when the sum is not finite."""
-    cdef int v
-    cdef int64_t t
-    for v in range(p.n_waves):
+cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *job,
+                    floating *theta, floating *ws, const floating *X, const floating *Y,
+                    bint caller, int64_t *waited) noexcept nogil:
+    """One thread's share of generation g: take tiles until a wave has none
+    left, wait for the ones still running, go on to the next wave.  After the
+    loss wave every thread sums the losses (in row order: all agree) and
+    stops before the updates when the sum is not finite (returns 1).  -2:
+    generation g is over (a late thread).  Workers do not wait for the last
+    wave; the caller does, so the step is complete when it returns."""
+    cdef int v, t, r, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
+    cdef int64_t t0
+    for v in range(nw):
         while True:
-            t = fbp_wave_claim(&p.waves[v])
+            t = fbp_team_claim(T, v, g)
+            if t == -2:
+                return -2
             if t < 0:
                 break
-            run_tile(s, p, v, t, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, train)
-            fbp_wave_finish(&p.waves[v])
-        if v == p.n_waves - 1:
-            break                 # the region's end waits for the last wave
-        fbp_wave_wait(&p.waves[v])
-        if v == p.loss_wave and train and not isfinite(row_sum(ws + w.lossv, m)):
-            break
+            run_tile(s, &job.plan, v, t, theta, <floating *>job.grad, <floating>job.lr,
+                     <floating *>job.snap, ws, w, X, Y if job.has_y else NULL, job.rows,
+                     job.start, job.m, job.train)
+            fbp_team_finish(T, v)
+        if v == nw - 1 and not caller:
+            return 0
+        if caller:
+            t0 = fbp_now_ns()
+            r = fbp_team_wait_wave(T, v, g)
+            waited[0] += fbp_now_ns() - t0
+        else:
+            r = fbp_team_wait_wave(T, v, g)
+        if r != 0:
+            return -2
+        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
+            return 1
+    return 0
 
 
-cdef void run_plan(const Spec *s, Plan *p,
+cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
+                      floating *theta, floating *ws, const floating *X,
+                      const floating *Y) noexcept nogil:
+    """A thread of the team other than the caller: every generation until quit."""
+    cdef unsigned g = 0
+    while True:
+        g = fbp_team_next(T, g)
+        if g == 0:
+            return
+        team_waves(T, g, s, w, job, theta, ws, X, Y, False, NULL)
+
+
+cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
+                   const Spec *s, const Work *w,
                    floating *theta, floating *grad, floating lr, floating *snap,
-                   floating *ws, const Work *w,
-                   const floating *X, const floating *Y, const int64_t *rows,
-                   int64_t start, int64_t m, bint train) noexcept nogil:
-    """Run a plan of p.nt > 1 threads in one parallel region.  OpenMP may give
-    fewer threads (OMP_DYNAMIC, OMP_THREAD_LIMIT, nesting): the tiles do not
-    depend on the team.  Each thread runs with the caller's FTZ/DAZ mode and
-    restores its own afterwards."""
-    cdef int t = 0
-    cdef unsigned int csr = 0
+                   floating *ws, const floating *X, const floating *Y,
+                   const int64_t *rows, int64_t start, int64_t m, bint train) noexcept nogil:
+    """The caller: publish one step (or chunk) to the team, then take part."""
+    cdef int64_t t0 = fbp_now_ns(), waited = 0
+    cdef unsigned g = gen[0] + 1
+    if g == 0:
+        g = 1
+    gen[0] = g
+    fbp_team_invalidate(T, g)      # from here no claim succeeds until open
+    job.plan = p[0]
+    job.theta, job.grad, job.snap, job.lr = theta, grad, snap, lr
+    job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
-    with parallel(num_threads=p.nt):
-        t = threadid()
-        if t == 0:
-            fbp_count_parallel(fbp_team_size())
-        csr = fbp_ftz_enter(s.ftz)
-        run_waves(s, p, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, train)
-        fbp_ftz_leave(csr)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
+    team_waves(T, g, s, w, job, theta, ws, X, Y, True, &waited)
+    fbp_team_account(T, fbp_now_ns() - t0, waited)
 
 
-cdef int batch_step(const Spec *s,
+cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
                     floating *theta,            # IN, OUT when grad == NULL
                     floating *grad,             # OUT the gradient, or NULL for the fused SGD step
                     floating lr,
@@ -854,15 +1026,16 @@ cdef int batch_step(const Spec *s,
     """One batch: the gradient into `grad`, or the plain SGD step on theta.
 
     Returns 1 (and changes nothing) when the batch loss is not finite.
-    Serially the two parts run in turn; with threads, as the plan's waves in
-    one parallel region.  `snap` is filled just before theta changes.
+    Serially the two parts run in turn; with a team (T != NULL) and a step
+    worth splitting, as the plan's waves.  `snap` is filled just before
+    theta changes.
     """
     cdef Plan p
     cdef int k
     cdef const floating *x = X + start * s.sizes[0]
     make_plan(s, m, True, True, &p)
-    if p.nt > 1:
-        run_plan(s, &p, theta, grad, lr, snap, ws, w, X, Y, rows, start, m, True)
+    if p.nt > 1 and T != NULL and not fbp_team_backing_off(T):
+        team_run(T, gen, job, &p, s, w, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
         loss[0] = row_sum(ws + w.lossv, m)
         return 0 if isfinite(loss[0]) else 1
     if rows != NULL:
@@ -876,7 +1049,8 @@ cdef int batch_step(const Spec *s,
     return 0
 
 
-cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const Work *w,
+cdef void predict_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+                       const floating *theta, floating *ws, const Work *w,
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
                        int64_t start, int64_t m) noexcept nogil:
@@ -884,9 +1058,9 @@ cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const
     into rows 0..m-1 of the workspace."""
     cdef Plan p
     make_plan(s, m, False, Y != NULL, &p)
-    if p.nt > 1:
-        run_plan(s, &p, <floating *>theta, NULL, <floating>0, NULL, ws, w, X, Y, NULL,
-                 start, m, False)
+    if p.nt > 1 and T != NULL and not fbp_team_backing_off(T):
+        team_run(T, gen, job, &p, s, w, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
+                 NULL, start, m, False)
     elif Y != NULL:
         phase1(s, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
@@ -950,6 +1124,7 @@ cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
 
 
 cdef int run_epoch(const Spec *s,
+                   fbp_team *T, unsigned *gen, Job *job,   # the team, or T == NULL: serial
                    floating *theta,           # IN/OUT parameters
                    floating *grad,            # scratch gradient (optimizer path), or NULL
                    floating *velocity,        # IN/OUT momentum buffer, or NULL
@@ -966,7 +1141,7 @@ cdef int run_epoch(const Spec *s,
                    int64_t snap_step,
                    int64_t n_params,
                    Totals *t,                 # OUT what the epoch saw
-                   ) except -1 nogil:
+                   ) noexcept nogil:
     """One epoch of mini-batch SGD, entirely in compiled code.
 
     Plain SGD (grad == NULL) fuses the update into the weight-gradient GEMM;
@@ -977,7 +1152,7 @@ cdef int run_epoch(const Spec *s,
     and before its update, theta (and the velocity) are copied to `snap`: the
     caller's point to rewind to should a later step diverge.  Polls for
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
-    KeyboardInterrupt set, again between steps.
+    KeyboardInterrupt set (in the calling thread's state), again between steps.
     """
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
@@ -990,7 +1165,7 @@ cdef int run_epoch(const Spec *s,
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
         snap_here = snap != NULL and first_step + steps == snap_step
-        if batch_step(s, theta, grad, <floating>o.lr,
+        if batch_step(s, T, gen, job, theta, grad, <floating>o.lr,
                       snap if snap_here and grad == NULL else NULL,
                       ws, w, X, Y, order + start if order != NULL else NULL,
                       start, m, &batch_loss):
@@ -1010,9 +1185,112 @@ cdef int run_epoch(const Spec *s,
         macs += m * macs_per_row
         if macs >= SIGNAL_POLL_MACS:
             macs = 0
-            with gil:
-                PyErr_CheckSignals()
+            if fbp_poll_signals() == -1:
+                return -1
     return 0
+
+
+cdef int chunk_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+                    const floating *theta, floating *ws, const Work *w,
+                    const floating *X, const floating *Y,   # IN data, targets or NULL
+                    int64_t n, int64_t chunk,
+                    floating *out,          # OUT (n, n_out) outputs, or NULL
+                    double *totals          # OUT [loss sum, accuracy sum] with Y
+                    ) noexcept nogil:
+    """predict / loss over n rows, `chunk` rows at a time; -1 on Ctrl-C
+    (polled between chunks)."""
+    cdef int64_t start = 0, m, n_out = s.sizes[s.n_layers]
+    while start < n:
+        m = min(chunk, n - start)
+        predict_rows(s, T, gen, job, theta, ws, w, X, Y, start, m)
+        if out != NULL:
+            memcpy(out + start * n_out, ws + w.yhat, m * n_out * sizeof(floating))
+        if Y != NULL:
+            totals[0] += row_sum(ws + w.lossv, m)
+            if s.loss != LOSS_SQUARED:
+                totals[1] += row_sum(ws + w.hitv, m)
+        start += m
+        if start < n and fbp_poll_signals() == -1:
+            return -1
+    return 0
+
+
+cdef enum:
+    CALL_EPOCH = 0
+    CALL_CHUNKS = 1
+    CALL_GRAD = 2
+
+
+cdef struct Call:
+    # The arguments of one kernel call, for drive().
+    int kind
+    void *theta
+    void *grad
+    void *velocity
+    void *ws
+    void *snap
+    void *snap_vel
+    void *out
+    const void *X
+    const void *Y
+    const int64_t *order
+    int64_t n, batch_size, first_step, max_steps, snap_step, n_params, chunk
+    const Optim *o
+    Totals *t
+    double totals[2]        # chunks: loss and accuracy sums; grad: the loss sum
+
+
+cdef int drive(const Spec *s, const Work *w, Call *c, fbp_team *T, unsigned *gen, Job *job,
+               floating *theta) noexcept nogil:
+    """Run call c, with the team T (on its thread 0) or serially (T == NULL)."""
+    if c.kind == CALL_EPOCH:
+        return run_epoch(s, T, gen, job, theta, <floating *>c.grad, <floating *>c.velocity,
+                         <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
+                         c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps,
+                         <floating *>c.snap, <floating *>c.snap_vel, c.snap_step,
+                         c.n_params, c.t)
+    if c.kind == CALL_CHUNKS:
+        return chunk_rows(s, T, gen, job, theta, <floating *>c.ws, w, <const floating *>c.X,
+                          <const floating *>c.Y, c.n, c.chunk, <floating *>c.out, c.totals)
+    return batch_step(s, T, gen, job, theta, <floating *>c.grad, <floating>0, NULL,
+                      <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
+                      NULL, 0, c.n, &c.totals[0])
+
+
+cdef int run_call(const Spec *s, const Work *w, Call *c, int64_t rows, bint train,
+                  floating *theta) noexcept nogil:
+    """Run call c: serially when its largest step (`rows` rows) is too small
+    to split, else in ONE parallel region for the whole call (every step or
+    chunk of it), thread 0 driving the call and the others taking tiles.
+    Each thread runs with the caller's FTZ/DAZ mode and restores its own."""
+    cdef Plan p
+    cdef fbp_team T
+    cdef Job job
+    cdef unsigned gen = 0
+    cdef int status = 0, tid = 0
+    cdef int *status_p = &status
+    cdef unsigned int csr = 0
+    make_plan(s, rows, train, True, &p)
+    if p.nt <= 1:
+        return drive(s, w, c, NULL, &gen, &job, theta)
+    fbp_team_init(&T)
+    with parallel(num_threads=p.nt):
+        tid = threadid()
+        csr = fbp_ftz_enter(s.ftz)
+        if tid == 0:
+            fbp_count_parallel(fbp_team_size())
+            status_p[0] = drive(s, w, c, &T, &gen, &job, theta)
+            fbp_team_quit(&T)
+        else:
+            team_worker(&T, s, w, &job, theta, <floating *>c.ws, <const floating *>c.X,
+                        <const floating *>c.Y)
+        fbp_ftz_leave(csr)
+    return status
+
+
+cdef int _raise_pending() except -1:
+    """Propagate the exception a kernel left set (Ctrl-C)."""
+    return -1
 
 
 # ---------------------------------------------------------------------------
@@ -1106,16 +1384,16 @@ cdef class Network:
         # the widest unit tile times n_in, over K = the batch.
         for k in range(L):
             if p.nt == 1 or not p.by_units:
-                r = rows if p.nt == 1 else cut(rows, 1, p.waves[0].n, p.row_align)
+                r = rows if p.nt == 1 else cut(rows, 1, p.n_tiles[0], p.row_align)
                 per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k + 1], s.sizes[k]))
                 if k > 0:
                     per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k], s.sizes[k + 1]))
             else:
                 per_thread = max(per_thread, fbp_gemm_buffer_bytes(
-                    itemsize, rows, cut(s.sizes[k + 1], 1, p.waves[k].n, p.nr), s.sizes[k]))
+                    itemsize, rows, cut(s.sizes[k + 1], 1, p.n_tiles[k], p.nr), s.sizes[k]))
                 if k > 0:
                     per_thread = max(per_thread, fbp_gemm_buffer_bytes(
-                        itemsize, rows, cut(s.sizes[k], 1, p.waves[2 * L - k].n, p.nr), s.sizes[k + 1]))
+                        itemsize, rows, cut(s.sizes[k], 1, p.n_tiles[2 * L - k], p.nr), s.sizes[k + 1]))
             c = s.sizes[k + 1] if p.nt == 1 else \
                 cut(s.sizes[k + 1], 1, p.p2_first[k + 1] - p.p2_first[k], p.mr)
             per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
@@ -1150,16 +1428,14 @@ cdef class Network:
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, 0)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], NULL, n, chunk
+        c.out = &out[0, 0]
         with nogil:
-            start = 0
-            while start < n:
-                m = min(chunk, n - start)
-                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], NULL, start, m)
-                memcpy(&out[start, 0], &ws[w.yhat], m * n_out * sizeof(floating))
-                start += m
-                if start < n:
-                    with gil:  # Ctrl-C between chunks
-                        PyErr_CheckSignals()
+            status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
+        if status == -1:
+            _raise_pending()   # Ctrl-C between chunks
         return np.asarray(out)
 
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
@@ -1173,20 +1449,16 @@ cdef class Network:
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, WS_TARGETS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total = 0.0, hits = 0.0
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], &Y[0, 0], n, chunk
+        c.out = NULL
+        c.totals[0] = c.totals[1] = 0.0
         with nogil:
-            start = 0
-            while start < n:
-                m = min(chunk, n - start)
-                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], &Y[0, 0], start, m)
-                total += row_sum(&ws[w.lossv], m)
-                if s.loss != LOSS_SQUARED:
-                    hits += row_sum(&ws[w.hitv], m)
-                start += m
-                if start < n:
-                    with gil:  # Ctrl-C between chunks
-                        PyErr_CheckSignals()
-        return total / n, hits / n
+            status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
+        if status == -1:
+            _raise_pending()   # Ctrl-C between chunks
+        return c.totals[0] / n, c.totals[1] / n
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, floating[::1] grad, int n_threads):
@@ -1201,13 +1473,15 @@ cdef class Network:
         # what a gradient over X needs.
         cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.grad = CALL_GRAD, &ws[0], &X[0, 0], &Y[0, 0], m, &grad[0]
         with nogil:
-            if batch_step(&s, <floating *>&theta[0], &grad[0], <floating>0, NULL, &ws[0], &w,
-                          &X[0, 0], &Y[0, 0], NULL, 0, m, &total):
+            status = run_call(&s, &w, &c, m, True, <floating *>&theta[0])
+            if status:
                 for i in range(self.n_params):
                     grad[i] = <floating>NAN
-        return total / m
+        return c.totals[0] / m
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
@@ -1285,15 +1559,16 @@ cdef class Network:
         # caller's own, normally off) and restore theirs afterwards.
         cdef unsigned int csr = fbp_ftz_set(1) if flush_denormals else 0
         s.ftz = fbp_ftz_mode()
-        try:
-            with nogil:
-                status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
-                                   &X[0, 0], &Y[0, 0], order_p, n, batch_size,
-                                   &o, first_step, max_steps, snap_p, snap_vel_p,
-                                   snapshot_step, self.n_params, &t)
-        finally:  # also on KeyboardInterrupt
-            if flush_denormals:
-                fbp_ftz_restore(csr)
+        cdef Call c
+        c.kind, c.grad, c.velocity, c.ws, c.X, c.Y = CALL_EPOCH, grad_p, vel_p, &ws[0], &X[0, 0], &Y[0, 0]
+        c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps = order_p, n, batch_size, &o, first_step, max_steps
+        c.snap, c.snap_vel, c.snap_step, c.n_params, c.t = snap_p, snap_vel_p, snapshot_step, self.n_params, &t
+        with nogil:
+            status = run_call(&s, &w, &c, rows, True, &theta[0])
+        if flush_denormals:
+            fbp_ftz_restore(csr)
+        if status == -1:
+            _raise_pending()   # Ctrl-C
         return t.loss, t.hits, t.penalty, t.n_done, status
 
 

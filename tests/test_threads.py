@@ -123,7 +123,7 @@ def test_wide_layer_small_batch_default_threshold(dtype):
                             _kernels.parallel_regions() - r0))
     finally:
         fastbp.set_num_threads(before)
-    assert results[0][1] == 0 and results[1][1] >= 4
+    assert results[0][1] == 0 and results[1][1] >= 3   # one region per call
     for a, b in zip(results[0][0], results[1][0]):
         np.testing.assert_array_equal(a, b)
 
