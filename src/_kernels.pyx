@@ -21,19 +21,29 @@
 #   act'(A_{k-1}).  Every delta is formed BEFORE any W changes; then the SGD
 #   step W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no
 #   weight gradient is ever materialised in plain SGD.
-# * Threads (OpenMP, across batch elements): a step runs in one parallel
-#   region of two phases.  Phase 1: thread t owns a contiguous range of the
-#   batch rows and runs gather, forward, loss and every delta for those rows
-#   only; each GEMM it calls writes only those rows of A_k and delta_k, and
-#   each per-row loop writes only row i's slots (yhat, lossv, hitv, delta_L),
-#   so every write is private to its thread.  A barrier.  Phase 2: thread t
-#   owns a contiguous range of each layer's output units and forms (or applies)
-#   the gradient of those rows of W_k and entries of b_k, reading every row's
-#   delta; the rows of W_k, b_k, grad and the colsum scratch it writes belong
-#   to it alone.  Per-sample losses are summed afterwards in row order, bias
-#   gradients are column sums in row order, and the GEMM gives each element
-#   the same bits whatever range it is computed in (fbp_gemm.h), so a step gives
-#   the same result on any number of threads.  Small steps run serially.
+# * Threads (OpenMP), built to hold up on a busy machine: nothing waits for
+#   a thread that holds no work.  A call (a fit epoch, a predict or loss call,
+#   a gradients call) opens ONE parallel region for all its steps, and only
+#   when its largest step is worth splitting (one thread per par_min_macs
+#   multiply-adds of the forward pass).  Thread 0, the caller, drives the
+#   call; each step is published to the team as a generation of "waves" of
+#   tiles (see fbp_team and the block above Plan): any thread, the caller
+#   included, claims the next tile of the current wave, and a thread that
+#   finds none left waits only for the tiles still in progress.  A thread that
+#   wakes late finds the tiles taken (tagged claims fail) and waits for the
+#   next step, so a descheduled thread costs the others nothing unless it
+#   holds a tile.  Steps split the batch rows (row split) or, for a small
+#   batch, the output units of every layer (unit split).  When most of a step
+#   still goes on waiting (the other threads keep being descheduled), thread 0
+#   runs the following steps serially for a while (fbp_team_account).  Every
+#   tile writes only its own rows or columns of the activations and deltas,
+#   its own rows of W_k / grad and entries of b_k and colsum, so every write
+#   inside a region is private to the thread running that tile; per-sample
+#   losses are summed in row order, bias gradients are column sums in row
+#   order, and the GEMM gives each element the same bits whatever block it is
+#   computed in (fbp_gemm.h), so a step gives the same result on any number
+#   of threads, whichever thread takes which tile.  Each thread of a region
+#   runs with the caller's FTZ/DAZ mode and restores its own on exit.
 # * Everything below `def` runs without the GIL.  The `def` wrappers take
 #   arrays that fastbp/_common.py has already validated (shape, dtype,
 #   contiguity, finiteness); they only assert what they rely on.
@@ -718,9 +728,9 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     p.nt = max(1, nt)
     p.loss_wave = -1
     p.n_waves = 0
-    fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
     if p.nt == 1:
         return
+    fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
     nt = p.nt
     p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
     if not p.by_units:
@@ -826,10 +836,12 @@ cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
                       const int64_t *rows,                    # IN the batch's row indices
                       int64_t r0, int64_t r1) noexcept nogil:
     """Copy rows r0..r1 of the batch into A_0 and y."""
-    cdef int64_t i, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
-    for i in range(r0, r1):
-        memcpy(ws + w.act[0] + i * n_in, X + rows[i] * n_in, n_in * sizeof(floating))
-        memcpy(ws + w.y + i * n_out, Y + rows[i] * n_out, n_out * sizeof(floating))
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    for i in range(r0, r1):   # loops, not memcpy: rows of tiny nets are a few values
+        for j in range(n_in):
+            ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+        for j in range(n_out):
+            ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
 
 
 cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work *w,
@@ -1010,7 +1022,8 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
         gather_rows(s, ws, w, X, Y, rows, 0, m)
     fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
     team_waves(T, g, s, w, job, theta, ws, X, Y, True, &waited)
-    fbp_team_account(T, fbp_now_ns() - t0, waited)
+    if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
+        fbp_team_account(T, fbp_now_ns() - t0, waited)
 
 
 cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
@@ -1033,11 +1046,12 @@ cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
     cdef Plan p
     cdef int k
     cdef const floating *x = X + start * s.sizes[0]
-    make_plan(s, m, True, True, &p)
-    if p.nt > 1 and T != NULL and not fbp_team_backing_off(T):
-        team_run(T, gen, job, &p, s, w, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
-        loss[0] = row_sum(ws + w.lossv, m)
-        return 0 if isfinite(loss[0]) else 1
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, True, True, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
+            loss[0] = row_sum(ws + w.lossv, m)
+            return 0 if isfinite(loss[0]) else 1
     if rows != NULL:
         x = ws + w.act[0]
     phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
@@ -1057,11 +1071,13 @@ cdef void predict_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
     """Forward (with Y, also the per-sample losses) of m rows from `start`,
     into rows 0..m-1 of the workspace."""
     cdef Plan p
-    make_plan(s, m, False, Y != NULL, &p)
-    if p.nt > 1 and T != NULL and not fbp_team_backing_off(T):
-        team_run(T, gen, job, &p, s, w, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
-                 NULL, start, m, False)
-    elif Y != NULL:
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, False, Y != NULL, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
+                     NULL, start, m, False)
+            return
+    if Y != NULL:
         phase1(s, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
         forward_rows(s, theta, ws, w, X + start * s.sizes[0], 0, m)
@@ -1641,7 +1657,9 @@ def gemm_buffer_bytes(int itemsize, int64_t M, int64_t N, int64_t K):
 
 
 def parallel_regions():
-    """How many parallel regions (training steps, predict chunks) have run
-    with a team of more than one thread since the module was loaded: a test
-    hook to prove that a parallel path really ran."""
+    """How many parallel regions have run with a team of more than one
+    thread since the module was loaded: a test hook to prove that a parallel
+    path really ran.  A call (a fit epoch, or part of one; a predict or loss
+    call; a gradients call) opens one region for all its steps when its
+    largest step is worth splitting, none otherwise."""
     return fbp_parallel_count()
