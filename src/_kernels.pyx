@@ -47,7 +47,7 @@
 # * Everything below `def` runs without the GIL.  The `def` wrappers take
 #   arrays that fastbp/_common.py has already validated (shape, dtype,
 #   contiguity, finiteness); they only assert what they rely on.
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport parallel, threadid
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
@@ -424,7 +424,18 @@ cdef enum:
     # Tiles per thread: rows (each row tile packs every W again) and units.
     ROW_TILES_PER_THREAD = 2
     UNIT_TILES_PER_THREAD = 4
+    # More row tiles than ROW_TILES_PER_THREAD per thread (shorter tiles: less
+    # to wait for when a thread loses its core) only for steps of more than
+    # TILE_MACS multiply-adds per tile, and never under this many rows per
+    # tile: every row tile packs each W again, and a packed element must
+    # serve many rows to cost little next to the micro-kernel.  (Column
+    # tiles of the unit split pack their own slice of W, and their rows are
+    # few: no such cost.)
+    ROW_TILE_MIN_ROWS = 64
+    MAX_TILES = 1024
     MAX_WAVES = 2 * 64 + 1
+
+cdef int64_t TILE_MACS = 16 * 1024 * 1024
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -647,7 +658,7 @@ cdef double hit_row(const Spec *s,
 #   2. per row of W_k (output unit): the weight and bias gradient of that
 #      unit, or the SGD step on it, which needs every row's delta.
 # With threads the work is cut into tiles that any thread of the step takes
-# from a shared counter (see fbp_wave): a "wave" is a set of tiles that may run
+# from a shared counter (see fbp_team): a "wave" is a set of tiles that may run
 # in any order, and a thread moves to the next wave once every tile of this
 # one is finished.  Two plans:
 #   * row split (enough rows per thread): wave 0 = row tiles of part 1,
@@ -706,7 +717,12 @@ cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt) noexce
     cdef int64_t t = UNIT_TILES_PER_THREAD * nt, lim = (n + align - 1) // align
     if par_min_macs > 0:
         t = min(t, max(<int64_t>1, 4 * macs // par_min_macs))
-    return <int>max(<int64_t>1, min(t, lim))
+    return <int>max(<int64_t>1, min(min(t, lim), <int64_t>MAX_TILES))
+
+
+cdef inline int64_t widest(int64_t n, int64_t nt, int64_t align) noexcept nogil:
+    """The widest of the tiles cut(n, t, nt, align) (for buffer sizes)."""
+    return min(n, (((n + align - 1) // align + nt - 1) // nt) * align)
 
 
 cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
@@ -721,7 +737,7 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
                     Plan *p) noexcept nogil:
     """Threads, split and tiles for m rows: a training step (train), or a
     forward pass, with per-sample losses when with_loss."""
-    cdef int64_t macs = forward_macs(s, m), units
+    cdef int64_t macs = forward_macs(s, m), units, work, t1
     cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
     if par_min_macs > 0:
         nt = <int>min(<int64_t>nt, macs // par_min_macs)
@@ -735,8 +751,12 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
     if not p.by_units:
         p.row_align = p.mr if m >= 4 * p.mr * nt else 1
-        p.n_tiles[0] = <int>min(<int64_t>ROW_TILES_PER_THREAD * nt,
-                                (m + p.row_align - 1) // p.row_align)
+        work = 3 * macs if train else macs
+        t1 = max(<int64_t>ROW_TILES_PER_THREAD * nt, work // TILE_MACS)
+        t1 = min(t1, max(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROW_TILE_MIN_ROWS))
+        t1 = min(t1, (m + p.row_align - 1) // p.row_align)
+        p.n_tiles[0] = <int>t1
+    if not p.by_units:
         if with_loss:
             p.loss_wave = 0
         nw = 1
@@ -1400,18 +1420,18 @@ cdef class Network:
         # the widest unit tile times n_in, over K = the batch.
         for k in range(L):
             if p.nt == 1 or not p.by_units:
-                r = rows if p.nt == 1 else cut(rows, 1, p.n_tiles[0], p.row_align)
+                r = rows if p.nt == 1 else widest(rows, p.n_tiles[0], p.row_align)
                 per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k + 1], s.sizes[k]))
                 if k > 0:
                     per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k], s.sizes[k + 1]))
             else:
                 per_thread = max(per_thread, fbp_gemm_buffer_bytes(
-                    itemsize, rows, cut(s.sizes[k + 1], 1, p.n_tiles[k], p.nr), s.sizes[k]))
+                    itemsize, rows, widest(s.sizes[k + 1], p.n_tiles[k], p.nr), s.sizes[k]))
                 if k > 0:
                     per_thread = max(per_thread, fbp_gemm_buffer_bytes(
-                        itemsize, rows, cut(s.sizes[k], 1, p.n_tiles[2 * L - k], p.nr), s.sizes[k + 1]))
+                        itemsize, rows, widest(s.sizes[k], p.n_tiles[2 * L - k], p.nr), s.sizes[k + 1]))
             c = s.sizes[k + 1] if p.nt == 1 else \
-                cut(s.sizes[k + 1], 1, p.p2_first[k + 1] - p.p2_first[k], p.mr)
+                widest(s.sizes[k + 1], p.p2_first[k + 1] - p.p2_first[k], p.mr)
             per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
         return int(make_work(&s, rows, WS_FIT).size * itemsize + p.nt * per_thread)
 
