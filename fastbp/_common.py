@@ -298,3 +298,166 @@ def check_fit_args(epochs: Any, batch_size: Any) -> Tuple[int, int]:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return int(epochs), min(int(batch_size), _MAX_BATCH)
 
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool; only ``bool`` and ``numpy.bool_`` are booleans.
+
+    A string such as ``"False"`` or ``"no"``, an integer, None or an array is
+    refused rather than taken for its truth value.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter ``name`` and the value given.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool (True or False), got {value!r}")
+
+
+def check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any) -> Tuple[float, bool, float]:
+    """torch.optim.SGD's settings, checked: (momentum, nesterov, weight_decay)."""
+    for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+        if isinstance(value, (str, bytes, bool, np.bool_)) or (
+            isinstance(value, np.ndarray) and value.ndim != 0
+        ):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    try:
+        mu, wd = float(momentum), float(weight_decay)
+    except (TypeError, ValueError):
+        raise ValueError("momentum and weight_decay must be numbers") from None
+    if not (np.isfinite(mu) and mu >= 0):
+        raise ValueError(f"momentum must be a finite number >= 0, got {momentum!r}")
+    if not (np.isfinite(wd) and wd >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    nesterov = check_bool("nesterov", nesterov)
+    if nesterov and mu == 0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    return mu, nesterov, wd
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """An integer (not a bool) >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_callbacks(callbacks: Any) -> List[Any]:
+    """The epoch-end hooks of ``fit(callbacks=...)``, checked before training.
+
+    Each entry must be callable as ``cb(epoch, logs)`` or have a callable
+    ``on_epoch_end(epoch, logs)`` (which wins); returns the hooks to call.
+    """
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, (str, bytes)) or callable(callbacks) or not hasattr(callbacks, "__iter__"):
+        raise ValueError(
+            f"callbacks must be a sequence of callables, got {type(callbacks).__name__}"
+        )
+    hooks = []
+    for k, cb in enumerate(list(callbacks)):
+        hook = getattr(cb, "on_epoch_end", cb)
+        if not callable(hook):
+            raise ValueError(
+                f"callbacks[{k}] must be callable as cb(epoch, logs) or have a callable "
+                f"on_epoch_end(epoch, logs), got {cb!r}"
+            )
+        hooks.append(hook)
+    return hooks
+
+
+# -- feature names (scikit-learn's feature_names_in_) --------------------------
+
+
+def feature_names(X: Any) -> Optional[np.ndarray]:
+    """The column names of a data frame, as scikit-learn reads them.
+
+    Returns an object array of the names when ``X`` is a data frame (pandas,
+    or anything with ``columns`` and the ``__dataframe__`` protocol) whose
+    column names are all strings; None for arrays and for frames whose names
+    are not strings (pandas' default integer columns).
+
+    Raises
+    ------
+    TypeError
+        When some names are strings and others are not (scikit-learn's rule).
+    """
+    if isinstance(X, np.ndarray) or not hasattr(X, "columns"):
+        return None
+    if not (hasattr(X, "__dataframe__") or type(X).__module__.split(".")[0] == "pandas"):
+        return None
+    names = np.asarray(list(X.columns), dtype=object)
+    if names.ndim != 1:
+        return None
+    kinds = sorted({type(n).__name__ for n in names})
+    strings = [isinstance(n, str) for n in names]
+    if len(kinds) > 1 and any(strings):
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {kinds} as feature name / column name types. If you want "
+            "feature names to be stored and validated, you must convert them all to "
+            "strings, by using X.columns = X.columns.astype(str) for example. Otherwise "
+            "you can remove feature / column names from your input data, or convert them "
+            "all to a non-string data type."
+        )
+    if names.size == 0 or not all(strings):
+        return None
+    return names
+
+
+def check_feature_names(seen: Optional[np.ndarray], X: Any, owner: str = "MLP") -> None:
+    """Compare the column names of ``X`` with those recorded at fit (``seen``).
+
+    Does nothing when no names were recorded.  A plain array after a data
+    frame is accepted with a ``UserWarning``; a frame whose columns differ or
+    come in another order raises ``ValueError``, with scikit-learn's message.
+    """
+    if seen is None:
+        return
+    names = feature_names(X)
+    if names is None:
+        _warn(f"X does not have valid feature names, but {owner} was fitted with feature names")
+        return
+    if len(names) == len(seen) and all(a == b for a, b in zip(names, seen)):
+        return
+    message = "The feature names should match those that were passed during fit.\n"
+    unexpected = sorted(set(names) - set(seen))
+    missing = sorted(set(seen) - set(names))
+
+    def listed(items: List[str]) -> str:
+        out = "".join(f"- {name}\n" for name in items[:5])
+        return out + ("- ...\n" if len(items) > 5 else "")
+
+    if unexpected:
+        message += "Feature names unseen at fit time:\n" + listed(unexpected)
+    if missing:
+        message += "Feature names seen at fit time, yet now missing:\n" + listed(missing)
+    if not unexpected and not missing:
+        message += "Feature names must be in the same order as they were in fit.\n"
+    raise ValueError(message)
+
+
+def check_names_param(names: Any, n_in: int) -> np.ndarray:
+    """Explicit feature names: ``n_in`` strings, as an object array (a copy)."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__len__"):
+        raise ValueError(f"feature names must be a sequence of {n_in} strings, got {names!r}")
+    out = np.asarray(list(names), dtype=object)
+    if out.shape != (n_in,) or not all(isinstance(n, str) for n in out):
+        raise ValueError(f"feature names must be a sequence of {n_in} strings, got {names!r}")
+    return out
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside the fastbp package."""
+    import os
+    import sys
+    import warnings
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        level += 1
+        frame = frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)

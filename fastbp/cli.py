@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_int_at_least(0), default=0,
                    help="threads (default: all cores)")
     g.set_defaults(func=_digits)
+
+    _add_export_parser(sub)
     return p
 
 
@@ -604,6 +606,46 @@ def _digits(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  test accuracy  train seconds")
     for name, seconds, acc in rows:
         print(f"{name:<{width}}  {acc:13.4f}  {seconds:13.3f}")
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------
+
+
+def _add_export_parser(sub: Any) -> None:
+    """Register ``export MODEL OUT``: a model file to an ONNX file."""
+    e = sub.add_parser(
+        "export", help="export a model file to ONNX",
+        description="Write MODEL (a fastbp model file, e.g. from `train`) as an ONNX file "
+        "OUT whose output is what the network predicts: input X (N, n_in) and output Y "
+        "(N, n_out) in the model's dtype (see docs/onnx.md; needs the onnx package: "
+        "pip install 'fastbp[onnx]').  The sidecar MODEL.json of `train` (feature "
+        "scaling, class names) is not part of the graph.")
+    e.add_argument("model", metavar="MODEL", help="model file (.npz)")
+    e.add_argument("output", metavar="OUT", help="ONNX file to write (replaced if it exists)")
+    e.add_argument("--opset", type=_int_at_least(1), default=None,
+                   help="ONNX opset to declare (default 13, the lowest accepted)")
+    e.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import io as model_io
+    from .onnx_export import to_onnx
+
+    _check_writable(args.output)
+    try:
+        net = model_io.load(args.model)
+    except ValueError as exc:
+        raise CLIError(f"{args.model}: {exc}") from None
+    proto = to_onnx(net, args.output, opset=args.opset)
+    n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
+    print(f"saved: {args.output} (ONNX opset {proto.opset_import[0].version}: input X "
+          f"(N, {n_in}), output Y (N, {n_out}), {net.dtype.name})")
+    side = sidecar_path(args.model)
+    if Path(side).is_file():
+        print(f"note: {side} is not in the ONNX graph: standardise the features as "
+              "it says (x_mean, x_scale) and read the outputs with its class names or "
+              "target scale", file=sys.stderr)
     return 0
 
 

@@ -43,8 +43,9 @@ __all__ = [
 
 #: Value of the ``format`` key of every fastbp model file.
 FORMAT_NAME = "fastbp-mlp"
-#: The format version this module writes, and the highest one it reads.
-FORMAT_VERSION = 1
+#: The format version this module writes, and the highest one it reads
+#: (version 2 added the optional ``feature_names_in`` key).
+FORMAT_VERSION = 2
 #: Default cap on the number of parameters :func:`load` accepts (see ``max_params``).
 MAX_PARAMS = 1 << 30
 
@@ -62,6 +63,8 @@ _MAX_META_BYTES = 1 << 16
 _MAX_STR_CHARS = 64
 _MAX_LAYERS = 100_000
 _MAX_OPT_ARRAYS = 64
+_MAX_NAME_CHARS = 1024
+_MAX_NAMES_BYTES = 1 << 26  # the whole feature_names_in member
 
 
 class ModelFileError(ValueError):
@@ -112,12 +115,51 @@ def _arrays_of(net: "MLP") -> Dict[str, np.ndarray]:
         "bias": np.array(bool(net.bias)),
         "dtype": np.array(np.dtype(net.dtype).name),
     }
+    # Copies, not views: the file is written after the model's lock is released.
     for k in range(net.n_layers):
-        arrays[f"weight_{k}"] = np.ascontiguousarray(net.weights[k])
+        arrays[f"weight_{k}"] = np.array(net.weights[k], order="C", copy=True)
         if net.bias:
-            arrays[f"bias_{k}"] = np.ascontiguousarray(net.biases[k])
+            arrays[f"bias_{k}"] = np.array(net.biases[k], order="C", copy=True)
     arrays.update(_state_of(net))
+    names = getattr(net, "feature_names_in_", None)
+    if names is not None:
+        arrays["feature_names_in"] = _names_array(names, net.layer_sizes[0])
     return arrays
+
+
+def _names_array(names: Any, n_in: int) -> np.ndarray:
+    """Feature names as the unicode array stored in the file."""
+    names = [str(n) for n in names]
+    if len(names) != n_in:
+        raise ValueError(f"feature_names_in_ has {len(names)} names, the network has {n_in} inputs")
+    for name in names:
+        if name.endswith("\0") or len(name) > _MAX_NAME_CHARS:
+            raise ValueError(
+                f"feature name {name[:40]!r} cannot be stored: names must be at most "
+                f"{_MAX_NAME_CHARS} characters and not end in a NUL character"
+            )
+    out = np.array(names, dtype=f"<U{max([1] + [len(n) for n in names])}")
+    if out.nbytes > _MAX_NAMES_BYTES:
+        raise ValueError(
+            f"the feature names take {out.nbytes} bytes as a unicode array, more than the "
+            f"{_MAX_NAMES_BYTES} a model file may hold"
+        )
+    return out
+
+
+def _snapshot(net: "MLP") -> Dict[str, np.ndarray]:
+    """Every array of the file, read as one consistent state.
+
+    The model's lock (when it has one) is held while the parameters, the
+    optimizer state and the feature names are copied, so a save issued while
+    another thread trains the model waits for that call to end instead of
+    mixing layers of different steps.
+    """
+    lock = getattr(net, "_lock", None)
+    if lock is None:
+        return _arrays_of(net)
+    with lock:
+        return _arrays_of(net)
 
 
 def _new_file_mode(path: str) -> int:
@@ -162,7 +204,10 @@ def save(net: "MLP", path: PathLike) -> None:
     ----------
     net : fastbp.MLP
         The model.  Its optimizer state (``net.optimizer_state()``, when the
-        model has one) is saved too, so that training can resume exactly.
+        model has one) is saved too, so that training can resume exactly, and
+        its ``feature_names_in_`` when it has them.  The model is read under
+        its lock: a save issued while another thread fits the model waits for
+        the fit to end and writes one consistent state.
     path : str or os.PathLike
         Destination file, used exactly as given (no ``.npz`` suffix is added).
         An existing file there is replaced.
@@ -191,7 +236,7 @@ def save(net: "MLP", path: PathLike) -> None:
     path = os.fspath(path)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    arrays = _arrays_of(net)
+    arrays = _snapshot(net)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(
@@ -363,10 +408,14 @@ def _read_model(
 
     expected = {"format", "version", "fastbp_version", "layer_sizes", "activation",
                 "output", "loss", "bias", "dtype"}
+    optional = {"fastbp_version"}
+    if version >= 2:
+        optional.add("feature_names_in")
+    expected |= optional
     expected.update(f"weight_{k}" for k in range(n_layers))
     if bias:
         expected.update(f"bias_{k}" for k in range(n_layers))
-    missing = sorted(expected - set(ar.members) - {"fastbp_version"})
+    missing = sorted(expected - set(ar.members) - optional)
     if missing:
         raise ModelFileError(f"missing key(s) {', '.join(map(repr, missing))}")
     opt_keys = []
@@ -415,6 +464,10 @@ def _read_model(
 
     config = dict(layer_sizes=sizes, activation=activation, output=output, loss=loss,
                   bias=bias, dtype=dtype_name)
+    if "feature_names_in" in ar.members:
+        names = ar.read("feature_names_in", "U", shape=(sizes[0],),
+                        max_bytes=min(sizes[0] * 4 * _MAX_NAME_CHARS, _MAX_NAMES_BYTES))
+        config["feature_names_in"] = [str(n) for n in names]
     return config, weights, biases, state
 
 
@@ -439,7 +492,9 @@ def load(path: Union[PathLike, IO[bytes]], max_params: int = MAX_PARAMS) -> "MLP
     -------
     fastbp.MLP
         A model with bit-identical parameters, the same architecture and dtype,
-        and the saved optimizer state (given to ``net.set_optimizer_state``).
+        the saved optimizer state (given to ``net.set_optimizer_state``) and
+        the saved ``feature_names_in_``, if any.  Files of every format
+        version from 1 to :data:`FORMAT_VERSION` load.
 
     Raises
     ------
@@ -478,6 +533,8 @@ def load(path: Union[PathLike, IO[bytes]], max_params: int = MAX_PARAMS) -> "MLP
                   weights=weights, biases=biases if config["bias"] else None)
     except ValueError as exc:
         raise ModelFileError(f"inconsistent model file: {exc}") from None
+    if "feature_names_in" in config:
+        net.feature_names_in_ = config["feature_names_in"]
     if state:
         setter = getattr(net, "set_optimizer_state", None)
         if setter is None:

@@ -87,7 +87,8 @@ class MLP:
         Both cross entropies are computed from the logits z, in a numerically
         stable form.
     bias : bool
-        Whether each layer has a bias vector.
+        Whether each layer has a bias vector (``bool`` or ``numpy.bool_``;
+        anything else raises ValueError).
     dtype : {"float32", "float64"}
         Precision of the parameters and of all computation in the kernels.
     seed : int or None
@@ -144,7 +145,7 @@ class MLP:
         self.activation = activation
         self.output = output
         self.loss_name = loss
-        self.bias = bool(bias)
+        self.bias = C.check_bool("bias", bias)
         self.dtype = np.dtype(np_dtype)
         self.seed = seed
         self.n_layers = len(sizes) - 1
@@ -165,6 +166,8 @@ class MLP:
             if self.bias:
                 self._biases[k][...] = b0[k]
         self._velocity: Optional[np.ndarray] = None  # momentum, once a fit uses it
+        # Column names of the first data frame trained on (feature_names_in_).
+        self._feature_names: Optional[np.ndarray] = None
         # Serialises calls from several Python threads; re-entrant so that a
         # fit callback may call predict/loss on the model.
         self._lock = threading.RLock()
@@ -198,6 +201,121 @@ class MLP:
         """Total number of trainable parameters."""
         return int(self._net.n_params)
 
+    # -- flat views (for users' own training loops and fastbp.distributed) --
+
+    @property
+    def flat_parameters(self) -> np.ndarray:
+        """The 1-D vector of length ``n_params`` that holds every parameter.
+
+        This is the model's own storage (not a copy): writes into it change the
+        model, and ``weights[k]`` / ``biases[k]`` are views of it.  Layout, in
+        order for each layer k = 0 .. n_layers-1: ``W_k`` (n_out, n_in)
+        row-major, then ``b_k`` (n_out,) when the model has biases; so
+        ``W_k[i, j]`` sits at ``offset_k + i * n_in + j``.  :meth:`unflatten`
+        gives the per-layer views of any vector laid out alike, and
+        :meth:`flat_gradient` returns gradients in this layout.
+
+        Assigning ``net.flat_parameters = v`` copies ``v`` (shape
+        ``(n_params,)``, finite) into the model.
+        """
+        return self._theta
+
+    @flat_parameters.setter
+    def flat_parameters(self, value: Any) -> None:
+        new = C._param("flat_parameters", value, self._theta.shape, self.dtype.type)
+        with self._lock:
+            self._theta[...] = new
+
+    def flat_gradient(
+        self, X: Any, Y: Any, *, reduction: str = "mean", out: Optional[np.ndarray] = None,
+    ) -> Tuple[float, np.ndarray]:
+        """The loss and its gradient as one flat vector, in one compiled call.
+
+        The forward and backward pass over the whole of ``X`` (one batch) run in
+        one call to the kernels, without the GIL, on ``get_num_threads()``
+        threads; the result is bitwise the same for any thread count.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_in)
+        Y : array_like
+            Targets, as for :meth:`loss`.
+        reduction : {"mean", "sum"}
+            ``"mean"``: the loss is the mean over the samples of the per-sample
+            loss, and the gradient is its gradient (the same as
+            :meth:`gradients`, flattened).  ``"sum"``: the sum of the
+            per-sample losses and the gradient of that sum; the kernel forms
+            the gradient of the mean (its output deltas scaled by
+            1/n_samples), which is then multiplied by ``n_samples`` in the
+            model's dtype: the gradient of the sum up to those two roundings,
+            none when ``n_samples`` is a power of two.
+        out : ndarray, optional
+            Where to write the gradient: C-contiguous, writable, of shape
+            ``(n_params,)`` and the model's dtype, not overlapping the
+            parameters.  A new array when omitted.
+
+        Returns
+        -------
+        loss : float
+            The mean (or sum) of the per-sample losses.
+        grad : ndarray of shape (n_params,)
+            The gradient, laid out as :attr:`flat_parameters`; ``out`` when
+            given.  All NaN when the loss is not finite.
+        """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
+        if out is None:
+            g = np.empty_like(self._theta)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+            if out.shape != self._theta.shape or out.dtype != self.dtype:
+                raise ValueError(
+                    f"out must have shape ({self.n_params},) and dtype {self.dtype.name}, "
+                    f"got {out.shape} {out.dtype}"
+                )
+            if not (out.flags.c_contiguous and out.flags.writeable):
+                raise ValueError("out must be C-contiguous and writable")
+            if np.may_share_memory(out, self._theta):
+                raise ValueError("out must not overlap the model's parameters")
+            g = out
+        Xc, Yc = self._XY(X, Y)
+        if np.may_share_memory(Xc, g):
+            Xc = Xc.copy()
+        if np.may_share_memory(Yc, g):
+            Yc = Yc.copy()
+        with self._lock:
+            loss = float(self._net.gradients(self._theta, Xc, Yc, g, get_num_threads()))
+        if reduction == "sum":
+            m = Xc.shape[0]
+            g *= self.dtype.type(m)
+            loss *= m
+        return loss, g
+
+    def unflatten(self, flat: np.ndarray) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
+        """Per-layer views ``[(W_0, b_0), ...]`` of a vector laid out as :attr:`flat_parameters`.
+
+        Parameters
+        ----------
+        flat : ndarray of shape (n_params,)
+            Any 1-D numpy array of that length (any dtype): the parameters, a
+            gradient from :meth:`flat_gradient`, an optimizer's state, ...
+
+        Returns
+        -------
+        list of (ndarray, ndarray or None)
+            ``W_k`` of shape (n_out, n_in) and ``b_k`` of shape (n_out,) (None
+            without biases), views of ``flat``: writes go into it.
+        """
+        if not isinstance(flat, np.ndarray):
+            raise TypeError(f"unflatten needs a numpy array, got {type(flat).__name__}")
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"unflatten needs shape ({self.n_params},), got {flat.shape}")
+        return [
+            (self._view_w(k, flat), self._view_b(k, flat) if self.bias else None)
+            for k in range(self.n_layers)
+        ]
+
     def __getstate__(self) -> Dict[str, Any]:
         """Pickle support: the configuration, the parameters and the optimizer state."""
         config = dict(
@@ -205,13 +323,46 @@ class MLP:
             loss=self.loss_name, bias=self.bias, dtype=self.dtype.name, seed=self.seed,
         )
         with self._lock:
-            return {"config": config, "theta": self._theta.copy(), **self.optimizer_state()}
+            state = {"config": config, "theta": self._theta.copy(), **self.optimizer_state()}
+            if self._feature_names is not None:
+                state["feature_names_in_"] = list(self._feature_names)
+            return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(**state["config"])  # type: ignore[misc]
         theta = C._param("theta", state["theta"], self._theta.shape, self.dtype.type)
         self._theta[...] = theta
         self.set_optimizer_state({k: v for k, v in state.items() if k == "velocity"})
+        if state.get("feature_names_in_") is not None:  # absent from older pickles
+            self.feature_names_in_ = state["feature_names_in_"]
+
+    @property
+    def feature_names_in_(self) -> np.ndarray:
+        """Column names of the data frame the model was trained on, as scikit-learn's.
+
+        Recorded by the first :meth:`fit` or :meth:`step` given a pandas
+        DataFrame (or another data frame) whose column names are all strings,
+        when the model has none yet; kept in model files and pickles.  Later
+        data frames must have the same columns in the same order (ValueError
+        otherwise); a plain array is accepted with a UserWarning.  The
+        attribute does not exist (AttributeError) until names are recorded.
+        It can be set to ``n_in`` strings, and deleted.
+        """
+        if self._feature_names is None:
+            raise AttributeError("feature_names_in_: the model was not trained on a data frame "
+                                 "with string column names")
+        return self._feature_names.copy()
+
+    @feature_names_in_.setter
+    def feature_names_in_(self, names: Any) -> None:
+        checked = C.check_names_param(names, self.layer_sizes[0])
+        with self._lock:
+            self._feature_names = checked
+
+    @feature_names_in_.deleter
+    def feature_names_in_(self) -> None:
+        with self._lock:
+            self._feature_names = None
 
     def __repr__(self) -> str:
         return (
@@ -227,6 +378,7 @@ class MLP:
         return max(16, min(_CHUNK_ROWS, _CHUNK_MACS // macs_per_row))
 
     def _X(self, X: Any) -> np.ndarray:
+        C.check_feature_names(self._feature_names, X, type(self).__name__)
         return C.check_X(X, self.layer_sizes[0], self.dtype.type)
 
     def _XY(self, X: Any, Y: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -328,6 +480,7 @@ class MLP:
             When the loss is NaN or Inf, or the update would make a parameter
             NaN or Inf; the model is then left unchanged.
         """
+        names = C.feature_names(X)
         Xc, Yc = self._XY(X, Y)
         lr = C.check_lr(lr, self.dtype.type)
         n = Xc.shape[0]
@@ -344,13 +497,17 @@ class MLP:
                     f"the update made parameters NaN or Inf; the model was not updated. "
                     f"Try a smaller learning rate (lr={lr:g})."
                 )
+            if names is not None and self._feature_names is None:
+                self._feature_names = names
         return float(loss_sum / n)
 
     def workspace_nbytes(self, batch_size: int) -> int:
-        """Bytes of scratch a fit with this batch size allocates (once, per call).
+        """Bytes of the kernel workspace a fit with this batch size allocates (once, per call).
 
         The workspace holds one batch of activations per layer, the outputs, two
-        delta buffers, the gathered targets and per-sample losses.
+        delta buffers, the gathered targets and per-sample losses.  A fit
+        allocates more than this (see :attr:`History.workspace_bytes`, which
+        reports all of it).
         """
         return int(self._net.workspace_size(int(batch_size))) * self.dtype.itemsize
 
@@ -438,14 +595,26 @@ class MLP:
             ~1e-38 in float32) slow arithmetic down 10x or more; flushing
             them to zero changes results only where such tiny values occur.
 
+        Every boolean option must be ``bool`` or ``numpy.bool_``.  When ``X``
+        is a data frame with string column names, the first fit records them
+        as :attr:`feature_names_in_`; later frames must match them.
+
         Returns
         -------
         History
             Per-epoch ``loss``, ``accuracy`` (classification losses),
-            ``val_loss``, ``val_accuracy``, ``lr`` and ``seconds``.
+            ``val_loss``, ``val_accuracy``, ``lr`` and ``seconds``, and
+            ``workspace_bytes``, the memory the fit allocated.
 
         Raises
         ------
+        ValueError
+            For any bad argument or option, checked before training starts
+            (for a schedule: its first rate, and every rate of a built-in
+            schedule); the model is unchanged.  When a later rate of a
+            schedule of one's own is bad, or a callback raises (any
+            exception), the model is restored to its state before the call
+            (parameters, velocity, feature names) and the error re-raised.
         FloatingPointError
             When the loss becomes NaN or Inf; the model is left at the last
             step whose loss was finite.
@@ -453,39 +622,77 @@ class MLP:
             On Ctrl-C, within a fraction of a second; the model is left at the
             last completed step.
         """
+        # Everything that can be checked is checked before the model changes.
+        names = C.feature_names(X)
         Xc, Yc = self._XY(X, Y)
         epochs, batch_size = C.check_fit_args(epochs, batch_size)
         lr0 = C.check_lr(lr, self.dtype.type)
-        momentum, weight_decay = _check_optimizer(momentum, nesterov, weight_decay)
+        shuffle = C.check_bool("shuffle", shuffle)
+        early_stopping = C.check_bool("early_stopping", early_stopping)
+        flush_denormals = C.check_bool("flush_denormals", flush_denormals)
+        momentum, nesterov, weight_decay = C.check_optimizer(momentum, nesterov, weight_decay)
+        if not isinstance(verbose, (bool, np.bool_)):
+            C.check_int("verbose", verbose, 0)
+        verbose = int(verbose)
+        patience = C.check_int("patience", patience, 1)
+        X_conv = _allocated(Xc, X) + _allocated(Yc, Y)
         Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
         if early_stopping and val is None:
             raise ValueError("early_stopping needs validation_data or validation_split")
-        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if validation_data is not None:
+            X_conv += _allocated(val[0], validation_data[0]) + _allocated(val[1], validation_data[1])
         lr_of = schedules.resolve(schedule, epochs)
-        callbacks = list(callbacks or [])
+        lr_first, schedule_checked = schedules.check_ahead(lr_of, epochs, lr0)
+        callbacks = C.check_callbacks(callbacks)
+        rng = np.random.default_rng(seed)
         n = Xc.shape[0]
         n_batches = -(-n // batch_size)
         classify = self.loss_name != "squared_error"
 
         hist = History()
-        rng = np.random.default_rng(seed)
         progress = Progress(verbose, epochs, n_batches, n)
-        best_val, best, since_best = np.inf, None, 0  # best: (theta, velocity) copies
+        best_val, since_best = np.inf, 0
 
         with self._lock:
+            # User code (callbacks, a schedule of one's own) runs between
+            # epochs and may raise: then the model goes back to this copy.
+            restore, restore_bytes = None, 0
+            if callbacks or not schedule_checked:
+                velocity = self._velocity
+                if momentum and velocity is not None:  # only a fit with momentum changes it
+                    velocity = velocity.copy()
+                    restore_bytes += velocity.nbytes
+                restore = (self._theta.copy(), velocity, self._feature_names)
+                restore_bytes += restore[0].nbytes
+            velocity_existed = self._velocity is not None
             runner = Epochs(
-                self, Xc, Yc, batch_size, momentum=momentum, nesterov=bool(nesterov),
-                weight_decay=weight_decay, flush_denormals=bool(flush_denormals),
+                self, Xc, Yc, batch_size, momentum=momentum, nesterov=nesterov,
+                weight_decay=weight_decay, flush_denormals=flush_denormals,
             )
-            hist.workspace_bytes = runner.nbytes
+            best = None  # the best epoch's (theta, velocity) under early stopping
+            if early_stopping:
+                best = (np.empty_like(self._theta), np.empty_like(runner.velocity))
+            hist.workspace_bytes = self._fit_bytes(
+                runner, n, epochs, shuffle, X_conv, val, restore_bytes, best,
+                new_velocity=runner.velocity.size > 0 and not velocity_existed,
+            )
+            if names is not None and self._feature_names is None:
+                self._feature_names = names
+            diverged = False
             try:
                 for epoch in range(epochs):
-                    lr_e = schedules.check_lr_value(lr_of(epoch, lr0), epoch)
-                    order = rng.permutation(n).astype(np.int64) if shuffle else None
+                    lr_e = lr_first if epoch == 0 else schedules.check_lr_value(
+                        lr_of(epoch, lr0), epoch)
+                    order = None
+                    if shuffle:
+                        order = np.asarray(rng.permutation(n), dtype=np.int64)
                     t0 = time.perf_counter()
                     progress.start_epoch(epoch)
-                    loss_sum, hit_sum, _ = runner.epoch(order, lr_e, epoch, progress)
+                    try:
+                        loss_sum, hit_sum, _ = runner.epoch(order, lr_e, epoch, progress)
+                    except FloatingPointError:
+                        diverged = True  # rewound to the last good step: kept
+                        raise
                     logs: Dict[str, Any] = {
                         "epoch": epoch,
                         "loss": loss_sum / n,
@@ -503,27 +710,59 @@ class MLP:
                     progress.end_epoch(epoch, logs)
 
                     stop = False
-                    if early_stopping:
+                    if best is not None:
                         if logs["val_loss"] < best_val:
                             best_val, since_best = logs["val_loss"], 0
-                            best = (self._theta.copy(), runner.velocity.copy())
+                            np.copyto(best[0], self._theta)
+                            np.copyto(best[1], runner.velocity)
                             hist.best_epoch = epoch
                         else:
                             since_best += 1
                             stop = since_best >= patience
-                    for cb in callbacks:
-                        hook = getattr(cb, "on_epoch_end", cb)
+                    for hook in callbacks:
                         stop = bool(hook(epoch, dict(logs))) or stop
                     if stop:
                         hist.stopped_early = epoch < epochs - 1
                         break
-                if best is not None:  # the best epoch's weights, and its momentum
+                if best is not None and hist.best_epoch is not None:
+                    # The best epoch's weights, and its momentum.
                     np.copyto(self._theta, best[0])
                     np.copyto(runner.velocity, best[1])
+            except KeyboardInterrupt:
+                raise  # Ctrl-C: left at the last completed step
+            except BaseException:
+                if restore is not None and not diverged:
+                    np.copyto(self._theta, restore[0])
+                    self._velocity = restore[1]
+                    self._feature_names = restore[2]
+                raise
             finally:
                 progress.close()
                 del runner  # the workspace goes before the lock is released
         return hist
+
+    def _fit_bytes(
+        self, runner: "Epochs", n: int, epochs: int, shuffle: bool, converted: int,
+        val: Optional[Tuple[np.ndarray, np.ndarray]], restore_bytes: int,
+        best: Optional[Tuple[np.ndarray, np.ndarray]], new_velocity: bool,
+    ) -> int:
+        """Bytes a fit allocates (see History.workspace_bytes)."""
+        item = self.dtype.itemsize
+        total = runner.nbytes + converted + restore_bytes
+        if new_velocity:
+            total += runner.velocity.nbytes
+        if epochs:
+            total += runner.snapshot_nbytes
+        if best is not None:
+            total += best[0].nbytes + best[1].nbytes
+        if shuffle and epochs:
+            # One int64 permutation per epoch; the previous one is alive while
+            # the next is drawn (the rewind may replay the previous epoch).
+            total += 8 * n * min(epochs, 2)
+        if val is not None and epochs:
+            rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
+            total += int(self._net.workspace_size(rows)) * item
+        return int(total)
 
     def _validation(
         self, X: np.ndarray, Y: np.ndarray, data: Optional[Tuple[Any, Any]], split: float
@@ -537,6 +776,8 @@ class MLP:
             except (TypeError, ValueError):
                 raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
             return X, Y, self._XY(Xv, Yv)
+        if isinstance(split, (str, bytes, bool, np.bool_)):
+            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
         try:
             split = float(split)
         except (TypeError, ValueError):
@@ -559,7 +800,11 @@ class MLP:
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Save the model and its optimizer state, atomically.
 
-        See :func:`fastbp.io.save` and docs/model-format.md; read back with
+        The parameters, optimizer state and feature names are read under the
+        model's lock, so a save issued while another thread fits the model
+        waits for that fit to end and writes one consistent state (a callback
+        of the fit itself may save: the lock is re-entrant).  See
+        :func:`fastbp.io.save` and docs/model-format.md; read back with
         :func:`fastbp.load`.
         """
         from . import io as _io
@@ -574,6 +819,16 @@ class MLP:
         from .torch_interop import to_torch
 
         return to_torch(self)
+
+    def to_onnx(self, path: Optional[Union[str, "os.PathLike[str]"]] = None,
+                **kwargs: Any) -> Any:
+        """The same network as an ``onnx.ModelProto``, also written to ``path`` if given.
+
+        Needs the ``onnx`` package; see :func:`fastbp.onnx_export.to_onnx`.
+        """
+        from .onnx_export import to_onnx
+
+        return to_onnx(self, path, **kwargs)
 
     @classmethod
     def from_torch(
@@ -652,6 +907,8 @@ class Epochs:
         momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
         l2: float = 0.0, flush_denormals: bool = True,
     ) -> None:
+        nesterov = C.check_bool("nesterov", nesterov)
+        flush_denormals = C.check_bool("flush_denormals", flush_denormals)
         self.model, self.X, self.Y, self.batch_size = model, X, Y, batch_size
         self.settings = dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                              l2=l2, flush_denormals=flush_denormals)
@@ -672,6 +929,11 @@ class Epochs:
     def nbytes(self) -> int:
         """Bytes of scratch allocated for the fit (workspace and gradient)."""
         return int(self.ws.nbytes + self.grad.nbytes)
+
+    @property
+    def snapshot_nbytes(self) -> int:
+        """Bytes of the rewind copy of the parameters and velocity (taken by :meth:`epoch`)."""
+        return int(self.model._theta.nbytes + self.velocity.nbytes)
 
     def run(
         self, order: Optional[np.ndarray], lr: float, first: int = 0, steps: int = -1,
@@ -783,15 +1045,8 @@ class Epochs:
         )
 
 
-def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any) -> Tuple[float, float]:
-    try:
-        mu, wd = float(momentum), float(weight_decay)
-    except (TypeError, ValueError):
-        raise ValueError("momentum and weight_decay must be numbers") from None
-    if not (np.isfinite(mu) and mu >= 0):
-        raise ValueError(f"momentum must be a finite number >= 0, got {momentum!r}")
-    if not (np.isfinite(wd) and wd >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if nesterov and mu == 0:
-        raise ValueError("nesterov=True needs momentum > 0")
-    return mu, wd
+def _allocated(checked: np.ndarray, given: Any) -> int:
+    """Bytes of ``checked`` when checking ``given`` allocated it (a converted copy)."""
+    if checked is given or not checked.flags.owndata:
+        return 0
+    return int(checked.nbytes)

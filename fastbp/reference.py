@@ -10,7 +10,11 @@ Everything here is written the way the lecture notes write backpropagation:
    (dl/dh_j = sum_i dl/dz_i * W[i][j], the "copy gate adds gradients" rule),
    times its local derivative, taken from its stored output;
 3. the *parameter gradients* from those node gradients:
-   dl/dW[i][j] = dl/dz_i * h_j and dl/db_i = dl/dz_i.
+   dl/dW[i][j] = dl/dz_i * h_j and dl/db_i = dl/dz_i;
+4. the *optimizer step*, one parameter at a time: SGD, torch.optim.SGD's
+   momentum, Nesterov and weight decay, scikit-learn's L2 penalty, or one of
+   fastbp.optim's algorithms (SGD, Adam, AdamW, RMSprop) as their docstrings
+   write them.
 
 It computes with Python floats (IEEE doubles) and the :mod:`math` module, one
 sample at a time, with plain lists; numpy is used only to convert inputs and
@@ -22,7 +26,7 @@ inputs and start from the same parameters.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,8 +164,121 @@ def accumulate_param_grads(dW: Matrix, db: Optional[Vector], dz: Vector, h: Vect
 
 
 # --------------------------------------------------------------------------
+# The optimizers, one parameter at a time: torch.optim.SGD (momentum, Nesterov,
+# weight decay), scikit-learn's L2 penalty, and the algorithms of
+# fastbp.optim (SGD, Adam, AdamW, RMSprop, torch's semantics)
+# --------------------------------------------------------------------------
+
+def sgd_parameter(theta: float, grad: float, velocity: Optional[float], lr: float,
+                  momentum: float, nesterov: bool, decay: float) -> Tuple[float, Optional[float]]:
+    """One torch.optim.SGD step (dampening 0) of one parameter; (theta, velocity) after it.
+
+    g = grad + decay * theta; with momentum, v = momentum * v + g and the step
+    direction is g + momentum * v (Nesterov) or v; theta -= lr * direction.
+    ``velocity`` is None without momentum (torch keeps no buffer then).
+    """
+    g = grad + decay * theta
+    if momentum != 0.0:
+        velocity = momentum * velocity + g
+        g = g + momentum * velocity if nesterov else velocity
+    return theta - lr * g, velocity
+
+
+def l2_gradient(W: Matrix, l2: float, m: int) -> Matrix:
+    """d/dW of scikit-learn's penalty l2 / (2 m) * sum W^2 for a batch of m rows: (l2 / m) W."""
+    return [[l2 / m * w for w in row] for row in W]
+
+
+def l2_penalty(Ws: List[Matrix], l2: float) -> float:
+    """l2 / 2 * sum of every weight squared (biases are not penalised).
+
+    A batch of m rows minimises mean loss + l2 / (2 m) * sum W^2; weighted by m,
+    its objective is m * mean loss + this.
+    """
+    return 0.5 * l2 * sum(w * w for W in Ws for row in W for w in row)
+
+
+def sgd_object_parameter(opt: Any, theta: float, grad: float, state: Dict[str, float],
+                         t: int, lr: float) -> float:
+    """fastbp.optim.SGD's step t (1, 2, ...) of one parameter; updates ``state``.
+
+    g = grad + weight_decay * theta; with momentum, b = g at t = 1, else
+    b = momentum * b + g, and g = g + momentum * b (Nesterov) or b;
+    theta - lr * g.
+    """
+    g = grad + opt.weight_decay * theta
+    if opt.momentum != 0.0:
+        b = g if t == 1 else opt.momentum * state["momentum_buffer"] + g
+        state["momentum_buffer"] = b
+        g = g + opt.momentum * b if opt.nesterov else b
+    return theta - lr * g
+
+
+def adam_parameter(opt: Any, theta: float, grad: float, state: Dict[str, float],
+                   t: int, lr: float) -> float:
+    """fastbp.optim.Adam's (AdamW's) step t of one parameter; updates ``state``.
+
+    Adam: g = grad + weight_decay * theta; AdamW: theta *= 1 - lr * weight_decay
+    first instead.  m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) g^2,
+    vmax = max(vmax, v) with amsgrad, and
+    theta - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+    """
+    beta1, beta2 = opt.betas
+    g = grad
+    if opt.name == "adamw":
+        theta = theta * (1.0 - lr * opt.weight_decay)
+    else:
+        g = g + opt.weight_decay * theta
+    m = beta1 * state["exp_avg"] + (1.0 - beta1) * g
+    v = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * g * g
+    state["exp_avg"], state["exp_avg_sq"] = m, v
+    if opt.amsgrad:
+        v = max(state["max_exp_avg_sq"], v)
+        state["max_exp_avg_sq"] = v
+    denom = math.sqrt(v) / math.sqrt(1.0 - beta2 ** t) + opt.eps
+    return theta - lr / (1.0 - beta1 ** t) * m / denom
+
+
+def rmsprop_parameter(opt: Any, theta: float, grad: float, state: Dict[str, float],
+                      t: int, lr: float) -> float:
+    """fastbp.optim.RMSprop's step of one parameter; updates ``state``.
+
+    g = grad + weight_decay * theta; v = alpha v + (1 - alpha) g^2; centered:
+    gbar = alpha gbar + (1 - alpha) g and d = sqrt(v - gbar^2) + eps, else
+    d = sqrt(v) + eps; with momentum b = momentum b + g / d and theta - lr b,
+    else theta - lr g / d.
+    """
+    a = opt.alpha
+    g = grad + opt.weight_decay * theta
+    v = a * state["square_avg"] + (1.0 - a) * g * g
+    state["square_avg"] = v
+    if opt.centered:
+        gbar = a * state["grad_avg"] + (1.0 - a) * g
+        state["grad_avg"] = gbar
+        d = math.sqrt(v - gbar * gbar) + opt.eps
+    else:
+        d = math.sqrt(v) + opt.eps
+    if opt.momentum > 0.0:
+        b = opt.momentum * state["momentum_buffer"] + g / d
+        state["momentum_buffer"] = b
+        return theta - lr * b
+    return theta - lr * g / d
+
+
+OPTIMIZER_STEPS = {"sgd": sgd_object_parameter, "adam": adam_parameter,
+                   "adamw": adam_parameter, "rmsprop": rmsprop_parameter}
+
+
+# --------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------
+
+class _Default(float):
+    """fit's default learning rate: 0.01, told apart from an ``lr`` given by identity."""
+
+
+_DEFAULT_LR = _Default(0.01)
+
 
 class MLP:
     """A dense multilayer perceptron trained by backpropagation and SGD (reference).
@@ -221,7 +338,7 @@ class MLP:
         biases: Optional[Sequence[Any]] = None,
     ) -> None:
         sizes, dt = _common.check_config(layer_sizes, activation, output, loss, dtype)
-        bias = bool(bias)
+        bias = _common.check_bool("bias", bias)
         default = _common.init_params(sizes, activation, bias, dt, seed)
         W, b = _common.check_params(sizes, bias, dt, weights, biases, default)
         self.layer_sizes: Tuple[int, ...] = sizes
@@ -233,6 +350,11 @@ class MLP:
         self.n_layers: int = len(sizes) - 1
         self.weights: List[np.ndarray] = W
         self.biases: List[Optional[np.ndarray]] = b
+        # The optimizer's state, flat arrays of n_params in the fast model's
+        # order (W_0, b_0, W_1, b_1, ...), in the model dtype: {"velocity"} for
+        # fit's momentum keyword, {"step", <fastbp.optim state names>} for an
+        # optimizer object; None until a fit needs one.
+        self._state: Optional[Dict[str, Any]] = None
 
     def __repr__(self) -> str:
         return (
@@ -295,35 +417,178 @@ class MLP:
             dh = backprop_to_input(Ws[k], dz)
             dz = [dhj * derivative_from_output(self.activation, a) for dhj, a in zip(dh, hs[k])]
 
-    def _loss_and_grads(self, X: Matrix, Y: Matrix):
-        """Mean loss and mean-loss gradients over the rows of X, in doubles."""
+    def _loss_and_grads(self, X: Matrix, Y: Matrix, weights: Optional[Vector] = None):
+        """Mean loss and mean-loss gradients over the rows of X, in doubles.
+
+        With ``weights`` (one s_i >= 0 per row, sum > 0), the weighted mean
+        sum_i s_i loss_i / sum_i s_i and its gradients.
+        """
         Ws, bs = self._params_as_floats()
         dWs = [[[0.0] * len(W[0]) for _ in W] for W in Ws]
         dbs = [[0.0] * len(W) if b is not None else None for W, b in zip(Ws, bs)]
+        if weights is None:
+            weights = [1.0] * len(X)
         total = 0.0
-        for x, y in zip(X, Y):
+        for x, y, s in zip(X, Y, weights):
             hs, z_out, yhat = self._forward(Ws, bs, x)
-            total += sample_loss(self.loss_name, z_out, yhat, y)
+            total += s * sample_loss(self.loss_name, z_out, yhat, y)
             dz = output_delta(self.loss_name, self.output, z_out, yhat, y)
-            self._backward(Ws, hs, dz, dWs, dbs)
-        n = len(X)
+            self._backward(Ws, hs, [s * d for d in dz], dWs, dbs)
+        n = sum(weights)
         dWs = [[[g / n for g in row] for row in dW] for dW in dWs]
         dbs = [[g / n for g in db] if db is not None else None for db in dbs]
         return total / n, Ws, bs, dWs, dbs
 
-    def _sgd_update(self, X: Matrix, Y: Matrix, lr: float) -> float:
-        """One SGD step on a batch of already validated rows; the loss before it."""
-        loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y)
+    def _sgd_update(self, X: Matrix, Y: Matrix, lr: float, weights: Optional[Vector] = None) -> float:
+        """One plain SGD step on a batch of already validated rows; the loss before it."""
+        return self._optimizer_step(X, Y, lr, _PLAIN_SGD, weights)[0]
+
+    def _optimizer_step(self, X: Matrix, Y: Matrix, lr: float, opt: dict,
+                        weights: Optional[Vector] = None) -> Tuple[float, float]:
+        """One optimizer step on a batch; (mean loss, l2 penalty) before it.
+
+        ``opt`` holds torch.optim.SGD's momentum, nesterov and weight_decay
+        (decay on the biases too) and scikit-learn's ``l2``: the batch of m
+        rows minimises mean loss + l2 / (2 m) * sum W^2, so the weights'
+        gradient gains (l2 / m) W.  Or ``opt["object"]`` is a fastbp.optim
+        optimizer, applied as its docstring writes it.  The penalty returned
+        is l2 / 2 * sum W^2.
+        """
+        loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y, weights)
         if not math.isfinite(loss):
             # as the fast model: never write a diverged step into the parameters
             raise FloatingPointError("the loss is not finite on this batch; the model was not updated")
+        m = len(X)
+        penalty = l2_penalty(Ws, opt["l2"])
+        if opt["l2"] != 0.0:
+            dWs = [[[g + p for g, p in zip(grow, prow)] for grow, prow in zip(dW, l2_gradient(W, opt["l2"], m))]
+                   for dW, W in zip(dWs, Ws)]
+        theta, grad = self._flat(Ws, bs), self._flat(dWs, dbs)
+        if opt.get("object") is not None:
+            new = self._object_update(opt["object"], theta, grad, lr)
+        else:
+            # the weights' decay and the biases' (l2 spares the biases)
+            decay = self._flat([[[opt["weight_decay"]] * len(W[0]) for _ in W] for W in Ws],
+                               [[opt["weight_decay"]] * len(b) if b is not None else None for b in bs])
+            momentum = opt["momentum"]
+            if momentum != 0.0 and (self._state is None or "velocity" not in self._state):
+                self._state = {"velocity": np.zeros(self.n_params, dtype=self.dtype)}
+            vel = self._state["velocity"].tolist() if momentum != 0.0 else [None] * len(theta)
+            steps = [sgd_parameter(t, g, v, lr, momentum, opt["nesterov"], d)
+                     for t, g, v, d in zip(theta, grad, vel, decay)]
+            new = [t for t, _ in steps]
+            if momentum != 0.0:
+                self._state["velocity"][...] = [v for _, v in steps]
+        self._write_flat(new)
+        return loss, penalty
+
+    def _object_update(self, optimizer: Any, theta: Vector, grad: Vector, lr: float) -> Vector:
+        """One step of a fastbp.optim optimizer on every parameter; the new values."""
+        names = optimizer.state_names()
+        state = self._state
+        if state is None or set(state) != {"step", *names}:
+            state = self._state = {"step": 0, **{k: np.zeros(self.n_params, dtype=self.dtype) for k in names}}
+        t = int(state["step"]) + 1
+        step = OPTIMIZER_STEPS[optimizer.name]
+        new = []
+        for i, (th, g) in enumerate(zip(theta, grad)):
+            s = {k: float(state[k][i]) for k in names}
+            new.append(step(optimizer, th, g, s, t, lr))
+            for k in names:
+                state[k][i] = s[k]
+        state["step"] = t
+        return new
+
+    # ---- the flat parameter order of the fast model -----------------------
+
+    def _flat(self, Ws: List[Matrix], bs: List[Optional[Vector]]) -> Vector:
+        """Per-layer matrices and vectors as one list in the order W_0, b_0, W_1, b_1, ..."""
+        out: Vector = []
+        for W, b in zip(Ws, bs):
+            out.extend(w for row in W for w in row)
+            if b is not None:
+                out.extend(b)
+        return out
+
+    def _write_flat(self, values: Vector) -> None:
+        """Store a flat list (order of :meth:`_flat`) into the parameters, rounded to the dtype."""
+        off = 0
         for k in range(self.n_layers):
-            new_W = [[w - lr * g for w, g in zip(row, grow)] for row, grow in zip(Ws[k], dWs[k])]
-            self.weights[k][...] = np.array(new_W, dtype=self.dtype)
-            if bs[k] is not None:
-                new_b = [b - lr * g for b, g in zip(bs[k], dbs[k])]
-                self.biases[k][...] = np.array(new_b, dtype=self.dtype)
-        return loss
+            for arr in (self.weights[k], self.biases[k]):
+                if arr is not None:
+                    arr[...] = np.array(values[off:off + arr.size], dtype=self.dtype).reshape(arr.shape)
+                    off += arr.size
+
+    # ---- optimizer state -------------------------------------------------
+
+    def optimizer_state(self) -> Dict[str, Any]:
+        """A copy of the optimizer's state, laid out as the fast model's.
+
+        Returns
+        -------
+        dict
+            Empty before any fit that needs state.  After a fit with the
+            ``momentum`` keyword: ``{"velocity": flat array of n_params}``
+            (W_0, b_0, W_1, b_1, ... each row-major, as
+            ``fastbp.MLP.optimizer_state``).  After a fit with a
+            ``fastbp.optim`` optimizer: ``{"step": int, name: flat array}``
+            for each of its ``state_names()``, the contract of fastbp.optim.
+        """
+        if self._state is None:
+            return {}
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._state.items()}
+
+    def set_optimizer_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` returned (or the fast model's).
+
+        Parameters
+        ----------
+        state : dict
+            ``{}``, ``{"velocity": array of n_params}``, or ``{"step": int >= 0,
+            name: array of n_params, ...}`` with fastbp.optim's state names.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"optimizer state must be a dict, got {type(state).__name__}")
+        known = {"velocity", "step", "momentum_buffer", "exp_avg", "exp_avg_sq",
+                 "max_exp_avg_sq", "square_avg", "grad_avg"}
+        unknown = set(state) - known
+        if unknown:
+            raise ValueError(f"unknown optimizer state keys {sorted(unknown)}")
+        if not state or (set(state) == {"velocity"} and state["velocity"] is None):
+            self._state = None
+            return
+        if "velocity" in state and len(state) > 1:
+            raise ValueError("'velocity' (fit's momentum) cannot be mixed with fastbp.optim state")
+        if "velocity" not in state:
+            step = state.get("step")
+            if isinstance(step, np.ndarray) and step.ndim == 0 and step.dtype.kind in "iu":
+                step = step.item()
+            if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+                raise ValueError(f"state['step'] must be an integer >= 0, got {step!r}")
+        new: Dict[str, Any] = {}
+        for k, v in state.items():
+            new[k] = int(step) if k == "step" else _common._param(k, v, (self.n_params,), self.dtype.type)
+        self._state = new
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer state: the next fit starts from rest."""
+        self._state = None
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (weights and biases)."""
+        return sum(W.size for W in self.weights) + sum(b.size for b in self.biases if b is not None)
+
+    def _sample_weight(self, sample_weight: Any, n: int) -> Optional[Vector]:
+        """Checked sample weights as Python floats (rounded to the dtype), or None."""
+        if sample_weight is None:
+            return None
+        sw = _common._param("sample_weight", sample_weight, (n,), self.dtype.type)
+        if np.any(sw < 0):
+            raise ValueError("sample_weight must be >= 0")
+        if not sw.sum() > 0:
+            raise ValueError("sample_weight must not sum to 0")
+        return sw.tolist()
 
     # ---- public API ------------------------------------------------------
 
@@ -343,7 +608,7 @@ class MLP:
         out = [self._forward(Ws, bs, x)[2] for x in rows]
         return np.array(out, dtype=self.dtype).reshape(len(rows), self.layer_sizes[-1])
 
-    def loss(self, X: Any, Y: Any) -> float:
+    def loss(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
         """Mean over the samples of the per-sample loss.
 
         Parameters
@@ -351,6 +616,9 @@ class MLP:
         X : array_like of shape (n_samples, n_in)
         Y : array_like of shape (n_samples, n_out), or integer labels of shape
             (n_samples,) for ``cross_entropy``
+        sample_weight : array_like of shape (n_samples,), optional
+            Weights s_i >= 0 (not all 0): the weighted mean
+            sum_i s_i loss_i / sum_i s_i.
 
         Returns
         -------
@@ -358,15 +626,16 @@ class MLP:
             The mean loss, rounded to the model dtype.
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
+        weights = self._sample_weight(sample_weight, Xc.shape[0]) or [1.0] * Xc.shape[0]
         Ws, bs = self._params_as_floats()
         total = 0.0
-        for x, y in zip(Xc.tolist(), Yc.tolist()):
+        for x, y, s in zip(Xc.tolist(), Yc.tolist(), weights):
             _, z_out, yhat = self._forward(Ws, bs, x)
-            total += sample_loss(self.loss_name, z_out, yhat, y)
-        return self._round(total / Xc.shape[0])
+            total += s * sample_loss(self.loss_name, z_out, yhat, y)
+        return self._round(total / sum(weights))
 
     def gradients(
-        self, X: Any, Y: Any
+        self, X: Any, Y: Any, sample_weight: Any = None
     ) -> Tuple[float, List[Tuple[np.ndarray, Optional[np.ndarray]]]]:
         """Mean loss and its gradients with respect to every parameter.
 
@@ -374,6 +643,8 @@ class MLP:
         ----------
         X : array_like of shape (n_samples, n_in)
         Y : array_like of shape (n_samples, n_out), or integer labels
+        sample_weight : array_like of shape (n_samples,), optional
+            As for :meth:`loss`: the weighted mean and its gradients.
 
         Returns
         -------
@@ -385,7 +656,8 @@ class MLP:
             ``None`` when ``bias=False``.
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
-        loss, _, _, dWs, dbs = self._loss_and_grads(Xc.tolist(), Yc.tolist())
+        weights = self._sample_weight(sample_weight, Xc.shape[0])
+        loss, _, _, dWs, dbs = self._loss_and_grads(Xc.tolist(), Yc.tolist(), weights)
         grads = []
         for k in range(self.n_layers):
             dW = np.array(dWs[k], dtype=self.dtype).reshape(self.weights[k].shape)
@@ -393,7 +665,7 @@ class MLP:
             grads.append((dW, db))
         return self._round(loss), grads
 
-    def step(self, X: Any, Y: Any, lr: float) -> float:
+    def step(self, X: Any, Y: Any, lr: float, sample_weight: Any = None) -> float:
         """One in-place SGD update on the batch (X, Y).
 
         ``W -= lr * dW`` and ``b -= lr * db`` with the gradients of the mean
@@ -405,6 +677,8 @@ class MLP:
         Y : array_like of shape (n_samples, n_out), or integer labels
         lr : float
             Learning rate, positive and finite.
+        sample_weight : array_like of shape (n_samples,), optional
+            As for :meth:`loss`: the step on the weighted mean loss.
 
         Returns
         -------
@@ -418,7 +692,8 @@ class MLP:
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         lr = _common.check_lr(lr, self.dtype.type)
-        return self._round(self._sgd_update(Xc.tolist(), Yc.tolist(), lr))
+        weights = self._sample_weight(sample_weight, Xc.shape[0])
+        return self._round(self._sgd_update(Xc.tolist(), Yc.tolist(), lr, weights))
 
     def fit(
         self,
@@ -426,16 +701,24 @@ class MLP:
         Y: Any,
         epochs: int = 10,
         batch_size: int = 32,
-        lr: float = 0.01,
+        lr: float = _DEFAULT_LR,
         shuffle: bool = True,
         seed: Optional[int] = None,
+        *,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        l2: float = 0.0,
+        optimizer: Any = None,
+        sample_weight: Any = None,
     ) -> _common.History:
         """Mini-batch SGD over the data for a number of epochs.
 
         Each epoch walks the samples (in the order of
         ``numpy.random.default_rng(seed).permutation`` when ``shuffle``, else
         in order) in consecutive batches of ``batch_size`` rows (the last may
-        be smaller) and makes one :meth:`step` per batch.
+        be smaller) and makes one optimizer step per batch (a :meth:`step`
+        when momentum, weight_decay and l2 are 0 and no optimizer is given).
 
         Parameters
         ----------
@@ -444,17 +727,45 @@ class MLP:
         epochs : int, >= 0
         batch_size : int, >= 1
         lr : float
-            Learning rate, positive and finite.
+            Learning rate, positive and finite.  With an optimizer and ``lr``
+            not given, ``optimizer.lr``; a given ``lr`` overrides it, as
+            ``optimizer.update(..., lr=lr)`` does.
         shuffle : bool
             Reshuffle the samples at the start of every epoch.
         seed : int or None
             Seed of the shuffling generator (one generator for the whole fit).
+        momentum, nesterov, weight_decay : float, bool, float
+            ``torch.optim.SGD(params, lr, momentum, dampening=0, weight_decay,
+            nesterov)``, as ``fastbp.MLP.fit``: per parameter ``g = grad +
+            weight_decay * theta`` (biases included), ``v = momentum * v + g``,
+            ``theta -= lr * (g + momentum * v if nesterov else v)``.  The
+            velocity v persists across fits (:meth:`optimizer_state`,
+            :meth:`reset_optimizer`).
+        l2 : float
+            scikit-learn's ``alpha`` (what its estimators pass to
+            ``fastbp.model.Epochs``): a batch of m rows minimises mean loss +
+            l2 / (2 m) * sum W^2, over the weights only.
+        optimizer : fastbp.optim.SGD, Adam, AdamW or RMSprop, optional
+            Instead of the keywords above (which must then be left at 0):
+            every parameter follows the formulas of that class's docstring
+            (torch.optim's algorithms, weight decay on the biases too), in
+            doubles, rounded to the model dtype after each step.  Its state
+            (``{"step": t, name: flat array}``, fastbp.optim's contract) is
+            the model's (:meth:`optimizer_state`) and carries over to the next
+            fit; a state of another optimizer is replaced by a fresh one.
+        sample_weight : array_like of shape (n_samples,), optional
+            Weights s_i >= 0: each batch minimises sum_i s_i loss_i / sum_i s_i
+            over its rows (a batch whose weights are all 0 takes no step).
+            Not with ``l2``.
 
         Returns
         -------
         fastbp._common.History
             ``loss[e]`` is the mean over epoch e's samples of the loss each
-            had in its batch's forward pass, before that batch's update.
+            had in its batch's forward pass, before that batch's update; with
+            ``l2``, of the objective: (sum over batches of m * mean loss +
+            l2 / 2 * sum W^2) / n_samples, scikit-learn's ``loss_``; with
+            ``sample_weight``, the weighted mean sum_i s_i loss_i / sum_i s_i.
 
         Raises
         ------
@@ -465,8 +776,18 @@ class MLP:
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         epochs, batch_size = _common.check_fit_args(epochs, batch_size)
+        shuffle = _common.check_bool("shuffle", shuffle)
+        opt = _check_optimizer(momentum, nesterov, weight_decay, l2)
+        opt["object"] = _check_optimizer_object(optimizer, opt)
+        if optimizer is not None and lr is _DEFAULT_LR:
+            lr = optimizer.lr
         lr = _common.check_lr(lr, self.dtype.type)
+        weights = self._sample_weight(sample_weight, Xc.shape[0])
+        if weights is not None and opt["l2"] != 0.0:
+            raise ValueError("l2 is not defined with sample_weight; use weight_decay")
         rows_X, rows_Y = Xc.tolist(), Yc.tolist()
+        if weights is None:
+            weights = [1.0] * len(rows_X)
         n = len(rows_X)
         rng = np.random.default_rng(seed)
         hist = _common.History()
@@ -475,9 +796,47 @@ class MLP:
             weighted = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                batch_loss = self._round(
-                    self._sgd_update([rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr)
+                batch_weights = [weights[i] for i in idx]
+                if sum(batch_weights) == 0.0:
+                    continue  # nothing to minimise in this batch
+                batch_loss, penalty = self._optimizer_step(
+                    [rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr, opt, batch_weights
                 )
-                weighted += batch_loss * len(idx)
-            hist.loss.append(self._round(weighted / n))
+                weighted += self._round(batch_loss) * sum(batch_weights) + penalty
+            hist.loss.append(self._round(weighted / sum(weights)))
         return hist
+
+
+_PLAIN_SGD = dict(momentum=0.0, nesterov=False, weight_decay=0.0, l2=0.0)
+
+
+def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any, l2: Any) -> dict:
+    """The optimizer keywords of :meth:`MLP.fit`, checked as ``fastbp.MLP.fit`` checks them
+    (and ``l2`` as a number >= 0, as the fast model's ``Epochs`` takes it)."""
+    momentum, nesterov, weight_decay = _common.check_optimizer(momentum, nesterov, weight_decay)
+    if isinstance(l2, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    try:
+        value = float(l2)
+    except (TypeError, ValueError):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    return dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, l2=value)
+
+
+def _check_optimizer_object(optimizer: Any, keywords: dict) -> Any:
+    """A fastbp.optim optimizer that the reference can step, or None."""
+    if optimizer is None:
+        return None
+    from . import optim  # numpy only, like this module
+
+    if not isinstance(optimizer, optim.Optimizer):
+        raise ValueError(f"optimizer must be a fastbp.optim optimizer, got {optimizer!r}")
+    if optimizer.name not in OPTIMIZER_STEPS:
+        raise ValueError(f"{type(optimizer).__name__} takes no per-batch steps; the reference "
+                         f"fit supports {sorted(OPTIMIZER_STEPS)}")
+    if keywords["momentum"] or keywords["nesterov"] or keywords["weight_decay"] or keywords["l2"]:
+        raise ValueError("give momentum, nesterov, weight_decay and l2 either as keywords "
+                         "or through the optimizer, not both")
+    return optimizer

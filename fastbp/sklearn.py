@@ -218,6 +218,16 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError("model_ is only available after fit")
         return self._net
 
+    def to_onnx(self, path: Any = None, **kwargs: Any) -> Any:
+        """The fitted estimator as an ``onnx.ModelProto`` with skl2onnx's outputs.
+
+        Written to ``path`` if given.  Needs the ``onnx`` package; see
+        :func:`fastbp.onnx_export.estimator_to_onnx`.
+        """
+        from .onnx_export import estimator_to_onnx
+
+        return estimator_to_onnx(self, path, **kwargs)
+
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(super().__getstate__())  # sklearn may hand back the live __dict__
         net = state.pop("_net", None)

@@ -55,10 +55,6 @@ def assert_same_model(a, b):
     assert a.predict(X).tobytes() == b.predict(X).tobytes()
 
 
-def has_optimizer_state():
-    return hasattr(fastbp.MLP, "optimizer_state") and hasattr(fastbp.MLP, "set_optimizer_state")
-
-
 # ---------------------------------------------------------------------------
 # round trips
 # ---------------------------------------------------------------------------
@@ -121,7 +117,7 @@ def test_file_is_plain_npz_with_documented_keys(tmp_path):
                        "output", "loss", "bias", "dtype", "weight_0", "bias_0", "weight_1",
                        "bias_1"} <= {k for k in keys if k.startswith("optimizer.")}
         assert str(z["format"]) == "fastbp-mlp"
-        assert int(z["version"]) == fio.FORMAT_VERSION == 1
+        assert int(z["version"]) == fio.FORMAT_VERSION == 2
         assert z["layer_sizes"].dtype == np.int64 and list(z["layer_sizes"]) == [4, 3, 2]
         assert z["bias"].dtype == np.bool_ and bool(z["bias"])
         assert str(z["dtype"]) == "float64"
@@ -155,18 +151,13 @@ def test_fortran_order_and_byteswapped_arrays_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_optimizer_state_round_trip(tmp_path, dtype):
-    if not has_optimizer_state():
-        pytest.skip("fastbp.MLP has no optimizer_state() yet")
     net = make_net(dtype=dtype)
+    assert net.optimizer_state() == {}
+    # Give the model a non-trivial velocity, through its own API.
+    v = np.random.default_rng(7).normal(size=net.n_params).astype(net.dtype)
+    net.set_optimizer_state({"velocity": v})
     state = net.optimizer_state()
-    if "velocity" in state or not state:
-        # Give the model a non-trivial velocity, through its own API.
-        v = np.random.default_rng(7).normal(size=net.n_params).astype(net.dtype)
-        try:
-            net.set_optimizer_state({"velocity": v})
-        except (ValueError, TypeError, KeyError):
-            pytest.skip("this model does not keep a velocity")
-    state = net.optimizer_state()
+    assert set(state) == {"velocity"} and state["velocity"].tobytes() == v.tobytes()
     path = tmp_path / "m.npz"
     fio.save(net, path)
     with np.load(path, allow_pickle=False) as z:
@@ -184,8 +175,6 @@ def test_optimizer_state_round_trip(tmp_path, dtype):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_resume_after_load_is_bit_identical(tmp_path, dtype, nesterov):
     """fit / save / load / fit equals one uninterrupted model's two fits."""
-    if not has_optimizer_state():
-        pytest.skip("fastbp.MLP has no optimizer_state() yet")
     net = make_net(dtype=dtype)
     X, Y = data(net, n=40, seed=5)
     kw = dict(batch_size=8, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
@@ -205,13 +194,10 @@ def test_resume_after_load_is_bit_identical(tmp_path, dtype, nesterov):
 
 
 def test_empty_optimizer_state_round_trip(tmp_path):
-    if not has_optimizer_state():
-        pytest.skip("fastbp.MLP has no optimizer_state() yet")
     net = make_net()
-    try:
-        net.set_optimizer_state({})
-    except (ValueError, TypeError, KeyError):
-        pytest.skip("this model cannot clear its optimizer state")
+    net.fit(*data(net), epochs=1, momentum=0.9)
+    assert "velocity" in net.optimizer_state()
+    net.set_optimizer_state({})  # clears the velocity
     assert not net.optimizer_state()
     fio.save(net, tmp_path / "m.npz")
     back = fio.load(tmp_path / "m.npz")
@@ -384,7 +370,7 @@ def test_format_stored_as_bytes_is_rejected(tmp_path):
     load_error(hostile(tmp_path, {"format": np.array(b"fastbp-mlp")}), "'format' has dtype")
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1])
+@pytest.mark.parametrize("version", [0, 3, 99, -1])
 def test_unknown_version(tmp_path, version):
     load_error(hostile(tmp_path, {"version": np.array(version, dtype=np.int64)}),
                f"unsupported format version {version}")
@@ -668,3 +654,88 @@ def test_pathlib_and_error_type():
     assert issubclass(ModelFileError, ValueError)
     assert fio.FORMAT_NAME == "fastbp-mlp"
     assert isinstance(pathlib.Path("x"), os.PathLike)  # save/load take Path (tmp_path) and str
+
+
+# ---------------------------------------------------------------------------
+# feature names (format version 2)
+# ---------------------------------------------------------------------------
+
+
+def named_net(names=("a", "b", "c", "d", "e")):
+    net = make_net()
+    net.feature_names_in_ = list(names)
+    return net
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_feature_names_round_trip(tmp_path):
+    net = named_net(["a", "b b", "ünï", "x" * 300, ""])
+    fio.save(net, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["feature_names_in"].dtype.kind == "U"
+        assert list(z["feature_names_in"]) == list(net.feature_names_in_)
+    back = fio.load(tmp_path / "m.npz")
+    assert_same_model(net, back)
+    assert back.feature_names_in_.dtype == object
+    assert list(back.feature_names_in_) == ["a", "b b", "ünï", "x" * 300, ""]
+    # A model without names writes no names key, and loads without names.
+    fio.save(make_net(), tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz", allow_pickle=False) as z:
+        assert "feature_names_in" not in z.files
+    assert not hasattr(fio.load(tmp_path / "plain.npz"), "feature_names_in_")
+
+
+def test_feature_names_of_a_data_frame_survive_save_and_pickle(tmp_path):
+    pd = pytest.importorskip("pandas")
+    net = make_net()
+    X, Y = data(net, n=12)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(5)])
+    net.fit(frame, Y, epochs=1)
+    net.save(tmp_path / "m.npz")
+    for back in (fastbp.load(tmp_path / "m.npz"), pickle.loads(pickle.dumps(net))):
+        assert list(back.feature_names_in_) == list(frame.columns)
+        with pytest.raises(ValueError, match="same order"):
+            back.predict(frame[frame.columns[::-1]])
+        np.testing.assert_array_equal(back.predict(frame), net.predict(frame))
+
+
+def test_version_1_files_still_load(tmp_path):
+    net = make_net()
+    arrays = fio._arrays_of(net)
+    arrays["version"] = np.array(1, dtype=np.int64)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    back = fio.load(tmp_path / "v1.npz")
+    assert_same_model(net, back)
+    assert not hasattr(back, "feature_names_in_")
+    # Names are not part of version 1: such a file is foreign or tampered.
+    load_error(hostile(tmp_path, {"version": np.array(1, dtype=np.int64)},
+                       feature_names_in=np.array(["a", "b", "c", "d"])),
+               "unexpected key 'feature_names_in'")
+
+
+def test_pickles_without_feature_names_still_load():
+    net = make_net()
+    state = net.__getstate__()
+    assert "feature_names_in_" not in state  # as an older fastbp pickled it
+    back = fastbp.MLP.__new__(fastbp.MLP)
+    back.__setstate__(state)
+    assert_same_model(net, back)
+    assert not hasattr(back, "feature_names_in_")
+
+
+@pytest.mark.parametrize("names, match", [
+    (np.array(["a", "b", "c"]), r"'feature_names_in' has shape \(3,\), expected \(4,\)"),
+    (np.array([b"a", b"b", b"c", b"d"]), "'feature_names_in' has dtype"),
+    (np.array([1, 2, 3, 4]), "'feature_names_in' has dtype"),
+    (np.array("abcd"), r"'feature_names_in' has shape \(\), expected \(4,\)"),
+    (np.array(["a" * 2000, "b", "c", "d"]), "'feature_names_in' declares .* bytes"),
+])
+def test_bad_feature_names_in_a_file(tmp_path, names, match):
+    load_error(hostile(tmp_path, feature_names_in=names), match)
+
+
+def test_names_that_cannot_be_stored_are_refused_before_writing(tmp_path):
+    net = named_net(["a", "b", "c", "d", "e\0"])
+    with pytest.raises(ValueError, match="cannot be stored"):
+        fio.save(net, tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)

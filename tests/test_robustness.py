@@ -653,3 +653,276 @@ def test_parameter_lists_copy_and_pickle_as_plain_lists():
     assert shallow[0] is net.weights[0]
     deep[0][...] = 7  # a deep copy is independent of the model
     assert not (net.weights[0] == 7).any()
+
+
+# ---------------------------------------------------------------------------
+# Booleans must be bool: a string such as "False" is not silently True.
+
+_NOT_BOOLS = ["False", "no", "", 0, 1, 1.0, None, [True], np.array([True]), np.int64(1)]
+
+
+@pytest.mark.parametrize("name", ["shuffle", "nesterov", "early_stopping", "flush_denormals"])
+@pytest.mark.parametrize("value", _NOT_BOOLS, ids=repr)
+def test_fit_booleans_must_be_bool(name, value):
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1, dtype="float64")
+    before = params_of(net)
+    kw = {name: value, "momentum": 0.9, "validation_split": 0.25}
+    with pytest.raises(ValueError, match=rf"{name} must be a bool.*got {re.escape(repr(value))}"):
+        net.fit(X, y, epochs=2, batch_size=4, **kw)
+    assert_same_params(before, net)
+    assert net.optimizer_state() == {}
+
+
+@pytest.mark.parametrize("value", _NOT_BOOLS, ids=repr)
+def test_constructor_bias_must_be_bool(value):
+    with pytest.raises(ValueError, match=rf"bias must be a bool.*got {re.escape(repr(value))}"):
+        fastbp.MLP([3, 4, 2], bias=value)
+
+
+def test_numpy_bools_are_bools():
+    X, y = data(n=20)
+    a = fastbp.MLP([3, 4, 2], seed=1, bias=np.True_)
+    b = fastbp.MLP([3, 4, 2], seed=1, bias=True)
+    assert a.bias is True and repr(a) == repr(b)
+    assert fastbp.MLP([3, 4, 2], bias=np.False_).biases[0] is None
+    kw = dict(epochs=2, batch_size=4, momentum=0.9, validation_split=0.25, seed=0)
+    a.fit(X, y, shuffle=np.True_, nesterov=np.True_, early_stopping=np.False_,
+          flush_denormals=np.bool_(True), **kw)
+    b.fit(X, y, shuffle=True, nesterov=True, early_stopping=False, flush_denormals=True, **kw)
+    assert a._theta.tobytes() == b._theta.tobytes()
+
+
+def test_check_bool_helper():
+    from fastbp import _common as C
+
+    assert C.check_bool("x", True) is True and C.check_bool("x", np.False_) is False
+    for bad in _NOT_BOOLS:
+        with pytest.raises(ValueError, match=r"^x must be a bool \(True or False\), got "):
+            C.check_bool("x", bad)
+
+
+# ---------------------------------------------------------------------------
+# A fit that fails after training started leaves the model as it was.
+
+def _state(net):
+    state = net.optimizer_state()
+    return net._theta.tobytes(), {k: v.tobytes() for k, v in state.items()}
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("had_velocity", [False, True])
+def test_schedule_failing_mid_fit_restores_the_model(momentum, had_velocity):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1, dtype="float64")
+    if had_velocity:
+        net.fit(X, y, epochs=1, batch_size=8, momentum=0.5)
+    before = _state(net)
+    calls = []
+
+    def schedule(epoch, lr0):
+        calls.append(epoch)
+        return float("nan") if epoch == 3 else lr0
+
+    with pytest.raises(ValueError, match=r"schedule returned lr=nan for epoch 3"):
+        net.fit(X, y, epochs=6, batch_size=8, lr=0.1, momentum=momentum, schedule=schedule)
+    assert calls == [0, 1, 2, 3]  # three epochs trained, then restored
+    assert _state(net) == before
+    assert ("velocity" in net.optimizer_state()) == had_velocity
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("k")])
+def test_callback_raising_mid_fit_restores_the_model(error):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1, dtype="float32")
+    before = _state(net)
+
+    def cb(epoch, logs):
+        if epoch == 2:
+            raise error
+
+    with pytest.raises(type(error)):
+        net.fit(X, y, epochs=5, batch_size=8, momentum=0.9, nesterov=True, callbacks=[cb])
+    assert _state(net) == before and net.optimizer_state() == {}
+    # A callback returning something without a truth value fails the same way.
+    with pytest.raises(ValueError, match="truth value"):
+        net.fit(X, y, epochs=5, batch_size=8, callbacks=[lambda e, logs: np.ones(2)])
+    assert _state(net) == before
+
+
+def test_the_restored_model_trains_as_if_the_failed_fit_never_ran():
+    X, y = data(n=40)
+    a, b = fastbp.MLP([3, 8, 2], seed=1), fastbp.MLP([3, 8, 2], seed=1)
+    kw = dict(batch_size=8, lr=0.1, momentum=0.9, seed=0)
+    a.fit(X, y, epochs=2, **kw)
+    b.fit(X, y, epochs=2, **kw)
+    with pytest.raises(ValueError, match="schedule returned"):
+        a.fit(X, y, epochs=4, schedule=lambda e, lr0: -1.0 if e == 2 else lr0, **kw)
+    a.fit(X, y, epochs=2, **kw)
+    b.fit(X, y, epochs=2, **kw)
+    assert _state(a) == _state(b)
+
+
+class _NoHook:
+    on_epoch_end = 3
+
+
+class _AbstractSchedule(fastbp.schedules.Schedule):
+    pass
+
+
+@pytest.mark.parametrize("kw,error,pattern", [
+    (dict(callbacks=[5]), ValueError, r"callbacks\[1\] must be callable .*on_epoch_end.*got 5"),
+    (dict(callbacks=[_NoHook()]), ValueError, r"callbacks\[1\] must be callable"),
+    (dict(callbacks=lambda e, logs: None), ValueError, r"callbacks must be a sequence"),
+    (dict(callbacks="cb"), ValueError, r"callbacks must be a sequence"),
+    (dict(schedule=5), ValueError, r"schedule must be a name"),
+    (dict(schedule=_AbstractSchedule()), NotImplementedError, None),
+    (dict(schedule=lambda e, lr0: "fast"), ValueError, r"schedule returned 'fast' for epoch 0"),
+    (dict(schedule=fastbp.schedules.StepDecay(1, gamma=1e200)), ValueError,
+     r"schedule returned lr=inf for epoch 5"),
+    (dict(schedule=fastbp.schedules.InverseScaling(power_t=-400.0)), ValueError,
+     r"schedule returned lr=inf for epoch 5"),
+    (dict(verbose="yes"), ValueError, r"verbose must be an integer >= 0"),
+    (dict(verbose=-1), ValueError, r"verbose must be an integer >= 0"),
+    (dict(patience=2.5), ValueError, r"patience must be an integer"),
+    (dict(seed="x"), (TypeError, ValueError), None),
+    (dict(validation_split="0.2"), ValueError, r"validation_split must be a number"),
+    (dict(validation_split=True), ValueError, r"validation_split must be a number"),
+    (dict(momentum="0.9"), ValueError, r"momentum must be a finite number"),
+    (dict(nesterov="True"), ValueError, r"nesterov must be a bool"),
+])
+def test_fit_options_are_checked_before_training(kw, error, pattern):
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1)
+    before = _state(net)
+    epochs = []
+    record = [lambda e, logs: epochs.append(e)]
+    if isinstance(kw.get("callbacks"), list):  # a good callback first, then the bad one
+        kw = dict(kw, callbacks=record + kw["callbacks"])
+    else:
+        kw = dict({"callbacks": record}, **kw)
+    kw = {"momentum": 0.9, **kw}
+    with pytest.raises(error, match=pattern):
+        net.fit(X, y, epochs=6, batch_size=8, **kw)
+    assert epochs == [], "training started before the options were checked"
+    assert _state(net) == before and net.optimizer_state() == {}
+
+
+# ---------------------------------------------------------------------------
+# Data frames: column names recorded and checked (scikit-learn's feature_names_in_).
+
+def _frame(X, columns):
+    pd = pytest.importorskip("pandas")
+    return pd.DataFrame(X, columns=columns)
+
+
+def test_fit_records_the_column_names():
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    assert not hasattr(net, "feature_names_in_")
+    net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1)
+    names = net.feature_names_in_
+    assert names.dtype == object and list(names) == ["a", "b", "c"]
+    names[0] = "changed"  # a copy
+    assert list(net.feature_names_in_) == ["a", "b", "c"]
+    stepped = fastbp.MLP([3, 4, 2], seed=1)
+    stepped.step(_frame(X, ["p", "q", "r"]), y, 0.1)
+    assert list(stepped.feature_names_in_) == ["p", "q", "r"]
+
+
+@pytest.mark.parametrize("columns,pattern", [
+    (["b", "a", "c"], r"Feature names must be in the same order as they were in fit"),
+    (["a", "b", "z"], r"Feature names unseen at fit time:\n- z\nFeature names seen at fit "
+                      r"time, yet now missing:\n- c\n"),
+])
+def test_a_later_frame_with_other_columns_is_rejected(columns, pattern):
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1)
+    before = params_of(net)
+    other = _frame(X, columns)
+    calls = [lambda: net.predict(other), lambda: net.loss(other, y),
+             lambda: net.gradients(other, y), lambda: net.step(other, y, 0.1),
+             lambda: net.fit(other, y, epochs=1),
+             lambda: net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1, validation_data=(other, y))]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^The feature names should match those that were "
+                                             r"passed during fit\.\n" + pattern):
+            call()
+        assert_same_params(before, net)
+    assert list(net.feature_names_in_) == ["a", "b", "c"]
+
+
+def test_same_columns_pass_and_plain_arrays_warn():
+    import warnings
+
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    frame = _frame(X, ["a", "b", "c"])
+    net.fit(frame, y, epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_frame = net.predict(frame)
+        net.loss(frame, y)
+    with pytest.warns(UserWarning, match=r"^X does not have valid feature names, but MLP was "
+                                         r"fitted with feature names$") as record:
+        from_array = net.predict(X)
+    assert record[0].filename == __file__  # attributed to the caller
+    np.testing.assert_array_equal(from_frame, from_array)
+    for call in (lambda: net.loss(X, y), lambda: net.gradients(X, y),
+                 lambda: net.step(X, y, 0.1), lambda: net.fit(X, y, epochs=1)):
+        with pytest.warns(UserWarning, match="does not have valid feature names"):
+            call()
+
+
+def test_frames_without_string_names_and_unnamed_models():
+    import warnings
+
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.fit(_frame(X, [0, 1, 2]), y, epochs=1)  # pandas' default integer columns: no names
+        assert not hasattr(net, "feature_names_in_")
+        net.predict(_frame(X, ["a", "b", "c"]))     # a model without names takes any frame
+        assert not hasattr(net, "feature_names_in_")
+    with pytest.raises(TypeError, match="Feature names are only supported if all input "
+                                        "features have string names"):
+        net.fit(_frame(X, ["a", 1, "c"]), y, epochs=1)
+
+
+def test_a_failed_fit_records_no_names():
+    X, y = data(n=20)
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    with pytest.raises(ValueError, match="lr"):
+        net.fit(_frame(X, ["a", "b", "c"]), y, epochs=1, lr=-1)
+    with pytest.raises(RuntimeError):
+        net.fit(_frame(X, ["a", "b", "c"]), y, epochs=2,
+                callbacks=[lambda e, logs: (_ for _ in ()).throw(RuntimeError("x"))])
+    assert not hasattr(net, "feature_names_in_")
+
+
+def test_feature_names_can_be_set_and_deleted():
+    net = fastbp.MLP([3, 4, 2], seed=1)
+    net.feature_names_in_ = ["x", "y", "z"]
+    assert list(net.feature_names_in_) == ["x", "y", "z"]
+    for bad in (["x", "y"], ["x", "y", 3], "xyz"):
+        with pytest.raises(ValueError, match="feature names must be a sequence of 3 strings"):
+            net.feature_names_in_ = bad
+    del net.feature_names_in_
+    assert not hasattr(net, "feature_names_in_")
+
+
+def test_a_floating_point_error_from_a_callback_is_not_divergence():
+    X, y = data(n=40)
+    net = fastbp.MLP([3, 8, 2], seed=1)
+    before = _state(net)
+
+    def cb(epoch, logs):
+        if epoch == 1:
+            raise FloatingPointError("the callback's own")
+
+    with pytest.raises(FloatingPointError, match="the callback's own"):
+        net.fit(X, y, epochs=4, batch_size=8, callbacks=[cb])
+    assert _state(net) == before

@@ -55,21 +55,6 @@ def one_thread():
 # scikit-learn's own estimator checks
 # ---------------------------------------------------------------------------
 
-# Why each expected failure fails (also in docs/sklearn.md).
-_FLOAT32_SUBSET = (
-    "dtype='float32': fastbp's predict gives rows that differ by up to an ulp (~1e-7 "
-    "relative) with the number of rows predicted at once, and the check's tolerance is "
-    "rtol=atol=1e-7. The float64 estimator passes it (test_subset_invariance_float64)."
-)
-
-
-def expected_failed_checks(estimator):
-    """The checks expected to fail for ``estimator``, with the reasons."""
-    if estimator.dtype == "float32":
-        return {"check_methods_subset_invariance": _FLOAT32_SUBSET}
-    return {}
-
-
 # Small but real configurations: the checks insist on training accuracy > 0.83
 # and R^2 > 0.5, and make_regression's unscaled targets need a modest step.
 CHECKED = [
@@ -78,9 +63,7 @@ CHECKED = [
 ]
 
 
-@parametrize_with_checks(
-    CHECKED, expected_failed_checks=expected_failed_checks, xfail_strict=False
-)
+@parametrize_with_checks(CHECKED)
 def test_sklearn_checks(estimator, check):
     check(estimator)
 

@@ -257,12 +257,31 @@ def test_history_plot(tmp_path):
 
 
 def test_workspace_is_reported():
-    X, y = blobs()
+    X, y = blobs()  # float64 C arrays, as the model's dtype: no converted copy of X
     model = net()
+    params, onehot, perm = model.n_params * 8, 120 * 3 * 8, 120 * 8
+    snapshot = params  # the rewind copy
     hist = model.fit(X, y, epochs=1, batch_size=16)
-    assert hist.workspace_bytes == model.workspace_nbytes(16) > 0
-    hist = model.fit(X, y, epochs=1, batch_size=16, momentum=0.9)
-    assert hist.workspace_bytes == model.workspace_nbytes(16) + model.n_params * 8
+    assert hist.workspace_bytes == model.workspace_nbytes(16) + snapshot + onehot + perm
+    hist = model.fit(X, y, epochs=2, batch_size=16, shuffle=False)
+    assert hist.workspace_bytes == model.workspace_nbytes(16) + snapshot + onehot
+    # Momentum: the gradient, a new velocity and its rewind copy; two live permutations.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 3 * params + snapshot + onehot
+                                    + 2 * perm)
+    # The velocity now exists: not allocated again.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 2 * params + snapshot + onehot
+                                    + 2 * perm)
+    # A callback: the restore copy of the parameters and velocity.
+    hist = model.fit(X, y, epochs=2, batch_size=16, momentum=0.9, callbacks=[lambda e, logs: None])
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + 4 * params + snapshot + onehot
+                                    + 2 * perm)
+    # Early stopping: the best epoch's parameters (no momentum in this fit: no
+    # velocity copies); the validation workspace.
+    hist = model.fit(X, y, epochs=2, batch_size=16, validation_split=0.25, early_stopping=True)
+    assert hist.workspace_bytes == (model.workspace_nbytes(16) + params + snapshot + onehot
+                                    + 2 * 90 * 8 + model.workspace_nbytes(30))
 
 
 def test_bad_optimizer_arguments():
@@ -369,3 +388,23 @@ def test_early_stopping_restores_the_best_epochs_velocity_too():
     b.fit(X, y, epochs=hist.best_epoch + 1, **kw)  # the same run, stopped at the best epoch
     np.testing.assert_array_equal(a._theta, b._theta)
     np.testing.assert_array_equal(a.optimizer_state()["velocity"], b.optimizer_state()["velocity"])
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: schedules.StepDecay(step_size=0), "step_size must be an integer >= 1"),
+    (lambda: schedules.StepDecay(step_size=2.5), "step_size must be an integer >= 1"),
+    (lambda: schedules.StepDecay(gamma="0.5"), "gamma must be a finite number"),
+    (lambda: schedules.StepDecay(gamma=0.0), "gamma must be > 0"),
+    (lambda: schedules.InverseScaling(power_t=float("nan")), "power_t must be a finite number"),
+    (lambda: schedules.Cosine(t_max=0), "t_max must be an integer >= 1"),
+    (lambda: schedules.Cosine(lr_min=-0.1), "lr_min must be >= 0"),
+])
+def test_schedule_parameters_are_checked(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def test_built_in_schedules_overflow_to_inf_not_to_an_exception():
+    assert schedules.StepDecay(1, gamma=1e200)(3, 0.1) == float("inf")
+    assert schedules.InverseScaling(power_t=-400.0)(6, 0.1) == float("inf")
+    assert schedules.InverseScaling(power_t=400.0)(6, 0.1) == 0.0

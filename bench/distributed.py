@@ -1,0 +1,245 @@
+"""fastbp.distributed on this machine: K = 1 vs K = 2 processes, 1 kernel thread each.
+
+    python -m bench.distributed            # about a minute
+    python -m bench.distributed --quick    # a smoke run of seconds
+
+For each configuration (784-256-128-10 batch 128, 1024-2048-2048-1024 batch
+256; relu, identity output, squared error, float32, plain SGD, random data)
+it launches ``mpiexec -n K python -m bench.distributed --worker ...`` and
+reports, per training step: the wall time, the speedup of K = 2 over K = 1,
+and the time spent in communication (the fixed-order gradient reduction:
+Alltoallv + rank-order float64 sum + Allgatherv), plus the reduction's cost
+per byte of gradient.  It also times, in one process, the gradient of one
+shard at the shard sizes K = 8, 64 and 512 would give, and the per-step local
+work that does not shrink with K (the float64 sum of the received chunks and
+the optimizer update), the inputs of the step-time model in
+docs/distributed.md, which this script prints as well.
+
+Wall-clock figures on a shared machine vary between runs: the output says
+so, and JSON goes to ``bench/results/distributed.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+CONFIGS = {
+    "784-256-128-10": dict(sizes=[784, 256, 128, 10], batch=128, steps=60, steps_quick=6),
+    "1024-2048-2048-1024": dict(sizes=[1024, 2048, 2048, 1024], batch=256, steps=8,
+                                steps_quick=2),
+}
+NETWORK_GBPS = 25.0     # the modelled link
+LATENCY_S = 10e-6       # the modelled per-message latency of MPI over such a link
+MODEL_K = (8, 64, 512)
+
+
+def _net(sizes: List[int]):
+    import fastbp
+
+    return fastbp.MLP(sizes, activation="relu", output="identity", loss="squared_error", seed=0)
+
+
+def _data(sizes: List[int], n: int):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    Y = rng.normal(size=(n, sizes[-1])).astype(np.float32)
+    return X, Y
+
+
+def worker(name: str, quick: bool) -> None:
+    """Run under mpiexec: time distributed steps; rank 0 prints one JSON line."""
+    import fastbp
+    import fastbp.distributed as fd
+
+    fastbp.set_num_threads(1)
+    cfg = CONFIGS[name]
+    steps = cfg["steps_quick"] if quick else cfg["steps"]
+    B = cfg["batch"]
+    X, Y = _data(cfg["sizes"], B * steps)
+    net = _net(cfg["sizes"])
+    comm = fd.MPIComm()
+    fd.fit(net, X[: 2 * B], Y[: 2 * B], comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0)
+    # Time the shard gradients too: wall and CPU time of this (1-thread) rank.
+    real, spent = net.flat_gradient, [0.0, 0.0]
+
+    def timed(*a: Any, **k: Any) -> Any:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        out = real(*a, **k)
+        spent[0] += time.perf_counter() - w0
+        spent[1] += time.thread_time() - c0
+        return out
+
+    net.flat_gradient = timed
+    best = None
+    for _ in range(1 if quick else 3):
+        spent[:] = [0.0, 0.0]
+        hist = fd.fit(net, X, Y, comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0)
+        run = (hist.seconds[0] / steps, hist.comm_seconds / steps, spent[0] / steps,
+               spent[1] / steps)
+        best = run if best is None or run[0] < best[0] else best
+    grad_cpu = max(comm.allgather(best[3]))
+    # The reduction alone, on the gradient's size.
+    reduce = fd.FixedOrderAllreduce(comm, net.n_params, net.dtype)
+    g = np.ones(net.n_params, dtype=net.dtype)
+    out = np.empty_like(g)
+    rows = [1] * comm.size
+    reps = 3 if quick else 20
+    reduce(g, rows, out)
+    alone = []
+    for _ in range(reps):  # each call starts together (a barrier first), so no rank waits
+        comm.comm.Barrier()
+        t0 = time.perf_counter()
+        reduce(g, rows, out)
+        alone.append(time.perf_counter() - t0)
+    reduce.seconds = float(np.median(alone)) * reps
+    if comm.rank == 0:
+        print(json.dumps(dict(config=name, K=comm.size, step_s=best[0], comm_s=best[1],
+                              grad_wall_s=best[2], grad_cpu_s_max_rank=grad_cpu,
+                              reduce_s=reduce.seconds / reps, n_params=net.n_params)),
+              flush=True)
+
+
+class _FakeComm:
+    """Rank 0 of K, for timing the owner's local work without MPI."""
+
+    def __init__(self, size: int) -> None:
+        self.rank, self.size = 0, size
+
+
+def local_costs(name: str, quick: bool) -> Dict[str, Any]:
+    """One process: shard gradients at the shard sizes of K = 1, 8, 64, 512, and the
+    per-step local work of the reduction and the update (which do not shrink with K)."""
+    import fastbp
+    import fastbp.distributed as fd
+
+    fastbp.set_num_threads(1)
+    cfg = CONFIGS[name]
+    B = cfg["batch"]
+    net = _net(cfg["sizes"])
+    X, Y = _data(cfg["sizes"], B)
+    grad = np.empty(net.n_params, dtype=net.dtype)
+    reps = 2 if quick else 5
+
+    def best_of(f, n=reps):
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+        return min(t)
+
+    shard = {}
+    for K in (1, 2) + MODEL_K:
+        m = max(1, -(-B // K))
+        shard[K] = best_of(lambda: net.flat_gradient(X[:m], Y[:m], out=grad))
+    # The owner's combine-and-update of its chunk (P/K entries, K pieces), as
+    # fit runs it for rank 0 of K ranks; nothing is communicated here.
+    owner = {}
+    theta = net.flat_parameters
+    empty = np.zeros(0, dtype=net.dtype)
+    for K in (1, 2) + MODEL_K:
+        step = fd._Step(_FakeComm(K), net.n_params, net.dtype)
+        pieces = (grad.reshape(1, -1) if K == 1
+                  else np.zeros((K, step.hi - step.lo), dtype=net.dtype))
+        rows = [B // K + (1 if r < B % K else 0) for r in range(K)]
+        owner[K] = best_of(lambda: step.update(pieces, rows, theta, empty, np.float32(1e-4),
+                                               np.float32(0), False, np.float32(0)))
+    del fd
+    return dict(shard_grad_s={str(k): v for k, v in shard.items()},
+                owner_update_s={str(k): v for k, v in owner.items()}, n_params=net.n_params)
+
+
+def model(n_params: int, batch: int, local: Dict[str, Any], K: int) -> Dict[str, float]:
+    """Step time on K ranks over a NETWORK_GBPS link (see docs/distributed.md)."""
+    nbytes = 4 * n_params
+    bw = NETWORK_GBPS * 1e9 / 8
+    comm = 2 * (K - 1) * LATENCY_S + 2 * (K - 1) / K * nbytes / bw
+    t1 = local["shard_grad_s"]["1"] + local["owner_update_s"]["1"]
+    ideal = local["shard_grad_s"]["1"] / min(K, batch)
+    shard = local["shard_grad_s"][str(K)]
+    owner = local["owner_update_s"][str(K)]
+    step = shard + owner + comm
+    return dict(K=K, compute_ideal_s=ideal, compute_shard_s=shard, owner_s=owner,
+                comm_s=comm, step_s=step, speedup=t1 / step)
+
+
+def main(argv: List[str] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--worker", metavar="CONFIG")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                 "distributed.json"))
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.quick)
+        return
+    exe = (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+           or shutil.which("mpiexec") or shutil.which("mpirun"))
+    if exe is None:
+        sys.exit("bench.distributed: no mpiexec found (pip install 'fastbp[mpi]')")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results: Dict[str, Any] = {"note": "wall times measured on a shared 2-core machine under "
+                                       "load from other jobs; they vary between runs"}
+    for name, cfg in CONFIGS.items():
+        runs = {}
+        for K in (1, 2):
+            cmd = [exe, "-n", str(K), sys.executable, "-m", "bench.distributed", "--worker", name]
+            if args.quick:
+                cmd.append("--quick")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root,
+                                  timeout=1800)
+            if proc.returncode:
+                sys.exit(proc.stderr)
+            runs[K] = json.loads(proc.stdout.strip().splitlines()[-1])
+        local = local_costs(name, args.quick)
+        P = runs[1]["n_params"]
+        results[name] = dict(
+            runs=runs, local=local,
+            speedup=runs[1]["step_s"] / runs[2]["step_s"],
+            reduce_s_per_byte_K2=runs[2]["reduce_s"] / (4 * P),
+            model=[model(P, cfg["batch"], local, K) for K in MODEL_K],
+        )
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results["load_average_1min"] = load
+    print(f"Measured under load (a shared 2-core machine, load average {load:.1f} at the end): "
+          "wall times vary between runs.")
+    print("| config | batch | ms/step K=1 | ms/step K=2 | speedup | comm ms/step K=2 (share) "
+          "| reduction ns/byte K=2 | shard gradient CPU ms K=1 / K=2 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, cfg in CONFIGS.items():
+        r = results[name]
+        k1, k2 = r["runs"][1], r["runs"][2]
+        print(f"| {name} | {cfg['batch']} | {1e3 * k1['step_s']:.2f} | {1e3 * k2['step_s']:.2f} "
+              f"| {r['speedup']:.2f} | {1e3 * k2['comm_s']:.2f} "
+              f"({k2['comm_s'] / k2['step_s']:.0%}) "
+              f"| {1e9 * r['reduce_s_per_byte_K2']:.2f} "
+              f"| {1e3 * k1['grad_cpu_s_max_rank']:.2f} / {1e3 * k2['grad_cpu_s_max_rank']:.2f} |")
+    print(f"\nModel: {NETWORK_GBPS:g} Gb/s, {LATENCY_S * 1e6:g} us per message; "
+          "compute = this machine's 1-thread shard gradient")
+    print("| config | K | shard gradient ms (ideal t1/K) | owner combine+update ms | comm ms "
+          "| step ms | speedup |")
+    print("|---|---|---|---|---|---|---|")
+    for name in CONFIGS:
+        for m in results[name]["model"]:
+            print(f"| {name} | {m['K']} | {1e3 * m['compute_shard_s']:.3f} "
+                  f"({1e3 * m['compute_ideal_s']:.3f}) | {1e3 * m['owner_s']:.3f} "
+                  f"| {1e3 * m['comm_s']:.3f} | {1e3 * m['step_s']:.3f} | {m['speedup']:.2f} |")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
