@@ -1380,9 +1380,23 @@ cdef class Network:
         self.spec.w_off = &wo[0]
         self.spec.b_off = &bo[0]
 
-    def workspace_size(self, int64_t rows):
-        """Elements of the workspace `fit_epoch` needs for batches of `rows` rows."""
-        return make_work(&self.spec, rows, WS_FIT).size
+    def workspace_size(self, int64_t rows, str kind="fit"):
+        """Elements of scratch one call allocates for `rows` rows (a batch, or
+        a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
+        caller allocates it), "predict", "loss" or "gradients" (what those
+        calls allocate themselves, chunk rows or all of X for gradients)."""
+        cdef int what
+        if kind == "fit":
+            what = WS_FIT
+        elif kind == "predict":
+            what = 0
+        elif kind == "loss":
+            what = WS_TARGETS
+        elif kind == "gradients":
+            what = WS_TARGETS | WS_DELTAS
+        else:
+            raise ValueError(f"kind must be 'fit', 'predict', 'loss' or 'gradients', got {kind!r}")
+        return make_work(&self.spec, rows, what).size
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
                              int n_threads):

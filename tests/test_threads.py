@@ -467,3 +467,17 @@ def test_fit_workspace_nbytes():
         big.fit_workspace_nbytes(10, 10, 4, 1)     # a batch larger than the data
     with pytest.raises(ValueError):
         big.fit_workspace_nbytes(0, 10, 4, 1)
+
+
+def test_workspace_size_per_kind():
+    net = _kernels.Network([512, 4, 2], 1, 0, 0, True)
+    rows = 100
+    fit = net.workspace_size(rows)
+    assert fit == net.workspace_size(rows, "fit")
+    # fit: A_0..A_2, yhat, deltas 1..2, y, lossv, hitv, colsum (4 + 2)
+    assert fit == rows * (512 + 4 + 2) + rows * 2 + rows * (4 + 2) + rows * 2 + 2 * rows + 6
+    assert net.workspace_size(rows, "predict") == rows * (4 + 2) + rows * 2
+    assert net.workspace_size(rows, "loss") == rows * (4 + 2) + rows * 2 + 2 * rows
+    assert net.workspace_size(rows, "gradients") == rows * (4 + 2 + 2 + 4 + 2) + 2 * rows
+    with pytest.raises(ValueError):
+        net.workspace_size(rows, "train")
