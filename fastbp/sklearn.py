@@ -19,6 +19,7 @@ that are expected to fail, with reasons.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
+from ._threads import threads
 from .model import MLP, Epochs
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -67,6 +69,15 @@ def _is_real(value: Any) -> bool:
         and not isinstance(value, bool)
         and bool(np.isfinite(value))
     )
+
+
+def _thread_capped(method: Any) -> Any:
+    """Run an estimator method under ``fastbp.threads(self.n_threads)``."""
+    @functools.wraps(method)
+    def capped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with threads(self.n_threads):
+            return method(self, *args, **kwargs)
+    return capped
 
 
 class _BaseMLP(BaseEstimator):
@@ -97,6 +108,7 @@ class _BaseMLP(BaseEstimator):
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
         dtype: str = "float32",
+        n_threads: Optional[int] = None,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -115,6 +127,7 @@ class _BaseMLP(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
+        self.n_threads = n_threads
 
     # -- parameter checking ---------------------------------------------------
 
@@ -277,6 +290,7 @@ class _BaseMLP(BaseEstimator):
 
     # -- training -----------------------------------------------------------------
 
+    @_thread_capped
     def _forward(self, X: ArrayLike) -> np.ndarray:
         """Network outputs, shape (n_samples, n_outputs_).
 
@@ -288,6 +302,7 @@ class _BaseMLP(BaseEstimator):
         out = self._net.predict(X)
         return out.astype(X.dtype, copy=False)
 
+    @_thread_capped
     def _fit(self, X: ArrayLike, y: ArrayLike, incremental: bool) -> "_BaseMLP":
         hidden = self._check_params()
         if self.early_stopping and incremental:
@@ -550,6 +565,11 @@ _PARAMS_DOC = """
     dtype : {"float32", "float64"}, default="float32"
         Precision of the parameters and of all computation; inputs are
         converted to it.
+    n_threads : int or None, default=None
+        At most this many threads for this estimator's fit and predict
+        calls (through ``fastbp.threads``, local to the calling Python
+        thread, so estimators fitted in parallel threads do not
+        oversubscribe); None: the global setting (``fastbp.get_num_threads``).
 """
 
 _ATTRIBUTES_DOC = """
