@@ -978,13 +978,16 @@ class MLP:
         grad = np.empty_like(self._theta)
         hist = History()
         item = self.dtype.itemsize
-        # The kernels' workspace for all the rows (one batch), the gradient,
-        # scipy's float64 copies (x, g and 10 correction pairs), the restore
-        # copy, the per-iteration loss workspace, the best iterate.
+        # One kernel call at a time: the gradients' workspace for all the
+        # rows, or a per-iteration loss call's; the gradient and the restore
+        # copy; scipy's float64 vectors (x, g, copies, the 2 x 10 correction
+        # pairs and its work arrays: about 38 of n_params, measured with
+        # tracemalloc); the best iterate under early stopping.
+        chunk = max(1, min(self._chunk_rows(), X.shape[0]))
         hist.workspace_bytes = int(
-            self._net.workspace_size(X.shape[0]) * item + grad.nbytes + X_conv
-            + 8 * self.n_params * 24 + self._theta.nbytes
-            + self._net.workspace_size(max(1, min(self._chunk_rows(), X.shape[0]))) * item
+            max(self._net.workspace_size(X.shape[0], "gradients"),
+                self._net.workspace_size(chunk, "loss")) * item
+            + X_conv + grad.nbytes + self._theta.nbytes + 38 * 8 * self.n_params
             + (self._theta.nbytes if early_stopping else 0)
         )
 

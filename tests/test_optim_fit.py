@@ -742,3 +742,20 @@ def test_set_optimizer_state_checks_everything():
     assert net.optimizer_state()["step"] == 3
     net.set_optimizer_state({"optimizer": optim.SGD().get_config(), "step": 2})  # stateless
     assert net.optimizer_state() == {}
+
+
+def test_lbfgs_workspace_is_near_the_traced_peak():
+    pytest.importorskip("scipy")
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    warm = fastbp.MLP([2, 3, 2])
+    warm.fit(rng.normal(size=(10, 2)), rng.integers(0, 2, 10), optimizer=optim.LBFGS(max_iter=2))
+    for n, sizes in [(1000, [20, 64, 32, 3]), (100, [30, 200, 100, 3])]:
+        X, y = rng.normal(size=(n, sizes[0])), rng.integers(0, 3, n)
+        net = fastbp.MLP(sizes, dtype="float64")
+        tracemalloc.start()
+        hist = net.fit(X, y, optimizer=optim.LBFGS(max_iter=10))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert 0.85 < hist.workspace_bytes / peak < 1.15
