@@ -1764,11 +1764,14 @@ cdef class Network:
         float64 (n_layers - 1,) drop probabilities in [0, 1), one per hidden
         layer: masks from Philox keyed by `seed`, (unit, row in the batch,
         batch index in the epoch, `epoch`), as fastbp._philox maps them.
-        `clip_norm` > 0 (needs an optimizer): torch's clip_grad_norm_ on each
-        step's gradient (after l2, before the optimizer): total = 2-norm of
+        `clip_norm` > 0: torch's clip_grad_norm_ on each step's gradient
+        (after l2, before weight decay and the optimizer): total = 2-norm of
         the whole gradient, summed in double per output unit (W row then b
         entry) and over units in order; the gradient is multiplied by
-        T(clip_norm / (total + 1e-6)) when that is < 1.
+        T(clip_norm / (total + 1e-6)) when that is < 1.  Without an
+        optimizer, the SGD keywords then run as optim.SGD(lr, momentum,
+        nesterov, weight_decay) with `velocity` as its momentum buffer
+        (v = mu v + g on every step) and l2 added before the decay.
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
@@ -1822,17 +1825,8 @@ cdef class Network:
                         if st_v.shape[0] != self.n_params:
                             raise ValueError(f"snapshot_state[{name!r}] needs n_params entries")
                         ok.snap_st[q] = &st_v[0]
-            ok.n_units = 0
-            for q in range(s.n_layers):
-                ok.uoff[q] = ok.n_units
-                ok.n_units += s.sizes[q + 1]
-            usq = np.zeros(ok.n_units if l2 != 0 else 1)
-            gsq = np.zeros(ok.n_units if clip_norm != 0 else 1)
-            ok.usq, ok.gsq = &usq[0], &gsq[0]
             e.opt = &ok
-        elif clip_norm != 0:
-            raise ValueError("clip_norm needs optimizer= (a fastbp.optim optimizer)")
-        if optimizer is not None or momentum != 0 or weight_decay != 0 or l2 != 0:
+        if optimizer is not None or momentum != 0 or weight_decay != 0 or l2 != 0 or clip_norm:
             if grad.shape[0] != self.n_params:
                 raise ValueError("grad needs n_params entries")
             grad_p = &grad[0]
@@ -1848,6 +1842,24 @@ cdef class Network:
                 if snapshot_velocity is None or snapshot_velocity.shape[0] != self.n_params:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
+        if optimizer is None and clip_norm != 0:
+            # The legacy SGD keywords with clipping: torch.optim.SGD through
+            # the optimizer path with the velocity as its momentum_buffer and
+            # never a "first" step (the velocity goes on as v = mu v + g).
+            ok.kind = OPT_SGD
+            ok.lr, ok.momentum, ok.nesterov, ok.weight_decay = lr, momentum, nesterov, weight_decay
+            ok.l2, ok.clip, ok.step = l2, clip_norm, 1
+            ok.st[0], ok.snap_st[0] = vel_p, snap_vel_p
+            ok.st[1] = ok.st[2] = ok.snap_st[1] = ok.snap_st[2] = NULL
+            e.opt = &ok
+        if e.opt != NULL:
+            ok.n_units = 0
+            for q in range(s.n_layers):
+                ok.uoff[q] = ok.n_units
+                ok.n_units += s.sizes[q + 1]
+            usq = np.zeros(ok.n_units if l2 != 0 else 1)
+            gsq = np.zeros(ok.n_units if clip_norm != 0 else 1)
+            ok.usq, ok.gsq = &usq[0], &gsq[0]
         if sample_weight is not None:
             sw = _weights_view(sample_weight, theta, n)
             e.sw = &sw[0]

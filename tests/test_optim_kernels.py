@@ -234,6 +234,35 @@ def test_clip_really_clips():
     assert np.linalg.norm(a - theta) > 10 * np.linalg.norm(b - theta)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_clip_with_the_sgd_keywords(forced, dtype, n_threads, nesterov):
+    """clip_norm without optimizer=: the SGD keywords as optim.SGD with the
+    velocity as its buffer, never a first step (v = mu v + g)."""
+    sizes, n, batch = SHAPES["blocked"]
+    net, theta, X, Y, order = _problem(sizes, n, dtype, True)
+    a, velocity = theta.copy(), np.zeros_like(theta)
+    ws = np.empty(net.workspace_size(batch), dtype)
+    snap, snap_v = np.empty_like(a), np.empty_like(a)
+    opt = optim.SGD(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
+    b, state = theta.copy(), {"step": 1, "momentum_buffer": np.zeros_like(theta)}
+    for epoch in range(2):
+        r = net.fit_epoch(a, X, Y, order, batch, ws, np.empty_like(a), velocity, n_threads, 0.05,
+                          momentum=0.9, nesterov=nesterov, weight_decay=0.01, l2=0.2,
+                          clip_norm=0.5, snapshot=snap, snapshot_velocity=snap_v,
+                          snapshot_step=1)
+        assert r[4] == 0
+        _replay(net, b, X, Y, order, batch, opt, state, 0.05, l2=0.2, clip_norm=0.5,
+                max_steps=1)
+        np.testing.assert_array_equal(snap, b)
+        np.testing.assert_array_equal(snap_v, state["momentum_buffer"])
+        _replay(net, b, X, Y, order, batch, opt, state, 0.05, l2=0.2, clip_norm=0.5,
+                first_step=1)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(velocity, state["momentum_buffer"])
+
+
 def _weights(n, rng, dtype, zeros=True):
     w = rng.integers(0, 4, n).astype(dtype)
     if not zeros:
@@ -497,8 +526,6 @@ def test_bad_optimizer_arguments():
         fit(optimizer=optim.LBFGS())
     with pytest.raises(ValueError, match="optimizer"):
         fit(optimizer="adam")
-    with pytest.raises(ValueError, match="clip_norm"):
-        fit(optimizer=None, state=None, clip_norm=1.0)
     with pytest.raises(ValueError, match="clip_norm"):
         fit(clip_norm=-1.0)
     with pytest.raises(ValueError, match="clip_norm"):
