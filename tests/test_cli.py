@@ -181,7 +181,8 @@ def test_plot_and_training_options(blobs: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "loss.png"
-    code, out, err = run(["train", blobs, "--epochs", "30", "--momentum", "0.5", "--nesterov",
+    code, out, err = run(["train", blobs, "--epochs", "30", "--optimizer", "sgd",
+                          "--momentum", "0.5", "--nesterov",
                           "--weight-decay", "1e-4", "--schedule", "cosine", "--early-stopping",
                           "--patience", "2", "--activation", "tanh", "--hidden", "8,8",
                           "--plot", png, "-q"], capsys)
