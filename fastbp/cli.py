@@ -128,24 +128,31 @@ def _betas(text: str) -> Tuple[float, float]:
     return unit(parts[0].strip()), unit(parts[1].strip())
 
 
-#: ``--optimizer`` choices: (fastbp.optim class name, its default learning rate,
-#: the options that apply to it besides --lr and --weight-decay).
-OPTIMIZERS: Dict[str, Tuple[str, float, Tuple[str, ...]]] = {
-    "adam": ("Adam", 1e-3, ("betas", "eps")),
-    "adamw": ("AdamW", 1e-3, ("betas", "eps")),
-    "sgd": ("SGD", 0.01, ("momentum", "nesterov")),
-    "rmsprop": ("RMSprop", 1e-3, ("momentum", "eps")),
+#: ``--optimizer`` choices: (fastbp.optim class name, the hyper-parameters `train`
+#: gives it unless told otherwise (the rest are torch's defaults), and the options
+#: that apply to it besides --lr and --weight-decay).  AdamW's weight decay of 1 (torch's
+#: default is 0.01) and the other defaults of TRAIN_DEFAULTS were chosen by measurement
+#: (tools/cli_defaults_check.py, on splits the reported table does not use).
+OPTIMIZERS: Dict[str, Tuple[str, Dict[str, float], Tuple[str, ...]]] = {
+    "adam": ("Adam", {"lr": 1e-3}, ("betas", "eps")),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 1.0}, ("betas", "eps")),
+    "sgd": ("SGD", {"lr": 0.01, "momentum": 0.9}, ("momentum", "nesterov")),
+    "rmsprop": ("RMSprop", {"lr": 1e-3}, ("momentum", "eps")),
 }
 
-#: Defaults of `train` (chosen by tools/cli_defaults_check.py; see the README).
-TRAIN_DEFAULTS = {"optimizer": "adam", "epochs": 200, "patience": 20, "batch_size": 32,
-                  "sgd_momentum": 0.9}
+#: Defaults of `train` besides the optimizer's hyper-parameters.
+TRAIN_DEFAULTS = {"optimizer": "adamw", "epochs": 200, "patience": 50, "batch_size": 16}
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
     """``train``'s --optimizer and its hyper-parameters, --epochs, --batch-size."""
     d = TRAIN_DEFAULTS
-    lrs = ", ".join(f"{name} {lr:g}" for name, (_, lr, _) in OPTIMIZERS.items())
+
+    def default(option: str, fallback: str) -> str:
+        values = [f"{name} {kw[option]:g}" for name, (_, kw, _) in OPTIMIZERS.items()
+                  if option in kw]
+        return ", ".join(values) + (f"; {fallback}" if fallback else "")
+
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
                    help=f"the optimizer, as torch.optim's (default {d['optimizer']})")
     p.add_argument("--epochs", type=_int_at_least(1), default=d["epochs"],
@@ -154,10 +161,9 @@ def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
                    help=f"mini-batch size (default {d['batch_size']})")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help=f"learning rate (default per optimizer: {lrs})")
+                   help=f"learning rate (default per optimizer: {default('lr', '')})")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=None,
-                   help=f"momentum of sgd (default {d['sgd_momentum']:g}) or rmsprop "
-                   "(default 0)")
+                   help=f"momentum of sgd or rmsprop (default {default('momentum', 'rmsprop 0')})")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     p.add_argument("--betas", type=_betas, default=None, metavar="B1,B2",
                    help="adam/adamw moment decay rates (default 0.9,0.999)")
@@ -165,8 +171,9 @@ def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
                    help="adam/adamw/rmsprop denominator term (default 1e-8)")
     p.add_argument("--weight-decay", type=_float_in(0, float("inf"), high_open=True),
                    default=None,
-                   help="weight decay, biases included: L2 in the gradient for sgd, adam and "
-                   "rmsprop, decoupled for adamw (default 0; adamw 0.01)")
+                   help="weight decay, biases included: decoupled for adamw (each step "
+                   "shrinks the parameters by lr*decay), an L2 term in the gradient for the "
+                   f"others (default {default('weight_decay', 'others 0')})")
 
 
 def make_optimizer(args: argparse.Namespace) -> Any:
@@ -180,7 +187,7 @@ def make_optimizer(args: argparse.Namespace) -> Any:
     """
     from . import optim
 
-    cls_name, default_lr, own = OPTIMIZERS[args.optimizer]
+    cls_name, defaults, own = OPTIMIZERS[args.optimizer]
     given = {"momentum": args.momentum is not None, "nesterov": bool(args.nesterov),
              "betas": args.betas is not None, "eps": args.eps is not None}
     for option, is_given in given.items():
@@ -188,22 +195,14 @@ def make_optimizer(args: argparse.Namespace) -> Any:
             users = [n for n, (_, _, o) in OPTIMIZERS.items() if option in o]
             raise CLIError(f"--{option} applies to --optimizer {' or '.join(users)}, not "
                            f"{args.optimizer}")
-    kw: Dict[str, Any] = {"lr": default_lr if args.lr is None else args.lr}
-    if args.weight_decay is not None:
-        kw["weight_decay"] = args.weight_decay
-    if args.optimizer == "sgd":
-        kw["momentum"] = TRAIN_DEFAULTS["sgd_momentum"] if args.momentum is None \
-            else args.momentum
-        if args.nesterov:
-            if kw["momentum"] == 0:
-                raise CLIError("--nesterov needs --momentum > 0")
-            kw["nesterov"] = True
-    elif args.momentum is not None:
-        kw["momentum"] = args.momentum
-    if args.betas is not None:
-        kw["betas"] = args.betas
-    if args.eps is not None:
-        kw["eps"] = args.eps
+    kw: Dict[str, Any] = dict(defaults)
+    for option in ("lr", "weight_decay", "momentum", "betas", "eps"):
+        if getattr(args, option) is not None:
+            kw[option] = getattr(args, option)
+    if args.nesterov:
+        if kw.get("momentum", 0) == 0:
+            raise CLIError("--nesterov needs --momentum > 0")
+        kw["nesterov"] = True
     try:
         return getattr(optim, cls_name)(**kw)
     except ValueError as exc:

@@ -894,14 +894,17 @@ def _training_record(side: Path) -> dict:
 
 
 @pytest.mark.parametrize("argv, config", [
-    ([], {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
-          "amsgrad": False}),
+    ([], {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8,
+          "weight_decay": 1.0, "amsgrad": False}),
+    (["--optimizer", "adam"], {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8,
+                               "weight_decay": 0.0, "amsgrad": False}),
     (["--optimizer", "adam", "--lr", "0.002", "--betas", "0.8,0.99", "--eps", "1e-6",
       "--weight-decay", "1e-4"],
      {"name": "adam", "lr": 0.002, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 1e-4,
       "amsgrad": False}),
-    (["--optimizer", "adamw"], {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999],
-                                "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False}),
+    (["--optimizer", "adamw", "--lr", "0.01"], {"name": "adamw", "lr": 0.01,
+                                                "betas": [0.9, 0.999], "eps": 1e-8,
+                                                "weight_decay": 1.0, "amsgrad": False}),
     (["--optimizer", "adamw", "--weight-decay", "0"],
      {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
       "amsgrad": False}),
@@ -934,15 +937,17 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
     expected = optim.Optimizer.from_config(config)
     line = [ln for ln in out.splitlines() if ln.startswith("optimizer: ")]
     assert len(line) == 1 and line[0].startswith(f"optimizer: {type(expected).__name__}(")
-    assert f"lr={config['lr']:g}" in line[0] and "batch 32, up to 3 epochs" in line[0]
-    # The model file carries the optimizer and its state (at most 3 epochs of 8 batches).
+    batch = cli.TRAIN_DEFAULTS["batch_size"]
+    assert f"lr={config['lr']:g}" in line[0] and f"batch {batch}, up to 3 epochs" in line[0]
+    # The model file carries the optimizer and its state (at most 3 epochs of 240 rows).
     state = model_io.load(model).optimizer_state()
     names = {"velocity" if n == "momentum_buffer" and config["name"] == "sgd" else n
              for n in expected.state_names()}  # SGD's buffer keeps fastbp's name
     if not names:  # a stateless optimizer (SGD without momentum) stores nothing
         assert state == {}
         return
-    assert state["optimizer"] == pytest.approx(config) and 1 <= state["step"] <= 24
+    assert state["optimizer"] == pytest.approx(config)
+    assert 1 <= state["step"] <= 3 * -(-240 // batch)
     assert set(state) - {"step", "optimizer"} == names
 
 

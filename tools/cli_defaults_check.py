@@ -141,7 +141,8 @@ def run_case(case: Case, extra: Sequence[str], work: Path,
     return {"name": case.name, "rows": f"{len(y_tr)}/{len(y_te)}", "metric": metric,
             "score": score, "target": target, "ok": score >= target,
             "task": task_line.split("(")[0].replace("task:", "").strip(),
-            "epochs": epochs_line.split(" epoch")[0], "seconds": seconds}
+            "epochs": epochs_line.split(" epoch")[0], "seconds": seconds,
+            "fit_seconds": epochs_line.split(" in ")[1].split(" s")[0] if epochs_line else "?"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -172,10 +173,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for case in cases:
             rows.append(run_case(case, extra, work, args.random_state))
     header = f"{'data set':<14} {'train/test':>10}  {'task':<28} {'epochs':>6} " \
-             f"{'test score':>10}  {'target':>7}  {'met':<3}  metric"
+             f"{'fit s':>6} {'test score':>10}  {'target':>7}  {'met':<3}  metric"
     print(header)
     for r in rows:
         print(f"{r['name']:<14} {r['rows']:>10}  {r['task']:<28} {r['epochs']:>6} "
+              f"{r['fit_seconds']:>6} "
               f"{r['score']:>10.4f}  {r['target']:>7.4f}  {'yes' if r['ok'] else 'NO':<3}  "
               f"{r['metric']}")
     met = sum(bool(r["ok"]) for r in rows)
