@@ -63,7 +63,6 @@ def _value(value: Any) -> Any:
 # model files (its name since format 1); every other state array keeps the
 # name torch.optim gives it.
 _SGD_PUBLIC = {"momentum_buffer": "velocity"}
-_SGD_INTERNAL = {"velocity": "momentum_buffer"}
 
 
 class ParamList(list):
@@ -1417,7 +1416,7 @@ class Epochs:
 
     @property
     def snapshot_nbytes(self) -> int:
-        """Bytes of the rewind copy of the parameters and optimizer state (taken by :meth:`epoch`)."""
+        """Bytes of the rewind copy of the parameters and optimizer state (see :meth:`epoch`)."""
         return int(self.model._theta.nbytes + self.state_nbytes)
 
     # the optimizer state's copies
@@ -1449,7 +1448,7 @@ class Epochs:
                 self.state[k] = v
 
     def _updates(self, order: Optional[np.ndarray], first: int, batches: int) -> int:
-        """Updates applied by ``batches`` steps from ``first``: batches whose weights sum to 0 take none."""
+        """Updates done by ``batches`` steps from ``first`` (a batch of weight 0 does none)."""
         if self.sample_weight is None or batches <= 0:
             return batches
         cached = self._batch_weights
