@@ -63,7 +63,6 @@ def _value(value: Any) -> Any:
 # model files (its name since format 1); every other state array keeps the
 # name torch.optim gives it.
 _SGD_PUBLIC = {"momentum_buffer": "velocity"}
-_SGD_INTERNAL = {"velocity": "momentum_buffer"}
 
 
 class ParamList(list):
@@ -1373,13 +1372,8 @@ class Epochs:
                 model._opt_state = optimizer.init_state(model.n_params, dtype)
             self.state = model._opt_state
         # Plain SGD and SGD with momentum run the kernels' SGD path (the
-        # velocity is SGD's momentum buffer) unless they clip, which the
-        # kernels do on the optimizer path only; the others the optimizer path.
-        self._sgd = optimizer.name == "sgd" and not clip_norm
-        if optimizer.name == "sgd" and self.state is not None and self.state["step"] is None:
-            # A velocity of unknown age (a version 1/2 file, an old pickle):
-            # torch's first step would replace a buffer it has not got.
-            self.state["step"] = int(bool(self.state["momentum_buffer"].any()))
+        # velocity is SGD's momentum buffer); the others the optimizer path.
+        self._sgd = optimizer.name == "sgd"
         if self._sgd:
             sgd: Any = optimizer
             self.velocity = self.state["momentum_buffer"] if self.state is not None else empty
@@ -1389,12 +1383,8 @@ class Epochs:
             need_grad = bool(sgd.momentum or sgd.weight_decay or l2 or clip_norm)
         else:
             self.velocity = empty
-            # A stateless optimizer (plain SGD that clips) counts its steps in
-            # a state of its own, not the model's.
-            kernel_state = (self.state if self.state is not None
-                            else optimizer.init_state(model.n_params, dtype))
             self.settings = dict(l2=l2, flush_denormals=flush_denormals, optimizer=optimizer,
-                                 state=kernel_state)
+                                 state=self.state)  # Adam, AdamW, RMSprop: always state
             need_grad = True
         # The new keywords go to the kernel only when used.
         if sample_weight is not None:
@@ -1426,7 +1416,7 @@ class Epochs:
 
     @property
     def snapshot_nbytes(self) -> int:
-        """Bytes of the rewind copy of the parameters and optimizer state (taken by :meth:`epoch`)."""
+        """Bytes of the rewind copy of the parameters and optimizer state (see :meth:`epoch`)."""
         return int(self.model._theta.nbytes + self.state_nbytes)
 
     # the optimizer state's copies
@@ -1458,7 +1448,7 @@ class Epochs:
                 self.state[k] = v
 
     def _updates(self, order: Optional[np.ndarray], first: int, batches: int) -> int:
-        """Updates applied by ``batches`` steps from ``first``: batches whose weights sum to 0 take none."""
+        """Updates done by ``batches`` steps from ``first`` (a batch of weight 0 does none)."""
         if self.sample_weight is None or batches <= 0:
             return batches
         cached = self._batch_weights
@@ -1498,9 +1488,7 @@ class Epochs:
             out = m._net.fit_epoch(
                 m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
                 self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
-                snapshot=saved[0], snapshot_step=snapshot_step,
-                snapshot_state=saved[1] if saved[1] is not None or saved[0] is None else {"step": 0},
-                **kw,
+                snapshot=saved[0], snapshot_state=saved[1], snapshot_step=snapshot_step, **kw,
             )
         if self.state is not None:
             if self._lr_from_run:  # fastbp.sklearn's SGD: its rate is the first call's

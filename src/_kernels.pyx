@@ -50,7 +50,7 @@
 from cython.parallel cimport parallel, threadid
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -1802,6 +1802,7 @@ cdef class Network:
         o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
         o.weight_decay, o.l2 = weight_decay, l2
         extra_init(&e)
+        memset(&ok, 0, sizeof(OptK))   # every state and snapshot pointer NULL until set
         if order is not None:
             order_v = order
             if order_v.shape[0] != n:
