@@ -81,8 +81,11 @@ def get_num_threads() -> int:
         limit: ``OMP_NUM_THREADS`` or the usable cores), capped by a
         ``threadpoolctl.threadpool_limits`` in effect and by the
         :func:`threads` blocks this thread is in.  Steps too small to gain
-        from threads use fewer.
+        from threads use fewer.  1 in a process forked after fastbp ran
+        threads (GNU OpenMP is not fork-safe: such a child runs serially).
     """
+    if _kernels.serial_after_fork():   # a child forked after threads ran: serial
+        return 1
     n = _base()
     if _limit is not None:
         n = min(n, _limit)
