@@ -204,6 +204,16 @@ cdef extern from *:
     void fbp_install_atfork()
     int fbp_serial_after_fork() nogil
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static int fbp_omp_thread_limit(void) { return omp_get_thread_limit(); }
+    #else
+    static int fbp_omp_thread_limit(void) { return 1; }
+    #endif
+    """
+    int fbp_omp_thread_limit()
+
 fbp_install_atfork()
 
 
@@ -211,6 +221,11 @@ def serial_after_fork():
     """True in a process forked after this module ran a team of threads:
     there every call runs on one thread (libgomp is not fork-safe)."""
     return bool(fbp_serial_after_fork())
+
+
+def thread_limit():
+    """OpenMP's cap on the threads of a team (OMP_THREAD_LIMIT; huge when unset)."""
+    return fbp_omp_thread_limit()
 
 cdef extern from *:
     """

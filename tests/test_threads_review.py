@@ -92,3 +92,53 @@ def test_fork_after_a_parallel_region_does_not_hang():
     words = out.split()
     assert words[:3] == ["SAME", "1", "1"], out   # same bits; get_num_threads() says 1
     assert words[3:] == ["PARENT", "True"], out
+
+
+@needs_openmp
+def test_get_num_threads_honours_omp_thread_limit():
+    # OMP_THREAD_LIMIT caps every team, whatever num_threads asks for: with
+    # it at 1, get_num_threads() said 2 (or the set_num_threads value) while
+    # every call ran on one thread.
+    out = _run(
+        """
+        import numpy as np
+        import fastbp
+        from fastbp import _kernels
+        _kernels.set_parallel_threshold(0)
+        fastbp.set_num_threads(3)
+        before = _kernels.parallel_regions()
+        fastbp.MLP([13, 37, 5], seed=0).predict(np.ones((64, 13), "float32"))
+        print(fastbp.get_num_threads(), _kernels.parallel_regions() - before)
+        """,
+        env={"OMP_THREAD_LIMIT": "1"},
+    )
+    assert out.split() == ["1", "0"], out
+
+
+@pytest.fixture
+def thread_state():
+    from fastbp import _threads
+
+    saved = _threads._n_threads, _threads._limit
+    yield _threads
+    _threads._n_threads, _threads._limit = saved
+
+
+def test_threadpool_limits_block_leaves_no_cap_behind(thread_state):
+    # threadpoolctl restores, on leaving its block, the value fastbp
+    # reported on entering it.  A set_num_threads inside the block raised
+    # the base above that value, so the restore was taken as a new, lower
+    # limit that held for the rest of the process.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import fastbp
+
+    fastbp.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="fastbp"):
+        assert fastbp.get_num_threads() == 1
+        fastbp.set_num_threads(4)
+        assert fastbp.get_num_threads() == 1        # the limit still holds inside
+    assert thread_state._limit is None
+    assert fastbp.get_num_threads() == min(4, _kernels.thread_limit())
+    with threadpoolctl.threadpool_limits(limits=3, user_api="fastbp"):
+        assert fastbp.get_num_threads() == 3        # a real limit below the base
+    assert fastbp.get_num_threads() == 4
