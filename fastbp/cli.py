@@ -100,6 +100,14 @@ def _float_in(low: float, high: float, low_open: bool = False,
     return parse
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, eps)."""
+    return _float_in(0, float("inf"), low_open=True, high_open=True)(text)
+
+
+_positive_float.__name__ = "number"
+
+
 def _add_sgd_options(p: argparse.ArgumentParser, epochs: int) -> None:
     """--epochs, --batch-size, --lr and --momentum of plain SGD (the digits comparison)."""
     p.add_argument("--epochs", type=_int_at_least(1), default=epochs,
@@ -110,13 +118,6 @@ def _add_sgd_options(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="learning rate (default 0.01)")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
                    help="SGD momentum (default 0.9; 0 for plain SGD)")
-
-
-def _positive_float(text: str) -> float:
-    return _float_in(0, float("inf"), low_open=True, high_open=True)(text)
-
-
-_positive_float.__name__ = "number"
 
 
 def _betas(text: str) -> Tuple[float, float]:
@@ -163,7 +164,8 @@ def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, default=None,
                    help=f"learning rate (default per optimizer: {default('lr', '')})")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=None,
-                   help=f"momentum of sgd or rmsprop (default {default('momentum', 'rmsprop 0')})")
+                   help="momentum of sgd or rmsprop (default "
+                   f"{default('momentum', 'rmsprop 0')})")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     p.add_argument("--betas", type=_betas, default=None, metavar="B1,B2",
                    help="adam/adamw moment decay rates (default 0.9,0.999)")
