@@ -65,7 +65,7 @@ def test_numpy_mlp_epoch_lowers_loss_and_keeps_dtype() -> None:
     net = NumpyMLP([8, 16, 2], activation="relu", dtype="float32", seed=0)
     before = net.loss(X, Y)
     for _ in range(5):
-        net.fit_epoch(X, Y, batch_size=16, lr=0.05, rng=rng)
+        net.fit_epoch(X, Y, batch_size=16, lr=0.05, order=rng)
     assert net.loss(X, Y) < 0.5 * before
     assert all(W.dtype == np.float32 for W in net.weights + net.biases)
 
