@@ -281,7 +281,7 @@ def test_workspace_is_reported():
     # velocity copies); the validation workspace.
     hist = model.fit(X, y, epochs=2, batch_size=16, validation_split=0.25, early_stopping=True)
     assert hist.workspace_bytes == (model.workspace_nbytes(16) + params + snapshot + onehot
-                                    + 2 * 90 * 8 + model.workspace_nbytes(30))
+                                    + 2 * 90 * 8 + model._net.workspace_size(30, "loss") * 8)
 
 
 def test_bad_optimizer_arguments():
