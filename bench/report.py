@@ -291,10 +291,11 @@ def plot(doc: dict[str, Any], path: Path) -> str:
     axes[0][0].set_ylabel("samples/s (log), higher is better")
     axes[0][0].set_xlabel("under each group: fastbp / best peer, and that peer", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in peers]
-    fig.legend(handles, peers, loc="upper right", fontsize=8, ncol=len(peers))
+    fig.legend(handles, peers, loc="upper center", bbox_to_anchor=(0.5, 0.945), fontsize=8,
+               ncol=len(peers), frameon=False)
     fig.suptitle("One epoch of mini-batch SGD, samples/s: " + doc["meta"]["timing"],
                  fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.89))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
