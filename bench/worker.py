@@ -208,8 +208,8 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     losses = [trainer.epoch(0)]  # the first warm-up epoch: compiles, and is verified
     first_epoch_s = time.perf_counter() - t0
+    peak_before_check = mem.peak_over_baseline_mib()  # (the copy params() makes: not the peer's)
     got = trainer.params()
-    peak_before_check = mem.peak_over_baseline_mib()
     check = verify.check(got, cfg, X, Y, spec["lr"], init, shuffle(0))
     del got
     gc.collect()
