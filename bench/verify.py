@@ -18,11 +18,11 @@ Why these tolerances (measured, bench/NOTES.md has the table): a correct
 float32 peer differs from float64 only by rounding (each stored parameter
 rounds to 2^-24 relative at every step, each product adds about sqrt(K)
 times that), and every correct peer on the four issue configurations came to
-``err`` between 6e-6 and 5e-5 in float32 (<= 3e-15 in float64).  The
+``err`` between 6e-6 and 8.4e-5 in float32 (<= 3e-15 in float64).  The
 smallest real mistakes give, on the same configurations: a learning rate 3%
 off 0.008-0.019, another batch order 0.04-0.41, the biases left un-updated
 0.06-1.3, the loss averaged over the outputs too 0.76-1.0.  The float32
-tolerance 1e-3 sits 20x above the largest rounding error and 8x below the
+tolerance 1e-3 sits 12x above the largest rounding error and 8x below the
 smallest mistake (a 1% learning-rate error, 0.003, is still caught); the
 float64 one, 1e-10, is 3e4 above float64 rounding.
 """
