@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,6 @@ def _numpy_epoch(dtype: str, lr: float, order: np.ndarray) -> verify.Params:
 
 
 def test_shuffle_is_fastbps_own_order() -> None:
-    import fastbp
-
     sh = peers.Shuffle(5, 30)
     np.testing.assert_array_equal(sh(2), np.random.default_rng(7).permutation(30))
     X, Y = _data()
@@ -197,7 +196,6 @@ def test_shuffle_is_fastbps_own_order() -> None:
     for (W, b), W2, b2 in zip(trainer.params(), net.weights, net.biases):
         np.testing.assert_allclose(W, W2, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-6)
-    assert isinstance(fastbp.MLP, type)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -213,14 +211,10 @@ def test_verify_accepts_rounding_and_refuses_mistakes(dtype: str) -> None:
                 [(W, b0) for (W, _), (_, b0) in zip(_numpy_epoch(dtype, lr, order), init)]):
         res = verify.check(bad, SMALL, X, Y, lr, init, order)
         assert not res["ok"] and "differ from the float64" in res["reason"], res
-    nan = [(W * np.nan, b) for W, b in good_params(dtype, lr, order)]
+    nan = [(W * np.nan, b) for W, b in _numpy_epoch(dtype, lr, order)]
     assert verify.check(nan, SMALL, X, Y, lr, init, order)["reason"] == "non-finite parameters"
-    shapes = verify.check(good_params(dtype, lr, order)[:1], SMALL, X, Y, lr, init, order)
+    shapes = verify.check(_numpy_epoch(dtype, lr, order)[:1], SMALL, X, Y, lr, init, order)
     assert not shapes["ok"] and "shapes" in shapes["reason"]
-
-
-def good_params(dtype: str, lr: float, order: np.ndarray) -> verify.Params:
-    return _numpy_epoch(dtype, lr, order)
 
 
 def test_worker_refuses_a_wrong_peer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,13 +241,7 @@ def test_thread_usage_counts_busy_threads() -> None:
     assert u["threads_busy"] == 3 and u["threads_alive"] == 4
     assert u["cpu_s"] == pytest.approx(1.61) and u["thread_cpu_s"][0] == 0.9
     snap = worker.thread_cpu_ns()
-    assert str(threading_native_id()) in snap or not snap
-
-
-def threading_native_id() -> int:
-    import threading
-
-    return threading.get_native_id()
+    assert str(threading.get_native_id()) in snap or not snap
 
 
 def test_best_peers_and_peak_fraction() -> None:
