@@ -173,7 +173,7 @@ class _BaseMLP(BaseEstimator):
             ),
         ]
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            checks.append((name, isinstance(getattr(self, name), (bool, np.bool_)), "a bool"))
+            C.check_bool(name, getattr(self, name))  # the message of fastbp.MLP's booleans
         checks.append(
             ("verbose", isinstance(self.verbose, (bool, np.bool_)) or _is_int(self.verbose),
              "a bool or an integer")
