@@ -259,15 +259,13 @@ class _BaseMLP(BaseEstimator):
 
         The estimator's ``dtype`` when given; else, on a continued fit, the
         network's; else scikit-learn's: float32 for float32 X, float64
-        otherwise -- and float64 for ``solver="lbfgs"``, whose parameters
-        scikit-learn keeps as scipy's float64 vector whatever X is.
+        otherwise (lbfgs then ends with float64 parameters, see
+        :meth:`_fit_lbfgs`).
         """
         if self.dtype is not None:
             return C.check_dtype(self.dtype)
         if not first_pass:
             return self._net.dtype.type
-        if self.solver == "lbfgs":
-            return np.float64
         return np.float32 if X_dtype == np.float32 else np.float64
 
     # -- fitted state -----------------------------------------------------------
@@ -437,13 +435,14 @@ class _BaseMLP(BaseEstimator):
         first_pass = not hasattr(self, "_net") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         dtype = self._compute_dtype(X.dtype, first_pass)
+        X_dtype = X.dtype
         X = np.ascontiguousarray(X, dtype=dtype)
         Y = self._target(Y, dtype)
         n_samples, n_features = X.shape
         layer_units = [n_features] + hidden + [Y.shape[1]]
         self._random_state = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(layer_units, dtype)
+            self._initialize(layer_units, dtype, X_dtype)
         elif (
             list(self._net.layer_sizes) != layer_units
             or self._net.dtype != np.dtype(dtype)
@@ -468,8 +467,12 @@ class _BaseMLP(BaseEstimator):
             Y = Y.reshape(-1, 1)
         return np.ascontiguousarray(Y, dtype=dtype)
 
-    def _initialize(self, layer_units: List[int], dtype: type) -> None:
-        """Fresh network, drawn exactly as scikit-learn's MLP draws its parameters."""
+    def _initialize(self, layer_units: List[int], dtype: type, X_dtype: np.dtype) -> None:
+        """Fresh network, drawn exactly as scikit-learn's MLP draws its parameters.
+
+        As scikit-learn, the draws are rounded to X's dtype (float32 X: float32
+        starting weights, also for lbfgs, which then computes in float64).
+        """
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = layer_units[-1]
@@ -482,8 +485,8 @@ class _BaseMLP(BaseEstimator):
             bound = np.sqrt(factor / (fan_in + fan_out))
             coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
             intercept = self._random_state.uniform(-bound, bound, fan_out)
-            weights.append(coef.T.astype(dtype))
-            biases.append(intercept.astype(dtype))
+            weights.append(coef.T.astype(X_dtype).astype(dtype))
+            biases.append(intercept.astype(X_dtype).astype(dtype))
         self._net = MLP(
             layer_units, activation=_ACTIVATIONS[self.activation], output=output, loss=loss,
             dtype=dtype, seed=0, weights=weights, biases=biases,
@@ -551,6 +554,12 @@ class _BaseMLP(BaseEstimator):
         in one GIL-free call per evaluation.  scipy sees the parameters
         packed as scikit-learn packs them (all ``coefs_``, then all
         ``intercepts_``), so it takes the same iterates.
+
+        dtypes as in scikit-learn: scipy keeps its iterate in float64 but
+        hands the function each point in the starting vector's dtype, so a
+        float32 network evaluates in float32; scikit-learn's parameters then
+        end as scipy's float64 solution, and so do these (the network is
+        rebuilt in float64) unless the estimator's ``dtype`` says float32.
         """
         import scipy.optimize
 
@@ -560,16 +569,18 @@ class _BaseMLP(BaseEstimator):
         w_slices = [(net._net.w_off[k], net._net.w_off[k] + W.size)
                     for k, W in enumerate(net.weights)]
         theta = net.flat_parameters
+        T = net.dtype.type
         grad = np.empty_like(theta)
-        grad_x = np.empty(net.n_params, dtype=np.float64)
+        grad_x = np.empty_like(theta)
         alpha = float(self.alpha)
         scale = self._loss_scale()
         n_threads = get_num_threads()
 
         def loss_grad(x: np.ndarray) -> Tuple[float, np.ndarray]:
-            theta[...] = x[perm]
-            loss = float(net._net.gradients(theta, X, Y, grad, n_threads)) * scale
-            values = 0.0
+            with np.errstate(over="ignore", invalid="ignore"):
+                theta[...] = x[perm]
+            loss = T(net._net.gradients(theta, X, Y, grad, n_threads) * scale)
+            values = T(0)
             for a, b in coef_slices:
                 s = x[a:b]
                 values += np.dot(s, s)
@@ -580,7 +591,7 @@ class _BaseMLP(BaseEstimator):
             grad_x[perm] = grad
             return loss, grad_x
 
-        x0 = np.empty(net.n_params, dtype=np.float64)
+        x0 = np.empty_like(theta)
         x0[perm] = theta
         with net._lock:
             result = scipy.optimize.minimize(
@@ -590,8 +601,17 @@ class _BaseMLP(BaseEstimator):
             )
             self.n_iter_ = _check_lbfgs_result(result, self.max_iter)
             self.loss_ = result.fun
+            solution = np.asarray(result.x, dtype=np.float64)[perm]
+            if self.dtype is None and net.dtype != np.float64:
+                self._net = MLP(
+                    net.layer_sizes, activation=net.activation, output=net.output,
+                    loss=net.loss_name, dtype="float64", seed=0,
+                    weights=[np.zeros(W.shape) for W in net.weights],
+                    biases=[np.zeros(b.shape) for b in net.biases],
+                )
+                net = self._net
             with np.errstate(over="ignore", invalid="ignore"):
-                theta[...] = result.x[perm]
+                net.flat_parameters[...] = solution
 
     # -- SGD and Adam -------------------------------------------------------------
 
