@@ -363,6 +363,8 @@ class _BaseMLP(BaseEstimator):
             state.update(solver="sgd", learning_rate="constant", power_t=0.5, beta_1=0.9,
                          beta_2=0.999, epsilon=1e-8, max_fun=15000)
             state.setdefault("dtype", "float32")
+            if not self._classifier:
+                state.setdefault("loss", "squared_error")
             if spec is not None:
                 lr = float(state.get("learning_rate_init", 0.001))
                 state.setdefault("_optimizer", {"solver": "sgd", "lr": lr, "lr_used": lr})

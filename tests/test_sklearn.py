@@ -379,6 +379,23 @@ def test_unpickle_per_batch_loop_velocities():
     np.testing.assert_allclose(old.predict(REG_X), est.predict(REG_X), rtol=1e-12)
 
 
+def test_unpickle_before_the_solvers():
+    """Pickles from before solver= were SGD estimators (float32 by default):
+    they load as solver="sgd" and continue with their velocity."""
+    est = MLPRegressor(solver="sgd", dtype="float32", learning_rate_init=0.01, random_state=0)
+    est.partial_fit(REG_X, REG_Y)
+    state = est.__getstate__()
+    for key in ("solver", "learning_rate", "power_t", "beta_1", "beta_2", "epsilon",
+                "max_fun", "loss", "_optimizer"):
+        state.pop(key)
+    old = MLPRegressor.__new__(MLPRegressor)
+    old.__setstate__(state)
+    assert old.get_params()["solver"] == "sgd" and old.loss == "squared_error"
+    old.partial_fit(REG_X, REG_Y)
+    est.partial_fit(REG_X, REG_Y)
+    np.testing.assert_array_equal(old.predict(REG_X), est.predict(REG_X))
+
+
 def test_verbose_prints_as_sklearn(capsys):
     ours, theirs = _pair(MLPClassifier, sknn.MLPClassifier, verbose=True)
     ours.fit(CLF_X, CLF_Y)
