@@ -80,6 +80,9 @@ CONFIGS: dict[str, Config] = {
         Config("small", (64, 128, 10), "relu", 32, 32768, 256),
         Config("mnist", (784, 256, 128, 10), "relu", 128, 16384, 512),
         Config("large", (1024, 2048, 2048, 1024), "relu", 256, 1024, 256),
+        # A wide layer at a tiny batch: too few rows to split them, so the
+        # output units of each layer are split between threads.
+        Config("wide", (1024, 4096, 1024), "relu", 4, 512, 16),
     )
 }
 

@@ -115,6 +115,23 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def busy_table(busy: dict[str, Any]) -> str:
+    """The busy-core case: fastbp's 2-thread over 1-thread speed per config."""
+    b = busy["busy_process"]
+    out = ["", f"== one core busy: a busy-looping process pinned to CPU {b['cpu']} "
+               f"(of {b['cpus']}), fastbp {busy['dtype']}, {busy['rounds']} interleaved round(s)",
+           f"{'config':<30} {'1 thread':>11} {'2 threads':>11} {'2t / 1t':>8}  per round"]
+    out.append("-" * len(out[-1]))
+    for cfg, s in busy["summary"].items():
+        rounds = " ".join(f"{x:.2f}" for x in s["ratio_per_round"])
+        one, two = s["samples_per_s_1t"], s["samples_per_s_2t"]
+        out.append(f"{CONFIGS[cfg].label:<30} {one or 0:>11,.0f} {two or 0:>11,.0f} "
+                   f"{_num(s['ratio'], 'x'):>8}  {rounds}")
+    out.append("samples/s: the median timed epoch of each run, best run of the rounds; "
+               "2t / 1t > 1: the second thread helps despite the busy core.")
+    return "\n".join(out)
+
+
 def plot(doc: dict[str, Any], path: Path) -> str:
     """Draw a bar chart of samples/s to ``path``; returns a line for stdout.
 

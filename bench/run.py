@@ -5,6 +5,13 @@ subprocess (:mod:`bench.worker`), plus one numpy matmul per (dtype, threads)
 as the roofline, then prints a table and writes a JSON file and, when
 matplotlib is installed, a bar chart.
 
+The busy-core case (on by default in a full run, ``--busy`` / ``--no-busy``):
+the harness starts a process that busy-loops on one CPU (pinned to the last
+CPU it may use), then times fastbp on 1 and 2 threads for every
+configuration, interleaved over a few rounds, and reports the 2-thread /
+1-thread ratio of the median epochs, as a desktop with a browser, a second
+job or a ``GridSearchCV(n_jobs=...)`` would see it.
+
 On a machine that sets ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` run it as::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench
@@ -12,6 +19,7 @@ On a machine that sets ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` run it as::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png", type=Path, metavar="PATH",
                    help="bar chart output (default bench/results/bench[-quick].png)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
+    p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time fastbp on 1 and 2 threads with one CPU kept busy by a "
+                   "busy-looping process the harness starts (default: on; quick: off)")
+    p.add_argument("--only-busy", action="store_true",
+                   help="run the busy-core case only (implies --busy)")
+    p.add_argument("--busy-rounds", type=int,
+                   help="interleaved rounds of the busy-core case (default 3; quick: 1)")
     args = p.parse_args(argv)
     q = args.quick
     args.configs = args.configs or list(QUICK_CONFIGS if q else CONFIGS)
@@ -77,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if q else 5)
     args.min_time = args.min_time if args.min_time is not None else (0.0 if q else 1.0)
     args.matmul_n = args.matmul_n or (256 if q else 2048)
+    args.busy = True if args.only_busy else (args.busy if args.busy is not None else not q)
+    args.busy_rounds = args.busy_rounds or (1 if q else 3)
     stem = "bench-quick" if q else "bench"
     args.json = args.json or ROOT / "bench" / "results" / f"{stem}.json"
     args.png = args.png or ROOT / "bench" / "results" / f"{stem}.png"
@@ -116,6 +133,75 @@ def worker_env(threads: int) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
+
+
+BUSY_LOOP = """
+import os, sys
+try:
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+except (AttributeError, OSError):
+    pass
+while True:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[dict[str, Any]]:
+    """A process busy-looping on one CPU (the last one this process may use)
+    for as long as the block runs; yields its pid and CPU."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = list(range(os.cpu_count() or 1))
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(cpus[-1])])
+    try:
+        time.sleep(0.2)  # spinning by now
+        yield {"pid": proc.pid, "cpu": cpus[-1], "cpus": len(cpus)}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def busy_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """fastbp on 1 and 2 threads per configuration, interleaved over rounds."""
+    dtype = args.dtypes[0]
+    return [{"kind": "peer", "peer": "fastbp", "config": cfg, "dtype": dtype, "threads": t,
+             "quick": args.quick, "lr": args.lr, "min_time": args.min_time,
+             "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed,
+             "busy": True, "round": r}
+            for r in range(args.busy_rounds) for cfg in args.configs for t in (1, 2)]
+
+
+def run_busy(args: argparse.Namespace) -> dict[str, Any]:
+    """The busy-core case: the raw results and, per configuration, the best
+    over rounds of the median-epoch samples/s on 1 and 2 threads and the
+    ratio 2 threads / 1 thread."""
+    specs = busy_specs(args)
+    results = []
+    with busy_core() as busy:
+        for i, spec in enumerate(specs, 1):
+            print(f"[busy {i}/{len(specs)}] fastbp {spec['config']} {spec['dtype']} "
+                  f"{spec['threads']}t ...", end=" ", file=sys.stderr, flush=True)
+            res = run_worker(spec, args.timeout)
+            print(res["status"], res.get("note", ""), file=sys.stderr, flush=True)
+            results.append({"spec": spec, **res})
+    summary = {}
+    for cfg in args.configs:
+        best = {}
+        for t in (1, 2):
+            rates = [r["median_samples_per_s"] for r in results if r["status"] == "ok"
+                     and r["spec"]["config"] == cfg and r["spec"]["threads"] == t]
+            best[t] = max(rates) if rates else None
+        ratios = [b["median_samples_per_s"] / a["median_samples_per_s"]
+                  for a, b in zip(*[[r for r in results if r["status"] == "ok"
+                                     and r["spec"]["config"] == cfg and r["spec"]["threads"] == t]
+                                    for t in (1, 2)])]
+        summary[cfg] = {"samples_per_s_1t": best[1], "samples_per_s_2t": best[2],
+                        "ratio": best[2] / best[1] if best[1] and best[2] else None,
+                        "ratio_per_round": ratios}
+    return {"busy_process": busy, "dtype": specs[0]["dtype"] if specs else None,
+            "rounds": args.busy_rounds, "summary": summary, "results": results}
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -185,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         print(warning)
     print(report.header(env, args.quick))
     specs: list[dict[str, Any]] = []
+    if args.only_busy:
+        args.dtypes, args.threads = args.dtypes[:1], []
     common = {"warmup": args.warmup, "repeats": args.repeats, "seed": args.seed}
     for dtype in args.dtypes:
-        for threads in args.threads:
+        for threads in args.threads:  # (none with --only-busy)
             specs.append({"kind": "matmul", "dtype": dtype, "threads": threads,
                           "matmul_n": args.matmul_n, **common})
             for cfg in args.configs:
@@ -207,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_worker(spec, args.timeout)
         print(res["status"], res.get("note", ""), file=sys.stderr, flush=True)
         results.append({"spec": spec, **res})
+    busy = run_busy(args) if args.busy else None
     doc = {
         "meta": {"quick": args.quick, "argv": sys.argv, "elapsed_s": time.perf_counter() - t_start,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "blas_warning": warning,
@@ -217,12 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "configs": {k: CONFIGS[k].to_dict() for k in args.configs},
         "results": report.add_ratios(results),
+        "busy": busy,
     }
-    print(report.table(doc))
+    if results:
+        print(report.table(doc))
+    if busy:
+        print(report.busy_table(busy))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1))
     print(f"JSON written to {args.json}")
-    if not args.no_plot:
+    if not args.no_plot and results:
         print(report.plot(doc, args.png))
     if warning:
         print(warning, file=sys.stderr)

@@ -142,9 +142,10 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         e += 1
     best = min(times)
+    median = sorted(times)[len(times) // 2]
     out = {
-        "status": "ok", "n_samples": n, "best_s": best, "times_s": times,
-        "samples_per_s": n / best,
+        "status": "ok", "n_samples": n, "best_s": best, "median_s": median, "times_s": times,
+        "samples_per_s": n / best, "median_samples_per_s": n / median,
         "gflops": n * cfg.flops_per_sample / best / 1e9,
         "peak_rss_mib": mem.peak_over_baseline_mib(), "memory_method": mem.method,
         "baseline_rss_mib": mem.baseline_kib / 1024,

@@ -13,15 +13,23 @@ import os as _os
 # the user wins.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+try:  # a source folder without the compiled kernels: say so, not "cannot import name"
+    from . import _kernels  # noqa: E402, F401
+except ImportError as _exc:
+    from .__main__ import missing_kernels
+    missing_kernels(_exc)
 from . import io, reference, schedules  # noqa: E402
-from ._threads import get_num_threads, set_num_threads  # noqa: E402
+from ._threads import MAX_THREADS, get_num_threads, set_num_threads, threads  # noqa: E402
 from .history import History  # noqa: E402
 from .io import ModelFileError, load  # noqa: E402
 from .model import MLP  # noqa: E402
+from ._threads import _install_threadpoolctl_hook  # noqa: E402
+
+_install_threadpoolctl_hook()  # threadpoolctl.threadpool_limits then limits fastbp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "History", "load", "ModelFileError", "io", "reference", "schedules",
-    "set_num_threads", "get_num_threads", "__version__",
+    "set_num_threads", "get_num_threads", "threads", "MAX_THREADS", "__version__",
 ]

@@ -7,9 +7,16 @@ target names, the feature scaler, and the class names (classification) or the
 target scaler (regression); plus the training options and final metrics, for
 the record.
 
+Reading the data (delimiter detection, decimal commas, column selection,
+missing values, task inference) is :mod:`fastbp._data`'s; the progress display
+is :mod:`fastbp._progress`'s.  ``train`` refuses to overwrite an existing model
+or sidecar unless given ``--force``.
+
 Every error the user can cause (a missing or malformed file, an unknown
-column, a bad option value, ...) is reported as one line,
-``fastbp: error: ...``, with exit status 2; never a traceback.
+column, a missing value, a bad option value, ...) is reported as one line,
+``fastbp: error: ...``, with exit status 2; never a traceback.  Things that
+look wrong but do not stop the command are ``fastbp: warning: ...`` lines on
+standard error.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Text
 import numpy as np
 
 from ._data import (Preprocessor, as_class_names, class_names, infer_task,
-                    load_features, load_training_data)
+                    load_features, load_training_data, sep_name)
+from ._progress import format_value
 
 PROG = "python -m fastbp"
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
@@ -54,6 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _print_error(message: str) -> None:
     print(f"fastbp: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _print_warning(message: str) -> None:
+    print(f"fastbp: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -98,6 +110,32 @@ def _add_sgd_options(p: argparse.ArgumentParser, epochs: int) -> None:
                    default=0.01, help="learning rate (default 0.01)")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
                    help="SGD momentum (default 0.9; 0 for plain SGD)")
+
+
+def _sep(text: str) -> str:
+    """``--sep``: one character; ``tab`` (or ``\\t``) for a tab."""
+    if text.lower() in ("tab", "\\t", "\t"):
+        return "\t"
+    if len(text) != 1 or text in "\r\n\"":
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one character, such as ';' or tab")
+    return text
+
+
+def _columns(text: str) -> List[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (column names for --drop and --features)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated column names")
+    return names
+
+
+def _add_format_options(p: argparse.ArgumentParser) -> None:
+    """--sep and --decimal, shared by train and predict."""
+    p.add_argument("--sep", type=_sep, metavar="CHAR",
+                   help="CSV delimiter (default: detected among ',', ';' and tab; 'tab' "
+                   "for a tab)")
+    p.add_argument("--decimal", choices=(".", ","), default=".",
+                   help="decimal mark of the numbers in a CSV (default '.')")
 
 
 def _hidden(text: str) -> List[int]:
@@ -146,9 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", metavar="DATA", help="training data: .csv or .npz")
     t.add_argument("--target", metavar="COLUMN",
                    help="CSV column to predict (default: the last column)")
+    _add_format_options(t)
+    t.add_argument("--features", type=_columns, metavar="COL,...",
+                   help="the feature columns, in this order (default: every column but the "
+                   "target and a pandas index column)")
+    t.add_argument("--drop", type=_columns, metavar="COL,...", default=[],
+                   help="columns to leave out of the features (e.g. a row identifier)")
+    t.add_argument("--missing", choices=("error", "drop"), default="error",
+                   help="rows with a missing value (empty, NA, nan, null, ?, ...): error "
+                   "(default) names them; drop leaves them out and says how many")
     t.add_argument("--task", choices=("auto", "classify", "regress"), default="auto",
-                   help="auto (default): classify when the target is non-numeric or has at most "
-                   "20 distinct integer values, else regress")
+                   help="auto (default): classify when the target is non-numeric, or has at "
+                   "most 20 distinct integer values with 5 or more rows per value (or just "
+                   "two values), else regress")
     t.add_argument("--hidden", type=_hidden, default=[64], metavar="N,N,...",
                    help="hidden layer widths (default 64; 'none' for no hidden layer)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu",
@@ -175,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision (default float32)")
     t.add_argument("-o", "--output", metavar="MODEL",
                    help="model file (default DATA.fastbp.npz; the sidecar is MODEL.json)")
+    t.add_argument("--force", action="store_true",
+                   help="overwrite an existing model file and sidecar (without it, train "
+                   "refuses to, before training)")
     t.add_argument("--plot", metavar="PNG", help="write the loss curves to this PNG "
                    "(needs matplotlib)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -191,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("data", metavar="DATA", help="data: .csv or .npz (array X)")
     r.add_argument("-o", "--output", metavar="CSV", help="write predictions here (default: "
                    "standard output)")
+    _add_format_options(r)
     r.add_argument("--proba", action="store_true",
                    help="also write each class's probability (classifiers)")
     r.add_argument("--threads", type=_int_at_least(0), default=0,
@@ -316,8 +368,19 @@ def metrics(net: Any, pre: Preprocessor, X: np.ndarray, Y: np.ndarray) -> Dict[s
     return result
 
 
-def _format_metrics(m: Dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+def _loss_name(task: str) -> str:
+    return "cross entropy" if task == "classify" else "squared error, standardised target"
+
+
+def _format_metrics(m: Dict[str, float], task: str = "classify") -> str:
+    """``loss 0.1234  accuracy 0.9500``: every figure as :func:`format_value` writes it."""
+    parts = []
+    for k, v in m.items():
+        if k == "loss":
+            parts.append(f"loss {format_value(v)} ({_loss_name(task)})")
+        else:
+            parts.append(f"{k} {format_value(v)}")
+    return "  ".join(parts)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -328,7 +391,20 @@ def _train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.early_stopping and args.validation_split == 0:
         raise CLIError("--early-stopping needs a validation split > 0")
-    data = load_training_data(args.data, args.target)
+    model_path = args.output or default_model_path(args.data)
+    side_path = sidecar_path(model_path)
+    for out in (model_path, side_path, args.plot):  # fail before training, not after
+        _check_writable(out)
+    data = load_training_data(args.data, args.target, sep=args.sep, decimal=args.decimal,
+                              features=args.features, drop=args.drop, missing=args.missing,
+                              task=args.task)
+    for message in data.warnings:
+        _print_warning(message)
+    overwrites = [p for p in (model_path, side_path) if Path(p).exists()]
+    if overwrites and not args.force:
+        verb = "exists" if len(overwrites) == 1 else "exist"
+        raise CLIError(f"{' and '.join(overwrites)} already {verb}: give --force to overwrite "
+                       "(train refuses otherwise), or -o to write elsewhere")
     n, d = data.X.shape
     task, reason = infer_task(data.y)
     if args.task == "auto":
@@ -347,10 +423,6 @@ def _train(args: argparse.Namespace) -> int:
                        "nothing to classify")
     X = pre.transform(data.X)
     Y = pre.encode(data.y)
-    model_path = args.output or default_model_path(args.data)
-    side_path = sidecar_path(model_path)
-    for out in (model_path, side_path, args.plot):  # fail before training, not after
-        _check_writable(out)
 
     if task == "classify":
         net = MLP([d, *args.hidden, len(pre.classes)], activation=args.activation,
@@ -362,8 +434,14 @@ def _train(args: argparse.Namespace) -> int:
         what = "regression" + (f", {pre.n_outputs} targets" if pre.n_outputs > 1 else "")
     Xt, Yt = X[train_rows], Y[train_rows]
     Xv, Yv = X[val_rows], Y[val_rows]
-    print(f"data: {args.data}: {n} rows, {d} features, target {data.target!r}")
+    for message in data.notes:
+        print(f"note: {message}")
+    fmt = "" if data.sep in (None, ",") else f" ({sep_name(data.sep)}-separated)"
+    print(f"data: {args.data}{fmt}: {n} rows, {d} features, target {data.target!r}")
     print(f"task: {what} ({note})")
+    if task == "regress":
+        print("loss: squared error on the standardised target (mean 0, standard deviation 1 "
+              "over the training rows); rmse and r2 are in target units")
     print(f"model: {net!r}, {len(train_rows)} training / {len(val_rows)} validation rows, "
           f"{get_num_threads()} thread(s)")
     sys.stdout.flush()
@@ -377,10 +455,10 @@ def _train(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - t0
     final = {"train": metrics(net, pre, Xt, Yt)}
-    print(f"train:      {_format_metrics(final['train'])}")
+    print(f"train:      {_format_metrics(final['train'], task)}")
     if len(val_rows):
         final["validation"] = metrics(net, pre, Xv, Yv)
-        print(f"validation: {_format_metrics(final['validation'])}")
+        print(f"validation: {_format_metrics(final['validation'], task)}")
     epochs_run = len(hist.loss)
     stopped = getattr(hist, "stopped_early", False)
     print(f"{epochs_run} epoch(s) in {seconds:.2f} s"
@@ -397,10 +475,12 @@ def _train(args: argparse.Namespace) -> int:
     }
     model_io.save(net, model_path)
     pre.save(side_path)
-    print(f"saved: {model_path} (model), {side_path} (scaler, names)")
+    print(f"saved: {model_path} (model), {side_path} (scaler, names)"
+          + (f"; overwrote the previous {' and '.join(overwrites)} (--force)"
+             if overwrites else ""))
     if args.plot:
         try:
-            hist.plot(args.plot)
+            hist.plot(args.plot, loss_name=_loss_name(task))
         except ImportError as exc:
             raise CLIError(f"cannot write {args.plot}: {exc}") from None
         print(f"saved: {args.plot} (loss curves)")
@@ -495,7 +575,8 @@ def _predict(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     _check_writable(args.output)
     net, pre = load_model(args.model)
-    X, y = load_features(args.data, pre.features, pre.target)
+    X, y, known = load_features(args.data, pre.features, pre.target, sep=args.sep,
+                                decimal=args.decimal)
     out = net.predict(pre.transform(X)).astype(np.float64)
     pred = pre.decode(out)
     proba = out if (args.proba and pre.task == "classify") else None
@@ -509,20 +590,39 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         _write_predictions(sys.stdout, pre, pred, proba)
         report = sys.stderr
-    if y is not None:
-        if pre.task == "classify":
-            acc = float(np.mean(pred == as_class_names(y)))
-            print(f"accuracy {acc:.4f} against column {pre.target!r} ({len(pred)} rows)",
-                  file=report)
-        elif y.dtype.kind not in "US":
-            Yv = y.reshape(len(pred), -1).astype(np.float64)
-            if Yv.shape[1] == pred.shape[1]:
-                err = pred - Yv
-                var = Yv.var(axis=0)
-                r2 = float(np.mean(1 - (err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)))
-                print(f"rmse {np.sqrt(np.mean(err ** 2)):.6g}  r2 {r2:.4f} against column "
-                      f"{pre.target!r} ({len(pred)} rows)", file=report)
+    if y is not None and known is not None and known.any():
+        _report_score(pre, pred[known], y[known], int((~known).sum()), report)
     return 0
+
+
+def _report_score(pre: Preprocessor, pred: np.ndarray, y: np.ndarray, n_unknown: int,
+                  report: TextIO) -> None:
+    """Accuracy, or RMSE and R^2, of ``pred`` against the data's target column ``y``;
+    a warning about labels the model never saw."""
+    rows = f"{len(pred)} rows" + (f"; {n_unknown} row{'s' if n_unknown != 1 else ''} "
+                                  "without a target value not scored" if n_unknown else "")
+    if pre.task == "classify":
+        truth = as_class_names(y)
+        unseen = ~np.isin(truth, np.asarray(pre.classes, dtype=str))
+        if unseen.any():
+            labels = sorted(set(truth[unseen].tolist()))
+            shown = ", ".join(map(repr, labels[:5])) + (
+                f", ... ({len(labels)} labels)" if len(labels) > 5 else "")
+            _print_warning(f"{int(unseen.sum())} row{'s' if unseen.sum() != 1 else ''} of "
+                           f"column {pre.target!r} hold label{'s' if len(labels) > 1 else ''} "
+                           f"the model never saw in training ({shown}): they count as wrong "
+                           "in the accuracy")
+        acc = float(np.mean(pred == truth))
+        print(f"accuracy {format_value(acc)} against column {pre.target!r} ({rows})",
+              file=report)
+    elif y.dtype.kind not in "US":
+        Yv = y.reshape(len(pred), -1).astype(np.float64)
+        if Yv.shape[1] == pred.shape[1]:
+            err = pred - Yv
+            var = Yv.var(axis=0)
+            r2 = float(np.mean(1 - (err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)))
+            print(f"rmse {format_value(float(np.sqrt(np.mean(err ** 2))))}  "
+                  f"r2 {format_value(r2)} against column {pre.target!r} ({rows})", file=report)
 
 
 # -- bench ----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The record of a training run."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import os
+import sys
+from typing import Any, Dict, List, Optional, Union
 
 
 class History:
@@ -40,6 +42,8 @@ class History:
         (two live at once); the validation workspace.  Within a few percent
         of the peak that ``tracemalloc`` measures over the fit (tested); the
         transient temporaries of checking the input are not included.
+    loss_name : str or None
+        What the loss is, for :meth:`plot` (None: just "loss").
     """
 
     _KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
@@ -54,6 +58,7 @@ class History:
         self.best_epoch: Optional[int] = None
         self.stopped_early: bool = False
         self.workspace_bytes: int = 0
+        self.loss_name: Optional[str] = None
 
     @property
     def epochs(self) -> int:
@@ -70,13 +75,17 @@ class History:
         """The per-epoch lists, by name."""
         return {key: list(getattr(self, key)) for key in self._KEYS}
 
-    def plot(self, path: str) -> None:
-        """Write the loss (and accuracy) curves to a PNG file.
+    def figure(self, loss_name: Optional[str] = None) -> Any:
+        """The loss (and accuracy) curves as a matplotlib Figure.
+
+        Epochs are numbered from 1, on integer ticks.  Under early stopping, a
+        marker shows the epoch whose weights were kept (:attr:`best_epoch`).
 
         Parameters
         ----------
-        path : str
-            Output file name.
+        loss_name : str, optional
+            What the loss is (e.g. ``"cross entropy"``), for the axis label and
+            title; default :attr:`loss_name`, else just "loss".
 
         Raises
         ------
@@ -86,20 +95,35 @@ class History:
         try:
             import matplotlib
 
-            matplotlib.use("Agg")
+            if "matplotlib.pyplot" not in sys.modules:
+                matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("History.plot needs matplotlib: pip install matplotlib") from exc
+        name = loss_name if loss_name is not None else self.loss_name
         panels = 2 if self.accuracy or self.val_accuracy else 1
         fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
-        epochs = range(1, self.epochs + 1)
+        epochs = list(range(1, self.epochs + 1))
         ax = axes[0][0]
         ax.plot(epochs, self.loss, label="training loss")
         if self.val_loss:
             ax.plot(epochs, self.val_loss, label="validation loss")
-        ax.set_xlabel("epoch")
+        kept = self.best_epoch if self.best_epoch is not None and self.val_loss else None
+        if kept is not None:
+            ax.plot([kept + 1], [self.val_loss[kept]], linestyle="none", marker="o",
+                    markersize=8, markerfacecolor="none", markeredgecolor="black",
+                    label=f"kept epoch {kept + 1}")
         ax.set_ylabel("loss")
-        ax.set_yscale("log" if min(self.loss + self.val_loss, default=1) > 0 else "linear")
+        ax.set_title(f"loss: {name}" if name else "loss")
+        if min(self.loss + self.val_loss, default=1) > 0:
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.4, not 4x10^-1
+            ax.yaxis.set_major_formatter(plain)
+            values = self.loss + self.val_loss
+            # minor ticks labelled only within one decade (where there are no major ones)
+            ax.yaxis.set_minor_formatter(plain if max(values) < 10 * min(values)
+                                         else NullFormatter())
         ax.legend()
         if panels == 2:
             ax = axes[0][1]
@@ -107,12 +131,44 @@ class History:
                 ax.plot(epochs, self.accuracy, label="training accuracy")
             if self.val_accuracy:
                 ax.plot(epochs, self.val_accuracy, label="validation accuracy")
-            ax.set_xlabel("epoch")
+            if kept is not None and self.val_accuracy:
+                ax.plot([kept + 1], [self.val_accuracy[kept]], linestyle="none", marker="o",
+                        markersize=8, markerfacecolor="none", markeredgecolor="black",
+                        label=f"kept epoch {kept + 1}")
             ax.set_ylabel("accuracy")
+            ax.set_title("accuracy")
             ax.legend()
+        for row in axes:
+            for ax in row:
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if epochs:
+                    ax.set_xlim(0.5, len(epochs) + 0.5)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        return fig
+
+    def plot(self, path: Union[str, "os.PathLike[str]"], loss_name: Optional[str] = None) -> None:
+        """Write the loss (and accuracy) curves to a PNG file (see :meth:`figure`).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Output file name.
+        loss_name : str, optional
+            What the loss is, for the axis label and title (default :attr:`loss_name`).
+
+        Raises
+        ------
+        ImportError
+            When matplotlib is not installed (``pip install matplotlib``).
+        """
+        fig = self.figure(loss_name)
+        import matplotlib.pyplot as plt
+
+        try:
+            fig.savefig(path, dpi=100)
+        finally:
+            plt.close(fig)
 
     def __repr__(self) -> str:
         last = self.loss[-1] if self.loss else None

@@ -761,7 +761,7 @@ class MLP:
             total += 8 * n * min(epochs, 2)
         if val is not None and epochs:
             rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
-            total += int(self._net.workspace_size(rows)) * item
+            total += int(self._net.workspace_size(rows, "loss")) * item
         return int(total)
 
     def _validation(

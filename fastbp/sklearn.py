@@ -27,6 +27,7 @@ that are expected to fail, with reasons.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -52,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
-from ._threads import get_num_threads
+from ._threads import get_num_threads, threads
 from .model import MLP, Epochs, ParamList
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -123,6 +124,15 @@ def _check_lbfgs_result(result: Any, max_iter: int) -> int:
     return n_iter
 
 
+def _thread_capped(method: Any) -> Any:
+    """Run an estimator method under ``fastbp.threads(self.n_threads)``."""
+    @functools.wraps(method)
+    def capped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with threads(self.n_threads):
+            return method(self, *args, **kwargs)
+    return capped
+
+
 class _BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`.
 
@@ -158,6 +168,7 @@ class _BaseMLP(BaseEstimator):
         n_iter_no_change: Union[int, float] = 10,
         max_fun: int = 15000,
         dtype: Optional[str] = None,
+        n_threads: Optional[int] = None,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -183,6 +194,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.dtype = dtype
+        self.n_threads = n_threads
 
     # -- parameter checking ---------------------------------------------------
 
@@ -418,6 +430,7 @@ class _BaseMLP(BaseEstimator):
 
     # -- training -----------------------------------------------------------------
 
+    @_thread_capped
     def _forward(self, X: ArrayLike) -> np.ndarray:
         """Network outputs, shape (n_samples, n_outputs_).
 
@@ -430,6 +443,7 @@ class _BaseMLP(BaseEstimator):
         out = self._net.predict(X)
         return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
 
+    @_thread_capped
     def _fit(self, X: ArrayLike, y: ArrayLike, incremental: bool) -> "_BaseMLP":
         hidden = self._check_params()
         if self.early_stopping and incremental and self.solver in _STOCHASTIC_SOLVERS:
@@ -960,6 +974,11 @@ _PARAMS_DOC = """
         float64 for lbfgs, whose parameters scikit-learn keeps in scipy's
         float64 vector); a continued fit (``warm_start``, ``partial_fit``)
         keeps the network's.  Inputs are converted to it.
+    n_threads : int or None, default=None
+        At most this many threads for this estimator's fit and predict
+        calls (through ``fastbp.threads``, local to the calling Python
+        thread, so estimators fitted in parallel threads do not
+        oversubscribe); None: the global setting (``fastbp.get_num_threads``).
 """
 
 _ATTRIBUTES_DOC = """
@@ -1315,6 +1334,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         n_iter_no_change: Union[int, float] = 10,
         max_fun: int = 15000,
         dtype: Optional[str] = None,
+        n_threads: Optional[int] = None,
     ) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
@@ -1324,7 +1344,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype,
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads,
         )
         self.loss = loss
 

@@ -21,23 +21,33 @@
 #   act'(A_{k-1}).  Every delta is formed BEFORE any W changes; then the SGD
 #   step W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no
 #   weight gradient is ever materialised in plain SGD.
-# * Threads (OpenMP, across batch elements): a step runs in one parallel
-#   region of two phases.  Phase 1: thread t owns a contiguous range of the
-#   batch rows and runs gather, forward, loss and every delta for those rows
-#   only; each GEMM it calls writes only those rows of A_k and delta_k, and
-#   each per-row loop writes only row i's slots (yhat, lossv, hitv, delta_L),
-#   so every write is private to its thread.  A barrier.  Phase 2: thread t
-#   owns a contiguous range of each layer's output units and forms (or applies)
-#   the gradient of those rows of W_k and entries of b_k, reading every row's
-#   delta; the rows of W_k, b_k, grad and the colsum scratch it writes belong
-#   to it alone.  Per-sample losses are summed afterwards in row order, bias
-#   gradients are column sums in row order, and the GEMM gives each element
-#   the same bits whatever range it is computed in (fbp_gemm.h), so a step gives
-#   the same result on any number of threads.  Small steps run serially.
+# * Threads (OpenMP), built to hold up on a busy machine: nothing waits for
+#   a thread that holds no work.  A call (a fit epoch, a predict or loss call,
+#   a gradients call) opens ONE parallel region for all its steps, and only
+#   when its largest step is worth splitting (one thread per par_min_macs
+#   multiply-adds of the forward pass).  Thread 0, the caller, drives the
+#   call; each step is published to the team as a generation of "waves" of
+#   tiles (see fbp_team and the block above Plan): any thread, the caller
+#   included, claims the next tile of the current wave, and a thread that
+#   finds none left waits only for the tiles still in progress.  A thread that
+#   wakes late finds the tiles taken (tagged claims fail) and waits for the
+#   next step, so a descheduled thread costs the others nothing unless it
+#   holds a tile.  Steps split the batch rows (row split) or, for a small
+#   batch, the output units of every layer (unit split).  When most of a step
+#   still goes on waiting (the other threads keep being descheduled), thread 0
+#   runs the following steps serially for a while (fbp_team_account).  Every
+#   tile writes only its own rows or columns of the activations and deltas,
+#   its own rows of W_k / grad and entries of b_k and colsum, so every write
+#   inside a region is private to the thread running that tile; per-sample
+#   losses are summed in row order, bias gradients are column sums in row
+#   order, and the GEMM gives each element the same bits whatever block it is
+#   computed in (fbp_gemm.h), so a step gives the same result on any number
+#   of threads, whichever thread takes which tile.  Each thread of a region
+#   runs with the caller's FTZ/DAZ mode and restores its own on exit.
 # * Everything below `def` runs without the GIL.  The `def` wrappers take
 #   arrays that fastbp/_common.py has already validated (shape, dtype,
 #   contiguity, finiteness); they only assert what they rely on.
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport parallel, threadid
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
@@ -49,22 +59,24 @@ ctypedef fused floating:
     double
 
 cdef extern from "fbp_gemm.h" nogil:
-    void fbp_gemm_f32(int trans_a, int trans_b, int M, int N, int K,
-                      float alpha, const float *A, int lda,
-                      const float *B, int ldb,
-                      float beta, float *C, int ldc,
+    void fbp_gemm_f32(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda,
+                      const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc,
                       const float *bias, int act,
-                      const float *dsrc, int ldd,
+                      const float *dsrc, int64_t ldd,
                       int n_threads)
-    void fbp_gemm_f64(int trans_a, int trans_b, int M, int N, int K,
-                      double alpha, const double *A, int lda,
-                      const double *B, int ldb,
-                      double beta, double *C, int ldc,
+    void fbp_gemm_f64(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      double alpha, const double *A, int64_t lda,
+                      const double *B, int64_t ldb,
+                      double beta, double *C, int64_t ldc,
                       const double *bias, int act,
-                      const double *dsrc, int ldd,
+                      const double *dsrc, int64_t ldd,
                       int n_threads)
     const char *fbp_gemm_isa()
     int fbp_gemm_set_isa(const char *name)
+    void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
+    int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
 
 cdef extern from *:
     """
@@ -123,10 +135,22 @@ cdef extern from *:
     }
     static void fbp_ftz_restore(unsigned int old) { _mm_setcsr(old); }
     static int fbp_ftz_is_on(void) { return (_mm_getcsr() & FBP_FTZ_BITS) == FBP_FTZ_BITS; }
+    /* The FTZ/DAZ bits of this thread; set them to `mode` (returning the old
+       MXCSR) and put the old value back. */
+    static unsigned int fbp_ftz_mode(void) { return _mm_getcsr() & FBP_FTZ_BITS; }
+    static unsigned int fbp_ftz_enter(unsigned int mode) {
+        unsigned int old = _mm_getcsr();
+        if ((old & FBP_FTZ_BITS) != mode) _mm_setcsr((old & ~FBP_FTZ_BITS) | mode);
+        return old;
+    }
+    static void fbp_ftz_leave(unsigned int old) { if (_mm_getcsr() != old) _mm_setcsr(old); }
     #else
     static unsigned int fbp_ftz_set(int on) { (void)on; return 0u; }
     static void fbp_ftz_restore(unsigned int old) { (void)old; }
     static int fbp_ftz_is_on(void) { return 0; }
+    static unsigned int fbp_ftz_mode(void) { return 0u; }
+    static unsigned int fbp_ftz_enter(unsigned int mode) { (void)mode; return 0u; }
+    static void fbp_ftz_leave(unsigned int old) { (void)old; }
     #endif
     #ifdef _OPENMP
     static int fbp_team_size(void) { return omp_get_num_threads(); }
@@ -137,6 +161,9 @@ cdef extern from *:
     unsigned int fbp_ftz_set(int on) nogil
     void fbp_ftz_restore(unsigned int old) nogil
     int fbp_ftz_is_on() nogil
+    unsigned int fbp_ftz_mode() nogil
+    unsigned int fbp_ftz_enter(unsigned int mode) nogil
+    void fbp_ftz_leave(unsigned int old) nogil
     int fbp_team_size() nogil
 
 cdef extern from *:
@@ -154,6 +181,217 @@ cdef extern from *:
     void fbp_count_parallel(int team) nogil
     int64_t fbp_parallel_count() nogil
 
+cdef extern from *:
+    """
+    /* A team: the threads of one parallel region, which may run many steps.
+       Thread 0 (the caller) drives: for each step it publishes a generation
+       g with the step's waves (a wave: n tiles that may run in any order),
+       then takes tiles itself.  The other threads wait for a new generation,
+       then take tiles from the same waves.  A tile is claimed by a CAS on
+       word[v] = (g << 32) | next: a thread still on an old generation (one
+       that was descheduled and wakes late) fails the tag check and goes back
+       to waiting, so nobody ever waits for a thread that holds no tile; a
+       thread waits only for tiles in progress (wave by wave), spinning
+       briefly, then asleep on a futex (an event count) so that a descheduled
+       holder gets the core back at once.  Publishing: every word is first
+       tagged with g but no tile (so no claim of g-1 can succeed while the
+       step's data are rewritten), then the step data, then the words, then
+       seq = g.  A claimed tile's data are stable: a generation ends only
+       when all its claimed tiles are finished.  fbp_team_finish publishes a
+       tile's writes (seq_cst increments), fbp_team_wait_wave returns once
+       every tile's writes are visible. */
+    #include <limits.h>
+    #include <string.h>
+    #if defined(__linux__)
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #elif defined(_WIN32)
+    #include <windows.h>
+    #else
+    #include <sched.h>
+    #endif
+    #define FBP_MAXW 129
+    #define FBP_SPIN 2000
+    #define FBP_NO_TILE 0x7fffffffLL
+    typedef struct {
+        int64_t word[FBP_MAXW];
+        int done[FBP_MAXW];
+        int n[FBP_MAXW];
+        int nw, loss_wave, hi;
+        unsigned seq;
+        int quit, ev, sleepers;
+        /* thread 0 only: run serially until this time (ns), and the last backoff */
+        int64_t serial_until, backoff;
+    } fbp_team;
+    #include <time.h>
+    static int64_t fbp_now_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+    }
+    /* Thread 0, before a step: 1 while the team is backing off (serial). */
+    static int fbp_team_backing_off(fbp_team *T) {
+        return T->serial_until != 0 && fbp_now_ns() < T->serial_until;
+    }
+    /* Thread 0, after a parallel step that took step_ns, of which it spent
+       wait_ns waiting for tiles that other threads held: when more than half
+       the step went on waiting (the other threads are descheduled: a busy
+       machine), run the next steps serially for 20 times that wait (so a
+       failed attempt costs at most ~5%), doubling while attempts keep
+       failing, up to a second; a good step ends the backoff.  Results do
+       not depend on it (they do not depend on the thread count). */
+    static void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns) {
+        if (2 * wait_ns > step_ns && wait_ns > 20000) {
+            int64_t b = 20 * wait_ns;
+            if (T->backoff * 2 > b) b = T->backoff * 2;
+            if (b > 1000000000LL) b = 1000000000LL;
+            T->backoff = b;
+            T->serial_until = fbp_now_ns() + b;
+        } else {
+            T->backoff = 0;
+            T->serial_until = 0;
+        }
+    }
+    static inline void fbp_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
+    static void fbp_team_init(fbp_team *T) { memset(T, 0, sizeof *T); }
+    static void fbp_notify(fbp_team *T) {
+        __atomic_add_fetch(&T->ev, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&T->sleepers, __ATOMIC_SEQ_CST) > 0) {
+    #if defined(__linux__)
+            syscall(SYS_futex, &T->ev, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    #endif
+        }
+    }
+    static void fbp_sleep(fbp_team *T, int e) {
+    #if defined(__linux__)
+        syscall(SYS_futex, &T->ev, FUTEX_WAIT_PRIVATE, e, NULL, NULL, 0);
+    #elif defined(_WIN32)
+        (void)T; (void)e; SwitchToThread();
+    #else
+        (void)T; (void)e; sched_yield();
+    #endif
+    }
+    /* Caller: no claim succeeds from now until fbp_team_open(g). */
+    static void fbp_team_invalidate(fbp_team *T, unsigned g) {
+        for (int v = 0; v < T->hi; v++)
+            __atomic_store_n(&T->word[v], ((int64_t)g << 32) | FBP_NO_TILE, __ATOMIC_SEQ_CST);
+    }
+    static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int loss_wave) {
+        int top = nw > T->hi ? nw : T->hi;
+        for (int v = 0; v < top; v++) {
+            __atomic_store_n(&T->done[v], 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&T->n[v], v < nw ? n[v] : 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&T->word[v], (int64_t)g << 32, __ATOMIC_SEQ_CST);
+        }
+        T->hi = top;
+        __atomic_store_n(&T->nw, nw, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&T->loss_wave, loss_wave, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&T->seq, g, __ATOMIC_SEQ_CST);
+        fbp_notify(T);
+    }
+    static void fbp_team_quit(fbp_team *T) {
+        __atomic_store_n(&T->quit, 1, __ATOMIC_SEQ_CST);
+        fbp_notify(T);
+    }
+    static int fbp_team_nw(fbp_team *T) { return __atomic_load_n(&T->nw, __ATOMIC_SEQ_CST); }
+    static int fbp_team_loss_wave(fbp_team *T) { return __atomic_load_n(&T->loss_wave, __ATOMIC_SEQ_CST); }
+    /* A tile of wave v of generation g: its index, -1 when none is left, -2
+       when g is over. */
+    static int fbp_team_claim(fbp_team *T, int v, unsigned g) {
+        int64_t w = __atomic_load_n(&T->word[v], __ATOMIC_SEQ_CST);
+        for (;;) {
+            if ((unsigned)((uint64_t)w >> 32) != g) return -2;
+            int64_t idx = w & 0xffffffffLL;
+            if (idx >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST)) return -1;
+            if (__atomic_compare_exchange_n(&T->word[v], &w, w + 1, 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                return (int)idx;
+        }
+    }
+    static void fbp_team_finish(fbp_team *T, int v) {
+        if (__atomic_add_fetch(&T->done[v], 1, __ATOMIC_SEQ_CST) ==
+            __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
+            fbp_notify(T);
+    }
+    /* 0: wave v of g is finished; -2: g is over; 1: not yet. */
+    static int fbp_wave_state(fbp_team *T, int v, unsigned g) {
+        if (__atomic_load_n(&T->done[v], __ATOMIC_SEQ_CST) >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
+            return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 0 : -2;
+        return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 1 : -2;
+    }
+    static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
+        int r, e;
+        for (int i = 0; i < FBP_SPIN; i++) {
+            if ((r = fbp_wave_state(T, v, g)) != 1) return r;
+            fbp_pause();
+        }
+        __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        for (;;) {
+            e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
+            if ((r = fbp_wave_state(T, v, g)) != 1) break;
+            fbp_sleep(T, e);
+        }
+        __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        return r;
+    }
+    /* A worker: the next generation after `last`, or 0 once the team quits. */
+    static unsigned fbp_team_next(fbp_team *T, unsigned last) {
+        unsigned g = 0;
+        int e;
+        for (int i = 0; i < FBP_SPIN; i++) {
+            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
+            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
+            fbp_pause();
+        }
+        __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        for (;;) {
+            e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) { g = 0; break; }
+            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) break;
+            fbp_sleep(T, e);
+        }
+        __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+        return g;
+    }
+    /* Ctrl-C from inside a region (thread 0, the caller's thread): -1 with
+       the exception set in the caller's thread state. */
+    static int fbp_poll_signals(void) {
+        PyGILState_STATE st = PyGILState_Ensure();
+        int r = PyErr_CheckSignals();
+        PyGILState_Release(st);
+        return r;
+    }
+    """
+    ctypedef struct fbp_team:
+        pass
+    void fbp_team_init(fbp_team *T) nogil
+    void fbp_team_invalidate(fbp_team *T, unsigned g) nogil
+    void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int loss_wave) nogil
+    void fbp_team_quit(fbp_team *T) nogil
+    int fbp_team_nw(fbp_team *T) nogil
+    int fbp_team_loss_wave(fbp_team *T) nogil
+    int fbp_team_claim(fbp_team *T, int v, unsigned g) nogil
+    void fbp_team_finish(fbp_team *T, int v) nogil
+    int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) nogil
+    unsigned fbp_team_next(fbp_team *T, unsigned last) nogil
+    int fbp_poll_signals() nogil
+    int64_t fbp_now_ns() nogil
+    int fbp_team_backing_off(fbp_team *T) nogil
+    void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns) nogil
+
+cdef extern from *:
+    """
+    /* Marks this library for threadpoolctl (fastbp/_threads.py registers a
+       controller that looks for this symbol). */
+    __attribute__((visibility("default"))) int fastbp_kernels_abi(void) { return 1; }
+    """
+    int fastbp_kernels_abi() nogil
+
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
 
@@ -170,10 +408,34 @@ cdef enum:
     LOSS_BCE = 1
     LOSS_CE = 2
 
-# A batch step goes parallel only from this many multiply-adds (of the forward
-# pass); below it the parallel region costs more than it saves.  Results do
-# not depend on it; the tests lower it to run the parallel path on small nets.
+# Threads: a step (or a predict chunk) uses one thread per this many
+# multiply-adds of its forward pass, at most n_threads: a step too small to
+# gain runs serially, with no parallel region.  Its tiles are cut no finer than
+# a quarter of it.  Results do not depend on it; the tests lower it (to 0: as
+# many threads and tiles as the shape allows) to run the parallel paths on
+# small nets.
 cdef int64_t par_min_macs = 65536
+
+cdef enum:
+    # Row split (each tile: some batch rows through every layer) while every
+    # thread gets at least this many rows, else the output units of every
+    # layer are split (one wave per layer).
+    ROWS_PER_THREAD = 16
+    # Tiles per thread: rows (each row tile packs every W again) and units.
+    ROW_TILES_PER_THREAD = 2
+    UNIT_TILES_PER_THREAD = 4
+    # More row tiles than ROW_TILES_PER_THREAD per thread (shorter tiles: less
+    # to wait for when a thread loses its core) only for steps of more than
+    # TILE_MACS multiply-adds per tile, and never under this many rows per
+    # tile: every row tile packs each W again, and a packed element must
+    # serve many rows to cost little next to the micro-kernel.  (Column
+    # tiles of the unit split pack their own slice of W, and their rows are
+    # few: no such cost.)
+    ROW_TILE_MIN_ROWS = 64
+    MAX_TILES = 1024
+    MAX_WAVES = 2 * 64 + 1
+
+cdef int64_t TILE_MACS = 16 * 1024 * 1024
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -189,12 +451,22 @@ cdef struct Spec:
     int output              # OUT_*
     int loss                # LOSS_*
     int n_threads
-    int ftz                 # -1: leave FTZ/DAZ alone, else 0/1 in a step's threads
+    unsigned int ftz        # the caller's FTZ/DAZ bits, set in every thread of a region
+    int elem                # bytes per element (4, 8): the GEMM's tile shape
+
+
+cdef enum:
+    # What a call's workspace holds besides the activations A_1..A_L and yhat.
+    WS_GATHER = 1           # A_0 and y: the gathered (shuffled) batch
+    WS_TARGETS = 2          # lossv, hitv
+    WS_DELTAS = 4           # delta_1..delta_L
+    WS_COLSUM = 8           # bias-gradient scratch of the fused SGD step
+    WS_FIT = 15
 
 
 cdef struct Work:
     int64_t rows            # capacity in batch rows
-    int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers
+    int64_t act[65]         # act[k]: offset of A_k (rows, sizes[k]), k = 0..n_layers (A_0: WS_GATHER)
     int64_t yhat            # (rows, n_out) outputs after the output activation
     int64_t delta[65]       # delta[k]: offset of dloss/dZ_k (rows, sizes[k]), k = 1..n_layers
     int64_t y               # (rows, n_out) gathered targets
@@ -207,30 +479,40 @@ cdef struct Work:
 MAX_LAYERS = 64
 
 
-cdef Work make_work(const Spec *s, int64_t rows) noexcept:
-    """Offsets of every scratch array inside one flat workspace of `rows` rows."""
+cdef Work make_work(const Spec *s, int64_t rows, int what) noexcept nogil:
+    """Offsets of the scratch arrays a call needs (`what`: WS_* flags) inside
+    one flat workspace of `rows` rows; -1 for the ones it does not need."""
     cdef Work w
     cdef int64_t off = 0
-    cdef int k
+    cdef int k, L = s.n_layers
     w.rows = rows
-    for k in range(s.n_layers + 1):
+    w.act[0] = w.y = w.lossv = w.hitv = w.delta[0] = -1
+    if what & WS_GATHER:
+        w.act[0] = off
+        off += rows * s.sizes[0]
+    for k in range(1, L + 1):
         w.act[k] = off
         off += rows * s.sizes[k]
     w.yhat = off
-    off += rows * s.sizes[s.n_layers]
-    w.delta[0] = -1
-    for k in range(1, s.n_layers + 1):
-        w.delta[k] = off
-        off += rows * s.sizes[k]
-    w.y = off
-    off += rows * s.sizes[s.n_layers]
-    w.lossv = off
-    off += rows
-    w.hitv = off
-    off += rows
-    for k in range(s.n_layers):   # one per layer: threads reach layers at different times
-        w.colsum[k] = off
-        off += s.sizes[k + 1]
+    off += rows * s.sizes[L]
+    for k in range(1, L + 1):
+        w.delta[k] = -1
+        if what & WS_DELTAS:
+            w.delta[k] = off
+            off += rows * s.sizes[k]
+    if what & WS_GATHER:
+        w.y = off
+        off += rows * s.sizes[L]
+    if what & WS_TARGETS:
+        w.lossv = off
+        off += rows
+        w.hitv = off
+        off += rows
+    for k in range(L):   # one per layer: tiles of different layers run at once
+        w.colsum[k] = -1
+        if what & WS_COLSUM:
+            w.colsum[k] = off
+            off += s.sizes[k + 1]
     w.size = off
     return w
 
@@ -246,11 +528,11 @@ cdef inline void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
                       const floating *dsrc, int64_t ldd,                  # IN
                       int n_threads) noexcept nogil:
     if floating is float:
-        fbp_gemm_f32(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
-                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+        fbp_gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                     bias, act, dsrc, ldd, n_threads)
     else:
-        fbp_gemm_f64(ta, tb, <int>M, <int>N, <int>K, alpha, A, <int>lda, B, <int>ldb,
-                     beta, C, <int>ldc, bias, act, dsrc, <int>ldd, n_threads)
+        fbp_gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                     bias, act, dsrc, ldd, n_threads)
 
 
 cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
@@ -369,20 +651,135 @@ cdef double hit_row(const Spec *s,
 
 
 # ---------------------------------------------------------------------------
-# Batch kernels.  A step is two phases:
-#   1. per batch row (a thread owns a contiguous range of rows): gather the row,
-#      forward through every layer, loss and delta_L, then every delta_k
-#      down to the first layer, all with the weights as they are;
-#   2. per row of W_k (a thread owns a contiguous range of each layer's output
-#      units): the weight and bias gradient of those units, or the SGD step on
-#      them, which needs every row's delta (hence the barrier between phases).
-# Each phase writes only what its thread owns, and every GEMM element comes out
-# the same whatever the row or unit range it is computed in (fbp_gemm.h), so a
-# step gives the same bits on 1 thread as on any number of them.
+# Batch kernels.  A step is, in order:
+#   1. per batch row: gather the row, forward through every layer, loss and
+#      delta_L, then every delta_k down to the first layer, all with the
+#      weights as they are;
+#   2. per row of W_k (output unit): the weight and bias gradient of that
+#      unit, or the SGD step on it, which needs every row's delta.
+# With threads the work is cut into tiles that any thread of the step takes
+# from a shared counter (see fbp_team): a "wave" is a set of tiles that may run
+# in any order, and a thread moves to the next wave once every tile of this
+# one is finished.  Two plans:
+#   * row split (enough rows per thread): wave 0 = row tiles of part 1,
+#     wave 1 = unit tiles of part 2 (every layer's units, one list);
+#   * unit split (a small batch): part 1 layer by layer, each GEMM's output
+#     columns cut into tiles: forward waves 0..L-1, one wave of output rows
+#     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
+#     part-2 wave.
+# Each tile writes only its own rows (row split) or columns (unit split) of
+# A_k / delta_k, its own slots of yhat, lossv, hitv, and in part 2 its own
+# rows of W_k, grad, entries of b_k and of colsum; what it reads was finished
+# in an earlier wave.  So every write inside a parallel region is private to
+# the thread running that tile.  The GEMM gives each element the same bits
+# whatever block it is computed in (fbp_gemm.h), per-sample losses are summed
+# in row order and bias gradients are column sums in row order, so a step
+# gives the same bits on 1 thread as on any number of them, whichever thread
+# takes which tile.
 
-cdef inline int64_t part(int64_t n, int t, int nt) noexcept nogil:
+cdef struct Plan:
+    int nt                  # threads asked for (1: serial, no parallel region)
+    bint by_units           # unit split (else row split)
+    int n_waves
+    int loss_wave           # the loss is complete after this wave (-1: no loss)
+    int64_t row_align       # row tiles start at multiples of this
+    int64_t mr, nr          # the GEMM's micro-tile (units align to mr, columns to nr)
+    int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
+    int n_tiles[MAX_WAVES]  # tiles of each wave
+
+
+cdef struct Job:
+    # One step (or forward chunk) as every thread of the team reads it (only
+    # after claiming one of its tiles: then it cannot change).
+    Plan plan
+    void *theta
+    void *grad
+    void *snap
+    const int64_t *rows
+    int64_t start, m
+    double lr
+    bint train
+    bint has_y
+
+
+cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
     """Start of part t of n items split into nt contiguous parts."""
     return n * t // nt
+
+
+cdef inline int64_t cut(int64_t n, int64_t t, int64_t nt, int64_t align) noexcept nogil:
+    """Start of tile t of n items cut into nt tiles at multiples of align."""
+    return min(n, part((n + align - 1) // align, t, nt) * align)
+
+
+cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt) noexcept nogil:
+    """Tiles for n items (at multiples of align) worth `macs` multiply-adds."""
+    cdef int64_t t = UNIT_TILES_PER_THREAD * nt, lim = (n + align - 1) // align
+    if par_min_macs > 0:
+        t = min(t, max(<int64_t>1, 4 * macs // par_min_macs))
+    return <int>max(<int64_t>1, min(min(t, lim), <int64_t>MAX_TILES))
+
+
+cdef inline int64_t widest(int64_t n, int64_t nt, int64_t align) noexcept nogil:
+    """The widest of the tiles cut(n, t, nt, align) (for buffer sizes)."""
+    return min(n, (((n + align - 1) // align + nt - 1) // nt) * align)
+
+
+cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
+    cdef int64_t macs = 0
+    cdef int k
+    for k in range(s.n_layers):
+        macs += s.sizes[k] * s.sizes[k + 1]
+    return m * macs
+
+
+cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
+                    Plan *p) noexcept nogil:
+    """Threads, split and tiles for m rows: a training step (train), or a
+    forward pass, with per-sample losses when with_loss."""
+    cdef int64_t macs = forward_macs(s, m), units, work, t1
+    cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
+    if par_min_macs > 0:
+        nt = <int>min(<int64_t>nt, macs // par_min_macs)
+    p.nt = max(1, nt)
+    p.loss_wave = -1
+    p.n_waves = 0
+    if p.nt == 1:
+        return
+    fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
+    nt = p.nt
+    p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
+    if not p.by_units:
+        p.row_align = p.mr if m >= 4 * p.mr * nt else 1
+        work = 3 * macs if train else macs
+        t1 = max(<int64_t>ROW_TILES_PER_THREAD * nt, work // TILE_MACS)
+        t1 = min(t1, max(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROW_TILE_MIN_ROWS))
+        t1 = min(t1, (m + p.row_align - 1) // p.row_align)
+        p.n_tiles[0] = <int>t1
+    if not p.by_units:
+        if with_loss:
+            p.loss_wave = 0
+        nw = 1
+    else:
+        for k in range(L):       # forward, layer by layer, output columns
+            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+            nw += 1
+        p.n_tiles[nw] = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
+        if with_loss:
+            p.loss_wave = nw
+        nw += 1
+        if train:
+            for k in range(L - 1, 0, -1):   # delta_k, columns
+                p.n_tiles[nw] = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+                nw += 1
+    if train:
+        p.p2_first[0] = 0
+        for k in range(L):
+            units = s.sizes[k + 1]
+            p.p2_first[k + 1] = p.p2_first[k] + tiles_for(units, m * s.sizes[k] * units, p.mr, nt)
+        p.n_tiles[nw] = <int>p.p2_first[L]
+        nw += 1
+    p.n_waves = nw
 
 
 cdef void forward_rows(const Spec *s,
@@ -392,19 +789,27 @@ cdef void forward_rows(const Spec *s,
                        int64_t r0, int64_t r1) noexcept nogil:
     """Every layer's activations for batch rows r0..r1, cached in the workspace."""
     cdef int k, L = s.n_layers
-    cdef int64_t i, n_in, n_out
+    cdef int64_t i, n_out
     for k in range(L):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        gemm(0, 1, r1 - r0, n_out, n_in,
-             <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
-             theta + s.w_off[k], n_in,
-             <floating>0, ws + w.act[k + 1] + r0 * n_out, n_out,
-             theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
-             s.hidden if k < L - 1 else ACT_IDENTITY,
-             NULL, 0, 1)
+        forward_cols(s, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
     n_out = s.sizes[L]
     for i in range(r0, r1):
         output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
+
+
+cdef inline void forward_cols(const Spec *s, const floating *theta,
+                              floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1]
+                              const floating *x,             # IN  batch input (ld n_in)
+                              int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1])."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 1, r1 - r0, j1 - j0, n_in,
+         <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
+         theta + s.w_off[k] + j0 * n_in, n_in,
+         <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
+         theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
+         s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
+         NULL, 0, 1)
 
 
 cdef void loss_rows(const Spec *s,
@@ -424,20 +829,39 @@ cdef void loss_rows(const Spec *s,
             ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
 
 
+cdef inline void backprop_cols(const Spec *s, const floating *theta,
+                               floating *ws, const Work *w,  # IN delta_{k+1}, A_k; OUT delta_k[r0:r1, j0:j1]
+                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 0, r1 - r0, j1 - j0, n_out,
+         <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
+         theta + s.w_off[k] + j0, n_in,
+         <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
+         NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
+
+
 cdef void backprop_rows(const Spec *s,
                         const floating *theta,        # IN  parameters (unchanged yet)
                         floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
                         int64_t r0, int64_t r1) noexcept nogil:
-    """delta_k = (delta_{k+1} W_{k+1}) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
+    """delta_k = (delta_{k+1} W_k) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
     cdef int k
-    cdef int64_t n_in, n_out
     for k in range(s.n_layers - 1, 0, -1):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        gemm(0, 0, r1 - r0, n_in, n_out,
-             <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
-             theta + s.w_off[k], n_in,
-             <floating>0, ws + w.delta[k] + r0 * n_in, n_in,
-             NULL, s.hidden, ws + w.act[k] + r0 * n_in, n_in, 1)
+        backprop_cols(s, theta, ws, w, k, r0, r1, 0, s.sizes[k])
+
+
+cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
+                      const floating *X, const floating *Y,   # IN the data set
+                      const int64_t *rows,                    # IN the batch's row indices
+                      int64_t r0, int64_t r1) noexcept nogil:
+    """Copy rows r0..r1 of the batch into A_0 and y."""
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    for i in range(r0, r1):   # loops, not memcpy: rows of tiny nets are a few values
+        for j in range(n_in):
+            ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+        for j in range(n_out):
+            ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
 
 
 cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work *w,
@@ -446,15 +870,10 @@ cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work 
                  int64_t start, int64_t m, int64_t r0, int64_t r1,
                  bint want_delta) noexcept nogil:
     """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
-    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
-    cdef const floating *x = X + start * n_in
-    cdef const floating *y = Y + start * n_out
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[s.n_layers]
     if rows != NULL:
-        for i in range(r0, r1):
-            for j in range(n_in):
-                ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
-            for j in range(n_out):
-                ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
+        gather_rows(s, ws, w, X, Y, rows, r0, r1)
         x = ws + w.act[0]
         y = ws + w.y
     forward_rows(s, theta, ws, w, x, r0, r1)
@@ -463,50 +882,44 @@ cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work 
         backprop_rows(s, theta, ws, w, r0, r1)
 
 
-cdef void phase2(const Spec *s,
-                 floating *theta,        # IN, and OUT when grad == NULL
-                 floating *grad,         # OUT gradient of the mean loss, or NULL
-                 floating lr,            # the SGD step when grad == NULL
-                 floating *snap,         # OUT copy of what this call updates, or NULL
-                 floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
-                 const floating *x,      # IN batch input, row 0 (ld n_in)
-                 int64_t m, int t, int nt) noexcept nogil:
-    """Part t of nt of every layer's output units: store their gradient, or step them."""
-    cdef int k
-    cdef int64_t j, o0, o1, n_in, n_out
-    cdef const floating *d
-    cdef const floating *h
+cdef void update_units(const Spec *s,
+                       floating *theta,        # IN, and OUT when grad == NULL
+                       floating *grad,         # OUT gradient of the mean loss, or NULL
+                       floating lr,            # the SGD step when grad == NULL
+                       floating *snap,         # OUT copy of what this call updates, or NULL
+                       floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
+                       const floating *x,      # IN batch input, row 0 (ld n_in)
+                       int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
+    """Units o0..o1 of layer k: store their gradient, or step them."""
+    cdef int64_t j, n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    cdef const floating *d = ws + w.delta[k + 1] + o0   # columns o0..o1 of delta (ld n_out)
+    cdef const floating *h = x if k == 0 else ws + w.act[k]
     cdef floating *colsum
-    for k in range(s.n_layers):
-        n_in, n_out = s.sizes[k], s.sizes[k + 1]
-        o0, o1 = part(n_out, t, nt), part(n_out, t + 1, nt)
-        colsum = ws + w.colsum[k]
-        if o1 == o0:
-            continue
-        d = ws + w.delta[k + 1] + o0       # columns o0..o1 of delta (ld n_out)
-        h = x if k == 0 else ws + w.act[k]
-        if grad != NULL:
-            gemm(1, 0, o1 - o0, n_in, m,
-                 <floating>1, d, n_out, h, n_in,
-                 <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
-                 NULL, ACT_IDENTITY, NULL, 0, 1)
-            if s.b_off[k] >= 0:
-                column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
-            continue
-        if snap != NULL:
-            memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
-                   (o1 - o0) * n_in * sizeof(floating))
-            if s.b_off[k] >= 0:
-                memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
-                       (o1 - o0) * sizeof(floating))
+    if o1 <= o0:
+        return
+    if grad != NULL:
         gemm(1, 0, o1 - o0, n_in, m,
-             -lr, d, n_out, h, n_in,
-             <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+             <floating>1, d, n_out, h, n_in,
+             <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
              NULL, ACT_IDENTITY, NULL, 0, 1)
         if s.b_off[k] >= 0:
-            column_sums(d, m, o1 - o0, n_out, colsum + o0)
-            for j in range(o0, o1):
-                theta[s.b_off[k] + j] -= lr * colsum[j]
+            column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
+        return
+    if snap != NULL:
+        memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
+               (o1 - o0) * n_in * sizeof(floating))
+        if s.b_off[k] >= 0:
+            memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
+                   (o1 - o0) * sizeof(floating))
+    gemm(1, 0, o1 - o0, n_in, m,
+         -lr, d, n_out, h, n_in,
+         <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+         NULL, ACT_IDENTITY, NULL, 0, 1)
+    if s.b_off[k] >= 0:
+        colsum = ws + w.colsum[k]
+        column_sums(d, m, o1 - o0, n_out, colsum + o0)
+        for j in range(o0, o1):
+            theta[s.b_off[k] + j] -= lr * colsum[j]
 
 
 cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
@@ -518,18 +931,122 @@ cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
     return total
 
 
-cdef int step_threads(const Spec *s, int64_t m) noexcept nogil:
-    """Threads worth using for one step of m rows (1: no parallel region)."""
-    cdef int64_t macs = 0
-    cdef int k
-    for k in range(s.n_layers):
-        macs += s.sizes[k] * s.sizes[k + 1]
-    if s.n_threads <= 1 or m < 2 or m * macs < par_min_macs:
-        return 1
-    return <int>min(<int64_t>s.n_threads, m)
+cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
+                   floating *theta, floating *grad, floating lr, floating *snap,
+                   floating *ws, const Work *w,
+                   const floating *X, const floating *Y, const int64_t *rows,
+                   int64_t start, int64_t m, bint train) noexcept nogil:
+    """Tile t of wave `wave` of the plan (see the block above Plan)."""
+    cdef int L = s.n_layers, k
+    cdef int64_t n = p.n_tiles[wave], a, b, i
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[L] if Y != NULL else NULL
+    if rows != NULL:
+        x = ws + w.act[0]
+        y = ws + w.y
+    if train and wave == p.n_waves - 1:       # part 2: the units of one layer
+        k = 0
+        while p.p2_first[k + 1] <= t:
+            k += 1
+        n = p.p2_first[k + 1] - p.p2_first[k]
+        t -= p.p2_first[k]
+        update_units(s, theta, grad, lr, snap, ws, w, x, m, k,
+                     cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr))
+    elif not p.by_units:                      # row split: rows through everything
+        a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
+        if Y == NULL:
+            forward_rows(s, theta, ws, w, x, a, b)
+        else:
+            phase1(s, theta, ws, w, X, Y, rows, start, m, a, b, train)
+    elif wave < L:                            # unit split: forward of layer `wave`
+        k = wave
+        forward_cols(s, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
+                     cut(s.sizes[k + 1], t + 1, n, p.nr))
+    elif wave == L:                           # output activation and loss rows
+        a, b = part(m, t, n), part(m, t + 1, n)
+        for i in range(a, b):
+            output_row(s, ws + w.act[L] + i * s.sizes[L], ws + w.yhat + i * s.sizes[L])
+        if Y != NULL:
+            loss_rows(s, ws, w, y, m, a, b, train)
+    else:                                     # delta_k, k = L-1 .. 1
+        k = L - 1 - (wave - L - 1)
+        backprop_cols(s, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
+                      cut(s.sizes[k], t + 1, n, p.nr))
 
 
-cdef int batch_step(const Spec *s,
+cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *job,
+                    floating *theta, floating *ws, const floating *X, const floating *Y,
+                    bint caller, int64_t *waited) noexcept nogil:
+    """One thread's share of generation g: take tiles until a wave has none
+    left, wait for the ones still running, go on to the next wave.  After the
+    loss wave every thread sums the losses (in row order: all agree) and
+    stops before the updates when the sum is not finite (returns 1).  -2:
+    generation g is over (a late thread).  Workers do not wait for the last
+    wave; the caller does, so the step is complete when it returns."""
+    cdef int v, t, r, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
+    cdef int64_t t0
+    for v in range(nw):
+        while True:
+            t = fbp_team_claim(T, v, g)
+            if t == -2:
+                return -2
+            if t < 0:
+                break
+            run_tile(s, &job.plan, v, t, theta, <floating *>job.grad, <floating>job.lr,
+                     <floating *>job.snap, ws, w, X, Y if job.has_y else NULL, job.rows,
+                     job.start, job.m, job.train)
+            fbp_team_finish(T, v)
+        if v == nw - 1 and not caller:
+            return 0
+        if caller:
+            t0 = fbp_now_ns()
+            r = fbp_team_wait_wave(T, v, g)
+            waited[0] += fbp_now_ns() - t0
+        else:
+            r = fbp_team_wait_wave(T, v, g)
+        if r != 0:
+            return -2
+        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
+            return 1
+    return 0
+
+
+cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
+                      floating *theta, floating *ws, const floating *X,
+                      const floating *Y) noexcept nogil:
+    """A thread of the team other than the caller: every generation until quit."""
+    cdef unsigned g = 0
+    while True:
+        g = fbp_team_next(T, g)
+        if g == 0:
+            return
+        team_waves(T, g, s, w, job, theta, ws, X, Y, False, NULL)
+
+
+cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
+                   const Spec *s, const Work *w,
+                   floating *theta, floating *grad, floating lr, floating *snap,
+                   floating *ws, const floating *X, const floating *Y,
+                   const int64_t *rows, int64_t start, int64_t m, bint train) noexcept nogil:
+    """The caller: publish one step (or chunk) to the team, then take part."""
+    cdef int64_t t0 = fbp_now_ns(), waited = 0
+    cdef unsigned g = gen[0] + 1
+    if g == 0:
+        g = 1
+    gen[0] = g
+    fbp_team_invalidate(T, g)      # from here no claim succeeds until open
+    job.plan = p[0]
+    job.theta, job.grad, job.snap, job.lr = theta, grad, snap, lr
+    job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
+    if rows != NULL and p.by_units:   # the (small) batch is gathered first
+        gather_rows(s, ws, w, X, Y, rows, 0, m)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
+    team_waves(T, g, s, w, job, theta, ws, X, Y, True, &waited)
+    if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
+        fbp_team_account(T, fbp_now_ns() - t0, waited)
+
+
+cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
                     floating *theta,            # IN, OUT when grad == NULL
                     floating *grad,             # OUT the gradient, or NULL for the fused SGD step
                     floating lr,
@@ -542,72 +1059,48 @@ cdef int batch_step(const Spec *s,
     """One batch: the gradient into `grad`, or the plain SGD step on theta.
 
     Returns 1 (and changes nothing) when the batch loss is not finite.
-    With one thread the phases run in turn; with more, in one parallel region
-    with a barrier between them.  `snap` is filled just before theta changes.
+    Serially the two parts run in turn; with a team (T != NULL) and a step
+    worth splitting, as the plan's waves.  `snap` is filled just before
+    theta changes.
     """
-    cdef int nt = step_threads(s, m), t = 0, team = 1, p = 0
-    cdef unsigned int csr = 0
+    cdef Plan p
+    cdef int k
     cdef const floating *x = X + start * s.sizes[0]
-    cdef double total = 0.0
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, True, True, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
+            loss[0] = row_sum(ws + w.lossv, m)
+            return 0 if isfinite(loss[0]) else 1
     if rows != NULL:
         x = ws + w.act[0]
-    if nt == 1:
-        phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
-        loss[0] = row_sum(ws + w.lossv, m)
-        if not isfinite(loss[0]):
-            return 1
-        phase2(s, theta, grad, lr, snap, ws, w, x, m, 0, 1)
-        return 0
-    with parallel(num_threads=nt):
-        # OpenMP may give fewer threads than asked (OMP_DYNAMIC,
-        # OMP_THREAD_LIMIT, nesting): the work stays cut into nt parts and each
-        # thread of the team takes parts t, t + team, ...
-        t = threadid()
-        team = fbp_team_size()
-        if t == 0:
-            fbp_count_parallel(team)
-        csr = fbp_ftz_set(s.ftz) if s.ftz >= 0 else 0
-        p = t
-        while p < nt:
-            phase1(s, theta, ws, w, X, Y, rows, start, m, part(m, p, nt), part(m, p + 1, nt), True)
-            p = p + team
-        FBP_BARRIER()
-        # Every thread sums the losses in the same order, so all agree.
-        total = row_sum(ws + w.lossv, m)
-        if isfinite(total):
-            p = t
-            while p < nt:
-                phase2(s, theta, grad, lr, snap, ws, w, x, m, p, nt)
-                p = p + team
-        if s.ftz >= 0:
-            fbp_ftz_restore(csr)
+    phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
     loss[0] = row_sum(ws + w.lossv, m)
-    return 0 if isfinite(loss[0]) else 1
+    if not isfinite(loss[0]):
+        return 1
+    for k in range(s.n_layers):
+        update_units(s, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
+    return 0
 
 
-cdef void predict_rows(const Spec *s, const floating *theta, floating *ws, const Work *w,
+cdef void predict_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+                       const floating *theta, floating *ws, const Work *w,
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
                        int64_t start, int64_t m) noexcept nogil:
-    """Forward (with Y, also the per-sample losses) of m rows from `start`;
-    thread t computes rows part(m, t) .. part(m, t + 1) only."""
-    cdef int nt = step_threads(s, m), t = 0
-    if nt == 1:
-        predict_part(s, theta, ws, w, X, Y, start, m, 0, m)
-        return
-    for t in prange(nt, schedule='static', num_threads=nt):
-        if t == 0:
-            fbp_count_parallel(fbp_team_size())
-        predict_part(s, theta, ws, w, X, Y, start, m, part(m, t, nt), part(m, t + 1, nt))
-
-
-cdef inline void predict_part(const Spec *s, const floating *theta, floating *ws, const Work *w,
-                              const floating *X, const floating *Y,
-                              int64_t start, int64_t m, int64_t r0, int64_t r1) noexcept nogil:
+    """Forward (with Y, also the per-sample losses) of m rows from `start`,
+    into rows 0..m-1 of the workspace."""
+    cdef Plan p
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, False, Y != NULL, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
+                     NULL, start, m, False)
+            return
     if Y != NULL:
-        phase1(s, theta, ws, w, X, Y, NULL, start, m, r0, r1, False)
+        phase1(s, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
-        forward_rows(s, theta, ws, w, X + start * s.sizes[0], r0, r1)
+        forward_rows(s, theta, ws, w, X + start * s.sizes[0], 0, m)
 
 
 cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
@@ -667,6 +1160,7 @@ cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
 
 
 cdef int run_epoch(const Spec *s,
+                   fbp_team *T, unsigned *gen, Job *job,   # the team, or T == NULL: serial
                    floating *theta,           # IN/OUT parameters
                    floating *grad,            # scratch gradient (optimizer path), or NULL
                    floating *velocity,        # IN/OUT momentum buffer, or NULL
@@ -683,7 +1177,7 @@ cdef int run_epoch(const Spec *s,
                    int64_t snap_step,
                    int64_t n_params,
                    Totals *t,                 # OUT what the epoch saw
-                   ) except -1 nogil:
+                   ) noexcept nogil:
     """One epoch of mini-batch SGD, entirely in compiled code.
 
     Plain SGD (grad == NULL) fuses the update into the weight-gradient GEMM;
@@ -694,7 +1188,7 @@ cdef int run_epoch(const Spec *s,
     and before its update, theta (and the velocity) are copied to `snap`: the
     caller's point to rewind to should a later step diverge.  Polls for
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
-    KeyboardInterrupt set, again between steps.
+    KeyboardInterrupt set (in the calling thread's state), again between steps.
     """
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
@@ -707,7 +1201,7 @@ cdef int run_epoch(const Spec *s,
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
         snap_here = snap != NULL and first_step + steps == snap_step
-        if batch_step(s, theta, grad, <floating>o.lr,
+        if batch_step(s, T, gen, job, theta, grad, <floating>o.lr,
                       snap if snap_here and grad == NULL else NULL,
                       ws, w, X, Y, order + start if order != NULL else NULL,
                       start, m, &batch_loss):
@@ -727,9 +1221,112 @@ cdef int run_epoch(const Spec *s,
         macs += m * macs_per_row
         if macs >= SIGNAL_POLL_MACS:
             macs = 0
-            with gil:
-                PyErr_CheckSignals()
+            if fbp_poll_signals() == -1:
+                return -1
     return 0
+
+
+cdef int chunk_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+                    const floating *theta, floating *ws, const Work *w,
+                    const floating *X, const floating *Y,   # IN data, targets or NULL
+                    int64_t n, int64_t chunk,
+                    floating *out,          # OUT (n, n_out) outputs, or NULL
+                    double *totals          # OUT [loss sum, accuracy sum] with Y
+                    ) noexcept nogil:
+    """predict / loss over n rows, `chunk` rows at a time; -1 on Ctrl-C
+    (polled between chunks)."""
+    cdef int64_t start = 0, m, n_out = s.sizes[s.n_layers]
+    while start < n:
+        m = min(chunk, n - start)
+        predict_rows(s, T, gen, job, theta, ws, w, X, Y, start, m)
+        if out != NULL:
+            memcpy(out + start * n_out, ws + w.yhat, m * n_out * sizeof(floating))
+        if Y != NULL:
+            totals[0] += row_sum(ws + w.lossv, m)
+            if s.loss != LOSS_SQUARED:
+                totals[1] += row_sum(ws + w.hitv, m)
+        start += m
+        if start < n and fbp_poll_signals() == -1:
+            return -1
+    return 0
+
+
+cdef enum:
+    CALL_EPOCH = 0
+    CALL_CHUNKS = 1
+    CALL_GRAD = 2
+
+
+cdef struct Call:
+    # The arguments of one kernel call, for drive().
+    int kind
+    void *theta
+    void *grad
+    void *velocity
+    void *ws
+    void *snap
+    void *snap_vel
+    void *out
+    const void *X
+    const void *Y
+    const int64_t *order
+    int64_t n, batch_size, first_step, max_steps, snap_step, n_params, chunk
+    const Optim *o
+    Totals *t
+    double totals[2]        # chunks: loss and accuracy sums; grad: the loss sum
+
+
+cdef int drive(const Spec *s, const Work *w, Call *c, fbp_team *T, unsigned *gen, Job *job,
+               floating *theta) noexcept nogil:
+    """Run call c, with the team T (on its thread 0) or serially (T == NULL)."""
+    if c.kind == CALL_EPOCH:
+        return run_epoch(s, T, gen, job, theta, <floating *>c.grad, <floating *>c.velocity,
+                         <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
+                         c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps,
+                         <floating *>c.snap, <floating *>c.snap_vel, c.snap_step,
+                         c.n_params, c.t)
+    if c.kind == CALL_CHUNKS:
+        return chunk_rows(s, T, gen, job, theta, <floating *>c.ws, w, <const floating *>c.X,
+                          <const floating *>c.Y, c.n, c.chunk, <floating *>c.out, c.totals)
+    return batch_step(s, T, gen, job, theta, <floating *>c.grad, <floating>0, NULL,
+                      <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
+                      NULL, 0, c.n, &c.totals[0])
+
+
+cdef int run_call(const Spec *s, const Work *w, Call *c, int64_t rows, bint train,
+                  floating *theta) noexcept nogil:
+    """Run call c: serially when its largest step (`rows` rows) is too small
+    to split, else in ONE parallel region for the whole call (every step or
+    chunk of it), thread 0 driving the call and the others taking tiles.
+    Each thread runs with the caller's FTZ/DAZ mode and restores its own."""
+    cdef Plan p
+    cdef fbp_team T
+    cdef Job job
+    cdef unsigned gen = 0
+    cdef int status = 0, tid = 0
+    cdef int *status_p = &status
+    cdef unsigned int csr = 0
+    make_plan(s, rows, train, True, &p)
+    if p.nt <= 1:
+        return drive(s, w, c, NULL, &gen, &job, theta)
+    fbp_team_init(&T)
+    with parallel(num_threads=p.nt):
+        tid = threadid()
+        csr = fbp_ftz_enter(s.ftz)
+        if tid == 0:
+            fbp_count_parallel(fbp_team_size())
+            status_p[0] = drive(s, w, c, &T, &gen, &job, theta)
+            fbp_team_quit(&T)
+        else:
+            team_worker(&T, s, w, &job, theta, <floating *>c.ws, <const floating *>c.X,
+                        <const floating *>c.Y)
+        fbp_ftz_leave(csr)
+    return status
+
+
+cdef int _raise_pending() except -1:
+    """Propagate the exception a kernel left set (Ctrl-C)."""
+    return -1
 
 
 # ---------------------------------------------------------------------------
@@ -783,14 +1380,82 @@ cdef class Network:
         self.spec.w_off = &wo[0]
         self.spec.b_off = &bo[0]
 
-    def workspace_size(self, int64_t rows):
-        """Elements of scratch a call over `rows` batch rows allocates."""
-        return make_work(&self.spec, rows).size
+    def workspace_size(self, int64_t rows, str kind="fit"):
+        """Elements of scratch one call allocates for `rows` rows (a batch, or
+        a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
+        caller allocates it), "predict", "loss" or "gradients" (what those
+        calls allocate themselves, chunk rows or all of X for gradients)."""
+        cdef int what
+        if kind == "fit":
+            what = WS_FIT
+        elif kind == "predict":
+            what = 0
+        elif kind == "loss":
+            what = WS_TARGETS
+        elif kind == "gradients":
+            what = WS_TARGETS | WS_DELTAS
+        else:
+            raise ValueError(f"kind must be 'fit', 'predict', 'loss' or 'gradients', got {kind!r}")
+        return make_work(&self.spec, rows, what).size
 
-    cdef Spec _spec(self, int n_threads):
+    def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
+                             int n_threads):
+        """Bytes of kernel scratch a fit of n_samples rows in batches of
+        batch_size needs: the workspace (`workspace_size`, allocated by the
+        caller for the fit) plus the GEMM's packing buffers of the threads
+        its steps run on (fbp_gemm_buffer_bytes of the largest product a tile
+        of a step computes, per thread; each thread allocates its buffer on
+        first need and keeps it for later calls, so a second fit on the same
+        threads allocates none of it again).
+
+        Parameters
+        ----------
+        batch_size, n_samples : int
+            As given to the fit (n_samples >= 1).
+        itemsize : int
+            4 (float32) or 8 (float64).
+        n_threads : int
+            The thread count the fit runs with (fastbp.get_num_threads()).
+
+        Returns
+        -------
+        int
+        """
+        if batch_size < 1 or n_samples < 1 or itemsize not in (4, 8):
+            raise ValueError("batch_size and n_samples must be >= 1 and itemsize 4 or 8")
+        cdef Spec s = self._spec(n_threads, itemsize)
+        cdef int64_t rows = min(batch_size, n_samples), per_thread = 0, r, c
+        cdef Plan p
+        cdef int k, L = s.n_layers
+        make_plan(&s, rows, True, True, &p)
+        # The largest product a thread may compute: with row tiles, the
+        # tallest tile's rows; with unit tiles, whole rows of every GEMM but
+        # at most one tile's columns (the widest tile).  Part 2 (all plans):
+        # the widest unit tile times n_in, over K = the batch.
+        for k in range(L):
+            if p.nt == 1 or not p.by_units:
+                r = rows if p.nt == 1 else widest(rows, p.n_tiles[0], p.row_align)
+                per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k + 1], s.sizes[k]))
+                if k > 0:
+                    per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, r, s.sizes[k], s.sizes[k + 1]))
+            else:
+                per_thread = max(per_thread, fbp_gemm_buffer_bytes(
+                    itemsize, rows, widest(s.sizes[k + 1], p.n_tiles[k], p.nr), s.sizes[k]))
+                if k > 0:
+                    per_thread = max(per_thread, fbp_gemm_buffer_bytes(
+                        itemsize, rows, widest(s.sizes[k], p.n_tiles[2 * L - k], p.nr), s.sizes[k + 1]))
+            c = s.sizes[k + 1] if p.nt == 1 else \
+                widest(s.sizes[k + 1], p.p2_first[k + 1] - p.p2_first[k], p.mr)
+            per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
+        return int(make_work(&s, rows, WS_FIT).size * itemsize + p.nt * per_thread)
+
+    cdef Spec _spec(self, int n_threads, int elem):
+        """The spec of one call: its thread count, element size, and the
+        calling thread's FTZ/DAZ mode (every thread of a region runs with it)."""
         cdef Spec s = self.spec
         s.n_threads = n_threads if n_threads > 0 else 1
-        s.ftz = -1
+        s.ftz = fbp_ftz_mode()
+        s.elem = elem
         return s
 
     def _check(self, theta, X, Y=None):
@@ -800,31 +1465,27 @@ cdef class Network:
             raise ValueError("X has the wrong shape")
         if Y is not None and (Y.shape[0] != X.shape[0] or Y.shape[1] != self.sizes[self.spec.n_layers]):
             raise ValueError("Y has the wrong shape")
-        if X.shape[0] >= 2**31:
-            raise ValueError("at most 2**31 - 1 samples per call")
 
     def predict(self, const floating[::1] theta, const floating[:, ::1] X,
                 floating[:, ::1] out, int64_t chunk, int n_threads):
         """out = network(X), computed `chunk` rows at a time."""
         self._check(theta, X)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], n_out = s.sizes[s.n_layers]
         cdef int64_t start, m
         if out.shape[0] != n or out.shape[1] != n_out:
             raise ValueError("out has the wrong shape")
         chunk = max(1, min(chunk, n))
-        cdef Work w = make_work(&s, chunk)
+        cdef Work w = make_work(&s, chunk, 0)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], NULL, n, chunk
+        c.out = &out[0, 0]
         with nogil:
-            start = 0
-            while start < n:
-                m = min(chunk, n - start)
-                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], NULL, start, m)
-                memcpy(&out[start, 0], &ws[w.yhat], m * n_out * sizeof(floating))
-                start += m
-                if start < n:
-                    with gil:  # Ctrl-C between chunks
-                        PyErr_CheckSignals()
+            status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
+        if status == -1:
+            _raise_pending()   # Ctrl-C between chunks
         return np.asarray(out)
 
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
@@ -833,25 +1494,21 @@ cdef class Network:
 
         The accuracy is 0 for squared_error (not a classification loss)."""
         self._check(theta, X, Y)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], start, m
         chunk = max(1, min(chunk, n))
-        cdef Work w = make_work(&s, chunk)
+        cdef Work w = make_work(&s, chunk, WS_TARGETS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total = 0.0, hits = 0.0
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], &Y[0, 0], n, chunk
+        c.out = NULL
+        c.totals[0] = c.totals[1] = 0.0
         with nogil:
-            start = 0
-            while start < n:
-                m = min(chunk, n - start)
-                predict_rows(&s, &theta[0], &ws[0], &w, &X[0, 0], &Y[0, 0], start, m)
-                total += row_sum(&ws[w.lossv], m)
-                if s.loss != LOSS_SQUARED:
-                    hits += row_sum(&ws[w.hitv], m)
-                start += m
-                if start < n:
-                    with gil:  # Ctrl-C between chunks
-                        PyErr_CheckSignals()
-        return total / n, hits / n
+            status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
+        if status == -1:
+            _raise_pending()   # Ctrl-C between chunks
+        return c.totals[0] / n, c.totals[1] / n
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, floating[::1] grad, int n_threads):
@@ -860,17 +1517,21 @@ cdef class Network:
         self._check(theta, X, Y)
         if grad.shape[0] != self.n_params:
             raise ValueError("grad has the wrong length")
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t m = X.shape[0], i
-        cdef Work w = make_work(&s, m)
+        # No gathered batch (X is used in place) and no SGD scratch: only
+        # what a gradient over X needs.
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
-        cdef double total
+        cdef Call c
+        cdef int status
+        c.kind, c.ws, c.X, c.Y, c.n, c.grad = CALL_GRAD, &ws[0], &X[0, 0], &Y[0, 0], m, &grad[0]
         with nogil:
-            if batch_step(&s, <floating *>&theta[0], &grad[0], <floating>0, NULL, &ws[0], &w,
-                          &X[0, 0], &Y[0, 0], NULL, 0, m, &total):
+            status = run_call(&s, &w, &c, m, True, <floating *>&theta[0])
+            if status:
                 for i in range(self.n_params):
                     grad[i] = <floating>NAN
-        return total / m
+        return c.totals[0] / m
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
@@ -901,10 +1562,10 @@ cdef class Network:
         its update (and the velocity to `snapshot_velocity`, if momentum).
         """
         self._check(theta, X, Y)
-        cdef Spec s = self._spec(n_threads)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0]
         cdef int64_t rows = max(1, min(batch_size, n))
-        cdef Work w = make_work(&s, rows)
+        cdef Work w = make_work(&s, rows, WS_FIT)
         cdef Optim o
         cdef Totals t
         cdef const int64_t[::1] order_v
@@ -944,18 +1605,20 @@ cdef class Network:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
         # The calling thread runs with FTZ/DAZ as asked for the whole call;
-        # the threads of each parallel step set (and restore) it themselves.
-        s.ftz = 1 if flush_denormals else -1
+        # the threads of each parallel step set that mode (on, or the
+        # caller's own, normally off) and restore theirs afterwards.
         cdef unsigned int csr = fbp_ftz_set(1) if flush_denormals else 0
-        try:
-            with nogil:
-                status = run_epoch(&s, &theta[0], grad_p, vel_p, &ws[0], &w,
-                                   &X[0, 0], &Y[0, 0], order_p, n, batch_size,
-                                   &o, first_step, max_steps, snap_p, snap_vel_p,
-                                   snapshot_step, self.n_params, &t)
-        finally:  # also on KeyboardInterrupt
-            if flush_denormals:
-                fbp_ftz_restore(csr)
+        s.ftz = fbp_ftz_mode()
+        cdef Call c
+        c.kind, c.grad, c.velocity, c.ws, c.X, c.Y = CALL_EPOCH, grad_p, vel_p, &ws[0], &X[0, 0], &Y[0, 0]
+        c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps = order_p, n, batch_size, &o, first_step, max_steps
+        c.snap, c.snap_vel, c.snap_step, c.n_params, c.t = snap_p, snap_vel_p, snapshot_step, self.n_params, &t
+        with nogil:
+            status = run_call(&s, &w, &c, rows, True, &theta[0])
+        if flush_denormals:
+            fbp_ftz_restore(csr)
+        if status == -1:
+            _raise_pending()   # Ctrl-C
         return t.loss, t.hits, t.penalty, t.n_done, status
 
 
@@ -1018,8 +1681,19 @@ def gemm_isas():
     return found
 
 
+def gemm_buffer_bytes(int itemsize, int64_t M, int64_t N, int64_t K):
+    """Bytes of packing buffer the GEMM needs (per thread, kept for later
+    calls) for one M x N x K product of 4- or 8-byte elements on the current
+    code path; 0 on its small path."""
+    if itemsize not in (4, 8):
+        raise ValueError("itemsize must be 4 or 8")
+    return fbp_gemm_buffer_bytes(itemsize, M, N, K)
+
+
 def parallel_regions():
-    """How many parallel regions (training steps, predict chunks) have run
-    with a team of more than one thread since the module was loaded: a test
-    hook to prove that a parallel path really ran."""
+    """How many parallel regions have run with a team of more than one
+    thread since the module was loaded: a test hook to prove that a parallel
+    path really ran.  A call (a fit epoch, or part of one; a predict or loss
+    call; a gradients call) opens one region for all its steps when its
+    largest step is worth splitting, none otherwise."""
     return fbp_parallel_count()

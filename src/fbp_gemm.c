@@ -123,9 +123,13 @@
 /* The 32-byte vector helpers below are static inline: no ABI is exposed. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#define SMALL_MNK 4096L
+#define SMALL_MNK ((int64_t)4096)
 /* K-slab depth of every path and ISA: slab boundaries depend on K only. */
 #define FBP_KC 256
+/* MC (per dtype) and NC of the blocked drivers, the same for every ISA. */
+#define MC_F32 144
+#define MC_F64 72
+#define NC_ALL 4096
 #define MIN_FLOPS_PER_THREAD 400000.0
 #define INLINE static inline __attribute__((always_inline))
 
@@ -320,9 +324,9 @@ DEFINE_VMATH(double, f64fs, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.78
 /* c[0:j] = act(c[0:j] + b[0:j]) (b may be NULL), act sigmoid or tanh, for
  * the whole vectors j = n - n % VL of the row; returns j. */
 #define DEFINE_VACT(T, SFX, VT, VL, TGT)                                        \
-TGT INLINE int vact_row_##SFX(T *c, const T *b, int n, int act)                 \
+TGT INLINE int64_t vact_row_##SFX(T *c, const T *b, int64_t n, int act)         \
 {                                                                               \
-    int j = 0;                                                                  \
+    int64_t j = 0;                                                              \
     for (; j + VL <= n; j += VL) {                                              \
         VT x, bv;                                                               \
         memcpy(&x, c + j, sizeof x);                                            \
@@ -341,11 +345,12 @@ DEFINE_VACT(double, f64f, vf64, 4, TARGET_FMA)
 
 #define DEFINE_COMMON(T, SFX)                                                   \
 struct job_##SFX {                                                              \
-    int ta, tb, M, N, K, act;                                                   \
+    int ta, tb, act;                                                            \
+    int64_t M, N, K;                                                            \
     T alpha, beta;                                                              \
     const T *A, *B, *bias, *dsrc;                                               \
     T *C;                                                                       \
-    long lda, ldb, ldc, ldd;                                                    \
+    int64_t lda, ldb, ldc, ldd;                                                 \
 };                                                                              \
                                                                                 \
 /* Written without a*b+c so FMA contraction cannot change it. */                \
@@ -368,37 +373,37 @@ INLINE int has_epilogue_##SFX(const struct job_##SFX *jb)                       
  * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
  * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in    \
  * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */   \
-INLINE void pack_cp_##SFX(const T *src, long lds, int lanes, int kc, int W,     \
+INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
                           T *dst)                                               \
 {                                                                               \
     if (lanes == W) {                                                           \
-        for (int k = 0; k < kc; k++)                                            \
-            memcpy(dst + (long)k * W, src + k * lds, W * sizeof(T));            \
+        for (int64_t k = 0; k < kc; k++)                                        \
+            memcpy(dst + (int64_t)k * W, src + k * lds, W * sizeof(T));         \
         return;                                                                 \
     }                                                                           \
-    for (int k = 0; k < kc; k++) {                                              \
-        int l = 0;                                                              \
-        for (; l < lanes; l++) dst[(long)k * W + l] = src[k * lds + l];         \
-        for (; l < W; l++) dst[(long)k * W + l] = 0;                            \
+    for (int64_t k = 0; k < kc; k++) {                                          \
+        int64_t l = 0;                                                          \
+        for (; l < lanes; l++) dst[(int64_t)k * W + l] = src[k * lds + l];      \
+        for (; l < W; l++) dst[(int64_t)k * W + l] = 0;                         \
     }                                                                           \
 }                                                                               \
-INLINE void pack_tr_##SFX(const T *src, long lds, int lanes, int kc, int W,     \
+INLINE void pack_tr_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
                           T *dst)                                               \
 {                                                                               \
-    int k = 0;                                                                  \
+    int64_t k = 0;                                                              \
     if (lanes == W) k = TRANSPOSE_##SFX(src, lds, kc, W, dst);                  \
     for (; k < kc; k++)                                                         \
-        for (int l = 0; l < W; l++)                                             \
-            dst[(long)k * W + l] = l < lanes ? src[l * lds + k] : (T)0;         \
+        for (int64_t l = 0; l < W; l++)                                         \
+            dst[(int64_t)k * W + l] = l < lanes ? src[l * lds + k] : (T)0;      \
 }                                                                               \
                                                                                 \
 /* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR. */                \
-INLINE void pack_a_##SFX(const struct job_##SFX *jb, int i0, int mc,            \
-                         int k0, int kc, int MR, T *dst)                        \
+INLINE void pack_a_##SFX(const struct job_##SFX *jb, int64_t i0, int64_t mc,    \
+                         int64_t k0, int64_t kc, int64_t MR, T *dst)            \
 {                                                                               \
-    const long lda = jb->lda;                                                   \
-    for (int s = 0; s < mc; s += MR, dst += (long)MR * kc) {                    \
-        const int m = mc - s < MR ? mc - s : MR;                                \
+    const int64_t lda = jb->lda;                                                \
+    for (int64_t s = 0; s < mc; s += MR, dst += (int64_t)MR * kc) {             \
+        const int64_t m = mc - s < MR ? mc - s : MR;                            \
         if (jb->ta)                                                             \
             pack_cp_##SFX(jb->A + k0 * lda + i0 + s, lda, m, kc, MR, dst);      \
         else                                                                    \
@@ -407,12 +412,12 @@ INLINE void pack_a_##SFX(const struct job_##SFX *jb, int i0, int mc,            
 }                                                                               \
                                                                                 \
 /* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR. */             \
-INLINE void pack_b_##SFX(const struct job_##SFX *jb, int k0, int kc,            \
-                         int j0, int nc, int NR, T *dst)                        \
+INLINE void pack_b_##SFX(const struct job_##SFX *jb, int64_t k0, int64_t kc,    \
+                         int64_t j0, int64_t nc, int64_t NR, T *dst)            \
 {                                                                               \
-    const long ldb = jb->ldb;                                                   \
-    for (int s = 0; s < nc; s += NR, dst += (long)NR * kc) {                    \
-        const int n = nc - s < NR ? nc - s : NR;                                \
+    const int64_t ldb = jb->ldb;                                                \
+    for (int64_t s = 0; s < nc; s += NR, dst += (int64_t)NR * kc) {             \
+        const int64_t n = nc - s < NR ? nc - s : NR;                            \
         if (jb->tb)                                                             \
             pack_tr_##SFX(jb->B + (j0 + s) * ldb + k0, ldb, n, kc, NR, dst);    \
         else                                                                    \
@@ -424,17 +429,17 @@ INLINE void pack_b_##SFX(const struct job_##SFX *jb, int k0, int kc,            
  * Return how many k (a multiple of the block depth) were packed; the
  * caller finishes the rest.  W is a multiple of 2 (f64) or 2 + 4a (f32). */
 #if defined(FBP_X86) && defined(__SSE2__)
-INLINE int transpose_f32(const float *src, long lds, int kc, int W, float *dst)
+INLINE int64_t transpose_f32(const float *src, int64_t lds, int64_t kc, int64_t W, float *dst)
 {
-    int k = 0;
+    int64_t k = 0;
     for (; k + 4 <= kc; k += 4) {
-        int l = 0;
+        int64_t l = 0;
         for (; l + 4 <= W; l += 4) {
             const float *s = src + l * lds + k;
             __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
             __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
             _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            float *d = dst + (long)k * W + l;
+            float *d = dst + (int64_t)k * W + l;
             _mm_storeu_ps(d, r0);
             _mm_storeu_ps(d + W, r1);
             _mm_storeu_ps(d + 2 * W, r2);
@@ -444,7 +449,7 @@ INLINE int transpose_f32(const float *src, long lds, int kc, int W, float *dst)
             const float *s = src + l * lds + k;
             __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
             __m128 lo = _mm_unpacklo_ps(r0, r1), hi = _mm_unpackhi_ps(r0, r1);
-            float *d = dst + (long)k * W + l;
+            float *d = dst + (int64_t)k * W + l;
             _mm_storel_pi((__m64 *)d, lo);
             _mm_storeh_pi((__m64 *)(d + W), lo);
             _mm_storel_pi((__m64 *)(d + 2 * W), hi);
@@ -453,14 +458,14 @@ INLINE int transpose_f32(const float *src, long lds, int kc, int W, float *dst)
     }
     return k;
 }
-INLINE int transpose_f64(const double *src, long lds, int kc, int W, double *dst)
+INLINE int64_t transpose_f64(const double *src, int64_t lds, int64_t kc, int64_t W, double *dst)
 {
-    int k = 0;
+    int64_t k = 0;
     for (; k + 2 <= kc; k += 2)
-        for (int l = 0; l < W; l += 2) {
+        for (int64_t l = 0; l < W; l += 2) {
             const double *s = src + l * lds + k;
             __m128d r0 = _mm_loadu_pd(s), r1 = _mm_loadu_pd(s + lds);
-            double *d = dst + (long)k * W + l;
+            double *d = dst + (int64_t)k * W + l;
             _mm_storeu_pd(d, _mm_unpacklo_pd(r0, r1));
             _mm_storeu_pd(d + W, _mm_unpackhi_pd(r0, r1));
         }
@@ -477,12 +482,12 @@ DEFINE_COMMON(float, f32)
 DEFINE_COMMON(double, f64)
 
 /* Everything that is not the small path (defined with the entry points). */
-static void rest_f32(int, int, int, int, int, float, const float *, int,
-                     const float *, int, float, float *, int, const float *,
-                     int, const float *, int, int);
-static void rest_f64(int, int, int, int, int, double, const double *, int,
-                     const double *, int, double, double *, int,
-                     const double *, int, const double *, int, int);
+static void rest_f32(int, int, int64_t, int64_t, int64_t, float, const float *,
+                     int64_t, const float *, int64_t, float, float *, int64_t,
+                     const float *, int, const float *, int64_t, int);
+static void rest_f64(int, int, int64_t, int64_t, int64_t, double, const double *,
+                     int64_t, const double *, int64_t, double, double *, int64_t,
+                     const double *, int, const double *, int64_t, int);
 
 /* The epilogue, once per dtype and exp flavour (ESFX: plain, or "f" with
  * explicit FMAs for the FMA ISAs), used by the small and blocked paths of an
@@ -495,7 +500,7 @@ static void rest_f64(int, int, int, int, int, double, const double *, int,
  * code that epi_row runs on whole vectors: lane by lane the same operations    \
  * (contraction is off, FMAs only where written), so the same bits on every     \
  * path of an ISA. */                                                           \
-TGT INLINE T epi_elem_##ESFX(T x, const T *b, const T *d, int j, int act)       \
+TGT INLINE T epi_elem_##ESFX(T x, const T *b, const T *d, int64_t j, int act)   \
 {                                                                               \
     if (b) x = x + b[j];                                                        \
     if (d) return x * dact_##SFX(d[j], act);                                    \
@@ -509,9 +514,9 @@ TGT INLINE T epi_elem_##ESFX(T x, const T *b, const T *d, int j, int act)       
                                                                                 \
 /* epi_elem on the row c[0:n] (b, d: bias / dsrc + j0 or NULL); the loops are   \
  * specialised so that they vectorise, sigmoid/tanh take whole vectors. */      \
-TGT INLINE void epi_row_##ESFX(T *c, const T *b, const T *d, int n, int act)    \
+TGT INLINE void epi_row_##ESFX(T *c, const T *b, const T *d, int64_t n, int act) \
 {                                                                               \
-    int j = 0;                                                                  \
+    int64_t j = 0;                                                              \
     if (d) {                                                                    \
         if (b) for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], b, d, j, act);   \
         else for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, act);  \
@@ -533,13 +538,13 @@ TGT INLINE void epi_row_##ESFX(T *c, const T *b, const T *d, int n, int act)    
 }                                                                               \
                                                                                 \
 /* Epilogue on the m x n block of C at (i0, j0). */                             \
-TGT INLINE void epilogue_##ESFX(const struct job_##SFX *jb, int i0, int j0,     \
-                           int m, int n)                                        \
+TGT INLINE void epilogue_##ESFX(const struct job_##SFX *jb, int64_t i0, int64_t j0, \
+                           int64_t m, int64_t n)                                \
 {                                                                               \
-    for (int i = 0; i < m; i++)                                                 \
-        epi_row_##ESFX(jb->C + (long)(i0 + i) * jb->ldc + j0,                   \
+    for (int64_t i = 0; i < m; i++)                                             \
+        epi_row_##ESFX(jb->C + (int64_t)(i0 + i) * jb->ldc + j0,                \
                       jb->bias ? jb->bias + j0 : NULL,                          \
-                      jb->dsrc ? jb->dsrc + (long)(i0 + i) * jb->ldd + j0       \
+                      jb->dsrc ? jb->dsrc + (int64_t)(i0 + i) * jb->ldd + j0    \
                                : NULL,                                          \
                       n, jb->act);                                              \
 }                                                                               \
@@ -560,31 +565,31 @@ DEFINE_EPI(double, f64, f64f, TARGET_FMA)
  * Computes MR rows x NV vectors of VL lanes from slivers packed AS rows and
  * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants). */
 #define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS)                     \
-static TARGET void NAME(int kc, const T *restrict a, const T *restrict b,       \
-                        T *restrict c, long ldc, T alpha, T beta, int mode)     \
+static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   \
+                        T *restrict c, int64_t ldc, T alpha, T beta, int mode)  \
 {                                                                               \
     V_T acc[MR][NV];                                                            \
-    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                       \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
             acc[r][v] = V_SET1((T)0);                                           \
-    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                     \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++) {                 \
         __builtin_prefetch(c + r * ldc, 1, 3);                                  \
         __builtin_prefetch(c + r * ldc + NV * VL - 1, 1, 3);                    \
     }                                                                           \
     _Pragma("GCC unroll 4")                                                     \
-    for (int k = 0; k < kc; k++, a += AS, b += BS) {                            \
+    for (int64_t k = 0; k < kc; k++, a += AS, b += BS) {                        \
         V_T bv[NV];                                                             \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                    \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
             bv[v] = V_LOAD(b + v * VL);                                         \
-        _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                 \
+        _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++) {             \
             V_T av = V_SET1(a[r]);                                              \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                \
+            _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)            \
                 acc[r][v] = V_FMA(av, bv[v], acc[r][v]);                        \
         }                                                                       \
     }                                                                           \
     const V_T va = V_SET1(alpha), vb = V_SET1(beta);                            \
-    _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                       \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                  \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++) {              \
             T *p = c + r * ldc + v * VL;                                        \
             if (mode == 0)                                                      \
                 V_STOREU(p, V_MUL(va, acc[r][v]));                              \
@@ -616,51 +621,51 @@ DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
 /* The row epilogue out of line: its vector code (32-byte aligned stack) would  \
  * otherwise make every small call pay for a realigned frame. */                \
 static TARGET __attribute__((noinline)) void NAME##_epi(                        \
-    T *c, const T *b, const T *d, int n, int act)                               \
+    T *c, const T *b, const T *d, int64_t n, int act)                           \
 {                                                                               \
     epi_row_##ESFX(c, b, d, n, act);                                            \
 }                                                                               \
-TARGET INLINE void NAME##_body(int ta, int tb, int M, int N, int K, T alpha,    \
-                        const T *A, long lda, const T *B, long ldb, T beta,     \
-                        T *C, long ldc, const T *bias, int act,                 \
-                        const T *dsrc, long ldd)                                \
+TARGET INLINE void NAME##_body(int ta, int tb, int64_t M, int64_t N, int64_t K, T alpha, \
+                        const T *A, int64_t lda, const T *B, int64_t ldb, T beta, \
+                        T *C, int64_t ldc, const T *bias, int act,              \
+                        const T *dsrc, int64_t ldd)                             \
 {                                                                               \
     if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
-    const long sai = ta ? 1 : lda, sak = ta ? lda : 1;                          \
-    const long sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
+    const int64_t sai = ta ? 1 : lda, sak = ta ? lda : 1;                       \
+    const int64_t sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                       \
     const int epi = bias || act != FBP_ACT_IDENTITY;                            \
     if (K <= FBP_KC) { /* one slab (or K == 0): the common case */              \
-        for (int i = 0; i < M; i++, A += sai, C += ldc) {                       \
+        for (int64_t i = 0; i < M; i++, A += sai, C += ldc) {                   \
             if (beta == 0)                                                      \
-                for (int j = 0; j < N; j++) {                                   \
+                for (int64_t j = 0; j < N; j++) {                               \
                     const T *b = B + j * sbj;                                   \
                     T acc = 0;                                                  \
-                    for (int k = 0; k < K; k++)                                 \
+                    for (int64_t k = 0; k < K; k++)                             \
                         acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
                     C[j] = alpha * acc;                                         \
                 }                                                               \
             else                                                                \
-                for (int j = 0; j < N; j++) {                                   \
+                for (int64_t j = 0; j < N; j++) {                               \
                     const T *b = B + j * sbj;                                   \
                     T acc = 0;                                                  \
-                    for (int k = 0; k < K; k++)                                 \
+                    for (int64_t k = 0; k < K; k++)                             \
                         acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
                     C[j] = S_FMA(alpha, acc, beta * C[j]);                      \
                 }                                                               \
             if (epi)                                                            \
-                NAME##_epi(C, bias, dsrc ? dsrc + (long)i * ldd : NULL, N, act);\
+                NAME##_epi(C, bias, dsrc ? dsrc + (int64_t)i * ldd : NULL, N, act); \
         }                                                                       \
         return;                                                                 \
     }                                                                           \
-    for (int i = 0; i < M; i++, A += sai, C += ldc) {                           \
-        for (int j = 0; j < N; j++) {                                           \
+    for (int64_t i = 0; i < M; i++, A += sai, C += ldc) {                       \
+        for (int64_t j = 0; j < N; j++) {                                       \
             const T *b = B + j * sbj;                                           \
             T c = 0;                                                            \
-            int k0 = 0;                                                         \
+            int64_t k0 = 0;                                                     \
             do {                                                                \
-                const int k1 = K - k0 <= FBP_KC ? K : k0 + FBP_KC;              \
+                const int64_t k1 = K - k0 <= FBP_KC ? K : k0 + FBP_KC;          \
                 T acc = 0;                                                      \
-                for (int k = k0; k < k1; k++)                                   \
+                for (int64_t k = k0; k < k1; k++)                               \
                     acc = S_FMA(A[k * sak], b[k * sbk], acc);                   \
                 if (k0 > 0) c = S_FMA(alpha, acc, c);                           \
                 else if (beta == 0) c = alpha * acc;                            \
@@ -670,18 +675,18 @@ TARGET INLINE void NAME##_body(int ta, int tb, int M, int N, int K, T alpha,    
             C[j] = c;                                                           \
         }                                                                       \
         if (epi)                                                                \
-            NAME##_epi(C, bias, dsrc ? dsrc + (long)i * ldd : NULL, N, act);    \
+            NAME##_epi(C, bias, dsrc ? dsrc + (int64_t)i * ldd : NULL, N, act); \
     }                                                                           \
 }                                                                               \
 /* The entry point of this ISA (fbp_gemm_* jumps here): the small path, or      \
  * the rest (blocked, degenerate shapes) when the shape is not small. */        \
 static TARGET __attribute__((noinline)) void NAME(                              \
-    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
-    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
-    const T *dsrc, int ldd, int n_threads)                                      \
+    int ta, int tb, int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t lda, \
+    const T *B, int64_t ldb, T beta, T *C, int64_t ldc, const T *bias, int act, \
+    const T *dsrc, int64_t ldd, int n_threads)                                  \
 {                                                                               \
     if (__builtin_expect(!(M > 0 && N > 0 && K >= 0 &&                          \
-                           (long)M * N * K <= SMALL_MNK), 0)) {                 \
+                           (int64_t)M * N * K <= SMALL_MNK), 0)) {              \
         rest_##SFX(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,  \
                    act, dsrc, ldd, n_threads);                                  \
         return;                                                                 \
@@ -689,8 +694,8 @@ static TARGET __attribute__((noinline)) void NAME(                              
     NAME##_body(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,     \
                 act, dsrc, ldd);                                                \
 }                                                                               \
-static TARGET void NAME##_block(const struct job_##SFX *jb, int i0, int i1,     \
-                                int j0, int j1)                                 \
+static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t i1, \
+                                int64_t j0, int64_t j1)                         \
 {                                                                               \
     NAME##_body(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,             \
                 jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                   \
@@ -702,40 +707,40 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int i0, int i1,     
 
 /* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
 #define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC)   \
-static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             \
-                        int j0, int j1)                                         \
+static TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1,     \
+                        int64_t j0, int64_t j1)                                 \
 {                                                                               \
-    const int K = jb->K;                                                        \
-    const long ldc = jb->ldc;                                                   \
-    const int ncmax = j1 - j0 < NC ? j1 - j0 : NC;                              \
-    const int kcmax = K < KC ? K : KC;                                          \
+    const int64_t K = jb->K;                                                    \
+    const int64_t ldc = jb->ldc;                                                \
+    const int64_t ncmax = j1 - j0 < NC ? j1 - j0 : NC;                          \
+    const int64_t kcmax = K < KC ? K : KC;                                      \
     const size_t na = (size_t)MC * kcmax;                                       \
     const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
     T *pa = thread_buf((na + nb) * sizeof(T));                                  \
     if (!pa) { SM##_block(jb, i0, i1, j0, j1); return; }                        \
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
-    for (int jc = j0; jc < j1; jc += NC) {                                      \
-        const int nc = j1 - jc < NC ? j1 - jc : NC;                             \
-        for (int pc = 0; pc < K; pc += KC) {                                    \
-            const int kc = K - pc < KC ? K - pc : KC;                           \
+    for (int64_t jc = j0; jc < j1; jc += NC) {                                  \
+        const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
+        for (int64_t pc = 0; pc < K; pc += KC) {                                \
+            const int64_t kc = K - pc < KC ? K - pc : KC;                       \
             const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);              \
             const int last = pc + kc == K;                                      \
             pack_b_##SFX(jb, pc, kc, jc, nc, NR, pb);                           \
-            for (int ic = i0; ic < i1; ic += MC) {                              \
-                const int mc = i1 - ic < MC ? i1 - ic : MC;                     \
+            for (int64_t ic = i0; ic < i1; ic += MC) {                          \
+                const int64_t mc = i1 - ic < MC ? i1 - ic : MC;                 \
                 pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                       \
-                for (int jr = 0; jr < nc; jr += NR) {                           \
-                    const int n = nc - jr < NR ? nc - jr : NR;                  \
-                    const T *b = pb + (long)jr * kc;                            \
-                    for (int ir = 0; ir < mc; ir += MR) {                       \
-                        const int m = mc - ir < MR ? mc - ir : MR;              \
-                        const T *a = pa + (long)ir * kc;                        \
-                        T *c = jb->C + (long)(ic + ir) * ldc + jc + jr;         \
+                for (int64_t jr = 0; jr < nc; jr += NR) {                       \
+                    const int64_t n = nc - jr < NR ? nc - jr : NR;              \
+                    const T *b = pb + (int64_t)jr * kc;                         \
+                    for (int64_t ir = 0; ir < mc; ir += MR) {                   \
+                        const int64_t m = mc - ir < MR ? mc - ir : MR;          \
+                        const T *a = pa + (int64_t)ir * kc;                     \
+                        T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;      \
                         const int hm = m <= MR / 2, hn = n <= NR / 2;           \
-                        const int rows = hm ? MR / 2 : MR;                      \
-                        const int cols = hn ? NR / 2 : NR;                      \
-                        void (*uk)(int, const T *, const T *, T *, long, T,     \
+                        const int64_t rows = hm ? MR / 2 : MR;                  \
+                        const int64_t cols = hn ? NR / 2 : NR;                  \
+                        void (*uk)(int64_t, const T *, const T *, T *, int64_t, T, \
                                    T, int) = hm ? (hn ? UK##_mn : UK##_m)       \
                                                 : (hn ? UK##_n : UK);           \
                         if (m == rows && n == cols) {                           \
@@ -743,11 +748,11 @@ static TARGET void NAME(const struct job_##SFX *jb, int i0, int i1,             
                         } else {                                                \
                             T t[MR * NR] __attribute__((aligned(64)));          \
                             if (mode)                                           \
-                                for (int r = 0; r < m; r++)                     \
+                                for (int64_t r = 0; r < m; r++)                 \
                                     memcpy(t + r * cols, c + r * ldc,           \
                                            n * sizeof(T));                      \
                             uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);   \
-                            for (int r = 0; r < m; r++)                         \
+                            for (int64_t r = 0; r < m; r++)                     \
                                 memcpy(c + r * ldc, t + r * cols,               \
                                        n * sizeof(T));                          \
                         }                                                       \
@@ -777,7 +782,7 @@ DEFINE_KERNELS(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
 DEFINE_SMALL(sm_generic_f32, float, f32, f32, TARGET_GENERIC)
 DEFINE_DRIVER(blk_generic_f32, uk_generic_f32, sm_generic_f32, float, f32, f32,
               TARGET_GENERIC,
-              6, 8, 144, FBP_KC, 4096)
+              6, 8, MC_F32, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -793,7 +798,7 @@ DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
 DEFINE_SMALL(sm_generic_f64, double, f64, f64, TARGET_GENERIC)
 DEFINE_DRIVER(blk_generic_f64, uk_generic_f64, sm_generic_f64, double, f64, f64,
               TARGET_GENERIC,
-              6, 4, 72, FBP_KC, 4096)
+              6, 4, MC_F64, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -819,7 +824,7 @@ DEFINE_KERNELS(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
 DEFINE_SMALL(sm_avx2_f32, float, f32, f32f, TARGET_AVX2)
 DEFINE_DRIVER(blk_avx2_f32, uk_avx2_f32, sm_avx2_f32, float, f32, f32f,
               TARGET_AVX2,
-              6, 16, 144, FBP_KC, 4096)
+              6, 16, MC_F32, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -841,7 +846,7 @@ DEFINE_KERNELS(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
 DEFINE_SMALL(sm_avx2_f64, double, f64, f64f, TARGET_AVX2)
 DEFINE_DRIVER(blk_avx2_f64, uk_avx2_f64, sm_avx2_f64, double, f64, f64f,
               TARGET_AVX2,
-              6, 8, 72, FBP_KC, 4096)
+              6, 8, MC_F64, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -866,7 +871,7 @@ DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
 DEFINE_SMALL(sm_avx512_f32, float, f32, f32f, TARGET_AVX512)
 DEFINE_DRIVER(blk_avx512_f32, uk_avx512_f32, sm_avx512_f32, float, f32, f32f,
               TARGET_AVX512,
-              12, 32, 144, FBP_KC, 4096)
+              12, 32, MC_F32, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -888,7 +893,7 @@ DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
 DEFINE_SMALL(sm_avx512_f64, double, f64, f64f, TARGET_AVX512)
 DEFINE_DRIVER(blk_avx512_f64, uk_avx512_f64, sm_avx512_f64, double, f64, f64f,
               TARGET_AVX512,
-              12, 16, 72, FBP_KC, 4096)
+              12, 16, MC_F64, FBP_KC, NC_ALL)
 #undef V_T
 #undef V_LOAD
 #undef V_LOADU
@@ -926,12 +931,12 @@ static int isa_from_name(const char *name)
 static int g_isa = -1;
 
 /* Small path per ISA. */
-typedef void (*small_f32_fn)(int, int, int, int, int, float, const float *,
-                             int, const float *, int, float, float *, int,
-                             const float *, int, const float *, int, int);
-typedef void (*small_f64_fn)(int, int, int, int, int, double, const double *,
-                             int, const double *, int, double, double *, int,
-                             const double *, int, const double *, int, int);
+typedef void (*small_f32_fn)(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+    const float *, int64_t, float, float *, int64_t, const float *, int, const float *,
+    int64_t, int);
+typedef void (*small_f64_fn)(int, int, int64_t, int64_t, int64_t, double, const double *, int64_t,
+    const double *, int64_t, double, double *, int64_t, const double *, int, const double *,
+    int64_t, int);
 static const small_f32_fn small_f32_table[N_ISA] = {
     sm_generic_f32,
 #ifdef FBP_X86
@@ -948,12 +953,12 @@ static const small_f64_fn small_f64_table[N_ISA] = {
 /* The small path of the current ISA, called through this pointer so the
  * entry point makes no other call (a tail call with its arguments in place).
  * It starts at a resolver that settles the ISA on first use. */
-static void small_f32_resolve(int, int, int, int, int, float, const float *,
-                              int, const float *, int, float, float *, int,
-                              const float *, int, const float *, int, int);
-static void small_f64_resolve(int, int, int, int, int, double, const double *,
-                              int, const double *, int, double, double *, int,
-                              const double *, int, const double *, int, int);
+static void small_f32_resolve(int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+    const float *, int64_t, float, float *, int64_t, const float *, int, const float *,
+    int64_t, int);
+static void small_f64_resolve(int, int, int64_t, int64_t, int64_t, double, const double *, int64_t,
+    const double *, int64_t, double, double *, int64_t, const double *, int, const double *,
+    int64_t, int);
 static small_f32_fn g_small_f32 = small_f32_resolve;
 static small_f64_fn g_small_f64 = small_f64_resolve;
 
@@ -988,9 +993,9 @@ static int current_isa(void)
 
 #define DEFINE_RESOLVE(T, SFX)                                                  \
 static void small_##SFX##_resolve(                                              \
-    int ta, int tb, int M, int N, int K, T alpha, const T *A, int lda,          \
-    const T *B, int ldb, T beta, T *C, int ldc, const T *bias, int act,         \
-    const T *dsrc, int ldd, int n_threads)                                      \
+    int ta, int tb, int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t lda, \
+    const T *B, int64_t ldb, T beta, T *C, int64_t ldc, const T *bias, int act, \
+    const T *dsrc, int64_t ldd, int n_threads)                                  \
 {                                                                               \
     small_##SFX##_table[current_isa()](ta, tb, M, N, K, alpha, A, lda, B, ldb,  \
                                       beta, C, ldc, bias, act, dsrc, ldd,       \
@@ -1015,23 +1020,23 @@ const char *fbp_gemm_isa(void) { return isa_names[current_isa()]; }
 
 /* Thread grid tm x tn (tm * tn == nt) minimising the largest sub-block, in
  * micro-tiles; ties go to splitting N (each thread packs its own B). */
-static void choose_grid(int M, int N, int MR, int NR, int nt, int *tm, int *tn)
+static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, int *tm, int *tn)
 {
-    const long tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;
-    long best = -1;
+    const int64_t tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;
+    int64_t best = -1;
     for (int a = 1; a <= nt; a++) {
         if (nt % a) continue;
         const int b = nt / a;
         if (a > tiles_m || b > tiles_n) continue;
-        const long cost = ((tiles_m + a - 1) / a) * ((tiles_n + b - 1) / b);
+        const int64_t cost = ((tiles_m + a - 1) / a) * ((tiles_n + b - 1) / b);
         if (best < 0 || cost < best) { best = cost; *tm = a; *tn = b; }
     }
     if (best < 0) { *tm = 1; *tn = 1; }
 }
 
 /* Blocked driver and its micro-tile shape, per ISA. */
-struct blk_f32 { void (*fn)(const struct job_f32 *, int, int, int, int); int MR, NR; };
-struct blk_f64 { void (*fn)(const struct job_f64 *, int, int, int, int); int MR, NR; };
+struct blk_f32 { void (*fn)(const struct job_f32 *, int64_t, int64_t, int64_t, int64_t); int64_t MR, NR; };
+struct blk_f64 { void (*fn)(const struct job_f64 *, int64_t, int64_t, int64_t, int64_t); int64_t MR, NR; };
 static const struct blk_f32 blk_f32_table[N_ISA] = {
     {blk_generic_f32, 6, 8},
 #ifdef FBP_X86
@@ -1044,6 +1049,45 @@ static const struct blk_f64 blk_f64_table[N_ISA] = {
     {blk_avx2_f64, 6, 8}, {blk_avx512_f64, 12, 16},
 #endif
 };
+void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
+{
+    const int isa = current_isa();
+    *mr = elem_size == 4 ? blk_f32_table[isa].MR : blk_f64_table[isa].MR;
+    *nr = elem_size == 4 ? blk_f32_table[isa].NR : blk_f64_table[isa].NR;
+}
+
+int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
+{
+    if (M <= 0 || N <= 0 || K <= 0 || M * N * K <= SMALL_MNK) return 0;
+    int64_t mr, nr;
+    fbp_gemm_tile_shape(elem_size, &mr, &nr);
+    const int64_t mc = elem_size == 4 ? MC_F32 : MC_F64;
+    const int64_t ncmax = N < NC_ALL ? N : NC_ALL, kcmax = K < FBP_KC ? K : FBP_KC;
+    const int64_t bytes = (mc * kcmax + (ncmax + nr - 1) / nr * nr * kcmax) * elem_size;
+    return (bytes + 4095) & ~(int64_t)4095; /* thread_buf's rounding */
+}
+
+/* FTZ/DAZ (MXCSR bits 15 and 6) are per thread, and a thread starts with
+ * the mode of the thread that created it: a pool thread born inside a
+ * flush-to-zero fit would otherwise keep flushing in every later call. */
+#if defined(FBP_X86) && defined(__SSE2__)
+#define FBP_FTZ_BITS 0x8040u
+static unsigned int fbp_ftz_mode(void) { return _mm_getcsr() & FBP_FTZ_BITS; }
+static unsigned int fbp_ftz_enter(unsigned int mode)
+{
+    const unsigned int old = _mm_getcsr();
+    if ((old & FBP_FTZ_BITS) != mode) _mm_setcsr((old & ~FBP_FTZ_BITS) | mode);
+    return old;
+}
+static void fbp_ftz_leave(unsigned int old)
+{
+    if (_mm_getcsr() != old) _mm_setcsr(old);
+}
+#else
+static unsigned int fbp_ftz_mode(void) { return 0u; }
+static unsigned int fbp_ftz_enter(unsigned int mode) { (void)mode; return 0u; }
+static void fbp_ftz_leave(unsigned int old) { (void)old; }
+#endif
 
 #ifdef _OPENMP
 #define THREAD_ID() omp_get_thread_num()
@@ -1057,7 +1101,7 @@ static const struct blk_f64 blk_f64_table[N_ISA] = {
 static void run_blocked_##SFX(const struct job_##SFX *jb,                       \
                               const struct blk_##SFX *blk, int n_threads)       \
 {                                                                               \
-    const int M = jb->M, N = jb->N, MR = blk->MR, NR = blk->NR;                 \
+    const int64_t M = jb->M, N = jb->N, MR = blk->MR, NR = blk->NR;             \
     const double flops = 2.0 * M * N * jb->K;                                   \
     int nt = n_threads, tm = 1, tn = 1;                                         \
     if (flops < MIN_FLOPS_PER_THREAD * nt)                                      \
@@ -1065,32 +1109,41 @@ static void run_blocked_##SFX(const struct job_##SFX *jb,                       
     if (nt > 1) choose_grid(M, N, MR, NR, nt, &tm, &tn);                        \
     const int parts = tm * tn;                                                  \
     if (parts <= 1) { blk->fn(jb, 0, M, 0, N); return; }                        \
-    const long tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;        \
+    const int64_t tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;     \
+    /* Each thread of the region runs with the caller's FTZ/DAZ mode (set   \
+     * here, its own restored after), whatever mode it was created with. */   \
+    const unsigned int ftz = fbp_ftz_mode();                                    \
     _Pragma("omp parallel num_threads(parts)")                                  \
+    {                                                                           \
+    const unsigned int saved = fbp_ftz_enter(ftz);                              \
     for (int p = THREAD_ID(); p < parts; p += THREAD_COUNT()) {                 \
         const int pi = p / tn, pj = p % tn;                                     \
-        const int i0 = (int)(tiles_m * pi / tm) * MR;                           \
-        const int i1 = (int)(tiles_m * (pi + 1) / tm) * MR;                     \
-        const int j0 = (int)(tiles_n * pj / tn) * NR;                           \
-        const int j1 = (int)(tiles_n * (pj + 1) / tn) * NR;                     \
+        const int64_t i0 = (tiles_m * pi / tm) * MR;                           \
+        const int64_t i1 = (tiles_m * (pi + 1) / tm) * MR;                     \
+        const int64_t j0 = (tiles_n * pj / tn) * NR;                           \
+        const int64_t j1 = (tiles_n * (pj + 1) / tn) * NR;                     \
         blk->fn(jb, i0, i1 < M ? i1 : M, j0, j1 < N ? j1 : N);                  \
+    }                                                                           \
+    fbp_ftz_leave(saved);                                                       \
     }                                                                           \
 }                                                                               \
                                                                                 \
 static __attribute__((noinline)) void blocked_##SFX(                            \
-    int trans_a, int trans_b, int M, int N, int K, T alpha, const T *A,         \
-    int lda, const T *B, int ldb, T beta, T *C, int ldc, const T *bias,         \
-    int act, const T *dsrc, int ldd, int n_threads)                             \
+    int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T *A, \
+    int64_t lda, const T *B, int64_t ldb, T beta, T *C, int64_t ldc, const T *bias, \
+    int act, const T *dsrc, int64_t ldd, int n_threads)                         \
 {                                                                               \
-    const struct job_##SFX jb = {trans_a, trans_b, M, N, K, act, alpha, beta,   \
-                                 A, B, bias, dsrc, C, lda, ldb, ldc, ldd};      \
+    const struct job_##SFX jb = {                                               \
+        .ta = trans_a, .tb = trans_b, .act = act, .M = M, .N = N, .K = K,       \
+        .alpha = alpha, .beta = beta, .A = A, .B = B, .bias = bias,             \
+        .dsrc = dsrc, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .ldd = ldd};  \
     run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);       \
 }                                                                               \
                                                                                 \
 static __attribute__((noinline)) void rest_##SFX(                               \
-    int trans_a, int trans_b, int M, int N, int K, T alpha, const T *A,         \
-    int lda, const T *B, int ldb, T beta, T *C, int ldc, const T *bias,         \
-    int act, const T *dsrc, int ldd, int n_threads)                             \
+    int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T *A, \
+    int64_t lda, const T *B, int64_t ldb, T beta, T *C, int64_t ldc, const T *bias, \
+    int act, const T *dsrc, int64_t ldd, int n_threads)                         \
 {                                                                               \
     if (M <= 0 || N <= 0) return;                                               \
     if (K < 0) K = 0;                                                           \
@@ -1108,10 +1161,10 @@ static __attribute__((noinline)) void rest_##SFX(                               
  * passes other shapes on to rest_*): with no test here GCC compiles this to    \
  * one indirect jmp, the arguments left in place (tiny nets call this           \
  * millions of times). */                                                       \
-void fbp_gemm_##SFX(int trans_a, int trans_b, int M, int N, int K,              \
-                    T alpha, const T *A, int lda, const T *B, int ldb,          \
-                    T beta, T *C, int ldc, const T *bias, int act,              \
-                    const T *dsrc, int ldd, int n_threads)                      \
+void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  \
+                    T alpha, const T *A, int64_t lda, const T *B, int64_t ldb,  \
+                    T beta, T *C, int64_t ldc, const T *bias, int act,          \
+                    const T *dsrc, int64_t ldd, int n_threads)                  \
 {                                                                               \
     __atomic_load_n(&g_small_##SFX, __ATOMIC_RELAXED)(                          \
         trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,   \

@@ -5,7 +5,9 @@
  *     C[M, N] = epilogue( alpha * op(A)[M, K] @ op(B)[K, N] + beta * C )
  *
  * where op(X) is X or X^T (trans_* != 0), lda/ldb/ldc are row strides in
- * elements, and the epilogue, applied once to the finished sum, is
+ * elements (sizes, strides and every index computed from them are 64-bit:
+ * int64_t throughout, never int or long, so a problem with 2**31 rows or more
+ * or an offset beyond 2**31 elements is fine on every platform), and the epilogue, applied once to the finished sum, is
  *
  *     if bias != NULL:  C[i, j] += bias[j]                 (length N)
  *     then              C[i, j]  = act(C[i, j])            (FBP_ACT_*)
@@ -49,13 +51,17 @@
  *     K == 0 gives c = alpha*0 (+ beta*C) then the epilogue.
  *   - Determinism: in particular, for fixed inputs the result is bitwise
  *     identical for every n_threads >= 1.
- *   - n_threads <= 1 never enters an OpenMP parallel region.
+ *   - n_threads <= 1 never enters an OpenMP parallel region.  The threads of
+ *     a region run with the caller's FTZ/DAZ mode (set on entry, each
+ *     thread's own mode restored on exit).
  *   - No allocation per call beyond thread-local packing buffers that are
  *     reused across calls.
  *   - Callable without the GIL from any thread.
  */
 #ifndef FBP_GEMM_H
 #define FBP_GEMM_H
+
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,21 +74,34 @@ enum {
     FBP_ACT_TANH = 3
 };
 
-void fbp_gemm_f32(int trans_a, int trans_b, int M, int N, int K,
-                  float alpha, const float *A, int lda,
-                  const float *B, int ldb,
-                  float beta, float *C, int ldc,
+void fbp_gemm_f32(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda,
+                  const float *B, int64_t ldb,
+                  float beta, float *C, int64_t ldc,
                   const float *bias, int act,
-                  const float *dsrc, int ldd,
+                  const float *dsrc, int64_t ldd,
                   int n_threads);
 
-void fbp_gemm_f64(int trans_a, int trans_b, int M, int N, int K,
-                  double alpha, const double *A, int lda,
-                  const double *B, int ldb,
-                  double beta, double *C, int ldc,
+void fbp_gemm_f64(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  double alpha, const double *A, int64_t lda,
+                  const double *B, int64_t ldb,
+                  double beta, double *C, int64_t ldc,
                   const double *bias, int act,
-                  const double *dsrc, int ldd,
+                  const double *dsrc, int64_t ldd,
                   int n_threads);
+
+/* Micro-tile shape of the current code path for elements of `elem_size`
+ * bytes (4: float, 8: double): callers that split a product into pieces
+ * themselves cut rows at multiples of *mr and columns at multiples of *nr so
+ * that no piece runs the slower edge kernels more than needed (any cut gives
+ * the same bits). */
+void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr);
+
+/* Bytes of the calling thread's packing buffer that one call of this shape
+ * (N, K; M does not matter) needs on the current code path: 0 for the small
+ * path.  The buffer is allocated on first need, grown, and reused by every
+ * later call in that thread until the thread exits. */
+int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
 
 /* Name of the code path chosen at run time ("avx512", "avx2", "generic"). */
 const char *fbp_gemm_isa(void);

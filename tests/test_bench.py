@@ -125,3 +125,28 @@ def test_quick_run_all_peers_as_script(tmp_path: Path) -> None:
     assert peers["torch"]["torch_threads"] == 2
     for r in peers.values():
         assert all(p["num_threads"] == 2 for p in r["threadpools"])
+
+
+def test_quick_busy_core_case(tmp_path: Path) -> None:
+    """``--only-busy``: fastbp on 1 and 2 threads per config while the harness
+    keeps one CPU busy with a process it starts (and stops) itself."""
+    out_json = tmp_path / "busy.json"
+    proc = _run(["-m", "bench", "--quick", "--only-busy", "--configs", "tiny",
+                 "--repeats", "2", "--json", str(out_json)])
+    assert proc.returncode == 0, proc.stderr
+    assert "one core busy" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    busy = doc["busy"]
+    assert doc["results"] == []
+    assert [r["spec"]["threads"] for r in busy["results"]] == [1, 2]
+    assert all(r["status"] == "ok" and r["spec"]["busy"] for r in busy["results"])
+    s = busy["summary"]["tiny"]
+    assert s["ratio"] > 0 and len(s["ratio_per_round"]) == 1
+    pid = busy["busy_process"]["pid"]
+    assert not os.path.exists(f"/proc/{pid}") or \
+        Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", "busy loop left running"
+
+
+def test_wide_config() -> None:
+    wide = CONFIGS["wide"]
+    assert wide.sizes == (1024, 4096, 1024) and wide.batch_size == 4

@@ -90,7 +90,7 @@ def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture) -> No
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run(["--help"], capsys)
     assert code == 0
-    for command in ("demo", "train", "predict", "bench", "digits"):
+    for command in ("demo", "train", "predict", "export", "bench", "digits"):
         assert command in out
 
 
@@ -168,7 +168,8 @@ def test_task_override_and_npz_input(tmp_path: Path, capsys: pytest.CaptureFixtu
     np.savez(data, X=X, y=y)
     code, out, _ = run(["train", data, "--epochs", "2", "-q", "--validation-split", "0"], capsys)
     assert code == 0 and "classification, 4 classes" in out and "validation:" not in out
-    code, out, _ = run(["train", data, "--task", "regress", "--epochs", "2", "-q"], capsys)
+    code, out, _ = run(["train", data, "--task", "regress", "--epochs", "2", "-q", "--force"],
+                       capsys)
     assert code == 0 and "task: regression (chosen with --task)" in out
     np.savez(tmp_path / "new.npz", X=X[:5])  # predict needs only X
     code, out, err = run(["predict", tmp_path / "d.fastbp.npz", tmp_path / "new.npz"], capsys)
@@ -198,7 +199,7 @@ def test_progress_is_shown_by_default(blobs: Path, capsys: pytest.CaptureFixture
 
 def test_infer_task() -> None:
     assert infer_task(np.array(["a", "b", "a"]))[0] == "classify"
-    assert infer_task(np.array([0.0, 1.0, 2.0, 1.0]))[0] == "classify"
+    assert infer_task(np.tile([0.0, 1.0, 2.0, 1.0], 5))[0] == "classify"
     assert infer_task(np.arange(100.0))[0] == "regress"  # many distinct integers
     assert infer_task(np.array([0.5, 1.0, 2.0]))[0] == "regress"
     assert infer_task(np.zeros((5, 2)))[0] == "regress"
@@ -234,6 +235,7 @@ def bad_files(tmp_path: Path) -> Path:
     write_csv(tmp_path / "text_feature.csv", ["a", "b", "y"], [[1, 2, 0], [3, "zz", 1]])
     write_csv(tmp_path / "empty_cell.csv", ["a", "b", "y"], [[1, 2, 0], [3, "", 1]])
     write_csv(tmp_path / "nan.csv", ["a", "b", "y"], [[1, 2, 0], [3, "nan", 1]])
+    write_csv(tmp_path / "inf.csv", ["a", "b", "y"], [[1, 2, 0], [3, "-inf", 1]])
     (tmp_path / "ragged.csv").write_text("a,b,y\n1,2,0\n1,2\n")
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header_only.csv").write_text("a,b,y\n")
@@ -242,8 +244,8 @@ def bad_files(tmp_path: Path) -> Path:
     (tmp_path / "garbage.npz").write_text("not a zip")
     np.savez(tmp_path / "no_y.npz", X=np.zeros((3, 2)))
     np.savez(tmp_path / "one_class.npz", X=np.arange(6.0).reshape(3, 2), y=np.array(["a"] * 3))
-    write_csv(tmp_path / "ok.csv", ["a", "b", "y"], [[i, i % 3, i % 2] for i in range(20)])
-    write_csv(tmp_path / "words.csv", ["a", "b", "y"], [[i, i % 3, "xy"[i % 2]]
+    write_csv(tmp_path / "ok.csv", ["a", "b", "y"], [[i % 7, i % 3, i % 2] for i in range(20)])
+    write_csv(tmp_path / "words.csv", ["a", "b", "y"], [[i % 7, i % 3, "xy"[i % 2]]
                                                         for i in range(20)])
     return tmp_path
 
@@ -253,7 +255,8 @@ def bad_files(tmp_path: Path) -> Path:
     (["train", "."], ["is a directory"]),
     (["train", "text_feature.csv"], ["line 3", "column 'b'", "'zz' is not a number"]),
     (["train", "empty_cell.csv"], ["line 3", "column 'b'", "missing value"]),
-    (["train", "nan.csv"], ["line 3", "not a finite number"]),
+    (["train", "nan.csv"], ["line 3", "column 'b'", "missing value", "--missing drop"]),
+    (["train", "inf.csv"], ["line 3", "column 'b'", "'-inf'", "not finite"]),
     (["train", "ragged.csv"], ["line 3", "2 fields"]),
     (["train", "empty.csv"], ["empty file"]),
     (["train", "header_only.csv"], ["no data rows"]),
@@ -375,3 +378,507 @@ def test_digits_command_compares_with_sklearn(capsys: pytest.CaptureFixture) -> 
     rows = {ln.rsplit(None, 2)[0]: float(ln.split()[-2]) for ln in out.splitlines()[2:]}
     assert rows["fastbp.MLP (SGD)"] > 0.9
     assert "sklearn MLPClassifier (same SGD)" in rows
+
+
+# -- real files: missing values (issue 8) -----------------------------------------------------
+
+
+def _regression_rows(n: int = 300, seed: int = 3) -> List[List[object]]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    y = 10 + 3 * X[:, 0] - X[:, 1] + rng.normal(0, 0.1, n)
+    return [[f"{a:.5f}", f"{b:.5f}", f"{t:.5f}"] for (a, b), t in zip(X, y)]
+
+
+@pytest.mark.parametrize("token", ["NA", "nan", "", "NaN", "null", "?", "N/A", "None"])
+def test_numeric_target_with_a_missing_cell_is_an_error_naming_its_line(
+        token: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = _regression_rows()
+    rows[41][2] = token  # file line 43 (the header is line 1)
+    data = write_csv(tmp_path / "r.csv", ["a", "b", "price"], rows)
+    code, out, err = run(["train", data, "--epochs", "1", "-q"], capsys)
+    _assert_one_line_error(code, err, "line 43", "column 'price'", "missing value",
+                           "--missing drop")
+    assert not (tmp_path / "r.fastbp.npz").exists()
+
+
+def test_missing_drop_drops_incomplete_rows_and_a_numeric_target_stays_numeric(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = _regression_rows()
+    rows[41][2], rows[7][0], rows[8][1], rows[100][2] = "NA", "", "nan", "?"
+    data = write_csv(tmp_path / "r.csv", ["a", "b", "price"], rows)
+    code, out, err = run(["train", data, "--epochs", "2", "-q", "--missing", "drop"], capsys)
+    assert code == 0, err
+    assert "task: regression" in out
+    assert "dropped 4 of 300 rows with missing values" in out + err
+    assert "296 rows" in out
+    side = json.loads((tmp_path / "r.fastbp.json").read_text())
+    assert side["task"] == "regress" and side["training"]["rows"] == 296
+
+
+def test_missing_feature_values_name_every_bad_cell_up_to_a_few_then_a_count(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = _regression_rows(50)
+    for i in (3, 5, 9, 20, 21, 30, 31, 40):
+        rows[i][i % 2] = "NA"
+    data = write_csv(tmp_path / "r.csv", ["a", "b", "price"], rows)
+    code, _, err = run(["train", data, "-q"], capsys)
+    _assert_one_line_error(code, err, "8 missing values", "line 5, column 'b'",
+                           "line 7, column 'b'", "line 11, column 'b'", "and 3 more",
+                           "in 8 rows", "--missing drop")
+    assert "encode categories" not in err  # "NA" is a missing value, not a category
+
+
+def test_non_numbers_are_listed_with_the_category_hint(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    rows = [[i % 7, "red" if i % 3 else "blue", i % 2] for i in range(30)]
+    data = write_csv(tmp_path / "c.csv", ["a", "colour", "y"], rows)
+    code, _, err = run(["train", data, "-q"], capsys)
+    _assert_one_line_error(code, err, "30 cells are not numbers", "line 2, column 'colour': "
+                           "'blue'", "line 3, column 'colour': 'red'", "and 25 more",
+                           "encode categories", "--drop colour")
+
+
+def test_predict_rejects_missing_features_and_skips_rows_without_a_target(
+        blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m.npz"
+    assert run(["train", blobs, "-o", model, "--epochs", "2", "-q"], capsys)[0] == 0
+    rows = read_csv(blobs)
+    rows[5][2] = "NA"
+    write_csv(tmp_path / "t.csv", rows[0], rows[1:])
+    code, out, err = run(["predict", model, tmp_path / "t.csv"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 301 and "(299 rows" in err and "1 row" in err
+    rows[5][0] = "?"
+    write_csv(tmp_path / "t.csv", rows[0], rows[1:])
+    _assert_one_line_error(*run(["predict", model, tmp_path / "t.csv"], capsys)[::2],
+                           "line 6, column 'width'", "missing value")
+
+
+# -- real files: delimiters and decimal commas ---------------------------------------------------
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _blob_lines(sep: str, decimal: str = ".", n: int = 60) -> str:
+    rng = np.random.default_rng(0)
+    lines = [sep.join(["width", "height", "kind"])]
+    for i in range(n):
+        k = i % 2
+        a, b = rng.normal(3 * k, 0.5), rng.normal(-3 * k, 0.5)
+        lines.append(sep.join([f"{a:.3f}".replace(".", decimal), f"{b:.3f}".replace(".", decimal),
+                               "ab"[k]]))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab"), (",", "comma")])
+def test_delimiter_is_detected(sep: str, name: str, tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    data = _write_text(tmp_path / f"{name}.csv", _blob_lines(sep))
+    code, out, err = run(["train", data, "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    assert "60 rows, 2 features, target 'kind'" in out
+    side = json.loads((tmp_path / f"{name}.fastbp.json").read_text())
+    assert side["features"] == ["width", "height"]
+    code, out, err = run(["predict", tmp_path / f"{name}.fastbp.npz", data], capsys)
+    assert code == 0, err and len(out.splitlines()) == 61
+
+
+def test_sep_option_and_a_one_column_header_names_the_likely_delimiter(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _write_text(tmp_path / "s.csv", _blob_lines(";"))
+    code, _, err = run(["train", data, "--sep", ",", "-q"], capsys)
+    _assert_one_line_error(code, err, "one column", "';'", "--sep")
+    code, out, err = run(["train", data, "--sep", ";", "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    _assert_one_line_error(*run(["train", data, "--sep", ";;"], capsys)[::2], "--sep")
+    code, out, err = run(["train", data, "--sep", "tab", "-q"], capsys)  # names are accepted
+    _assert_one_line_error(code, err, "one column", "';'")
+
+
+def test_decimal_comma(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _write_text(tmp_path / "d.csv", _blob_lines(";", decimal=","))
+    code, _, err = run(["train", data, "-q", "--epochs", "1"], capsys)
+    _assert_one_line_error(code, err, "120 cells are not numbers", "--decimal ,")
+    code, out, err = run(["train", data, "--decimal", ",", "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    mean = json.loads((tmp_path / "d.fastbp.json").read_text())["x_mean"]
+    assert 1.0 < mean[0] < 2.0  # 1,234 was read as 1.234, not 1234
+    code, out, err = run(["predict", tmp_path / "d.fastbp.npz", data, "--decimal", ","],
+                         capsys)
+    assert code == 0, err
+    _assert_one_line_error(*run(["train", data, "--decimal", ",", "--sep", ","], capsys)[::2],
+                           "--decimal")
+
+
+# -- real files: columns ------------------------------------------------------------------------
+
+
+def test_drop_and_features_select_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = [[i % 5, (i * 7) % 11, i % 3, i % 2] for i in range(40)]
+    data = write_csv(tmp_path / "c.csv", ["a", "b", "c", "y"], rows)
+    code, out, err = run(["train", data, "--drop", "b", "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "c.fastbp.json").read_text())["features"] == ["a", "c"]
+    code, out, err = run(["train", data, "--features", "c,a", "--epochs", "1", "-q", "--force"],
+                         capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "c.fastbp.json").read_text())["features"] == ["c", "a"]
+    _assert_one_line_error(*run(["train", data, "--drop", "b,zz,qq"], capsys)[::2],
+                           "--drop", "'zz'", "'qq'")
+    _assert_one_line_error(*run(["train", data, "--features", "a,nope"], capsys)[::2],
+                           "--features", "'nope'")
+    _assert_one_line_error(*run(["train", data, "--drop", "y"], capsys)[::2], "target")
+    _assert_one_line_error(*run(["train", data, "--drop", "a,b,c"], capsys)[::2], "no feature")
+
+
+def test_row_identifiers_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = [[1000 + 3 * i, i % 4, (i * 3) % 5, i % 2] for i in range(40)]
+    data = write_csv(tmp_path / "c.csv", ["row", "a", "ID", "y"], rows)
+    code, out, err = run(["train", data, "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("fastbp: warning:")]
+    assert len(warnings) == 2, err
+    assert "'row'" in warnings[0] and "unique integers" in warnings[0] and "--drop" in err
+    assert "'ID'" in warnings[1] and "named like a row identifier" in warnings[1]
+    code, out, err = run(["train", data, "--drop", "row,ID", "--epochs", "1", "-q", "--force"],
+                         capsys)
+    assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize("index_name", ["", "Unnamed: 0"])
+def test_pandas_index_column_is_read_as_an_index(index_name: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    rows = [[i, i % 4, (i * 3) % 5, "xy"[i % 2]] for i in range(40)]
+    data = write_csv(tmp_path / "p.csv", [index_name, "a", "b", "y"], rows)
+    code, out, err = run(["train", data, "--epochs", "1", "-q"], capsys)
+    assert code == 0, err
+    assert "2 features" in out and "index" in out + err and "warning" not in err
+    assert json.loads((tmp_path / "p.fastbp.json").read_text())["features"] == ["a", "b"]
+    code, out, err = run(["predict", tmp_path / "p.fastbp.npz", data], capsys)
+    assert code == 0, err
+
+
+def test_pandas_to_csv_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x1": rng.normal(size=50), "x2": rng.normal(size=50),
+                       "label": rng.choice(["u", "v"], 50)})
+    df.loc[3, "x1"] = np.nan  # pandas writes it as an empty cell
+    df.to_csv(tmp_path / "pd.csv")  # with the unnamed index column
+    code, _, err = run(["train", tmp_path / "pd.csv", "-q"], capsys)
+    _assert_one_line_error(code, err, "line 5, column 'x1'", "missing value")
+    code, out, err = run(["train", tmp_path / "pd.csv", "-q", "--missing", "drop",
+                          "--epochs", "1"], capsys)
+    assert code == 0, err and "49 rows, 2 features" in out
+
+
+# -- task inference ---------------------------------------------------------------------------
+
+
+def test_many_distinct_integers_for_the_rows_are_regressed(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    rows = [[f"{v:.3f}", int(t)] for v, t in zip(rng.normal(size=20), rng.integers(0, 40, 20))]
+    data = write_csv(tmp_path / "small.csv", ["x", "score"], rows)
+    code, out, err = run(["train", data, "--epochs", "1", "-q", "--validation-split", "0"],
+                         capsys)
+    assert code == 0, err
+    task = [ln for ln in out.splitlines() if ln.startswith("task:")][0]
+    assert task.startswith("task: regression") and "in 20 rows" in task
+    assert "rows per value" in task
+    code, out, err = run(["train", data, "--task", "classify", "--epochs", "1", "-q",
+                          "--validation-split", "0", "--force"], capsys)
+    assert code == 0 and "task: classification" in out
+
+
+def test_infer_task_rules() -> None:
+    assert infer_task(np.arange(20.0) % 16)[0] == "regress"  # 16 values on 20 rows
+    assert infer_task(np.arange(200.0) % 16)[0] == "classify"  # 16 values on 200 rows
+    assert infer_task(np.arange(2000.0) % 21)[0] == "regress"  # more than 20 values
+    assert infer_task(np.array([0.0, 1.0, 1.0, 0.0]))[0] == "classify"  # two values: classes
+    task, reason = infer_task(np.arange(30.0) % 10)
+    assert task == "regress" and "10 distinct integer values in 30 rows" in reason
+
+
+# -- predict: labels the model never saw ------------------------------------------------------
+
+
+def test_predict_warns_about_labels_the_model_never_saw(
+        blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m.npz"
+    assert run(["train", blobs, "-o", model, "--epochs", "2", "-q"], capsys)[0] == 0
+    rows = read_csv(blobs)
+    for i in (1, 2, 3):
+        rows[i][2] = "yak"
+    rows[4][2] = "fox"
+    write_csv(tmp_path / "new.csv", rows[0], rows[1:])
+    code, out, err = run(["predict", model, tmp_path / "new.csv"], capsys)
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if ln.startswith("fastbp: warning:")]
+    assert len(warning) == 1 and "4 rows" in warning[0] and "'fox'" in warning[0]
+    assert "'yak'" in warning[0] and "never saw" in warning[0]
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+class _FakeTerminal:
+    """A stand-in for sys.stderr that says it is a terminal."""
+
+    def __init__(self) -> None:
+        self.chunks: List[str] = []
+
+    def write(self, s: str) -> int:
+        self.chunks.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError("no file descriptor")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def _screen_lines(text: str) -> List[str]:
+    """What a terminal shows: each carriage return restarts the line."""
+    lines = []
+    for line in text.split("\n"):
+        lines.append(line.split("\r")[-1] if "\r" in line else line)
+    return [ln for ln in lines if ln.strip()]
+
+
+def _hide_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+
+
+def _fit_verbose(validation: bool = True, epochs: int = 3) -> None:
+    import fastbp
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X[:, 0] > 0).astype(int)
+    net = fastbp.MLP([3, 8, 2], seed=0)
+    net.fit(X, y, epochs=epochs, batch_size=4, lr=0.05, verbose=1,
+            validation_split=0.2 if validation else 0.0)
+
+
+def test_progress_is_one_line_per_epoch_with_every_metric_when_not_a_terminal(
+        capsys: pytest.CaptureFixture) -> None:
+    _fit_verbose()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and "\r" not in "".join(lines)
+    for i, line in enumerate(lines):
+        assert line.startswith(f"epoch {i + 1}/3")
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "samples/s"):
+            assert f" {key} " in line + " ", line
+        assert "80/80 batches" in line
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False])
+@pytest.mark.parametrize("columns", [200, 60])
+def test_progress_bar_on_a_terminal_fits_its_width(
+        with_tqdm: bool, columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    if with_tqdm:
+        pytest.importorskip("tqdm")
+    else:
+        _hide_tqdm(monkeypatch)
+    term = _FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    _fit_verbose()
+    screen = _screen_lines(term.text)
+    assert "\r" in term.text  # a live bar, redrawn in place
+    assert all(len(ln) <= columns for ln in screen), screen
+    bars = [ln for ln in screen if ln.startswith("epoch ")]
+    assert [b.split()[1].rstrip(":") for b in bars] == ["1/3", "2/3", "3/3"]
+    assert all("80/80" in b for b in bars), bars
+    text = "\n".join(screen)
+    assert text.count("val_accuracy") == 3
+    if columns == 60:  # the metrics do not fit next to the bar: on their own line
+        assert all("val_accuracy" not in b for b in bars)
+    else:
+        assert all("val_accuracy" in b for b in bars)
+
+
+def test_progress_bar_in_a_pseudo_terminal(tmp_path: Path) -> None:
+    pty = pytest.importorskip("pty")
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from tests.test_cli import _fit_verbose\n_fit_verbose()\n" % str(ROOT))
+    out = []
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+    def read(fd: int) -> bytes:
+        data = os.read(fd, 65536)
+        out.append(data)
+        return data
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child: a 24x100 terminal
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(2, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-c", script], env)
+    try:
+        while True:
+            try:
+                if not read(fd):
+                    break
+            except OSError:
+                break
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, b"".join(out)
+    text = b"".join(out).decode("utf-8", "replace").replace("\r\n", "\n")
+    screen = _screen_lines(text)
+    assert "\r" in text and len([ln for ln in screen if ln.startswith("epoch ")]) == 3
+    assert all(len(ln) <= 100 for ln in screen), screen
+
+
+def test_train_prints_consistent_figures_and_says_the_loss_is_on_the_standardised_target(
+        regression_csv: Path, blobs: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run(["train", regression_csv, "--epochs", "2", "-q"], capsys)
+    assert code == 0, err
+    train = [ln for ln in out.splitlines() if ln.startswith("train:")][0]
+    assert "standardised target" in train
+    import re
+
+    figures = re.findall(r"(?:loss|rmse|r2)[^0-9-]*(-?[0-9.e+-]+)", train)
+    assert figures and all(re.fullmatch(r"-?\d+\.\d{4}", f) for f in figures), train
+    code, out, err = run(["train", blobs, "--epochs", "2", "-q"], capsys)
+    train = [ln for ln in out.splitlines() if ln.startswith("train:")][0]
+    assert "standardised" not in train and re.search(r"accuracy \d\.\d{4}\b", train)
+
+
+def test_train_refuses_to_overwrite_a_model_without_force(
+        blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tmp_path / "m.npz"
+    assert run(["train", blobs, "-o", model, "--epochs", "1", "-q"], capsys)[0] == 0
+    before = model.read_bytes()
+    _assert_one_line_error(*run(["train", blobs, "-o", model, "--epochs", "1", "-q"],
+                                capsys)[::2], str(model), "already exist", "--force")
+    assert model.read_bytes() == before
+    (tmp_path / "m.npz").unlink()  # the sidecar alone is protected too
+    _assert_one_line_error(*run(["train", blobs, "-o", model, "-q"], capsys)[::2],
+                           "m.json already exists")
+    code, out, err = run(["train", blobs, "-o", model, "--epochs", "1", "-q", "--force",
+                          "--seed", "5"], capsys)
+    assert code == 0, err and "overwrote" in out
+
+
+def test_source_folder_without_kernels_says_so(tmp_path: Path) -> None:
+    import shutil
+    import sysconfig
+
+    (tmp_path / "fastbp").mkdir()
+    for f in (ROOT / "fastbp").glob("*.py"):
+        shutil.copy(f, tmp_path / "fastbp" / f.name)
+    # -S: no site (so no editable-install finder that would find the kernels elsewhere);
+    # numpy comes from site-packages on PYTHONPATH, after the cwd that -m puts first.
+    env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"] + os.pathsep +
+               sysconfig.get_paths()["platlib"])
+    r = subprocess.run([sys.executable, "-S", "-m", "fastbp", "demo"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastbp: error: "), r.stderr
+    assert "compiled kernels" in lines[0] and "build_ext --inplace" in lines[0]
+    assert "another folder" in lines[0] and "cannot import name" not in lines[0]
+    r = subprocess.run([sys.executable, "-S", "-c", "import fastbp"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "ImportError" in r.stderr and "compiled kernels" in r.stderr
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+
+def test_history_plot_integer_ticks_kept_epoch_marker_and_loss_name(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import fastbp
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = (X[:, 0] > 0).astype(int)
+    net = fastbp.MLP([2, 32, 2], seed=0)
+    hist = net.fit(X, y, epochs=40, lr=0.5, momentum=0.9, validation_split=0.5,
+                   early_stopping=True, patience=3, seed=0)
+    assert hist.best_epoch is not None and hist.stopped_early
+    fig = hist.figure(loss_name="cross entropy")
+    ax = fig.axes[0]
+    assert "cross entropy" in ax.get_ylabel() + ax.get_title()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= hist.epochs]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    kept = [ln for ln in ax.get_lines() if "kept epoch" in str(ln.get_label())]
+    assert len(kept) == 1 and list(kept[0].get_xdata()) == [hist.best_epoch + 1]
+    assert list(kept[0].get_ydata()) == [hist.val_loss[hist.best_epoch]]
+    hist.plot(tmp_path / "h.png", loss_name="cross entropy")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert "loss" in hist.figure().axes[0].get_ylabel()  # without a name: plain "loss"
+
+
+def test_a_missing_label_is_a_missing_value_not_a_class(blobs: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    rows = read_csv(blobs)
+    rows[10][2], rows[20][2] = "?", ""
+    data = write_csv(tmp_path / "b.csv", rows[0], rows[1:])
+    _assert_one_line_error(*run(["train", data, "-q"], capsys)[::2], "2 missing values",
+                           "line 11, column 'animal'", "line 21, column 'animal'", "in 2 rows")
+    code, out, err = run(["train", data, "-q", "--epochs", "1", "--missing", "drop"], capsys)
+    assert code == 0, err
+    assert "3 classes" in out and "dropped 2 of 300 rows" in out
+    assert json.loads((tmp_path / "b.fastbp.json").read_text())["classes"] == ["cat", "dog", "emu"]
+
+
+def test_npz_missing_values_and_csv_only_options(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    X[4, 1], y[7] = np.nan, np.nan
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    _assert_one_line_error(*run(["train", tmp_path / "d.npz", "-q"], capsys)[::2],
+                           "missing values (NaN) in 2 rows", "rows 4, 7", "--missing drop")
+    code, out, err = run(["train", tmp_path / "d.npz", "-q", "--epochs", "1", "--missing",
+                          "drop"], capsys)
+    assert code == 0, err
+    assert "48 rows" in out and "dropped 2 of 50 rows" in out and "regression" in out
+    _assert_one_line_error(*run(["train", tmp_path / "d.npz", "--drop", "x0"], capsys)[::2],
+                           "CSV columns")
+
+
+def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_defaults_check",
+                                                  ROOT / "tools" / "cli_defaults_check.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    code = tool.main(["--only", "iris,diabetes", "--", "--epochs", "1", "--lr", "1e-4"])
+    out = capsys.readouterr().out
+    assert code == 1 and "0 of 2 targets met" in out  # one epoch at a tiny rate: not good
+    iris = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
+    assert iris[1] == "112/38" and iris[-3:] == ["0.9500", "NO", "accuracy"]
+    assert "R² (RidgeCV 0." in out

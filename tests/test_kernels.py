@@ -208,8 +208,6 @@ def test_fast_matches_reference(activation, pair_, dtype, bias, n_threads, shape
                 check(fast.biases[k], ref["b"][k], B["b_step"][k], f"after step b{k}")
 
 
-@pytest.mark.xfail(strict=True, reason="a batch of one row runs on one thread (step_threads "
-                   "needs m >= 2) until the kernel also splits the output units of small batches")
 def test_batch_of_one_runs_in_parallel(threads):
     threads(2)
     net = fastbp.MLP(SMALL, activation="tanh", seed=0)

@@ -26,6 +26,12 @@
  * allocation made to fail (aligned_alloc is interposed below): the fallback
  * must give the same bits.
  *
+ * 64-bit indices: the same products with every leading dimension 2**31 + 7
+ * (so row 1 of each operand starts past 2**31 elements: an int or 32-bit
+ * long anywhere in the index arithmetic would wrap), on sparse mappings of
+ * which only the touched pages exist, must equal the compact computation
+ * bitwise (small and blocked paths, 1 and 2 threads, every transpose).
+ *
  * Prints one line per failure and a summary; exit status 1 on any failure.
  * Argument "quick" runs a reduced set (used for the sanitizer build).
  */
@@ -35,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include "fbp_gemm.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -531,6 +538,94 @@ static void run_invariance_nomem(int quick)
     }
 }
 
+/* A rows x cols matrix at row stride ld on a sparse anonymous mapping (only
+ * the pages touched exist), or NULL when the system refuses the mapping. */
+static void *sparse_alloc(int64_t rows, int64_t cols, int64_t ld, size_t elem,
+                          size_t *bytes)
+{
+    *bytes = (size_t)((rows - 1) * ld + cols) * elem;
+    void *p = mmap(NULL, *bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+#define DEFINE_HUGE_LD(T, SFX)                                                  \
+static int huge_ld_##SFX(int ta, int tb, int64_t M, int64_t N, int64_t K,      \
+                         int nt)                                               \
+{                                                                               \
+    const int64_t LD = ((int64_t)1 << 31) + 7;                                 \
+    const int64_t ar = ta ? K : M, ac = ta ? M : K;                             \
+    const int64_t br = tb ? N : K, bc = tb ? K : N;                             \
+    size_t na, nb, nc, nd;                                                      \
+    T *A = sparse_alloc(ar, ac, LD, sizeof(T), &na);                            \
+    T *B = sparse_alloc(br, bc, LD, sizeof(T), &nb);                            \
+    T *C = sparse_alloc(M, N, LD, sizeof(T), &nc);                              \
+    T *D = sparse_alloc(M, N, LD, sizeof(T), &nd);                              \
+    T *a = malloc(sizeof(T) * ar * ac), *b = malloc(sizeof(T) * br * bc);       \
+    T *c = malloc(sizeof(T) * M * N), *d = malloc(sizeof(T) * M * N);           \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    int ok = 1;                                                                 \
+    if (!A || !B || !C || !D) {                                                 \
+        printf("skip huge-ld check: sparse mapping refused\n");                 \
+        goto done;                                                              \
+    }                                                                           \
+    for (int64_t i = 0; i < ar; i++)                                            \
+        for (int64_t j = 0; j < ac; j++)                                        \
+            A[i * LD + j] = a[i * ac + j] = (T)urand();                         \
+    for (int64_t i = 0; i < br; i++)                                            \
+        for (int64_t j = 0; j < bc; j++)                                        \
+            B[i * LD + j] = b[i * bc + j] = (T)urand();                         \
+    for (int64_t i = 0; i < M; i++)                                             \
+        for (int64_t j = 0; j < N; j++) {                                       \
+            C[i * LD + j] = c[i * N + j] = (T)urand();                          \
+            D[i * LD + j] = d[i * N + j] = (T)(0.5 + 0.5 * urand());            \
+        }                                                                       \
+    for (int64_t j = 0; j < N; j++) bias[j] = (T)urand();                       \
+    for (int e = 0; e < 3; e++) {                                               \
+        const int act = e == 0 ? FBP_ACT_TANH : FBP_ACT_SIGMOID;                \
+        const T beta = e == 1 ? (T)1 : (T)0;                                    \
+        const T *ds = e == 2 ? D : NULL, *dc = e == 2 ? d : NULL;               \
+        const T *bs = e == 2 ? NULL : bias;                                     \
+        fbp_gemm_##SFX(ta, tb, M, N, K, (T)0.75, A, LD, B, LD, beta, C, LD,     \
+                       bs, act, ds, LD, nt);                                    \
+        fbp_gemm_##SFX(ta, tb, M, N, K, (T)0.75, a, ac, b, bc, beta, c, N,      \
+                       bs, act, dc, N, 1);                                      \
+        for (int64_t i = 0; i < M; i++)                                         \
+            for (int64_t j = 0; j < N; j++)                                     \
+                if (memcmp(&C[i * LD + j], &c[i * N + j], sizeof(T)) != 0) ok = 0;\
+    }                                                                           \
+    n_cases++;                                                                  \
+    if (!ok) {                                                                  \
+        printf("FAIL %s %s huge ld ta=%d tb=%d %ldx%ldx%ld nt=%d: differs "     \
+               "from the compact product\n", isa_now, #SFX, ta, tb, (long)M,    \
+               (long)N, (long)K, nt);                                           \
+        n_fail++;                                                               \
+    }                                                                           \
+done:                                                                           \
+    if (A) munmap(A, na);                                                       \
+    if (B) munmap(B, nb);                                                       \
+    if (C) munmap(C, nc);                                                       \
+    if (D) munmap(D, nd);                                                       \
+    free(a); free(b); free(c); free(d); free(bias);                             \
+    return ok;                                                                  \
+}
+DEFINE_HUGE_LD(float, f32)
+DEFINE_HUGE_LD(double, f64)
+
+static void run_huge_ld(void)
+{
+    /* Every operand has at most 64 rows (the mappings stay well inside the
+     * address space); small path, blocked path (also split over threads). */
+    static const int64_t sh[][3] = {{3, 5, 7}, {2, 40, 60}, {7, 48, 50},
+                                    {40, 64, 33}};
+    for (unsigned s = 0; s < sizeof sh / sizeof *sh; s++)
+        for (int t = 0; t < 4; t++)
+            for (int nt = 1; nt <= 2; nt++) {
+                huge_ld_f32(t & 1, t >> 1, sh[s][0], sh[s][1], sh[s][2], nt);
+                huge_ld_f64(t & 1, t >> 1, sh[s][0], sh[s][1], sh[s][2], nt);
+            }
+}
+
 static void run_all(int quick)
 {
     static const int odd[] = {1, 2, 3, 5, 7, 11, 13, 17, 31, 37, 61, 67};
@@ -598,6 +693,7 @@ int main(int argc, char **argv)
         ulp_sweep_f32(quick);
         ulp_sweep_f64(quick);
         run_all(quick);
+        run_huge_ld();
         long c0 = n_cases;
         run_invariance(quick);
         run_invariance_nomem(quick);

@@ -1,0 +1,483 @@
+"""Threads: the tiled parallel kernels, the thread controls, FTZ/DAZ per region.
+
+* Bitwise equality of predict, loss, gradients, an SGD step and a fit across
+  1, 2 and 3 threads on both parallel plans (batch rows split, and the
+  output units of every layer split for a small batch), both dtypes, with
+  ``parallel_regions()`` proving that the parallel path ran.
+* The API: ``set_num_threads`` validation, ``get_num_threads`` semantics,
+  ``fastbp.threads`` (nesting, restoring, local to a Python thread),
+  threadpoolctl, the scikit-learn estimators' ``n_threads``.
+* FTZ/DAZ: a flush-to-zero fit must not leave OpenMP threads flushing later
+  calls (checked in a fresh process, where the pool is born inside that fit).
+* The workspace of ``gradients`` and ``Network.fit_workspace_nbytes``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = ["float32", "float64"]
+
+
+@pytest.fixture
+def forced():
+    """Every step and chunk with more than one thread goes parallel, cut into
+    as many tiles as its shape allows (the kernels' test threshold at 0)."""
+    before, threshold = fastbp.get_num_threads(), _kernels.set_parallel_threshold(0)
+    yield
+    fastbp.set_num_threads(before)
+    _kernels.set_parallel_threshold(threshold)
+
+
+@pytest.fixture
+def restore_threads():
+    before = fastbp._threads._n_threads
+    yield
+    fastbp._threads._n_threads = before
+
+
+def _data(sizes, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    Y = rng.integers(0, sizes[-1], n)
+    return X, Y
+
+
+def _run_all(sizes, n, batch, dtype, activation, threads):
+    """Every kernel result of one configuration on `threads` threads."""
+    fastbp.set_num_threads(threads)
+    X, Y = _data(sizes, n, dtype)
+    net = fastbp.MLP(sizes, activation=activation, output="softmax", loss="cross_entropy",
+                     dtype=dtype, seed=1)
+    before = _kernels.parallel_regions()
+    pred = net.predict(X)
+    loss = net.loss(X, Y)
+    gl, grads = net.gradients(X[:batch], Y[:batch])
+    step = net.step(X[:batch], Y[:batch], 0.05)
+    hist = net.fit(X, Y, epochs=2, batch_size=batch, lr=0.05, momentum=0.5, seed=3)
+    plain = fastbp.MLP(sizes, activation=activation, output="softmax", loss="cross_entropy",
+                       dtype=dtype, seed=2)
+    plain.fit(X, Y, epochs=1, batch_size=batch, lr=0.05, seed=4)   # the fused SGD step
+    regions = _kernels.parallel_regions() - before
+    out = [pred, np.float64(loss), np.float64(gl), np.float64(step), np.array(hist.loss)]
+    out += [g for pair in grads for g in pair] + list(net.weights) + list(net.biases)
+    out += list(plain.weights) + list(plain.biases)
+    return out, regions
+
+
+# (sizes, n, batch): row split (batch >= 16 rows per thread), unit split
+# (small batch), a deep net whose unit tiles span layers, and odd widths.
+CASES = [
+    ([13, 37, 29, 5], 150, 64, "tanh"),
+    ([13, 37, 29, 5], 21, 4, "sigmoid"),
+    ([7, 50, 3], 40, 3, "relu"),
+    ([9, 17, 33, 65, 11, 4], 70, 35, "relu"),
+    ([5, 300, 6], 9, 1, "tanh"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[0])) + f"-b{c[2]}")
+def test_bitwise_equal_across_threads(forced, dtype, case):
+    sizes, n, batch, activation = case
+    ref, regions = _run_all(sizes, n, batch, dtype, activation, 1)
+    assert regions == 0          # one thread never opens a parallel region
+    for t in (2, 3):
+        got, regions = _run_all(sizes, n, batch, dtype, activation, t)
+        assert regions > 0, "the parallel path did not run"
+        assert len(got) == len(ref)
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_layer_small_batch_default_threshold(dtype):
+    """1024-512-256 at batch 4 (default threshold): the unit split runs in
+    parallel and gives the same bits as one thread."""
+    sizes = [1024, 512, 256]
+    X, Y = _data(sizes, 8, dtype)
+    results = []
+    before = fastbp.get_num_threads()
+    try:
+        for t in (1, 2):
+            fastbp.set_num_threads(t)
+            net = fastbp.MLP(sizes, output="softmax", loss="cross_entropy", dtype=dtype, seed=0)
+            r0 = _kernels.parallel_regions()
+            g = net.gradients(X[:4], Y[:4])[1]
+            net.fit(X, Y, epochs=1, batch_size=4, lr=0.01, shuffle=False)
+            p = net.predict(X[:4])
+            results.append(([w for pair in g for w in pair] + list(net.weights) + [p],
+                            _kernels.parallel_regions() - r0))
+    finally:
+        fastbp.set_num_threads(before)
+    assert results[0][1] == 0 and results[1][1] >= 3   # one region per call
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_steps_stay_serial(restore_threads):
+    """A step too small to gain (2-2-1, batch 1) opens no parallel region."""
+    fastbp.set_num_threads(2)
+    net = fastbp.MLP([2, 2, 1], activation="sigmoid", output="identity", loss="squared_error")
+    X = np.random.default_rng(0).standard_normal((64, 2))
+    before = _kernels.parallel_regions()
+    net.fit(X, X[:, :1], epochs=1, batch_size=1, lr=0.1)
+    net.predict(X[:1])
+    assert _kernels.parallel_regions() == before
+
+
+def test_large_predict_goes_parallel(restore_threads):
+    fastbp.set_num_threads(2)
+    net = fastbp.MLP([64, 256, 10], output="softmax", loss="cross_entropy")
+    X = np.random.default_rng(0).standard_normal((512, 64))
+    before = _kernels.parallel_regions()
+    net.predict(X)
+    assert _kernels.parallel_regions() > before
+    fastbp.set_num_threads(1)
+    before = _kernels.parallel_regions()
+    net.predict(X)
+    assert _kernels.parallel_regions() == before
+
+
+# -- set_num_threads / get_num_threads ------------------------------------------
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, 2.0, "2", True, False, None, 2**31,
+                                 fastbp.MAX_THREADS + 1, np.bool_(True), np.float64(2)])
+def test_set_num_threads_rejects(restore_threads, bad):
+    fastbp.set_num_threads(2)
+    with pytest.raises(ValueError, match="number of threads"):
+        fastbp.set_num_threads(bad)
+    assert fastbp.get_num_threads() == 2     # unchanged
+
+
+@pytest.mark.parametrize("good", [1, 3, np.int64(2), np.int32(4), np.uint8(5), fastbp.MAX_THREADS])
+def test_set_num_threads_accepts(restore_threads, good):
+    fastbp.set_num_threads(good)
+    assert fastbp.get_num_threads() == int(good)
+    assert type(fastbp.get_num_threads()) is int
+
+
+def test_default_follows_openmp(restore_threads):
+    fastbp._threads._n_threads = None
+    assert fastbp.get_num_threads() == max(1, _kernels.max_threads())
+
+
+# -- fastbp.threads ---------------------------------------------------------------
+
+def test_threads_context_nests_and_restores(restore_threads):
+    fastbp.set_num_threads(4)
+    with fastbp.threads(3) as n:
+        assert n == 3 == fastbp.get_num_threads()
+        with fastbp.threads(1):
+            assert fastbp.get_num_threads() == 1
+            with fastbp.threads(2):          # a cap: the smallest holds
+                assert fastbp.get_num_threads() == 1
+        assert fastbp.get_num_threads() == 3
+        with fastbp.threads(8):              # above the setting: no effect
+            assert fastbp.get_num_threads() == 3
+        with fastbp.threads(None):
+            assert fastbp.get_num_threads() == 3
+    assert fastbp.get_num_threads() == 4
+    with pytest.raises(RuntimeError):
+        with fastbp.threads(1):
+            raise RuntimeError("boom")
+    assert fastbp.get_num_threads() == 4
+    for bad in (0, -2, 1.5, "1", True, 2**31):
+        with pytest.raises(ValueError):
+            with fastbp.threads(bad):
+                pass
+    assert fastbp.get_num_threads() == 4
+
+
+def test_threads_cap_is_local_to_a_python_thread(restore_threads):
+    fastbp.set_num_threads(3)
+    barrier = threading.Barrier(2, timeout=10)
+    seen = {}
+
+    def worker(name, cap):
+        with fastbp.threads(cap):
+            barrier.wait()                       # both caps are in force now
+            seen[name] = fastbp.get_num_threads()
+            barrier.wait()
+        seen[name + "_after"] = fastbp.get_num_threads()
+
+    ts = [threading.Thread(target=worker, args=("a", 1)),
+          threading.Thread(target=worker, args=("b", 2))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert seen == {"a": 1, "b": 2, "a_after": 3, "b_after": 3}
+    assert fastbp.get_num_threads() == 3
+
+
+def test_threads_cap_limits_the_kernels(restore_threads):
+    fastbp.set_num_threads(2)
+    net = fastbp.MLP([64, 256, 10], output="softmax", loss="cross_entropy")
+    X = np.random.default_rng(0).standard_normal((512, 64))
+    with fastbp.threads(1):
+        before = _kernels.parallel_regions()
+        net.predict(X)
+        net.fit(X, X[:, :10].argmax(1), epochs=1, batch_size=128, lr=0.01)
+        assert _kernels.parallel_regions() == before
+
+
+# -- threadpoolctl ------------------------------------------------------------------
+
+def test_threadpoolctl_limits_fastbp(restore_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    fastbp.set_num_threads(2)
+    info = [d for d in threadpoolctl.threadpool_info() if d["user_api"] == "fastbp"]
+    assert len(info) == 1 and info[0]["num_threads"] == 2
+    assert info[0]["filepath"] == os.path.realpath(_kernels.__file__)
+    net = fastbp.MLP([64, 256, 10], output="softmax", loss="cross_entropy")
+    X = np.random.default_rng(0).standard_normal((512, 64))
+    with threadpoolctl.threadpool_limits(1):
+        assert fastbp.get_num_threads() == 1
+        before = _kernels.parallel_regions()
+        net.predict(X)
+        assert _kernels.parallel_regions() == before
+    assert fastbp.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(limits=1, user_api="fastbp"):
+        assert fastbp.get_num_threads() == 1
+    fastbp.set_num_threads(3)                # no limit is left behind
+    assert fastbp.get_num_threads() == 3
+    # A limit above the setting does not raise it.
+    with threadpoolctl.threadpool_limits(8):
+        assert fastbp.get_num_threads() == 3
+
+
+def test_threadpoolctl_openmp_limit_caps_the_default(restore_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not _kernels.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    fastbp._threads._n_threads = None
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fastbp.get_num_threads() == 1
+
+
+def test_threadpoolctl_controller_registered_on_later_import():
+    """fastbp does not import threadpoolctl; importing it afterwards registers."""
+    pytest.importorskip("threadpoolctl")
+    code = textwrap.dedent("""
+        import sys, fastbp
+        assert "threadpoolctl" not in sys.modules
+        from threadpoolctl import threadpool_info, threadpool_limits
+        fastbp.set_num_threads(2)
+        apis = [d["user_api"] for d in threadpool_info()]
+        with threadpool_limits(1):
+            n = fastbp.get_num_threads()
+        print(apis.count("fastbp"), n, fastbp.get_num_threads())
+    """)
+    out = _python(code)
+    assert out.split() == ["1", "1", "2"]
+
+
+# -- scikit-learn's n_threads ----------------------------------------------------------
+
+def test_sklearn_n_threads(restore_threads):
+    pytest.importorskip("sklearn")
+    from fastbp.sklearn import MLPClassifier, MLPRegressor
+
+    fastbp.set_num_threads(2)
+    X = np.random.default_rng(0).standard_normal((600, 64))
+    y = (X[:, 0] > 0).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(256,), max_iter=2, batch_size=200,
+                        random_state=0, n_threads=1)
+    assert clf.get_params()["n_threads"] == 1
+    before = _kernels.parallel_regions()
+    with pytest.warns(Warning):          # max_iter reached
+        clf.fit(X, y)
+    clf.predict(X)
+    assert _kernels.parallel_regions() == before
+    free = MLPClassifier(hidden_layer_sizes=(256,), max_iter=2, batch_size=200, random_state=0)
+    with pytest.warns(Warning):
+        free.fit(X, y)
+    assert _kernels.parallel_regions() > before
+    for a, b in zip(clf.coefs_, free.coefs_):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="number of threads"):
+        MLPRegressor(n_threads=0).fit(X, X[:, 0])
+
+
+# -- FTZ / DAZ -------------------------------------------------------------------------
+
+def _python(code: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+FTZ_CHECK = textwrap.dedent("""
+    import json
+    import numpy as np
+    import fastbp
+    from fastbp import _kernels
+
+    _kernels.set_parallel_threshold(0)
+    CASES = {"float32": 3e-39, "float64": 5e-309}
+
+    def data(dtype):
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((64, 24)).astype(dtype)
+        W = (CASES[dtype] * rng.uniform(0.5, 1.0, (16, 24))).astype(dtype)  # denormal
+        return X, np.zeros((64, 16), dtype), W
+
+    def run(dtype, n_threads):
+        X, Y, W = data(dtype)
+        def net():
+            return fastbp.MLP([24, 16], activation="identity", output="identity",
+                              loss="squared_error", bias=False, dtype=dtype, weights=[W])
+        with fastbp.threads(n_threads):
+            a = net()
+            out = [a.predict(X), a.predict(X[:4]), np.array([a.loss(X, Y)]),
+                   a.gradients(X, Y)[1][0][0], a.gradients(X[:4], Y[:4])[1][0][0]]
+            for batch in (64, 4):
+                b = net()
+                b.fit(X, Y, epochs=1, batch_size=batch, lr=0.5, shuffle=False,
+                      flush_denormals=False)
+                out.append(b.weights[0].copy())
+        return out
+
+    fastbp.set_num_threads(2)
+    never = {d: run(d, 1) for d in CASES}     # no flushed fit has run yet
+    # The process's first parallel region: a default (flushing) fit on 2
+    # threads, so OpenMP creates its threads while FTZ/DAZ are on.
+    rng = np.random.default_rng(1)
+    big = fastbp.MLP([24, 64, 16], output="identity", loss="squared_error")
+    r0 = _kernels.parallel_regions()
+    big.fit(rng.standard_normal((256, 24)), rng.standard_normal((256, 16)), epochs=1,
+            batch_size=64, lr=0.01)
+    report = {"fit_parallel": _kernels.parallel_regions() > r0,
+              "caller_ftz_after": _kernels.flush_denormals_enabled()}
+    for d in CASES:
+        r0 = _kernels.parallel_regions()
+        two = run(d, 2)
+        report[d + "_parallel"] = _kernels.parallel_regions() - r0
+        one = run(d, 1)
+        report[d + "_denormal_results"] = bool(np.any((never[d][0] != 0) &
+                                                      (np.abs(never[d][0]) < np.finfo(d).tiny)))
+        report[d + "_two_eq_never"] = [bool(np.array_equal(a, b)) for a, b in zip(two, never[d])]
+        report[d + "_one_eq_never"] = [bool(np.array_equal(a, b)) for a, b in zip(one, never[d])]
+    print(json.dumps(report))
+""")
+
+
+def test_ftz_does_not_leak_into_later_calls():
+    """After a default fit (flush_denormals=True) started OpenMP's threads,
+    predict, loss, gradients and fit(flush_denormals=False) give on 2 threads
+    the same bits as on 1 thread and as before any flushing fit, where the
+    results are denormal."""
+    report = json.loads(_python(FTZ_CHECK).strip().splitlines()[-1])
+    assert report["fit_parallel"] and not report["caller_ftz_after"]
+    for d in DTYPES:
+        assert report[d + "_denormal_results"], "the data must produce denormals"
+        assert report[d + "_parallel"] > 0
+        assert all(report[d + "_one_eq_never"]), report
+        assert all(report[d + "_two_eq_never"]), report
+
+
+def test_fit_flushes_in_every_thread_and_restores():
+    """flush_denormals=True: denormals are flushed on 2 threads as on 1, and
+    the caller's mode is back afterwards."""
+    X = np.random.default_rng(0).standard_normal((64, 24)).astype("float32")
+    W = (3e-39 * np.random.default_rng(1).uniform(0.5, 1, (16, 24))).astype("float32")
+    before = fastbp.get_num_threads()
+    threshold = _kernels.set_parallel_threshold(0)
+    try:
+        out = []
+        for t in (1, 2):
+            fastbp.set_num_threads(t)
+            net = fastbp.MLP([24, 16], activation="identity", output="identity",
+                             loss="squared_error", bias=False, dtype="float32", weights=[W])
+            net.fit(X, np.zeros((64, 16), "float32"), epochs=1, batch_size=64, lr=0.5,
+                    shuffle=False)
+            out.append(net.weights[0].copy())
+            assert not _kernels.flush_denormals_enabled()
+        np.testing.assert_array_equal(out[0], out[1])
+        assert not out[0].any()    # flushed: the denormal W is read as 0 and written as 0
+    finally:
+        fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(threshold)
+
+
+# -- workspaces ------------------------------------------------------------------------
+
+def test_gradients_allocates_no_copy_of_x():
+    """gradients() on X (8 MiB) allocates far less than X: no gathered-input block."""
+    X = np.random.default_rng(0).standard_normal((4096, 512)).astype("float32")
+    Y = np.zeros((4096, 2), "float32")
+    net = fastbp.MLP([512, 4, 2], output="identity", loss="squared_error")
+    net.gradients(X[:8], Y[:8])
+    tracemalloc.start()
+    try:
+        net.gradients(X, Y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 8, peak
+
+
+def test_predict_and_loss_workspace_small():
+    X = np.random.default_rng(0).standard_normal((4096, 512)).astype("float32")
+    net = fastbp.MLP([512, 4, 2], output="identity", loss="squared_error")
+    tracemalloc.start()
+    try:
+        net.predict(X)
+        net.loss(X, np.zeros((4096, 2), "float32"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 8, peak
+
+
+def test_fit_workspace_nbytes():
+    small = _kernels.Network([2, 2, 1], 1, 0, 0, True)
+    for itemsize in (4, 8):
+        # tiny products take the GEMM's small path: no packing buffers
+        assert small.fit_workspace_nbytes(1, 10, itemsize, 2) == small.workspace_size(1) * itemsize
+    big = _kernels.Network([784, 256, 10], 2, 2, 2, True)
+    ws = big.workspace_size(128) * 4
+    one = big.fit_workspace_nbytes(128, 1000, 4, 1)
+    two = big.fit_workspace_nbytes(128, 1000, 4, 2)
+    # One thread: ws + one packing buffer, for the largest of the step's
+    # products: forward (128 x n_out x n_in), backprop (128 x n_in x n_out),
+    # update (n_out x n_in x 128), per layer.
+    shapes = [(128, 256, 784), (128, 10, 256), (128, 256, 10), (256, 784, 128), (10, 256, 128)]
+    assert one - ws == max(_kernels.gemm_buffer_bytes(4, *s) for s in shapes) > 0
+    assert two > one
+    assert big.fit_workspace_nbytes(1000, 10, 4, 1) == \
+        big.fit_workspace_nbytes(10, 10, 4, 1)     # a batch larger than the data
+    with pytest.raises(ValueError):
+        big.fit_workspace_nbytes(0, 10, 4, 1)
+
+
+def test_workspace_size_per_kind():
+    net = _kernels.Network([512, 4, 2], 1, 0, 0, True)
+    rows = 100
+    fit = net.workspace_size(rows)
+    assert fit == net.workspace_size(rows, "fit")
+    # fit: A_0..A_2, yhat, deltas 1..2, y, lossv, hitv, colsum (4 + 2)
+    assert fit == rows * (512 + 4 + 2) + rows * 2 + rows * (4 + 2) + rows * 2 + 2 * rows + 6
+    assert net.workspace_size(rows, "predict") == rows * (4 + 2) + rows * 2
+    assert net.workspace_size(rows, "loss") == rows * (4 + 2) + rows * 2 + 2 * rows
+    assert net.workspace_size(rows, "gradients") == rows * (4 + 2 + 2 + 4 + 2) + 2 * rows
+    with pytest.raises(ValueError):
+        net.workspace_size(rows, "train")

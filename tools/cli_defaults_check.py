@@ -1,0 +1,165 @@
+"""Do `python -m fastbp train`'s defaults train good models?  (issue 13)
+
+Exports five of scikit-learn's bundled data sets to CSV, split 75/25 with
+``train_test_split(test_size=0.25, random_state=0)`` (stratified for the
+classification sets), runs ``python -m fastbp train`` on the training file with
+the default options, ``python -m fastbp predict`` on the test file, and prints
+the test accuracy (or R²) next to its target:
+
+    iris >= 0.95, wine >= 0.97, breast cancer >= 0.96, digits >= 0.97,
+    diabetes R² >= (RidgeCV's R² on the same split, standardised features) - 0.02
+
+Usage (from the repository root; the fastbp next to this script is the one run)::
+
+    python tools/cli_defaults_check.py                  # the defaults
+    python tools/cli_defaults_check.py -- --epochs 200  # extra options for every `train`
+    python tools/cli_defaults_check.py --only iris,wine
+
+Exit status 0 when every target is met, 1 otherwise.  Needs scikit-learn.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Case(NamedTuple):
+    name: str
+    loader: str  # sklearn.datasets function
+    task: str  # "classify" | "regress"
+    target: Optional[float]  # accuracy to reach; None: from the Ridge baseline
+
+
+CASES = (
+    Case("iris", "load_iris", "classify", 0.95),
+    Case("wine", "load_wine", "classify", 0.97),
+    Case("breast_cancer", "load_breast_cancer", "classify", 0.96),
+    Case("digits", "load_digits", "classify", 0.97),
+    Case("diabetes", "load_diabetes", "regress", None),
+)
+
+#: Diabetes must reach RidgeCV's test R² minus this.
+RIDGE_MARGIN = 0.02
+
+
+def write_csv(path: Path, names: Sequence[str], X: np.ndarray, y: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*names, "target"])
+        for row, t in zip(X.tolist(), y.tolist()):
+            w.writerow([*(repr(v) for v in row), t])
+
+
+def fastbp(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m fastbp ARGV`` with this checkout's fastbp first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]]
+                                                       if env.get("PYTHONPATH") else []))
+    r = subprocess.run([sys.executable, "-m", "fastbp", *argv], cwd=cwd, env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"`fastbp {' '.join(argv)}` failed:\n{r.stdout}{r.stderr}")
+    return r
+
+
+def ridge_r2(X_tr: np.ndarray, y_tr: np.ndarray, X_te: np.ndarray, y_te: np.ndarray) -> float:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    return float(model.fit(X_tr, y_tr).score(X_te, y_te))
+
+
+def run_case(case: Case, extra: Sequence[str], work: Path) -> Dict[str, object]:
+    import sklearn.datasets
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+
+    bunch = getattr(sklearn.datasets, case.loader)()
+    X, y = bunch.data.astype(np.float64), bunch.target
+    names = [str(n).replace(",", " ") for n in getattr(bunch, "feature_names",
+                                                        [f"x{j}" for j in range(X.shape[1])])]
+    if len(set(names)) != len(names):
+        names = [f"x{j}" for j in range(X.shape[1])]
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=0.25, random_state=0,
+        stratify=y if case.task == "classify" else None)
+    folder = work / case.name
+    folder.mkdir()
+    write_csv(folder / "train.csv", names, X_tr, y_tr)
+    write_csv(folder / "test.csv", names, X_te, y_te)
+    t0 = time.perf_counter()
+    r = fastbp(["train", "train.csv", "--target", "target", "-q", "-o", "model.npz", *extra],
+               folder)
+    seconds = time.perf_counter() - t0
+    task_line = next((ln for ln in r.stdout.splitlines() if ln.startswith("task:")), "")
+    epochs_line = next((ln for ln in r.stdout.splitlines() if " epoch(s) in " in ln), "")
+    fastbp(["predict", "model.npz", "test.csv", "-o", "pred.csv"], folder)
+    with open(folder / "pred.csv", newline="") as f:
+        pred = [row[0] for row in list(csv.reader(f))[1:]]
+    if case.task == "classify":
+        score = float(accuracy_score([str(t) for t in y_te], pred))
+        target = float(case.target)
+        metric = "accuracy"
+    else:
+        score = float(r2_score(y_te, np.array(pred, dtype=np.float64)))
+        baseline = ridge_r2(X_tr, y_tr, X_te, y_te)
+        target = baseline - RIDGE_MARGIN
+        metric = f"R² (RidgeCV {baseline:.4f})"
+    return {"name": case.name, "rows": f"{len(y_tr)}/{len(y_te)}", "metric": metric,
+            "score": score, "target": target, "ok": score >= target,
+            "task": task_line.split("(")[0].replace("task:", "").strip(),
+            "epochs": epochs_line.split(" epoch")[0], "seconds": seconds}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="comma-separated data sets (default: all)")
+    p.add_argument("--keep", metavar="DIR", help="write the CSV files and models here "
+                   "(default: a temporary folder)")
+    args = p.parse_args(argv)
+    cases = [c for c in CASES if not args.only or c.name in args.only.split(",")]
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("needs scikit-learn: pip install scikit-learn", file=sys.stderr)
+        return 2
+    print(f"python -m fastbp train DATA {' '.join(extra) or '(defaults)'}; "
+          "test on a held-out 25% (train_test_split, random_state=0)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            rows.append(run_case(case, extra, work))
+    header = f"{'data set':<14} {'train/test':>10}  {'task':<28} {'epochs':>6} " \
+             f"{'test score':>10}  {'target':>7}  {'met':<3}  metric"
+    print(header)
+    for r in rows:
+        print(f"{r['name']:<14} {r['rows']:>10}  {r['task']:<28} {r['epochs']:>6} "
+              f"{r['score']:>10.4f}  {r['target']:>7.4f}  {'yes' if r['ok'] else 'NO':<3}  "
+              f"{r['metric']}")
+    met = sum(bool(r["ok"]) for r in rows)
+    print(f"{met} of {len(rows)} targets met")
+    return 0 if met == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
