@@ -49,8 +49,8 @@
 #   contiguity, finiteness); they only assert what they rely on.
 from cython.parallel cimport parallel, threadid
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
-from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -517,6 +517,25 @@ cdef Work make_work(const Spec *s, int64_t rows, int what) noexcept nogil:
     return w
 
 
+include "_dropout.pxi"
+include "_optim.pxi"
+
+
+cdef struct Extra:
+    # What a call adds to the plain mean-loss step (all off: zeroed).
+    const void *sw          # IN sample weights (n_samples,) of the data set, or NULL
+    double wsum             # this step's sum of the batch's weights (sw != NULL)
+    Drop drop               # dropout of the hidden layers (training steps)
+    OptK *opt               # the optimizer path (fastbp.optim), or NULL
+
+
+cdef inline void extra_init(Extra *e) noexcept nogil:
+    e.sw = NULL
+    e.wsum = 0.0
+    e.drop.on = False
+    e.opt = NULL
+
+
 # ---------------------------------------------------------------------------
 # GEMM dispatch on the fused type.
 
@@ -700,6 +719,7 @@ cdef struct Job:
     double lr
     bint train
     bint has_y
+    const Extra *e          # sample weights, dropout, the optimizer path
 
 
 cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
@@ -782,7 +802,18 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     p.n_waves = nw
 
 
-cdef void forward_rows(const Spec *s,
+cdef inline const floating *layer_in(const Extra *e, floating *ws, const Work *w,
+                                     const floating *x, int k) noexcept nogil:
+    """The input of layer k (of W_k): the batch for k == 0, D_k where dropout
+    is on, else A_k."""
+    if k == 0:
+        return x
+    if drop_layer(&e.drop, k):
+        return <floating *>e.drop.dbuf + e.drop.off[k]
+    return ws + w.act[k]
+
+
+cdef void forward_rows(const Spec *s, const Extra *e,
                        const floating *theta,       # IN  parameters
                        floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
                        const floating *x,           # IN  batch input, row 0 (ld n_in)
@@ -791,64 +822,85 @@ cdef void forward_rows(const Spec *s,
     cdef int k, L = s.n_layers
     cdef int64_t i, n_out
     for k in range(L):
-        forward_cols(s, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
+        forward_cols(s, e, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
     n_out = s.sizes[L]
     for i in range(r0, r1):
         output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
 
 
-cdef inline void forward_cols(const Spec *s, const floating *theta,
-                              floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1]
+cdef inline void forward_cols(const Spec *s, const Extra *e, const floating *theta,
+                              floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1] (and D_{k+1})
                               const floating *x,             # IN  batch input (ld n_in)
                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
-    """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1])."""
+    """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1]) (with
+    dropout, the input is D_k and D_{k+1} gets the masked block)."""
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
     gemm(0, 1, r1 - r0, j1 - j0, n_in,
-         <floating>1, (x if k == 0 else ws + w.act[k]) + r0 * n_in, n_in,
+         <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in,
          theta + s.w_off[k] + j0 * n_in, n_in,
          <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
          theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
          s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
          NULL, 0, 1)
+    if drop_layer(&e.drop, k + 1):
+        drop_forward(&e.drop, k + 1, ws + w.act[k + 1],
+                     <floating *>e.drop.dbuf + e.drop.off[k + 1], n_out, r0, r1, j0, j1)
 
 
-cdef void loss_rows(const Spec *s,
+cdef inline double row_weight(const floating *sw,   # IN the data set's sample weights
+                              const int64_t *rows, int64_t start, int64_t i) noexcept nogil:
+    """s_i, the sample weight of batch row i."""
+    return sw[rows[i]] if rows != NULL else sw[start + i]
+
+
+cdef void loss_rows(const Spec *s, const Extra *e,
                     floating *ws, const Work *w,  # IN logits, yhat; OUT lossv, hitv, delta_L rows
                     const floating *y,            # IN  batch targets, row 0 (ld n_out)
+                    const int64_t *rows, int64_t start,  # the batch's rows (for the weights)
                     int64_t m, int64_t r0, int64_t r1, bint want_delta) noexcept nogil:
-    """Per-sample loss (and accuracy) of rows r0..r1; delta_L of the MEAN loss over m rows."""
+    """Per-sample loss (and accuracy) of rows r0..r1; delta_L of the batch
+    objective: the mean loss over m rows, or with sample weights
+    sum_i s_i loss_i / sum_i s_i (row i's delta scaled by s_i / sum s)."""
     cdef int L = s.n_layers
     cdef int64_t i, n_out = s.sizes[L]
     cdef floating *d
+    cdef double scale = 1.0 / m
     for i in range(r0, r1):
-        d = ws + w.delta[L] + i * n_out if want_delta else NULL
+        d = NULL
+        if want_delta:
+            d = ws + w.delta[L] + i * n_out
+            if e.sw != NULL:
+                scale = row_weight(<const floating *>e.sw, rows, start, i) / e.wsum
         ws[w.lossv + i] = <floating>loss_row(s, ws + w.act[L] + i * n_out,
                                              ws + w.yhat + i * n_out, y + i * n_out,
-                                             d, 1.0 / m)
+                                             d, scale)
         if s.loss != LOSS_SQUARED:
             ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
 
 
-cdef inline void backprop_cols(const Spec *s, const floating *theta,
+cdef inline void backprop_cols(const Spec *s, const Extra *e, const floating *theta,
                                floating *ws, const Work *w,  # IN delta_{k+1}, A_k; OUT delta_k[r0:r1, j0:j1]
                                int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
-    """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])."""
+    """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])
+    (times the dropout mask and scale of layer k)."""
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
     gemm(0, 0, r1 - r0, j1 - j0, n_out,
          <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
          theta + s.w_off[k] + j0, n_in,
          <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
          NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
+    if drop_layer(&e.drop, k):
+        drop_block(&e.drop, k, ws + w.delta[k], n_in, r0, r1, j0, j1)
 
 
-cdef void backprop_rows(const Spec *s,
+cdef void backprop_rows(const Spec *s, const Extra *e,
                         const floating *theta,        # IN  parameters (unchanged yet)
                         floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
                         int64_t r0, int64_t r1) noexcept nogil:
     """delta_k = (delta_{k+1} W_k) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
     cdef int k
     for k in range(s.n_layers - 1, 0, -1):
-        backprop_cols(s, theta, ws, w, k, r0, r1, 0, s.sizes[k])
+        backprop_cols(s, e, theta, ws, w, k, r0, r1, 0, s.sizes[k])
 
 
 cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
@@ -864,7 +916,8 @@ cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
             ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
 
 
-cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work *w,
+cdef void phase1(const Spec *s, const Extra *e, const floating *theta,
+                 floating *ws, const Work *w,
                  const floating *X, const floating *Y,   # IN the data set
                  const int64_t *rows,                    # IN the batch's row indices, or NULL
                  int64_t start, int64_t m, int64_t r0, int64_t r1,
@@ -876,24 +929,25 @@ cdef void phase1(const Spec *s, const floating *theta, floating *ws, const Work 
         gather_rows(s, ws, w, X, Y, rows, r0, r1)
         x = ws + w.act[0]
         y = ws + w.y
-    forward_rows(s, theta, ws, w, x, r0, r1)
-    loss_rows(s, ws, w, y, m, r0, r1, want_delta)
+    forward_rows(s, e, theta, ws, w, x, r0, r1)
+    loss_rows(s, e, ws, w, y, rows, start, m, r0, r1, want_delta)
     if want_delta:
-        backprop_rows(s, theta, ws, w, r0, r1)
+        backprop_rows(s, e, theta, ws, w, r0, r1)
 
 
-cdef void update_units(const Spec *s,
-                       floating *theta,        # IN, and OUT when grad == NULL
-                       floating *grad,         # OUT gradient of the mean loss, or NULL
+cdef void update_units(const Spec *s, const Extra *e,
+                       floating *theta,        # IN, and OUT when grad == NULL or on the optimizer path
+                       floating *grad,         # OUT gradient of the batch objective, or NULL
                        floating lr,            # the SGD step when grad == NULL
                        floating *snap,         # OUT copy of what this call updates, or NULL
                        floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
                        const floating *x,      # IN batch input, row 0 (ld n_in)
                        int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
-    """Units o0..o1 of layer k: store their gradient, or step them."""
+    """Units o0..o1 of layer k: store their gradient (and, on the optimizer
+    path, step them right away: opt_units), or the fused plain SGD step."""
     cdef int64_t j, n_in = s.sizes[k], n_out = s.sizes[k + 1]
     cdef const floating *d = ws + w.delta[k + 1] + o0   # columns o0..o1 of delta (ld n_out)
-    cdef const floating *h = x if k == 0 else ws + w.act[k]
+    cdef const floating *h = layer_in(e, ws, w, x, k)
     cdef floating *colsum
     if o1 <= o0:
         return
@@ -904,6 +958,8 @@ cdef void update_units(const Spec *s,
              NULL, ACT_IDENTITY, NULL, 0, 1)
         if s.b_off[k] >= 0:
             column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
+        if e.opt != NULL:
+            opt_units(s, e.opt, theta, grad, snap, m, k, o0, o1)
         return
     if snap != NULL:
         memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
@@ -931,14 +987,38 @@ cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
     return total
 
 
-cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
-                   floating *theta, floating *grad, floating lr, floating *snap,
-                   floating *ws, const Work *w,
-                   const floating *X, const floating *Y, const int64_t *rows,
-                   int64_t start, int64_t m, bint train) noexcept nogil:
+cdef double weighted_sum(const floating *v, const Extra *e, const int64_t *rows,
+                         int64_t start, int64_t m) noexcept nogil:
+    """sum_i s_i v[i] in row order, in double (sum_i v[i] without weights)."""
+    cdef int64_t i
+    cdef double total = 0.0
+    if e.sw == NULL:
+        return row_sum(v, m)
+    for i in range(m):
+        total += row_weight(<const floating *>e.sw, rows, start, i) * v[i]
+    return total
+
+
+cdef double weight_sum(const Extra *e, const floating *dummy, const int64_t *rows,
+                       int64_t start, int64_t m) noexcept nogil:
+    """sum_i s_i of a batch, in row order, in double."""
+    cdef int64_t i
+    cdef double total = 0.0
+    for i in range(m):
+        total += row_weight(<const floating *>e.sw, rows, start, i)
+    return total
+
+
+cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job *job,
+                   floating *theta, floating *ws, const Work *w,
+                   const floating *X, const floating *Y) noexcept nogil:
     """Tile t of wave `wave` of the plan (see the block above Plan)."""
     cdef int L = s.n_layers, k
     cdef int64_t n = p.n_tiles[wave], a, b, i
+    cdef const Extra *e = job.e
+    cdef const int64_t *rows = job.rows
+    cdef int64_t start = job.start, m = job.m
+    cdef bint train = job.train
     cdef const floating *x = X + start * s.sizes[0]
     cdef const floating *y = Y + start * s.sizes[L] if Y != NULL else NULL
     if rows != NULL:
@@ -950,27 +1030,28 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t,
             k += 1
         n = p.p2_first[k + 1] - p.p2_first[k]
         t -= p.p2_first[k]
-        update_units(s, theta, grad, lr, snap, ws, w, x, m, k,
+        update_units(s, e, theta, <floating *>job.grad, <floating>job.lr, <floating *>job.snap,
+                     ws, w, x, m, k,
                      cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr))
     elif not p.by_units:                      # row split: rows through everything
         a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
         if Y == NULL:
-            forward_rows(s, theta, ws, w, x, a, b)
+            forward_rows(s, e, theta, ws, w, x, a, b)
         else:
-            phase1(s, theta, ws, w, X, Y, rows, start, m, a, b, train)
+            phase1(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train)
     elif wave < L:                            # unit split: forward of layer `wave`
         k = wave
-        forward_cols(s, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
+        forward_cols(s, e, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
                      cut(s.sizes[k + 1], t + 1, n, p.nr))
     elif wave == L:                           # output activation and loss rows
         a, b = part(m, t, n), part(m, t + 1, n)
         for i in range(a, b):
             output_row(s, ws + w.act[L] + i * s.sizes[L], ws + w.yhat + i * s.sizes[L])
         if Y != NULL:
-            loss_rows(s, ws, w, y, m, a, b, train)
+            loss_rows(s, e, ws, w, y, rows, start, m, a, b, train)
     else:                                     # delta_k, k = L-1 .. 1
         k = L - 1 - (wave - L - 1)
-        backprop_cols(s, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
+        backprop_cols(s, e, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
                       cut(s.sizes[k], t + 1, n, p.nr))
 
 
@@ -992,9 +1073,7 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
                 return -2
             if t < 0:
                 break
-            run_tile(s, &job.plan, v, t, theta, <floating *>job.grad, <floating>job.lr,
-                     <floating *>job.snap, ws, w, X, Y if job.has_y else NULL, job.rows,
-                     job.start, job.m, job.train)
+            run_tile(s, &job.plan, v, t, job, theta, ws, w, X, Y if job.has_y else NULL)
             fbp_team_finish(T, v)
         if v == nw - 1 and not caller:
             return 0
@@ -1024,7 +1103,7 @@ cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
 
 
 cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
-                   const Spec *s, const Work *w,
+                   const Spec *s, const Work *w, const Extra *e,
                    floating *theta, floating *grad, floating lr, floating *snap,
                    floating *ws, const floating *X, const floating *Y,
                    const int64_t *rows, int64_t start, int64_t m, bint train) noexcept nogil:
@@ -1036,7 +1115,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     gen[0] = g
     fbp_team_invalidate(T, g)      # from here no claim succeeds until open
     job.plan = p[0]
-    job.theta, job.grad, job.snap, job.lr = theta, grad, snap, lr
+    job.theta, job.grad, job.snap, job.lr, job.e = theta, grad, snap, lr, e
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
@@ -1046,17 +1125,18 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
         fbp_team_account(T, fbp_now_ns() - t0, waited)
 
 
-cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
-                    floating *theta,            # IN, OUT when grad == NULL
+cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
+                    floating *theta,            # IN, OUT when grad == NULL or e.opt fuses the update
                     floating *grad,             # OUT the gradient, or NULL for the fused SGD step
                     floating lr,
-                    floating *snap,             # OUT theta before the SGD step, or NULL
+                    floating *snap,             # OUT theta before the fused step, or NULL
                     floating *ws, const Work *w,
                     const floating *X, const floating *Y,  # IN the data set
                     const int64_t *rows,        # IN the batch's row indices, or NULL
                     int64_t start, int64_t m,
                     double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
-    """One batch: the gradient into `grad`, or the plain SGD step on theta.
+    """One batch: the gradient into `grad` (and on the optimizer path of e.opt,
+    the optimizer step fused after it), or the plain SGD step on theta.
 
     Returns 1 (and changes nothing) when the batch loss is not finite.
     Serially the two parts run in turn; with a team (T != NULL) and a step
@@ -1069,21 +1149,21 @@ cdef int batch_step(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
     if T != NULL and not fbp_team_backing_off(T):
         make_plan(s, m, True, True, &p)
         if p.nt > 1:
-            team_run(T, gen, job, &p, s, w, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
+            team_run(T, gen, job, &p, s, w, e, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
             loss[0] = row_sum(ws + w.lossv, m)
             return 0 if isfinite(loss[0]) else 1
     if rows != NULL:
         x = ws + w.act[0]
-    phase1(s, theta, ws, w, X, Y, rows, start, m, 0, m, True)
+    phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True)
     loss[0] = row_sum(ws + w.lossv, m)
     if not isfinite(loss[0]):
         return 1
     for k in range(s.n_layers):
-        update_units(s, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
+        update_units(s, e, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
     return 0
 
 
-cdef void predict_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
                        const floating *theta, floating *ws, const Work *w,
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
@@ -1094,13 +1174,13 @@ cdef void predict_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
     if T != NULL and not fbp_team_backing_off(T):
         make_plan(s, m, False, Y != NULL, &p)
         if p.nt > 1:
-            team_run(T, gen, job, &p, s, w, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
+            team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
                      NULL, start, m, False)
             return
     if Y != NULL:
-        phase1(s, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
+        phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
-        forward_rows(s, theta, ws, w, X + start * s.sizes[0], 0, m)
+        forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m)
 
 
 cdef double sgd_range(floating *theta, const floating *grad, floating *velocity,
@@ -1132,10 +1212,12 @@ cdef struct Optim:
 
 
 cdef struct Totals:
-    double loss              # sum of the per-sample losses seen
-    double hits              # sum of the per-sample accuracies seen
+    double loss              # sum of the per-sample losses seen (weighted: sum s_i loss_i)
+    double hits              # sum of the per-sample accuracies seen (weighted likewise)
     double penalty           # sum over steps of l2/2 ||W||^2 before the step
     int64_t n_done           # samples consumed by completed steps
+    bint snap_done           # the snapshot was taken
+    int64_t snap_count       # the optimizer's step count at the snapshot
 
 
 cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
@@ -1159,7 +1241,19 @@ cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
     return 0.5 * o.l2 * sq
 
 
-cdef int run_epoch(const Spec *s,
+cdef void snapshot_all(const OptK *ok, floating *snap, floating *snap_vel,
+                       const floating *theta, const floating *velocity,
+                       int64_t n_params) noexcept nogil:
+    """The snapshot of a step taken by thread 0 in one go (theta, and the
+    velocity or the optimizer's state)."""
+    memcpy(snap, theta, n_params * sizeof(floating))
+    if snap_vel != NULL and velocity != NULL:
+        memcpy(snap_vel, velocity, n_params * sizeof(floating))
+    if ok != NULL:
+        opt_copy(ok, snap, theta, 0, n_params)
+
+
+cdef int run_epoch(const Spec *s, Extra *e,
                    fbp_team *T, unsigned *gen, Job *job,   # the team, or T == NULL: serial
                    floating *theta,           # IN/OUT parameters
                    floating *grad,            # scratch gradient (optimizer path), or NULL
@@ -1169,7 +1263,7 @@ cdef int run_epoch(const Spec *s,
                    const floating *Y,         # IN (n_samples, n_out)
                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
                    int64_t n_samples, int64_t batch_size,
-                   const Optim *o,            # IN the optimizer's settings
+                   const Optim *o,            # IN the legacy SGD settings
                    int64_t first_step,        # start at this batch of the epoch
                    int64_t max_steps,         # stop after this many steps (-1: no limit)
                    floating *snap,            # OUT copy of theta at step snap_step, or NULL
@@ -1178,43 +1272,72 @@ cdef int run_epoch(const Spec *s,
                    int64_t n_params,
                    Totals *t,                 # OUT what the epoch saw
                    ) noexcept nogil:
-    """One epoch of mini-batch SGD, entirely in compiled code.
+    """One epoch of mini-batch training, entirely in compiled code.
 
-    Plain SGD (grad == NULL) fuses the update into the weight-gradient GEMM;
-    with momentum, weight decay or l2 the gradient is formed in `grad` and
-    the optimizer applied to it.  Stops early (returning 1) before applying
-    a step whose batch loss is not finite, leaving theta as it was after the
-    last good step.  At step `snap_step`, once its loss is known to be finite
-    and before its update, theta (and the velocity) are copied to `snap`: the
+    Legacy SGD: plain SGD (grad == NULL) fuses the update into the
+    weight-gradient GEMM; with momentum, weight decay or l2 the gradient is
+    formed in `grad` and the optimizer applied to it.  The optimizer path
+    (e.opt, fastbp.optim): the gradient rows are formed in `grad` and the
+    optimizer applied to them on the spot (opt_units), or, with clipping,
+    to the whole gradient after the step.  Sample weights (e.sw): a batch
+    whose weights sum to 0 is skipped (no update, the step count stays).
+    Stops early (returning 1) before applying a step whose batch loss is not
+    finite, leaving theta as it was after the last good step.  At step
+    `snap_step`, once its loss is known to be finite and before its update,
+    theta (and the velocity or optimizer state) are copied to `snap`: the
     caller's point to rewind to should a later step diverge.  Polls for
     Ctrl-C every few tens of millions of multiply-adds and returns -1 with
     KeyboardInterrupt set (in the calling thread's state), again between steps.
     """
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
-    cdef bint snap_here
+    cdef bint snap_here, fused
+    cdef const int64_t *rows
+    cdef OptK *ok = e.opt
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0
     t.n_done = 0
+    t.snap_done = False
+    t.snap_count = 0
     start = first_step * batch_size
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
+        rows = order + start if order != NULL else NULL
         snap_here = snap != NULL and first_step + steps == snap_step
-        if batch_step(s, T, gen, job, theta, grad, <floating>o.lr,
-                      snap if snap_here and grad == NULL else NULL,
-                      ws, w, X, Y, order + start if order != NULL else NULL,
-                      start, m, &batch_loss):
-            return 1
-        if grad != NULL:
+        e.drop.step = <uint32_t>(first_step + steps)
+        if e.sw != NULL:
+            e.wsum = weight_sum(e, theta, rows, start, m)
+        if e.sw != NULL and not e.wsum > 0:
+            # Weights summing to 0: the batch contributes nothing.
             if snap_here:
-                memcpy(snap, theta, n_params * sizeof(floating))
-                if snap_vel != NULL and velocity != NULL:
-                    memcpy(snap_vel, velocity, n_params * sizeof(floating))
-            t.penalty += sgd_update(s, theta, grad, velocity, o, m)
-        t.loss += batch_loss
-        if s.loss != LOSS_SQUARED:
-            t.hits += row_sum(ws + w.hitv, m)
+                snapshot_all(ok, snap, snap_vel, theta, velocity, n_params)
+                t.snap_done = True
+                t.snap_count = ok.step if ok != NULL else 0
+        else:
+            fused = grad == NULL or (ok != NULL and ok.clip == 0)
+            if ok != NULL:
+                opt_prepare(ok)
+            if batch_step(s, e, T, gen, job, theta, grad, <floating>o.lr,
+                          snap if snap_here and fused else NULL,
+                          ws, w, X, Y, rows, start, m, &batch_loss):
+                return 1
+            if snap_here:
+                t.snap_done = True
+                t.snap_count = ok.step if ok != NULL else 0
+                if not fused:
+                    snapshot_all(ok, snap, snap_vel, theta, velocity, n_params)
+            if ok != NULL:
+                if ok.clip != 0:
+                    opt_clipped_update(s, ok, theta, grad, n_params)
+                if ok.l2 != 0:
+                    t.penalty += 0.5 * ok.l2 * opt_unit_sum(ok.usq, ok.n_units)
+                ok.step += 1
+            elif grad != NULL:
+                t.penalty += sgd_update(s, theta, grad, velocity, o, m)
+            t.loss += weighted_sum(ws + w.lossv, e, rows, start, m)
+            if s.loss != LOSS_SQUARED:
+                t.hits += weighted_sum(ws + w.hitv, e, rows, start, m)
         t.n_done += m
         start += m
         steps += 1
@@ -1226,25 +1349,25 @@ cdef int run_epoch(const Spec *s,
     return 0
 
 
-cdef int chunk_rows(const Spec *s, fbp_team *T, unsigned *gen, Job *job,
+cdef int chunk_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
                     const floating *theta, floating *ws, const Work *w,
                     const floating *X, const floating *Y,   # IN data, targets or NULL
                     int64_t n, int64_t chunk,
                     floating *out,          # OUT (n, n_out) outputs, or NULL
-                    double *totals          # OUT [loss sum, accuracy sum] with Y
+                    double *totals          # OUT [loss sum, accuracy sum] with Y (weighted with e.sw)
                     ) noexcept nogil:
     """predict / loss over n rows, `chunk` rows at a time; -1 on Ctrl-C
     (polled between chunks)."""
     cdef int64_t start = 0, m, n_out = s.sizes[s.n_layers]
     while start < n:
         m = min(chunk, n - start)
-        predict_rows(s, T, gen, job, theta, ws, w, X, Y, start, m)
+        predict_rows(s, e, T, gen, job, theta, ws, w, X, Y, start, m)
         if out != NULL:
             memcpy(out + start * n_out, ws + w.yhat, m * n_out * sizeof(floating))
         if Y != NULL:
-            totals[0] += row_sum(ws + w.lossv, m)
+            totals[0] += weighted_sum(ws + w.lossv, e, NULL, start, m)
             if s.loss != LOSS_SQUARED:
-                totals[1] += row_sum(ws + w.hitv, m)
+                totals[1] += weighted_sum(ws + w.hitv, e, NULL, start, m)
         start += m
         if start < n and fbp_poll_signals() == -1:
             return -1
@@ -1273,6 +1396,7 @@ cdef struct Call:
     int64_t n, batch_size, first_step, max_steps, snap_step, n_params, chunk
     const Optim *o
     Totals *t
+    Extra *e
     double totals[2]        # chunks: loss and accuracy sums; grad: the loss sum
 
 
@@ -1280,15 +1404,15 @@ cdef int drive(const Spec *s, const Work *w, Call *c, fbp_team *T, unsigned *gen
                floating *theta) noexcept nogil:
     """Run call c, with the team T (on its thread 0) or serially (T == NULL)."""
     if c.kind == CALL_EPOCH:
-        return run_epoch(s, T, gen, job, theta, <floating *>c.grad, <floating *>c.velocity,
+        return run_epoch(s, c.e, T, gen, job, theta, <floating *>c.grad, <floating *>c.velocity,
                          <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
                          c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps,
                          <floating *>c.snap, <floating *>c.snap_vel, c.snap_step,
                          c.n_params, c.t)
     if c.kind == CALL_CHUNKS:
-        return chunk_rows(s, T, gen, job, theta, <floating *>c.ws, w, <const floating *>c.X,
+        return chunk_rows(s, c.e, T, gen, job, theta, <floating *>c.ws, w, <const floating *>c.X,
                           <const floating *>c.Y, c.n, c.chunk, <floating *>c.out, c.totals)
-    return batch_step(s, T, gen, job, theta, <floating *>c.grad, <floating>0, NULL,
+    return batch_step(s, c.e, T, gen, job, theta, <floating *>c.grad, <floating>0, NULL,
                       <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
                       NULL, 0, c.n, &c.totals[0])
 
@@ -1380,12 +1504,18 @@ cdef class Network:
         self.spec.w_off = &wo[0]
         self.spec.b_off = &bo[0]
 
-    def workspace_size(self, int64_t rows, str kind="fit"):
+    def workspace_size(self, int64_t rows, str kind="fit", dropout=None):
         """Elements of scratch one call allocates for `rows` rows (a batch, or
         a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
         caller allocates it), "predict", "loss" or "gradients" (what those
-        calls allocate themselves, chunk rows or all of X for gradients)."""
+        calls allocate themselves, chunk rows or all of X for gradients).
+        With `dropout` (as fit_epoch and gradients take it), "fit" and
+        "gradients" include the dropped activations of the hidden layers
+        whose p > 0."""
         cdef int what
+        cdef Drop d
+        cdef const double[::1] p_v
+        cdef int64_t extra = 0
         if kind == "fit":
             what = WS_FIT
         elif kind == "predict":
@@ -1396,10 +1526,13 @@ cdef class Network:
             what = WS_TARGETS | WS_DELTAS
         else:
             raise ValueError(f"kind must be 'fit', 'predict', 'loss' or 'gradients', got {kind!r}")
-        return make_work(&self.spec, rows, what).size
+        if dropout is not None and kind in ("fit", "gradients"):
+            p_v = _dropout_view(dropout, self.spec.n_layers)
+            extra = drop_layout(&self.spec, &d, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
+        return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
-                             int n_threads):
+                             int n_threads, dropout=None):
         """Bytes of kernel scratch a fit of n_samples rows in batches of
         batch_size needs: the workspace (`workspace_size`, allocated by the
         caller for the fit) plus the GEMM's packing buffers of the threads
@@ -1416,6 +1549,9 @@ cdef class Network:
             4 (float32) or 8 (float64).
         n_threads : int
             The thread count the fit runs with (fastbp.get_num_threads()).
+        dropout : ndarray, optional
+            As fit_epoch takes it: the workspace then includes the dropped
+            activations (workspace_size(rows, dropout=dropout)).
 
         Returns
         -------
@@ -1447,7 +1583,7 @@ cdef class Network:
             c = s.sizes[k + 1] if p.nt == 1 else \
                 widest(s.sizes[k + 1], p.p2_first[k + 1] - p.p2_first[k], p.mr)
             per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
-        return int(make_work(&s, rows, WS_FIT).size * itemsize + p.nt * per_thread)
+        return int(self.workspace_size(rows, dropout=dropout) * itemsize + p.nt * per_thread)
 
     cdef Spec _spec(self, int n_threads, int elem):
         """The spec of one call: its thread count, element size, and the
@@ -1468,7 +1604,7 @@ cdef class Network:
 
     def predict(self, const floating[::1] theta, const floating[:, ::1] X,
                 floating[:, ::1] out, int64_t chunk, int n_threads):
-        """out = network(X), computed `chunk` rows at a time."""
+        """out = network(X), computed `chunk` rows at a time (no dropout)."""
         self._check(theta, X)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], n_out = s.sizes[s.n_layers]
@@ -1479,8 +1615,10 @@ cdef class Network:
         cdef Work w = make_work(&s, chunk, 0)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef Call c
+        cdef Extra e
         cdef int status
-        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], NULL, n, chunk
+        extra_init(&e)
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], &X[0, 0], NULL, n, chunk, &e
         c.out = &out[0, 0]
         with nogil:
             status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
@@ -1489,48 +1627,93 @@ cdef class Network:
         return np.asarray(out)
 
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
-             const floating[:, ::1] Y, int64_t chunk, int n_threads):
-        """(mean per-sample loss, mean per-sample accuracy) over the rows.
+             const floating[:, ::1] Y, int64_t chunk, int n_threads, *, sample_weight=None):
+        """(mean per-sample loss, mean per-sample accuracy) over the rows (no dropout).
 
-        The accuracy is 0 for squared_error (not a classification loss)."""
+        With `sample_weight` (an array (n_samples,) of theta's dtype, finite
+        and >= 0: the caller checks), the weighted means sum_i s_i l_i /
+        sum_i s_i and sum_i s_i hit_i / sum_i s_i; (0.0, 0.0) when the weights
+        sum to 0.  The accuracy is 0 for squared_error (not a classification
+        loss)."""
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], start, m
+        cdef const floating[::1] sw
+        cdef double total_w = n
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, WS_TARGETS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef Call c
+        cdef Extra e
         cdef int status
-        c.kind, c.ws, c.X, c.Y, c.n, c.chunk = CALL_CHUNKS, &ws[0], &X[0, 0], &Y[0, 0], n, chunk
+        extra_init(&e)
+        if sample_weight is not None:
+            sw = _weights_view(sample_weight, theta, n)
+            e.sw = &sw[0]
+            total_w = weight_sum(&e, &theta[0], NULL, 0, n)
+            if not total_w > 0:
+                return 0.0, 0.0
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], &X[0, 0], &Y[0, 0], n, chunk, &e
         c.out = NULL
         c.totals[0] = c.totals[1] = 0.0
         with nogil:
             status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
         if status == -1:
             _raise_pending()   # Ctrl-C between chunks
-        return c.totals[0] / n, c.totals[1] / n
+        return c.totals[0] / total_w, c.totals[1] / total_w
 
     def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
-                  const floating[:, ::1] Y, floating[::1] grad, int n_threads):
-        """grad = d(mean loss)/d(theta) over the whole of X as one batch; returns
-        the mean loss.  When that loss is not finite, grad is all NaN."""
+                  const floating[:, ::1] Y, floating[::1] grad, int n_threads, *,
+                  sample_weight=None, dropout=None, uint64_t seed=0, uint32_t epoch=0,
+                  uint32_t step=0):
+        """grad = d(objective)/d(theta) over the whole of X as one batch; returns
+        the objective: the mean loss, or with `sample_weight` (n_samples,)
+        the weighted mean sum_i s_i l_i / sum_i s_i (weights summing to 0:
+        grad = 0 and 0.0 returned).  With `dropout` (float64 (n_layers - 1,),
+        p per hidden layer) the hidden activations are dropped as in a
+        training step at batch `step` of `epoch` under `seed` (row i of X is
+        batch row i).  When the loss is not finite, grad is all NaN."""
         self._check(theta, X, Y)
         if grad.shape[0] != self.n_params:
             raise ValueError("grad has the wrong length")
         cdef Spec s = self._spec(n_threads, sizeof(floating))
-        cdef int64_t m = X.shape[0], i
+        cdef int64_t m = X.shape[0], i, n_drop
+        cdef const floating[::1] sw
+        cdef const double[::1] p_v
+        cdef Extra e
+        extra_init(&e)
+        if sample_weight is not None:
+            sw = _weights_view(sample_weight, theta, m)
+            e.sw = &sw[0]
+            e.wsum = weight_sum(&e, &theta[0], NULL, 0, m)
+            if not e.wsum > 0:
+                for i in range(self.n_params):
+                    grad[i] = 0
+                return 0.0
+        if dropout is not None:
+            p_v = _dropout_view(dropout, self.spec.n_layers)
+            n_drop = drop_layout(&s, &e.drop, &p_v[0] if p_v.shape[0] > 0 else NULL, m)
+            e.drop.seed, e.drop.epoch, e.drop.step = seed, epoch, step
+        else:
+            n_drop = 0
+        cdef floating[::1] dbuf = np.empty(max(n_drop, 1), dtype=np.asarray(theta).dtype)
+        e.drop.dbuf = &dbuf[0]
         # No gathered batch (X is used in place) and no SGD scratch: only
         # what a gradient over X needs.
         cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef Call c
         cdef int status
-        c.kind, c.ws, c.X, c.Y, c.n, c.grad = CALL_GRAD, &ws[0], &X[0, 0], &Y[0, 0], m, &grad[0]
+        c.kind, c.ws, c.X, c.Y, c.n, c.grad, c.e = CALL_GRAD, &ws[0], &X[0, 0], &Y[0, 0], m, &grad[0], &e
         with nogil:
             status = run_call(&s, &w, &c, m, True, <floating *>&theta[0])
             if status:
                 for i in range(self.n_params):
                     grad[i] = <floating>NAN
+        if e.sw != NULL:
+            if status:
+                return float("nan")
+            return weighted_sum(&ws[w.lossv], &e, NULL, 0, m) / e.wsum
         return c.totals[0] / m
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
@@ -1540,47 +1723,86 @@ cdef class Network:
                   double weight_decay=0.0, double l2=0.0, int64_t first_step=0,
                   int64_t max_steps=-1, bint flush_denormals=False,
                   floating[::1] snapshot=None, floating[::1] snapshot_velocity=None,
-                  int64_t snapshot_step=-1):
+                  int64_t snapshot_step=-1, *, optimizer=None, state=None,
+                  snapshot_state=None, sample_weight=None, dropout=None,
+                  uint64_t seed=0, uint32_t epoch=0, double clip_norm=0.0):
         """One epoch (see run_epoch).
 
         Returns (loss_sum, hit_sum, penalty_sum, n_done, status): sums over the
-        samples of the loss and accuracy, the sum over the steps of the l2
-        penalty l2/2 ||W||^2, the samples consumed, and 1 when it stopped at a
-        non-finite loss (else 0).
+        samples of the loss and accuracy (with sample weights: of s_i loss_i
+        and s_i hit_i), the sum over the steps of the l2 penalty
+        l2/2 ||W||^2, the samples consumed (rows, weighted or not), and 1 when
+        it stopped at a non-finite loss (else 0).
 
         The epoch starts at batch `first_step` and, with max_steps >= 0, stops
         after that many steps: an epoch may be run in pieces (a progress bar)
         or replayed up to a given step, with the same result as in one go.
         With flush_denormals, the epoch runs with FTZ/DAZ on in every thread
         (restored to the caller's setting afterwards).
-        `ws` must hold workspace_size(min(batch_size, n_samples)) elements;
+        `ws` must hold workspace_size(min(batch_size, n_samples)) elements
+        (workspace_size(..., dropout) with dropout, else the dropout arrays
+        are allocated for the call);
         `grad` (n_params) is used when momentum, weight_decay or l2 is
-        non-zero, `velocity` (n_params) when momentum is; either may be empty
-        otherwise.  `order` is None or an int64 array of n_samples row indices.
-        With `snapshot` (n_params), theta is copied there at step
-        `snapshot_step` once that step's loss is known to be finite, before
-        its update (and the velocity to `snapshot_velocity`, if momentum).
+        non-zero or with an optimizer, `velocity` (n_params) when momentum
+        is; either may be empty otherwise.  `order` is None or an int64
+        array of n_samples row indices.  With `snapshot` (n_params), theta is
+        copied there at step `snapshot_step` once that step's loss is known
+        to be finite, before its update (and the velocity to
+        `snapshot_velocity`, if momentum; the optimizer state's arrays to
+        `snapshot_state`'s, and its "step" set to the step count there).
+
+        `optimizer` (a fastbp.optim SGD, Adam, AdamW or RMSprop; then
+        momentum, nesterov and weight_decay must stay 0/False) with `state`
+        (optimizer.init_state's dict): each step is exactly
+        optimizer.update(theta, g, state, lr) on the step's gradient g
+        (Network.gradients of the batch, + (l2/m) W on the weights, then
+        clipped), fused into the step's weight-gradient tiles; state["step"]
+        is the count of updates applied when this returns (also on
+        divergence or Ctrl-C).  `sample_weight` (n_samples,) of theta's
+        dtype, finite and >= 0: the batch objective is sum s_i l_i / sum s_i;
+        a batch whose weights sum to 0 is skipped (no update).  `dropout`:
+        float64 (n_layers - 1,) drop probabilities in [0, 1), one per hidden
+        layer: masks from Philox keyed by `seed`, (unit, row in the batch,
+        batch index in the epoch, `epoch`), as fastbp._philox maps them.
+        `clip_norm` > 0: torch's clip_grad_norm_ on each step's gradient
+        (after l2, before weight decay and the optimizer): total = 2-norm of
+        the whole gradient, summed in double per output unit (W row then b
+        entry) and over units in order; the gradient is multiplied by
+        T(clip_norm / (total + 1e-6)) when that is < 1.  Without an
+        optimizer, the SGD keywords then run as optim.SGD(lr, momentum,
+        nesterov, weight_decay) with `velocity` as its momentum buffer
+        (v = mu v + g on every step) and l2 added before the decay.
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0]
-        cdef int64_t rows = max(1, min(batch_size, n))
+        cdef int64_t rows = max(1, min(batch_size, n)), n_drop = 0
         cdef Work w = make_work(&s, rows, WS_FIT)
         cdef Optim o
         cdef Totals t
+        cdef Extra e
+        cdef OptK ok
         cdef const int64_t[::1] order_v
         cdef const int64_t *order_p = NULL
         cdef floating *grad_p = NULL
         cdef floating *vel_p = NULL
         cdef floating *snap_p = NULL
         cdef floating *snap_vel_p = NULL
-        cdef int status
+        cdef const floating[::1] sw
+        cdef const double[::1] p_v
+        cdef floating[::1] st_v
+        cdef double[::1] usq, gsq
+        cdef int status, q
         if batch_size < 1 or first_step < 0:
             raise ValueError("batch_size must be >= 1 and first_step >= 0")
         if ws.shape[0] < w.size:
             raise ValueError("workspace too small")
+        if not (clip_norm >= 0 and clip_norm < float("inf")):
+            raise ValueError("clip_norm must be finite and >= 0")
         o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
         o.weight_decay, o.l2 = weight_decay, l2
+        extra_init(&e)
+        memset(&ok, 0, sizeof(OptK))   # every state and snapshot pointer NULL until set
         if order is not None:
             order_v = order
             if order_v.shape[0] != n:
@@ -1588,7 +1810,24 @@ cdef class Network:
             if n and (np.min(order) < 0 or np.max(order) >= n):
                 raise ValueError("order has indices out of range")
             order_p = &order_v[0]
-        if momentum != 0 or weight_decay != 0 or l2 != 0:
+        if optimizer is not None:
+            if momentum != 0 or nesterov or weight_decay != 0:
+                raise ValueError("with optimizer=, leave momentum, nesterov and weight_decay "
+                                 "at their defaults (the optimizer carries them)")
+            _opt_setup(&ok, optimizer, state, self.n_params, np.asarray(theta).dtype, lr,
+                       l2, clip_norm)
+            for q, name in enumerate(_OPT_SLOTS[ok.kind]):
+                ok.st[q] = ok.snap_st[q] = NULL
+                if name in state:
+                    st_v = state[name]
+                    ok.st[q] = &st_v[0]
+                    if snapshot_state is not None and snapshot is not None and snapshot_step >= 0:
+                        st_v = snapshot_state[name]
+                        if st_v.shape[0] != self.n_params:
+                            raise ValueError(f"snapshot_state[{name!r}] needs n_params entries")
+                        ok.snap_st[q] = &st_v[0]
+            e.opt = &ok
+        if optimizer is not None or momentum != 0 or weight_decay != 0 or l2 != 0 or clip_norm:
             if grad.shape[0] != self.n_params:
                 raise ValueError("grad needs n_params entries")
             grad_p = &grad[0]
@@ -1604,6 +1843,38 @@ cdef class Network:
                 if snapshot_velocity is None or snapshot_velocity.shape[0] != self.n_params:
                     raise ValueError("snapshot_velocity needs n_params entries")
                 snap_vel_p = &snapshot_velocity[0]
+        if optimizer is None and clip_norm != 0:
+            # The legacy SGD keywords with clipping: torch.optim.SGD through
+            # the optimizer path with the velocity as its momentum_buffer and
+            # never a "first" step (the velocity goes on as v = mu v + g).
+            ok.kind = OPT_SGD
+            ok.lr, ok.momentum, ok.nesterov, ok.weight_decay = lr, momentum, nesterov, weight_decay
+            ok.l2, ok.clip, ok.step = l2, clip_norm, 1
+            ok.st[0], ok.snap_st[0] = vel_p, snap_vel_p
+            ok.st[1] = ok.st[2] = ok.snap_st[1] = ok.snap_st[2] = NULL
+            e.opt = &ok
+        if e.opt != NULL:
+            ok.n_units = 0
+            for q in range(s.n_layers):
+                ok.uoff[q] = ok.n_units
+                ok.n_units += s.sizes[q + 1]
+            usq = np.zeros(ok.n_units if l2 != 0 else 1)
+            gsq = np.zeros(ok.n_units if clip_norm != 0 else 1)
+            ok.usq, ok.gsq = &usq[0], &gsq[0]
+        if sample_weight is not None:
+            sw = _weights_view(sample_weight, theta, n)
+            e.sw = &sw[0]
+        if dropout is not None:
+            p_v = _dropout_view(dropout, self.spec.n_layers)
+            n_drop = drop_layout(&s, &e.drop, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
+            e.drop.seed, e.drop.epoch = seed, epoch
+        cdef floating[::1] dbuf
+        if n_drop > 0:
+            if ws.shape[0] >= w.size + n_drop:
+                e.drop.dbuf = &ws[w.size]
+            else:
+                dbuf = np.empty(n_drop, dtype=np.asarray(theta).dtype)
+                e.drop.dbuf = &dbuf[0]
         # The calling thread runs with FTZ/DAZ as asked for the whole call;
         # the threads of each parallel step set that mode (on, or the
         # caller's own, normally off) and restore theirs afterwards.
@@ -1613,14 +1884,70 @@ cdef class Network:
         c.kind, c.grad, c.velocity, c.ws, c.X, c.Y = CALL_EPOCH, grad_p, vel_p, &ws[0], &X[0, 0], &Y[0, 0]
         c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps = order_p, n, batch_size, &o, first_step, max_steps
         c.snap, c.snap_vel, c.snap_step, c.n_params, c.t = snap_p, snap_vel_p, snapshot_step, self.n_params, &t
+        c.e = &e
         with nogil:
             status = run_call(&s, &w, &c, rows, True, &theta[0])
         if flush_denormals:
             fbp_ftz_restore(csr)
+        if optimizer is not None:
+            state["step"] = int(ok.step)
+            if t.snap_done and snapshot_state is not None:
+                snapshot_state["step"] = int(t.snap_count)
         if status == -1:
             _raise_pending()   # Ctrl-C
         return t.loss, t.hits, t.penalty, t.n_done, status
 
+
+def _weights_view(sample_weight, theta, int64_t n):
+    """The sample weights as the kernels take them: (n,) C-contiguous, of
+    theta's dtype (the caller has checked their values)."""
+    a = sample_weight
+    dt = np.asarray(theta).dtype
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"sample_weight must be an array of shape ({n},)")
+    if a.dtype != dt or not a.flags.c_contiguous:
+        raise ValueError(f"sample_weight must be C-contiguous {dt}")
+    return a
+
+
+def _dropout_view(dropout, int n_layers):
+    """The drop probabilities: float64 (n_layers - 1,), each in [0, 1)."""
+    a = dropout
+    if (not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.ndim != 1
+            or a.shape[0] != n_layers - 1):
+        raise ValueError(f"dropout must be a float64 array of shape ({n_layers - 1},)")
+    if not ((a >= 0) & (a < 1)).all():
+        raise ValueError("dropout probabilities must be in [0, 1)")
+    return np.ascontiguousarray(a)
+
+
+cdef int _opt_setup(OptK *ok, optimizer, state, int64_t n_params, dtype, double lr,
+                    double l2, double clip) except -1:
+    """Fill ok from a fastbp.optim optimizer and check its state dict."""
+    name = getattr(optimizer, "name", None)
+    if name not in _OPT_KIND:
+        raise ValueError(f"optimizer must be a fastbp.optim SGD, Adam, AdamW or RMSprop, "
+                         f"got {optimizer!r}")
+    if state is None:
+        raise ValueError("optimizer= needs state= (optimizer.init_state(n_params, dtype))")
+    optimizer.check_state(state, n_params, dtype)
+    if not (lr >= 0 and lr < float("inf")):
+        raise ValueError("lr must be finite and >= 0")
+    ok.kind = _OPT_KIND[name]
+    ok.lr, ok.l2, ok.clip = lr, l2, clip
+    ok.step = int(state["step"])
+    ok.momentum = ok.weight_decay = ok.beta1 = ok.beta2 = ok.eps = ok.alpha = 0.0
+    ok.nesterov = ok.decoupled = ok.amsgrad = ok.centered = False
+    ok.weight_decay = optimizer.weight_decay
+    if ok.kind == OPT_SGD:
+        ok.momentum, ok.nesterov = optimizer.momentum, optimizer.nesterov
+    elif ok.kind == OPT_ADAM:
+        ok.beta1, ok.beta2 = optimizer.betas
+        ok.eps, ok.amsgrad, ok.decoupled = optimizer.eps, optimizer.amsgrad, name == "adamw"
+    else:
+        ok.alpha, ok.eps, ok.momentum = optimizer.alpha, optimizer.eps, optimizer.momentum
+        ok.centered = optimizer.centered
+    return 0
 
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
