@@ -44,7 +44,7 @@ try:
     from sklearn.utils import Tags, check_random_state, column_or_1d, gen_batches, shuffle
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import type_of_target, unique_labels
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     raise ImportError(
         "fastbp.sklearn needs scikit-learn >= 1.6, which is not installed (or too old: "
@@ -416,7 +416,9 @@ class _BaseMLP(BaseEstimator):
     def _validation_target(self, Y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
         raise NotImplementedError
 
     def _check_solver(self) -> bool:
@@ -444,7 +446,9 @@ class _BaseMLP(BaseEstimator):
         return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
 
     @_thread_capped
-    def _fit(self, X: ArrayLike, y: ArrayLike, incremental: bool) -> "_BaseMLP":
+    def _fit(
+        self, X: ArrayLike, y: ArrayLike, incremental: bool, sample_weight: Any = None,
+    ) -> "_BaseMLP":
         hidden = self._check_params()
         if self.early_stopping and incremental and self.solver in _STOCHASTIC_SOLVERS:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -452,6 +456,18 @@ class _BaseMLP(BaseEstimator):
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         dtype = self._compute_dtype(X.dtype, first_pass)
         X_dtype = X.dtype
+        sw = None
+        if sample_weight is not None:
+            # scikit-learn's checks and messages (shape, finite, not all zero),
+            # then the kernels' condition: no negative weight
+            sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+            bad = np.flatnonzero(sw < 0)
+            if bad.size:
+                raise ValueError(
+                    f"sample_weight must be >= 0 (fastbp's kernels take no negative "
+                    f"weights); sample_weight[{bad[0]}] = {sw[bad[0]]!r}"
+                )
+            sw = np.ascontiguousarray(sw, dtype=dtype)
         X = np.ascontiguousarray(X, dtype=dtype)
         Y = self._target(Y, dtype)
         n_samples, n_features = X.shape
@@ -470,9 +486,9 @@ class _BaseMLP(BaseEstimator):
                 "set warm_start=False to start afresh"
             )
         if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(X, Y, incremental)
+            self._fit_stochastic(X, Y, incremental, sw)
         else:
-            self._fit_lbfgs(X, Y)
+            self._fit_lbfgs(X, Y, sw)
         if not np.isfinite(self._net.flat_parameters).all():
             raise ValueError(_NON_FINITE)
         return self
@@ -561,12 +577,13 @@ class _BaseMLP(BaseEstimator):
             pos += n_out
         return perm, coef_slices
 
-    def _fit_lbfgs(self, X: np.ndarray, Y: np.ndarray) -> None:
+    def _fit_lbfgs(self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray]) -> None:
         """scikit-learn's ``_fit_lbfgs``: the same objective, packing and scipy call.
 
         The objective is the mean loss plus ``alpha / (2 n) sum ||W||^2``
         (scikit-learn's), its gradient the mean loss's plus ``(alpha / n)
-        W``; the kernels compute the loss and gradient of the whole data set
+        W``; with sample weights s, the weighted mean ``sum s_i l_i / sum s``
+        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute the loss and gradient of the whole data set
         in one GIL-free call per evaluation.  scipy sees the parameters
         packed as scikit-learn packs them (all ``coefs_``, then all
         ``intercepts_``), so it takes the same iterates.
@@ -580,7 +597,7 @@ class _BaseMLP(BaseEstimator):
         import scipy.optimize
 
         net = self._net
-        n = X.shape[0]
+        n = X.shape[0] if sw is None else sw.sum()
         perm, coef_slices = self._sklearn_layout()
         w_slices = [(net._net.w_off[k], net._net.w_off[k] + W.size)
                     for k, W in enumerate(net.weights)]
@@ -595,7 +612,8 @@ class _BaseMLP(BaseEstimator):
         def loss_grad(x: np.ndarray) -> Tuple[float, np.ndarray]:
             with np.errstate(over="ignore", invalid="ignore"):
                 theta[...] = x[perm]
-            loss = T(net._net.gradients(theta, X, Y, grad, n_threads) * scale)
+            loss = T(net._net.gradients(theta, X, Y, grad, n_threads, sample_weight=sw)
+                     * scale)
             values = T(0)
             for a, b in coef_slices:
                 s = x[a:b]
@@ -642,7 +660,9 @@ class _BaseMLP(BaseEstimator):
         return {"solver": "adam", "t": 0, "ms": np.zeros(n_params, dtype=dtype),
                 "vs": np.zeros(n_params, dtype=dtype)}
 
-    def _fit_stochastic(self, X: np.ndarray, Y: np.ndarray, incremental: bool) -> None:
+    def _fit_stochastic(
+        self, X: np.ndarray, Y: np.ndarray, incremental: bool, sw: Optional[np.ndarray],
+    ) -> None:
         """scikit-learn's ``_fit_stochastic``: the same draws, batches, updates and rules.
 
         Everything random is drawn here exactly as scikit-learn draws it (the
@@ -650,8 +670,9 @@ class _BaseMLP(BaseEstimator):
         With ``solver="sgd"`` each epoch is one call into the compiled loop,
         which visits the rows in that order in consecutive batches and
         applies the penalty and the momentum update after each one; with
-        ``solver="adam"`` each batch's loss and gradient are one kernel call
-        and scikit-learn's Adam update follows in numpy.
+        ``solver="adam"`` (and sgd with sample weights) each batch's loss and
+        gradient are one kernel call and scikit-learn's update follows in
+        numpy.
         """
         net = self._net
         if not incremental or not hasattr(self, "_optimizer"):
@@ -660,13 +681,20 @@ class _BaseMLP(BaseEstimator):
                 # scikit-learn's fit (warm or not) starts from zero velocity
                 net.reset_optimizer()
 
-        X_val = y_val = None
+        X_val = y_val = sw_val = None
         if self.early_stopping:
             stratify = Y.astype(bool) if (self._classifier and self.n_outputs_ == 1) else None
-            X, X_val, Y, Y_val = train_test_split(
-                X, Y, random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify,
-            )
+            if sw is None:
+                X, X_val, Y, Y_val = train_test_split(
+                    X, Y, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify,
+                )
+            else:  # the same split, the weights going with their rows
+                X, X_val, Y, Y_val, sw, sw_val = train_test_split(
+                    X, Y, sw, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify,
+                )
+                sw = np.ascontiguousarray(sw)
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' "
@@ -689,7 +717,7 @@ class _BaseMLP(BaseEstimator):
         sample_idx = np.arange(n_samples)
         self.n_iter_ = 0
         with net._lock:
-            if self._optimizer["solver"] == "sgd":
+            if self._optimizer["solver"] == "sgd" and sw is None:
                 runner = Epochs(
                     net, X, Y, batch_size, momentum=float(self.momentum),
                     nesterov=bool(self.nesterovs_momentum), weight_decay=0.0,
@@ -697,9 +725,9 @@ class _BaseMLP(BaseEstimator):
                 )
                 epoch = self._sgd_epoch(runner)
             else:
-                epoch = self._adam_epoch(X, Y, batch_size)
+                epoch = self._batch_epoch(X, Y, sw, batch_size)
             try:
-                self._run_epochs(epoch, sample_idx, incremental, X_val, y_val)
+                self._run_epochs(epoch, sample_idx, incremental, X_val, y_val, sw_val)
             except KeyboardInterrupt:
                 warnings.warn("Training interrupted by user.")
             finally:
@@ -729,11 +757,28 @@ class _BaseMLP(BaseEstimator):
 
         return epoch
 
-    def _adam_epoch(self, X: np.ndarray, Y: np.ndarray, batch_size: int) -> Any:
-        """One Adam epoch: per batch, the loss and gradient in one kernel call,
-        then scikit-learn's ``AdamOptimizer`` update, with the same numpy
-        operations (so the same roundings) on the flat parameter vector."""
+    def _batch_epoch(
+        self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
+    ) -> Any:
+        """One adam (or weighted sgd) epoch: per batch, the loss and gradient
+        in one kernel call, then scikit-learn's update in numpy.
+
+        Adam: scikit-learn's ``AdamOptimizer`` with the same numpy operations
+        (so the same roundings) on the flat parameter vector.  sgd: the
+        momentum update in the kernel's form (the model's velocity ``u``,
+        scikit-learn's ``v = -lr u``), so that weighted and unweighted calls
+        can follow each other.  With sample weights s, a batch minimises
+        ``sum s_i l_i / sum s + alpha / (2 sum s) ||W||^2`` and its loss
+        counts with the batch's row count in ``loss_``, as in scikit-learn.
+        """
         net = self._net
+        solver = self._optimizer["solver"]
+        velocity = None
+        if solver == "sgd":
+            if net._velocity is None:
+                net._velocity = np.zeros_like(net.flat_parameters)
+            velocity = net._velocity
+        mu, nesterov = net.dtype.type(self.momentum), bool(self.nesterovs_momentum)
         opt = self._optimizer
         theta = net.flat_parameters
         grad = np.empty_like(theta)
@@ -749,22 +794,39 @@ class _BaseMLP(BaseEstimator):
         def epoch(order: Optional[np.ndarray]) -> Optional[float]:
             accumulated = 0.0
             for batch in gen_batches(n_samples, batch_size):
+                swb = None
                 if order is None:
                     Xb, Yb = X[batch], Y[batch]
+                    if sw is not None:
+                        swb = sw[batch]
                 else:
                     idx = order[batch]
                     Xb, Yb = X.take(idx, axis=0), Y.take(idx, axis=0)
+                    if sw is not None:
+                        swb = sw.take(idx)
                 m = Xb.shape[0]
-                loss = net._net.gradients(theta, Xb, Yb, grad, n_threads) * scale
+                denom = m if swb is None else swb.sum()
+                loss = net._net.gradients(theta, Xb, Yb, grad, n_threads,
+                                          sample_weight=swb) * scale
                 values = 0.0
                 for a, b in w_slices:
                     s = theta[a:b]
                     values += np.dot(s, s)
-                loss += (0.5 * alpha) * values / m
+                loss += (0.5 * alpha) * values / denom
                 if alpha:
                     for a, b in w_slices:
-                        grad[a:b] += (alpha / m) * theta[a:b]
+                        grad[a:b] += (alpha / denom) * theta[a:b]
                 accumulated += loss * m
+                if solver == "sgd":
+                    lr = opt["lr"]
+                    if lr != opt["lr_used"]:  # as in _sgd_epoch
+                        np.multiply(velocity, net.dtype.type(opt["lr_used"] / lr), out=velocity)
+                        opt["lr_used"] = lr
+                    np.multiply(velocity, mu, out=velocity)
+                    np.add(velocity, grad, out=velocity)
+                    step = grad + mu * velocity if nesterov else velocity
+                    np.subtract(theta, net.dtype.type(lr) * step, out=theta)
+                    continue
                 # scikit-learn's AdamOptimizer._get_updates, on flat vectors
                 opt["t"] += 1
                 t = opt["t"]
@@ -782,6 +844,7 @@ class _BaseMLP(BaseEstimator):
     def _run_epochs(
         self, epoch: Any, sample_idx: np.ndarray, incremental: bool,
         X_val: Optional[np.ndarray], y_val: Optional[np.ndarray],
+        sw_val: Optional[np.ndarray] = None,
     ) -> None:
         n_samples = sample_idx.shape[0]
         diverged = False
@@ -814,7 +877,7 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
-            self._update_no_improvement_count(X_val, y_val, diverged)
+            self._update_no_improvement_count(X_val, y_val, diverged, sw_val)
 
             opt = self._optimizer
             if opt["solver"] == "sgd" and self.learning_rate == "invscaling":
@@ -857,6 +920,7 @@ class _BaseMLP(BaseEstimator):
 
     def _update_no_improvement_count(
         self, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray], diverged: bool = False,
+        sw_val: Optional[np.ndarray] = None,
     ) -> None:
         if self.early_stopping:
             if diverged:
@@ -866,7 +930,7 @@ class _BaseMLP(BaseEstimator):
                 if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
                     score = np.nan
                 else:
-                    score = self._score_function(y_val, y_pred)
+                    score = self._score_function(y_val, y_pred, sw_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -1102,10 +1166,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _validation_target(self, Y: np.ndarray) -> np.ndarray:
         return self._label_binarizer.inverse_transform(Y)
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
-        return accuracy_score(y, y_pred)
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
+        return accuracy_score(y, y_pred, sample_weight=sample_weight)
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "MLPClassifier":
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+            ) -> "MLPClassifier":
         """Fit the model to data X and labels y.
 
         Parameters
@@ -1114,17 +1181,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Training inputs (dense).
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels, or a multilabel indicator matrix.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, finite and >= 0, not all zero: each batch (lbfgs:
+            the whole set) minimises ``sum s_i l_i / sum s + alpha / (2 sum
+            s) ||W||^2``, as in scikit-learn; the early-stopping split keeps
+            each row's weight and the validation score is weighted.
 
         Returns
         -------
         self : MLPClassifier
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(
-        self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None
+        self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+        classes: Optional[ArrayLike] = None,
     ) -> "MLPClassifier":
         """Update the model with one epoch over the given data (sgd and adam).
 
@@ -1138,6 +1211,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, as for :meth:`fit`.
         classes : array-like of shape (n_classes,), default=None
             All the classes that any call may see; required on the first
             call, optional (and then checked) afterwards.
@@ -1164,7 +1239,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 self._label_binarizer.fit(classes)
             self.classes_ = self._label_binarizer.classes_
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict class labels.
@@ -1348,10 +1423,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
         self.loss = loss
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
-        return r2_score(y, y_pred)
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
+        return r2_score(y, y_pred, sample_weight=sample_weight)
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "MLPRegressor":
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+            ) -> "MLPRegressor":
         """Fit the model to data X and targets y.
 
         Parameters
@@ -1360,16 +1438,22 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Training inputs (dense).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, finite and >= 0, not all zero: each batch (lbfgs:
+            the whole set) minimises ``sum s_i l_i / sum s + alpha / (2 sum
+            s) ||W||^2``, as in scikit-learn; the early-stopping split keeps
+            each row's weight and the validation R^2 is weighted.
 
         Returns
         -------
         self : MLPRegressor
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> "MLPRegressor":
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                    ) -> "MLPRegressor":
         """Update the model with one epoch over the given data (sgd and adam).
 
         As in scikit-learn, the attribute does not exist for
@@ -1382,13 +1466,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, as for :meth:`fit`.
 
         Returns
         -------
         self : MLPRegressor
             The updated estimator.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict targets.

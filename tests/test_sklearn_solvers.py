@@ -386,3 +386,62 @@ def test_coefs_and_intercepts_are_assignable():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(AttributeError, match="fitted"):
         MLPClassifier().coefs_ = before
+
+
+# ---------------------------------------------------------------------------
+# Sample weights
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [
+    dict(solver="lbfgs", max_iter=30),
+    dict(solver="adam", max_iter=8),
+    dict(solver="adam", max_iter=8, early_stopping=True),
+    dict(solver="sgd", max_iter=8, learning_rate="invscaling", learning_rate_init=0.05),
+    dict(solver="sgd", max_iter=8, early_stopping=True, nesterovs_momentum=False),
+], ids=["lbfgs", "adam", "adam-early-stopping", "sgd-invscaling", "sgd-early-stopping"])
+@pytest.mark.parametrize("data", list(DATA))
+def test_sample_weight_matches_sklearn(data, kw):
+    (X, y), ours_cls, sk_cls = DATA[data]
+    sw = np.random.default_rng(0).uniform(0, 3, len(X))
+    sw[::7] = 0.0  # zero weights are allowed
+    kw = dict(kw, random_state=0, hidden_layer_sizes=(16,), alpha=1e-2)
+    ours = ours_cls(**kw).fit(X, y, sample_weight=sw)
+    theirs = sk_cls(**kw).fit(X, y, sample_weight=sw)
+    assert ours.n_iter_ == theirs.n_iter_
+    _assert_params_close(ours, theirs)
+    if kw["solver"] == "lbfgs":
+        assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    else:
+        _assert_stochastic_same(ours, theirs)
+    unweighted = ours_cls(**kw).fit(X, y)
+    assert _rel(unweighted.coefs_, ours.coefs_) > 1e-6  # the weights do something
+
+
+def test_sample_weight_partial_fit_matches_sklearn():
+    (X, y), _, _ = DATA["iris"]
+    sw = np.random.default_rng(1).uniform(0.5, 2, len(X))
+    classes = np.unique(y)
+    for solver in ("sgd", "adam"):
+        kw = dict(solver=solver, random_state=0, hidden_layer_sizes=(8,), learning_rate_init=0.01)
+        ours, theirs = MLPClassifier(**kw), sknn.MLPClassifier(**kw)
+        for est in (ours, theirs):
+            est.partial_fit(X[:75], y[:75], sample_weight=sw[:75], classes=classes)
+            est.partial_fit(X[75:], y[75:])  # unweighted after weighted: same state
+            est.partial_fit(X, y, sw)
+        _assert_stochastic_same(ours, theirs)
+
+
+def test_sample_weight_errors():
+    (X, y), _, _ = DATA["iris"]
+    est = MLPClassifier(max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match="shape"):
+        est.fit(X, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="non-zero"):
+        est.fit(X, y, sample_weight=np.zeros(len(X)))
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        est.fit(X, y, sample_weight=np.full(len(X), np.nan))
+    bad = np.ones(len(X))
+    bad[5] = -1.0
+    with pytest.raises(ValueError, match=r"sample_weight\[5\]"):
+        est.fit(X, y, sample_weight=bad)
+    assert not hasattr(est, "coefs_")  # nothing fitted
