@@ -250,7 +250,7 @@ class _BaseMLP(BaseEstimator):
             ("max_fun", _is_int(self.max_fun) and self.max_fun >= 1, "an integer >= 1"),
         ]
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            checks.append((name, isinstance(getattr(self, name), (bool, np.bool_)), "a bool"))
+            C.check_bool(name, getattr(self, name))  # the message of fastbp.MLP's booleans
         checks.append(
             ("verbose", isinstance(self.verbose, (bool, np.bool_)) or _is_int(self.verbose),
              "a bool or an integer")
@@ -362,7 +362,7 @@ class _BaseMLP(BaseEstimator):
                 "weights": [W.copy() for W in net.weights],
                 "biases": [b.copy() for b in net.biases],
                 # partial_fit continues with the momentum velocity
-                **net.optimizer_state(),
+                "optimizer_state": net.optimizer_state(),
             }
         return state
 
@@ -387,7 +387,10 @@ class _BaseMLP(BaseEstimator):
                 loss=spec["loss"], dtype=spec["dtype"], seed=0,
                 weights=spec["weights"], biases=spec["biases"],
             )
-            velocity = spec.get("velocity")
+            if "optimizer_state" in spec:
+                self._net.set_optimizer_state(spec["optimizer_state"])
+                return
+            velocity = spec.get("velocity")  # pickles from before the optimizer objects
             if velocity is None and old_velocities is not None:
                 # scikit-learn's v_s (weights then biases) is -lr times the model's
                 net = self._net
@@ -775,8 +778,8 @@ class _BaseMLP(BaseEstimator):
         solver = self._optimizer["solver"]
         velocity = None
         if solver == "sgd":
-            if net._velocity is None:
-                net._velocity = np.zeros_like(net.flat_parameters)
+            if net._velocity is None:  # the model's SGD momentum buffer, as the kernel's
+                net.set_optimizer_state({"velocity": np.zeros_like(net.flat_parameters)})
             velocity = net._velocity
         mu, nesterov = net.dtype.type(self.momentum), bool(self.nesterovs_momentum)
         opt = self._optimizer

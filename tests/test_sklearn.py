@@ -362,7 +362,7 @@ def test_unpickle_per_batch_loop_velocities():
     est.partial_fit(REG_X, REG_Y)
     state = est.__getstate__()
     state["_net_state"] = dict(state["_net_state"])
-    state["_net_state"].pop("velocity")
+    state["_net_state"].pop("optimizer_state")
     net, views = est.model_, []
     for k in range(net.n_layers):
         w0, b0 = net._net.w_off[k], net._net.b_off[k]
