@@ -79,17 +79,20 @@ def get_num_threads() -> int:
     int
         The :func:`set_num_threads` value (by default the OpenMP runtime's
         limit: ``OMP_NUM_THREADS`` or the usable cores), capped by a
-        ``threadpoolctl.threadpool_limits`` in effect and by the
-        :func:`threads` blocks this thread is in.  Steps too small to gain
-        from threads use fewer.
+        ``threadpoolctl.threadpool_limits`` in effect, by the
+        :func:`threads` blocks this thread is in and by ``OMP_THREAD_LIMIT``.
+        Steps too small to gain from threads use fewer.  1 in a process forked after fastbp ran
+        threads (GNU OpenMP is not fork-safe: such a child runs serially).
     """
+    if _kernels.serial_after_fork():   # a child forked after threads ran: serial
+        return 1
     n = _base()
     if _limit is not None:
         n = min(n, _limit)
     caps: List[int] = getattr(_local, "caps", None) or []
     if caps:
         n = min(n, min(caps))
-    return n
+    return max(1, min(n, _kernels.thread_limit()))   # OMP_THREAD_LIMIT caps every team
 
 
 @contextlib.contextmanager
@@ -132,12 +135,19 @@ def _controller_get() -> int:
     return _base() if _limit is None else min(_base(), _limit)
 
 
+_unlimited_at: Optional[int] = None   # what _controller_get reported when no limit held
+
+
 def _controller_set(n: int) -> None:
-    """threadpoolctl's limit.  A value that would not cap the base (the one
-    threadpoolctl restores when no limit was in effect) removes the limit."""
-    global _limit
+    """threadpoolctl's limit.  A value that would not cap the base, or the
+    value reported when no limit held (the one threadpoolctl restores on
+    leaving its block, even if set_num_threads changed the base inside),
+    removes the limit."""
+    global _limit, _unlimited_at
     n = max(1, int(n))
-    _limit = None if n >= _base() else n
+    if _limit is None:
+        _unlimited_at = _base()
+    _limit = None if n >= _base() or n == _unlimited_at else n
 
 
 def _make_controller(threadpoolctl: Any) -> type:

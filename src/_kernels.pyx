@@ -183,6 +183,52 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* GNU libgomp is not fork-safe: in a child forked after a team of more
+       than one thread ran here, the forking thread's pool names threads the
+       child does not have, and the child's next parallel region waits for
+       them forever (multiprocessing's default start method on Linux is
+       fork).  Such a child runs every call serially: the same bits. */
+    #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+    #include <pthread.h>
+    static int fbp_forked = 0;
+    static void fbp_atfork_child(void) {
+        if (fbp_parallel_count() > 0) fbp_forked = 1;
+    }
+    static void fbp_install_atfork(void) { (void)pthread_atfork(NULL, NULL, fbp_atfork_child); }
+    static int fbp_serial_after_fork(void) { return fbp_forked; }
+    #else
+    static void fbp_install_atfork(void) {}
+    static int fbp_serial_after_fork(void) { return 0; }
+    #endif
+    """
+    void fbp_install_atfork()
+    int fbp_serial_after_fork() nogil
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static int fbp_omp_thread_limit(void) { return omp_get_thread_limit(); }
+    #else
+    static int fbp_omp_thread_limit(void) { return 1; }
+    #endif
+    """
+    int fbp_omp_thread_limit()
+
+fbp_install_atfork()
+
+
+def serial_after_fork():
+    """True in a process forked after this module ran a team of threads:
+    there every call runs on one thread (libgomp is not fork-safe)."""
+    return bool(fbp_serial_after_fork())
+
+
+def thread_limit():
+    """OpenMP's cap on the threads of a team (OMP_THREAD_LIMIT; huge when unset)."""
+    return fbp_omp_thread_limit()
+
+cdef extern from *:
+    """
     /* A team: the threads of one parallel region, which may run many steps.
        Thread 0 (the caller) drives: for each step it publishes a generation
        g with the step's waves (a wave: n tiles that may run in any order),
@@ -1431,7 +1477,7 @@ cdef int run_call(const Spec *s, const Work *w, Call *c, int64_t rows, bint trai
     cdef int *status_p = &status
     cdef unsigned int csr = 0
     make_plan(s, rows, train, True, &p)
-    if p.nt <= 1:
+    if p.nt <= 1 or fbp_serial_after_fork():
         return drive(s, w, c, NULL, &gen, &job, theta)
     fbp_team_init(&T)
     with parallel(num_threads=p.nt):
