@@ -100,16 +100,130 @@ def _float_in(low: float, high: float, low_open: bool = False,
     return parse
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, eps)."""
+    return _float_in(0, float("inf"), low_open=True, high_open=True)(text)
+
+
+_positive_float.__name__ = "number"
+
+
 def _add_sgd_options(p: argparse.ArgumentParser, epochs: int) -> None:
-    """--epochs, --batch-size, --lr and --momentum, shared by train and digits."""
+    """--epochs, --batch-size, --lr and --momentum of plain SGD (the digits comparison)."""
     p.add_argument("--epochs", type=_int_at_least(1), default=epochs,
                    help=f"epochs (default {epochs})")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32,
                    help="mini-batch size (default 32)")
-    p.add_argument("--lr", type=_float_in(0, float("inf"), low_open=True, high_open=True),
-                   default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--lr", type=_positive_float, default=0.01,
+                   help="learning rate (default 0.01)")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=0.9,
                    help="SGD momentum (default 0.9; 0 for plain SGD)")
+
+
+def _betas(text: str) -> Tuple[float, float]:
+    """``"0.9,0.999"`` -> ``(0.9, 0.999)``, each in [0, 1)."""
+    parts = text.split(",")
+    unit = _float_in(0, 1, high_open=True)
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers such as 0.9,0.999")
+    return unit(parts[0].strip()), unit(parts[1].strip())
+
+
+#: ``--optimizer`` choices: (fastbp.optim class name, the hyper-parameters `train`
+#: gives it unless told otherwise (the rest are torch's defaults), and the options
+#: that apply to it besides --lr and --weight-decay).  AdamW's weight decay of 1 (torch's
+#: default is 0.01) and the other defaults of TRAIN_DEFAULTS were chosen by measurement
+#: (tools/cli_defaults_check.py, on splits the reported table does not use).
+OPTIMIZERS: Dict[str, Tuple[str, Dict[str, float], Tuple[str, ...]]] = {
+    "adam": ("Adam", {"lr": 1e-3}, ("betas", "eps")),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 1.0}, ("betas", "eps")),
+    "sgd": ("SGD", {"lr": 0.01, "momentum": 0.9}, ("momentum", "nesterov")),
+    "rmsprop": ("RMSprop", {"lr": 1e-3}, ("momentum", "eps")),
+}
+
+#: Defaults of `train` besides the optimizer's hyper-parameters.
+TRAIN_DEFAULTS = {"optimizer": "adamw", "epochs": 200, "patience": 50, "batch_size": 16}
+
+
+def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
+    """``train``'s --optimizer and its hyper-parameters, --epochs, --batch-size."""
+    d = TRAIN_DEFAULTS
+
+    def default(option: str, fallback: str) -> str:
+        values = [f"{name} {kw[option]:g}" for name, (_, kw, _) in OPTIMIZERS.items()
+                  if option in kw]
+        return ", ".join(values) + (f"; {fallback}" if fallback else "")
+
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
+                   help=f"the optimizer, as torch.optim's (default {d['optimizer']})")
+    p.add_argument("--epochs", type=_int_at_least(1), default=d["epochs"],
+                   help=f"most epochs to train (default {d['epochs']}; early stopping "
+                   "usually ends sooner)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"],
+                   help=f"mini-batch size (default {d['batch_size']})")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"learning rate (default per optimizer: {default('lr', '')})")
+    p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), default=None,
+                   help="momentum of sgd or rmsprop (default "
+                   f"{default('momentum', 'rmsprop 0')})")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    p.add_argument("--betas", type=_betas, default=None, metavar="B1,B2",
+                   help="adam/adamw moment decay rates (default 0.9,0.999)")
+    p.add_argument("--eps", type=_positive_float, default=None,
+                   help="adam/adamw/rmsprop denominator term (default 1e-8)")
+    p.add_argument("--weight-decay", type=_float_in(0, float("inf"), high_open=True),
+                   default=None,
+                   help="weight decay, biases included: decoupled for adamw (each step "
+                   "shrinks the parameters by lr*decay), an L2 term in the gradient for the "
+                   f"others (default {default('weight_decay', 'others 0')})")
+
+
+def make_optimizer(args: argparse.Namespace) -> Any:
+    """The :mod:`fastbp.optim` object ``train``'s options describe.
+
+    Raises
+    ------
+    CLIError
+        When an option does not apply to ``--optimizer`` (e.g. ``--momentum``
+        with adam), or a combination is invalid (``--nesterov`` without momentum).
+    """
+    from . import optim
+
+    cls_name, defaults, own = OPTIMIZERS[args.optimizer]
+    given = {"momentum": args.momentum is not None, "nesterov": bool(args.nesterov),
+             "betas": args.betas is not None, "eps": args.eps is not None}
+    for option, is_given in given.items():
+        if is_given and option not in own:
+            users = [n for n, (_, _, o) in OPTIMIZERS.items() if option in o]
+            raise CLIError(f"--{option} applies to --optimizer {' or '.join(users)}, not "
+                           f"{args.optimizer}")
+    kw: Dict[str, Any] = dict(defaults)
+    for option in ("lr", "weight_decay", "momentum", "betas", "eps"):
+        if getattr(args, option) is not None:
+            kw[option] = getattr(args, option)
+    if args.nesterov:
+        if kw.get("momentum", 0) == 0:
+            raise CLIError("--nesterov needs --momentum > 0")
+        kw["nesterov"] = True
+    try:
+        return getattr(optim, cls_name)(**kw)
+    except ValueError as exc:
+        raise CLIError(f"--optimizer {args.optimizer}: {exc}") from None
+
+
+def describe_optimizer(opt: Any) -> str:
+    """``Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0)``: the
+    hyper-parameters, switched-off flags left out."""
+    parts = []
+    for key, value in opt.get_config().items():
+        if key == "name" or value is False:
+            continue
+        if isinstance(value, list):
+            value = "(" + ", ".join(f"{v:g}" for v in value) + ")"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{key}={value}")
+    return f"{type(opt).__name__}({', '.join(parts)})"
 
 
 def _sep(text: str) -> str:
@@ -201,20 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden layer widths (default 64; 'none' for no hidden layer)")
     t.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="hidden activation (default relu)")
-    _add_sgd_options(t, epochs=20)
-    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    t.add_argument("--weight-decay", type=_float_in(0, float("inf"), high_open=True),
-                   default=0.0,
-                   help="L2 weight decay (default 0)")
+    _add_optimizer_options(t)
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="learning-rate schedule (default constant)")
     t.add_argument("--validation-split", type=_float_in(0, 1, high_open=True), default=0.2,
                    metavar="FRACTION",
                    help="fraction of rows held out, at random, for validation (default 0.2)")
-    t.add_argument("--early-stopping", action="store_true",
-                   help="stop when the validation loss stops improving; keep the best epoch")
-    t.add_argument("--patience", type=_int_at_least(1), default=10,
-                   help="epochs without improvement before early stopping (default 10)")
+    t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop when the validation loss has not improved for --patience "
+                   "epochs and keep the weights of the best epoch (default: on when there "
+                   "is a validation split; --no-early-stopping trains every epoch and keeps "
+                   "the last)")
+    t.add_argument("--patience", type=_int_at_least(1), default=TRAIN_DEFAULTS["patience"],
+                   help="epochs without improvement before early stopping (default "
+                   f"{TRAIN_DEFAULTS['patience']})")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the split, the initial weights and the shuffling (default 0)")
     t.add_argument("--threads", type=_int_at_least(0), default=0,
@@ -391,6 +505,9 @@ def _train(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.early_stopping and args.validation_split == 0:
         raise CLIError("--early-stopping needs a validation split > 0")
+    early_stopping = args.validation_split > 0 if args.early_stopping is None \
+        else args.early_stopping
+    optimizer = make_optimizer(args)  # bad combinations fail before reading the data
     model_path = args.output or default_model_path(args.data)
     side_path = sidecar_path(model_path)
     for out in (model_path, side_path, args.plot):  # fail before training, not after
@@ -444,13 +561,20 @@ def _train(args: argparse.Namespace) -> int:
               "over the training rows); rmse and r2 are in target units")
     print(f"model: {net!r}, {len(train_rows)} training / {len(val_rows)} validation rows, "
           f"{get_num_threads()} thread(s)")
+    stopping = (f"early stopping on the validation loss (patience {args.patience}; the best "
+                "epoch's weights are kept)" if early_stopping else "no early stopping"
+                + (" (no validation split)" if args.validation_split == 0 else ""))
+    print(f"optimizer: {describe_optimizer(optimizer)}, batch {args.batch_size}, "
+          f"{'up to ' if early_stopping else ''}{args.epochs} epochs"
+          + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
+          + f"; {stopping}")
     sys.stdout.flush()
     t0 = time.perf_counter()
     hist = net.fit(
-        Xt, Yt, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-        schedule=args.schedule, validation_data=(Xv, Yv) if len(val_rows) else None,
-        early_stopping=args.early_stopping, patience=args.patience,
+        Xt, Yt, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        optimizer=optimizer, schedule=args.schedule,
+        validation_data=(Xv, Yv) if len(val_rows) else None,
+        early_stopping=early_stopping, patience=args.patience,
         verbose=0 if args.quiet else 1,
     )
     seconds = time.perf_counter() - t0
@@ -460,18 +584,23 @@ def _train(args: argparse.Namespace) -> int:
         final["validation"] = metrics(net, pre, Xv, Yv)
         print(f"validation: {_format_metrics(final['validation'], task)}")
     epochs_run = len(hist.loss)
-    stopped = getattr(hist, "stopped_early", False)
-    print(f"{epochs_run} epoch(s) in {seconds:.2f} s"
-          + (f"; stopped early, kept epoch {hist.best_epoch + 1}" if stopped and
-             getattr(hist, "best_epoch", None) is not None else ""))
+    kept = ""
+    if early_stopping and hist.best_epoch is not None:
+        kept = (f"; stopped early, kept epoch {hist.best_epoch + 1}" if hist.stopped_early
+                else f"; kept epoch {hist.best_epoch + 1}, the lowest validation loss")
+    print(f"{epochs_run} epoch(s) in {seconds:.2f} s{kept}")
 
     options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
+    options["early_stopping"] = early_stopping  # as resolved, with the optimizer's values
+    options.update({k: v for k, v in optimizer.get_config().items() if k in options})
     pre.info = {
         "model_file": os.path.basename(model_path),
         "fastbp_version": str(__version__),
         "training": {"data": args.data, "rows": n, "train_rows": len(train_rows),
                      "validation_rows": len(val_rows), "epochs_run": epochs_run,
-                     "seconds": round(seconds, 4), "options": options, "metrics": final},
+                     "best_epoch": None if hist.best_epoch is None else hist.best_epoch + 1,
+                     "seconds": round(seconds, 4), "optimizer": optimizer.get_config(),
+                     "options": options, "metrics": final},
     }
     model_io.save(net, model_path)
     pre.save(side_path)
