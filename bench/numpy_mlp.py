@@ -74,6 +74,18 @@ class NumpyMLP:
         ]
         self.biases = [np.zeros(n_out, dtype=self.dtype) for n_out in sizes[1:]]
 
+    def set_params(self, params: Sequence[tuple[Array, Array]]) -> None:
+        """Copy ``[(W, b), ...]`` (``W`` of shape ``(n_out, n_in)``) into the
+        model, converted to its dtype."""
+        if len(params) != len(self.weights):
+            raise ValueError(f"expected {len(self.weights)} layers, got {len(params)}")
+        for k, (W, b) in enumerate(params):
+            if np.shape(W) != self.weights[k].shape or np.shape(b) != self.biases[k].shape:
+                raise ValueError(f"layer {k}: shapes {np.shape(W)}, {np.shape(b)} instead of "
+                                 f"{self.weights[k].shape}, {self.biases[k].shape}")
+            self.weights[k][...] = W
+            self.biases[k][...] = b
+
     def forward(self, X: Array) -> list[Array]:
         """Activations of every layer, input first, output (identity) last."""
         hs = [X]
@@ -126,12 +138,24 @@ class NumpyMLP:
         return loss
 
     def fit_epoch(
-        self, X: Array, Y: Array, batch_size: int, lr: float, rng: np.random.Generator
+        self, X: Array, Y: Array, batch_size: int, lr: float,
+        order: np.random.Generator | Array,
     ) -> float:
-        """One epoch of shuffled mini-batch SGD; returns the mean batch loss."""
-        perm = rng.permutation(len(X))
+        """One epoch of shuffled mini-batch SGD; returns the mean batch loss.
+
+        ``order`` is the permutation of the rows to visit, or a generator
+        that draws it (``order.permutation(len(X))``).  Each batch is
+        gathered and converted to the model's dtype (so a float64 model
+        trains on float32 data without a float64 copy of the data set); the
+        last, smaller batch takes the mean over its own rows.
+        """
+        perm = order.permutation(len(X)) if isinstance(order, np.random.Generator) \
+            else np.asarray(order)
         losses = []
         for i in range(0, len(X), batch_size):
             idx = perm[i : i + batch_size]  # gather each batch: no copy of the data set
-            losses.append(self.step(X[idx], Y[idx], lr))
+            x, y = X[idx], Y[idx]
+            if x.dtype != self.dtype:
+                x, y = x.astype(self.dtype), y.astype(self.dtype)
+            losses.append(self.step(x, y, lr))
         return float(np.mean(losses))

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import fma_peak
 from bench.configs import CONFIGS
 from bench.peers import PEERS
 
@@ -35,6 +36,63 @@ def add_ratios(results: list[Result]) -> list[Result]:
         m = matmul.get(_key(r["spec"]))
         r["matmul_fraction"] = r["gflops"] / m["gflops"] if m else None
     return results
+
+
+#: Peers that are never "the best peer": fastbp itself and its pure-Python reference.
+NOT_PEERS = ("fastbp", "reference")
+
+#: The configuration whose fastbp GFLOP/s is stated as a fraction of the FMA peak.
+PEAK_CONFIG = "large"
+
+
+def best_peers(results: list[Result]) -> list[dict[str, Any]]:
+    """Per (config, dtype, threads) of the run: the fastest peer other than
+    fastbp (and its reference) and fastbp's samples/s over that peer's.
+
+    Returns
+    -------
+    list of dict
+        ``config``, ``dtype``, ``threads``, ``fastbp`` (samples/s or None),
+        ``best_peer``, ``best`` (its samples/s), ``ratio`` (fastbp / best, >
+        1: fastbp is faster) and ``peers`` (samples/s of each timed peer).
+    """
+    out = []
+    ok = [r for r in results if r["spec"]["kind"] == "peer" and r["status"] == "ok"]
+    keys = dict.fromkeys((r["spec"]["config"], *_key(r["spec"])) for r in results
+                         if r["spec"]["kind"] == "peer")
+    for cfg, dtype, threads in keys:
+        rs = {r["spec"]["peer"]: r["samples_per_s"] for r in ok
+              if (r["spec"]["config"], *_key(r["spec"])) == (cfg, dtype, threads)}
+        others = {p: v for p, v in rs.items() if p not in NOT_PEERS}
+        best = max(others, key=others.__getitem__) if others else None
+        f = rs.get("fastbp")
+        out.append({"config": cfg, "dtype": dtype, "threads": threads, "fastbp": f,
+                    "best_peer": best, "best": others.get(best) if best else None,
+                    "ratio": f / others[best] if f and best else None, "peers": rs})
+    return out
+
+
+def peak_fractions(results: list[Result], fma: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """fastbp's GFLOP/s on :data:`PEAK_CONFIG` as a fraction of the FMA peak
+    of the same dtype and thread count: of the best ISA measured, and of the
+    ISA fastbp's GEMM ran (``peer_info.gemm_isa``)."""
+    out = []
+    for r in results:
+        s = r["spec"]
+        if s["kind"] != "peer" or s["peer"] != "fastbp" or s["config"] != PEAK_CONFIG \
+                or r["status"] != "ok":
+            continue
+        best = fma_peak.peak(fma, s["dtype"], s["threads"])
+        isa = (r.get("peer_info") or {}).get("gemm_isa")
+        own = fma_peak.peak(fma, s["dtype"], s["threads"], isa) if isa else None
+        out.append({"config": s["config"], "dtype": s["dtype"], "threads": s["threads"],
+                    "gflops": r["gflops"], "gemm_isa": isa,
+                    "peak_gflops": best[0] if best else None,
+                    "peak_isa": best[1] if best else None,
+                    "fraction": r["gflops"] / best[0] if best else None,
+                    "own_isa_peak_gflops": own[0] if own else None,
+                    "own_isa_fraction": r["gflops"] / own[0] if own else None})
+    return out
 
 
 def header(env: dict[str, Any], quick: bool) -> str:
@@ -71,6 +129,7 @@ def table(doc: dict[str, Any]) -> str:
     cols = (f"{'config':<30} {'peer':<10} {'samples/s':>11} {'GFLOP/s':>8} "
             f"{'%matmul':>7} {'fastbp x':>8} {'peak MiB':>8}  note")
     notes: dict[str, str] = {}
+    refused: list[str] = []
     for key in dict.fromkeys(_key(r["spec"]) for r in results):
         dtype, threads = key
         block = [r for r in results if _key(r["spec"]) == key]
@@ -87,6 +146,9 @@ def table(doc: dict[str, Any]) -> str:
             if r["status"] != "ok":
                 if r["status"] == "skipped":
                     notes[s["peer"]] = r.get("note", "")
+                if r["status"] == "refused":
+                    refused.append(f"{s['peer']} on {label} {dtype} {threads}t: "
+                                   f"{r.get('note', '')}")
                 out.append(f"{label:<30} {s['peer']:<10} {r['status']:>11}  {r.get('note', '')}")
                 continue
             frac = r.get("matmul_fraction")
@@ -105,13 +167,60 @@ def table(doc: dict[str, Any]) -> str:
         "  fastbp x = fastbp samples/s over the peer's, same config/dtype/threads, same run.",
         f"peak MiB: {meta['memory']}.",
     ]
+    out.append("Every peer was first checked: its parameters after the first (warm-up) "
+               "epoch against a float64 numpy run of the same epoch (bench/verify.py).")
     out += [f"note: {p} skipped: {n}" for p, n in notes.items()]
+    out += [f"REFUSED (failed the float64 check, not timed): {x}" for x in refused]
     loads = [r["loadavg_1min"] for r in results if "loadavg_1min" in r]
     cpus = doc["environment"].get("cpu_count") or 1
     if loads and max(loads) > cpus:
         out.append(f"WARNING: the 1-minute load average reached {max(loads):.1f} on {cpus} "
                    "CPUs during the run: other processes competed, figures are noisy "
                    "(see loadavg_1min per result in the JSON).")
+    return "\n".join(out)
+
+
+def best_table(doc: dict[str, Any]) -> str:
+    """Per (config, dtype, threads): the best peer and fastbp's ratio to it."""
+    cols = (f"{'config':<30} {'dtype':<7} {'thr':>3} {'fastbp':>11} {'best peer':<13} "
+            f"{'its samples/s':>13} {'fastbp/best':>11}")
+    out = ["", "== fastbp against the best peer (fastest other than fastbp and its "
+               "reference, same config/dtype/threads, same run)", cols, "-" * len(cols)]
+    for b in doc["best"]:
+        f = "-" if b["fastbp"] is None else f"{b['fastbp']:,.0f}"
+        best = "-" if b["best"] is None else f"{b['best']:,.0f}"
+        out.append(f"{CONFIGS[b['config']].label:<30} {b['dtype']:<7} {b['threads']:>3} "
+                   f"{f:>11} {b['best_peer'] or '-':<13} {best:>13} "
+                   f"{_num(b['ratio'], 'x'):>11}")
+    return "\n".join(out)
+
+
+def fma_table(doc: dict[str, Any]) -> str:
+    """The FMA peak per ISA and fastbp's GEMM efficiency on the large config."""
+    fma = doc["fma_peak"]
+    out = ["", "== FMA peak (bench/c/fma_peak.c: register-resident chains of independent "
+               "FMAs), GFLOP/s"]
+    if fma.get("status") != "ok":
+        return "\n".join(out + [f"not measured: {fma.get('note', '')}"])
+    out.append(f"{'isa':<7} {'dtype':<8} {'1 thread':>9} {'2 threads':>9}")
+    for r in fma["results"]:
+        if not r.get("supported"):
+            out.append(f"{r['isa']:<7} {r['dtype']:<8} not supported by this CPU")
+            continue
+        g = r["gflops"]
+        out.append(f"{r['isa']:<7} {r['dtype']:<8} {g.get('1', 0):>9.1f} {g.get('2', 0):>9.1f}")
+    for p in doc.get("peak_fraction") or []:
+        if p["fraction"] is None:
+            continue
+        own = "" if p["own_isa_fraction"] is None or p["gemm_isa"] == p["peak_isa"] else \
+            f"; {100 * p['own_isa_fraction']:.1f}% of its own ISA's ({p['gemm_isa']})"
+        out.append(f"fastbp {CONFIGS[p['config']].label}, {p['dtype']}, {p['threads']} "
+                   f"thread(s), GEMM {p['gemm_isa']}: {p['gflops']:.1f} GFLOP/s = "
+                   f"{100 * p['fraction']:.1f}% of the {p['peak_isa']} peak "
+                   f"{p['peak_gflops']:.1f}{own}")
+    if fma.get("loadavg_1min", 0) > (doc["environment"].get("cpu_count") or 1):
+        out.append(f"WARNING: load average {fma['loadavg_1min']:.1f} while measuring the "
+                   "peak: the 2-thread figures are low")
     return "\n".join(out)
 
 
@@ -151,7 +260,7 @@ def plot(doc: dict[str, Any], path: Path) -> str:
         return "note: no results to plot"
     peers = list(dict.fromkeys(r["spec"]["peer"] for r in ok))
     groups = list(dict.fromkeys(_key(r["spec"]) for r in ok))
-    fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs) + 1, 4.2),
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.6 * len(configs) + 1, 4.8),
                              squeeze=False)
     width = 0.8 / len(peers)
     colors = {p: f"C{i}" for i, p in enumerate(PEERS)}
@@ -169,15 +278,24 @@ def plot(doc: dict[str, Any], path: Path) -> str:
         ax.set_yscale("log")
         ax.set_ylim(bottom=10 ** math.floor(math.log10(lowest)))  # bars start a decade down
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{d.replace('float', 'f')}\n{t}t" for d, t in groups])
+        labels = []
+        for d, t in groups:
+            b = next((b for b in doc.get("best") or [] if (b["config"], b["dtype"],
+                                                           b["threads"]) == (cfg, d, t)), None)
+            extra = (f"\nfastbp {b['ratio']:.2f}x\n{b['best_peer']}"
+                     if b and b["ratio"] is not None else "")
+            labels.append(f"{d.replace('float', 'f')} {t}t{extra}")
+        ax.set_xticklabels(labels, fontsize=8)
         ax.set_title(CONFIGS[cfg].label, fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0][0].set_ylabel("samples/s (log), higher is better")
+    axes[0][0].set_xlabel("under each group: fastbp / best peer, and that peer", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in peers]
-    fig.legend(handles, peers, loc="upper right", fontsize=8, ncol=len(peers))
+    fig.legend(handles, peers, loc="upper center", bbox_to_anchor=(0.5, 0.945), fontsize=8,
+               ncol=len(peers), frameon=False)
     fig.suptitle("One epoch of mini-batch SGD, samples/s: " + doc["meta"]["timing"],
                  fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.89))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

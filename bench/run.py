@@ -32,21 +32,24 @@ from typing import Any, Iterator
 if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report  # noqa: E402
+from bench import fma_peak, report  # noqa: E402
 from bench.configs import CONFIGS, QUICK_CONFIGS  # noqa: E402
 from bench.peers import PEERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# PJRT_NPROC sizes XLA:CPU's thread pools (JAX); the old XLA_FLAGS intra-op
+# recipes do nothing in current jaxlib.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PJRT_NPROC")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; see ``python -m bench --help``."""
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark fastbp against numpy, PyTorch, scikit-learn and the "
-        "pure-Python reference: one epoch of shuffled mini-batch SGD on random data.",
+        description="Benchmark fastbp against numpy, PyTorch (eager and torch.compile), "
+        "JAX, scikit-learn and the pure-Python reference: one epoch of shuffled "
+        "mini-batch SGD on random data, every peer first checked against float64.",
         epilog="Run as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench",
     )
     p.add_argument("--quick", action="store_true",
@@ -55,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), metavar="NAME",
                    help=f"configurations ({', '.join(f'{k}: {c.label}' for k, c in CONFIGS.items())})")
     p.add_argument("--peers", nargs="+", choices=list(PEERS), metavar="NAME",
-                   help=f"peers (default all: {', '.join(PEERS)})")
+                   help=f"peers (default all: {', '.join(PEERS)}; quick: those that do "
+                   "not compile for seconds, "
+                   f"{', '.join(k for k, v in PEERS.items() if v.quick)})")
     p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], metavar="DTYPE",
                    help="float32 and/or float64 (default both; quick: float32)")
     p.add_argument("--threads", nargs="+", type=int, metavar="N",
@@ -64,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-time", type=float,
                    help="more timed epochs, until they add up to this many seconds "
                    "(default 1; quick: 0)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs (default 1)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed warm-up epochs, >= 1: the first one (compilation included) "
+                   "is checked against float64 numpy (default 1)")
     p.add_argument("--lr", type=float, default=0.001, help="SGD learning rate (default 0.001)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and weights (default 0)")
     p.add_argument("--matmul-n", type=int,
@@ -83,10 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the busy-core case only (implies --busy)")
     p.add_argument("--busy-rounds", type=int,
                    help="interleaved rounds of the busy-core case (default 3; quick: 1)")
+    p.add_argument("--fma", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the FMA peak per ISA with bench/c/fma_peak.c (needs a C "
+                   "compiler; default: on; quick: off)")
     args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first warm-up epoch is the verified one)")
     q = args.quick
     args.configs = args.configs or list(QUICK_CONFIGS if q else CONFIGS)
-    args.peers = args.peers or list(PEERS)
+    args.peers = args.peers or [k for k, v in PEERS.items() if v.quick or not q]
     args.dtypes = args.dtypes or (["float32"] if q else ["float32", "float64"])
     args.threads = args.threads or ([1] if q else [1, 2])
     args.repeats = args.repeats or (1 if q else 5)
@@ -94,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.matmul_n = args.matmul_n or (256 if q else 2048)
     args.busy = True if args.only_busy else (args.busy if args.busy is not None else not q)
     args.busy_rounds = args.busy_rounds or (1 if q else 3)
+    args.fma = args.fma if args.fma is not None else not q
     stem = "bench-quick" if q else "bench"
     args.json = args.json or ROOT / "bench" / "results" / f"{stem}.json"
     args.png = args.png or ROOT / "bench" / "results" / f"{stem}.png"
@@ -237,7 +250,8 @@ def environment() -> dict[str, Any]:
         info["cpu"] = None
     from importlib.metadata import PackageNotFoundError, version
 
-    for dist in ("numpy", "torch", "scikit-learn", "threadpoolctl", "matplotlib", "fastbp"):
+    for dist in ("numpy", "torch", "jax", "jaxlib", "scikit-learn", "threadpoolctl",
+                 "matplotlib", "fastbp"):
         try:
             info["versions"][dist] = version(dist)
         except PackageNotFoundError:
@@ -296,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         print(res["status"], res.get("note", ""), file=sys.stderr, flush=True)
         results.append({"spec": spec, **res})
     busy = run_busy(args) if args.busy else None
+    fma = None
+    if args.fma:
+        print("[fma] bench/c/fma_peak.c ...", end=" ", file=sys.stderr, flush=True)
+        fma = fma_peak.measure(quick=args.quick)
+        print(fma["status"], fma.get("note", ""), file=sys.stderr, flush=True)
     doc = {
         "meta": {"quick": args.quick, "argv": sys.argv, "elapsed_s": time.perf_counter() - t_start,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "blas_warning": warning,
@@ -307,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         "configs": {k: CONFIGS[k].to_dict() for k in args.configs},
         "results": report.add_ratios(results),
         "busy": busy,
+        "fma_peak": fma,
     }
+    doc["best"] = report.best_peers(doc["results"])
+    doc["peak_fraction"] = report.peak_fractions(doc["results"], fma)
     if results:
         print(report.table(doc))
+        print(report.best_table(doc))
+    if fma:
+        print(report.fma_table(doc))
     if busy:
         print(report.busy_table(busy))
     args.json.parent.mkdir(parents=True, exist_ok=True)

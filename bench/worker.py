@@ -4,8 +4,11 @@
 the measurement needs, limits every thread pool it knows of to ``threads``
 (the parent also sets ``OMP_NUM_THREADS`` and friends), resets the peak-RSS
 counter and takes its memory baseline, builds the data and
-the model, runs the warm-up and timed epochs and prints one JSON line with the
-result on stdout.
+the model from the shared initial parameters, runs the first warm-up epoch,
+checks it against a float64 numpy run of the same epoch (:mod:`bench.verify`;
+a peer that fails is not timed), runs the other warm-up and the timed epochs,
+records which threads did the work (CPU time per thread from
+``/proc/self/task``) and prints one JSON line with the result on stdout.
 
 Memory: ``peak_rss_mib`` is the peak resident set size of the process
 (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs``
@@ -71,6 +74,16 @@ class MemoryMeter:
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return r // 1024 if sys.platform == "darwin" else r
 
+    def reset_peak(self) -> None:
+        """Restart the peak from the current RSS (where the counter can be
+        reset; else a no-op)."""
+        if self._reset:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+
     def peak_over_baseline_mib(self) -> float:
         """Peak RSS since construction minus the baseline, in MiB."""
         peak = _proc_status_kib("VmHWM") if self._reset else self._maxrss_kib()
@@ -115,15 +128,71 @@ def measure_matmul(spec: dict[str, Any]) -> dict[str, Any]:
             "gflops": 2.0 * n**3 / best / 1e9}
 
 
+def thread_cpu_ns() -> dict[str, int]:
+    """CPU time (user + system, ns) of each thread of this process so far.
+
+    From ``/proc/self/task/*/schedstat`` (ns), else ``/proc/self/task/*/stat``
+    (clock ticks); empty where neither exists.
+    """
+    out: dict[str, int] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0])
+                continue
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[tid] = int((int(fields[11]) + int(fields[12])) * tick_ns)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+#: Shorter timed windows are not judged: a running thread's CPU time in
+#: /proc is only brought up to date at the scheduler's ticks (a few ms).
+MIN_USAGE_WALL_S = 0.2
+
+#: A thread counts as busy when its CPU time is at least this fraction of the wall time.
+BUSY_FRACTION = 0.1
+
+
+def thread_usage(before: dict[str, int], after: dict[str, int], wall_s: float) -> dict[str, Any]:
+    """Which threads worked between two :func:`thread_cpu_ns` snapshots.
+
+    ``threads_busy`` counts the threads whose CPU time was at least
+    :data:`BUSY_FRACTION` of ``wall_s``; ``cpu_s`` is the CPU time of all
+    threads; ``thread_cpu_s`` the per-thread times, largest first.
+    """
+    per = sorted(((after[t] - before.get(t, 0)) / 1e9 for t in after), reverse=True)
+    return {"threads_busy": sum(c >= BUSY_FRACTION * wall_s for c in per),
+            "threads_alive": len(after), "cpu_s": sum(per), "wall_s": wall_s,
+            "thread_cpu_s": [round(c, 4) for c in per[:8]]}
+
+
 def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one peer on one configuration; see the module docstring.
 
-    The peer's modules must already be imported and the thread limits set.
+    The first warm-up epoch starts from the shared initial parameters in the
+    shared batch order and is checked against a float64 numpy run of the same
+    epoch (:mod:`bench.verify`); a peer that fails the check is refused
+    (``status`` ``"refused"``) and not timed.  The peer's modules must already
+    be imported and the thread limits set.
     """
+    import gc
+
     import numpy as np
 
+    from bench import verify
     from bench.configs import CONFIGS
-    from bench.peers import PEERS
+    from bench.peers import PEERS, Shuffle, init_params
 
     peer, cfg = PEERS[spec["peer"]], CONFIGS[spec["config"]]
     mem = MemoryMeter()
@@ -131,28 +200,55 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(spec["seed"])
     X = rng.standard_normal((n, cfg.sizes[0])).astype(spec["dtype"])
     Y = rng.standard_normal((n, cfg.sizes[-1])).astype(spec["dtype"])
-    epoch = peer.build(cfg, X, Y, spec["lr"], spec["seed"])
-    times, losses = [], []
-    e = 0
+    init = init_params(cfg.sizes, spec["dtype"], spec["seed"])
+    shuffle = Shuffle(spec["seed"], n)
+    t0 = time.perf_counter()
+    trainer = peer.build(cfg, X, Y, spec["lr"], init, shuffle)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    losses = [trainer.epoch(0)]  # the first warm-up epoch: compiles, and is verified
+    first_epoch_s = time.perf_counter() - t0
+    peak_before_check = mem.peak_over_baseline_mib()  # (the copy params() makes: not the peer's)
+    got = trainer.params()
+    check = verify.check(got, cfg, X, Y, spec["lr"], init, shuffle(0))
+    del got
+    gc.collect()
+    base = {"n_samples": n, "verify": check, "build_s": build_s,
+            "first_epoch_s": first_epoch_s, "peer_info": trainer.info}
+    if not check["ok"]:
+        return {"status": "refused", "note": "not timed: " + check["reason"], **base}
+    mem.reset_peak()  # the float64 check's memory is not the peer's
+    times = []
+    e = 1
+    while e < spec["warmup"]:
+        losses.append(trainer.epoch(e))
+        e += 1
+    cpu0, wall0 = thread_cpu_ns(), time.perf_counter()
     while (len(times) < spec["repeats"] or sum(times) < spec["min_time"]) \
             and len(times) < MAX_EPOCHS:
         t0 = time.perf_counter()
-        losses.append(epoch(e))
-        if e >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
+        losses.append(trainer.epoch(e))
+        times.append(time.perf_counter() - t0)
         e += 1
+    usage = thread_usage(cpu0, thread_cpu_ns(), time.perf_counter() - wall0)
     best = min(times)
     median = sorted(times)[len(times) // 2]
     out = {
-        "status": "ok", "n_samples": n, "best_s": best, "median_s": median, "times_s": times,
+        "status": "ok", **base, "best_s": best, "median_s": median, "times_s": times,
         "samples_per_s": n / best, "median_samples_per_s": n / median,
         "gflops": n * cfg.flops_per_sample / best / 1e9,
-        "peak_rss_mib": mem.peak_over_baseline_mib(), "memory_method": mem.method,
+        "peak_rss_mib": max(peak_before_check, mem.peak_over_baseline_mib()),
+        "memory_method": mem.method,
         "baseline_rss_mib": mem.baseline_kib / 1024,
         "data_mib": (X.nbytes + Y.nbytes) / MiB, "losses": losses[-10:],
+        "thread_usage": usage, "peer_info": trainer.info,
     }
     if not all(np.isfinite(losses)):
         out["note"] = "non-finite loss"
+    elif usage["wall_s"] >= MIN_USAGE_WALL_S \
+            and usage["cpu_s"] > (spec["threads"] + 0.25) * usage["wall_s"]:
+        out["note"] = (f"used {usage['cpu_s'] / usage['wall_s']:.2f} CPUs for "
+                       f"{spec['threads']} thread(s) asked (see thread_usage)")
     return out
 
 
@@ -170,7 +266,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``status`` (``"ok"``, ``"skipped"`` or ``"error"``), the measurements,
+        ``status`` (``"ok"``, ``"skipped"``, ``"refused"`` (failed the check
+        against float64, not timed) or ``"error"``), the measurements,
         and the thread pools as threadpoolctl saw them while measuring.
     """
     import numpy  # noqa: F401  (loads BLAS before the limits are set)
@@ -195,7 +292,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         if limits is not None:
             limits.restore_original_limits()
-    if spec["kind"] == "peer" and spec["peer"] == "torch" and result["status"] == "ok":
+    if spec["kind"] == "peer" and spec["peer"].startswith("torch") and result["status"] == "ok":
         import torch
 
         result["torch_threads"] = torch.get_num_threads()

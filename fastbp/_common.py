@@ -461,3 +461,99 @@ def _warn(message: str) -> None:
         level += 1
         frame = frame.f_back
     warnings.warn(message, UserWarning, stacklevel=level)
+
+
+# -- sample weights and dropout -------------------------------------------------
+
+
+def check_sample_weight(
+    sample_weight: Any, n_samples: int, dtype: type, *, name: str = "sample_weight"
+) -> Optional[np.ndarray]:
+    """Per-sample weights as a C-contiguous (n_samples,) array of ``dtype``, or None.
+
+    scikit-learn's definition: a batch's objective is Σ s_i ℓ_i / Σ s_i.
+    Weights must be finite and >= 0; zeros are allowed (a batch whose
+    weights sum to 0 contributes nothing), but not all of them: the
+    weighted mean over the data would be undefined.  The caller's array is
+    never written (the result is a copy or the caller's own array, which the
+    kernels only read).
+
+    Raises
+    ------
+    ValueError
+        For a wrong shape, a non-numeric dtype, or a negative, NaN or Inf
+        weight (naming the first bad row), a weight that overflows ``dtype``,
+        or weights that are all zero.
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, (str, bytes)):
+        raise ValueError(f"{name} must be an array of shape ({n_samples},), got {sample_weight!r}")
+    arr = _numeric(name, sample_weight)
+    if arr.dtype.kind == "b":
+        raise ValueError(f"{name} must be real numbers, got booleans")
+    if arr.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},) (one weight per sample), "
+                         f"got {arr.shape}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(arr) | (arr < 0) if arr.dtype.kind == "f" else arr < 0
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite and >= 0 (row {row} is {arr[row].item()!r})")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(out).all():
+        row = int(np.argmin(np.isfinite(out)))
+        raise ValueError(f"{name} row {row} overflows {np.dtype(dtype).name}")
+    if not out.any():
+        raise ValueError(f"{name} is all zero: the weighted mean loss is undefined")
+    return out
+
+
+def check_dropout(dropout: Any, n_hidden: int) -> Tuple[Any, Optional[np.ndarray]]:
+    """``MLP(dropout=)``: (the value to keep, float64 array per hidden layer or None).
+
+    A number applies to every hidden layer, a sequence gives one probability
+    per hidden layer; each in [0, 1).  The array is None when every
+    probability is 0 (no dropout).
+    """
+    def one(name: str, p: Any) -> float:
+        if isinstance(p, (str, bytes, bool, np.bool_)) or not isinstance(
+                p, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        return p
+
+    if dropout is None:
+        return 0.0, None
+    if isinstance(dropout, (list, tuple, np.ndarray)):
+        values = list(np.asarray(dropout, dtype=object).ravel()) if isinstance(
+            dropout, np.ndarray) else list(dropout)
+        if len(values) != n_hidden:
+            raise ValueError(f"dropout: expected one probability per hidden layer "
+                             f"({n_hidden}), got {len(values)}")
+        probs = [one(f"dropout[{k}]", p) for k, p in enumerate(values)]
+        kept: Any = tuple(probs)
+    else:
+        p = one("dropout", dropout)
+        if p > 0 and n_hidden == 0:
+            raise ValueError("dropout applies to hidden layers; this network has none")
+        probs, kept = [p] * n_hidden, p
+    if not any(probs):
+        return kept, None
+    return kept, np.array(probs, dtype=np.float64)
+
+
+def check_clip_norm(value: Any) -> float:
+    """``fit(clip_grad_norm=)``: None (no clipping) or a finite number > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (str, bytes, bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"clip_grad_norm must be None or a finite number > 0, got {value!r}")
+    out = float(value)
+    if not (np.isfinite(out) and out > 0):
+        raise ValueError(f"clip_grad_norm must be None or a finite number > 0, got {value!r}")
+    return out

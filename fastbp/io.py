@@ -18,6 +18,7 @@ must be finite.  Every problem with the file's contents raises
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -44,8 +45,9 @@ __all__ = [
 #: Value of the ``format`` key of every fastbp model file.
 FORMAT_NAME = "fastbp-mlp"
 #: The format version this module writes, and the highest one it reads
-#: (version 2 added the optional ``feature_names_in`` key).
-FORMAT_VERSION = 2
+#: (version 2 added the optional ``feature_names_in`` key, version 3 the
+#: optimizer's config and step count and the model's ``dropout``).
+FORMAT_VERSION = 3
 #: Default cap on the number of parameters :func:`load` accepts (see ``max_params``).
 MAX_PARAMS = 1 << 30
 
@@ -65,6 +67,7 @@ _MAX_LAYERS = 100_000
 _MAX_OPT_ARRAYS = 64
 _MAX_NAME_CHARS = 1024
 _MAX_NAMES_BYTES = 1 << 26  # the whole feature_names_in member
+_MAX_CONFIG_CHARS = 4096  # the optimizer_config JSON
 
 
 class ModelFileError(ValueError):
@@ -80,14 +83,27 @@ class ModelFileError(ValueError):
 
 
 def _state_of(net: "MLP") -> Dict[str, np.ndarray]:
-    """The model's optimizer state (``{}`` when the model has none)."""
+    """The members of the model's optimizer state (``{}`` when the model has none).
+
+    ``optimizer_config`` (the config as JSON) and ``optimizer_step`` when the
+    state names its optimizer; one ``optimizer.<name>`` array per state array.
+    """
     getter = getattr(net, "optimizer_state", None)
     if getter is None:
         return {}
-    state = getter()
+    state = dict(getter())
     if not state:
         return {}
     out: Dict[str, np.ndarray] = {}
+    config = state.pop("optimizer", None)
+    step = state.pop("step", None)
+    if config is not None:
+        text = json.dumps(config, sort_keys=True, allow_nan=False)
+        if len(text) > _MAX_CONFIG_CHARS:
+            raise ValueError(f"the optimizer config takes {len(text)} characters as JSON, "
+                             f"at most {_MAX_CONFIG_CHARS}")
+        out["optimizer_config"] = np.array(text)
+        out["optimizer_step"] = np.array(0 if step is None else int(step), dtype=np.int64)
     for name, value in state.items():
         if not isinstance(name, str) or not _OPT_NAME.match(name):
             raise ValueError(f"optimizer state name {name!r} is not a valid identifier")
@@ -121,6 +137,9 @@ def _arrays_of(net: "MLP") -> Dict[str, np.ndarray]:
         if net.bias:
             arrays[f"bias_{k}"] = np.array(net.biases[k], order="C", copy=True)
     arrays.update(_state_of(net))
+    dropout = getattr(net, "_dropout", None)
+    if dropout is not None:
+        arrays["dropout"] = np.array(dropout, dtype=np.float64)
     names = getattr(net, "feature_names_in_", None)
     if names is not None:
         arrays["feature_names_in"] = _names_array(names, net.layer_sizes[0])
@@ -357,6 +376,13 @@ class _Archive:
     def integer(self, key: str) -> int:
         return int(self.read(key, "iu", shape=())[()])
 
+    def json(self, key: str, max_chars: int) -> Any:
+        arr = self.read(key, "U", shape=(), max_bytes=4 * max_chars)
+        try:
+            return json.loads(str(arr[()]))
+        except ValueError as exc:
+            raise ModelFileError(f"{key!r} is not valid JSON ({exc})") from None
+
 
 def _choice(key: str, value: str, valid: Tuple[str, ...]) -> str:
     if value not in valid:
@@ -411,6 +437,8 @@ def _read_model(
     optional = {"fastbp_version"}
     if version >= 2:
         optional.add("feature_names_in")
+    if version >= 3:
+        optional |= {"dropout", "optimizer_config", "optimizer_step"}
     expected |= optional
     expected.update(f"weight_{k}" for k in range(n_layers))
     if bias:
@@ -448,7 +476,32 @@ def _read_model(
         else:
             biases.append(None)
 
-    state: Dict[str, np.ndarray] = {}
+    if version >= 3:
+        state = _read_state_v3(ar, opt_keys, n_params, dtype)
+    else:
+        state = _read_state_v1(ar, opt_keys, n_params, dtype)
+
+    config = dict(layer_sizes=sizes, activation=activation, output=output, loss=loss,
+                  bias=bias, dtype=dtype_name)
+    if "feature_names_in" in ar.members:
+        names = ar.read("feature_names_in", "U", shape=(sizes[0],),
+                        max_bytes=min(sizes[0] * 4 * _MAX_NAME_CHARS, _MAX_NAMES_BYTES))
+        config["feature_names_in"] = [str(n) for n in names]
+    if "dropout" in ar.members:
+        if n_layers < 2:
+            raise ModelFileError("'dropout' is present but the network has no hidden layer")
+        p = ar.read("dropout", "f", shape=(n_layers - 1,), itemsize=8, max_bytes=8 * _MAX_LAYERS)
+        if not np.all((p >= 0) & (p < 1)):
+            raise ModelFileError(f"'dropout' must hold probabilities in [0, 1), got {p.tolist()}")
+        probs = [float(v) for v in p]
+        config["dropout"] = probs[0] if len(set(probs)) == 1 else tuple(probs)
+    return config, weights, biases, state
+
+
+def _read_state_v1(ar: _Archive, opt_keys: List[str], n_params: int,
+                   dtype: np.dtype) -> Dict[str, Any]:
+    """Versions 1 and 2: ``optimizer.<name>`` arrays, for the model to accept or refuse."""
+    state: Dict[str, Any] = {}
     budget = 4 * max(n_params, 1) * 8 + _MAX_META_BYTES  # all optimizer arrays together
     for key in sorted(opt_keys):
         name = key[len(_OPT_PREFIX):]
@@ -461,14 +514,56 @@ def _read_model(
         if arr.dtype.kind == "f":
             _check_finite(key, arr)
         state[name] = arr
+    return state
 
-    config = dict(layer_sizes=sizes, activation=activation, output=output, loss=loss,
-                  bias=bias, dtype=dtype_name)
-    if "feature_names_in" in ar.members:
-        names = ar.read("feature_names_in", "U", shape=(sizes[0],),
-                        max_bytes=min(sizes[0] * 4 * _MAX_NAME_CHARS, _MAX_NAMES_BYTES))
-        config["feature_names_in"] = [str(n) for n in names]
-    return config, weights, biases, state
+
+def _read_state_v3(ar: _Archive, opt_keys: List[str], n_params: int,
+                   dtype: np.dtype) -> Dict[str, Any]:
+    """Version 3: the optimizer's config names the state arrays the file must hold.
+
+    Without ``optimizer_config`` only ``optimizer.velocity`` (SGD momentum
+    whose settings are unknown, as versions 1 and 2 kept it) may be present.
+    Every array must be (n_params,) of the model's dtype and finite.
+    """
+    from . import optim
+
+    names = sorted(key[len(_OPT_PREFIX):] for key in opt_keys)
+    state: Dict[str, Any] = {}
+    if "optimizer_config" in ar.members:
+        raw = ar.json("optimizer_config", _MAX_CONFIG_CHARS)
+        try:
+            opt = optim.Optimizer.from_config(raw)
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"'optimizer_config' is not an optimizer config: {exc}") from None
+        wanted = sorted(("velocity" if (opt.name == "sgd" and k == "momentum_buffer") else k)
+                        for k in opt.state_names())
+        if not wanted:
+            raise ModelFileError(f"'optimizer_config' names {opt!r}, which keeps no state")
+        if names != wanted:
+            raise ModelFileError(f"the optimizer state of {opt!r} needs arrays "
+                                 f"{[_OPT_PREFIX + k for k in wanted]}, the file has "
+                                 f"{[_OPT_PREFIX + k for k in names]}")
+        if "optimizer_step" not in ar.members:
+            raise ModelFileError("missing key 'optimizer_step'")
+        step = ar.integer("optimizer_step")
+        if step < 0:
+            raise ModelFileError(f"'optimizer_step' must be >= 0, got {step}")
+        state["optimizer"] = raw
+        state["step"] = step
+    else:
+        if "optimizer_step" in ar.members:
+            raise ModelFileError("'optimizer_step' without 'optimizer_config'")
+        if names and names != ["velocity"]:
+            raise ModelFileError(f"without 'optimizer_config' the only optimizer array is "
+                                 f"'optimizer.velocity', the file has "
+                                 f"{[_OPT_PREFIX + k for k in names]}")
+    for name in names:
+        key = _OPT_PREFIX + name
+        arr = ar.read(key, "f", shape=(n_params,), itemsize=dtype.itemsize,
+                      max_bytes=n_params * dtype.itemsize)
+        _check_finite(key, arr)
+        state[name] = arr
+    return state
 
 
 def _check_finite(key: str, arr: np.ndarray) -> None:
@@ -530,7 +625,8 @@ def load(path: Union[PathLike, IO[bytes]], max_params: int = MAX_PARAMS) -> "MLP
     try:
         net = MLP(config["layer_sizes"], activation=config["activation"], output=config["output"],
                   loss=config["loss"], bias=config["bias"], dtype=config["dtype"],
-                  weights=weights, biases=biases if config["bias"] else None)
+                  weights=weights, biases=biases if config["bias"] else None,
+                  **({"dropout": config["dropout"]} if "dropout" in config else {}))
     except ValueError as exc:
         raise ModelFileError(f"inconsistent model file: {exc}") from None
     if "feature_names_in" in config:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from . import _common as C
+from . import optim
 from . import schedules
 from ._kernels import Network
 from ._progress import Progress
@@ -29,6 +31,38 @@ _CHUNK_ROWS = 4096
 _CHUNK_MACS = 2**28
 
 Grads = List[Tuple[np.ndarray, Optional[np.ndarray]]]
+OptimizerLike = Union[optim.Optimizer, str, Dict[str, Any]]
+
+
+class _Default:
+    """A keyword's default that can be told from the same value given explicitly.
+
+    ``fit(momentum=...)`` must know whether the caller gave ``momentum`` (an
+    error with ``optimizer=``) even when the value equals the default; the
+    repr is the value's, so signatures read as usual.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _given(value: Any) -> bool:
+    return not isinstance(value, _Default)
+
+
+def _value(value: Any) -> Any:
+    return value.value if isinstance(value, _Default) else value
+
+
+# The SGD momentum buffer is called "velocity" in optimizer_state() and in
+# model files (its name since format 1); every other state array keeps the
+# name torch.optim gives it.
+_SGD_PUBLIC = {"momentum_buffer": "velocity"}
 
 
 class ParamList(list):
@@ -98,6 +132,16 @@ class MLP:
     weights, biases : sequence of array_like, optional
         Explicit initial parameters, ``weights[k]`` of shape (n_out, n_in) and
         ``biases[k]`` of shape (n_out,); they are copied.
+    dropout : float or sequence of float, default 0.0
+        Inverted dropout on the hidden activations while training (``fit``,
+        ``step``, ``gradients(training=True)``): each hidden unit is zeroed
+        with probability p and the kept ones are scaled by 1/(1 − p).  A
+        number applies to every hidden layer, a sequence gives one p per
+        hidden layer; each in [0, 1).  The masks come from Philox-4x32-10
+        keyed by (seed, epoch, batch, row, unit) (docs/optim.md), so a fit
+        gives the same bits for any number of threads and
+        :mod:`fastbp.reference` draws the same masks.  ``predict``,
+        ``loss`` and validation never drop.
 
     Attributes
     ----------
@@ -139,8 +183,10 @@ class MLP:
         seed: Optional[int] = 0,
         weights: Optional[Sequence[Any]] = None,
         biases: Optional[Sequence[Any]] = None,
+        dropout: Union[float, Sequence[float]] = 0.0,
     ) -> None:
         sizes, np_dtype = C.check_config(layer_sizes, activation, output, loss, dtype)
+        self.dropout, self._dropout = C.check_dropout(dropout, len(sizes) - 2)
         self.layer_sizes: Tuple[int, ...] = sizes
         self.activation = activation
         self.output = output
@@ -165,7 +211,12 @@ class MLP:
             self._weights[k][...] = W0[k]
             if self.bias:
                 self._biases[k][...] = b0[k]
-        self._velocity: Optional[np.ndarray] = None  # momentum, once a fit uses it
+        # The optimizer state (see optimizer_state): the algorithm's name, its
+        # hyper-parameters when known, and {"step": int or None, torch's
+        # state name: flat array}; None until a fit with a stateful optimizer.
+        self._opt_name: Optional[str] = None
+        self._opt_config: Optional[Dict[str, Any]] = None
+        self._opt_state: Optional[Dict[str, Any]] = None
         # Column names of the first data frame trained on (feature_names_in_).
         self._feature_names: Optional[np.ndarray] = None
         # Serialises calls from several Python threads; re-entrant so that a
@@ -321,9 +372,11 @@ class MLP:
         config = dict(
             layer_sizes=self.layer_sizes, activation=self.activation, output=self.output,
             loss=self.loss_name, bias=self.bias, dtype=self.dtype.name, seed=self.seed,
+            dropout=self.dropout,
         )
         with self._lock:
-            state = {"config": config, "theta": self._theta.copy(), **self.optimizer_state()}
+            state = {"config": config, "theta": self._theta.copy(),
+                     "optimizer_state": self.optimizer_state()}
             if self._feature_names is not None:
                 state["feature_names_in_"] = list(self._feature_names)
             return state
@@ -332,7 +385,9 @@ class MLP:
         self.__init__(**state["config"])  # type: ignore[misc]
         theta = C._param("theta", state["theta"], self._theta.shape, self.dtype.type)
         self._theta[...] = theta
-        self.set_optimizer_state({k: v for k, v in state.items() if k == "velocity"})
+        # Pickles before the optimizer objects held a bare "velocity".
+        self.set_optimizer_state(state.get("optimizer_state",
+                                           {k: v for k, v in state.items() if k == "velocity"}))
         if state.get("feature_names_in_") is not None:  # absent from older pickles
             self.feature_names_in_ = state["feature_names_in_"]
 
@@ -365,10 +420,11 @@ class MLP:
             self._feature_names = None
 
     def __repr__(self) -> str:
+        drop = f", dropout={self.dropout!r}" if self._dropout is not None else ""
         return (
             f"MLP({list(self.layer_sizes)}, activation={self.activation!r}, "
             f"output={self.output!r}, loss={self.loss_name!r}, bias={self.bias}, "
-            f"dtype={self.dtype.name!r})"
+            f"dtype={self.dtype.name!r}{drop})"
         )
 
     # -- checking -----------------------------------------------------------
@@ -412,8 +468,15 @@ class MLP:
             self._net.predict(self._theta, Xc, out, self._chunk_rows(), get_num_threads())
         return out
 
-    def loss(self, X: Any, Y: Any) -> float:
-        """Mean over the samples of the per-sample loss.
+    def _weights_of(self, sample_weight: Any, n: int) -> Optional[np.ndarray]:
+        """Checked sample weights (None for none); a copy when they share the parameters."""
+        sw = C.check_sample_weight(sample_weight, n, self.dtype.type)
+        if sw is not None and np.may_share_memory(sw, self._theta):
+            sw = sw.copy()
+        return sw
+
+    def loss(self, X: Any, Y: Any, *, sample_weight: Any = None) -> float:
+        """Mean over the samples of the per-sample loss (no dropout).
 
         Parameters
         ----------
@@ -421,23 +484,44 @@ class MLP:
         Y : array_like of shape (n_samples, n_out), or (n_samples,)
             Targets; integer labels for ``cross_entropy``, or any 1-D target
             when the network has one output.
+        sample_weight : array_like of shape (n_samples,), optional
+            Weights s_i, finite and >= 0, not all zero: the result is then
+            Σ s_i ℓ_i / Σ s_i (scikit-learn's definition).
 
         Returns
         -------
         float
         """
         Xc, Yc = self._XY(X, Y)
+        sw = self._weights_of(sample_weight, Xc.shape[0])
+        kw = {} if sw is None else {"sample_weight": sw}
         with self._lock:
-            loss, _ = self._net.loss(self._theta, Xc, Yc, self._chunk_rows(), get_num_threads())
+            loss, _ = self._net.loss(self._theta, Xc, Yc, self._chunk_rows(), get_num_threads(),
+                                     **kw)
         return float(loss)
 
-    def gradients(self, X: Any, Y: Any) -> Tuple[float, Grads]:
+    def gradients(
+        self, X: Any, Y: Any, *, sample_weight: Any = None, training: bool = False,
+        seed: int = 0, epoch: int = 0, step: int = 0,
+    ) -> Tuple[float, Grads]:
         """The loss and its gradient with respect to every parameter.
 
         Parameters
         ----------
         X, Y : array_like
             One batch, as for :meth:`loss`.
+        sample_weight : array_like of shape (n_samples,), optional
+            Per-sample weights (see :meth:`loss`): the gradient is that of
+            Σ s_i ℓ_i / Σ s_i.
+        training : bool, default False
+            Apply the model's dropout, as a training step does.  The masks
+            are those of batch ``step`` of epoch ``epoch`` of a fit with
+            ``seed`` (docs/optim.md): ``fit(..., seed=s, shuffle=False)``'s
+            first step uses the gradient ``gradients(X[:batch_size], ...,
+            training=True, seed=s)`` gives.  Without dropout it changes
+            nothing.
+        seed, epoch, step : int
+            The dropout key (used with ``training=True`` only).
 
         Returns
         -------
@@ -448,9 +532,15 @@ class MLP:
             like ``weights[k]`` and ``biases[k]``; ``db_k`` is None without bias.
         """
         Xc, Yc = self._XY(X, Y)
+        sw = self._weights_of(sample_weight, Xc.shape[0])
+        training = C.check_bool("training", training)
+        kw: Dict[str, Any] = {} if sw is None else {"sample_weight": sw}
+        if training and self._dropout is not None:
+            kw.update(dropout=self._dropout, seed=_dropout_seed(seed),
+                      epoch=C.check_int("epoch", epoch, 0), step=C.check_int("step", step, 0))
         g = np.empty_like(self._theta)
         with self._lock:
-            loss = self._net.gradients(self._theta, Xc, Yc, g, get_num_threads())
+            loss = self._net.gradients(self._theta, Xc, Yc, g, get_num_threads(), **kw)
         grads: Grads = [
             (self._view_w(k, g), self._view_b(k, g) if self.bias else None)
             for k in range(self.n_layers)
@@ -459,47 +549,97 @@ class MLP:
 
     # -- training -----------------------------------------------------------
 
-    def step(self, X: Any, Y: Any, lr: float) -> float:
-        """One in-place SGD update on this batch: θ ← θ − lr ∇ℓ(θ).
+    def _optimizer_of(
+        self, optimizer: Any, lr: Any, momentum: Any = _Default(0.0),
+        nesterov: Any = _Default(False), weight_decay: Any = _Default(0.0),
+    ) -> optim.Optimizer:
+        """The optimizer of a fit or step: the object given, or SGD from the shorthand."""
+        if optimizer is not None:
+            given = [name for name, v in (("lr", lr is not None), ("momentum", _given(momentum)),
+                                          ("nesterov", _given(nesterov)),
+                                          ("weight_decay", _given(weight_decay))) if v]
+            if given:
+                raise ValueError(
+                    f"give either optimizer= or the SGD shorthand ({', '.join(given)}), not "
+                    f"both: the optimizer object carries its own settings, e.g. "
+                    f"optim.SGD(lr=0.1, momentum=0.9)")
+            opt = optim.get(optimizer)
+            return opt.from_config(opt.get_config())  # a private copy
+        lr = C.check_lr(0.01 if lr is None else lr, self.dtype.type)
+        mu, nest, wd = C.check_optimizer(_value(momentum), _value(nesterov), _value(weight_decay))
+        return optim.SGD(lr=lr, momentum=mu, nesterov=nest, weight_decay=wd)
+
+    def step(
+        self, X: Any, Y: Any, lr: Optional[float] = None, *,
+        optimizer: Optional[OptimizerLike] = None, sample_weight: Any = None,
+        seed: int = 0, epoch: int = 0,
+    ) -> float:
+        """One in-place optimizer update on this batch.
+
+        Without ``optimizer``, plain SGD: θ ← θ − lr ∇ℓ(θ).  With one (a
+        :mod:`fastbp.optim` SGD, Adam, AdamW or RMSprop), its update, with
+        the model's optimizer state (created on first use, kept afterwards:
+        see :meth:`optimizer_state`), exactly as one step of :meth:`fit`.
 
         Parameters
         ----------
         X, Y : array_like
             One batch, as for :meth:`loss`.
-        lr : float
-            Learning rate, positive and finite.
+        lr : float, optional
+            Learning rate of plain SGD, positive and finite (default 0.01).
+            Not with ``optimizer``.
+        optimizer : Optimizer, str or dict, optional
+            The update to apply (its own ``lr``).
+        sample_weight : array_like of shape (n_samples,), optional
+            Per-sample weights: the step minimises Σ s_i ℓ_i / Σ s_i.
+        seed, epoch : int
+            The dropout key of this step (batch index 0); see :meth:`gradients`.
 
         Returns
         -------
         float
-            The batch's mean loss before the update.
+            The batch's (weighted) mean loss before the update.
 
         Raises
         ------
+        ValueError
+            For bad arguments, or an ``optimizer`` whose state does not fit
+            the model's (see :meth:`reset_optimizer`); the model is unchanged.
         FloatingPointError
             When the loss is NaN or Inf, or the update would make a parameter
-            NaN or Inf; the model is then left unchanged.
+            NaN or Inf; the model (and its optimizer state) is then left
+            unchanged.
         """
         names = C.feature_names(X)
         Xc, Yc = self._XY(X, Y)
-        lr = C.check_lr(lr, self.dtype.type)
+        opt = self._optimizer_of(optimizer, lr)
+        if opt.name == "lbfgs":
+            raise ValueError("LBFGS takes no single steps: use fit(X, Y, optimizer=LBFGS())")
         n = Xc.shape[0]
+        sw = self._weights_of(sample_weight, n)
+        seed = _dropout_seed(seed)
+        epoch = C.check_int("epoch", epoch, 0)
         with self._lock:
             before = self._theta.copy()
-            loss_sum, _, _, _, status = Epochs(self, Xc, Yc, n).run(None, lr)
+            saved = self._save_opt()
+            runner = Epochs(self, Xc, Yc, n, optimizer=opt, sample_weight=sw, seed=seed)
+            loss_sum, _, _, _, status = runner.run(None, opt.lr, dropout_epoch=epoch)
             if status:
+                self._restore_opt(saved)
                 raise FloatingPointError(
                     "the loss is not finite on this batch; the model was not updated"
                 )
             if not np.isfinite(self._theta).all():
                 np.copyto(self._theta, before)
+                self._restore_opt(saved)
                 raise FloatingPointError(
                     f"the update made parameters NaN or Inf; the model was not updated. "
-                    f"Try a smaller learning rate (lr={lr:g})."
+                    f"Try a smaller learning rate (lr={opt.lr:g})."
                 )
             if names is not None and self._feature_names is None:
                 self._feature_names = names
-        return float(loss_sum / n)
+        total = n if sw is None else float(sw.sum(dtype=np.float64))
+        return float(loss_sum / total)
 
     def workspace_nbytes(self, batch_size: int) -> int:
         """Bytes of the kernel workspace a fit with this batch size allocates (once, per call).
@@ -515,15 +655,18 @@ class MLP:
         self,
         X: Any,
         Y: Any,
-        epochs: int = 10,
-        batch_size: int = 32,
-        lr: float = 0.01,
-        shuffle: bool = True,
+        epochs: int = _Default(10),  # type: ignore[assignment]
+        batch_size: int = _Default(32),  # type: ignore[assignment]
+        lr: Optional[float] = None,
+        shuffle: bool = _Default(True),  # type: ignore[assignment]
         seed: Optional[int] = None,
         *,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
+        optimizer: Optional[OptimizerLike] = None,
+        momentum: float = _Default(0.0),  # type: ignore[assignment]
+        nesterov: bool = _Default(False),  # type: ignore[assignment]
+        weight_decay: float = _Default(0.0),  # type: ignore[assignment]
+        sample_weight: Any = None,
+        clip_grad_norm: Optional[float] = None,
         schedule: ScheduleLike = None,
         validation_data: Optional[Tuple[Any, Any]] = None,
         validation_split: float = 0.0,
@@ -533,42 +676,65 @@ class MLP:
         verbose: int = 0,
         flush_denormals: bool = True,
     ) -> History:
-        """Train by mini-batch SGD.
+        """Train by mini-batch gradient descent with an optimizer (SGD by default).
 
         Each epoch visits the samples in batches of ``batch_size`` (after a
         fresh permutation drawn from ``numpy.random.default_rng(seed)`` when
-        ``shuffle``), and applies one SGD step per batch; the last, smaller
-        batch takes the mean over its own rows.  So ``fit(shuffle=False)``
-        equals :meth:`step` on consecutive slices, and the same seed gives
-        bit-identical weights, for any number of threads.  Every epoch runs in
-        compiled code without the GIL, with one workspace allocated per call.
+        ``shuffle``), and applies one optimizer step per batch; the last,
+        smaller batch takes the mean over its own rows.  So
+        ``fit(shuffle=False)`` equals :meth:`step` on consecutive slices (without
+        dropout), and the same seed gives bit-identical weights, for any number
+        of threads.  Every epoch runs in compiled code without the GIL, the
+        optimizer's update fused into the backward pass, with one workspace
+        allocated per call.  With ``optimizer=LBFGS(...)`` the fit is full-batch
+        L-BFGS instead (see below).
 
         Parameters
         ----------
         X : array_like of shape (n_samples, n_in)
         Y : array_like
             Targets, as for :meth:`loss`.
-        epochs : int
+        epochs : int, default 10
             Number of passes over the data (0 trains nothing).
-        batch_size : int
-            Samples per SGD step.
-        lr : float
-            Learning rate (of the first epoch, when a schedule is given).
-        shuffle : bool
+        batch_size : int, default 32
+            Samples per step.
+        lr : float, optional
+            SGD shorthand: the learning rate (of the first epoch, when a
+            schedule is given); default 0.01.
+        shuffle : bool, default True
             Shuffle the samples afresh before each epoch.
         seed : int or None
-            Seed of the shuffling.
+            Seed of the shuffling; an int also keys the dropout masks (None:
+            a random key).
+        optimizer : Optimizer, str or dict, optional
+            A :mod:`fastbp.optim` object (``SGD``, ``Adam``, ``AdamW``,
+            ``RMSprop``, ``LBFGS``), a name (torch's defaults) or a config
+            dict.  Exactly ``torch.optim``'s algorithm with the same
+            arguments (decay on biases too; docs/optim.md has the formulas).
+            Not together with ``lr``, ``momentum``, ``nesterov``,
+            ``weight_decay`` (ValueError).  The object is not modified.
         momentum, nesterov, weight_decay : float, bool, float
-            Exactly ``torch.optim.SGD(params, lr, momentum, dampening=0,
+            SGD shorthand: ``fit(lr=a, momentum=b, nesterov=c,
+            weight_decay=d)`` is ``fit(optimizer=optim.SGD(a, b, c, d))``,
+            exactly ``torch.optim.SGD(params, lr, momentum, dampening=0,
             weight_decay, nesterov)``: ``g = ∇ℓ + weight_decay·θ`` (biases
             included), ``v = momentum·v + g``, ``θ -= lr·(g + momentum·v if
-            nesterov else v)``.  The velocity ``v`` is the model's optimizer
-            state: it persists across ``fit`` calls (see
-            :meth:`optimizer_state`, :meth:`reset_optimizer`).
+            nesterov else v)``.
+        sample_weight : array_like of shape (n_samples,), optional
+            Weights s_i, finite and >= 0, not all zero (ValueError naming the
+            first bad row): each step minimises Σ s_i ℓ_i / Σ s_i over its
+            batch (scikit-learn's definition); a batch whose weights sum to
+            0 is skipped (no update).  ``loss`` and ``accuracy`` in the
+            history are weighted means; the validation data is not weighted.
+        clip_grad_norm : float, optional
+            ``torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)`` after
+            each step's backward pass: the gradient of all parameters is
+            scaled by ``clip_grad_norm / (‖g‖₂ + 1e-6)`` when that is < 1.
         schedule : str, Schedule or callable, optional
-            Learning rate per epoch: ``"constant"``, ``"step"``,
-            ``"invscaling"``, ``"cosine"``, a :mod:`fastbp.schedules` object, or
-            ``f(epoch, lr0) -> lr``.
+            Learning rate per epoch, for every optimizer: ``"constant"``,
+            ``"step"``, ``"invscaling"``, ``"cosine"``, a
+            :mod:`fastbp.schedules` object, or ``f(epoch, lr0) -> lr``, where
+            ``lr0`` is the optimizer's ``lr``.
         validation_data : (X_val, Y_val), optional
             Data on which ``val_loss`` (and ``val_accuracy``) are measured after
             each epoch.
@@ -577,8 +743,8 @@ class MLP:
             samples, the last ones (before any shuffling), as Keras does.
         early_stopping : bool
             Stop when ``val_loss`` has not improved for ``patience`` epochs, and
-            end with the weights of the epoch with the lowest ``val_loss``.
-            Needs validation data.
+            end with the weights (and optimizer state) of the epoch with the
+            lowest ``val_loss``.  Needs validation data.
         patience : int
             Epochs without improvement before early stopping.
         callbacks : sequence of callables, optional
@@ -599,6 +765,26 @@ class MLP:
         is a data frame with string column names, the first fit records them
         as :attr:`feature_names_in_`; later frames must match them.
 
+        The optimizer's state (SGD's velocity, Adam's moments and step
+        count, ...) is the model's: it persists across ``fit`` and ``step``
+        calls, files and pickles (:meth:`optimizer_state`), and is rewound
+        with the weights.  A stateful optimizer whose algorithm or state
+        layout differs from the stored state's is a ValueError until
+        :meth:`reset_optimizer`; other hyper-parameters may change between
+        fits.  Optimizers without state (SGD without momentum, L-BFGS)
+        leave the stored state as it is.
+
+        **L-BFGS** (``optimizer=optim.LBFGS(max_iter, max_fun, tol)``, needs
+        scipy): minimises the full-batch (weighted) mean loss with
+        :func:`scipy.optimize.minimize` (``method="L-BFGS-B"``), each
+        evaluation one GIL-free kernel call over all the samples.  The
+        history has one entry per iteration (``lr`` is empty); validation,
+        early stopping (per iteration), callbacks, ``sample_weight`` and
+        ``verbose`` work as above.  ``epochs``, ``batch_size``, ``lr``,
+        ``shuffle``, the SGD shorthand, ``schedule`` and ``clip_grad_norm``
+        mean nothing for it and are a ValueError when given; so is a model
+        with dropout (the objective must be deterministic).
+
         Returns
         -------
         History
@@ -614,7 +800,8 @@ class MLP:
             schedule); the model is unchanged.  When a later rate of a
             schedule of one's own is bad, or a callback raises (any
             exception), the model is restored to its state before the call
-            (parameters, velocity, feature names) and the error re-raised.
+            (parameters, optimizer state, feature names) and the error
+            re-raised.
         FloatingPointError
             When the loss becomes NaN or Inf; the model is left at the last
             step whose loss was finite.
@@ -625,28 +812,64 @@ class MLP:
         # Everything that can be checked is checked before the model changes.
         names = C.feature_names(X)
         Xc, Yc = self._XY(X, Y)
-        epochs, batch_size = C.check_fit_args(epochs, batch_size)
-        lr0 = C.check_lr(lr, self.dtype.type)
-        shuffle = C.check_bool("shuffle", shuffle)
+        opt = self._optimizer_of(optimizer, lr, momentum, nesterov, weight_decay)
+        lbfgs = opt.name == "lbfgs"
+        if lbfgs:
+            given = [name for name, v in (("epochs", epochs), ("batch_size", batch_size),
+                                          ("shuffle", shuffle)) if _given(v)]
+            given += [name for name, v in (("schedule", schedule),
+                                           ("clip_grad_norm", clip_grad_norm)) if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} mean nothing for full-batch LBFGS "
+                                 f"(it stops by max_iter, max_fun and tol): leave them out")
+            if self._dropout is not None:
+                raise ValueError("LBFGS minimises a deterministic full-batch objective: a model "
+                                 "with dropout cannot be fit with it")
+        epochs, batch_size = C.check_fit_args(_value(epochs), _value(batch_size))
+        shuffle = C.check_bool("shuffle", _value(shuffle))
         early_stopping = C.check_bool("early_stopping", early_stopping)
         flush_denormals = C.check_bool("flush_denormals", flush_denormals)
-        momentum, nesterov, weight_decay = C.check_optimizer(momentum, nesterov, weight_decay)
+        clip = C.check_clip_norm(clip_grad_norm)
         if not isinstance(verbose, (bool, np.bool_)):
             C.check_int("verbose", verbose, 0)
         verbose = int(verbose)
         patience = C.check_int("patience", patience, 1)
+        sw = self._weights_of(sample_weight, Xc.shape[0])
         X_conv = _allocated(Xc, X) + _allocated(Yc, Y)
+        if sw is not None:
+            X_conv += _allocated(sw, sample_weight)
+        n_all = Xc.shape[0]
         Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
+        if sw is not None and Xc.shape[0] < n_all:
+            sw = sw[: Xc.shape[0]]
+            if not sw.any():
+                raise ValueError("sample_weight is all zero on the training rows "
+                                 "(validation_split holds out the others)")
         if early_stopping and val is None:
             raise ValueError("early_stopping needs validation_data or validation_split")
         if validation_data is not None:
             X_conv += _allocated(val[0], validation_data[0]) + _allocated(val[1], validation_data[1])
+        callbacks = C.check_callbacks(callbacks)
+        if lbfgs:
+            return self._fit_lbfgs(opt, Xc, Yc, sw, val, names, early_stopping, patience,
+                                   callbacks, verbose, X_conv)
+        lr0 = float(opt.lr)  # type: ignore[attr-defined]
         lr_of = schedules.resolve(schedule, epochs)
         lr_first, schedule_checked = schedules.check_ahead(lr_of, epochs, lr0)
-        callbacks = C.check_callbacks(callbacks)
         rng = np.random.default_rng(seed)
+        drop_seed = 0
+        if self._dropout is not None:
+            # The masks' key: an int seed itself; None a fresh random key; a
+            # Generator or SeedSequence one draw of the shuffling's generator.
+            if seed is None:
+                drop_seed = int(np.random.default_rng().integers(0, 2**63))
+            elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+                drop_seed = _dropout_seed(seed)
+            else:
+                drop_seed = int(rng.bit_generator.random_raw())
         n = Xc.shape[0]
         n_batches = -(-n // batch_size)
+        total = float(n) if sw is None else float(sw.sum(dtype=np.float64))
         classify = self.loss_name != "squared_error"
 
         hist = History()
@@ -656,25 +879,25 @@ class MLP:
         with self._lock:
             # User code (callbacks, a schedule of one's own) runs between
             # epochs and may raise: then the model goes back to this copy.
+            stateful = bool(opt.state_names())
+            had_state = self._opt_state is not None
             restore, restore_bytes = None, 0
             if callbacks or not schedule_checked:
-                velocity = self._velocity
-                if momentum and velocity is not None:  # only a fit with momentum changes it
-                    velocity = velocity.copy()
-                    restore_bytes += velocity.nbytes
-                restore = (self._theta.copy(), velocity, self._feature_names)
-                restore_bytes += restore[0].nbytes
-            velocity_existed = self._velocity is not None
+                # Only a stateful optimizer changes the state.
+                opt_saved = self._save_opt() if stateful else self._save_opt(copy=False)
+                restore = (self._theta.copy(), opt_saved, self._feature_names)
+                restore_bytes += restore[0].nbytes + (_state_nbytes(opt_saved[2])
+                                                      if stateful else 0)
             runner = Epochs(
-                self, Xc, Yc, batch_size, momentum=momentum, nesterov=nesterov,
-                weight_decay=weight_decay, flush_denormals=flush_denormals,
+                self, Xc, Yc, batch_size, optimizer=opt, flush_denormals=flush_denormals,
+                sample_weight=sw, clip_norm=clip, seed=drop_seed,
             )
-            best = None  # the best epoch's (theta, velocity) under early stopping
+            best = None  # the best epoch's (theta, optimizer state) under early stopping
             if early_stopping:
-                best = (np.empty_like(self._theta), np.empty_like(runner.velocity))
+                best = (np.empty_like(self._theta), runner.empty_state_copy())
             hist.workspace_bytes = self._fit_bytes(
                 runner, n, epochs, shuffle, X_conv, val, restore_bytes, best,
-                new_velocity=runner.velocity.size > 0 and not velocity_existed,
+                new_state=stateful and not had_state,
             )
             if names is not None and self._feature_names is None:
                 self._feature_names = names
@@ -695,8 +918,8 @@ class MLP:
                         raise
                     logs: Dict[str, Any] = {
                         "epoch": epoch,
-                        "loss": loss_sum / n,
-                        "accuracy": hit_sum / n if classify else None,
+                        "loss": loss_sum / total,
+                        "accuracy": hit_sum / total if classify else None,
                         "lr": lr_e,
                     }
                     if val is not None:
@@ -714,7 +937,7 @@ class MLP:
                         if logs["val_loss"] < best_val:
                             best_val, since_best = logs["val_loss"], 0
                             np.copyto(best[0], self._theta)
-                            np.copyto(best[1], runner.velocity)
+                            runner.copy_state(best[1])
                             hist.best_epoch = epoch
                         else:
                             since_best += 1
@@ -725,15 +948,15 @@ class MLP:
                         hist.stopped_early = epoch < epochs - 1
                         break
                 if best is not None and hist.best_epoch is not None:
-                    # The best epoch's weights, and its momentum.
+                    # The best epoch's weights, and its optimizer state.
                     np.copyto(self._theta, best[0])
-                    np.copyto(runner.velocity, best[1])
+                    runner.set_state(best[1])
             except KeyboardInterrupt:
                 raise  # Ctrl-C: left at the last completed step
             except BaseException:
                 if restore is not None and not diverged:
                     np.copyto(self._theta, restore[0])
-                    self._velocity = restore[1]
+                    self._restore_opt(restore[1])
                     self._feature_names = restore[2]
                 raise
             finally:
@@ -741,20 +964,114 @@ class MLP:
                 del runner  # the workspace goes before the lock is released
         return hist
 
+    def _fit_lbfgs(
+        self, opt: optim.LBFGS, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray],
+        val: Optional[Tuple[np.ndarray, np.ndarray]], names: Optional[np.ndarray],
+        early_stopping: bool, patience: int, callbacks: List[Any], verbose: int, X_conv: int,
+    ) -> History:
+        """fit(optimizer=LBFGS(...)): full-batch L-BFGS-B through scipy."""
+        optim._import_scipy_optimize()  # a clear ImportError before anything changes
+        n_threads = get_num_threads()
+        kw = {} if sw is None else {"sample_weight": sw}
+        classify = self.loss_name != "squared_error"
+        grad = np.empty_like(self._theta)
+        hist = History()
+        item = self.dtype.itemsize
+        # One kernel call at a time: the gradients' workspace for all the
+        # rows, or a per-iteration loss call's; the gradient and the restore
+        # copy; scipy's float64 vectors (x, g, copies, the 2 x 10 correction
+        # pairs and its work arrays: about 38 of n_params, measured with
+        # tracemalloc); the best iterate under early stopping.
+        chunk = max(1, min(self._chunk_rows(), X.shape[0]))
+        hist.workspace_bytes = int(
+            max(self._net.workspace_size(X.shape[0], "gradients"),
+                self._net.workspace_size(chunk, "loss")) * item
+            + X_conv + grad.nbytes + self._theta.nbytes + 38 * 8 * self.n_params
+            + (self._theta.nbytes if early_stopping else 0)
+        )
+
+        def fun_and_grad(theta: np.ndarray) -> Tuple[float, np.ndarray]:
+            loss = self._net.gradients(theta, X, Y, grad, n_threads, **kw)
+            return float(loss), grad
+
+        state = {"iteration": 0, "best_val": np.inf, "since": 0, "t0": time.perf_counter()}
+        best = np.empty_like(self._theta) if early_stopping else None
+
+        def on_iteration(theta: np.ndarray) -> bool:
+            it = state["iteration"]
+            np.copyto(self._theta, theta)  # callbacks see the current iterate
+            loss, hit = self._net.loss(self._theta, X, Y, self._chunk_rows(), n_threads, **kw)
+            logs: Dict[str, Any] = {"epoch": it, "loss": loss,
+                                    "accuracy": hit if classify else None, "lr": None}
+            if val is not None:
+                v_loss, v_hit = self._net.loss(self._theta, val[0], val[1], self._chunk_rows(),
+                                               n_threads)
+                logs["val_loss"] = v_loss
+                logs["val_accuracy"] = v_hit if classify else None
+            now = time.perf_counter()
+            logs["seconds"], state["t0"] = now - state["t0"], now
+            hist.record(logs)
+            if verbose:  # one line per iteration (no per-batch bar: there are no batches)
+                shown = "  ".join(f"{k} {logs[k]:.4g}" for k in
+                                  ("loss", "accuracy", "val_loss", "val_accuracy")
+                                  if logs.get(k) is not None)
+                print(f"L-BFGS iteration {it + 1}/{opt.max_iter}  {shown}  "
+                      f"{logs['seconds']:.2f}s", file=sys.stderr, flush=True)
+            state["iteration"] = it + 1
+            stop = False
+            if best is not None:
+                if logs["val_loss"] < state["best_val"]:
+                    state["best_val"], state["since"] = logs["val_loss"], 0
+                    np.copyto(best, self._theta)
+                    hist.best_epoch = it
+                else:
+                    state["since"] += 1
+                    stop = state["since"] >= patience
+            for hook in callbacks:
+                stop = bool(hook(it, dict(logs))) or stop
+            if stop:
+                hist.stopped_early = True
+            return stop
+
+        with self._lock:
+            restore = (self._theta.copy(), self._feature_names)
+            if names is not None and self._feature_names is None:
+                self._feature_names = names
+            try:
+                result = opt.minimize(fun_and_grad, self._theta.copy(), callback=on_iteration)
+                if not np.isfinite(result.theta).all() or not np.isfinite(result.loss):
+                    # Back to the last iterate (copied by on_iteration), or the start.
+                    if state["iteration"] == 0:
+                        np.copyto(self._theta, restore[0])
+                    raise FloatingPointError(
+                        f"L-BFGS diverged after {state['iteration']} iterations (the loss or "
+                        "the parameters became NaN or Inf); the weights are restored to the "
+                        "last good iterate.")
+                np.copyto(self._theta, result.theta)
+                if best is not None and hist.best_epoch is not None:
+                    np.copyto(self._theta, best)
+            except (KeyboardInterrupt, FloatingPointError):
+                raise  # left at the last completed iteration
+            except BaseException:
+                np.copyto(self._theta, restore[0])
+                self._feature_names = restore[1]
+                raise
+        return hist
+
     def _fit_bytes(
         self, runner: "Epochs", n: int, epochs: int, shuffle: bool, converted: int,
         val: Optional[Tuple[np.ndarray, np.ndarray]], restore_bytes: int,
-        best: Optional[Tuple[np.ndarray, np.ndarray]], new_velocity: bool,
+        best: Optional[Tuple[np.ndarray, Dict[str, Any]]], new_state: bool,
     ) -> int:
         """Bytes a fit allocates (see History.workspace_bytes)."""
         item = self.dtype.itemsize
         total = runner.nbytes + converted + restore_bytes
-        if new_velocity:
-            total += runner.velocity.nbytes
+        if new_state:
+            total += runner.state_nbytes
         if epochs:
             total += runner.snapshot_nbytes
         if best is not None:
-            total += best[0].nbytes + best[1].nbytes
+            total += best[0].nbytes + _state_nbytes(best[1])
         if shuffle and epochs:
             # One int64 permutation per epoch; the previous one is alive while
             # the next is drawn (the rewind may replay the previous epoch).
@@ -845,36 +1162,143 @@ class MLP:
 
     # -- optimizer state ----------------------------------------------------
 
-    def optimizer_state(self) -> Dict[str, np.ndarray]:
+    def optimizer_state(self) -> Dict[str, Any]:
         """A copy of the optimizer's state, for saving and resuming.
 
         Returns
         -------
         dict
-            ``{"velocity": flat array of n_params}`` once a fit with momentum
-            has run; empty otherwise.
+            Empty until a fit or step with a stateful optimizer (SGD with
+            momentum, Adam, AdamW, RMSprop) has run.  Then:
+            ``"optimizer"``, the :meth:`~fastbp.optim.Optimizer.get_config`
+            dict of the optimizer that trained last (its own ``lr``, not a
+            schedule's rates); ``"step"``, the
+            number of updates applied; and one flat array of ``n_params`` per
+            state name of the optimizer, in the model's parameter order:
+            torch's names (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
+            ``square_avg``, ``momentum_buffer``, ``grad_avg``), except SGD's
+            momentum buffer, called ``"velocity"`` (its name in every
+            fastbp version).  A velocity restored from a version 1 or 2
+            model file or an older pickle comes alone: ``{"velocity": v}``.
         """
-        return {} if self._velocity is None else {"velocity": self._velocity.copy()}
+        with self._lock:
+            st = self._opt_state
+            if st is None:
+                return {}
+            out: Dict[str, Any] = {}
+            if self._opt_config is not None:
+                out["optimizer"] = dict(self._opt_config)
+            if st["step"] is not None:
+                out["step"] = int(st["step"])
+            for key, arr in st.items():
+                if key != "step":
+                    out[self._public_name(key)] = arr.copy()
+            return out
+
+    def _public_name(self, key: str) -> str:
+        return _SGD_PUBLIC.get(key, key) if self._opt_name == "sgd" else key
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`optimizer_state` returned.
+        """Restore what :meth:`optimizer_state` returned (copies are taken).
 
         Parameters
         ----------
         state : dict
-            ``{}`` or ``{"velocity": array of n_params}``.
+            ``{}`` (no state), ``{"velocity": array}`` (SGD momentum, as older
+            versions kept it; ``None`` means none), or ``{"optimizer": config
+            or Optimizer, "step": int, <each state name>: array (n_params,)}``.
+
+        Raises
+        ------
+        ValueError
+            Naming the first unknown, missing or malformed entry; the model
+            is then unchanged.
         """
-        unknown = set(state) - {"velocity"}
-        if unknown:
-            raise ValueError(f"unknown optimizer state keys {sorted(unknown)}")
-        if "velocity" in state and state["velocity"] is not None:
-            self._velocity = C._param("velocity", state["velocity"], (self.n_params,), self.dtype.type)
-        else:
-            self._velocity = None
+        if not isinstance(state, dict):
+            raise ValueError(f"optimizer state must be a dict, got {type(state).__name__}")
+        n, dt = self.n_params, self.dtype.type
+        if "optimizer" not in state:
+            unknown = sorted(set(state) - {"velocity"})
+            if unknown:
+                raise ValueError(f"unknown optimizer state keys {unknown} (without an "
+                                 "'optimizer' entry only a 'velocity' is understood)")
+            v = state.get("velocity")
+            with self._lock:
+                if v is None:
+                    self.reset_optimizer()
+                    return
+                arr = C._param("velocity", v, (n,), dt)
+                self._opt_name, self._opt_config = "sgd", None
+                self._opt_state = {"step": None, "momentum_buffer": arr}
+            return
+        opt = optim.get(state["optimizer"])
+        names = opt.state_names()
+        internal = {"step": state.get("step")}
+        public_of = (lambda k: _SGD_PUBLIC.get(k, k)) if opt.name == "sgd" else (lambda k: k)
+        expected = {"optimizer", "step"} | {public_of(k) for k in names}
+        unknown = sorted(set(state) - expected)
+        missing = sorted(expected - set(state))
+        if unknown or missing:
+            raise ValueError(f"optimizer state for {opt!r} needs keys {sorted(expected)}; "
+                             f"missing {missing}, unexpected {unknown}")
+        for key in names:
+            internal[key] = C._param(public_of(key), state[public_of(key)], (n,), dt)
+        opt.check_state(internal, n, dt)  # the step
+        internal["step"] = int(np.asarray(internal["step"]).item())
+        with self._lock:
+            if not names:  # stateless optimizers keep nothing
+                self.reset_optimizer()
+                return
+            self._opt_name, self._opt_config, self._opt_state = opt.name, opt.get_config(), internal
 
     def reset_optimizer(self) -> None:
-        """Forget the momentum velocity: the next fit starts from rest."""
-        self._velocity = None
+        """Forget the optimizer state: the next fit starts from rest (step 0, zero moments)."""
+        with self._lock:
+            self._opt_name = self._opt_config = self._opt_state = None
+
+    @property
+    def _velocity(self) -> Optional[np.ndarray]:
+        """The live SGD momentum buffer (None without one); for fastbp.sklearn's tests."""
+        st = self._opt_state
+        return st["momentum_buffer"] if st is not None and self._opt_name == "sgd" else None
+
+    def _check_optimizer_state(self, opt: optim.Optimizer) -> None:
+        """ValueError when ``opt`` cannot continue from the stored state."""
+        names = opt.state_names()
+        st = self._opt_state
+        if not names or st is None:
+            return
+        have = sorted(k for k in st if k != "step")
+        if self._opt_name != opt.name or have != sorted(names):
+            what = (optim.get(self._opt_config) if self._opt_config is not None
+                    else f"{self._opt_name} with {have}")
+            raise ValueError(
+                f"the model holds the optimizer state of {what!r} (state "
+                f"{[self._public_name(k) for k in have]}), which {opt!r} cannot continue "
+                f"(it needs {list(names)}); call reset_optimizer() to start it afresh")
+
+    def _save_opt(self, copy: bool = True) -> Tuple[Any, Any, Any]:
+        """(name, config, state) of the optimizer state, its arrays copied."""
+        st = self._opt_state
+        if copy and st is not None:
+            st = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+        return self._opt_name, self._opt_config, st
+
+    def _restore_opt(self, saved: Tuple[Any, Any, Any]) -> None:
+        self._opt_name, self._opt_config, self._opt_state = saved
+
+
+def _state_nbytes(state: Optional[Dict[str, Any]]) -> int:
+    if not state:
+        return 0
+    return int(sum(v.nbytes for k, v in state.items() if isinstance(v, np.ndarray)))
+
+
+def _dropout_seed(seed: Any) -> int:
+    """A dropout key from an integer seed (taken modulo 2**64)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"the dropout seed must be an integer, got {seed!r}")
+    return int(seed) % (1 << 64)
 
 
 class Epochs:
@@ -883,9 +1307,10 @@ class Epochs:
     Everything a fit needs is allocated here, once: the workspace (one
     batch of activations per layer, deltas, gathered targets), the gradient
     for the optimizer path, and the start-of-epoch copies used to rewind on
-    divergence; the momentum velocity is the model's own (persistent)
-    buffer.  ``MLP.fit``, ``MLP.step`` and :mod:`fastbp.sklearn` drive the
-    kernels through this class.  The caller holds the model's lock.
+    divergence; the optimizer state is the model's own (persistent), created
+    here when the model has none.  ``MLP.fit``, ``MLP.step`` and
+    :mod:`fastbp.sklearn` drive the kernels through this class.  The caller
+    holds the model's lock.
 
     Parameters
     ----------
@@ -894,36 +1319,90 @@ class Epochs:
         Checked, C-contiguous arrays of the model's dtype.
     batch_size : int
     momentum, nesterov, weight_decay : float, bool, float
-        torch.optim.SGD's settings (see :meth:`MLP.fit`).
+        torch.optim.SGD's settings (see :meth:`MLP.fit`), when no
+        ``optimizer`` is given.
     l2 : float
         scikit-learn's ``alpha``: each step on m samples minimises the mean
-        loss + l2 / (2 m) ||W||^2, over the weights only.
+        loss + l2 / (2 m) ||W||^2, over the weights only (with any optimizer).
     flush_denormals : bool
         Run with FTZ/DAZ on.
+    optimizer : fastbp.optim.Optimizer, optional
+        SGD, Adam, AdamW or RMSprop (its ``lr`` is replaced by each call's).
+    sample_weight : ndarray (n_samples,), optional
+        Checked weights of the model's dtype.
+    clip_norm : float
+        > 0: clip each step's gradient to this global 2-norm (torch's
+        clip_grad_norm_).
+    seed : int
+        Key of the dropout masks (the model's ``dropout``).
+
+    Raises
+    ------
+    ValueError
+        When the optimizer cannot continue the model's stored state.
     """
 
     def __init__(
         self, model: "MLP", X: np.ndarray, Y: np.ndarray, batch_size: int, *,
         momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-        l2: float = 0.0, flush_denormals: bool = True,
+        l2: float = 0.0, flush_denormals: bool = True, optimizer: Optional[optim.Optimizer] = None,
+        sample_weight: Optional[np.ndarray] = None, clip_norm: float = 0.0, seed: int = 0,
     ) -> None:
         nesterov = C.check_bool("nesterov", nesterov)
         flush_denormals = C.check_bool("flush_denormals", flush_denormals)
+        self._lr_from_run = optimizer is None
+        if optimizer is None:
+            # (fastbp.sklearn passes nesterov=True with momentum 0: plain SGD.)
+            optimizer = optim.SGD(momentum=momentum, nesterov=nesterov and momentum != 0,
+                                  weight_decay=weight_decay)
+        elif momentum or nesterov or weight_decay:
+            raise ValueError("give momentum, nesterov and weight_decay in the optimizer object")
+        if optimizer.name == "lbfgs":
+            raise ValueError("LBFGS is full-batch: it takes no mini-batch epochs")
+        model._check_optimizer_state(optimizer)
         self.model, self.X, self.Y, self.batch_size = model, X, Y, batch_size
-        self.settings = dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                             l2=l2, flush_denormals=flush_denormals)
+        self.optimizer = optimizer
         n, dtype = X.shape[0], model.dtype
         self.n_batches = -(-n // batch_size)
         empty = np.empty(0, dtype=dtype)
-        self.ws = np.empty(model._net.workspace_size(min(batch_size, n)), dtype=dtype)
-        self.grad = np.empty_like(model._theta) if (momentum or weight_decay or l2) else empty
-        if momentum and model._velocity is None:
-            model._velocity = np.zeros_like(model._theta)
-        self.velocity = model._velocity if momentum else empty
-        # One saved copy of the parameters (and velocity) and how to replay
-        # forward from it: see epoch() and _fail().
-        self._saved: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self.state: Optional[Dict[str, Any]] = None
+        if optimizer.state_names():
+            if model._opt_state is None:
+                model._opt_name = optimizer.name
+                model._opt_state = optimizer.init_state(model.n_params, dtype)
+            self.state = model._opt_state
+        # Plain SGD and SGD with momentum run the kernels' SGD path (the
+        # velocity is SGD's momentum buffer); the others the optimizer path.
+        self._sgd = optimizer.name == "sgd"
+        if self._sgd:
+            sgd: Any = optimizer
+            self.velocity = self.state["momentum_buffer"] if self.state is not None else empty
+            self.settings: Dict[str, Any] = dict(
+                momentum=sgd.momentum, nesterov=sgd.nesterov, weight_decay=sgd.weight_decay,
+                l2=l2, flush_denormals=flush_denormals)
+            need_grad = bool(sgd.momentum or sgd.weight_decay or l2 or clip_norm)
+        else:
+            self.velocity = empty
+            self.settings = dict(l2=l2, flush_denormals=flush_denormals, optimizer=optimizer,
+                                 state=self.state)  # Adam, AdamW, RMSprop: always state
+            need_grad = True
+        # The new keywords go to the kernel only when used.
+        if sample_weight is not None:
+            self.settings["sample_weight"] = sample_weight
+        if clip_norm:
+            self.settings["clip_norm"] = float(clip_norm)
+        if model._dropout is not None:
+            self.settings.update(dropout=model._dropout, seed=int(seed))
+        self.sample_weight = sample_weight
+        rows = min(batch_size, n)
+        self.ws = np.empty(model._net.workspace_size(rows) if model._dropout is None else
+                           model._net.workspace_size(rows, "fit", model._dropout), dtype=dtype)
+        self.grad = np.empty_like(model._theta) if need_grad else empty
+        # One saved copy of the parameters (and optimizer state) and how to
+        # replay forward from it: see epoch() and _fail().
+        self._saved: Optional[Tuple[np.ndarray, Optional[Dict[str, Any]]]] = None
         self._anchor: Optional[Tuple[int, Optional[np.ndarray], float]] = None  # (epoch, order, lr)
+        self._batch_weights: Optional[Tuple[Optional[np.ndarray], np.ndarray]] = None
 
     @property
     def nbytes(self) -> int:
@@ -931,25 +1410,91 @@ class Epochs:
         return int(self.ws.nbytes + self.grad.nbytes)
 
     @property
+    def state_nbytes(self) -> int:
+        """Bytes of the optimizer state's arrays."""
+        return _state_nbytes(self.state)
+
+    @property
     def snapshot_nbytes(self) -> int:
-        """Bytes of the rewind copy of the parameters and velocity (taken by :meth:`epoch`)."""
-        return int(self.model._theta.nbytes + self.velocity.nbytes)
+        """Bytes of the rewind copy of the parameters and optimizer state (see :meth:`epoch`)."""
+        return int(self.model._theta.nbytes + self.state_nbytes)
+
+    # the optimizer state's copies
+    def empty_state_copy(self) -> Optional[Dict[str, Any]]:
+        """A dict shaped like the optimizer state (for rewinds and the best epoch)."""
+        if self.state is None:
+            return None
+        return {k: (np.empty_like(v) if isinstance(v, np.ndarray) else v)
+                for k, v in self.state.items()}
+
+    def copy_state(self, into: Optional[Dict[str, Any]]) -> None:
+        """Copy the live optimizer state into ``into`` (from :meth:`empty_state_copy`)."""
+        if self.state is None or into is None:
+            return
+        for k, v in self.state.items():
+            if isinstance(v, np.ndarray):
+                np.copyto(into[k], v)
+            else:
+                into[k] = v
+
+    def set_state(self, saved: Optional[Dict[str, Any]]) -> None:
+        """Put a copy taken by :meth:`copy_state` back into the live state."""
+        if self.state is None or saved is None:
+            return
+        for k, v in saved.items():
+            if isinstance(v, np.ndarray):
+                np.copyto(self.state[k], v)
+            else:
+                self.state[k] = v
+
+    def _updates(self, order: Optional[np.ndarray], first: int, batches: int) -> int:
+        """Updates done by ``batches`` steps from ``first`` (a batch of weight 0 does none)."""
+        if self.sample_weight is None or batches <= 0:
+            return batches
+        cached = self._batch_weights
+        if cached is None or cached[0] is not order:
+            w = self.sample_weight if order is None else self.sample_weight[order]
+            starts = np.arange(0, w.shape[0], self.batch_size)
+            cached = self._batch_weights = (order, np.add.reduceat(w, starts) > 0)
+        return int(np.count_nonzero(cached[1][first:first + batches]))
 
     def run(
         self, order: Optional[np.ndarray], lr: float, first: int = 0, steps: int = -1,
-        snapshot_step: int = -1,
+        snapshot_step: int = -1, dropout_epoch: int = 0,
     ) -> Tuple:
         """Steps ``first`` .. ``first + steps`` of an epoch; the kernel's raw result
         (loss_sum, hit_sum, penalty_sum, n_done, status).  With ``snapshot_step``
-        the kernel saves the parameters at that step (see :meth:`epoch`)."""
+        the kernel saves the parameters and optimizer state at that step (see
+        :meth:`epoch`).  ``dropout_epoch`` is the epoch of the dropout masks."""
         m = self.model
         saved = self._saved if snapshot_step >= 0 else (None, None)
-        return m._net.fit_epoch(
-            m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
-            self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
-            snapshot=saved[0], snapshot_velocity=saved[1], snapshot_step=snapshot_step,
-            **self.settings,
-        )
+        kw = dict(self.settings)
+        if "dropout" in kw:
+            kw["epoch"] = int(dropout_epoch)
+        step_before = self.state["step"] if self.state is not None else None
+        if self._sgd:
+            snap_v = None
+            if saved[0] is not None:
+                snap_v = saved[1]["momentum_buffer"] if saved[1] is not None else self.velocity
+            out = m._net.fit_epoch(
+                m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
+                self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
+                snapshot=saved[0], snapshot_velocity=snap_v, snapshot_step=snapshot_step, **kw,
+            )
+            if self.state is not None:  # the SGD path leaves the count to us
+                batches = -(-int(out[3]) // self.batch_size)
+                self.state["step"] = (step_before or 0) + self._updates(order, first, batches)
+        else:
+            out = m._net.fit_epoch(
+                m._theta, self.X, self.Y, order, self.batch_size, self.ws, self.grad,
+                self.velocity, get_num_threads(), lr, first_step=first, max_steps=steps,
+                snapshot=saved[0], snapshot_state=saved[1], snapshot_step=snapshot_step, **kw,
+            )
+        if self.state is not None:
+            if self._lr_from_run:  # fastbp.sklearn's SGD: its rate is the first call's
+                self.optimizer.lr, self._lr_from_run = lr, False
+            m._opt_config = self.optimizer.get_config()
+        return out
 
     def epoch(
         self, order: Optional[np.ndarray], lr: float, epoch: int,
@@ -957,28 +1502,33 @@ class Epochs:
     ) -> Tuple[float, float, float]:
         """One whole epoch; returns the sums of the loss, accuracy and l2 penalty.
 
+        With sample weights the loss and accuracy sums are weighted (Σ s_i ℓ_i).
         With a live progress display, the epoch runs a few batches at a time
         (the result is the same).  When the loss becomes NaN or Inf, or the
         parameters stop being finite, the model is rewound to the last good
         step (see :meth:`_fail`) and FloatingPointError is raised.
 
-        Rewinding needs one saved copy of the parameters (and velocity): the
-        kernel takes it during each epoch's first step, once that step's loss
-        is known to be finite and before its update, so it always holds the
-        start of the last epoch whose first loss was finite.
+        Rewinding needs one saved copy of the parameters (and optimizer
+        state): the kernel takes it during each epoch's first step, once that
+        step's loss is known to be finite and before its update, so it always
+        holds the start of the last epoch whose first loss was finite.
         """
         m = self.model
         if self._saved is None:
-            self._saved = (np.empty_like(m._theta), np.empty_like(self.velocity))
+            self._saved = (np.empty_like(m._theta), self.empty_state_copy())
         piece = max(1, self.n_batches // 100) if progress is not None and progress.live else -1
         n = self.X.shape[0]
         totals = np.zeros(3)
         steps = 0
         while steps < self.n_batches:
-            *sums, done, status = self.run(order, lr, steps, piece, snapshot_step=0)
+            step_before = self.state["step"] if self.state is not None else None
+            *sums, done, status = self.run(order, lr, steps, piece, snapshot_step=0,
+                                           dropout_epoch=epoch)
             batches = -(-done // self.batch_size)
             if steps == 0 and batches > 0:
                 self._anchor = (epoch, order, lr)
+                if self._saved[1] is not None:
+                    self._saved[1]["step"] = step_before
             if status:
                 self._fail(order, lr, epoch, steps + batches)
             totals += sums
@@ -998,30 +1548,31 @@ class Epochs:
         the last good weights are those that step started from -- or
         (``failed == n_batches``) every loss was finite but the weights are
         not: then the first step that made them non-finite is found, and the
-        weights it started from are the last good ones.  Everything is
-        rebuilt from the saved copy by replaying steps, which is exact: the
-        kernels are deterministic.
+        weights it started from are the last good ones.  Everything (the
+        parameters and the optimizer state) is rebuilt from the saved copy by
+        replaying steps, which is exact: the kernels are deterministic.
         """
         m = self.model
         assert self._saved is not None
 
         def restore() -> None:
             np.copyto(m._theta, self._saved[0])
-            np.copyto(self.velocity, self._saved[1])
+            self.set_state(self._saved[1])
 
         if self._anchor is not None and self._anchor[0] == epoch:
             restore()  # the start of this epoch
             if failed < self.n_batches:
                 if failed >= 2:
-                    self.run(order, lr, 0, failed - 1)
+                    self.run(order, lr, 0, failed - 1, dropout_epoch=epoch)
             else:  # find the step that overflowed the weights
                 failed = 0
                 while True:
-                    before = (m._theta.copy(), self.velocity.copy())
-                    self.run(order, lr, failed, 1)
+                    before = (m._theta.copy(), self.empty_state_copy())
+                    self.copy_state(before[1])
+                    self.run(order, lr, failed, 1, dropout_epoch=epoch)
                     if not np.isfinite(m._theta).all():
                         np.copyto(m._theta, before[0])
-                        np.copyto(self.velocity, before[1])
+                        self.set_state(before[1])
                         break
                     failed += 1
                 where = f"batch {failed + 1}, whose update made weights NaN or Inf"
@@ -1030,9 +1581,9 @@ class Epochs:
             # This epoch's first loss was not finite: go back to the start of
             # the previous epoch and replay it up to its last step.
             restore()
-            _, prev_order, prev_lr = self._anchor
+            prev_epoch, prev_order, prev_lr = self._anchor
             if self.n_batches >= 2:
-                self.run(prev_order, prev_lr, 0, self.n_batches - 1)
+                self.run(prev_order, prev_lr, 0, self.n_batches - 1, dropout_epoch=prev_epoch)
         else:  # the fit's first loss was not finite: nothing better than the start
             assert failed == 0
         self._raise(epoch, f"batch {failed + 1}, whose loss was NaN or Inf", lr)

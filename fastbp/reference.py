@@ -14,7 +14,13 @@ Everything here is written the way the lecture notes write backpropagation:
 4. the *optimizer step*, one parameter at a time: SGD, torch.optim.SGD's
    momentum, Nesterov and weight decay, scikit-learn's L2 penalty, or one of
    fastbp.optim's algorithms (SGD, Adam, AdamW, RMSprop) as their docstrings
-   write them.
+   write them, after clipping the gradient's global norm when asked
+   (torch.nn.utils.clip_grad_norm_).
+
+Training steps apply inverted dropout to the hidden activations: each unit
+is kept when its Philox uniform (:mod:`fastbp._philox`, keyed by seed,
+epoch, batch, row and unit) is >= p and then scaled by 1/(1 - p), else set
+to 0; the backward pass multiplies by the same factor.
 
 It computes with Python floats (IEEE doubles) and the :mod:`math` module, one
 sample at a time, with plain lists; numpy is used only to convert inputs and
@@ -31,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _common
+from . import _philox
 
 Vector = List[float]
 Matrix = List[List[float]]  # row i holds the weights into unit i: z_i = sum_j W[i][j] h_j + b_i
@@ -198,6 +205,17 @@ def l2_penalty(Ws: List[Matrix], l2: float) -> float:
     return 0.5 * l2 * sum(w * w for W in Ws for row in W for w in row)
 
 
+def clip_grad_norm(grad: Vector, max_norm: float) -> Vector:
+    """torch.nn.utils.clip_grad_norm_ on one flat gradient.
+
+    total = sqrt(sum g^2) over every parameter; when
+    coef = max_norm / (total + 1e-6) is below 1 every component is scaled by it.
+    """
+    total = math.sqrt(sum(g * g for g in grad))
+    coef = max_norm / (total + 1e-6)
+    return [g * coef for g in grad] if coef < 1.0 else grad
+
+
 def sgd_object_parameter(opt: Any, theta: float, grad: float, state: Dict[str, float],
                          t: int, lr: float) -> float:
     """fastbp.optim.SGD's step t (1, 2, ...) of one parameter; updates ``state``.
@@ -303,6 +321,9 @@ class MLP:
     weights, biases : sequence of array_like, optional
         Explicit initial parameters, ``weights[k]`` of shape (n_out, n_in) and
         ``biases[k]`` of shape (n_out,); they are copied.
+    dropout : float or sequence of float
+        Inverted dropout on the hidden activations in training steps, as
+        ``fastbp.MLP``: the same Philox masks.
 
     Attributes
     ----------
@@ -336,8 +357,12 @@ class MLP:
         seed: Optional[int] = 0,
         weights: Optional[Sequence[Any]] = None,
         biases: Optional[Sequence[Any]] = None,
+        dropout: Any = 0.0,
     ) -> None:
         sizes, dt = _common.check_config(layer_sizes, activation, output, loss, dtype)
+        self.dropout, probs = _common.check_dropout(dropout, len(sizes) - 2)
+        # One drop probability per hidden layer (all 0: no dropout).
+        self._drop: List[float] = [float(p) for p in probs] if probs is not None else []
         bias = _common.check_bool("bias", bias)
         default = _common.init_params(sizes, activation, bias, dt, seed)
         W, b = _common.check_params(sizes, bias, dt, weights, biases, default)
@@ -357,10 +382,11 @@ class MLP:
         self._state: Optional[Dict[str, Any]] = None
 
     def __repr__(self) -> str:
+        drop = f", dropout={self.dropout!r}" if any(self._drop) else ""
         return (
             f"reference.MLP({list(self.layer_sizes)}, activation={self.activation!r}, "
             f"output={self.output!r}, loss={self.loss_name!r}, bias={self.bias}, "
-            f"dtype={self.dtype.name!r})"
+            f"dtype={self.dtype.name!r}{drop})"
         )
 
     # ---- conversions between numpy and Python floats -------------------
@@ -385,43 +411,78 @@ class MLP:
 
     # ---- forward pass ----------------------------------------------------
 
-    def _forward(self, Ws: List[Matrix], bs: List[Optional[Vector]], x: Vector):
+    def _forward(self, Ws: List[Matrix], bs: List[Optional[Vector]], x: Vector,
+                 masks: Optional[List[Vector]] = None):
         """Forward pass of one sample, storing every node's value.
 
         Returns ``(hs, z_out, yhat)``: ``hs[k]`` is the input of layer k
         (``hs[0] = x``, ``hs[k]`` for k >= 1 the stored hidden activations),
-        ``z_out`` the output logits and ``yhat`` the outputs.
+        ``z_out`` the output logits and ``yhat`` the outputs.  With dropout
+        ``masks`` (``masks[k-1][j]`` is 0 or 1/(1 - p) for hidden unit j of
+        layer k), the activations passed up are ``f(z) * mask``; ``hs`` keeps
+        the activations before the mask, for the derivatives.
         """
         hs = [x]
+        up = x
         for k in range(self.n_layers - 1):
-            z = affine(Ws[k], bs[k], hs[-1])
+            z = affine(Ws[k], bs[k], up)
             hs.append([activate(self.activation, zi) for zi in z])
-        z_out = affine(Ws[-1], bs[-1], hs[-1])
+            up = hs[-1] if masks is None else [a * m for a, m in zip(hs[-1], masks[k])]
+        z_out = affine(Ws[-1], bs[-1], up)
         yhat = output_activation(self.output, z_out)
         return hs, z_out, yhat
 
+    def _masks(self, key: Optional[Tuple[int, int, int]], row: int) -> Optional[List[Vector]]:
+        """Dropout factors of one batch row: 0 (dropped) or 1/(1 - p) (kept) per hidden unit.
+
+        ``key`` is (seed, epoch, step); units are numbered through all hidden
+        layers in order, as docs/optim.md maps them.  None without dropout.
+        """
+        if key is None or not any(self._drop):
+            return None
+        seed, epoch, step = key
+        masks, unit = [], 0
+        for k, p in enumerate(self._drop):
+            scale = float(_philox.dropout_scale(p, self.dtype))
+            layer = []
+            for _ in range(self.layer_sizes[k + 1]):
+                keep = _philox.dropout_keep(seed, epoch, step, row, unit, p)
+                layer.append(scale if keep else 0.0)
+                unit += 1
+            masks.append(layer)
+        return masks
+
     # ---- backward pass ---------------------------------------------------
 
-    def _backward(self, Ws: List[Matrix], hs: List[Vector], dz: Vector, dWs, dbs) -> None:
+    def _backward(self, Ws: List[Matrix], hs: List[Vector], dz: Vector, dWs, dbs,
+                  masks: Optional[List[Vector]] = None) -> None:
         """Backward pass of one sample, adding its parameter gradients to dWs, dbs.
 
         ``dz`` is dl/dz of the output logits; walking from the output layer
         down, each layer's dl/dz gives its parameter gradients, and
         dl/dz of the layer below is (W^T dl/dz) times the local derivative of
-        the hidden activation, taken from the stored outputs.
+        the hidden activation, taken from the stored outputs (times the
+        dropout factor, when ``masks`` are given: the layer's input was
+        ``f(z) * mask``).
         """
         for k in range(self.n_layers - 1, -1, -1):
-            accumulate_param_grads(dWs[k], dbs[k], dz, hs[k])
+            h_in = hs[k] if masks is None or k == 0 else [
+                a * m for a, m in zip(hs[k], masks[k - 1])]
+            accumulate_param_grads(dWs[k], dbs[k], dz, h_in)
             if k == 0:
                 break  # no gradient needed for the inputs
             dh = backprop_to_input(Ws[k], dz)
+            if masks is not None:
+                dh = [g * m for g, m in zip(dh, masks[k - 1])]
             dz = [dhj * derivative_from_output(self.activation, a) for dhj, a in zip(dh, hs[k])]
 
-    def _loss_and_grads(self, X: Matrix, Y: Matrix, weights: Optional[Vector] = None):
+    def _loss_and_grads(self, X: Matrix, Y: Matrix, weights: Optional[Vector] = None,
+                        key: Optional[Tuple[int, int, int]] = None):
         """Mean loss and mean-loss gradients over the rows of X, in doubles.
 
         With ``weights`` (one s_i >= 0 per row, sum > 0), the weighted mean
-        sum_i s_i loss_i / sum_i s_i and its gradients.
+        sum_i s_i loss_i / sum_i s_i and its gradients.  With a dropout
+        ``key`` (seed, epoch, step), row i of the batch uses the masks of row i.
         """
         Ws, bs = self._params_as_floats()
         dWs = [[[0.0] * len(W[0]) for _ in W] for W in Ws]
@@ -429,22 +490,25 @@ class MLP:
         if weights is None:
             weights = [1.0] * len(X)
         total = 0.0
-        for x, y, s in zip(X, Y, weights):
-            hs, z_out, yhat = self._forward(Ws, bs, x)
+        for row, (x, y, s) in enumerate(zip(X, Y, weights)):
+            masks = self._masks(key, row)
+            hs, z_out, yhat = self._forward(Ws, bs, x, masks)
             total += s * sample_loss(self.loss_name, z_out, yhat, y)
             dz = output_delta(self.loss_name, self.output, z_out, yhat, y)
-            self._backward(Ws, hs, [s * d for d in dz], dWs, dbs)
+            self._backward(Ws, hs, [s * d for d in dz], dWs, dbs, masks)
         n = sum(weights)
         dWs = [[[g / n for g in row] for row in dW] for dW in dWs]
         dbs = [[g / n for g in db] if db is not None else None for db in dbs]
         return total / n, Ws, bs, dWs, dbs
 
-    def _sgd_update(self, X: Matrix, Y: Matrix, lr: float, weights: Optional[Vector] = None) -> float:
+    def _sgd_update(self, X: Matrix, Y: Matrix, lr: float, weights: Optional[Vector] = None,
+                    key: Optional[Tuple[int, int, int]] = None) -> float:
         """One plain SGD step on a batch of already validated rows; the loss before it."""
-        return self._optimizer_step(X, Y, lr, _PLAIN_SGD, weights)[0]
+        return self._optimizer_step(X, Y, lr, _PLAIN_SGD, weights, key)[0]
 
     def _optimizer_step(self, X: Matrix, Y: Matrix, lr: float, opt: dict,
-                        weights: Optional[Vector] = None) -> Tuple[float, float]:
+                        weights: Optional[Vector] = None,
+                        key: Optional[Tuple[int, int, int]] = None) -> Tuple[float, float]:
         """One optimizer step on a batch; (mean loss, l2 penalty) before it.
 
         ``opt`` holds torch.optim.SGD's momentum, nesterov and weight_decay
@@ -452,9 +516,10 @@ class MLP:
         rows minimises mean loss + l2 / (2 m) * sum W^2, so the weights'
         gradient gains (l2 / m) W.  Or ``opt["object"]`` is a fastbp.optim
         optimizer, applied as its docstring writes it.  The penalty returned
-        is l2 / 2 * sum W^2.
+        is l2 / 2 * sum W^2.  ``opt["clip"]`` > 0 clips the gradient (after
+        l2, before weight decay and the optimizer) to that global 2-norm.
         """
-        loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y, weights)
+        loss, Ws, bs, dWs, dbs = self._loss_and_grads(X, Y, weights, key)
         if not math.isfinite(loss):
             # as the fast model: never write a diverged step into the parameters
             raise FloatingPointError("the loss is not finite on this batch; the model was not updated")
@@ -464,6 +529,8 @@ class MLP:
             dWs = [[[g + p for g, p in zip(grow, prow)] for grow, prow in zip(dW, l2_gradient(W, opt["l2"], m))]
                    for dW, W in zip(dWs, Ws)]
         theta, grad = self._flat(Ws, bs), self._flat(dWs, dbs)
+        if opt.get("clip", 0.0) > 0.0:
+            grad = clip_grad_norm(grad, opt["clip"])
         if opt.get("object") is not None:
             new = self._object_update(opt["object"], theta, grad, lr)
         else:
@@ -545,10 +612,17 @@ class MLP:
         ----------
         state : dict
             ``{}``, ``{"velocity": array of n_params}``, or ``{"step": int >= 0,
-            name: array of n_params, ...}`` with fastbp.optim's state names.
+            name: array of n_params, ...}`` with fastbp.optim's state names
+            (``fastbp.MLP.optimizer_state()``'s ``"optimizer"`` entry, and its
+            ``"step"`` next to a ``"velocity"``, are ignored).
         """
         if not isinstance(state, dict):
             raise ValueError(f"optimizer state must be a dict, got {type(state).__name__}")
+        # The fast model's state also names its optimizer (and counts SGD's
+        # steps): the reference keeps only what its steps read.
+        state = {k: v for k, v in state.items() if k != "optimizer"}
+        if "velocity" in state:
+            state.pop("step", None)
         known = {"velocity", "step", "momentum_buffer", "exp_avg", "exp_avg_sq",
                  "max_exp_avg_sq", "square_avg", "grad_avg"}
         unknown = set(state) - known
@@ -635,7 +709,8 @@ class MLP:
         return self._round(total / sum(weights))
 
     def gradients(
-        self, X: Any, Y: Any, sample_weight: Any = None
+        self, X: Any, Y: Any, sample_weight: Any = None, *, training: bool = False,
+        seed: int = 0, epoch: int = 0, step: int = 0,
     ) -> Tuple[float, List[Tuple[np.ndarray, Optional[np.ndarray]]]]:
         """Mean loss and its gradients with respect to every parameter.
 
@@ -645,6 +720,11 @@ class MLP:
         Y : array_like of shape (n_samples, n_out), or integer labels
         sample_weight : array_like of shape (n_samples,), optional
             As for :meth:`loss`: the weighted mean and its gradients.
+        training : bool
+            Apply dropout with the masks of batch ``step`` of epoch ``epoch``
+            of a fit with ``seed``, as ``fastbp.MLP.gradients``.
+        seed, epoch, step : int
+            The dropout key (with ``training=True``).
 
         Returns
         -------
@@ -657,7 +737,8 @@ class MLP:
         """
         Xc, Yc = self._inputs_and_targets(X, Y)
         weights = self._sample_weight(sample_weight, Xc.shape[0])
-        loss, _, _, dWs, dbs = self._loss_and_grads(Xc.tolist(), Yc.tolist(), weights)
+        key = _dropout_key(seed, epoch, step) if _common.check_bool("training", training) else None
+        loss, _, _, dWs, dbs = self._loss_and_grads(Xc.tolist(), Yc.tolist(), weights, key)
         grads = []
         for k in range(self.n_layers):
             dW = np.array(dWs[k], dtype=self.dtype).reshape(self.weights[k].shape)
@@ -665,7 +746,8 @@ class MLP:
             grads.append((dW, db))
         return self._round(loss), grads
 
-    def step(self, X: Any, Y: Any, lr: float, sample_weight: Any = None) -> float:
+    def step(self, X: Any, Y: Any, lr: float, sample_weight: Any = None, *,
+             seed: int = 0, epoch: int = 0) -> float:
         """One in-place SGD update on the batch (X, Y).
 
         ``W -= lr * dW`` and ``b -= lr * db`` with the gradients of the mean
@@ -679,6 +761,8 @@ class MLP:
             Learning rate, positive and finite.
         sample_weight : array_like of shape (n_samples,), optional
             As for :meth:`loss`: the step on the weighted mean loss.
+        seed, epoch : int
+            The dropout key of this step (batch 0 of ``epoch``).
 
         Returns
         -------
@@ -693,7 +777,8 @@ class MLP:
         Xc, Yc = self._inputs_and_targets(X, Y)
         lr = _common.check_lr(lr, self.dtype.type)
         weights = self._sample_weight(sample_weight, Xc.shape[0])
-        return self._round(self._sgd_update(Xc.tolist(), Yc.tolist(), lr, weights))
+        key = _dropout_key(seed, epoch, 0)
+        return self._round(self._sgd_update(Xc.tolist(), Yc.tolist(), lr, weights, key))
 
     def fit(
         self,
@@ -711,6 +796,7 @@ class MLP:
         l2: float = 0.0,
         optimizer: Any = None,
         sample_weight: Any = None,
+        clip_grad_norm: Optional[float] = None,
     ) -> _common.History:
         """Mini-batch SGD over the data for a number of epochs.
 
@@ -757,6 +843,13 @@ class MLP:
             Weights s_i >= 0: each batch minimises sum_i s_i loss_i / sum_i s_i
             over its rows (a batch whose weights are all 0 takes no step).
             Not with ``l2``.
+        clip_grad_norm : float, optional
+            torch.nn.utils.clip_grad_norm_ on each step's whole gradient.
+
+        With dropout, batch ``step`` of epoch ``e`` (both counted from 0 in
+        this fit) draws its masks with the key (seed, e, step): ``seed`` itself
+        when it is an int, a random key when it is None, else one raw draw
+        of the shuffling generator before its permutations (as ``fastbp.MLP``).
 
         Returns
         -------
@@ -779,6 +872,7 @@ class MLP:
         shuffle = _common.check_bool("shuffle", shuffle)
         opt = _check_optimizer(momentum, nesterov, weight_decay, l2)
         opt["object"] = _check_optimizer_object(optimizer, opt)
+        opt["clip"] = _common.check_clip_norm(clip_grad_norm)
         if optimizer is not None and lr is _DEFAULT_LR:
             lr = optimizer.lr
         lr = _common.check_lr(lr, self.dtype.type)
@@ -790,17 +884,26 @@ class MLP:
             weights = [1.0] * len(rows_X)
         n = len(rows_X)
         rng = np.random.default_rng(seed)
+        drop_seed = 0
+        if any(self._drop):
+            if seed is None:
+                drop_seed = int(np.random.default_rng().integers(0, 2**63))
+            elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+                drop_seed = int(seed) % (1 << 64)
+            else:
+                drop_seed = int(rng.bit_generator.random_raw())
         hist = _common.History()
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = rng.permutation(n).tolist() if shuffle else list(range(n))
             weighted = 0.0
-            for start in range(0, n, batch_size):
+            for step, start in enumerate(range(0, n, batch_size)):
                 idx = order[start:start + batch_size]
                 batch_weights = [weights[i] for i in idx]
                 if sum(batch_weights) == 0.0:
                     continue  # nothing to minimise in this batch
                 batch_loss, penalty = self._optimizer_step(
-                    [rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr, opt, batch_weights
+                    [rows_X[i] for i in idx], [rows_Y[i] for i in idx], lr, opt, batch_weights,
+                    (drop_seed, epoch, step),
                 )
                 weighted += self._round(batch_loss) * sum(batch_weights) + penalty
             hist.loss.append(self._round(weighted / sum(weights)))
@@ -808,6 +911,14 @@ class MLP:
 
 
 _PLAIN_SGD = dict(momentum=0.0, nesterov=False, weight_decay=0.0, l2=0.0)
+
+
+def _dropout_key(seed: Any, epoch: Any, step: Any) -> Tuple[int, int, int]:
+    """(seed mod 2**64, epoch, step), checked: the dropout masks' key."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"the dropout seed must be an integer, got {seed!r}")
+    return (int(seed) % (1 << 64), _common.check_int("epoch", epoch, 0),
+            _common.check_int("step", step, 0))
 
 
 def _check_optimizer(momentum: Any, nesterov: Any, weight_decay: Any, l2: Any) -> dict:

@@ -1,15 +1,23 @@
 """scikit-learn compatible estimators backed by :class:`fastbp.MLP`.
 
 :class:`MLPClassifier` and :class:`MLPRegressor` follow scikit-learn's
-``sklearn.neural_network`` estimators of the same names with
-``solver="sgd"`` and ``learning_rate="constant"``: same parameters (the
-subset that applies to SGD), same fitted attributes, same initialisation,
-shuffling, L2 penalty, momentum update, stopping rule and warnings.  Given the
-same ``random_state`` they draw the same initial weights and visit the samples
-in the same order as scikit-learn, so the two follow the same trajectory up to
-floating-point rounding.  Each epoch runs as one call into fastbp's compiled
-kernels (forward, backward, penalty and momentum update of every batch), with
-its buffers allocated once per fit.
+``sklearn.neural_network`` estimators of the same names: the same parameters,
+fitted attributes, initialisation, shuffling, validation split, L2 penalty,
+solvers (``"adam"``, the default, ``"sgd"`` and ``"lbfgs"``), learning-rate
+rules, stopping rules, warnings and errors.  Given the same ``random_state``
+they draw the same initial weights and visit the samples in the same order
+as scikit-learn, so the two follow the same trajectory up to floating-point
+rounding.
+
+- ``solver="sgd"``: each epoch runs as one call into fastbp's compiled
+  kernels (forward, backward, penalty and momentum update of every batch).
+- ``solver="lbfgs"``: scikit-learn's call of :func:`scipy.optimize.minimize`
+  (same objective, same packing of the parameters, same options); each
+  evaluation of the loss and gradient of the whole data set is one GIL-free
+  kernel call.
+- ``solver="adam"``: scikit-learn's Adam update (which differs from
+  ``torch.optim.Adam`` in where ``epsilon`` enters), applied in numpy after
+  each batch's gradient, which one kernel call computes.
 
 scikit-learn is an optional dependency (``pip install fastbp[sklearn]``):
 ``import fastbp`` never imports it, this module does.
@@ -33,9 +41,10 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils import Tags, check_random_state, column_or_1d, shuffle
+    from sklearn.utils import Tags, check_random_state, column_or_1d, gen_batches, shuffle
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import type_of_target, unique_labels
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     raise ImportError(
         "fastbp.sklearn needs scikit-learn >= 1.6, which is not installed (or too old: "
@@ -44,8 +53,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
-from ._threads import threads
-from .model import MLP, Epochs
+from ._threads import get_num_threads, threads
+from .model import MLP, Epochs, ParamList
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -57,18 +66,62 @@ _OUTPUTS = {
     "logistic": ("sigmoid", "binary_cross_entropy"),
     "softmax": ("softmax", "cross_entropy"),
 }
+_SOLVERS = ("lbfgs", "sgd", "adam")
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+
+# scikit-learn's message when a fit leaves non-finite parameters.
+_NON_FINITE = (
+    "Solver produced non-finite parameter weights. The input data may contain large "
+    "values and need to be preprocessed."
+)
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_real(value: Any) -> bool:
     return (
         isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
+        and not isinstance(value, (bool, np.bool_))
         and bool(np.isfinite(value))
     )
+
+
+def _lbfgs_iprint_options(verbose: Any) -> Dict[str, Any]:
+    """scikit-learn's ``_get_additional_lbfgs_options_dict("iprint", ...)``:
+    ``iprint`` only for scipy < 1.15, which deprecated it."""
+    import scipy
+
+    from .optim import _version_tuple
+
+    if _version_tuple(scipy.__version__) >= (1, 15):
+        return {}
+    return {"iprint": 1 if (verbose is True or verbose >= 1) else -1}
+
+
+def _check_lbfgs_result(result: Any, max_iter: int) -> int:
+    """scikit-learn's ``_check_optimize_result("lbfgs", ...)``: the iteration
+    count (at most ``max_iter``), with its ConvergenceWarning when scipy did
+    not report success."""
+    n_iter = min(int(result.nit), max_iter)
+    if result.status != 0:
+        msg = (
+            f"lbfgs failed to converge after {n_iter} iteration(s) "
+            f"(status={result.status}):\n{result.message}\n"
+        )
+        if n_iter == max_iter:
+            msg += (
+                "\nIncrease the number of iterations to improve the "
+                f"convergence (max_iter={max_iter})."
+            )
+        msg += (
+            "\nYou might also want to scale the data as shown in:\n"
+            "    https://scikit-learn.org/stable/modules/preprocessing.html"
+        )
+        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+    return n_iter
 
 
 def _thread_capped(method: Any) -> Any:
@@ -93,28 +146,38 @@ class _BaseMLP(BaseEstimator):
         hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
         activation: str = "relu",
         *,
+        solver: str = "adam",
         alpha: float = 0.0001,
         batch_size: Union[int, str] = "auto",
+        learning_rate: str = "constant",
         learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
         max_iter: int = 200,
         shuffle: bool = True,
         random_state: Union[int, np.random.RandomState, None] = None,
         tol: float = 1e-4,
-        verbose: bool = False,
+        verbose: Union[bool, int] = False,
         warm_start: bool = False,
         momentum: float = 0.9,
         nesterovs_momentum: bool = True,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
-        n_iter_no_change: int = 10,
-        dtype: str = "float32",
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: Union[int, float] = 10,
+        max_fun: int = 15000,
+        dtype: Optional[str] = None,
         n_threads: Optional[int] = None,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
@@ -125,7 +188,11 @@ class _BaseMLP(BaseEstimator):
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
         self.n_threads = n_threads
 
@@ -141,10 +208,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(
                 f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}"
             )
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
-            )
+        for name, options in (("activation", _ACTIVATIONS), ("solver", _SOLVERS),
+                              ("learning_rate", _LEARNING_RATES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in options:
+                raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+        n_iter_no_change = self.n_iter_no_change
         checks = [
             ("alpha", _is_real(self.alpha) and self.alpha >= 0, "a finite number >= 0"),
             (
@@ -158,22 +227,30 @@ class _BaseMLP(BaseEstimator):
                 _is_real(self.learning_rate_init) and self.learning_rate_init > 0,
                 "a finite number > 0",
             ),
+            ("power_t", _is_real(self.power_t) and self.power_t >= 0, "a finite number >= 0"),
             ("max_iter", _is_int(self.max_iter) and self.max_iter >= 1, "an integer >= 1"),
             ("momentum", _is_real(self.momentum) and 0 <= self.momentum <= 1, "a number in [0, 1]"),
             ("tol", _is_real(self.tol) and self.tol >= 0, "a finite number >= 0"),
             (
                 "validation_fraction",
-                _is_real(self.validation_fraction) and 0 < self.validation_fraction < 1,
-                "a number in (0, 1)",
+                _is_real(self.validation_fraction) and 0 <= self.validation_fraction < 1,
+                "a number in [0, 1)",
             ),
+            ("beta_1", _is_real(self.beta_1) and 0 <= self.beta_1 < 1, "a number in [0, 1)"),
+            ("beta_2", _is_real(self.beta_2) and 0 <= self.beta_2 < 1, "a number in [0, 1)"),
+            ("epsilon", _is_real(self.epsilon) and self.epsilon > 0, "a finite number > 0"),
             (
                 "n_iter_no_change",
-                _is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1,
-                "an integer >= 1",
+                (_is_int(n_iter_no_change) and n_iter_no_change >= 1)
+                or (isinstance(n_iter_no_change, numbers.Real)
+                    and not isinstance(n_iter_no_change, (bool, np.bool_))
+                    and n_iter_no_change == np.inf),
+                "an integer >= 1 or numpy.inf",
             ),
+            ("max_fun", _is_int(self.max_fun) and self.max_fun >= 1, "an integer >= 1"),
         ]
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            checks.append((name, isinstance(getattr(self, name), (bool, np.bool_)), "a bool"))
+            C.check_bool(name, getattr(self, name))  # the message of fastbp.MLP's booleans
         checks.append(
             ("verbose", isinstance(self.verbose, (bool, np.bool_)) or _is_int(self.verbose),
              "a bool or an integer")
@@ -181,11 +258,27 @@ class _BaseMLP(BaseEstimator):
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        C.check_dtype(self.dtype)
+        if self.dtype is not None:
+            C.check_dtype(self.dtype)
+        self._check_loss()
         return hidden
 
-    def _np_dtype(self) -> type:
-        return C.check_dtype(self.dtype)
+    def _check_loss(self) -> None:
+        pass
+
+    def _compute_dtype(self, X_dtype: np.dtype, first_pass: bool) -> type:
+        """The dtype the network computes in.
+
+        The estimator's ``dtype`` when given; else, on a continued fit, the
+        network's; else scikit-learn's: float32 for float32 X, float64
+        otherwise (lbfgs then ends with float64 parameters, see
+        :meth:`_fit_lbfgs`).
+        """
+        if self.dtype is not None:
+            return C.check_dtype(self.dtype)
+        if not first_pass:
+            return self._net.dtype.type
+        return np.float32 if X_dtype == np.float32 else np.float64
 
     # -- fitted state -----------------------------------------------------------
 
@@ -198,18 +291,46 @@ class _BaseMLP(BaseEstimator):
 
         ``coefs_[i]`` has shape (n_in, n_out) of layer i: the transpose of
         ``fastbp.MLP.weights[i]``.  The arrays are views of the model's
-        parameters, so in-place writes go into the model.
+        parameters, so in-place writes go into the model; so do
+        ``coefs_[i] = array`` and ``coefs_ = [arrays]`` (shapes checked).
         """
         if not hasattr(self, "_net"):
             raise AttributeError("coefs_ is only available after fit")
-        return [W.T for W in self._net.weights]
+        return ParamList("coefs_", [W.T for W in self._net.weights])
+
+    @coefs_.setter
+    def coefs_(self, value: Sequence[ArrayLike]) -> None:
+        self._assign("coefs_", value, [W.T for W in self._net.weights] if hasattr(self, "_net")
+                     else None)
 
     @property
     def intercepts_(self) -> List[np.ndarray]:
-        """Bias vectors, ``intercepts_[i]`` of shape (n_out,) of layer i (views)."""
+        """Bias vectors, ``intercepts_[i]`` of shape (n_out,) of layer i (views,
+        assignable like :attr:`coefs_`)."""
         if not hasattr(self, "_net"):
             raise AttributeError("intercepts_ is only available after fit")
-        return list(self._net.biases)
+        return ParamList("intercepts_", list(self._net.biases))
+
+    @intercepts_.setter
+    def intercepts_(self, value: Sequence[ArrayLike]) -> None:
+        self._assign("intercepts_", value, list(self._net.biases) if hasattr(self, "_net")
+                     else None)
+
+    def _assign(self, name: str, value: Any, targets: Optional[List[np.ndarray]]) -> None:
+        """``coefs_ = [...]`` / ``intercepts_ = [...]``: copy into the model, all or nothing."""
+        if targets is None:
+            raise AttributeError(
+                f"{name} can only be assigned on a fitted estimator (fit or partial_fit "
+                "first: the network's layer sizes come from the data)"
+            )
+        if isinstance(value, np.ndarray) or not hasattr(value, "__len__"):
+            raise ValueError(f"{name} must be a list of {len(targets)} arrays")
+        if len(value) != len(targets):
+            raise ValueError(f"{name} must be a list of {len(targets)} arrays, got {len(value)}")
+        new = [C._param(f"{name}[{k}]", v, t.shape, t.dtype.type)
+               for k, (v, t) in enumerate(zip(value, targets))]
+        for t, v in zip(targets, new):
+            t[...] = v
 
     @property
     def model_(self) -> MLP:
@@ -241,7 +362,7 @@ class _BaseMLP(BaseEstimator):
                 "weights": [W.copy() for W in net.weights],
                 "biases": [b.copy() for b in net.biases],
                 # partial_fit continues with the momentum velocity
-                **net.optimizer_state(),
+                "optimizer_state": net.optimizer_state(),
             }
         return state
 
@@ -249,6 +370,16 @@ class _BaseMLP(BaseEstimator):
         state = dict(state)
         spec = state.pop("_net_state", None)
         old_velocities = state.pop("_velocities", None)  # pickles from the per-batch Python loop
+        # Pickles from before the solvers: an SGD estimator, in float32 by default.
+        if "solver" not in state:
+            state.update(solver="sgd", learning_rate="constant", power_t=0.5, beta_1=0.9,
+                         beta_2=0.999, epsilon=1e-8, max_fun=15000)
+            state.setdefault("dtype", "float32")
+            if not self._classifier:
+                state.setdefault("loss", "squared_error")
+            if spec is not None:
+                lr = float(state.get("learning_rate_init", 0.001))
+                state.setdefault("_optimizer", {"solver": "sgd", "lr": lr, "lr_used": lr})
         super().__setstate__(state)
         if spec is not None:
             self._net = MLP(
@@ -256,7 +387,10 @@ class _BaseMLP(BaseEstimator):
                 loss=spec["loss"], dtype=spec["dtype"], seed=0,
                 weights=spec["weights"], biases=spec["biases"],
             )
-            velocity = spec.get("velocity")
+            if "optimizer_state" in spec:
+                self._net.set_optimizer_state(spec["optimizer_state"])
+                return
+            velocity = spec.get("velocity")  # pickles from before the optimizer objects
             if velocity is None and old_velocities is not None:
                 # scikit-learn's v_s (weights then biases) is -lr times the model's
                 net = self._net
@@ -285,8 +419,19 @@ class _BaseMLP(BaseEstimator):
     def _validation_target(self, Y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
         raise NotImplementedError
+
+    def _check_solver(self) -> bool:
+        """scikit-learn's condition for ``partial_fit`` to exist."""
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. "
+                f"{self.solver} is not stochastic."
+            )
+        return True
 
     # -- training -----------------------------------------------------------------
 
@@ -294,107 +439,272 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X: ArrayLike) -> np.ndarray:
         """Network outputs, shape (n_samples, n_outputs_).
 
-        The network computes in ``dtype``; the outputs are returned in the
-        floating dtype of X (float64 for non-float X), as scikit-learn does.
+        The network computes in its dtype; the outputs come back in the
+        dtype numpy gives X's floating dtype (float64 for non-float X) with
+        the parameters', as scikit-learn's do.
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         out = self._net.predict(X)
-        return out.astype(X.dtype, copy=False)
+        return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
 
     @_thread_capped
-    def _fit(self, X: ArrayLike, y: ArrayLike, incremental: bool) -> "_BaseMLP":
+    def _fit(
+        self, X: ArrayLike, y: ArrayLike, incremental: bool, sample_weight: Any = None,
+    ) -> "_BaseMLP":
         hidden = self._check_params()
-        if self.early_stopping and incremental:
+        if self.early_stopping and incremental and self.solver in _STOCHASTIC_SOLVERS:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "_net") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        dtype = self._compute_dtype(X.dtype, first_pass)
+        X_dtype = X.dtype
+        sw = None
+        if sample_weight is not None:
+            # scikit-learn's checks and messages (shape, finite, not all zero),
+            # then the kernels' condition: no negative weight
+            sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+            bad = np.flatnonzero(sw < 0)
+            if bad.size:
+                raise ValueError(
+                    f"sample_weight must be >= 0 (fastbp's kernels take no negative "
+                    f"weights); sample_weight[{bad[0]}] = {sw[bad[0]]!r}"
+                )
+            sw = np.ascontiguousarray(sw, dtype=dtype)
+        X = np.ascontiguousarray(X, dtype=dtype)
+        Y = self._target(Y, dtype)
         n_samples, n_features = X.shape
         layer_units = [n_features] + hidden + [Y.shape[1]]
         self._random_state = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(layer_units)
+            self._initialize(layer_units, dtype, X_dtype)
         elif (
             list(self._net.layer_sizes) != layer_units
-            or self._net.dtype != np.dtype(self._np_dtype())
+            or self._net.dtype != np.dtype(dtype)
         ):
             raise ValueError(
                 f"cannot continue training a network of layer sizes "
                 f"{list(self._net.layer_sizes)} ({self._net.dtype.name}) with layer sizes "
-                f"{layer_units} ({np.dtype(self._np_dtype()).name}); "
+                f"{layer_units} ({np.dtype(dtype).name}); "
                 "set warm_start=False to start afresh"
             )
-        self._fit_stochastic(X, Y, incremental)
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self._fit_stochastic(X, Y, incremental, sw)
+        else:
+            self._fit_lbfgs(X, Y, sw)
+        if not np.isfinite(self._net.flat_parameters).all():
+            raise ValueError(_NON_FINITE)
         return self
 
-    def _initialize(self, layer_units: List[int]) -> None:
-        """Fresh network, drawn exactly as scikit-learn's MLP draws its parameters."""
+    def _target(self, Y: np.ndarray, dtype: type) -> np.ndarray:
+        """The network's target array (n_samples, n_outputs), C-contiguous, in ``dtype``."""
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        return np.ascontiguousarray(Y, dtype=dtype)
+
+    def _initialize(self, layer_units: List[int], dtype: type, X_dtype: np.dtype) -> None:
+        """Fresh network, drawn exactly as scikit-learn's MLP draws its parameters.
+
+        As scikit-learn, the draws are rounded to X's dtype (float32 X: float32
+        starting weights, also for lbfgs, which then computes in float64).
+        """
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = layer_units[-1]
         self.n_layers_ = len(layer_units)
         self.out_activation_ = self._out_activation()
         output, loss = _OUTPUTS[self.out_activation_]
-        dtype = self._np_dtype()
         factor = 2.0 if self.activation == "logistic" else 6.0
         weights, biases = [], []
         for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
             bound = np.sqrt(factor / (fan_in + fan_out))
             coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
             intercept = self._random_state.uniform(-bound, bound, fan_out)
-            weights.append(coef.T.astype(dtype))
-            biases.append(intercept.astype(dtype))
+            weights.append(coef.T.astype(X_dtype).astype(dtype))
+            biases.append(intercept.astype(X_dtype).astype(dtype))
         self._net = MLP(
             layer_units, activation=_ACTIVATIONS[self.activation], output=output, loss=loss,
             dtype=dtype, seed=0, weights=weights, biases=biases,
         )
         self._best_params = self._copy_params()
-        self.loss_curve_: List[float] = []
-        self._no_improvement_count = 0
-        if self.early_stopping:
-            self.validation_scores_: Optional[List[float]] = []
-            self.best_validation_score_: Optional[float] = -np.inf
-            self.best_loss_: Optional[float] = None
-        else:
-            self.best_loss_ = np.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.loss_curve_: List[float] = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_: Optional[List[float]] = []
+                self.best_validation_score_: Optional[float] = -np.inf
+                self.best_loss_: Optional[float] = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
 
-    def _copy_params(self) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-        return [W.copy() for W in self._net.weights], [b.copy() for b in self._net.biases]
+    def _copy_params(self) -> np.ndarray:
+        return self._net.flat_parameters.copy()
 
-    def _set_params(self, params: Tuple[List[np.ndarray], List[np.ndarray]]) -> None:
-        for k, (W, b) in enumerate(zip(*params)):
-            self._net.weights[k][...] = W
-            self._net.biases[k][...] = b
+    def _set_params(self, params: np.ndarray) -> None:
+        self._net.flat_parameters[...] = params
 
-    def _fit_stochastic(self, X: np.ndarray, Y: np.ndarray, incremental: bool) -> None:
-        """The SGD epochs: each one runs whole in fastbp's compiled loop.
+    def _loss_scale(self) -> float:
+        # scikit-learn reports 0.5 * mean over samples AND outputs of the
+        # squared error; fastbp's loss sums over the outputs (same gradient).
+        return 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
 
-        Everything random is drawn here exactly as scikit-learn draws it (the
-        validation split, then one shuffle of ``sample_idx`` per epoch); the
-        kernel then visits the rows in that order in consecutive batches and
-        applies the penalty and the momentum update after each one.
+    # -- L-BFGS ---------------------------------------------------------------------
+
+    def _sklearn_layout(self) -> Tuple[np.ndarray, List[Tuple[int, int]]]:
+        """Where scikit-learn's packed vector keeps each of the model's parameters.
+
+        scikit-learn packs ``coefs_`` (each (n_in, n_out), row-major) and
+        then ``intercepts_``; the model keeps W_k (n_out, n_in) and b_k layer
+        by layer.  Returns ``perm`` with ``theta = x[perm]`` and the slices
+        of ``x`` that hold each ``coefs_[k]``.
         """
         net = self._net
-        if not incremental:
-            # As scikit-learn, fit() (warm or not) restarts the optimizer;
-            # partial_fit() keeps its velocity (the model's) from call to call.
-            net.reset_optimizer()
+        sizes = net.layer_sizes
+        perm = np.empty(net.n_params, dtype=np.intp)
+        coef_slices = []
+        pos = 0
+        for k in range(net.n_layers):
+            n_in, n_out = sizes[k], sizes[k + 1]
+            w0 = net._net.w_off[k]
+            # W_k[i, j] (at w0 + i n_in + j) is coefs_[k][j, i] (at pos + j n_out + i)
+            idx = pos + np.arange(n_in)[None, :] * n_out + np.arange(n_out)[:, None]
+            perm[w0 : w0 + n_in * n_out] = idx.ravel()
+            coef_slices.append((pos, pos + n_in * n_out))
+            pos += n_in * n_out
+        for k in range(net.n_layers):
+            n_out = sizes[k + 1]
+            b0 = net._net.b_off[k]
+            perm[b0 : b0 + n_out] = pos + np.arange(n_out)
+            pos += n_out
+        return perm, coef_slices
 
-        X_val = y_val = None
+    def _fit_lbfgs(self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray]) -> None:
+        """scikit-learn's ``_fit_lbfgs``: the same objective, packing and scipy call.
+
+        The objective is the mean loss plus ``alpha / (2 n) sum ||W||^2``
+        (scikit-learn's), its gradient the mean loss's plus ``(alpha / n)
+        W``; with sample weights s, the weighted mean ``sum s_i l_i / sum s``
+        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute the loss and gradient of the whole data set
+        in one GIL-free call per evaluation.  scipy sees the parameters
+        packed as scikit-learn packs them (all ``coefs_``, then all
+        ``intercepts_``), so it takes the same iterates.
+
+        dtypes as in scikit-learn: scipy keeps its iterate in float64 but
+        hands the function each point in the starting vector's dtype, so a
+        float32 network evaluates in float32; scikit-learn's parameters then
+        end as scipy's float64 solution, and so do these (the network is
+        rebuilt in float64) unless the estimator's ``dtype`` says float32.
+        """
+        import scipy.optimize
+
+        net = self._net
+        n = X.shape[0] if sw is None else sw.sum()
+        perm, coef_slices = self._sklearn_layout()
+        w_slices = [(net._net.w_off[k], net._net.w_off[k] + W.size)
+                    for k, W in enumerate(net.weights)]
+        theta = net.flat_parameters
+        T = net.dtype.type
+        grad = np.empty_like(theta)
+        grad_x = np.empty_like(theta)
+        alpha = float(self.alpha)
+        scale = self._loss_scale()
+        n_threads = get_num_threads()
+
+        def loss_grad(x: np.ndarray) -> Tuple[float, np.ndarray]:
+            with np.errstate(over="ignore", invalid="ignore"):
+                theta[...] = x[perm]
+            loss = T(net._net.gradients(theta, X, Y, grad, n_threads, sample_weight=sw)
+                     * scale)
+            values = T(0)
+            for a, b in coef_slices:
+                s = x[a:b]
+                values += np.dot(s, s)
+            loss += (0.5 * alpha) * values / n
+            if alpha:
+                for a, b in w_slices:
+                    grad[a:b] += (alpha / n) * theta[a:b]
+            grad_x[perm] = grad
+            return loss, grad_x
+
+        x0 = np.empty_like(theta)
+        x0[perm] = theta
+        with net._lock:
+            result = scipy.optimize.minimize(
+                loss_grad, x0, method="L-BFGS-B", jac=True,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                         **_lbfgs_iprint_options(self.verbose)},
+            )
+            self.n_iter_ = _check_lbfgs_result(result, self.max_iter)
+            self.loss_ = result.fun
+            solution = np.asarray(result.x, dtype=np.float64)[perm]
+            if self.dtype is None and net.dtype != np.float64:
+                self._net = MLP(
+                    net.layer_sizes, activation=net.activation, output=net.output,
+                    loss=net.loss_name, dtype="float64", seed=0,
+                    weights=[np.zeros(W.shape) for W in net.weights],
+                    biases=[np.zeros(b.shape) for b in net.biases],
+                )
+                net = self._net
+            with np.errstate(over="ignore", invalid="ignore"):
+                net.flat_parameters[...] = solution
+
+    # -- SGD and Adam -------------------------------------------------------------
+
+    def _new_optimizer(self, n_params: int, dtype: type) -> Dict[str, Any]:
+        """scikit-learn's SGDOptimizer / AdamOptimizer state, made by fit
+        (and by the first partial_fit), kept by later partial_fit calls."""
+        lr = float(self.learning_rate_init)
+        if self.solver == "sgd":
+            # "lr_used": the rate of the last step taken; the model's velocity
+            # u relates to scikit-learn's v as v = -lr_used * u.
+            return {"solver": "sgd", "lr": lr, "lr_used": lr}
+        return {"solver": "adam", "t": 0, "ms": np.zeros(n_params, dtype=dtype),
+                "vs": np.zeros(n_params, dtype=dtype)}
+
+    def _fit_stochastic(
+        self, X: np.ndarray, Y: np.ndarray, incremental: bool, sw: Optional[np.ndarray],
+    ) -> None:
+        """scikit-learn's ``_fit_stochastic``: the same draws, batches, updates and rules.
+
+        Everything random is drawn here exactly as scikit-learn draws it (the
+        validation split, then one shuffle of ``sample_idx`` per epoch).
+        With ``solver="sgd"`` each epoch is one call into the compiled loop,
+        which visits the rows in that order in consecutive batches and
+        applies the penalty and the momentum update after each one; with
+        ``solver="adam"`` (and sgd with sample weights) each batch's loss and
+        gradient are one kernel call and scikit-learn's update follows in
+        numpy.
+        """
+        net = self._net
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer(net.n_params, net.dtype.type)
+            if self._optimizer["solver"] == "sgd":
+                # scikit-learn's fit (warm or not) starts from zero velocity
+                net.reset_optimizer()
+
+        X_val = y_val = sw_val = None
         if self.early_stopping:
             stratify = Y.astype(bool) if (self._classifier and self.n_outputs_ == 1) else None
-            X, X_val, Y, Y_val = train_test_split(
-                X, Y, random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify,
-            )
+            if sw is None:
+                X, X_val, Y, Y_val = train_test_split(
+                    X, Y, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify,
+                )
+            else:  # the same split, the weights going with their rows
+                X, X_val, Y, Y_val, sw, sw_val = train_test_split(
+                    X, Y, sw, random_state=self._random_state,
+                    test_size=self.validation_fraction, stratify=stratify,
+                )
+                sw = np.ascontiguousarray(sw)
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' "
                     "or the size of your dataset."
                 )
             y_val = self._validation_target(Y_val)
+            X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
 
         n_samples = X.shape[0]
         if self.batch_size == "auto":
@@ -407,70 +717,183 @@ class _BaseMLP(BaseEstimator):
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        # scikit-learn reports 0.5 * mean over samples AND outputs of the
-        # squared error; fastbp's loss sums over the outputs (same gradient).
-        loss_scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        lr = C.check_lr(self.learning_rate_init, self._np_dtype())
-        # scikit-learn's update v_s <- mu v_s - lr g; theta += v_s (Nesterov:
-        # theta += mu v_s - lr g) is torch's v <- mu v + g; theta -= lr v
-        # (lr (g + mu v)) with v_s = -lr v: the same steps at a constant lr,
-        # up to rounding.  The kernel's l2 is scikit-learn's alpha exactly.
-        mu = float(self.momentum)
-
         sample_idx = np.arange(n_samples)
         self.n_iter_ = 0
         with net._lock:
-            X, Y = net._XY(X, Y)
-            runner = Epochs(
-                net, X, Y, batch_size, momentum=mu, nesterov=bool(self.nesterovs_momentum),
-                weight_decay=0.0, l2=float(self.alpha), flush_denormals=True,
-            )
+            if self._optimizer["solver"] == "sgd" and sw is None:
+                runner = Epochs(
+                    net, X, Y, batch_size, momentum=float(self.momentum),
+                    nesterov=bool(self.nesterovs_momentum), weight_decay=0.0,
+                    l2=float(self.alpha), flush_denormals=True,
+                )
+                epoch = self._sgd_epoch(runner)
+            else:
+                epoch = self._batch_epoch(X, Y, sw, batch_size)
             try:
-                self._run_epochs(runner, sample_idx, lr, loss_scale, incremental, X_val, y_val)
+                self._run_epochs(epoch, sample_idx, incremental, X_val, y_val, sw_val)
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
             finally:
-                del runner  # the workspace goes before the lock is released
+                epoch = runner = None  # the workspace goes before the lock is released
             if self.early_stopping:
                 self._set_params(self._best_params)
 
+    def _sgd_epoch(self, runner: Epochs) -> Any:
+        """One SGD epoch in the compiled loop: (sum of the batch losses, each
+        weighted by its size, with the L2 term), or None when it diverged."""
+        net = self._net
+        opt = self._optimizer
+        scale = self._loss_scale()
+
+        def epoch(order: Optional[np.ndarray]) -> Optional[float]:
+            lr = C.check_lr(opt["lr"], net.dtype.type)
+            if lr != opt["lr_used"] and runner.velocity.size:
+                # scikit-learn's v = -lr_used u; the next step uses lr: v = -lr u'
+                # (in place: the runner's buffer is the model's velocity)
+                runner.velocity *= net.dtype.type(opt["lr_used"] / lr)
+            opt["lr_used"] = lr
+            try:
+                loss_sum, _, penalty_sum = runner.epoch(order, lr, self.n_iter_)
+            except FloatingPointError:
+                return None  # the kernel rewound to the last step whose loss was finite
+            return scale * loss_sum + penalty_sum
+
+        return epoch
+
+    def _batch_epoch(
+        self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
+    ) -> Any:
+        """One adam (or weighted sgd) epoch: per batch, the loss and gradient
+        in one kernel call, then scikit-learn's update in numpy.
+
+        Adam: scikit-learn's ``AdamOptimizer`` with the same numpy operations
+        (so the same roundings) on the flat parameter vector.  sgd: the
+        momentum update in the kernel's form (the model's velocity ``u``,
+        scikit-learn's ``v = -lr u``), so that weighted and unweighted calls
+        can follow each other.  With sample weights s, a batch minimises
+        ``sum s_i l_i / sum s + alpha / (2 sum s) ||W||^2`` and its loss
+        counts with the batch's row count in ``loss_``, as in scikit-learn.
+        """
+        net = self._net
+        solver = self._optimizer["solver"]
+        velocity = None
+        if solver == "sgd":
+            if net._velocity is None:  # the model's SGD momentum buffer, as the kernel's
+                net.set_optimizer_state({"velocity": np.zeros_like(net.flat_parameters)})
+            velocity = net._velocity
+        mu, nesterov = net.dtype.type(self.momentum), bool(self.nesterovs_momentum)
+        opt = self._optimizer
+        theta = net.flat_parameters
+        grad = np.empty_like(theta)
+        w_slices = [(net._net.w_off[k], net._net.w_off[k] + W.size)
+                    for k, W in enumerate(net.weights)]
+        alpha = float(self.alpha)
+        scale = self._loss_scale()
+        beta_1, beta_2, epsilon = self.beta_1, self.beta_2, self.epsilon
+        lr_init = self.learning_rate_init
+        n_samples = X.shape[0]
+        n_threads = get_num_threads()
+
+        def epoch(order: Optional[np.ndarray]) -> Optional[float]:
+            accumulated = 0.0
+            for batch in gen_batches(n_samples, batch_size):
+                swb = None
+                if order is None:
+                    Xb, Yb = X[batch], Y[batch]
+                    if sw is not None:
+                        swb = sw[batch]
+                else:
+                    idx = order[batch]
+                    Xb, Yb = X.take(idx, axis=0), Y.take(idx, axis=0)
+                    if sw is not None:
+                        swb = sw.take(idx)
+                m = Xb.shape[0]
+                denom = m if swb is None else swb.sum()
+                loss = net._net.gradients(theta, Xb, Yb, grad, n_threads,
+                                          sample_weight=swb) * scale
+                values = 0.0
+                for a, b in w_slices:
+                    s = theta[a:b]
+                    values += np.dot(s, s)
+                loss += (0.5 * alpha) * values / denom
+                if alpha:
+                    for a, b in w_slices:
+                        grad[a:b] += (alpha / denom) * theta[a:b]
+                accumulated += loss * m
+                if solver == "sgd":
+                    lr = opt["lr"]
+                    if lr != opt["lr_used"]:  # as in _sgd_epoch
+                        np.multiply(velocity, net.dtype.type(opt["lr_used"] / lr), out=velocity)
+                        opt["lr_used"] = lr
+                    np.multiply(velocity, mu, out=velocity)
+                    np.add(velocity, grad, out=velocity)
+                    step = grad + mu * velocity if nesterov else velocity
+                    np.subtract(theta, net.dtype.type(lr) * step, out=theta)
+                    continue
+                # scikit-learn's AdamOptimizer._get_updates, on flat vectors
+                opt["t"] += 1
+                t = opt["t"]
+                ms, vs = opt["ms"], opt["vs"]
+                ms *= beta_1
+                ms += (1 - beta_1) * grad
+                vs *= beta_2
+                vs += (1 - beta_2) * (grad**2)
+                lr = lr_init * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+                np.add(theta, -lr * ms / (np.sqrt(vs) + epsilon), out=theta)
+            return accumulated
+
+        return epoch
+
     def _run_epochs(
-        self, runner: Epochs, sample_idx: np.ndarray, lr: float, loss_scale: float,
-        incremental: bool, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray],
+        self, epoch: Any, sample_idx: np.ndarray, incremental: bool,
+        X_val: Optional[np.ndarray], y_val: Optional[np.ndarray],
+        sw_val: Optional[np.ndarray] = None,
     ) -> None:
         n_samples = sample_idx.shape[0]
+        diverged = False
         for _ in range(self.max_iter):
             order = None
             if self.shuffle:
                 sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 order = sample_idx.astype(np.int64, copy=False)
-            try:
-                loss_sum, _, penalty_sum = runner.epoch(order, lr, self.n_iter_)
-            except FloatingPointError:
-                # The model is back at the last step with a finite loss.
-                raise ValueError(
-                    "Solver produced non-finite parameter weights (the training loss "
-                    f"became NaN or Inf at iteration {self.n_iter_ + 1}). The input "
-                    "data may contain large values and need to be preprocessed, or "
-                    f"learning_rate_init={lr:g} is too large."
-                ) from None
-            # Each batch's loss (mean, with alpha / (2 m) ||W||^2) weighted by
-            # its size m, over n_samples: scikit-learn's loss_.
+            if diverged:
+                loss_sum: Optional[float] = np.nan
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss_sum = epoch(order)
+            if loss_sum is None:
+                # A diverged SGD epoch: the kernel stopped at the first non-finite
+                # loss and rewound the weights.  scikit-learn's run goes on with
+                # NaN parameters: a NaN loss (and validation score) per epoch,
+                # which never counts as "no improvement", up to max_iter.
+                if not self.early_stopping:
+                    raise ValueError(
+                        _NON_FINITE + f" (The training loss became NaN or Inf in "
+                        f"iteration {self.n_iter_ + 1}.)"
+                    )
+                diverged = True
+                loss_sum = np.nan
             self.n_iter_ += 1
-            self.loss_ = (loss_scale * loss_sum + penalty_sum) / n_samples
+            self.loss_ = np.float64(loss_sum) / n_samples
             self.t_ += n_samples
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
-            self._update_no_improvement_count(X_val, y_val)
+            self._update_no_improvement_count(X_val, y_val, diverged, sw_val)
+
+            opt = self._optimizer
+            if opt["solver"] == "sgd" and self.learning_rate == "invscaling":
+                opt["lr"] = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
 
             if self._no_improvement_count > self.n_iter_no_change:
-                if self.verbose:
-                    what = "Validation score" if self.early_stopping else "Training loss"
-                    print(
-                        "%s did not improve more than tol=%f for %d consecutive epochs. "
-                        "Stopping." % (what, self.tol, self.n_iter_no_change)
-                    )
-                break
+                what = "Validation score" if self.early_stopping else "Training loss"
+                msg = "%s did not improve more than tol=%f for %d consecutive epochs." % (
+                    what, self.tol, self.n_iter_no_change)
+                if self._trigger_stopping(msg):
+                    break
+                self._no_improvement_count = 0
+
             if incremental:
                 break
             if self.n_iter_ == self.max_iter:
@@ -481,15 +904,36 @@ class _BaseMLP(BaseEstimator):
                     stacklevel=5,
                 )
 
+    def _trigger_stopping(self, msg: str) -> bool:
+        """scikit-learn's ``trigger_stopping``: stop, or (sgd with
+        ``learning_rate="adaptive"``) divide the rate by 5 and go on."""
+        opt = self._optimizer
+        if opt["solver"] != "sgd" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt["lr"] <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt["lr"] /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % opt["lr"])
+        return False
+
     def _update_no_improvement_count(
-        self, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]
+        self, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray], diverged: bool = False,
+        sw_val: Optional[np.ndarray] = None,
     ) -> None:
         if self.early_stopping:
-            y_pred = self._predict_checked(X_val)
-            if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            if diverged:
                 score = np.nan
             else:
-                score = float(self._score_function(y_val, y_pred))
+                y_pred = self._predict_checked(X_val)
+                if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+                    score = np.nan
+                else:
+                    score = self._score_function(y_val, y_pred, sw_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -523,48 +967,80 @@ _PARAMS_DOC = """
     activation : {"identity", "logistic", "tanh", "relu"}, default="relu"
         Hidden-layer activation (scikit-learn's names; ``"logistic"`` is
         fastbp's ``"sigmoid"``).
+    solver : {"adam", "sgd", "lbfgs"}, default="adam"
+        scikit-learn's solvers: ``"adam"`` (scikit-learn's Adam, see
+        ``beta_1``), ``"sgd"`` (mini-batch SGD with momentum, each epoch one
+        compiled call) and ``"lbfgs"`` (full-batch L-BFGS-B through
+        ``scipy.optimize.minimize``, as scikit-learn calls it; needs scipy).
     alpha : float, default=0.0001
         Strength of the L2 penalty, exactly as in scikit-learn: each
-        mini-batch of m samples minimises ``mean loss + alpha / (2 m) *
-        sum(||W||^2)`` over the weight matrices (not the intercepts), i.e.
-        every SGD step adds ``(alpha / m) * W`` to the weights' gradient.
-        The reported losses include this term.
+        mini-batch of m samples (the whole set for lbfgs) minimises ``mean
+        loss + alpha / (2 m) * sum(||W||^2)`` over the weight matrices (not
+        the intercepts), i.e. every step adds ``(alpha / m) * W`` to the
+        weights' gradient.  The reported losses include this term.
     batch_size : int or "auto", default="auto"
-        Mini-batch size; ``"auto"`` is ``min(200, n_samples)``.  Larger
-        values are clipped to n_samples (with a warning).
+        Mini-batch size of sgd and adam; ``"auto"`` is ``min(200,
+        n_samples)``.  Larger values are clipped to n_samples (with a
+        warning).  Unused by lbfgs.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        sgd's learning-rate rule, as scikit-learn's: ``"constant"``;
+        ``"invscaling"``: after each epoch the rate becomes
+        ``learning_rate_init / (t_ + 1) ** power_t``; ``"adaptive"``: when
+        the stopping rule fires (see ``tol``) the rate is divided by 5 and
+        training goes on, until the rate is at most 1e-6.  adam and lbfgs
+        ignore it, as scikit-learn's do.
     learning_rate_init : float, default=0.001
-        The (constant) SGD learning rate.
+        The initial step size of sgd and adam.
+    power_t : float, default=0.5
+        Exponent of ``"invscaling"``.
     max_iter : int, default=200
-        Maximum number of epochs (passes over the data).
+        Maximum number of epochs (sgd, adam) or of L-BFGS iterations.
     shuffle : bool, default=True
-        Shuffle the samples before each epoch.
+        Shuffle the samples before each epoch (sgd, adam).
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights, the shuffling and the validation split,
         with the same draws as scikit-learn's MLP.
     tol : float, default=1e-4
-        Tolerance of the stopping rule: training stops when the training loss
-        (or, with ``early_stopping``, the validation score) has not improved
-        by at least ``tol`` for more than ``n_iter_no_change`` consecutive
-        epochs.
-    verbose : bool, default=False
-        Print the loss (and validation score) after each epoch.
+        sgd and adam stop (or, with ``learning_rate="adaptive"``, slow
+        down) when the training loss (or, with ``early_stopping``, the
+        validation score) has not improved by at least ``tol`` for more
+        than ``n_iter_no_change`` consecutive epochs.  For lbfgs, scipy's
+        ``gtol``.
+    verbose : bool or int, default=False
+        Print the loss (and validation score) after each epoch, in
+        scikit-learn's words.
     warm_start : bool, default=False
         Make ``fit`` start from the current parameters instead of a fresh
-        initialisation (the momentum buffer is reset, as in scikit-learn).
+        initialisation (the optimizer's state is reset, as in scikit-learn).
     momentum : float, default=0.9
-        SGD momentum, in [0, 1].
+        sgd's momentum, in [0, 1].
     nesterovs_momentum : bool, default=True
-        Use Nesterov's momentum.
+        Use Nesterov's momentum (sgd).
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data, stop when its
-        score stops improving, and keep the parameters of the best epoch.
+        sgd and adam: hold out ``validation_fraction`` of the training data,
+        stop when its score stops improving, and keep the parameters of the
+        best epoch.
     validation_fraction : float, default=0.1
         Share of the training data held out with ``early_stopping``.
-    n_iter_no_change : int, default=10
-        Epochs without an improvement of ``tol`` tolerated before stopping.
-    dtype : {"float32", "float64"}, default="float32"
-        Precision of the parameters and of all computation; inputs are
-        converted to it.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        adam's decay rates of the first and second moment estimates, in
+        [0, 1).
+    epsilon : float, default=1e-8
+        adam's epsilon, scikit-learn's way: the step is ``lr_t * m / (sqrt(v)
+        + epsilon)`` with ``lr_t = learning_rate_init * sqrt(1 - beta_2**t)
+        / (1 - beta_1**t)`` (torch adds epsilon after the bias correction
+        of ``sqrt(v)`` instead).
+    n_iter_no_change : int or numpy.inf, default=10
+        Epochs without an improvement of ``tol`` tolerated (sgd, adam);
+        ``np.inf`` never stops early.
+    max_fun : int, default=15000
+        lbfgs: maximum number of loss evaluations (scipy's ``maxfun``).
+    dtype : {None, "float32", "float64"}, default=None
+        Precision of the parameters and of all computation.  None follows
+        scikit-learn: float32 when X is float32, float64 otherwise (and
+        float64 for lbfgs, whose parameters scikit-learn keeps in scipy's
+        float64 vector); a continued fit (``warm_start``, ``partial_fit``)
+        keeps the network's.  Inputs are converted to it.
     n_threads : int or None, default=None
         At most this many threads for this estimator's fit and predict
         calls (through ``fastbp.threads``, local to the calling Python
@@ -573,31 +1049,36 @@ _PARAMS_DOC = """
 """
 
 _ATTRIBUTES_DOC = """
-    loss_ : float
-        Training loss of the last epoch (mean of the per-batch losses, each
-        taken before its update, with the L2 term).
-    best_loss_ : float or None
-        Lowest ``loss_`` seen; None with ``early_stopping``.
-    loss_curve_ : list of float
-        ``loss_`` after each epoch.
+    loss_ : numpy.float64
+        sgd, adam: training loss of the last epoch (mean of the per-batch
+        losses, each taken before its update, with the L2 term); lbfgs: the
+        objective at the solution.
+    best_loss_ : numpy.float64 or None
+        Lowest ``loss_`` seen; None with ``early_stopping``.  sgd and adam
+        only (as in scikit-learn, lbfgs does not set it).
+    loss_curve_ : list of numpy.float64
+        ``loss_`` after each epoch (sgd, adam).
     validation_scores_ : list of float or None
-        Score on the held-out set after each epoch with ``early_stopping``,
-        else None.
+        Score on the held-out set after each epoch with ``early_stopping``
+        (NaN once the parameters are not finite), else None (sgd, adam).
     best_validation_score_ : float or None
-        Best of ``validation_scores_``, or None.
+        Best of ``validation_scores_``, or None (sgd, adam).
     t_ : int
-        Number of training samples seen.
+        Number of training samples seen (0 for lbfgs).
     coefs_ : list of ndarray
-        ``coefs_[i]`` of shape (n_in, n_out), the weights of layer i
-        (views of the model: in-place writes go into it).
+        ``coefs_[i]`` of shape (n_in, n_out), the weights of layer i, in the
+        network's dtype (views of the model: in-place writes go into it, and
+        so do ``coefs_[i] = a`` and ``coefs_ = [...]``, shapes checked).
     intercepts_ : list of ndarray
-        ``intercepts_[i]`` of shape (n_out,), the biases of layer i (views).
+        ``intercepts_[i]`` of shape (n_out,), the biases of layer i (views,
+        assignable as ``coefs_``).
     n_features_in_ : int
         Number of features seen in fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Feature names seen in fit, when X had string column names.
     n_iter_ : int
-        Number of epochs run by the last call to fit (1 for partial_fit).
+        Number of epochs (sgd, adam; 1 for partial_fit) or L-BFGS iterations
+        run by the last call to fit.
     n_layers_ : int
         Number of layers, input and output included.
     n_outputs_ : int
@@ -611,10 +1092,10 @@ _ATTRIBUTES_DOC = """
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     __doc__ = (
-        """Multi-layer perceptron classifier trained by SGD in fastbp's kernels.
+        """Multi-layer perceptron classifier trained in fastbp's kernels.
 
-    A drop-in for ``sklearn.neural_network.MLPClassifier(solver="sgd",
-    learning_rate="constant")``.  Multiclass targets use a softmax output and
+    A drop-in for ``sklearn.neural_network.MLPClassifier``, with the same
+    parameters, solvers and results (to rounding).  Multiclass targets use a softmax output and
     the cross-entropy; binary targets use one logistic output unit and the
     binary cross-entropy, as scikit-learn does; multilabel indicator targets
     use one logistic unit per label.  Class labels may be of any type
@@ -652,7 +1133,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self, X: ArrayLike, y: ArrayLike, incremental: bool, reset: bool
     ) -> Tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(
-            self, X, y, multi_output=True, dtype=self._np_dtype(), reset=reset
+            self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -674,8 +1155,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     f"`y` has classes not in `self.classes_`. `self.classes_` has "
                     f"{self.classes_}. 'y' has {classes}."
                 )
-        Y = self._label_binarizer.transform(y).astype(self._np_dtype())
-        return X, Y
+        return X, self._label_binarizer.transform(y)
 
     def _out_activation(self) -> str:
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -689,10 +1169,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _validation_target(self, Y: np.ndarray) -> np.ndarray:
         return self._label_binarizer.inverse_transform(Y)
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
-        return accuracy_score(y, y_pred)
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
+        return accuracy_score(y, y_pred, sample_weight=sample_weight)
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "MLPClassifier":
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+            ) -> "MLPClassifier":
         """Fit the model to data X and labels y.
 
         Parameters
@@ -701,18 +1184,29 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Training inputs (dense).
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels, or a multilabel indicator matrix.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, finite and >= 0, not all zero: each batch (lbfgs:
+            the whole set) minimises ``sum s_i l_i / sum s + alpha / (2 sum
+            s) ||W||^2``, as in scikit-learn; the early-stopping split keeps
+            each row's weight and the validation score is weighted.
 
         Returns
         -------
         self : MLPClassifier
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(
-        self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None
+        self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+        classes: Optional[ArrayLike] = None,
     ) -> "MLPClassifier":
-        """Update the model with one epoch over the given data.
+        """Update the model with one epoch over the given data (sgd and adam).
+
+        As in scikit-learn, the attribute does not exist for
+        ``solver="lbfgs"`` (``hasattr(est, "partial_fit")`` is False and the
+        call raises AttributeError).
 
         Parameters
         ----------
@@ -720,6 +1214,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, as for :meth:`fit`.
         classes : array-like of shape (n_classes,), default=None
             All the classes that any call may see; required on the first
             call, optional (and then checked) afterwards.
@@ -746,7 +1242,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 self._label_binarizer.fit(classes)
             self.classes_ = self._label_binarizer.classes_
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict class labels.
@@ -811,16 +1307,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = (
-        """Multi-layer perceptron regressor trained by SGD in fastbp's kernels.
+        """Multi-layer perceptron regressor trained in fastbp's kernels.
 
-    A drop-in for ``sklearn.neural_network.MLPRegressor(solver="sgd",
-    learning_rate="constant")``: identity output, squared error, one or
+    A drop-in for ``sklearn.neural_network.MLPRegressor``: identity output, squared error, one or
     several outputs.  The loss reported in ``loss_curve_`` is scikit-learn's,
     half the mean over samples and outputs of the squared error (plus the L2
     term); the gradient is that of half the sum over outputs, as in
     scikit-learn.
 """
-        + _PARAMS_DOC
+        + """
+    Parameters
+    ----------
+    loss : {"squared_error"}, default="squared_error"
+        scikit-learn's ``"poisson"`` is not available yet (ValueError).
+"""
+        + _PARAMS_DOC.replace("    Parameters\n    ----------\n", "")
         + """
     Attributes
     ----------
@@ -848,16 +1349,30 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self, X: ArrayLike, y: ArrayLike, incremental: bool, reset: bool
     ) -> Tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=self._np_dtype(), reset=reset
+            self, X, y, multi_output=True, y_numeric=True, dtype=(np.float64, np.float32),
+            reset=reset,
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        if y.ndim == 1:
-            y = y.reshape(-1, 1)
-        Y = np.ascontiguousarray(y, dtype=self._np_dtype())
+        return X, y
+
+    def _target(self, Y: np.ndarray, dtype: type) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            Y = super()._target(Y, dtype)
         if not np.isfinite(Y).all():
-            raise ValueError(f"y does not fit in {np.dtype(self._np_dtype()).name}")
-        return X, Y
+            raise ValueError(f"y does not fit in {np.dtype(dtype).name}")
+        return Y
+
+    def _check_loss(self) -> None:
+        if self.loss == "poisson":
+            raise ValueError(
+                "loss='poisson' is not available yet in fastbp.sklearn.MLPRegressor "
+                "(it needs a Poisson deviance with an exp output in fastbp's kernels); "
+                "use loss='squared_error' or sklearn.neural_network.MLPRegressor"
+            )
+        if self.loss != "squared_error":
+            raise ValueError(f"loss must be 'squared_error' (or, in scikit-learn, "
+                             f"'poisson'), got {self.loss!r}")
 
     def _out_activation(self) -> str:
         return "identity"
@@ -869,10 +1384,55 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _validation_target(self, Y: np.ndarray) -> np.ndarray:
         return Y.ravel() if Y.shape[1] == 1 else Y
 
-    def _score_function(self, y: np.ndarray, y_pred: np.ndarray) -> float:
-        return r2_score(y, y_pred)
+    def __init__(
+        self,
+        loss: str = "squared_error",
+        hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: Union[int, str] = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Union[int, np.random.RandomState, None] = None,
+        tol: float = 1e-4,
+        verbose: Union[bool, int] = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: Union[int, float] = 10,
+        max_fun: int = 15000,
+        dtype: Optional[str] = None,
+        n_threads: Optional[int] = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads,
+        )
+        self.loss = loss
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "MLPRegressor":
+    def _score_function(
+        self, y: np.ndarray, y_pred: np.ndarray, sample_weight: Optional[np.ndarray] = None,
+    ) -> float:
+        return r2_score(y, y_pred, sample_weight=sample_weight)
+
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+            ) -> "MLPRegressor":
         """Fit the model to data X and targets y.
 
         Parameters
@@ -881,16 +1441,27 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Training inputs (dense).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, finite and >= 0, not all zero: each batch (lbfgs:
+            the whole set) minimises ``sum s_i l_i / sum s + alpha / (2 sum
+            s) ||W||^2``, as in scikit-learn; the early-stopping split keeps
+            each row's weight and the validation R^2 is weighted.
 
         Returns
         -------
         self : MLPRegressor
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> "MLPRegressor":
-        """Update the model with one epoch over the given data.
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                    ) -> "MLPRegressor":
+        """Update the model with one epoch over the given data (sgd and adam).
+
+        As in scikit-learn, the attribute does not exist for
+        ``solver="lbfgs"`` (``hasattr(est, "partial_fit")`` is False and the
+        call raises AttributeError).
 
         Parameters
         ----------
@@ -898,13 +1469,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights, as for :meth:`fit`.
 
         Returns
         -------
         self : MLPRegressor
             The updated estimator.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict targets.

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # bench/ is not installed: import it from the checkout
     sys.path.insert(0, str(ROOT))
 
-from bench.configs import CONFIGS  # noqa: E402
+from bench import fma_peak, peers, report, verify, worker  # noqa: E402
+from bench.configs import CONFIGS, Config  # noqa: E402
 from bench.numpy_mlp import NumpyMLP  # noqa: E402
-from bench.run import blas_warning  # noqa: E402
+from bench.run import blas_warning, parse_args  # noqa: E402
 
 
 def _run(args: list[str], extra_pythonpath: Path | None = None) -> subprocess.CompletedProcess:
@@ -65,7 +67,7 @@ def test_numpy_mlp_epoch_lowers_loss_and_keeps_dtype() -> None:
     net = NumpyMLP([8, 16, 2], activation="relu", dtype="float32", seed=0)
     before = net.loss(X, Y)
     for _ in range(5):
-        net.fit_epoch(X, Y, batch_size=16, lr=0.05, rng=rng)
+        net.fit_epoch(X, Y, batch_size=16, lr=0.05, order=rng)
     assert net.loss(X, Y) < 0.5 * before
     assert all(W.dtype == np.float32 for W in net.weights + net.biases)
 
@@ -102,10 +104,19 @@ def test_quick_run_without_optional_peers(tmp_path: Path) -> None:
         assert status[("sklearn", cfg)] == "skipped"
     assert status[("reference", "tiny")] == "ok"
     assert ("reference", "small") not in status
+    for slow in ("jax", "torch_compile", "torch_scan"):  # compile for seconds: not in --quick
+        assert (slow, "tiny") not in status
     for r in doc["results"]:
         if r["status"] == "ok" and r["spec"]["kind"] == "peer":
             assert r["samples_per_s"] > 0 and r["peak_rss_mib"] >= 0
             assert r["fastbp_ratio"] > 0
+            assert r["verify"]["ok"] and r["verify"]["err"] < verify.TOLERANCE["float32"]
+    best = {b["config"]: b for b in doc["best"]}
+    assert best["small"]["best_peer"] == "numpy"  # the only other peer left
+    assert best["small"]["ratio"] == pytest.approx(
+        best["small"]["fastbp"] / best["small"]["peers"]["numpy"])
+    assert "fastbp against the best peer" in proc.stdout
+    assert doc["fma_peak"] is None  # not in --quick
 
 
 @pytest.mark.skipif(
@@ -150,3 +161,172 @@ def test_quick_busy_core_case(tmp_path: Path) -> None:
 def test_wide_config() -> None:
     wide = CONFIGS["wide"]
     assert wide.sizes == (1024, 4096, 1024) and wide.batch_size == 4
+
+
+# -- the shared start, the float64 check --------------------------------
+
+SMALL = Config("t", (5, 7, 3), "relu", 4, 30, 30)  # 30 rows: a last batch of 2
+
+
+def _data(dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((30, 5)).astype(dtype),
+            rng.standard_normal((30, 3)).astype(dtype))
+
+
+def _numpy_epoch(dtype: str, lr: float, order: np.ndarray) -> verify.Params:
+    X, Y = _data(dtype)
+    net = NumpyMLP(SMALL.sizes, activation=SMALL.activation, dtype=dtype)
+    net.set_params(peers.init_params(SMALL.sizes, dtype, 0))
+    net.fit_epoch(X, Y, SMALL.batch_size, lr, order)
+    return list(zip(net.weights, net.biases))
+
+
+def test_shuffle_is_fastbps_own_order() -> None:
+    sh = peers.Shuffle(5, 30)
+    np.testing.assert_array_equal(sh(2), np.random.default_rng(7).permutation(30))
+    X, Y = _data()
+    init = peers.init_params(SMALL.sizes, "float32", 0)
+    assert all(np.any(b != 0) for _, b in init)  # biases too
+    trainer = peers.PEERS["fastbp"].build(SMALL, X, Y, 0.01, init, sh)
+    trainer.epoch(2)
+    net = NumpyMLP(SMALL.sizes, activation=SMALL.activation, dtype="float32")
+    net.set_params(init)
+    net.fit_epoch(X, Y, SMALL.batch_size, 0.01, sh(2))
+    for (W, b), W2, b2 in zip(trainer.params(), net.weights, net.biases):
+        np.testing.assert_allclose(W, W2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_verify_accepts_rounding_and_refuses_mistakes(dtype: str) -> None:
+    X, Y = _data(dtype)
+    init = peers.init_params(SMALL.sizes, dtype, 0)
+    order = peers.Shuffle(0, 30)(0)
+    lr = 0.05
+    good = verify.check(_numpy_epoch(dtype, lr, order), SMALL, X, Y, lr, init, order)
+    assert good["ok"] and good["err"] < verify.TOLERANCE[dtype] / 10, good
+    for bad in (_numpy_epoch(dtype, lr * 1.01, order),          # lr 1% off
+                _numpy_epoch(dtype, lr, peers.Shuffle(0, 30)(1)),  # another order
+                [(W, b0) for (W, _), (_, b0) in zip(_numpy_epoch(dtype, lr, order), init)]):
+        res = verify.check(bad, SMALL, X, Y, lr, init, order)
+        assert not res["ok"] and "differ from the float64" in res["reason"], res
+    nan = [(W * np.nan, b) for W, b in _numpy_epoch(dtype, lr, order)]
+    assert verify.check(nan, SMALL, X, Y, lr, init, order)["reason"] == "non-finite parameters"
+    shapes = verify.check(_numpy_epoch(dtype, lr, order)[:1], SMALL, X, Y, lr, init, order)
+    assert not shapes["ok"] and "shapes" in shapes["reason"]
+
+
+def test_worker_refuses_a_wrong_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer off by 2% in its learning rate is reported and never timed."""
+    def build(cfg, X, Y, lr, init, shuffle):  # type: ignore[no-untyped-def]
+        return peers.PEERS["numpy"].build(cfg, X, Y, lr * 1.02, init, shuffle)
+
+    monkeypatch.setitem(peers.PEERS, "wrong", peers.Peer("wrong", ("numpy",), build))
+    spec = {"kind": "peer", "peer": "wrong", "config": "small", "dtype": "float32",
+            "threads": 1, "quick": True, "lr": 0.001, "min_time": 0.0, "warmup": 1,
+            "repeats": 3, "seed": 0}
+    res = worker.run_spec(spec)
+    assert res["status"] == "refused" and "not timed" in res["note"]
+    assert "times_s" not in res and res["verify"]["err"] > verify.TOLERANCE["float32"]
+    spec["peer"] = "numpy"
+    ok = worker.run_spec(spec)
+    assert ok["status"] == "ok" and len(ok["times_s"]) == 3 and ok["verify"]["ok"]
+
+
+def test_thread_usage_counts_busy_threads() -> None:
+    before = {"1": 0, "2": 0, "3": 0}
+    after = {"1": int(0.9e9), "2": int(0.5e9), "3": int(0.01e9), "4": int(0.2e9)}
+    u = worker.thread_usage(before, after, 1.0)
+    assert u["threads_busy"] == 3 and u["threads_alive"] == 4
+    assert u["cpu_s"] == pytest.approx(1.61) and u["thread_cpu_s"][0] == 0.9
+    snap = worker.thread_cpu_ns()
+    assert str(threading.get_native_id()) in snap or not snap
+
+
+def test_best_peers_and_peak_fraction() -> None:
+    def res(peer: str, sps: float, cfg: str = "large", status: str = "ok") -> dict:
+        return {"spec": {"kind": "peer", "peer": peer, "config": cfg, "dtype": "float32",
+                         "threads": 2}, "status": status, "samples_per_s": sps,
+                "gflops": sps * CONFIGS[cfg].flops_per_sample / 1e9,
+                "peer_info": {"gemm_isa": "avx2"} if peer == "fastbp" else {}}
+    results = [res("fastbp", 3000.0), res("numpy", 2500.0), res("jax", 3600.0),
+               res("torch", 9000.0, status="refused"), res("reference", 1e6)]
+    (b,) = report.best_peers(results)
+    assert b["best_peer"] == "jax" and b["ratio"] == pytest.approx(3000 / 3600)
+    fma = {"status": "ok", "results": [
+        {"isa": "avx2", "dtype": "float32", "supported": True, "gflops": {"1": 100, "2": 190}},
+        {"isa": "avx512", "dtype": "float32", "supported": True, "gflops": {"1": 110, "2": 200}},
+        {"isa": "avx512", "dtype": "float64", "supported": False}]}
+    (p,) = report.peak_fractions(results, fma)
+    assert p["peak_isa"] == "avx512" and p["fraction"] == pytest.approx(p["gflops"] / 200)
+    assert p["own_isa_fraction"] == pytest.approx(p["gflops"] / 190)
+    assert fma_peak.peak(fma, "float64", 1) is None
+    assert report.best_peers([res("fastbp", 1.0)])[0]["ratio"] is None
+
+
+@pytest.mark.skipif(fma_peak.compiler() is None, reason="no C compiler")
+def test_fma_peak_runs() -> None:
+    out = fma_peak.measure(trials=1)
+    assert out["status"] == "ok", out
+    by = {(r["isa"], r["dtype"]): r for r in out["results"]}
+    assert set(by) == {(i, d) for i in ("avx2", "avx512") for d in ("float32", "float64")}
+    for r in by.values():
+        if r["supported"]:
+            assert r["gflops"]["1"] > 0 and r["gflops"]["2"] > 0
+
+
+def test_warmup_must_include_the_verified_epoch() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--warmup", "0"])
+    assert "jax" not in parse_args(["--quick"]).peers
+    assert "jax" in parse_args([]).peers
+
+
+def test_jax_peer_tiny(tmp_path: Path) -> None:
+    """The JAX peer in a worker: verified, timed, on the thread count asked."""
+    pytest.importorskip("jax")
+    spec = {"kind": "peer", "peer": "jax", "config": "small", "dtype": "float32",
+            "threads": 1, "quick": True, "lr": 0.001, "min_time": 0.0, "warmup": 1,
+            "repeats": 2, "seed": 0}
+    proc = _run(["-m", "bench.worker", json.dumps(spec)])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["status"] == "ok", res
+    assert res["verify"]["ok"] and res["peer_info"]["PJRT_NPROC"] == "1"
+
+
+def test_torch_scan_body_matches_numpy() -> None:
+    """The whole-epoch torch.compile peer's step (backward written out), run eagerly."""
+    torch = pytest.importorskip("torch")
+    for act in ("relu", "sigmoid", "tanh"):
+        cfg = Config("t", (5, 7, 3), act, 4, 30, 30)
+        X, Y = _data("float64")
+        init = peers.init_params(cfg.sizes, "float64", 0)
+        body = peers._torch_scan_body(cfg, 0.1)
+        params = [torch.from_numpy(a.copy()) for W, b in init for a in (W, b)]
+        new, loss = body(params, (torch.from_numpy(X[:4]), torch.from_numpy(Y[:4])))
+        net = NumpyMLP(cfg.sizes, activation=act, dtype="float64")
+        net.set_params(init)
+        want_loss = net.step(X[:4], Y[:4], 0.1)
+        assert float(loss) == pytest.approx(want_loss, rel=1e-12)
+        for k, (W, b) in enumerate(zip(net.weights, net.biases)):
+            np.testing.assert_allclose(new[2 * k].numpy(), W, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(new[2 * k + 1].numpy(), b, rtol=1e-12, atol=1e-14)
+
+
+def test_sklearn_peer_follows_the_shared_order() -> None:
+    pytest.importorskip("sklearn")
+    X, Y = _data()
+    init = peers.init_params(SMALL.sizes, "float32", 0)
+    sh = peers.Shuffle(0, 30)
+    t = peers.PEERS["sklearn"].build(SMALL, X, Y, 0.05, init, sh)
+    t.epoch(0)
+    assert verify.check(t.params(), SMALL, X, Y, 0.05, init, sh(0))["ok"]
+
+
+def test_numpy_mlp_set_params_checks_shapes() -> None:
+    net = NumpyMLP([3, 4, 2])
+    with pytest.raises(ValueError, match="expected 2 layers"):
+        net.set_params([(np.zeros((4, 3)), np.zeros(4))])
+    with pytest.raises(ValueError, match="layer 1"):
+        net.set_params([(np.zeros((4, 3)), np.zeros(4)), (np.zeros((2, 3)), np.zeros(2))])

@@ -117,7 +117,7 @@ def test_file_is_plain_npz_with_documented_keys(tmp_path):
                        "output", "loss", "bias", "dtype", "weight_0", "bias_0", "weight_1",
                        "bias_1"} <= {k for k in keys if k.startswith("optimizer.")}
         assert str(z["format"]) == "fastbp-mlp"
-        assert int(z["version"]) == fio.FORMAT_VERSION == 2
+        assert int(z["version"]) == fio.FORMAT_VERSION == 3
         assert z["layer_sizes"].dtype == np.int64 and list(z["layer_sizes"]) == [4, 3, 2]
         assert z["bias"].dtype == np.bool_ and bool(z["bias"])
         assert str(z["dtype"]) == "float64"
@@ -205,28 +205,124 @@ def test_empty_optimizer_state_round_trip(tmp_path):
     assert not back.optimizer_state()
 
 
-class _StatefulMLP(fastbp.MLP):
-    """A model with a stand-in optimizer state, to test the file format alone."""
-
-    def optimizer_state(self):
-        return dict(getattr(self, "_fake_state", {}))
-
-    def set_optimizer_state(self, state):
-        self._fake_state = dict(state)
-
-
-def test_optimizer_state_is_written_and_restored_via_the_model_api(tmp_path, monkeypatch):
-    net = _StatefulMLP([4, 5, 3], seed=0, dtype="float32")
-    v = np.arange(net.n_params, dtype=np.float32) / 7
-    net._fake_state = {"velocity": v, "steps": np.array(12, dtype=np.int64)}
+@pytest.mark.parametrize("opt", [
+    fastbp.optim.SGD(lr=0.1, momentum=0.9, nesterov=True),
+    fastbp.optim.Adam(lr=0.01, amsgrad=True),
+    fastbp.optim.AdamW(lr=0.02, betas=(0.8, 0.99)),
+    fastbp.optim.RMSprop(momentum=0.5, centered=True),
+], ids=lambda o: o.name)
+def test_version_3_keeps_the_optimizer_config_step_and_arrays(tmp_path, opt):
+    """The state of any optimizer, set through the model's API: its config as
+    JSON, the step count and one array per state name."""
+    net = make_net(dtype="float32", sizes=(4, 5, 3))
+    rng = np.random.default_rng(1)
+    names = [("velocity" if opt.name == "sgd" else k) for k in opt.state_names()]
+    state = {"optimizer": opt.get_config(), "step": 12}
+    state.update({k: rng.uniform(size=net.n_params).astype(np.float32) for k in names})
+    net.set_optimizer_state(state)
     path = tmp_path / "m.npz"
     fio.save(net, path)
-    import fastbp.model
-    monkeypatch.setattr(fastbp.model, "MLP", _StatefulMLP)
-    back = fio.load(path)
-    assert back._fake_state["velocity"].tobytes() == v.tobytes()
-    assert back._fake_state["velocity"].dtype == np.float32
-    assert int(back._fake_state["steps"]) == 12
+    with np.load(path, allow_pickle=False) as z:
+        import json
+        assert json.loads(str(z["optimizer_config"])) == opt.get_config()
+        assert int(z["optimizer_step"]) == 12
+        assert sorted(k for k in z.files if k.startswith("optimizer.")) == \
+            sorted("optimizer." + k for k in names)
+    got = fio.load(path).optimizer_state()
+    assert got["optimizer"] == opt.get_config() and got["step"] == 12
+    assert set(got) == set(state)
+    for k in names:
+        assert got[k].dtype == np.float32 and got[k].tobytes() == state[k].tobytes()
+
+
+def _v3_state_file(tmp_path, opt=None, step=3, **arrays):
+    """A good file with an optimizer_config / optimizer_step and the given arrays."""
+    import json
+
+    opt = opt or fastbp.optim.Adam()
+    extra = {"optimizer_config": np.array(json.dumps(opt.get_config()))}
+    if step is not None:
+        extra["optimizer_step"] = np.array(step, dtype=np.int64)
+    extra.update({"optimizer." + k: v for k, v in arrays.items()})
+    return hostile(tmp_path, **extra)
+
+
+def test_hostile_version_3_optimizer_state(tmp_path):
+    import json
+
+    n = good_arrays(sizes=(4, 3, 2))[0].n_params
+    z = np.zeros(n)
+    ok = dict(exp_avg=z, exp_avg_sq=z)
+    assert fio.load(_v3_state_file(tmp_path, **ok)).optimizer_state()["step"] == 3
+    load_error(_v3_state_file(tmp_path, exp_avg=z),
+               r"needs arrays \['optimizer.exp_avg', 'optimizer.exp_avg_sq'\]")
+    load_error(_v3_state_file(tmp_path, **ok, max_exp_avg_sq=z), "needs arrays")
+    load_error(_v3_state_file(tmp_path, step=None, **ok), "missing key 'optimizer_step'")
+    load_error(_v3_state_file(tmp_path, step=-2, **ok), "'optimizer_step' must be >= 0")
+    load_error(_v3_state_file(tmp_path, exp_avg=z, exp_avg_sq=np.zeros(n + 1)),
+               r"'optimizer.exp_avg_sq' has shape")
+    load_error(_v3_state_file(tmp_path, exp_avg=z, exp_avg_sq=np.zeros(n, np.float32)),
+               "'optimizer.exp_avg_sq' has dtype float32")
+    bad = z.copy()
+    bad[2] = np.inf
+    load_error(_v3_state_file(tmp_path, exp_avg=z, exp_avg_sq=bad),
+               "'optimizer.exp_avg_sq' contains NaN or Inf")
+    load_error(_v3_state_file(tmp_path, fastbp.optim.SGD()), "keeps no state")
+    for config, match in [("{not json", "not valid JSON"),
+                          (json.dumps({"name": "nadam"}), "unknown optimizer name"),
+                          (json.dumps({"name": "adam", "lr": -1}), "lr must be"),
+                          (json.dumps({"name": "adam", "bogus": 1}), "unknown Adam"),
+                          (json.dumps([1, 2]), "must be a dict"),
+                          ("x" * 5000, "declares")]:
+        load_error(hostile(tmp_path, optimizer_config=np.array(config),
+                           optimizer_step=np.array(1), **{"optimizer." + k: v
+                                                          for k, v in ok.items()}), match)
+    load_error(hostile(tmp_path, optimizer_step=np.array(1)), "'optimizer_step' without")
+    # Version 2 files know nothing of these keys.
+    v2 = {"version": np.array(2, dtype=np.int64)}
+    load_error(hostile(tmp_path, v2, optimizer_step=np.array(1)), "unexpected key 'optimizer_step'")
+    load_error(hostile(tmp_path, v2, dropout=np.array([0.5])), "unexpected key 'dropout'")
+
+
+def test_version_2_velocity_loads_as_sgd_momentum(tmp_path):
+    net = make_net(sizes=(4, 3, 2))
+    X, Y = data(net, n=20)
+    net.fit(X, Y, epochs=1, batch_size=4, momentum=0.9, seed=0)
+    arrays = fio._arrays_of(net)
+    for key in ("optimizer_config", "optimizer_step"):
+        del arrays[key]
+    arrays["version"] = np.array(2, dtype=np.int64)
+    np.savez(tmp_path / "v2.npz", **arrays)
+    back = fio.load(tmp_path / "v2.npz")
+    assert set(back.optimizer_state()) == {"velocity"}
+    net.fit(X, Y, epochs=1, batch_size=4, momentum=0.9, seed=1)
+    back.fit(X, Y, epochs=1, batch_size=4, momentum=0.9, seed=1)
+    assert back._theta.tobytes() == net._theta.tobytes()
+    with pytest.raises(ValueError, match="cannot continue"):
+        back.fit(X, Y, epochs=1, optimizer=fastbp.optim.Adam())
+
+
+def test_dropout_is_saved(tmp_path):
+    for dropout in (0.25, (0.1, 0.5)):
+        net = fastbp.MLP([4, 6, 5, 2], dropout=dropout, seed=0)
+        fio.save(net, tmp_path / "m.npz")
+        back = fio.load(tmp_path / "m.npz")
+        assert back.dropout == dropout and repr(back) == repr(net)
+    fio.save(fastbp.MLP([4, 6, 2]), tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        assert "dropout" not in z.files
+    for bad, match in [(np.array([0.5, 1.0]), r"probabilities in \[0, 1\)"),
+                       (np.array([0.5, np.nan]), r"probabilities in \[0, 1\)"),
+                       (np.array([0.5]), r"'dropout' has shape"),
+                       (np.array([1, 2], dtype=np.int64), "'dropout' has dtype")]:
+        arrays = fio._arrays_of(fastbp.MLP([4, 6, 5, 2], dropout=0.1))
+        arrays["dropout"] = bad
+        np.savez(tmp_path / "d.npz", **arrays)
+        load_error(tmp_path / "d.npz", match)
+    arrays = fio._arrays_of(fastbp.MLP([4, 2]))
+    arrays["dropout"] = np.zeros(0)
+    np.savez(tmp_path / "d.npz", **arrays)
+    load_error(tmp_path / "d.npz", "no hidden layer")
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +466,7 @@ def test_format_stored_as_bytes_is_rejected(tmp_path):
     load_error(hostile(tmp_path, {"format": np.array(b"fastbp-mlp")}), "'format' has dtype")
 
 
-@pytest.mark.parametrize("version", [0, 3, 99, -1])
+@pytest.mark.parametrize("version", [0, 4, 99, -1])
 def test_unknown_version(tmp_path, version):
     load_error(hostile(tmp_path, {"version": np.array(version, dtype=np.int64)}),
                f"unsupported format version {version}")
@@ -518,6 +614,9 @@ def test_bad_optimizer_state(tmp_path):
     v[3] = np.nan
     load_error(hostile(tmp_path, **{"optimizer.velocity": v}), "'optimizer.velocity' contains NaN")
     load_error(hostile(tmp_path, **{"optimizer.other": np.array(["s"])}),
+               r"without 'optimizer_config' the only optimizer array is 'optimizer.velocity'")
+    v2 = {"version": np.array(2, dtype=np.int64)}  # versions 1 and 2 read any optimizer.* array
+    load_error(hostile(tmp_path, v2, **{"optimizer.other": np.array(["s"])}),
                "'optimizer.other' has dtype")
 
 
@@ -556,11 +655,13 @@ def test_huge_declared_array_is_refused_without_allocating(tmp_path):
     big = _raw_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }",
                    b"\x00" * 64)
     load_error(hostile(tmp_path, **{"optimizer.velocity": big}), "'optimizer.velocity' has shape")
-    load_error(hostile(tmp_path, **{"optimizer.other": big}), "'optimizer.other' declares")
+    v2 = {"version": np.array(2, dtype=np.int64)}
+    load_error(hostile(tmp_path, v2, **{"optimizer.other": big}), "'optimizer.other' declares")
     load_error(hostile(tmp_path, {"layer_sizes": big}), "'layer_sizes' has dtype")
     neg = _raw_npy("{'descr': '<i8', 'fortran_order': False, 'shape': (-1,), }", b"\x00" * 64)
     load_error(hostile(tmp_path, {"layer_sizes": neg}), "negative dimension")
-    load_error(hostile(tmp_path, **{"optimizer.other": neg}), "negative dimension")
+    load_error(hostile(tmp_path, v2, **{"optimizer.other": neg}), "negative dimension")
+    load_error(hostile(tmp_path, **{"optimizer.velocity": neg}), "negative dimension")
     huge_str = _raw_npy("{'descr': '<U100000', 'fortran_order': False, 'shape': (), }")
     load_error(hostile(tmp_path, {"activation": huge_str}), "'activation' declares")
     load_error(hostile(tmp_path, {"weight_0": big}), r"'weight_0' has shape \(1000000000000,\)")

@@ -58,9 +58,17 @@ def one_thread():
 # Small but real configurations: the checks insist on training accuracy > 0.83
 # and R^2 > 0.5, and make_regression's unscaled targets need a modest step.
 CHECKED = [
+    MLPClassifier(solver="sgd", max_iter=30, learning_rate_init=0.01, random_state=0),
+    MLPRegressor(solver="sgd", max_iter=50, learning_rate_init=0.002, random_state=0),
     MLPClassifier(max_iter=30, learning_rate_init=0.01, random_state=0),
-    MLPRegressor(max_iter=50, learning_rate_init=0.002, random_state=0),
+    MLPRegressor(max_iter=50, learning_rate_init=0.01, random_state=0),
+    MLPClassifier(solver="lbfgs", max_iter=50, random_state=0),
+    MLPRegressor(solver="lbfgs", max_iter=50, random_state=0),
 ]
+
+
+def _check_id(est):
+    return f"{type(est).__name__}-{est.solver}"
 
 
 @parametrize_with_checks(CHECKED)
@@ -68,7 +76,7 @@ def test_sklearn_checks(estimator, check):
     check(estimator)
 
 
-@pytest.mark.parametrize("est", CHECKED, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("est", CHECKED, ids=_check_id)
 def test_subset_invariance_float64(est):
     est = clone(est).set_params(dtype="float64")
     check_methods_subset_invariance(type(est).__name__, est)
@@ -105,10 +113,10 @@ def test_clear_error_without_sklearn():
 # Same trajectory as scikit-learn's MLP with solver="sgd"
 # ---------------------------------------------------------------------------
 
-def _pair(ours_cls, sk_cls, **kw):
-    common = dict(random_state=3, max_iter=8, **kw)
+def _pair(ours_cls, sk_cls, solver="sgd", **kw):
+    common = dict(random_state=3, max_iter=8, solver=solver, **kw)
     ours = ours_cls(dtype="float64", **common)
-    theirs = sk_cls(solver="sgd", learning_rate="constant", **common)
+    theirs = sk_cls(**common)
     return ours, theirs
 
 
@@ -229,7 +237,7 @@ def test_multilabel():
 
 
 def test_fitted_attributes_and_orientation():
-    clf = MLPClassifier(hidden_layer_sizes=(9, 4), max_iter=5, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(9, 4), max_iter=5, random_state=0, dtype="float32")
     with pytest.raises(NotFittedError):
         clf.predict(CLF_X)
     clf.fit(CLF_X, CLF_Y)
@@ -247,26 +255,28 @@ def test_fitted_attributes_and_orientation():
     assert clf.predict_proba(CLF_X.astype(np.float32)).dtype == np.float32
 
 
-def test_stopping_rule_and_convergence_warning():
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_stopping_rule_and_convergence_warning(solver):
     # A huge tol: after the first epoch (an improvement on best_loss_ = inf) no
     # epoch improves, and training stops once more than n_iter_no_change did not.
-    est = MLPRegressor(tol=1e9, n_iter_no_change=3, max_iter=50, random_state=0)
+    est = MLPRegressor(tol=1e9, n_iter_no_change=3, max_iter=50, random_state=0, solver=solver)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(REG_X, REG_Y)
     assert est.n_iter_ == 1 + 3 + 1
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
-        MLPRegressor(max_iter=3, random_state=0).fit(REG_X, REG_Y)
+        MLPRegressor(max_iter=3, random_state=0, solver=solver).fit(REG_X, REG_Y)
     # early stopping keeps the best epoch's parameters
     est = MLPRegressor(early_stopping=True, n_iter_no_change=2, max_iter=60,
-                       learning_rate_init=0.01, random_state=0).fit(REG_X, REG_Y)
+                       learning_rate_init=0.01, random_state=0, solver=solver).fit(REG_X, REG_Y)
     assert est.best_loss_ is None
     assert est.best_validation_score_ == max(est.validation_scores_)
     assert len(est.validation_scores_) == est.n_iter_ < 60
 
 
-def test_partial_fit_rules():
-    clf = MLPClassifier(random_state=0)
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_partial_fit_rules(solver):
+    clf = MLPClassifier(random_state=0, solver=solver)
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(CLF_X, CLF_Y)
     clf.partial_fit(CLF_X[:10], CLF_Y[:10], classes=[0, 1, 2])
@@ -276,7 +286,8 @@ def test_partial_fit_rules():
     with pytest.raises(ValueError, match="not in `self.classes_`"):
         clf.partial_fit(CLF_X[:3], [0, 1, 5])
     with pytest.raises(ValueError, match="early_stopping"):
-        MLPClassifier(early_stopping=True).partial_fit(CLF_X, CLF_Y, classes=[0, 1, 2])
+        MLPClassifier(early_stopping=True, solver=solver).partial_fit(CLF_X, CLF_Y,
+                                                                      classes=[0, 1, 2])
 
 
 @pytest.mark.parametrize("params", [
@@ -285,6 +296,10 @@ def test_partial_fit_rules():
     dict(batch_size="big"), dict(learning_rate_init=0), dict(max_iter=0),
     dict(momentum=1.5), dict(validation_fraction=1.0), dict(n_iter_no_change=0),
     dict(tol=-1), dict(dtype="float16"), dict(shuffle="yes"),
+    dict(solver="newton"), dict(learning_rate="cyclic"), dict(power_t=-0.5),
+    dict(beta_1=1.0), dict(beta_2=-0.1), dict(epsilon=0.0), dict(max_fun=0),
+    dict(n_iter_no_change=2.5), dict(n_iter_no_change=-np.inf), dict(loss="huber"),
+    dict(loss="poisson"), dict(validation_fraction=-0.1), dict(learning_rate_init=np.nan),
 ])
 def test_invalid_params(params):
     with pytest.raises(ValueError):
@@ -292,7 +307,7 @@ def test_invalid_params(params):
 
 
 def test_divergence_is_an_error():
-    est = MLPRegressor(learning_rate_init=10.0, max_iter=50, random_state=0)
+    est = MLPRegressor(solver="sgd", learning_rate_init=10.0, max_iter=50, random_state=0)
     with pytest.raises(ValueError, match="non-finite"):
         est.fit(REG_X, REG_Y * 1e3)
     # the kernel rewinds to the last step whose loss was finite
@@ -317,16 +332,16 @@ def test_epochs_run_in_the_compiled_loop(monkeypatch):
     monkeypatch.setattr(fbm.MLP, "gradients", forbidden)
     monkeypatch.setattr(fbm.MLP, "step", forbidden)
     monkeypatch.setattr(fbm.Epochs, "epoch", counting)
-    clf = MLPClassifier(hidden_layer_sizes=(5,), batch_size=7, max_iter=4, n_iter_no_change=9,
-                        random_state=0).fit(CLF_X, CLF_Y)
+    clf = MLPClassifier(solver="sgd", hidden_layer_sizes=(5,), batch_size=7, max_iter=4,
+                        n_iter_no_change=9, random_state=0).fit(CLF_X, CLF_Y)
     assert clf.n_iter_ == 4 and calls == [np.int64] * 4
     clf.partial_fit(CLF_X, CLF_Y)
-    MLPRegressor(max_iter=2, shuffle=False, random_state=0).fit(REG_X, REG_Y)
+    MLPRegressor(solver="sgd", max_iter=2, shuffle=False, random_state=0).fit(REG_X, REG_Y)
     assert calls == [np.int64] * 5 + [None] * 2
 
 
 def test_pickle_keeps_partial_fit_velocity():
-    est = MLPRegressor(dtype="float64", learning_rate_init=0.01, random_state=0)
+    est = MLPRegressor(solver="sgd", dtype="float64", learning_rate_init=0.01, random_state=0)
     est.partial_fit(REG_X, REG_Y)
     copy = pickle.loads(pickle.dumps(est))
     for e in (est, copy):
@@ -343,11 +358,11 @@ def test_pickle_keeps_partial_fit_velocity():
 def test_unpickle_per_batch_loop_velocities():
     """Pickles from before the compiled loop kept scikit-learn's velocities
     (v_s = -lr * the model's) as a list, weights then biases."""
-    est = MLPRegressor(dtype="float64", learning_rate_init=0.01, random_state=0)
+    est = MLPRegressor(solver="sgd", dtype="float64", learning_rate_init=0.01, random_state=0)
     est.partial_fit(REG_X, REG_Y)
     state = est.__getstate__()
     state["_net_state"] = dict(state["_net_state"])
-    state["_net_state"].pop("velocity")
+    state["_net_state"].pop("optimizer_state")
     net, views = est.model_, []
     for k in range(net.n_layers):
         w0, b0 = net._net.w_off[k], net._net.b_off[k]
@@ -362,6 +377,23 @@ def test_unpickle_per_batch_loop_velocities():
     old.partial_fit(REG_X, REG_Y)
     est.partial_fit(REG_X, REG_Y)
     np.testing.assert_allclose(old.predict(REG_X), est.predict(REG_X), rtol=1e-12)
+
+
+def test_unpickle_before_the_solvers():
+    """Pickles from before solver= were SGD estimators (float32 by default):
+    they load as solver="sgd" and continue with their velocity."""
+    est = MLPRegressor(solver="sgd", dtype="float32", learning_rate_init=0.01, random_state=0)
+    est.partial_fit(REG_X, REG_Y)
+    state = est.__getstate__()
+    for key in ("solver", "learning_rate", "power_t", "beta_1", "beta_2", "epsilon",
+                "max_fun", "loss", "_optimizer"):
+        state.pop(key)
+    old = MLPRegressor.__new__(MLPRegressor)
+    old.__setstate__(state)
+    assert old.get_params()["solver"] == "sgd" and old.loss == "squared_error"
+    old.partial_fit(REG_X, REG_Y)
+    est.partial_fit(REG_X, REG_Y)
+    np.testing.assert_array_equal(old.predict(REG_X), est.predict(REG_X))
 
 
 def test_verbose_prints_as_sklearn(capsys):
@@ -411,7 +443,7 @@ def test_digits_accuracy_close_to_sklearn():
     Xtr, Xte, ytr, yte = train_test_split(X, y, random_state=0, stratify=y)
     scaler = StandardScaler().fit(Xtr)
     Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
-    ours = MLPClassifier(learning_rate_init=0.01, max_iter=60, random_state=0)
+    ours = MLPClassifier(solver="sgd", learning_rate_init=0.01, max_iter=60, random_state=0)
     theirs = sknn.MLPClassifier(max_iter=60, random_state=0)  # sklearn's default: adam
     acc_ours = ours.fit(Xtr, ytr).score(Xte, yte)
     acc_theirs = theirs.fit(Xtr, ytr).score(Xte, yte)

@@ -408,3 +408,34 @@ def test_built_in_schedules_overflow_to_inf_not_to_an_exception():
     assert schedules.StepDecay(1, gamma=1e200)(3, 0.1) == float("inf")
     assert schedules.InverseScaling(power_t=-400.0)(6, 0.1) == float("inf")
     assert schedules.InverseScaling(power_t=400.0)(6, 0.1) == 0.0
+
+
+def test_fit_signature_shows_the_defaults_and_takes_positional_arguments():
+    import inspect
+
+    sig = inspect.signature(fastbp.MLP.fit)
+    shown = {k: repr(p.default) for k, p in sig.parameters.items()
+             if p.default is not inspect.Parameter.empty}
+    assert shown["epochs"] == "10" and shown["batch_size"] == "32" and shown["lr"] == "None"
+    assert shown["shuffle"] == "True" and shown["momentum"] == "0.0"
+    assert shown["nesterov"] == "False" and shown["weight_decay"] == "0.0"
+    X, y = blobs()
+    a, b = net(), net()
+    a.fit(X, y, 2, 16, 0.05, False)
+    b.fit(X, y, epochs=2, batch_size=16, lr=0.05, shuffle=False)
+    np.testing.assert_array_equal(a._theta, b._theta)
+    # The defaults given explicitly are the defaults.
+    c = net()
+    c.fit(X, y, 2, 16, 0.05, False, momentum=0.0, nesterov=False, weight_decay=0.0)
+    np.testing.assert_array_equal(a._theta, c._theta)
+
+
+def test_shorthand_lr_none_is_001_and_step_lr_optional():
+    X, y = blobs()
+    a, b = net(), net()
+    a.fit(X, y, epochs=1, seed=0)
+    b.fit(X, y, epochs=1, seed=0, lr=0.01)
+    np.testing.assert_array_equal(a._theta, b._theta)
+    a.step(X[:8], y[:8])
+    b.step(X[:8], y[:8], 0.01)
+    np.testing.assert_array_equal(a._theta, b._theta)
