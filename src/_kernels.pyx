@@ -21,6 +21,15 @@
 #   act'(A_{k-1}).  Every delta is formed BEFORE any W changes; then the SGD
 #   step W_k += (-lr) delta_k^T A_{k-1} is itself a GEMM with beta = 1, so no
 #   weight gradient is ever materialised in plain SGD.
+# * The optimizer path (fastbp.optim's SGD/Adam/AdamW/RMSprop, src/_optim.pxi):
+#   the gradient rows of W_k are formed in `grad` and the optimizer steps them
+#   at once, in the same part-2 tile (still in cache), its state in flat
+#   vectors shaped like theta; each step is bitwise numpy's optimizer.update
+#   on Network.gradients' gradient.  Sample weights scale each row's output
+#   delta by s_i / sum s (`Extra`); dropout keeps a masked copy D_k of each
+#   hidden activation, masks from Philox recomputed in the backward pass
+#   (src/_dropout.pxi).  Each write these add inside a region belongs to the
+#   tile's own rows or units, as below; the .pxi files say why in detail.
 # * Threads (OpenMP), built to hold up on a busy machine: nothing waits for
 #   a thread that holds no work.  A call (a fit epoch, a predict or loss call,
 #   a gradients call) opens ONE parallel region for all its steps, and only
@@ -1045,7 +1054,8 @@ cdef double weighted_sum(const floating *v, const Extra *e, const int64_t *rows,
     return total
 
 
-cdef double weight_sum(const Extra *e, const floating *dummy, const int64_t *rows,
+cdef double weight_sum(const Extra *e, const floating *dtype_of,  # (unused: picks the dtype of e.sw)
+                       const int64_t *rows,
                        int64_t start, int64_t m) noexcept nogil:
     """sum_i s_i of a batch, in row order, in double."""
     cdef int64_t i
