@@ -26,7 +26,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -256,6 +256,13 @@ def save(net: "MLP", path: PathLike) -> None:
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     arrays = _snapshot(net)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same
+    directory, which is flushed, fsynced and renamed over ``path``.  On any
+    error ``path`` is left as it was and the temporary file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(
@@ -263,7 +270,7 @@ def save(net: "MLP", path: PathLike) -> None:
     )
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 
 import numpy as np
@@ -272,7 +271,7 @@ def _metadata(net: "MLP") -> dict:
 
 def _save(model: Any, path: PathLike) -> None:
     """Write ``model`` to ``path`` atomically (temporary file, fsync, rename)."""
-    from .io import _fsync_dir, _new_file_mode
+    from .io import atomic_write
 
     path = os.fspath(path)
     if isinstance(path, bytes):
@@ -285,25 +284,7 @@ def _save(model: Any, path: PathLike) -> None:
     data = model.SerializeToString()
     if os.path.isdir(path):
         raise IsADirectoryError(21, "Is a directory", path)
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    atomic_write(path, lambda f: f.write(data))
 
 
 # -- public API ---------------------------------------------------------------------------
