@@ -667,7 +667,7 @@ def _abort(comm: Any, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         sys.stderr.write(tb + msg)
         sys.stderr.flush()
-        time.sleep(0.2)  # let the launcher forward the message before the job is torn down
+        time.sleep(0.5)  # let the launcher forward the message before the job is torn down
     finally:
         comm.Abort(1)
 
