@@ -71,6 +71,19 @@
 
 #define FBP_OPTIM_DEFINE(T, SFX, SQRT)                                                 \
                                                                                        \
+/* *sq += sum theta_i^2 over [0, n), in double, in index order (sq may be NULL) */    \
+static inline void fbp_sq_add_##SFX(const T *theta, int64_t n, double *sq)             \
+{                                                                                      \
+    FBP_NO_CONTRACT                                                                    \
+    int64_t i;                                                                         \
+    double acc;                                                                        \
+    if (sq == NULL) return;                                                            \
+    acc = *sq;                                                                         \
+    for (i = 0; i < n; i++)                                                            \
+        acc += (double)theta[i] * (double)theta[i];                                    \
+    *sq = acc;                                                                         \
+}                                                                                      \
+                                                                                       \
 /* ---- SGD: torch.optim.SGD(lr, momentum, dampening=0, weight_decay, nesterov) */     \
 typedef struct {                                                                       \
     T neg_lr;          /* (T)(-lr) */                                                  \
@@ -112,12 +125,7 @@ static inline void fbp_sgd_range_##SFX(                                         
     int64_t i;                                                                         \
     /* a local copy: stores through theta (T *) cannot then alias the scalars */       \
     const fbp_sgd_step_##SFX sc = *step, *s = &sc;                                     \
-    if (sq != NULL) {                                                                  \
-        double acc = *sq;                                                              \
-        for (i = 0; i < n; i++)                                                        \
-            acc += (double)theta[i] * (double)theta[i];                                \
-        *sq = acc;                                                                     \
-    }                                                                                  \
+    fbp_sq_add_##SFX(theta, n, sq);                                                    \
     for (i = 0; i < n; i++) {                                                          \
         T g = grad[i];                                                                 \
         if (s->has_decay)                                                              \
@@ -194,12 +202,7 @@ static inline void fbp_adam_range_##SFX(                                        
     int64_t i;                                                                         \
     /* a local copy: stores through theta (T *) cannot then alias the scalars */       \
     const fbp_adam_step_##SFX sc = *step, *s = &sc;                                    \
-    if (sq != NULL) {                                                                  \
-        double acc = *sq;                                                              \
-        for (i = 0; i < n; i++)                                                        \
-            acc += (double)theta[i] * (double)theta[i];                                \
-        *sq = acc;                                                                     \
-    }                                                                                  \
+    fbp_sq_add_##SFX(theta, n, sq);                                                    \
     for (i = 0; i < n; i++) {                                                          \
         T g = grad[i], p = theta[i], m, v, d;                                          \
         if (s->has_decay) {                                                            \
@@ -277,12 +280,7 @@ static inline void fbp_rmsprop_range_##SFX(                                     
     int64_t i;                                                                         \
     /* a local copy: stores through theta (T *) cannot then alias the scalars */       \
     const fbp_rmsprop_step_##SFX sc = *step, *s = &sc;                                 \
-    if (sq != NULL) {                                                                  \
-        double acc = *sq;                                                              \
-        for (i = 0; i < n; i++)                                                        \
-            acc += (double)theta[i] * (double)theta[i];                                \
-        *sq = acc;                                                                     \
-    }                                                                                  \
+    fbp_sq_add_##SFX(theta, n, sq);                                                    \
     for (i = 0; i < n; i++) {                                                          \
         T g = grad[i], v, avg;                                                         \
         if (s->has_decay)                                                              \
