@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from . import _common as C
+from . import _sparse
 from . import optim
 from . import schedules
 from ._kernels import Network
@@ -331,7 +332,7 @@ class MLP:
                 raise ValueError("out must not overlap the model's parameters")
             g = out
         Xc, Yc = self._XY(X, Y)
-        if np.may_share_memory(Xc, g):
+        if _shares(Xc, g):
             Xc = Xc.copy()
         if np.may_share_memory(Yc, g):
             Yc = Yc.copy()
@@ -435,6 +436,8 @@ class MLP:
 
     def _X(self, X: Any) -> np.ndarray:
         C.check_feature_names(self._feature_names, X, type(self).__name__)
+        if _sparse.is_sparse(X):  # scipy.sparse: kept sparse (fastbp/_sparse.py)
+            return _sparse.check_sparse_X(X, self.layer_sizes[0], self.dtype.type)  # type: ignore
         return C.check_X(X, self.layer_sizes[0], self.dtype.type)
 
     def _XY(self, X: Any, Y: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -442,7 +445,7 @@ class MLP:
         Yc = C.check_Y(Y, Xc.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype.type)
         # Training writes the parameters while it reads X and Y: data that is
         # (a view of) the parameters themselves is read from a copy.
-        if np.may_share_memory(Xc, self._theta):
+        if _shares(Xc, self._theta):
             Xc = Xc.copy()
         if np.may_share_memory(Yc, self._theta):
             Yc = Yc.copy()
@@ -1395,8 +1398,8 @@ class Epochs:
             self.settings.update(dropout=model._dropout, seed=int(seed))
         self.sample_weight = sample_weight
         rows = min(batch_size, n)
-        self.ws = np.empty(model._net.workspace_size(rows) if model._dropout is None else
-                           model._net.workspace_size(rows, "fit", model._dropout), dtype=dtype)
+        self.ws = np.empty(model._net.workspace_size(rows, "fit", model._dropout,
+                                                     sparse=_sparse.is_sparse(X)), dtype=dtype)
         self.grad = np.empty_like(model._theta) if need_grad else empty
         # One saved copy of the parameters (and optimizer state) and how to
         # replay forward from it: see epoch() and _fail().
@@ -1596,8 +1599,15 @@ class Epochs:
         )
 
 
+def _shares(X: Any, arr: np.ndarray) -> bool:
+    """Whether the checked X (dense, or a sparse CSR's values) may share arr's memory."""
+    return bool(np.may_share_memory(X.data if isinstance(X, _sparse.CSR) else X, arr))
+
+
 def _allocated(checked: np.ndarray, given: Any) -> int:
     """Bytes of ``checked`` when checking ``given`` allocated it (a converted copy)."""
+    if isinstance(checked, _sparse.CSR):
+        return _sparse.allocated_bytes(checked, given)
     if checked is given or not checked.flags.owndata:
         return 0
     return int(checked.nbytes)
