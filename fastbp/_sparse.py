@@ -84,8 +84,10 @@ class CSR:
 
     def __getitem__(self, rows: Any) -> "CSR":
         """The rows ``rows`` (a slice or integer indices) as a CSR over the same entries."""
-        if isinstance(rows, tuple):
-            raise TypeError("a CSR data set is indexed by rows only")
+        if isinstance(rows, tuple):  # X[rows, ...] or X[rows, :] (scikit-learn's indexing)
+            if len(rows) != 2 or not (rows[1] is Ellipsis or rows[1] == slice(None)):
+                raise TypeError("a CSR data set is indexed by rows only")
+            rows = rows[0]
         return CSR(self.lo[rows], self.hi[rows], self.indices, self.data, self.shape[1])
 
     def take(self, rows: Any, axis: int = 0) -> "CSR":
