@@ -47,7 +47,10 @@ def tfidf_like(n_rows: int, n_features: int, density: float, n_classes: int,
     rank_to_col = rng.permutation(n_features)
     rows, cols = [], []
     for i, k in enumerate(per_row):
-        c = np.unique(rank_to_col[rng.choice(n_features, size=int(k), p=freq)])
+        # k distinct terms: the first k distinct of 3k draws (about k for k << n_features)
+        draws = rank_to_col[rng.choice(n_features, size=3 * int(k), p=freq)]
+        _, first = np.unique(draws, return_index=True)
+        c = np.sort(draws[np.sort(first)[: int(k)]])
         rows.append(np.full(c.size, i))
         cols.append(c)
     r, c = np.concatenate(rows), np.concatenate(cols)
