@@ -48,7 +48,8 @@
 # * Cost: the forward and the gradient touch nnz(batch) * n_out entries of
 #   W_0 (rows j of W_0 in the outer loop, so a row stays in cache while the
 #   tile's rows walk it); zeroing the gradient rows and the optimizer's update
-#   stay dense in W_0 (Adam moves every weight).
+#   stay dense in W_0 (Adam moves every weight), the optimizer stepping each
+#   unit's row right after its gradient row is formed, while it is in cache.
 
 cdef extern from *:
     """
@@ -64,7 +65,8 @@ cdef extern from *:
     #else
     static int fbp_sp_tid(void) { return 0; }
     #endif
-    #define FBP_SP_KC 256   /* fbp_gemm.c's FBP_KC: the K-slab depth of every path */
+    #define FBP_SP_KC_SHIFT 8   /* fbp_gemm.c's FBP_KC = 256: the K-slab depth of every path */
+    #define FBP_SP_KC (1 << FBP_SP_KC_SHIFT)
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     #define FBP_SP_TARGET_FMA __attribute__((target("fma")))
     #else
@@ -81,7 +83,7 @@ cdef extern from *:
         int64_t slab = -1;                                                        \\
         int first = 1;                                                            \\
         for (int64_t p = p0; p < p1; p++) {                                       \\
-            const int64_t k = idx[p], sk = k / FBP_SP_KC;                         \\
+            const int64_t k = idx[p], sk = k >> FBP_SP_KC_SHIFT;                  \\
             if (sk != slab) {                                                     \\
                 if (slab >= 0) { c = first ? acc : c + acc; first = 0; }          \\
                 slab = sk; acc = 0;                                               \\
@@ -90,6 +92,37 @@ cdef extern from *:
         }                                                                         \\
         if (slab >= 0) c = first ? acc : c + acc;                                 \\
         return c;                                                                 \\
+    }
+    /* The same for 4 rows of W at once (w + u*ldw, u = 0..3), into out[u*ldo]:
+       4 independent chains, each exactly NAME's. */
+    #define FBP_SP_DOT4(NAME, T, FMA, TARGET)                                     \\
+    static TARGET void NAME(const int64_t *idx, const T *val, int64_t p0, int64_t p1, \\
+                            const T *w, int64_t ldw, T *out, int64_t ldo)         \\
+    {                                                                             \\
+        const T *w1 = w + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;                    \\
+        T c0 = 0, c1 = 0, c2 = 0, c3 = 0, a0 = 0, a1 = 0, a2 = 0, a3 = 0;         \\
+        int64_t slab = -1;                                                        \\
+        int first = 1;                                                            \\
+        for (int64_t p = p0; p < p1; p++) {                                       \\
+            const int64_t k = idx[p], sk = k >> FBP_SP_KC_SHIFT;                  \\
+            if (sk != slab) {                                                     \\
+                if (slab >= 0) {                                                  \\
+                    if (first) { c0 = a0; c1 = a1; c2 = a2; c3 = a3; first = 0; } \\
+                    else { c0 = c0 + a0; c1 = c1 + a1; c2 = c2 + a2; c3 = c3 + a3; } \\
+                }                                                                 \\
+                slab = sk; a0 = a1 = a2 = a3 = 0;                                 \\
+            }                                                                     \\
+            const T v = val[p];                                                   \\
+            a0 = FMA(v, w[k], a0);                                                \\
+            a1 = FMA(v, w1[k], a1);                                               \\
+            a2 = FMA(v, w2[k], a2);                                               \\
+            a3 = FMA(v, w3[k], a3);                                               \\
+        }                                                                         \\
+        if (slab >= 0) {                                                          \\
+            if (first) { c0 = a0; c1 = a1; c2 = a2; c3 = a3; }                    \\
+            else { c0 = c0 + a0; c1 = c1 + a1; c2 = c2 + a2; c3 = c3 + a3; }      \\
+        }                                                                         \\
+        out[0] = c0; out[ldo] = c1; out[2 * ldo] = c2; out[3 * ldo] = c3;         \\
     }
     /* g[idx[p]] = FMA(d, val[p], g[idx[p]]) over p0..p1. */
     #define FBP_SP_AXPY(NAME, T, FMA, TARGET)                                     \\
@@ -116,6 +149,10 @@ cdef extern from *:
     FBP_SP_DOT(fbp_sp_dot_f64, double, FBP_SP_MULADD, )
     FBP_SP_DOT(fbp_sp_dot_f32f, float, __builtin_fmaf, FBP_SP_TARGET_FMA)
     FBP_SP_DOT(fbp_sp_dot_f64f, double, __builtin_fma, FBP_SP_TARGET_FMA)
+    FBP_SP_DOT4(fbp_sp_dot4_f32, float, FBP_SP_MULADD, )
+    FBP_SP_DOT4(fbp_sp_dot4_f64, double, FBP_SP_MULADD, )
+    FBP_SP_DOT4(fbp_sp_dot4_f32f, float, __builtin_fmaf, FBP_SP_TARGET_FMA)
+    FBP_SP_DOT4(fbp_sp_dot4_f64f, double, __builtin_fma, FBP_SP_TARGET_FMA)
     FBP_SP_AXPY(fbp_sp_axpy_f32, float, FBP_SP_MULADD, )
     FBP_SP_AXPY(fbp_sp_axpy_f64, double, FBP_SP_MULADD, )
     FBP_SP_AXPY(fbp_sp_axpy_f32f, float, __builtin_fmaf, FBP_SP_TARGET_FMA)
@@ -134,6 +171,10 @@ cdef extern from *:
     double fbp_sp_dot_f64(const int64_t *idx, const double *val, int64_t p0, int64_t p1, const double *w) nogil
     float fbp_sp_dot_f32f(const int64_t *idx, const float *val, int64_t p0, int64_t p1, const float *w) nogil
     double fbp_sp_dot_f64f(const int64_t *idx, const double *val, int64_t p0, int64_t p1, const double *w) nogil
+    void fbp_sp_dot4_f32(const int64_t *idx, const float *val, int64_t p0, int64_t p1, const float *w, int64_t ldw, float *out, int64_t ldo) nogil
+    void fbp_sp_dot4_f64(const int64_t *idx, const double *val, int64_t p0, int64_t p1, const double *w, int64_t ldw, double *out, int64_t ldo) nogil
+    void fbp_sp_dot4_f32f(const int64_t *idx, const float *val, int64_t p0, int64_t p1, const float *w, int64_t ldw, float *out, int64_t ldo) nogil
+    void fbp_sp_dot4_f64f(const int64_t *idx, const double *val, int64_t p0, int64_t p1, const double *w, int64_t ldw, double *out, int64_t ldo) nogil
     void fbp_sp_axpy_f32(const int64_t *idx, const float *val, int64_t p0, int64_t p1, float d, float *g) nogil
     void fbp_sp_axpy_f64(const int64_t *idx, const double *val, int64_t p0, int64_t p1, double d, double *g) nogil
     void fbp_sp_axpy_f32f(const int64_t *idx, const float *val, int64_t p0, int64_t p1, float d, float *g) nogil
@@ -183,6 +224,21 @@ cdef inline floating sparse_dot(const Sparse *sp, int64_t p0, int64_t p1,
         return fbp_sp_dot_f64(sp.indices, <const double *>sp.data, p0, p1, w)
 
 
+cdef inline void sparse_dot4(const Sparse *sp, int64_t p0, int64_t p1,
+                             const floating *w, int64_t ldw,     # IN 4 rows of W_0
+                             floating *out, int64_t ldo) noexcept nogil:  # OUT out[0], out[ldo], ...
+    if floating is float:
+        if sp.fused:
+            fbp_sp_dot4_f32f(sp.indices, <const float *>sp.data, p0, p1, w, ldw, out, ldo)
+        else:
+            fbp_sp_dot4_f32(sp.indices, <const float *>sp.data, p0, p1, w, ldw, out, ldo)
+    else:
+        if sp.fused:
+            fbp_sp_dot4_f64f(sp.indices, <const double *>sp.data, p0, p1, w, ldw, out, ldo)
+        else:
+            fbp_sp_dot4_f64(sp.indices, <const double *>sp.data, p0, p1, w, ldw, out, ldo)
+
+
 cdef inline void sparse_axpy(const Sparse *sp, int64_t p0, int64_t p1, floating d,
                              floating *g) noexcept nogil:            # IN/OUT a row (n_in)
     if floating is float:
@@ -224,7 +280,15 @@ cdef void sparse_forward_cols(const Spec *s, const Extra *e,
     cdef const floating *W = theta + s.w_off[0]
     if r1 <= r0 or j1 <= j0:
         return
-    for j in range(j0, j1):     # a row of W_0 stays in cache while the rows walk it
+    # Units 4 at a time (4 independent sums hide the multiply-add latency);
+    # their rows of W_0 stay in cache while the tile's rows walk them.
+    j = j0
+    while j + 4 <= j1:
+        for i in range(r0, r1):
+            sparse_range(sp, i, &p0, &p1)
+            sparse_dot4(sp, p0, p1, W + j * n_in, n_in, z + i * n_out + j, 1)
+        j += 4
+    for j in range(j, j1):
         for i in range(r0, r1):
             sparse_range(sp, i, &p0, &p1)
             z[i * n_out + j] = sparse_dot(sp, p0, p1, W + j * n_in)
@@ -292,14 +356,16 @@ cdef void sparse_update_units(const Spec *s, const Extra *e,
         tid = 0     # a serial call inside an outer OpenMP region: its only user
     tmp = <floating *>sp.tmp + tid * n_in
     if grad != NULL:
+        if s.b_off[0] >= 0:
+            column_sums(d + o0, m, o1 - o0, n_out, grad + s.b_off[0] + o0)
         for j in range(o0, o1):
             memset(grad + s.w_off[0] + j * n_in, 0, n_in * sizeof(floating))
             sparse_unit_rows(sp, d + j, n_out, m, <floating>1, True, tmp,
                              grad + s.w_off[0] + j * n_in)
-        if s.b_off[0] >= 0:
-            column_sums(d + o0, m, o1 - o0, n_out, grad + s.b_off[0] + o0)
-        if e.opt != NULL:
-            opt_units(s, e.opt, theta, grad, snap, m, 0, o0, o1)
+            if e.opt != NULL:
+                # unit by unit, while its gradient row is in cache (the
+                # optimizer's result does not depend on how units are grouped)
+                opt_units(s, e.opt, theta, grad, snap, m, 0, j, j + 1)
         return
     if snap != NULL:
         memcpy(snap + s.w_off[0] + o0 * n_in, theta + s.w_off[0] + o0 * n_in,
