@@ -962,6 +962,22 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
     assert set(state) - {"step", "optimizer"} == names
 
 
+@pytest.mark.parametrize("argv, decay", [([], 2.0), (["--weight-decay", "0.5"], 0.5),
+                                          (["--optimizer", "adam"], 0.0)])
+def test_regression_has_its_own_weight_decay_default(
+        argv: List[str], decay: float, regression_csv: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """AdamW's default decay is 2 for a regression target (cli.REGRESSION_DEFAULTS), 1 for
+    classes; a given --weight-decay, or another optimizer, is unaffected."""
+    model = tmp_path / "m.npz"
+    code, out, err = run(["train", regression_csv, "--target", "price", "-o", model,
+                          "--epochs", "2", "-q", *argv], capsys)
+    assert code == 0, err
+    assert _training_record(tmp_path / "m.json")["optimizer"]["weight_decay"] == decay
+    assert f"weight_decay={decay:g}" in out
+    assert cli.REGRESSION_DEFAULTS == {"adamw": {"weight_decay": 2.0}}
+
+
 def test_early_stopping_is_on_by_default_and_keeps_the_best_epoch(
         blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "m.npz"
