@@ -885,6 +885,18 @@ def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> N
     assert iris[-2] == "(LogisticRegression" and float(iris[-1].rstrip(")")) > 0.9
     assert "R² (RidgeCV 0." in out
 
+    # Several splits and seeds (the selection runs): a summary per data set.
+    code = tool.main(["--only", "iris", "--random-state", "1-2", "--seeds", "0,3",
+                      "--in-process", "--", "--epochs", "1", "--lr", "1e-4"])
+    out = capsys.readouterr().out
+    assert code == 1 and "random_state=1, 2" in out and "--seed 0, 3" in out
+    runs = [ln.split()[:4] for ln in out.splitlines() if ln.startswith("split ")]
+    assert runs == [["split", "1", "seed", "0"], ["split", "1", "seed", "3"],
+                    ["split", "2", "seed", "0"], ["split", "2", "seed", "3"]]
+    summary = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
+    assert summary[:2] == ["iris", "4"] and summary[-1] == "0/4"
+    assert "0 of 4 runs met their target" in out
+
 
 # -- optimizers, early stopping and the defaults of train (issue 13) --------------------
 
