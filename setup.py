@@ -12,6 +12,7 @@ Everything about the build lives here, in one place:
 * No ``-march=native`` by default (the wheels must run on any x86-64); the GEMM
   picks AVX2/AVX-512 code paths at run time.  ``FASTBP_NATIVE=1`` opts in.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -110,8 +111,7 @@ def _extensions():
         "fastbp._kernels",
         sources=["src/_kernels.pyx", "src/fbp_gemm.c"],
         include_dirs=["src"],
-        depends=["src/fbp_gemm.h", "src/fbp_optim.h", "src/fbp_philox.h",
-                 "src/_optim.pxi", "src/_dropout.pxi"],
+        depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxi")),
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -1,0 +1,520 @@
+# _steps.pxi (included by _kernels.pyx): one step of a call, cut into tiles.
+#
+# How a step is planned (row split or unit split), the tiles of its two
+# parts, and how the team of a parallel region runs them (fbp_team in
+# fbp_team.h).  Why each write inside a parallel region is private to its
+# thread is said in the block above `Plan`.
+
+# ---------------------------------------------------------------------------
+# Batch kernels.  A step is, in order:
+#   1. per batch row: gather the row, forward through every layer, loss and
+#      delta_L, then every delta_k down to the first layer, all with the
+#      weights as they are;
+#   2. per row of W_k (output unit): the weight and bias gradient of that
+#      unit, or the SGD step on it, which needs every row's delta.
+# With threads the work is cut into tiles that any thread of the step takes
+# from a shared counter (see fbp_team): a "wave" is a set of tiles that may run
+# in any order, and a thread moves to the next wave once every tile of this
+# one is finished.  Two plans:
+#   * row split (enough rows per thread): wave 0 = row tiles of part 1,
+#     wave 1 = unit tiles of part 2 (every layer's units, one list);
+#   * unit split (a small batch): part 1 layer by layer, each GEMM's output
+#     columns cut into tiles: forward waves 0..L-1, one wave of output rows
+#     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
+#     part-2 wave.
+# Each tile writes only its own rows (row split) or columns (unit split) of
+# A_k / delta_k, its own slots of yhat, lossv, hitv, and in part 2 its own
+# rows of W_k, grad, entries of b_k and of colsum; what it reads was finished
+# in an earlier wave.  So every write inside a parallel region is private to
+# the thread running that tile.  The GEMM gives each element the same bits
+# whatever block it is computed in (fbp_gemm.h), per-sample losses are summed
+# in row order and bias gradients are column sums in row order, so a step
+# gives the same bits on 1 thread as on any number of them, whichever thread
+# takes which tile.
+
+cdef struct Plan:
+    int nt                  # threads asked for (1: serial, no parallel region)
+    bint by_units           # unit split (else row split)
+    int n_waves
+    int loss_wave           # the loss is complete after this wave (-1: no loss)
+    int64_t row_align       # row tiles start at multiples of this
+    int64_t mr, nr          # the GEMM's micro-tile (units align to mr, columns to nr)
+    int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
+    int n_tiles[MAX_WAVES]  # tiles of each wave
+
+
+cdef struct Job:
+    # One step (or forward chunk) as every thread of the team reads it (only
+    # after claiming one of its tiles: then it cannot change).
+    Plan plan
+    void *theta
+    void *grad
+    void *snap
+    const int64_t *rows
+    int64_t start, m
+    double lr
+    bint train
+    bint has_y
+    const Extra *e          # sample weights, dropout, the optimizer path
+
+
+cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
+    """Start of part t of n items split into nt contiguous parts."""
+    return n * t // nt
+
+
+cdef inline int64_t cut(int64_t n, int64_t t, int64_t nt, int64_t align) noexcept nogil:
+    """Start of tile t of n items cut into nt tiles at multiples of align."""
+    return min(n, part((n + align - 1) // align, t, nt) * align)
+
+
+cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt) noexcept nogil:
+    """Tiles for n items (at multiples of align) worth `macs` multiply-adds."""
+    cdef int64_t t = UNIT_TILES_PER_THREAD * nt, lim = (n + align - 1) // align
+    if par_min_macs > 0:
+        t = min(t, max(<int64_t>1, 4 * macs // par_min_macs))
+    return <int>max(<int64_t>1, min(min(t, lim), <int64_t>MAX_TILES))
+
+
+cdef inline int64_t widest(int64_t n, int64_t nt, int64_t align) noexcept nogil:
+    """The widest of the tiles cut(n, t, nt, align) (for buffer sizes)."""
+    return min(n, (((n + align - 1) // align + nt - 1) // nt) * align)
+
+
+cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
+    cdef int64_t macs = 0
+    cdef int k
+    for k in range(s.n_layers):
+        macs += s.sizes[k] * s.sizes[k + 1]
+    return m * macs
+
+
+cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
+                    Plan *p) noexcept nogil:
+    """Threads, split and tiles for m rows: a training step (train), or a
+    forward pass, with per-sample losses when with_loss."""
+    cdef int64_t macs = forward_macs(s, m), units, work, t1
+    cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
+    if par_min_macs > 0:
+        nt = <int>min(<int64_t>nt, macs // par_min_macs)
+    p.nt = max(1, nt)
+    p.loss_wave = -1
+    p.n_waves = 0
+    if p.nt == 1:
+        return
+    fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
+    nt = p.nt
+    p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
+    if not p.by_units:
+        p.row_align = p.mr if m >= 4 * p.mr * nt else 1
+        work = 3 * macs if train else macs
+        t1 = max(<int64_t>ROW_TILES_PER_THREAD * nt, work // TILE_MACS)
+        t1 = min(t1, max(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROW_TILE_MIN_ROWS))
+        t1 = min(t1, (m + p.row_align - 1) // p.row_align)
+        p.n_tiles[0] = <int>t1
+    if not p.by_units:
+        if with_loss:
+            p.loss_wave = 0
+        nw = 1
+    else:
+        for k in range(L):       # forward, layer by layer, output columns
+            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+            nw += 1
+        p.n_tiles[nw] = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
+        if with_loss:
+            p.loss_wave = nw
+        nw += 1
+        if train:
+            for k in range(L - 1, 0, -1):   # delta_k, columns
+                p.n_tiles[nw] = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+                nw += 1
+    if train:
+        p.p2_first[0] = 0
+        for k in range(L):
+            units = s.sizes[k + 1]
+            p.p2_first[k + 1] = p.p2_first[k] + tiles_for(units, m * s.sizes[k] * units, p.mr, nt)
+        p.n_tiles[nw] = <int>p.p2_first[L]
+        nw += 1
+    p.n_waves = nw
+
+
+cdef inline const floating *layer_in(const Extra *e, floating *ws, const Work *w,
+                                     const floating *x, int k) noexcept nogil:
+    """The input of layer k (of W_k): the batch for k == 0, D_k where dropout
+    is on, else A_k."""
+    if k == 0:
+        return x
+    if drop_layer(&e.drop, k):
+        return <floating *>e.drop.dbuf + e.drop.off[k]
+    return ws + w.act[k]
+
+
+cdef void forward_rows(const Spec *s, const Extra *e,
+                       const floating *theta,       # IN  parameters
+                       floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
+                       const floating *x,           # IN  batch input, row 0 (ld n_in)
+                       int64_t r0, int64_t r1) noexcept nogil:
+    """Every layer's activations for batch rows r0..r1, cached in the workspace."""
+    cdef int k, L = s.n_layers
+    cdef int64_t i, n_out
+    for k in range(L):
+        forward_cols(s, e, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
+    n_out = s.sizes[L]
+    for i in range(r0, r1):
+        output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
+
+
+cdef inline void forward_cols(const Spec *s, const Extra *e, const floating *theta,
+                              floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1] (and D_{k+1})
+                              const floating *x,             # IN  batch input (ld n_in)
+                              int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1]) (with
+    dropout, the input is D_k and D_{k+1} gets the masked block)."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 1, r1 - r0, j1 - j0, n_in,
+         <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in,
+         theta + s.w_off[k] + j0 * n_in, n_in,
+         <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
+         theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
+         s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
+         NULL, 0, 1)
+    if drop_layer(&e.drop, k + 1):
+        drop_forward(&e.drop, k + 1, ws + w.act[k + 1],
+                     <floating *>e.drop.dbuf + e.drop.off[k + 1], n_out, r0, r1, j0, j1)
+
+
+cdef inline double row_weight(const floating *sw,   # IN the data set's sample weights
+                              const int64_t *rows, int64_t start, int64_t i) noexcept nogil:
+    """s_i, the sample weight of batch row i."""
+    return sw[rows[i]] if rows != NULL else sw[start + i]
+
+
+cdef void loss_rows(const Spec *s, const Extra *e,
+                    floating *ws, const Work *w,  # IN logits, yhat; OUT lossv, hitv, delta_L rows
+                    const floating *y,            # IN  batch targets, row 0 (ld n_out)
+                    const int64_t *rows, int64_t start,  # the batch's rows (for the weights)
+                    int64_t m, int64_t r0, int64_t r1, bint want_delta) noexcept nogil:
+    """Per-sample loss (and accuracy) of rows r0..r1; delta_L of the batch
+    objective: the mean loss over m rows, or with sample weights
+    sum_i s_i loss_i / sum_i s_i (row i's delta scaled by s_i / sum s)."""
+    cdef int L = s.n_layers
+    cdef int64_t i, n_out = s.sizes[L]
+    cdef floating *d
+    cdef double scale = 1.0 / m
+    for i in range(r0, r1):
+        d = NULL
+        if want_delta:
+            d = ws + w.delta[L] + i * n_out
+            if e.sw != NULL:
+                scale = row_weight(<const floating *>e.sw, rows, start, i) / e.wsum
+        ws[w.lossv + i] = <floating>loss_row(s, ws + w.act[L] + i * n_out,
+                                             ws + w.yhat + i * n_out, y + i * n_out,
+                                             d, scale)
+        if s.loss != LOSS_SQUARED:
+            ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
+
+
+cdef inline void backprop_cols(const Spec *s, const Extra *e, const floating *theta,
+                               floating *ws, const Work *w,  # IN delta_{k+1}, A_k; OUT delta_k[r0:r1, j0:j1]
+                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+    """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])
+    (times the dropout mask and scale of layer k)."""
+    cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    gemm(0, 0, r1 - r0, j1 - j0, n_out,
+         <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
+         theta + s.w_off[k] + j0, n_in,
+         <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
+         NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
+    if drop_layer(&e.drop, k):
+        drop_block(&e.drop, k, ws + w.delta[k], n_in, r0, r1, j0, j1)
+
+
+cdef void backprop_rows(const Spec *s, const Extra *e,
+                        const floating *theta,        # IN  parameters (unchanged yet)
+                        floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
+                        int64_t r0, int64_t r1) noexcept nogil:
+    """delta_k = (delta_{k+1} W_k) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
+    cdef int k
+    for k in range(s.n_layers - 1, 0, -1):
+        backprop_cols(s, e, theta, ws, w, k, r0, r1, 0, s.sizes[k])
+
+
+cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
+                      const floating *X, const floating *Y,   # IN the data set
+                      const int64_t *rows,                    # IN the batch's row indices
+                      int64_t r0, int64_t r1) noexcept nogil:
+    """Copy rows r0..r1 of the batch into A_0 and y."""
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    for i in range(r0, r1):   # loops, not memcpy: rows of tiny nets are a few values
+        for j in range(n_in):
+            ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+        for j in range(n_out):
+            ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
+
+
+cdef void phase1(const Spec *s, const Extra *e, const floating *theta,
+                 floating *ws, const Work *w,
+                 const floating *X, const floating *Y,   # IN the data set
+                 const int64_t *rows,                    # IN the batch's row indices, or NULL
+                 int64_t start, int64_t m, int64_t r0, int64_t r1,
+                 bint want_delta) noexcept nogil:
+    """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[s.n_layers]
+    if rows != NULL:
+        gather_rows(s, ws, w, X, Y, rows, r0, r1)
+        x = ws + w.act[0]
+        y = ws + w.y
+    forward_rows(s, e, theta, ws, w, x, r0, r1)
+    loss_rows(s, e, ws, w, y, rows, start, m, r0, r1, want_delta)
+    if want_delta:
+        backprop_rows(s, e, theta, ws, w, r0, r1)
+
+
+cdef void update_units(const Spec *s, const Extra *e,
+                       floating *theta,        # IN, and OUT when grad == NULL or on the optimizer path
+                       floating *grad,         # OUT gradient of the batch objective, or NULL
+                       floating lr,            # the SGD step when grad == NULL
+                       floating *snap,         # OUT copy of what this call updates, or NULL
+                       floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
+                       const floating *x,      # IN batch input, row 0 (ld n_in)
+                       int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
+    """Units o0..o1 of layer k: store their gradient (and, on the optimizer
+    path, step them right away: opt_units), or the fused plain SGD step."""
+    cdef int64_t j, n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    cdef const floating *d = ws + w.delta[k + 1] + o0   # columns o0..o1 of delta (ld n_out)
+    cdef const floating *h = layer_in(e, ws, w, x, k)
+    cdef floating *colsum
+    if o1 <= o0:
+        return
+    if grad != NULL:
+        gemm(1, 0, o1 - o0, n_in, m,
+             <floating>1, d, n_out, h, n_in,
+             <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
+             NULL, ACT_IDENTITY, NULL, 0, 1)
+        if s.b_off[k] >= 0:
+            column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
+        if e.opt != NULL:
+            opt_units(s, e.opt, theta, grad, snap, m, k, o0, o1)
+        return
+    if snap != NULL:
+        memcpy(snap + s.w_off[k] + o0 * n_in, theta + s.w_off[k] + o0 * n_in,
+               (o1 - o0) * n_in * sizeof(floating))
+        if s.b_off[k] >= 0:
+            memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
+                   (o1 - o0) * sizeof(floating))
+    gemm(1, 0, o1 - o0, n_in, m,
+         -lr, d, n_out, h, n_in,
+         <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+         NULL, ACT_IDENTITY, NULL, 0, 1)
+    if s.b_off[k] >= 0:
+        colsum = ws + w.colsum[k]
+        column_sums(d, m, o1 - o0, n_out, colsum + o0)
+        for j in range(o0, o1):
+            theta[s.b_off[k] + j] -= lr * colsum[j]
+
+
+cdef inline double row_sum(const floating *v, int64_t m) noexcept nogil:
+    """sum_i v[i] in row order, in double."""
+    cdef int64_t i
+    cdef double total = 0.0
+    for i in range(m):
+        total += v[i]
+    return total
+
+
+cdef double weighted_sum(const floating *v, const Extra *e, const int64_t *rows,
+                         int64_t start, int64_t m) noexcept nogil:
+    """sum_i s_i v[i] in row order, in double (sum_i v[i] without weights)."""
+    cdef int64_t i
+    cdef double total = 0.0
+    if e.sw == NULL:
+        return row_sum(v, m)
+    for i in range(m):
+        total += row_weight(<const floating *>e.sw, rows, start, i) * v[i]
+    return total
+
+
+cdef double weight_sum(const Extra *e, const floating *dtype_of,  # (unused: picks the dtype of e.sw)
+                       const int64_t *rows,
+                       int64_t start, int64_t m) noexcept nogil:
+    """sum_i s_i of a batch, in row order, in double."""
+    cdef int64_t i
+    cdef double total = 0.0
+    for i in range(m):
+        total += row_weight(<const floating *>e.sw, rows, start, i)
+    return total
+
+
+cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job *job,
+                   floating *theta, floating *ws, const Work *w,
+                   const floating *X, const floating *Y) noexcept nogil:
+    """Tile t of wave `wave` of the plan (see the block above Plan)."""
+    cdef int L = s.n_layers, k
+    cdef int64_t n = p.n_tiles[wave], a, b, i
+    cdef const Extra *e = job.e
+    cdef const int64_t *rows = job.rows
+    cdef int64_t start = job.start, m = job.m
+    cdef bint train = job.train
+    cdef const floating *x = X + start * s.sizes[0]
+    cdef const floating *y = Y + start * s.sizes[L] if Y != NULL else NULL
+    if rows != NULL:
+        x = ws + w.act[0]
+        y = ws + w.y
+    if train and wave == p.n_waves - 1:       # part 2: the units of one layer
+        k = 0
+        while p.p2_first[k + 1] <= t:
+            k += 1
+        n = p.p2_first[k + 1] - p.p2_first[k]
+        t -= p.p2_first[k]
+        update_units(s, e, theta, <floating *>job.grad, <floating>job.lr, <floating *>job.snap,
+                     ws, w, x, m, k,
+                     cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr))
+    elif not p.by_units:                      # row split: rows through everything
+        a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
+        if Y == NULL:
+            forward_rows(s, e, theta, ws, w, x, a, b)
+        else:
+            phase1(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train)
+    elif wave < L:                            # unit split: forward of layer `wave`
+        k = wave
+        forward_cols(s, e, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
+                     cut(s.sizes[k + 1], t + 1, n, p.nr))
+    elif wave == L:                           # output activation and loss rows
+        a, b = part(m, t, n), part(m, t + 1, n)
+        for i in range(a, b):
+            output_row(s, ws + w.act[L] + i * s.sizes[L], ws + w.yhat + i * s.sizes[L])
+        if Y != NULL:
+            loss_rows(s, e, ws, w, y, rows, start, m, a, b, train)
+    else:                                     # delta_k, k = L-1 .. 1
+        k = L - 1 - (wave - L - 1)
+        backprop_cols(s, e, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
+                      cut(s.sizes[k], t + 1, n, p.nr))
+
+
+cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *job,
+                    floating *theta, floating *ws, const floating *X, const floating *Y,
+                    bint caller, int64_t *waited) noexcept nogil:
+    """One thread's share of generation g: take tiles until a wave has none
+    left, wait for the ones still running, go on to the next wave.  After the
+    loss wave every thread sums the losses (in row order: all agree) and
+    stops before the updates when the sum is not finite (returns 1).  -2:
+    generation g is over (a late thread).  Workers do not wait for the last
+    wave; the caller does, so the step is complete when it returns."""
+    cdef int v, t, r, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
+    cdef int64_t t0
+    for v in range(nw):
+        while True:
+            t = fbp_team_claim(T, v, g)
+            if t == -2:
+                return -2
+            if t < 0:
+                break
+            run_tile(s, &job.plan, v, t, job, theta, ws, w, X, Y if job.has_y else NULL)
+            fbp_team_finish(T, v)
+        if v == nw - 1 and not caller:
+            return 0
+        if caller:
+            t0 = fbp_now_ns()
+            r = fbp_team_wait_wave(T, v, g)
+            waited[0] += fbp_now_ns() - t0
+        else:
+            r = fbp_team_wait_wave(T, v, g)
+        if r != 0:
+            return -2
+        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
+            return 1
+    return 0
+
+
+cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
+                      floating *theta, floating *ws, const floating *X,
+                      const floating *Y) noexcept nogil:
+    """A thread of the team other than the caller: every generation until quit."""
+    cdef unsigned g = 0
+    while True:
+        g = fbp_team_next(T, g)
+        if g == 0:
+            return
+        team_waves(T, g, s, w, job, theta, ws, X, Y, False, NULL)
+
+
+cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
+                   const Spec *s, const Work *w, const Extra *e,
+                   floating *theta, floating *grad, floating lr, floating *snap,
+                   floating *ws, const floating *X, const floating *Y,
+                   const int64_t *rows, int64_t start, int64_t m, bint train) noexcept nogil:
+    """The caller: publish one step (or chunk) to the team, then take part."""
+    cdef int64_t t0 = fbp_now_ns(), waited = 0
+    cdef unsigned g = gen[0] + 1
+    if g == 0:
+        g = 1
+    gen[0] = g
+    fbp_team_invalidate(T, g)      # from here no claim succeeds until open
+    job.plan = p[0]
+    job.theta, job.grad, job.snap, job.lr, job.e = theta, grad, snap, lr, e
+    job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
+    if rows != NULL and p.by_units:   # the (small) batch is gathered first
+        gather_rows(s, ws, w, X, Y, rows, 0, m)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
+    team_waves(T, g, s, w, job, theta, ws, X, Y, True, &waited)
+    if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
+        fbp_team_account(T, fbp_now_ns() - t0, waited)
+
+
+cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
+                    floating *theta,            # IN, OUT when grad == NULL or e.opt fuses the update
+                    floating *grad,             # OUT the gradient, or NULL for the fused SGD step
+                    floating lr,
+                    floating *snap,             # OUT theta before the fused step, or NULL
+                    floating *ws, const Work *w,
+                    const floating *X, const floating *Y,  # IN the data set
+                    const int64_t *rows,        # IN the batch's row indices, or NULL
+                    int64_t start, int64_t m,
+                    double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
+    """One batch: the gradient into `grad` (and on the optimizer path of e.opt,
+    the optimizer step fused after it), or the plain SGD step on theta.
+
+    Returns 1 (and changes nothing) when the batch loss is not finite.
+    Serially the two parts run in turn; with a team (T != NULL) and a step
+    worth splitting, as the plan's waves.  `snap` is filled just before
+    theta changes.
+    """
+    cdef Plan p
+    cdef int k
+    cdef const floating *x = X + start * s.sizes[0]
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, True, True, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, e, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
+            loss[0] = row_sum(ws + w.lossv, m)
+            return 0 if isfinite(loss[0]) else 1
+    if rows != NULL:
+        x = ws + w.act[0]
+    phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True)
+    loss[0] = row_sum(ws + w.lossv, m)
+    if not isfinite(loss[0]):
+        return 1
+    for k in range(s.n_layers):
+        update_units(s, e, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
+    return 0
+
+
+cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
+                       const floating *theta, floating *ws, const Work *w,
+                       const floating *X,      # IN the data set
+                       const floating *Y,      # IN targets, or NULL for outputs only
+                       int64_t start, int64_t m) noexcept nogil:
+    """Forward (with Y, also the per-sample losses) of m rows from `start`,
+    into rows 0..m-1 of the workspace."""
+    cdef Plan p
+    if T != NULL and not fbp_team_backing_off(T):
+        make_plan(s, m, False, Y != NULL, &p)
+        if p.nt > 1:
+            team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
+                     NULL, start, m, False)
+            return
+    if Y != NULL:
+        phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
+    else:
+        forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m)
