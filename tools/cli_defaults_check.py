@@ -106,7 +106,8 @@ def _in_process(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from fastbp import cli
 
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
