@@ -29,6 +29,13 @@ float32 reference; 506 tests) still passed, and these failed:
   row-kernel cases with squared error (identity, sigmoid, softmax output);
 - per-sample cross-entropy loss (loss_row, ``loss`` of LOSS_CE): the 6
   softmax/cross_entropy row-kernel cases.
+
+The same injection into the exp output and the Poisson loss (src/_rows.pxi),
+one at a time, against this file with the exp pairs: the exp output
+(``yhat[j]`` of OUT_EXP) failed the 12 exp row-kernel cases (poisson and
+squared error) and 136 cases of the matrix; the per-sample Poisson loss and
+the Poisson output delta each failed the 6 exp/poisson row-kernel cases and
+the 64 float64 exp/poisson cases of the matrix.
 """
 import functools
 import itertools
@@ -84,7 +91,9 @@ def make_data(sizes, n, output, loss, seed):
     X = rng.normal(size=(n, sizes[0])).astype(np.float32)
     if loss == "cross_entropy":
         Y = rng.integers(0, sizes[-1], size=n)
-    elif output in ("sigmoid", "softmax") or loss == "binary_cross_entropy":
+    elif loss == "poisson":  # counts, zeros among them (0 log 0 = 0)
+        Y = rng.poisson(1.5, size=(n, sizes[-1])).astype(np.float32)
+    elif output in ("sigmoid", "softmax", "exp") or loss == "binary_cross_entropy":
         Y = rng.uniform(size=(n, sizes[-1])).astype(np.float32)
     else:
         Y = rng.normal(size=(n, sizes[-1])).astype(np.float32)
