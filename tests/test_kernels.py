@@ -275,17 +275,20 @@ def test_row_kernels_float32_within_a_few_ulp(pair_, n_threads, batch, threads):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_threads", THREADS)
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_fit_matches_reference(dtype, n_threads, shuffle, threads):
+@pytest.mark.parametrize("head", [("softmax", "cross_entropy"), ("exp", "poisson")])
+def test_fit_matches_reference(dtype, n_threads, shuffle, head, threads):
     """The epoch loop (batching, shuffling) against the reference's of the same
-    dtype; the float32 arithmetic of each step is bounded in the tests above."""
+    dtype; the float32 arithmetic of each step is bounded in the tests above.
+    Accuracy is recorded for the classification loss only."""
     threads(n_threads)
     sizes = [3, 6, 2]
-    fast, ref = pair(sizes, "tanh", "softmax", "cross_entropy", True, dtype)
-    X, Y = make_data(sizes, 23, "softmax", "cross_entropy", seed=7)
+    fast, ref = pair(sizes, "tanh", *head, True, dtype)
+    X, Y = make_data(sizes, 23, *head, seed=7)
     hf = fast.fit(X, Y, epochs=3, batch_size=4, lr=0.2, shuffle=shuffle, seed=11)
     hr = ref.fit(X, Y, epochs=3, batch_size=4, lr=0.2, shuffle=shuffle, seed=11)
     assert_close(hf.loss, hr.loss, dtype, "history")
     assert_same_params(fast, ref, dtype, "after fit")
+    assert len(hf.accuracy) == (3 if head[1] == "cross_entropy" else 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -92,12 +92,15 @@ def test_sgd_matches_sklearn(data, kw):
     _assert_stochastic_same(ours, theirs)
 
 
-@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
-def test_sample_weight_matches_sklearn(solver):
+@pytest.mark.parametrize("solver,early_stopping",
+                         [("adam", False), ("adam", True), ("sgd", False), ("sgd", True),
+                          ("lbfgs", False)])
+def test_sample_weight_matches_sklearn(solver, early_stopping):
     X, y = DATA["counts"]
     sw = np.random.default_rng(5).uniform(0.0, 3.0, size=len(y))
     ours, theirs = _fit_both("counts", solver=solver, max_iter=10, random_state=0,
-                             learning_rate_init=0.01, sample_weight=sw)
+                             learning_rate_init=0.01, sample_weight=sw,
+                             early_stopping=early_stopping)
     _assert_params_close(ours, theirs)
     if solver != "lbfgs":
         _assert_stochastic_same(ours, theirs)
