@@ -135,14 +135,10 @@ def sample_loss(loss: str, z: Vector, yhat: Vector, y: Vector) -> float:
         return sum(t * (lse - zj) for zj, t in zip(z, y))
     if loss == "poisson":
         # half Poisson deviance y log(y / yhat) - y + yhat with yhat = e^z, in z:
-        # y log y - y z - y + e^z (0 log 0 = 0; the targets are >= 0)
-        return sum(xlogx(t) - t * zj - t + exp_or_inf(zj) for zj, t in zip(z, y))
+        # (e^z - y) + y (log y - z), 0 log 0 = 0 (the targets are >= 0)
+        return sum((exp_or_inf(zj) - t) + (t * (math.log(t) - zj) if t > 0.0 else 0.0)
+                   for zj, t in zip(z, y))
     raise ValueError(f"unknown loss {loss!r}")
-
-
-def xlogx(t: float) -> float:
-    """t log t, with 0 log 0 = 0."""
-    return t * math.log(t) if t > 0.0 else 0.0
 
 
 def output_delta(loss: str, output: str, z: Vector, yhat: Vector, y: Vector) -> Vector:

@@ -82,15 +82,17 @@ cdef double loss_row(const Spec *s,
                 delta[j] = <floating>(scale * (sigmoid(zj) - y[j]))
     elif s.loss == LOSS_POISSON:
         # half Poisson deviance y log(y / yhat) - y + yhat with yhat = exp(z),
-        # written in z (no log of an underflowed yhat); y >= 0, 0 log 0 = 0.
+        # written in z as (exp(z) - y) + y (log y - z): no log of an
+        # underflowed yhat, and near the fit (y ~ exp(z)) two small
+        # differences instead of large terms that cancel.  y >= 0, 0 log 0 = 0.
         # With the log link dloss/dz = exp(z) - y.
         for j in range(n):
             zj = z[j]
             yj = y[j]
             ez = exp(zj)
-            loss += ez - yj * zj - yj
+            loss += ez - yj
             if yj > 0:
-                loss += yj * log(yj)
+                loss += yj * (log(yj) - zj)
             if delta != NULL:
                 delta[j] = <floating>(scale * (ez - yj))
     else:
