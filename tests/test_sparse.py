@@ -67,6 +67,8 @@ def targets(loss, n, n_out, seed):
         return rng.integers(0, n_out, n)
     if loss == "binary_cross_entropy":
         return (rng.random((n, n_out)) < 0.5).astype(float)
+    if loss == "poisson":
+        return rng.poisson(1.0, (n, n_out)).astype(float)
     return rng.standard_normal((n, n_out))
 
 
@@ -416,10 +418,12 @@ def test_classifier_partial_fit_early_stopping_and_weights_on_sparse():
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_regressor_on_sparse(dtype):
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_regressor_on_sparse(dtype, loss):
     X = sparse_data(150, 30, 0.1, seed=25, dtype=dtype)
-    y = np.random.default_rng(4).standard_normal((150, 2))
-    kw = dict(hidden_layer_sizes=(7,), random_state=0, max_iter=5)
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((150, 2)) if loss == "squared_error" else rng.poisson(2.0, 150)
+    kw = dict(hidden_layer_sizes=(7,), random_state=0, max_iter=5, loss=loss)
     ours = MLPRegressor(**kw).fit(X, y)
     assert ours.coefs_[0].dtype == np.dtype(dtype)
     dense = MLPRegressor(**kw).fit(X.toarray(), y)
