@@ -296,7 +296,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like
             Targets, as for :meth:`loss`.
         reduction : {"mean", "sum"}
@@ -465,7 +467,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
 
         Returns
         -------
@@ -491,7 +495,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like of shape (n_samples, n_out), or (n_samples,)
             Targets; integer labels for ``cross_entropy``, or any 1-D target
             when the network has one output.
@@ -702,7 +708,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like
             Targets, as for :meth:`loss`.
         epochs : int, default 10
