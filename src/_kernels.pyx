@@ -415,54 +415,67 @@ cdef extern from *:
     void fbp_rowdot_f64_fma(const double *x, const double *W, int64_t n_in, int64_t n_out, double *z) nogil
 
 
+cdef enum:
+    GEMM_SMALL_MNK = 4096   # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs scalar chains
+
+
 cdef void forward_small(const Spec *s, const floating *theta,   # IN  parameters
                         floating *ws, const Work *w,           # OUT activations A_1..A_L rows 0..n-1
                         const floating *x,                     # IN  (n, n_in) input rows
                         floating *out,                         # OUT (n, n_out) outputs
                         int64_t n, bint fused) noexcept nogil:
-    """forward_rows (no dropout) for predict's small path, one row at a time:
-    each layer's sums by fbp_rowdot (the GEMM's bits, `fused` on the FMA code
-    paths), then the GEMM's epilogue -- bias and ReLU written out here, the
-    same operations as epi_elem; sigmoid and tanh by the GEMM itself, called
-    with K = 0 and beta = 1 (c = 1*0 + 1*c: exact, as a sum from fbp_rowdot
-    is never -0), so its own exp -- then output_row."""
+    """forward_rows (no dropout) for predict's small path, with the same bits.
+
+    A layer whose product the GEMM would run on its small path (M*N*K <=
+    SMALL_MNK: one scalar chain after another) takes fbp_rowdot row by row
+    (the GEMM's sums; `fused` on the FMA code paths), then the GEMM's
+    epilogue: bias and ReLU written out here, the same operations as
+    epi_elem; sigmoid and tanh by the GEMM itself, called with K = 0 and
+    beta = 1 (c = 1*0 + 1*c, exact: a sum from fbp_rowdot is never -0), so
+    with its own exp.  Larger layers call the GEMM as forward_cols does.
+    Then output_row."""
     cdef int k, L = s.n_layers, act
     cdef int64_t i, j, n_in, n_out
-    cdef const floating *h
+    cdef const floating *h = x
     cdef const floating *W
     cdef const floating *b
     cdef floating *z
-    for i in range(n):
-        h = x + i * s.sizes[0]
-        for k in range(L):
-            n_in, n_out = s.sizes[k], s.sizes[k + 1]
-            W = theta + s.w_off[k]
-            b = theta + s.b_off[k] if s.b_off[k] >= 0 else NULL
-            z = ws + w.act[k + 1] + i * n_out
-            if floating is float:
-                if fused:
-                    fbp_rowdot_f32_fma(h, W, n_in, n_out, z)
+    for k in range(L):
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        W = theta + s.w_off[k]
+        b = theta + s.b_off[k] if s.b_off[k] >= 0 else NULL
+        z = ws + w.act[k + 1]
+        act = s.hidden if k < L - 1 else ACT_IDENTITY
+        if n * n_in * n_out > GEMM_SMALL_MNK:
+            gemm(0, 1, n, n_out, n_in, <floating>1, h, n_in, W, n_in, <floating>0, z, n_out,
+                 b, act, NULL, 0, 1)
+        else:
+            for i in range(n):
+                if floating is float:
+                    if fused:
+                        fbp_rowdot_f32_fma(h + i * n_in, W, n_in, n_out, z + i * n_out)
+                    else:
+                        fbp_rowdot_f32(h + i * n_in, W, n_in, n_out, z + i * n_out)
                 else:
-                    fbp_rowdot_f32(h, W, n_in, n_out, z)
-            else:
-                if fused:
-                    fbp_rowdot_f64_fma(h, W, n_in, n_out, z)
-                else:
-                    fbp_rowdot_f64(h, W, n_in, n_out, z)
-            act = s.hidden if k < L - 1 else ACT_IDENTITY
+                    if fused:
+                        fbp_rowdot_f64_fma(h + i * n_in, W, n_in, n_out, z + i * n_out)
+                    else:
+                        fbp_rowdot_f64(h + i * n_in, W, n_in, n_out, z + i * n_out)
             if act == ACT_SIGMOID or act == ACT_TANH:
-                gemm(0, 1, 1, n_out, 0, <floating>1, h, n_in, W, n_in, <floating>1, z, n_out,
+                gemm(0, 1, n, n_out, 0, <floating>1, h, n_in, W, n_in, <floating>1, z, n_out,
                      b, act, NULL, 0, 1)
             else:
                 if b != NULL:
-                    for j in range(n_out):
-                        z[j] = z[j] + b[j]
+                    for i in range(n):
+                        for j in range(n_out):
+                            z[i * n_out + j] = z[i * n_out + j] + b[j]
                 if act == ACT_RELU:
-                    for j in range(n_out):
+                    for j in range(n * n_out):
                         if not z[j] > 0:
                             z[j] = 0
-            h = z
-        output_row(s, h, out + i * s.sizes[L])
+        h = z
+    for i in range(n):
+        output_row(s, h + i * s.sizes[L], out + i * s.sizes[L])
 
 
 cdef bint all_finite(const floating *x, int64_t n) noexcept nogil:

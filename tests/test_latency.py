@@ -29,9 +29,10 @@ from fastbp import _kernels
 
 ACT_OUT = [("relu", "softmax", "cross_entropy"), ("tanh", "identity", "squared_error"),
            ("sigmoid", "sigmoid", "binary_cross_entropy"), ("identity", "softmax", "cross_entropy")]
-# 30-64-2 (the issue's), n_out not a multiple of 8, a layer deeper than one
-# 256-wide GEMM slab, no hidden layer.
-SIZES = [[30, 64, 2], [7, 13, 5, 3], [300, 19, 9], [6, 3]]
+# 30-64-2 (the issue's; one row by fbp_rowdot, 3+ rows by the GEMM), n_out
+# not a multiple of 8, a layer deeper than one 256-wide GEMM slab (by
+# fbp_rowdot, and by the GEMM), no hidden layer.
+SIZES = [[30, 64, 2], [7, 13, 5, 3], [300, 9, 3], [300, 19, 9], [6, 3]]
 ROWS = [1, 2, 9, 64, 65, 700]
 
 
