@@ -94,7 +94,8 @@ def test_parallel_path_matches(isa):
             X = _X(rows, 30, np.float64, seed=rows)
             r0 = _kernels.parallel_regions()
             fast = net.predict(X)
-            assert _kernels.parallel_regions() > r0 or not _kernels.openmp_enabled()
+            assert (_kernels.parallel_regions() > r0 or not _kernels.openmp_enabled()
+                    or fastbp.get_num_threads() < 2)   # OMP_THREAD_LIMIT=1
             _same(fast, net._predict_general(X))
             with fastbp.threads(1):
                 _same(net.predict(X), fast)
@@ -394,3 +395,23 @@ def test_estimator_feature_names_and_config():
             _message(lambda: ours._forward(X[:1]))[:2] != (None, None)
     ours.n_threads = 1
     _same(ours.predict_proba(X[:1]), pairs[1][0].predict_proba(X[:1]))
+
+
+def test_bench_latency_table():
+    """bench/latency.py's table and timer (the full run takes minutes: not a test)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "latency.py").exists():
+        pytest.skip("no bench/ folder")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench import latency
+
+    table = latency.table({"before": {"predict_1_f32": 14.0},
+                           "after": {"predict_1_f32": 1.0, "torch_1": 18.0}})
+    assert "| MLP.predict 30-64-2, 1 row, float32 X | 14.00 | 1.00 | 0.07 |" in table
+    assert "| ref: torch inference_mode, 1 row | - | 18.00 | - |" in table
+    assert "sklearn" not in table   # cases no implementation ran are left out
+    assert 0 < latency.best_us(lambda: None, quick=True) < 1e3
