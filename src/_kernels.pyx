@@ -60,8 +60,8 @@
 #   check_X's checks itself, with numpy's C API, for the common case (a
 #   C-contiguous float32/float64 ndarray), and a call too small to gain from
 #   threads or from releasing the GIL (SMALL_ROWS, SMALL_MACS) runs with the
-#   GIL held in a workspace cached in the Network (no thread runs inside it
-#   but the one holding the GIL, so it has one user at a time).
+#   GIL held in a workspace cached in the Network (only the thread holding
+#   the GIL, and the model's lock, runs in it: one user at a time).
 from cython.parallel cimport parallel, threadid
 from cpython.mem cimport PyMem_Free, PyMem_Realloc, PyMem_Malloc
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
@@ -416,7 +416,11 @@ cdef extern from *:
 
 
 cdef enum:
-    GEMM_SMALL_MNK = 4096   # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs scalar chains
+    # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs one scalar chain after
+    # another, and fbp_rowdot is faster.  Only speed depends on it (every
+    # path gives the same bits); FBP_ROW_KC must equal fbp_gemm.c's FBP_KC
+    # (tests/test_latency.py has a layer deeper than one slab).
+    GEMM_SMALL_MNK = 4096
 
 
 cdef void forward_small(const Spec *s, const floating *theta,   # IN  parameters
