@@ -175,15 +175,21 @@ def _numeric(name: str, value: Any) -> np.ndarray:
     return arr
 
 
+# Up to this many values, _first_bad_row looks at every value at once (a
+# small temporary costs less than the errstate and the float64 sum).
+_SMALL_CHECK = 4096
+
+
 def _first_bad_row(arr: np.ndarray) -> Optional[int]:
     """Index of the first row holding NaN or Inf, or None."""
     if arr.dtype.kind != "f" or arr.size == 0:
         return None
-    # A finite sum proves every value finite without a temporary the size of
-    # the data; only a NaN, an Inf or an overflowing sum needs the full look.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(arr.sum(dtype=np.float64)):
-            return None
+    if arr.size > _SMALL_CHECK:
+        # A finite sum proves every value finite without a temporary the size
+        # of the data; only a NaN, an Inf or an overflowing sum needs the full look.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(arr.sum(dtype=np.float64)):
+                return None
     finite = np.isfinite(arr)
     if finite.all():
         return None
@@ -209,7 +215,8 @@ def check_X(X: Any, n_in: int, dtype: type) -> np.ndarray:
         raise ValueError(f"X contains NaN or Inf (first in row {bad})")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = _first_bad_row(out)  # finite float64 can overflow to Inf in float32
+    # Finite float64 can overflow to Inf in float32 (unconverted: checked above).
+    bad = _first_bad_row(out) if out is not arr else None
     if bad is not None:
         raise ValueError(f"X row {bad} overflows {np.dtype(dtype).name}")
     return out
@@ -251,7 +258,7 @@ def check_Y(Y: Any, n_samples: int, n_out: int, loss: str, dtype: type) -> np.nd
         raise ValueError(f"poisson targets must be non-negative (first negative in row {row})")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = _first_bad_row(out)
+    bad = _first_bad_row(out) if out is not arr else None
     if bad is not None:
         raise ValueError(f"Y row {bad} overflows {np.dtype(dtype).name}")
     return out

@@ -229,6 +229,8 @@ class MLP:
         # Serialises calls from several Python threads; re-entrant so that a
         # fit callback may call predict/loss on the model.
         self._lock = threading.RLock()
+        # predict's rows per kernel chunk (a constant of the architecture).
+        self._predict_chunk = self._chunk_rows()
 
     # -- parameters ---------------------------------------------------------
 
@@ -469,11 +471,46 @@ class MLP:
         ndarray of shape (n_samples, n_out)
             The outputs after the output activation (probabilities for
             softmax, the predicted means e^z for the exp output).
+
+        Notes
+        -----
+        A C-contiguous float32 or float64 ``numpy.ndarray`` takes a compiled
+        fast path (the same checks, in compiled code; a one-row call costs a
+        few microseconds); anything else goes through the general checks
+        (:func:`fastbp._common.check_X`).  Both give the same bits and the
+        same errors.
         """
-        Xc = self._X(X)
+        names = self._feature_names
+        if names is not None:
+            C.check_feature_names(names, X, type(self).__name__)
+        with self._lock:
+            out = self._net.predict_fast(self._theta, X, self._predict_chunk)
+        if out is None:
+            out = self._predict_general(X, names_checked=True)
+        return out
+
+    def _predict_fast(self, X: Any, max_threads: Optional[int] = None) -> Optional[np.ndarray]:
+        """predict's compiled fast path, or None when ``X`` is not a case it takes.
+
+        Taken: an exact ``numpy.ndarray`` of shape (n_samples >= 1, n_in),
+        C-contiguous, aligned, native byte order, float32 or float64, all
+        finite in the model's dtype (see ``Network.predict_fast``).  The
+        model's feature names are not checked here (the caller does).
+        ``max_threads``: at most that many threads (a valid count, as
+        ``fastbp.threads(max_threads)`` caps), or None.
+        """
+        with self._lock:
+            return self._net.predict_fast(self._theta, X, self._predict_chunk, max_threads)
+
+    def _predict_general(self, X: Any, *, names_checked: bool = False) -> np.ndarray:
+        """predict through the general checks (``check_X``) and ``Network.predict``:
+        every input predict accepts, and every error it raises."""
+        if not names_checked:
+            C.check_feature_names(self._feature_names, X, type(self).__name__)
+        Xc = C.check_X(X, self.layer_sizes[0], self.dtype.type)
         out = np.empty((Xc.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         with self._lock:
-            self._net.predict(self._theta, Xc, out, self._chunk_rows(), get_num_threads())
+            self._net.predict(self._theta, Xc, out, self._predict_chunk, get_num_threads())
         return out
 
     def _weights_of(self, sample_weight: Any, n: int) -> Optional[np.ndarray]:
