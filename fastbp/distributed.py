@@ -542,6 +542,22 @@ class _Step:
         opt.update(theta[self.lo:self.hi], g, chunk, lr=lr)
 
 
+# How often the main thread tests the pending requests while the kernel forms
+# a layer's gradient in the helper thread (0: test only between layers).
+_POLL_S = float(os.environ.get("FASTBP_OVERLAP_POLL_S", "0.0005"))
+_HELPER: Any = None
+
+
+def _helper() -> Any:
+    """The one thread that runs the kernel while the main thread tests requests."""
+    global _HELPER
+    if _HELPER is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _HELPER = ThreadPoolExecutor(1, thread_name_prefix="fastbp-overlap")
+    return _HELPER
+
+
 class _LayerExchange:
     """``_Step.exchange`` cut at the layers, each part started as soon as it is formed.
 
@@ -585,6 +601,23 @@ class _LayerExchange:
         self.started += 1
         self.comm.Testall(self.requests)
         self.seconds += time.perf_counter() - t0
+
+    def during(self, form: Callable[[], Any]) -> None:
+        """Run ``form()`` (a GIL-free kernel call) in a helper thread while this
+        thread tests the pending requests every ``_POLL_S`` seconds, so the
+        bytes keep moving while the kernel works (MPICH progresses only inside
+        MPI calls; the kernel's thread makes none)."""
+        if not self.requests or _POLL_S <= 0:
+            form()
+            return
+        from concurrent.futures import wait
+
+        job = _helper().submit(form)
+        while not wait([job], timeout=_POLL_S)[0]:
+            t0 = time.perf_counter()
+            self.comm.Testall(self.requests)
+            self.seconds += time.perf_counter() - t0
+        job.result()
 
     def finish(self) -> np.ndarray:
         """Complete every request; the K pieces of this rank's chunk, as ``exchange``."""
@@ -1088,29 +1121,17 @@ def _check_local(net: MLP, X: Any, Y: Any, validation_data: Any, validation_spli
         raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
     Xc = C.check_X(X, net.layer_sizes[0], net.dtype.type)
     Yc = C.check_Y(Y, Xc.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type)
-    val = None
-    if validation_data is not None:
-        if validation_split:
-            raise ValueError("give validation_data or validation_split, not both")
-        try:
-            Xv, Yv = validation_data
-        except (TypeError, ValueError):
-            raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
+    # A split holds out the last rows of the global set, which a rank holding
+    # only its own rows does not have.
+    if (validation_data is None and n_samples is not None
+            and C.check_validation_split(validation_split)):
+        raise ValueError("validation_split needs the whole data set on every rank "
+                         "(n_samples=None); give each rank's validation_data instead")
+    def pair(Xv: Any, Yv: Any) -> Tuple[np.ndarray, np.ndarray]:
         Xv = C.check_X(Xv, net.layer_sizes[0], net.dtype.type)
-        val = (Xv, C.check_Y(Yv, Xv.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type))
-    elif validation_split:
-        split = float(validation_split)
-        if not 0.0 < split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        if n_samples is not None:
-            raise ValueError("validation_split needs the whole data set on every rank "
-                             "(n_samples=None); give each rank's validation_data instead")
-        n_val = int(round(Xc.shape[0] * split))
-        if n_val < 1 or n_val >= Xc.shape[0]:
-            raise ValueError(f"validation_split={split} of {Xc.shape[0]} samples leaves an "
-                             "empty training or validation set")
-        cut = Xc.shape[0] - n_val
-        Xc, Yc, val = Xc[:cut], Yc[:cut], (Xc[cut:], Yc[cut:])
+        return Xv, C.check_Y(Yv, Xv.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type)
+
+    Xc, Yc, val = C.check_validation(Xc, Yc, validation_data, validation_split, pair)
     if early_stopping and val is None:
         raise ValueError("early_stopping needs validation_data or validation_split")
     return dict(X=Xc, Y=Yc, val=val, epochs=epochs, batch_size=batch_size, lr0=lr0,
@@ -1369,7 +1390,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 # goes out while the kernel forms layer k-1's gradient.
                 for k in range(net.n_layers - 1, -1, -1):
                     if backward is not None:
-                        backward.form()
+                        layers.during(backward.form)
                     layers.start(k, grad)
                 pieces = layers.finish()
             elif tree is None:

@@ -953,7 +953,7 @@ class MLP:
         if sw is not None:
             X_conv += _allocated(sw, sample_weight)
         n_all = Xc.shape[0]
-        Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
+        Xc, Yc, val = C.check_validation(Xc, Yc, validation_data, validation_split, self._XY)
         if sw is not None and Xc.shape[0] < n_all:
             sw = sw[: Xc.shape[0]]
             if not sw.any():
@@ -1194,37 +1194,6 @@ class MLP:
             rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
             total += int(self._net.workspace_size(rows, "loss")) * item
         return int(total)
-
-    def _validation(
-        self, X: np.ndarray, Y: np.ndarray, data: Optional[Tuple[Any, Any]], split: float
-    ) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
-        """Training arrays and the checked validation pair (or None)."""
-        if data is not None:
-            if split:
-                raise ValueError("give validation_data or validation_split, not both")
-            try:
-                Xv, Yv = data
-            except (TypeError, ValueError):
-                raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
-            return X, Y, self._XY(Xv, Yv)
-        if isinstance(split, (str, bytes, bool, np.bool_)):
-            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
-        try:
-            split = float(split)
-        except (TypeError, ValueError):
-            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}") from None
-        if not 0.0 <= split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
-        if split == 0.0:
-            return X, Y, None
-        n_val = int(round(X.shape[0] * split))
-        if n_val < 1 or n_val >= X.shape[0]:
-            raise ValueError(
-                f"validation_split={split} of {X.shape[0]} samples leaves an empty training "
-                "or validation set"
-            )
-        cut = X.shape[0] - n_val
-        return X[:cut], Y[:cut], (X[cut:], Y[cut:])
 
     # -- files and other frameworks -----------------------------------------
 

@@ -217,6 +217,40 @@ def test_combine_gradients_is_a_rank_order_float64_sum():
     np.testing.assert_array_equal(fd.combine_gradients(g[:1], [4]), g[0])
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(validation_data=(np.zeros((4, 5)), [0, 1, 2, 0]), validation_split=0.2), "not both"),
+    (dict(validation_data=np.zeros((4, 5))), "must be a pair"),
+    (dict(validation_split="0.2"), "must be a number"),
+    (dict(validation_split=1.0), r"must be in \[0, 1\)"),
+    (dict(validation_split=0.001), "leaves an empty training or validation set"),
+])
+def test_validation_options_are_checked_as_mlp_fit_checks_them(options, message):
+    X, y = _data(50)
+    net = fastbp.MLP([5, 4, 3], seed=0)
+    args = dict(validation_data=None, validation_split=0.0, n_samples=None, epochs=1,
+                batch_size=8, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                patience=3, early_stopping=False, shuffle=True, optimizer=None,
+                optimizer_state=None, callbacks=None)
+    with pytest.raises(ValueError, match=message):
+        fd._check_local(net, X, y, **dict(args, **options))
+    with pytest.raises(ValueError, match=message):
+        net.fit(X, y, epochs=1, **options)
+
+
+def test_validation_split_holds_out_the_last_rows_and_needs_the_whole_set():
+    X, y = _data(50)
+    net = fastbp.MLP([5, 4, 3], seed=0)
+    args = dict(validation_data=None, validation_split=0.2, n_samples=None, epochs=1,
+                batch_size=8, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                patience=3, early_stopping=False, shuffle=True, optimizer=None,
+                optimizer_state=None, callbacks=None)
+    local = fd._check_local(net, X, y, **args)
+    assert local["X"].shape[0] == 40 and local["val"][0].shape[0] == 10
+    np.testing.assert_array_equal(local["val"][0], X[40:])
+    with pytest.raises(ValueError, match="needs the whole data set on every rank"):
+        fd._check_local(net, X, y, **dict(args, n_samples=100))
+
+
 def test_missing_mpi4py_gives_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match=r"fastbp\[mpi\]"):
