@@ -27,6 +27,14 @@ What one step does, on every rank (K ranks, global batch of B rows):
    of the parameters and of the velocity, and an ``Allgatherv`` hands every
    rank the new parameters: each entry is updated once, by one rank.
 
+With ``overlap=True`` (the default) steps 2 and 4 interleave, as PyTorch DDP
+and Horovod do: rank r runs the forward pass, then forms its gradient one
+layer at a time, last layer first (:meth:`fastbp.MLP.layer_gradients`), and
+starts layer k's part of the reduce-scatter (``Ialltoallv``, into the same
+places of the same buffer) as soon as layer k is formed, while the kernel
+forms the layers below; every request completes before step 5.  The bytes
+that arrive, the sums and their order are the same: so are the bits.
+
 So every rank ends bitwise equal, repeated runs are bitwise equal, and the
 result equals one process replaying the same shards and the same reduction
 (:func:`combine_gradients`).  Against single-process :meth:`fastbp.MLP.fit`
@@ -542,22 +550,6 @@ class _Step:
         opt.update(theta[self.lo:self.hi], g, chunk, lr=lr)
 
 
-# How often the main thread tests the pending requests while the kernel forms
-# a layer's gradient in the helper thread (0: test only between layers).
-_POLL_S = float(os.environ.get("FASTBP_OVERLAP_POLL_S", "0.0005"))
-_HELPER: Any = None
-
-
-def _helper() -> Any:
-    """The one thread that runs the kernel while the main thread tests requests."""
-    global _HELPER
-    if _HELPER is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _HELPER = ThreadPoolExecutor(1, thread_name_prefix="fastbp-overlap")
-    return _HELPER
-
-
 class _LayerExchange:
     """``_Step.exchange`` cut at the layers, each part started as soon as it is formed.
 
@@ -601,23 +593,6 @@ class _LayerExchange:
         self.started += 1
         self.comm.Testall(self.requests)
         self.seconds += time.perf_counter() - t0
-
-    def during(self, form: Callable[[], Any]) -> None:
-        """Run ``form()`` (a GIL-free kernel call) in a helper thread while this
-        thread tests the pending requests every ``_POLL_S`` seconds, so the
-        bytes keep moving while the kernel works (MPICH progresses only inside
-        MPI calls; the kernel's thread makes none)."""
-        if not self.requests or _POLL_S <= 0:
-            form()
-            return
-        from concurrent.futures import wait
-
-        job = _helper().submit(form)
-        while not wait([job], timeout=_POLL_S)[0]:
-            t0 = time.perf_counter()
-            self.comm.Testall(self.requests)
-            self.seconds += time.perf_counter() - t0
-        job.result()
 
     def finish(self) -> np.ndarray:
         """Complete every request; the K pieces of this rank's chunk, as ``exchange``."""
@@ -1390,7 +1365,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 # goes out while the kernel forms layer k-1's gradient.
                 for k in range(net.n_layers - 1, -1, -1):
                     if backward is not None:
-                        layers.during(backward.form)
+                        backward.form()
                     layers.start(k, grad)
                 pieces = layers.finish()
             elif tree is None:
