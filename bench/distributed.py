@@ -1,15 +1,22 @@
 """fastbp.distributed on this machine: K = 1 vs K = 2 processes, 1 kernel thread each.
 
-    python -m bench.distributed            # about a minute
-    python -m bench.distributed --quick    # a smoke run of seconds
+    python -m bench.distributed            # a few minutes on an idle machine
+    python -m bench.distributed --quick    # a smoke run
+    python -m bench.distributed --config 784-256-128-10   # one configuration
 
 For each configuration (784-256-128-10 batch 128, 1024-2048-2048-1024 batch
 256; relu, identity output, squared error, float32, plain SGD, random data)
-it launches ``mpiexec -n K python -m bench.distributed --worker ...`` and
-reports, per training step: the wall time, the speedup of K = 2 over K = 1,
-and the time spent in communication (the fixed-order gradient reduction:
-Alltoallv + rank-order float64 sum + Allgatherv), plus the reduction's cost
-per byte of gradient.  It also times, in one process, the gradient of one
+it launches ``mpiexec -n K python -m bench.distributed --worker ...`` three
+times: K = 1; K = 2, alternating epochs with ``overlap=False`` and
+``overlap=True`` in the same processes (so both see the same load); and K = 2
+again with MPICH's asynchronous progress thread (``MPIR_CVAR_ASYNC_PROGRESS=1``;
+one short epoch per mode, as ``--quick``: it is slow on 2 cores).  It reports, per training step:
+the wall time, the speedup of K = 2 over K = 1, and the time spent in
+communication by part (the gradient's reduce-scatter, with overlap the time
+inside its non-blocking calls and of that the final wait; the parameters'
+allgather; the shard losses' allgather), the overlapped fraction of the
+reduce-scatter, the load average at the start and the end, plus the
+reduction's cost per byte of gradient.  It also times, in one process, the gradient of one
 shard at the shard sizes K = 8, 64 and 512 would give, and the per-step local
 work that does not shrink with K (the float64 sum of the received chunks and
 the optimizer update), the inputs of the step-time model in
@@ -39,6 +46,7 @@ CONFIGS = {
 NETWORK_GBPS = 25.0     # the modelled link
 LATENCY_S = 10e-6       # the modelled per-message latency of MPI over such a link
 MODEL_K = (8, 64, 512)
+ROUNDS = 5              # epochs per mode (K = 2: alternating without and with overlap)
 
 
 def _net(sizes: List[int]):
@@ -86,7 +94,9 @@ def worker(name: str, quick: bool) -> None:
 
     net.flat_gradient = timed
     best: Dict[bool, Dict[str, Any]] = {}
-    for _ in range(1 if quick else 3):
+    ratios: Dict[str, List[float]] = {"step": [], "gradient_comm": []}
+    for _ in range(1 if quick else ROUNDS):
+        this: Dict[bool, Dict[str, Any]] = {}
         for overlap in modes:
             spent[:] = [0.0, 0.0]
             hist = fd.fit(net, X, Y, comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0,
@@ -96,8 +106,17 @@ def worker(name: str, quick: bool) -> None:
                        requests_per_step=hist.comm_detail["requests"] / steps,
                        **{f"{k}_s": v / steps for k, v in hist.comm_detail.items()
                           if k != "requests"})
+            # The gradient's communication: the losses' allgather and the
+            # reduce-scatter (a rank's wait for the slower one lands in the
+            # first of them without overlap, in the final wait with it).
+            run["gradient_comm_s"] = run["losses_s"] + run["exchange_s"]
+            this[overlap] = run
             if overlap not in best or run["step_s"] < best[overlap]["step_s"]:
                 best[overlap] = run
+        if True in this:   # paired: adjacent epochs see about the same load
+            ratios["step"].append(this[True]["step_s"] / this[False]["step_s"])
+            ratios["gradient_comm"].append(this[True]["gradient_comm_s"]
+                                           / this[False]["gradient_comm_s"])
     grad_cpu = max(comm.allgather(best[False]["grad_cpu_s"]))
     # The reduction alone, on the gradient's size.
     reduce = fd.FixedOrderAllreduce(comm, net.n_params, net.dtype)
@@ -119,6 +138,7 @@ def worker(name: str, quick: bool) -> None:
         res.update(best[False])
         if True in best:
             res["overlap"] = best[True]
+            res["overlap_ratio_median"] = {k: float(np.median(v)) for k, v in ratios.items()}
         print(json.dumps(res), flush=True)
 
 
@@ -224,13 +244,16 @@ def main(argv: List[str] = None) -> None:
                                        "between runs", "load_average_1min_start": load_start}
     # K = 1; K = 2 (overlap off and on, alternating epochs); K = 2 with MPICH's
     # asynchronous progress thread (MPI_THREAD_MULTIPLE, which mpi4py asks for).
-    launches = [("K1", 1, {}), ("K2", 2, {}),
-                ("K2_async", 2, {"MPIR_CVAR_ASYNC_PROGRESS": "1", "MPICH_ASYNC_PROGRESS": "1"})]
+    # (label, K, extra environment, quick: the async runs are slow here, so they
+    # time one short epoch per mode)
+    launches = [("K1", 1, {}, args.quick), ("K2", 2, {}, args.quick),
+                ("K2_async", 2, {"MPIR_CVAR_ASYNC_PROGRESS": "1", "MPICH_ASYNC_PROGRESS": "1"},
+                 True)]
     for name, cfg in chosen.items():
         runs = {}
-        for label, K, extra in launches:
+        for label, K, extra, quick in launches:
             cmd = [exe, "-n", str(K), sys.executable, "-m", "bench.distributed", "--worker", name]
-            if args.quick:
+            if quick:
                 cmd.append("--quick")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, **extra),
                                   cwd=root, timeout=1800)
@@ -245,8 +268,9 @@ def main(argv: List[str] = None) -> None:
             speedup=k1["step_s"] / k2["step_s"],
             speedup_overlap=k1["step_s"] / k2["overlap"]["step_s"],
             speedup_overlap_async=k1["step_s"] / ka["overlap"]["step_s"],
-            overlapped_fraction=1.0 - k2["overlap"]["exchange_s"] / k2["exchange_s"],
-            overlapped_fraction_async=1.0 - ka["overlap"]["exchange_s"] / ka["exchange_s"],
+            overlap_step_ratio=k2["overlap_ratio_median"]["step"],
+            overlapped_fraction=1.0 - k2["overlap_ratio_median"]["gradient_comm"],
+            overlapped_fraction_async=1.0 - ka["overlap_ratio_median"]["gradient_comm"],
             reduce_s_per_byte_K2=k2["reduce_s"] / (4 * P),
             model=[model(P, cfg["batch"], local, K) for K in MODEL_K],
         )
@@ -261,25 +285,30 @@ def main(argv: List[str] = None) -> None:
           f"{os.cpu_count()} cores. This machine may be shared (up to 8 agents at once): with a "
           "load above the cores, wall times vary between runs and K = 2 ranks rarely get a core "
           "each; rerun on a quiet machine for the figures of record.")
-    print("\nms per step (best epoch of 3); K=2 alternates epochs without and with overlap in "
-          "the same processes; async = MPICH's progress thread (MPIR_CVAR_ASYNC_PROGRESS=1)")
-    print("| config | batch | K=1 | K=2 | K=2 overlap | K=2 async, no overlap | K=2 async overlap "
-          "| speedup K=2 / overlap / async overlap |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\nms per step (best of {ROUNDS} epochs; async: one short epoch). K=2 alternates "
+          "epochs without and with overlap in the same processes; 'overlap/off' is the median "
+          "over those pairs of the step-time ratio (below 1: overlap is faster). async = "
+          "MPICH's progress thread (MPIR_CVAR_ASYNC_PROGRESS=1).")
+    print("| config | batch | K=1 | K=2 | K=2 overlap | overlap/off | K=2 async | "
+          "K=2 async overlap | speedup K=2 / overlap / async overlap |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, cfg in chosen.items():
         r = results[name]
         k1, k2, ka = (r["runs"][k] for k in ("K1", "K2", "K2_async"))
         print(f"| {name} | {cfg['batch']} | {ms(k1['step_s'])} | {ms(k2['step_s'])} "
-              f"| {ms(k2['overlap']['step_s'])} | {ms(ka['step_s'])} "
-              f"| {ms(ka['overlap']['step_s'])} | {r['speedup']:.2f} / "
+              f"| {ms(k2['overlap']['step_s'])} | {r['overlap_step_ratio']:.3f} "
+              f"| {ms(ka['step_s'])} | {ms(ka['overlap']['step_s'])} | {r['speedup']:.2f} / "
               f"{r['speedup_overlap']:.2f} / {r['speedup_overlap_async']:.2f} |")
-    print("\nCommunication, ms per step of K=2 (rank 0): the gradient's reduce-scatter "
-          "(\"exchange\": with overlap, the time inside its non-blocking calls, of which the "
-          "final wait), the parameters' allgather (\"share\"), the shard losses' allgather; "
-          "overlapped = 1 - exchange with overlap / exchange without")
-    print("| config | run | total | exchange | (final wait) | share | losses | total with overlap "
-          "| exchange with overlap | (final wait) | overlapped | requests/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\nCommunication, ms per step of K=2 (rank 0, best epoch): the shard losses' "
+          "allgather; the gradient's reduce-scatter (with overlap: the time inside its "
+          "non-blocking calls, and of that the final wait); the parameters' allgather "
+          "(share). A rank's wait for the slower one lands in the losses' allgather without "
+          "overlap and in the final wait with it, so 'overlapped' compares the two together: "
+          "1 - median over the pairs of (losses + exchange with overlap) / (without).")
+    print("| config | run | total | losses | exchange | share | total, overlap | losses, "
+          "overlap | exchange, overlap | (final wait) | share, overlap | overlapped "
+          "| requests/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in chosen:
         r = results[name]
         for label, key in (("no async", "K2"), ("async", "K2_async")):
@@ -287,10 +316,10 @@ def main(argv: List[str] = None) -> None:
             o = a["overlap"]
             frac = r["overlapped_fraction" + ("_async" if key == "K2_async" else "")]
             print(f"| {name} | {label} | {ms(a['comm_s'])} ({a['comm_s'] / a['step_s']:.0%}) "
-                  f"| {ms(a['exchange_s'])} | {ms(a['wait_s'])} | {ms(a['share_s'])} "
-                  f"| {ms(a['losses_s'])} | {ms(o['comm_s'])} ({o['comm_s'] / o['step_s']:.0%}) "
-                  f"| {ms(o['exchange_s'])} | {ms(o['wait_s'])} | {frac:.0%} "
-                  f"| {o['requests_per_step']:.0f} |")
+                  f"| {ms(a['losses_s'])} | {ms(a['exchange_s'])} | {ms(a['share_s'])} "
+                  f"| {ms(o['comm_s'])} ({o['comm_s'] / o['step_s']:.0%}) | {ms(o['losses_s'])} "
+                  f"| {ms(o['exchange_s'])} | {ms(o['wait_s'])} | {ms(o['share_s'])} "
+                  f"| {frac:.0%} | {o['requests_per_step']:.0f} |")
     print("\n| config | reduction alone ns/byte K=2 | shard gradient CPU ms K=1 / K=2 |")
     print("|---|---|---|")
     for name in chosen:

@@ -1102,6 +1102,7 @@ def _check_local(net: MLP, X: Any, Y: Any, validation_data: Any, validation_spli
             and C.check_validation_split(validation_split)):
         raise ValueError("validation_split needs the whole data set on every rank "
                          "(n_samples=None); give each rank's validation_data instead")
+
     def pair(Xv: Any, Yv: Any) -> Tuple[np.ndarray, np.ndarray]:
         Xv = C.check_X(Xv, net.layer_sizes[0], net.dtype.type)
         return Xv, C.check_Y(Yv, Xv.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type)
