@@ -65,9 +65,10 @@ def _data(sizes: List[int], n: int):
 def worker(name: str, quick: bool) -> None:
     """Run under mpiexec: time distributed steps; rank 0 prints one JSON line.
 
-    With K > 1 it alternates epochs with ``overlap=False`` and ``overlap=True``
-    in the same processes (so both see the same load) and keeps the fastest
-    epoch of each."""
+    With K > 1 it alternates epochs with ``overlap=False``, with the default
+    ``overlap=True`` and, when the default buckets hold more than one layer,
+    with every layer on its own (``bucket_bytes=0``), in the same processes
+    (so all see the same load), and keeps the fastest epoch of each."""
     import fastbp
     import fastbp.distributed as fd
 
@@ -78,10 +79,15 @@ def worker(name: str, quick: bool) -> None:
     X, Y = _data(cfg["sizes"], B * steps)
     net = _net(cfg["sizes"])
     comm = fd.MPIComm()
-    modes = (False, True) if comm.size > 1 else (False,)
-    for overlap in modes:   # warm up both paths
+    modes: Dict[str, Dict[str, Any]] = {"off": dict(overlap=False)}
+    if comm.size > 1:
+        modes["on"] = {}
+        slices = fd._layer_slices(net)
+        if len(fd._buckets(slices, 4, 1 << 20)) < len(slices):
+            modes["per_layer"] = dict(bucket_bytes=0)
+    for kw in modes.values():   # warm up every path
         fd.fit(net, X[: 2 * B], Y[: 2 * B], comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0,
-               overlap=overlap)
+               **kw)
     # Time the shard gradients too (the one-call path): wall and CPU time of this rank.
     real, spent = net.flat_gradient, [0.0, 0.0]
 
@@ -93,14 +99,14 @@ def worker(name: str, quick: bool) -> None:
         return out
 
     net.flat_gradient = timed
-    best: Dict[bool, Dict[str, Any]] = {}
-    ratios: Dict[str, List[float]] = {"step": [], "gradient_comm": []}
+    best: Dict[str, Dict[str, Any]] = {}
+    ratios: Dict[str, Dict[str, List[float]]] = {
+        mode: {"step": [], "gradient_comm": []} for mode in modes if mode != "off"}
     for _ in range(1 if quick else ROUNDS):
-        this: Dict[bool, Dict[str, Any]] = {}
-        for overlap in modes:
+        this: Dict[str, Dict[str, Any]] = {}
+        for mode, kw in modes.items():
             spent[:] = [0.0, 0.0]
-            hist = fd.fit(net, X, Y, comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0,
-                          overlap=overlap)
+            hist = fd.fit(net, X, Y, comm=comm, epochs=1, batch_size=B, lr=1e-4, seed=0, **kw)
             run = dict(step_s=hist.seconds[0] / steps, comm_s=hist.comm_seconds / steps,
                        grad_wall_s=spent[0] / steps, grad_cpu_s=spent[1] / steps,
                        requests_per_step=hist.comm_detail["requests"] / steps,
@@ -110,14 +116,14 @@ def worker(name: str, quick: bool) -> None:
             # reduce-scatter (a rank's wait for the slower one lands in the
             # first of them without overlap, in the final wait with it).
             run["gradient_comm_s"] = run["losses_s"] + run["exchange_s"]
-            this[overlap] = run
-            if overlap not in best or run["step_s"] < best[overlap]["step_s"]:
-                best[overlap] = run
-        if True in this:   # paired: adjacent epochs see about the same load
-            ratios["step"].append(this[True]["step_s"] / this[False]["step_s"])
-            ratios["gradient_comm"].append(this[True]["gradient_comm_s"]
-                                           / this[False]["gradient_comm_s"])
-    grad_cpu = max(comm.allgather(best[False]["grad_cpu_s"]))
+            this[mode] = run
+            if mode not in best or run["step_s"] < best[mode]["step_s"]:
+                best[mode] = run
+        for mode in ratios:   # paired: adjacent epochs see about the same load
+            ratios[mode]["step"].append(this[mode]["step_s"] / this["off"]["step_s"])
+            ratios[mode]["gradient_comm"].append(this[mode]["gradient_comm_s"]
+                                                 / this["off"]["gradient_comm_s"])
+    grad_cpu = max(comm.allgather(best["off"]["grad_cpu_s"]))
     # The reduction alone, on the gradient's size.
     reduce = fd.FixedOrderAllreduce(comm, net.n_params, net.dtype)
     g = np.ones(net.n_params, dtype=net.dtype)
@@ -135,10 +141,12 @@ def worker(name: str, quick: bool) -> None:
         res = dict(config=name, K=comm.size, n_params=net.n_params,
                    async_progress=_async_progress(), grad_cpu_s_max_rank=grad_cpu,
                    reduce_s=float(np.median(alone)))
-        res.update(best[False])
-        if True in best:
-            res["overlap"] = best[True]
-            res["overlap_ratio_median"] = {k: float(np.median(v)) for k, v in ratios.items()}
+        res.update(best["off"])
+        for mode, key in (("on", "overlap"), ("per_layer", "per_layer")):
+            if mode in best:
+                res[key] = best[mode]
+                res[key]["ratio_median"] = {k: float(np.median(v))
+                                            for k, v in ratios[mode].items()}
         print(json.dumps(res), flush=True)
 
 
@@ -268,9 +276,11 @@ def main(argv: List[str] = None) -> None:
             speedup=k1["step_s"] / k2["step_s"],
             speedup_overlap=k1["step_s"] / k2["overlap"]["step_s"],
             speedup_overlap_async=k1["step_s"] / ka["overlap"]["step_s"],
-            overlap_step_ratio=k2["overlap_ratio_median"]["step"],
-            overlapped_fraction=1.0 - k2["overlap_ratio_median"]["gradient_comm"],
-            overlapped_fraction_async=1.0 - ka["overlap_ratio_median"]["gradient_comm"],
+            overlap_step_ratio=k2["overlap"]["ratio_median"]["step"],
+            per_layer_step_ratio=(k2["per_layer"]["ratio_median"]["step"]
+                                  if "per_layer" in k2 else None),
+            overlapped_fraction=1.0 - k2["overlap"]["ratio_median"]["gradient_comm"],
+            overlapped_fraction_async=1.0 - ka["overlap"]["ratio_median"]["gradient_comm"],
             reduce_s_per_byte_K2=k2["reduce_s"] / (4 * P),
             model=[model(P, cfg["batch"], local, K) for K in MODEL_K],
         )
@@ -286,17 +296,20 @@ def main(argv: List[str] = None) -> None:
           "load above the cores, wall times vary between runs and K = 2 ranks rarely get a core "
           "each; rerun on a quiet machine for the figures of record.")
     print(f"\nms per step (best of {ROUNDS} epochs; async: one short epoch). K=2 alternates "
-          "epochs without and with overlap in the same processes; 'overlap/off' is the median "
-          "over those pairs of the step-time ratio (below 1: overlap is faster). async = "
-          "MPICH's progress thread (MPIR_CVAR_ASYNC_PROGRESS=1).")
-    print("| config | batch | K=1 | K=2 | K=2 overlap | overlap/off | K=2 async | "
-          "K=2 async overlap | speedup K=2 / overlap / async overlap |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "epochs without overlap, with it (default buckets of 1 MiB) and, where the buckets "
+          "join layers, with every layer on its own (bucket_bytes=0), in the same processes; "
+          "'overlap/off' is the median over those pairs of the step-time ratio (below 1: "
+          "overlap is faster). async = MPICH's progress thread (MPIR_CVAR_ASYNC_PROGRESS=1).")
+    print("| config | batch | K=1 | K=2 | K=2 overlap | overlap/off | per-layer/off | K=2 async "
+          "| K=2 async overlap | speedup K=2 / overlap / async overlap |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, cfg in chosen.items():
         r = results[name]
         k1, k2, ka = (r["runs"][k] for k in ("K1", "K2", "K2_async"))
+        per = r["per_layer_step_ratio"]
         print(f"| {name} | {cfg['batch']} | {ms(k1['step_s'])} | {ms(k2['step_s'])} "
               f"| {ms(k2['overlap']['step_s'])} | {r['overlap_step_ratio']:.3f} "
+              f"| {'=' if per is None else format(per, '.3f')} "
               f"| {ms(ka['step_s'])} | {ms(ka['overlap']['step_s'])} | {r['speedup']:.2f} / "
               f"{r['speedup_overlap']:.2f} / {r['speedup_overlap_async']:.2f} |")
     print("\nCommunication, ms per step of K=2 (rank 0, best epoch): the shard losses' "
@@ -319,7 +332,8 @@ def main(argv: List[str] = None) -> None:
                   f"| {ms(a['losses_s'])} | {ms(a['exchange_s'])} | {ms(a['share_s'])} "
                   f"| {ms(o['comm_s'])} ({o['comm_s'] / o['step_s']:.0%}) | {ms(o['losses_s'])} "
                   f"| {ms(o['exchange_s'])} | {ms(o['wait_s'])} | {ms(o['share_s'])} "
-                  f"| {frac:.0%} | {o['requests_per_step']:.0f} |")
+                  f"| {'none: one bucket' if not o['requests_per_step'] else format(frac, '.0%')} "
+                  f"| {o['requests_per_step']:.0f} |")
     print("\n| config | reduction alone ns/byte K=2 | shard gradient CPU ms K=1 / K=2 |")
     print("|---|---|---|")
     for name in chosen:

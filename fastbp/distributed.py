@@ -553,11 +553,14 @@ class _Step:
 class _LayerExchange:
     """``_Step.exchange`` cut at the layers, each part started as soon as it is formed.
 
-    Layer k's gradient (``W_k`` then ``b_k``) is a contiguous slice of the flat
+    The layers are grouped in buckets (consecutive layers, last layer first,
+    until a bucket holds ``bucket_bytes``, as PyTorch DDP's ``bucket_cap_mb``);
+    a bucket goes out once its last layer is formed.  A bucket's gradient
+    (``W_k``, ``b_k``, ``W_k+1``, ...) is a contiguous slice of the flat
     vector, which the chunk boundaries cut into consecutive blocks in rank
     order (the part in chunk 0 first): so ``Ialltoallv`` of the slice, with
-    those block sizes, sends rank c the part of its chunk that lies in layer
-    k, and rank c receives every rank's part straight into its place in the
+    those block sizes, sends rank c the part of its chunk that lies in the
+    bucket, and rank c receives every rank's part straight into its place in the
     same (K, chunk) buffer that ``exchange`` fills.  After :meth:`finish` the
     buffer holds the same bytes as after one ``exchange``: only when the
     bytes move changes, not what is summed or in which order.  Between
@@ -566,12 +569,13 @@ class _LayerExchange:
     progress thread is on).
     """
 
-    def __init__(self, comm: Any, step: _Step, slices: Sequence[slice]) -> None:
+    def __init__(self, comm: Any, step: _Step, buckets: Sequence[Tuple[int, slice]]) -> None:
         K, b, lo, hi = comm.size, step.bounds, step.lo, step.hi
         L = hi - lo
         self.comm, self.step = comm, step
         self.plan = []
-        for sl in slices:
+        self.starts = {k: i for i, (k, _) in enumerate(buckets)}  # the lowest layer of bucket i
+        for _, sl in buckets:
             a, e = int(sl.start), int(sl.stop)
             send_counts = [max(0, min(e, b[c + 1]) - max(a, b[c])) for c in range(K)]
             x0, x1 = max(a, lo), min(e, hi)
@@ -583,9 +587,12 @@ class _LayerExchange:
         self.seconds = 0.0    # wall time inside the exchange's MPI calls
         self.wait_seconds = 0.0  # of which in the final wait
 
-    def start(self, k: int, grad: np.ndarray) -> None:
-        """Send layer k's part of ``grad`` (formed, and left alone until :meth:`finish`)."""
-        a, e, send_counts, recv_counts, recv_displs = self.plan[k]
+    def formed(self, k: int, grad: np.ndarray) -> None:
+        """Layer k of ``grad`` is formed: send its bucket if k is the bucket's last
+        layer to be formed (``grad`` then left alone until :meth:`finish`)."""
+        if k not in self.starts:
+            return
+        a, e, send_counts, recv_counts, recv_displs = self.plan[self.starts[k]]
         t0 = time.perf_counter()
         self.requests.append(self.comm.Ialltoallv(grad[a:e], send_counts,
                                                   self.step.recv.reshape(-1), recv_counts,
@@ -870,6 +877,20 @@ def _read_checkpoint(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, A
     return data, meta
 
 
+def _buckets(slices: Sequence[slice], itemsize: int, cap: int) -> List[Tuple[int, slice]]:
+    """The layers grouped for sending: from the last layer down, consecutive layers
+    until their gradient holds ``cap`` bytes or more (the first layer closes the
+    last bucket).  Each bucket as (its lowest layer, its slice of the flat vector)."""
+    out: List[Tuple[int, slice]] = []
+    top: Optional[int] = None
+    for k in range(len(slices) - 1, -1, -1):
+        top = slices[k].stop if top is None else top
+        if (top - slices[k].start) * itemsize >= cap or k == 0:
+            out.append((k, slice(slices[k].start, top)))
+            top = None
+    return out
+
+
 def _layer_slices(net: MLP) -> List[slice]:
     """Layer k's entries of the flat vector: W_k then b_k (MLP.flat_parameters' layout)."""
     out, off = [], 0
@@ -919,6 +940,7 @@ def fit(
     resume: Optional[PathLike] = None,
     slab_rows: Optional[int] = None,
     overlap: bool = True,
+    bucket_bytes: int = 1 << 20,
     abort_on_error: bool = True,
 ) -> History:
     """Train ``net`` on K ranks in lockstep: synchronous data-parallel SGD.
@@ -1007,6 +1029,14 @@ def fit(
         formed, while the kernel forms the layers below; all complete before
         the update.  Only when the bytes move changes: the sums, their order
         and so the bits are the same as with ``overlap=False`` (tested).
+    bucket_bytes : int
+        With overlap, consecutive layers (last first) are sent together until
+        their gradient holds this many bytes, as PyTorch DDP's
+        ``bucket_cap_mb``: a non-blocking collective per layer costs more
+        than it hides when layers are small.  When the whole gradient makes
+        one bucket (a net under 1 MiB of float32 gradient with the default)
+        there is nothing to overlap, and the step is the one of
+        ``overlap=False``.  0: every layer on its own.
     abort_on_error : bool
         On an exception that only some ranks raise, print it (naming the
         rank) and ``comm.Abort(1)``; False re-raises it instead (the other
@@ -1025,7 +1055,7 @@ def fit(
         the time inside its non-blocking calls; ``"wait"``, of which in the
         final wait; ``"share"``, the parameters' allgather; ``"rows"``,
         fetching the shard's rows from their owners) and ``"requests"``, the
-        number of non-blocking requests started (one per layer per step with
+        number of non-blocking requests started (one per bucket per step with
         overlap, else 0); and
         ``optimizer_state``: the optimizer's state dict with ``optimizer=``
         (None otherwise; the built-in SGD's velocity is the model's).
@@ -1055,7 +1085,7 @@ def fit(
                     momentum, nesterov, weight_decay, optimizer, optimizer_state,
                     schedule, validation_data,
                     validation_split, early_stopping, patience, callbacks, verbose,
-                    checkpoint, resume, slab_rows, overlap)
+                    checkpoint, resume, slab_rows, overlap, bucket_bytes)
     except BaseException as exc:
         if getattr(exc, "fastbp_collective", False) or comm.size == 1 or not abort_on_error:
             raise
@@ -1121,7 +1151,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
          schedule: Any, validation_data: Any,
          validation_split: float, early_stopping: bool, patience: int,
          callbacks: Any, verbose: int, checkpoint: Optional[PathLike],
-         resume: Optional[PathLike], slab_rows: Optional[int], overlap: bool) -> History:
+         resume: Optional[PathLike], slab_rows: Optional[int], overlap: bool,
+         bucket_bytes: int) -> History:
     K, me = comm.size, comm.rank
 
     # -- 1. every rank checks its own input, then all compare signatures ----
@@ -1136,6 +1167,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 slab_rows, (int, np.integer)) or slab_rows < 1):
             raise ValueError(f"slab_rows must be a positive integer or None, got {slab_rows!r}")
         overlap = C.check_bool("overlap", overlap)
+        bucket_bytes = C.check_int("bucket_bytes", bucket_bytes, 0)
     except (ValueError, TypeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     sig: Dict[str, Any] = {}
@@ -1150,7 +1182,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             early_stopping=bool(early_stopping), patience=int(patience),
             validation=val is not None, validation_split=float(validation_split or 0.0),
             checkpoint=checkpoint is not None, resume=resume is not None,
-            slab_rows=slab_rows, overlap=overlap,
+            slab_rows=slab_rows, overlap=overlap, bucket_bytes=bucket_bytes,
             X_row_shape=list(np.shape(X)[1:]), Y_row_shape=list(np.shape(Y)[1:]),
         )
         rows = dict(train=int(Xc.shape[0]), val=int(val[0].shape[0]) if val is not None else 0)
@@ -1299,8 +1331,9 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     grad = np.empty_like(theta)
     step = _Step(comm, P, net.dtype)
     tree = _SlabTree(comm, step, slab_rows, P, net.dtype) if slab_rows else None
-    layers = _LayerExchange(comm, step, _layer_slices(net)) \
-        if overlap and K > 1 and tree is None else None
+    buckets = _buckets(_layer_slices(net), net.dtype.itemsize, bucket_bytes)
+    layers = _LayerExchange(comm, step, buckets) \
+        if overlap and K > 1 and tree is None and len(buckets) > 1 else None
     loss_seconds = 0.0
     losses = np.empty(K, dtype=np.float64)
     hist.workspace_bytes = int(grad.nbytes + step.nbytes)
@@ -1362,12 +1395,12 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             for r in range(K):
                 loss_sum += losses[r]
             if layers is not None:
-                # Last layer first: layer k's part of the reduce-scatter
-                # goes out while the kernel forms layer k-1's gradient.
+                # Last layer first: a bucket's part of the reduce-scatter
+                # goes out while the kernel forms the layers below it.
                 for k in range(net.n_layers - 1, -1, -1):
                     if backward is not None:
                         backward.form()
-                    layers.start(k, grad)
+                    layers.formed(k, grad)
                 pieces = layers.finish()
             elif tree is None:
                 pieces = step.exchange(grad)

@@ -720,9 +720,10 @@ def test_overlap_gives_the_same_bits_as_without(mpi_run, tmp_path, K, config):
     if config is not None:
         base["optimizer"] = config
     runs = {}
-    for overlap in (False, True):
+    for overlap in (False, True):   # with overlap, every layer on its own (bucket_bytes=0)
         ckpt = str(tmp_path / f"ckpt-{overlap}.npz")
-        runs[overlap] = mpi_run(K, dict(base, fit=dict(fit, overlap=overlap, checkpoint=ckpt)))
+        runs[overlap] = mpi_run(K, dict(base, fit=dict(fit, overlap=overlap, checkpoint=ckpt,
+                                                       bucket_bytes=0)))
     off, on = runs[False].result, runs[True].result
     for key in ("thetas", "velocity", "loss", "val_loss"):
         np.testing.assert_array_equal(on[key], off[key], err_msg=key)
@@ -744,13 +745,40 @@ def test_overlap_resumes_a_run_checkpointed_without_it(mpi_run, tmp_path):
     ckpt = str(tmp_path / "ckpt.npz")
     straight = mpi_run(2, dict(fit=dict(FIT, epochs=3, overlap=False), validation=True)).result
     mpi_run(2, dict(fit=dict(FIT, epochs=1, checkpoint=ckpt, overlap=False), validation=True))
-    resumed = mpi_run(2, dict(fit=dict(FIT, epochs=3, resume=ckpt), validation=True)).result
+    resumed = mpi_run(2, dict(fit=dict(FIT, epochs=3, resume=ckpt, bucket_bytes=0),
+                              validation=True)).result
     np.testing.assert_array_equal(resumed["thetas"], straight["thetas"])
     np.testing.assert_array_equal(resumed["velocity"], straight["velocity"])
+    assert int(resumed["requests"][0]) == 2 * 2 * -(-150 // FIT["batch_size"])
+
+
+def test_buckets_group_the_layers_last_first_until_the_cap():
+    net = fastbp.MLP([5, 16, 12, 3], seed=0)       # layers of 96, 204 and 39 entries
+    slices = fd._layer_slices(net)
+    assert [(sl.start, sl.stop) for sl in slices] == [(0, 96), (96, 300), (300, 339)]
+    assert fd._buckets(slices, 4, 0) == [(2, slice(300, 339)), (1, slice(96, 300)),
+                                         (0, slice(0, 96))]
+    assert fd._buckets(slices, 4, 400) == [(1, slice(96, 339)), (0, slice(0, 96))]
+    assert fd._buckets(slices, 4, 1 << 20) == [(0, slice(0, 339))]
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_overlap_in_buckets_gives_the_same_bits(mpi_run, K):
+    # Buckets of 400 bytes: layers 2 and 1 go out together, then layer 0.
+    base = dict(validation=True, hidden=[16, 12])
+    off = mpi_run(K, dict(base, fit=dict(FIT, overlap=False))).result
+    on = mpi_run(K, dict(base, fit=dict(FIT, bucket_bytes=400))).result
+    one = mpi_run(K, dict(base, fit=dict(FIT))).result   # the default: one bucket
+    for res in (on, one):
+        for key in ("thetas", "velocity", "loss", "val_loss"):
+            np.testing.assert_array_equal(res[key], off[key], err_msg=key)
+    steps = FIT["epochs"] * -(-150 // FIT["batch_size"])
+    assert int(on["requests"][0]) == 2 * steps
+    assert int(one["requests"][0]) == 0   # nothing to overlap: the plain step
 
 
 def test_overlap_is_off_with_slab_rows_and_must_agree_across_ranks(mpi_run):
-    fit = dict(FIT, epochs=1, batch_size=40, slab_rows=8)
+    fit = dict(FIT, epochs=1, batch_size=40, slab_rows=8, bucket_bytes=0)
     res = mpi_run(2, dict(fit=fit)).result
     assert int(res["requests"][0]) == 0   # the slab tree's one exchange per step
     proc = mpi_run(2, dict(fit=dict(FIT, overlap="yes")))
