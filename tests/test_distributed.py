@@ -173,6 +173,24 @@ def test_layer_gradients_are_bitwise_flat_gradient(dtype, threads, sizes, bias):
         lg.form()
 
 
+@pytest.mark.parametrize("activation, output, loss", [
+    ("relu", "identity", "squared_error"), ("sigmoid", "sigmoid", "binary_cross_entropy"),
+    ("tanh", "exp", "poisson")])
+def test_layer_gradients_of_every_output_and_loss(activation, output, loss):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 5))
+    Y = rng.random(size=(40, 3)) if loss != "binary_cross_entropy" else \
+        (rng.random(size=(40, 3)) > 0.5).astype(float)
+    net = fastbp.MLP([5, 7, 6, 3], activation=activation, output=output, loss=loss,
+                     dtype="float64", seed=4)
+    lg = net.layer_gradients(X, Y)
+    for _ in lg:
+        pass
+    loss_ref, ref = net.flat_gradient(X, Y)
+    assert lg.loss == loss_ref
+    np.testing.assert_array_equal(lg.gradient, ref)
+
+
 def test_layer_gradients_bad_arguments_and_non_finite_loss():
     X, y = _data(10)
     net = fastbp.MLP([5, 4, 3], seed=0)
