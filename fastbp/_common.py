@@ -7,7 +7,7 @@ Nothing unchecked may reach the compiled kernels: they run without bounds checks
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -311,6 +311,68 @@ def check_fit_args(epochs: Any, batch_size: Any) -> Tuple[int, int]:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return int(epochs), min(int(batch_size), _MAX_BATCH)
 
+
+
+def check_validation_split(split: Any) -> float:
+    """``fit(validation_split=...)`` as a float in [0, 1)."""
+    if isinstance(split, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
+    try:
+        value = float(split)
+    except (TypeError, ValueError):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
+    return value
+
+
+def check_validation(
+    X: np.ndarray, Y: np.ndarray, data: Any, split: Any,
+    check_pair: Callable[[Any, Any], Tuple[np.ndarray, np.ndarray]],
+) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """The training rows and the validation pair of ``fit``'s two options.
+
+    Parameters
+    ----------
+    X, Y : ndarray
+        The checked training set.
+    data : (X_val, Y_val) or None
+        ``validation_data``, checked with ``check_pair(X_val, Y_val)``.
+    split : float
+        ``validation_split``: the last ``round(n * split)`` rows of X, Y are
+        held out (not shuffled, as Keras does).
+    check_pair : callable
+        The caller's check of a data pair (``MLP._XY``).
+
+    Returns
+    -------
+    (X_train, Y_train, (X_val, Y_val) or None)
+
+    Raises
+    ------
+    ValueError
+        Both options given, ``data`` not a pair, a split out of [0, 1) or one
+        that leaves an empty training or validation set.
+    """
+    if data is not None:
+        if split:
+            raise ValueError("give validation_data or validation_split, not both")
+        try:
+            Xv, Yv = data
+        except (TypeError, ValueError):
+            raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
+        return X, Y, check_pair(Xv, Yv)
+    value = check_validation_split(split)
+    if value == 0.0:
+        return X, Y, None
+    n_val = int(round(X.shape[0] * value))
+    if n_val < 1 or n_val >= X.shape[0]:
+        raise ValueError(
+            f"validation_split={value} of {X.shape[0]} samples leaves an empty training "
+            "or validation set"
+        )
+    cut = X.shape[0] - n_val
+    return X[:cut], Y[:cut], (X[cut:], Y[cut:])
 
 
 def check_bool(name: str, value: Any) -> bool:

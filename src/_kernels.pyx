@@ -323,6 +323,7 @@ cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld
 include "_rows.pxi"
 include "_steps.pxi"
 include "_epoch.pxi"
+include "_layers.pxi"
 
 
 # ---------------------------------------------------------------------------
@@ -931,6 +932,48 @@ cdef class Network:
                 return float("nan")
             return weighted_sum(&ws[w.lossv], &e, NULL, 0, m) / e.wsum
         return c.totals[0] / m
+
+    def layerwise_forward(self, const floating[::1] theta, const floating[:, ::1] X,
+                          const floating[:, ::1] Y, floating[::1] ws, int n_threads):
+        """The first call of `gradients` cut at the layers (src/_layers.pxi):
+        the forward pass over X (one batch), the per-sample losses and the
+        output delta, into `ws` (workspace_size(len(X), "gradients")
+        elements at least).  Returns the mean loss.  Then call
+        layerwise_backward(k, ...) for k = n_layers-1 down to 0 with the same
+        theta (unchanged), X and ws; together they give `gradients`' bits."""
+        self._check(theta, X, Y)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
+        cdef int64_t m = X.shape[0]
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
+        cdef Extra e
+        cdef double total
+        if ws.shape[0] < w.size:
+            raise ValueError("workspace too small")
+        extra_init(&e)
+        with nogil:
+            total = lw_forward(&s, &e, &theta[0], &ws[0], &w, &X[0, 0], &Y[0, 0], m)
+        return total / m
+
+    def layerwise_backward(self, int k, const floating[::1] theta, const floating[:, ::1] X,
+                           floating[::1] ws, floating[::1] grad, int n_threads):
+        """Layer k's entries of the gradient (W_k then b_k, at w_off[k]) into
+        `grad` (n_params), and for k >= 1 the delta layer k-1 needs, into
+        `ws`.  Call it for k = n_layers-1 down to 0, after layerwise_forward
+        on the same theta, X and ws (src/_layers.pxi)."""
+        self._check(theta, X)
+        if not 0 <= k < self.spec.n_layers:
+            raise ValueError(f"layer {k} out of range")
+        if grad.shape[0] != self.n_params:
+            raise ValueError("grad has the wrong length")
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
+        cdef int64_t m = X.shape[0]
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
+        cdef Extra e
+        if ws.shape[0] < w.size:
+            raise ValueError("workspace too small")
+        extra_init(&e)
+        with nogil:
+            lw_backward(&s, &e, &theta[0], &grad[0], &ws[0], &w, &X[0, 0], m, k)
 
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
