@@ -368,20 +368,24 @@ def test_model_file_and_onnx_unaffected(tmp_path):
 # ---------------------------------------------------------------------------
 # scikit-learn estimators
 
-skl = pytest.importorskip("sklearn")
-from sklearn import neural_network  # noqa: E402
+def _sklearn():
+    """scikit-learn's neural_network and fastbp's estimators (the test skips without it)."""
+    pytest.importorskip("sklearn")
+    from sklearn import neural_network
 
-from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+    from fastbp.sklearn import MLPClassifier, MLPRegressor
+    return neural_network, MLPClassifier, MLPRegressor
 
 
 def _rel(a, b):
     return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-300)) for x, y in zip(a, b))
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
 def test_classifier_on_sparse_matches_sklearn(solver, fmt):
+    neural_network, MLPClassifier, MLPRegressor = _sklearn()
     X = sparse_data(240, 60, 0.08, seed=23).asformat(fmt)
     y = np.random.default_rng(1).integers(0, 3, 240)
     kw = dict(hidden_layer_sizes=(12,), solver=solver, max_iter=8, random_state=0,
@@ -400,8 +404,9 @@ def test_classifier_on_sparse_matches_sklearn(solver, fmt):
         assert_same(a, b)
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_classifier_partial_fit_early_stopping_and_weights_on_sparse():
+    neural_network, MLPClassifier, MLPRegressor = _sklearn()
     X = sparse_data(300, 40, 0.1, seed=24)
     y = np.random.default_rng(2).integers(0, 2, 300)
     sw = np.random.default_rng(3).random(300)
@@ -416,10 +421,11 @@ def test_classifier_partial_fit_early_stopping_and_weights_on_sparse():
     assert _rel(b.coefs_, a.coefs_) < 1e-7
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("loss", ["squared_error", "poisson"])
 def test_regressor_on_sparse(dtype, loss):
+    neural_network, MLPClassifier, MLPRegressor = _sklearn()
     X = sparse_data(150, 30, 0.1, seed=25, dtype=dtype)
     rng = np.random.default_rng(4)
     y = rng.standard_normal((150, 2)) if loss == "squared_error" else rng.poisson(2.0, 150)
@@ -433,3 +439,14 @@ def test_regressor_on_sparse(dtype, loss):
         theirs = neural_network.MLPRegressor(**kw).fit(X, y)
         assert _rel(theirs.coefs_, ours.coefs_) < 1e-7
         np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-7, atol=1e-12)
+
+
+def test_flat_gradient_and_layer_gradients_on_sparse():
+    X = sparse_data(30, 12, 0.3, seed=26)
+    Y = targets("cross_entropy", 30, 3, seed=27)
+    net = fastbp.MLP([12, 5, 3], dtype="float64", seed=0)
+    (l1, g1), (l2, g2) = net.flat_gradient(X, Y), net.flat_gradient(X.toarray(), Y)
+    assert l1 == l2
+    assert_same(g1, g2)
+    with pytest.raises(TypeError, match="layer_gradients takes a dense X"):
+        net.layer_gradients(X, Y)
