@@ -46,8 +46,8 @@
 #   has a fixed order whatever the tiling, so any thread count gives the same
 #   bits.
 # * Cost: the forward and the gradient touch nnz(batch) * n_out entries of
-#   W_0 (rows j of W_0 in the outer loop, so a row stays in cache while the
-#   tile's rows walk it); zeroing the gradient rows and the optimizer's update
+#   W_0 (4 rows j of W_0 at a time in the outer loop, so they stay in cache
+#   while the tile's rows walk them); zeroing the gradient rows and the optimizer's update
 #   stay dense in W_0 (Adam moves every weight), the optimizer stepping each
 #   unit's row right after its gradient row is formed, while it is in cache.
 
