@@ -9,15 +9,16 @@ they draw the same initial weights and visit the samples in the same order
 as scikit-learn, so the two follow the same trajectory up to floating-point
 rounding.
 
-- ``solver="sgd"``: each epoch runs as one call into fastbp's compiled
-  kernels (forward, backward, penalty and momentum update of every batch).
+- ``solver="sgd"`` and ``solver="adam"``: each epoch (or ``partial_fit``)
+  runs as one call into fastbp's compiled kernels: forward, backward, L2
+  term and update of every batch, with or without sample weights.  adam is
+  scikit-learn's Adam (which differs from ``torch.optim.Adam`` in where
+  ``epsilon`` enters), the private ``fastbp.optim._SklearnAdam``, with
+  numpy's roundings of scikit-learn's update.
 - ``solver="lbfgs"``: scikit-learn's call of :func:`scipy.optimize.minimize`
   (same objective, same packing of the parameters, same options); each
   evaluation of the loss and gradient of the whole data set is one GIL-free
   kernel call.
-- ``solver="adam"``: scikit-learn's Adam update (which differs from
-  ``torch.optim.Adam`` in where ``epsilon`` enters), applied in numpy after
-  each batch's gradient, which one kernel call computes.
 
 scikit-learn is an optional dependency (``pip install fastbp[sklearn]``):
 ``import fastbp`` never imports it, this module does.
@@ -55,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
 from . import _common as C
 from ._threads import get_num_threads, threads
 from .model import MLP, Epochs, ParamList
+from .optim import _SklearnAdam
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -140,6 +142,11 @@ class _BaseMLP(BaseEstimator):
     """
 
     _classifier: bool = False
+    # True: sgd and adam run per batch (one kernel call for each batch's
+    # gradient, the update in numpy), the reference the compiled epoch is
+    # tested against (tests/test_sklearn_solvers.py); False: one compiled
+    # call per epoch.
+    _per_batch: bool = False
 
     def __init__(
         self,
@@ -670,12 +677,10 @@ class _BaseMLP(BaseEstimator):
 
         Everything random is drawn here exactly as scikit-learn draws it (the
         validation split, then one shuffle of ``sample_idx`` per epoch).
-        With ``solver="sgd"`` each epoch is one call into the compiled loop,
-        which visits the rows in that order in consecutive batches and
-        applies the penalty and the momentum update after each one; with
-        ``solver="adam"`` (and sgd with sample weights) each batch's loss and
-        gradient are one kernel call and scikit-learn's update follows in
-        numpy.
+        Each epoch is one call into the compiled loop, which visits the rows
+        in that order in consecutive batches and applies the penalty and the
+        update (sgd's momentum, or scikit-learn's Adam) after each one, with
+        sample weights scaled as scikit-learn 1.9 scales them.
         """
         net = self._net
         if not incremental or not hasattr(self, "_optimizer"):
@@ -719,16 +724,20 @@ class _BaseMLP(BaseEstimator):
 
         sample_idx = np.arange(n_samples)
         self.n_iter_ = 0
+        runner = None
         with net._lock:
-            if self._optimizer["solver"] == "sgd" and sw is None:
+            if self._per_batch:
+                epoch = self._batch_epoch(X, Y, sw, batch_size)
+            elif self._optimizer["solver"] == "sgd":
                 runner = Epochs(
                     net, X, Y, batch_size, momentum=float(self.momentum),
                     nesterov=bool(self.nesterovs_momentum), weight_decay=0.0,
-                    l2=float(self.alpha), flush_denormals=True,
+                    l2=float(self.alpha), flush_denormals=True, sample_weight=sw,
+                    sklearn_weights=True,
                 )
                 epoch = self._sgd_epoch(runner)
             else:
-                epoch = self._batch_epoch(X, Y, sw, batch_size)
+                epoch = self._adam_epoch(X, Y, sw, batch_size)
             try:
                 self._run_epochs(epoch, sample_idx, incremental, X_val, y_val, sw_val)
             except KeyboardInterrupt:
@@ -760,19 +769,60 @@ class _BaseMLP(BaseEstimator):
 
         return epoch
 
+    def _adam_epoch(
+        self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
+    ) -> Any:
+        """One adam epoch in the compiled loop: scikit-learn's Adam
+        (``_SklearnAdam``) on the estimator's moments, after each batch's
+        gradient and L2 term (weighted: scikit-learn 1.9's scaling).  Returns
+        the sum of the batch losses, each weighted by its row count, with the
+        L2 term, or None when a batch's loss was not finite (the kernel then
+        stops before that batch's update)."""
+        net = self._net
+        opt = self._optimizer
+        adam = _SklearnAdam(lr=float(self.learning_rate_init),
+                            betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
+        kernels, theta = net._net, net.flat_parameters
+        dtype = theta.dtype
+        ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0])), dtype=dtype)
+        grad, empty = np.empty_like(theta), np.empty(0, dtype=dtype)
+        kw: Dict[str, Any] = dict(l2=float(self.alpha), optimizer=adam)
+        if sw is not None:
+            kw.update(sample_weight=sw, sklearn_weights=True)
+        scale = self._loss_scale()
+        n_threads = get_num_threads()
+        lr = adam.lr
+
+        def epoch(order: Optional[np.ndarray]) -> Optional[float]:
+            state = {"step": opt["t"], "exp_avg": opt["ms"], "exp_avg_sq": opt["vs"]}
+            try:
+                loss_sum, _, penalty_sum, _, status = kernels.fit_epoch(
+                    theta, X, Y, order, batch_size, ws, grad, empty, n_threads, lr,
+                    state=state, **kw)
+            finally:
+                opt["t"] = int(state["step"])  # also after Ctrl-C
+            return None if status else scale * loss_sum + penalty_sum
+
+        return epoch
+
     def _batch_epoch(
         self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
     ) -> Any:
-        """One adam (or weighted sgd) epoch: per batch, the loss and gradient
-        in one kernel call, then scikit-learn's update in numpy.
+        """One sgd or adam epoch per batch (``_per_batch``, the compiled
+        epoch's reference): the loss and gradient of each batch in one kernel
+        call, then the L2 term and the update in numpy.
 
         Adam: scikit-learn's ``AdamOptimizer`` with the same numpy operations
-        (so the same roundings) on the flat parameter vector.  sgd: the
+        (``_SklearnAdam.update``) on the flat parameter vector.  sgd: the
         momentum update in the kernel's form (the model's velocity ``u``,
         scikit-learn's ``v = -lr u``), so that weighted and unweighted calls
         can follow each other.  With sample weights s, a batch minimises
         ``sum s_i l_i / sum s + alpha / (2 sum s) ||W||^2`` and its loss
-        counts with the batch's row count in ``loss_``, as in scikit-learn.
+        counts with the batch's row count in ``loss_``, as in scikit-learn
+        (``sum s`` in double in row order, as the kernels take it; a batch
+        whose weights sum to 0 is skipped, as the kernels skip it, where
+        scikit-learn would divide by 0).
         """
         net = self._net
         solver = self._optimizer["solver"]
@@ -789,8 +839,9 @@ class _BaseMLP(BaseEstimator):
                     for k, W in enumerate(net.weights)]
         alpha = float(self.alpha)
         scale = self._loss_scale()
-        beta_1, beta_2, epsilon = self.beta_1, self.beta_2, self.epsilon
-        lr_init = self.learning_rate_init
+        lr_init = float(self.learning_rate_init)
+        adam = _SklearnAdam(lr=lr_init, betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
         n_samples = X.shape[0]
         n_threads = get_num_threads()
 
@@ -808,7 +859,9 @@ class _BaseMLP(BaseEstimator):
                     if sw is not None:
                         swb = sw.take(idx)
                 m = Xb.shape[0]
-                denom = m if swb is None else swb.sum()
+                denom = m if swb is None else float(np.cumsum(swb, dtype=np.float64)[-1])
+                if not denom > 0:
+                    continue
                 loss = net._net.gradients(theta, Xb, Yb, grad, n_threads,
                                           sample_weight=swb) * scale
                 values = 0.0
@@ -831,15 +884,9 @@ class _BaseMLP(BaseEstimator):
                     np.subtract(theta, net.dtype.type(lr) * step, out=theta)
                     continue
                 # scikit-learn's AdamOptimizer._get_updates, on flat vectors
-                opt["t"] += 1
-                t = opt["t"]
-                ms, vs = opt["ms"], opt["vs"]
-                ms *= beta_1
-                ms += (1 - beta_1) * grad
-                vs *= beta_2
-                vs += (1 - beta_2) * (grad**2)
-                lr = lr_init * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
-                np.add(theta, -lr * ms / (np.sqrt(vs) + epsilon), out=theta)
+                state = {"step": opt["t"], "exp_avg": opt["ms"], "exp_avg_sq": opt["vs"]}
+                adam.update(theta, grad, state, lr_init)
+                opt["t"] = state["step"]
             return accumulated
 
         return epoch
