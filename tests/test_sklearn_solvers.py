@@ -537,3 +537,41 @@ def test_compiled_epoch_is_the_per_batch_path_bitwise(solver, weighted, dtype, n
     finally:
         fastbp.set_num_threads(before)
         _kernels.set_parallel_threshold(threshold)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lbfgs_in_pieces_matches_sklearn_and_any_thread_count(monkeypatch, weighted):
+    """Large sets: the objective is summed over row pieces (one kernel call
+    each); still scikit-learn's iterates, and bitwise the same on 1 and 2
+    threads."""
+    import fastbp.sklearn as fsk
+    from fastbp import _kernels
+
+    (X, y), _, _ = DATA["digits"]
+    sw = np.random.default_rng(2).uniform(0, 2, len(X)) if weighted else None
+    monkeypatch.setattr(fsk, "_LBFGS_PIECE_BYTES", 16 * 1024)
+    pieces = fsk._lbfgs_pieces(len(X), [64, 16, 10], 8, sw)
+    assert len(pieces) == 3 and pieces[-1][1] == len(X)
+    assert sum(p[2] for p in pieces) == pytest.approx(1.0, rel=1e-15)
+    kw = dict(solver="lbfgs", hidden_layer_sizes=(16,), alpha=1e-3, max_iter=30,
+              random_state=0)
+    calls = []
+    real = fsk._lbfgs_pieces
+    monkeypatch.setattr(fsk, "_lbfgs_pieces", lambda *a: calls.append(1) or real(*a))
+    ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert calls and len(real(len(X), ours.model_.layer_sizes, 8, sw)) == 3
+    theirs = sknn.MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    _assert_params_close(ours, theirs)
+    threshold = _kernels.set_parallel_threshold(0)
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(2)
+    try:
+        two = MLPClassifier(n_threads=2, **kw).fit(X, y, sample_weight=sw)
+    finally:
+        fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(threshold)
+    assert two.loss_ == ours.loss_
+    for a, b in zip(two.coefs_ + two.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_array_equal(a, b)
