@@ -18,6 +18,12 @@ busy machine slows both alike; the table says the load average.
 Options: ``--repeats N`` (default 3), ``--quick`` (fewer epochs, for a smoke
 test), ``--cases digits,tabular``, ``--solvers adam,sgd,lbfgs``,
 ``--threads 1,2``, ``--profile`` (where fastbp's time goes, per case).
+
+Besides wall time the table gives each fit's CPU time (``time.process_time``,
+all threads of the process): on a shared machine a 1-thread fit's CPU time
+moves far less with the load than its wall time.  The last column is
+fastbp's arithmetic rate (sgd, adam: the GEMMs' multiply-adds x 2 per CPU
+second), to compare with the machine's FMA peak (``bench/fma_peak.py``).
 """
 from __future__ import annotations
 
@@ -67,10 +73,19 @@ def _agree(ours: Any, theirs: Any, solver: str) -> float:
     return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-def _fit_time(est: Any, X: np.ndarray, y: np.ndarray) -> float:
-    t0 = time.perf_counter()
+def _fit_time(est: Any, X: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    """(wall, CPU) seconds of est.fit(X, y); CPU: this process, all its threads."""
+    c0, t0 = time.process_time(), time.perf_counter()
     est.fit(X, y)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _flops(X: np.ndarray, n_out: int, kw: Dict[str, Any]) -> float:
+    """Multiply-adds x 2 of the sgd/adam fit: per sample, the forward pass, the
+    weight gradients and the deltas of every layer but the first."""
+    sizes = [X.shape[1], *kw["hidden_layer_sizes"], n_out]
+    pairs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2.0 * X.shape[0] * kw["max_iter"] * (2 * sum(pairs) + sum(pairs[1:]))
 
 
 def run(cases: List[str], solvers: List[str], thread_counts: List[int], repeats: int,
@@ -102,12 +117,19 @@ def run(cases: List[str], solvers: List[str], thread_counts: List[int], repeats:
                     if profile:
                         _profile(clone(ours), X, y)
                 row = dict(data=data, solver=solver, threads=nt, n_iter=kw["max_iter"],
-                           fastbp=min(t_ours), sklearn=min(t_theirs), diff=diff)
+                           fastbp=min(t[0] for t in t_ours), sklearn=min(t[0] for t in t_theirs),
+                           fastbp_cpu=min(t[1] for t in t_ours),
+                           sklearn_cpu=min(t[1] for t in t_theirs), diff=diff)
                 row["ratio"] = row["sklearn"] / row["fastbp"]
+                row["cpu_ratio"] = row["sklearn_cpu"] / row["fastbp_cpu"]
+                row["gflops"] = (_flops(X, len(np.unique(y)), kw) / row["fastbp_cpu"] / 1e9
+                                 if solver != "lbfgs" else float("nan"))
                 rows.append(row)
-                print(f"{data:8s} {solver:6s} {nt}t  fastbp {row['fastbp']:.3f} s  "
-                      f"sklearn {row['sklearn']:.3f} s  {row['ratio']:.1f}x  "
-                      f"(losses agree to {diff:.1e})", file=sys.stderr, flush=True)
+                print(f"{data:8s} {solver:6s} {nt}t  wall: fastbp {row['fastbp']:.3f} s  "
+                      f"sklearn {row['sklearn']:.3f} s  {row['ratio']:.1f}x;  CPU: "
+                      f"{row['fastbp_cpu']:.3f} s {row['sklearn_cpu']:.3f} s "
+                      f"{row['cpu_ratio']:.1f}x  (losses agree to {diff:.1e})",
+                      file=sys.stderr, flush=True)
     return rows
 
 
@@ -125,11 +147,15 @@ def _profile(est: Any, X: np.ndarray, y: np.ndarray) -> None:
 def table(rows: List[Dict[str, Any]]) -> str:
     sizes = {"digits": "digits (1,797 x 64, 10 classes)",
              "tabular": "make_classification (50,000 x 20, 3 classes)"}
-    out = ["| data | solver | epochs / iterations | threads | fastbp (s) | scikit-learn (s) "
-           "| speed-up |", "|---|---|---|---|---|---|---|"]
+    out = ["| data | solver | epochs / iterations | threads | fastbp wall (s) "
+           "| scikit-learn wall (s) | speed-up (wall) | fastbp CPU (s) | scikit-learn CPU (s) "
+           "| speed-up (CPU) | fastbp GFLOP/s per CPU-s |", "|---" * 11 + "|"]
     for r in rows:
+        gf = "-" if r["gflops"] != r["gflops"] else f"{r['gflops']:.1f}"
         out.append(f"| {sizes[r['data']]} | {r['solver']} | {r['n_iter']} | {r['threads']} "
-                   f"| {r['fastbp']:.3f} | {r['sklearn']:.3f} | {r['ratio']:.1f}x |")
+                   f"| {r['fastbp']:.3f} | {r['sklearn']:.3f} | **{r['ratio']:.1f}x** "
+                   f"| {r['fastbp_cpu']:.3f} | {r['sklearn_cpu']:.3f} | {r['cpu_ratio']:.1f}x "
+                   f"| {gf} |")
     return "\n".join(out)
 
 
@@ -150,7 +176,8 @@ def main(argv: Any = None) -> int:
     print(table(rows))
     print(f"\nBest of {a.repeats} fits each, interleaved, float64, hidden_layer_sizes=(100,); "
           f"load average {load[0]:.2f} before, {load_after[0]:.2f} after "
-          f"({os.cpu_count()} CPUs).")
+          f"({os.cpu_count()} CPUs).  CPU: process time of all the process's threads "
+          f"(on 1 thread the steadier figure on a busy machine).")
     return 0
 
 
