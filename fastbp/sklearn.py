@@ -637,8 +637,9 @@ class _BaseMLP(BaseEstimator):
         The objective is the mean loss plus ``alpha / (2 n) sum ||W||^2``
         (scikit-learn's), its gradient the mean loss's plus ``(alpha / n)
         W``; with sample weights s, the weighted mean ``sum s_i l_i / sum s``
-        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute the loss and gradient of the whole data set
-        in one GIL-free call per evaluation.  scipy sees the parameters
+        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute
+        the loss and gradient of the whole data set in GIL-free calls (see
+        below).  scipy sees the parameters
         packed as scikit-learn packs them (all ``coefs_``, then all
         ``intercepts_``), so it takes the same iterates.
 
