@@ -1092,8 +1092,8 @@ _PARAMS_DOC = """
         fastbp's ``"sigmoid"``).
     solver : {"adam", "sgd", "lbfgs"}, default="adam"
         scikit-learn's solvers: ``"adam"`` (scikit-learn's Adam, see
-        ``beta_1``), ``"sgd"`` (mini-batch SGD with momentum, each epoch one
-        compiled call) and ``"lbfgs"`` (full-batch L-BFGS-B through
+        ``beta_1``) and ``"sgd"`` (mini-batch SGD with momentum), each epoch
+        one compiled call, and ``"lbfgs"`` (full-batch L-BFGS-B through
         ``scipy.optimize.minimize``, as scikit-learn calls it; needs scipy).
     alpha : float, default=0.0001
         Strength of the L2 penalty, exactly as in scikit-learn: each
