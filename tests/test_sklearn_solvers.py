@@ -575,3 +575,21 @@ def test_lbfgs_in_pieces_matches_sklearn_and_any_thread_count(monkeypatch, weigh
     assert two.loss_ == ours.loss_
     for a, b in zip(two.coefs_ + two.intercepts_, ours.coefs_ + ours.intercepts_):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_compiled_epoch_is_the_per_batch_path_regressor(solver, loss):
+    (X, y), _, _ = DATA["regression"]
+    y = np.exp(y / 3) if loss == "poisson" else y
+    sw = np.random.default_rng(3).uniform(0, 2, len(X))
+    kw = dict(solver=solver, loss=loss, hidden_layer_sizes=(8,), alpha=0.05, max_iter=5,
+              learning_rate_init=0.005, batch_size=32, random_state=0)
+    for weights in (None, sw):
+        ours = MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+        ref = MLPRegressor(**kw)
+        ref._per_batch = True
+        ref.fit(X, y, sample_weight=weights)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-12)
