@@ -593,3 +593,28 @@ def test_compiled_epoch_is_the_per_batch_path_regressor(solver, loss):
         for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sklearn_adam_reference_is_sklearns_adam_bitwise(dtype):
+    """fastbp.optim._SklearnAdam (the compiled variant's reference) against
+    scikit-learn's own AdamOptimizer, 50 steps, bit for bit."""
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    from fastbp import optim
+
+    rng = np.random.default_rng(0)
+    theta = (rng.standard_normal(301) * 10.0 ** rng.integers(-3, 2, 301)).astype(dtype)
+    ours, theirs = theta.copy(), theta.copy()
+    sk = AdamOptimizer([theirs], learning_rate_init=0.01, beta_1=0.8, beta_2=0.99,
+                       epsilon=1e-6)
+    opt = optim._SklearnAdam(lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    state = opt.init_state(theta.size, dtype)
+    for _ in range(50):
+        g = (rng.standard_normal(301) * 10.0 ** rng.integers(-6, 1, 301)).astype(dtype)
+        sk.update_params([theirs], [g])
+        opt.update(ours, g, state)
+    assert theirs.dtype == dtype and state["step"] == sk.t == 50
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(state["exp_avg"], sk.ms[0])
+    np.testing.assert_array_equal(state["exp_avg_sq"], sk.vs[0])
