@@ -150,7 +150,7 @@ REGRESSION_DEFAULTS: Dict[str, Dict[str, float]] = {"adamw": {"weight_decay": 2.
 
 #: Defaults of `train` besides the optimizer's hyper-parameters.
 TRAIN_DEFAULTS = {"optimizer": "adamw", "epochs": 200, "patience": 50, "batch_size": 16,
-                  "refit": False, "average": 1}
+                  "refit": True, "average": 1}
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
@@ -349,13 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=_int_at_least(1), default=TRAIN_DEFAULTS["patience"],
                    help="epochs without improvement before early stopping (default "
                    f"{TRAIN_DEFAULTS['patience']})")
-    t.add_argument("--refit", action=argparse.BooleanOptionalAction,
-                   default=TRAIN_DEFAULTS["refit"],
+    t.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after early stopping has picked the number of epochs on the "
                    "validation split, train again from the same initial weights on every "
                    "row (validation rows included) for that many epochs, and keep that model "
-                   f"(default {'on' if TRAIN_DEFAULTS['refit'] else 'off'}; needs early "
-                   "stopping)")
+                   f"(default: {'on' if TRAIN_DEFAULTS['refit'] else 'off'} under early "
+                   "stopping; --refit without early stopping is an error)")
     t.add_argument("--average", type=_int_at_least(1), default=TRAIN_DEFAULTS["average"],
                    metavar="N",
                    help="keep the mean of the weights at the end of the last N epochs "
@@ -614,6 +613,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError("--refit needs early stopping (it trains again for the number of "
                        "epochs early stopping picks): a --validation-split > 0, without "
                        "--no-early-stopping")
+    if args.refit is None:
+        args.refit = early_stopping and bool(TRAIN_DEFAULTS["refit"])
     optimizer = make_optimizer(args)  # bad combinations fail before reading the data
     model_path = args.output or default_model_path(args.data)
     side_path = sidecar_path(model_path)

@@ -109,7 +109,8 @@ def test_train_predict_classifier_with_string_labels(blobs: Path, tmp_path: Path
                           "--epochs", "15", "--lr", "0.05", "-q"], capsys)
     assert code == 0, err
     assert "task: classification, 3 classes (inferred" in out and "non-numeric" in out
-    assert out.count("accuracy") == 2  # train and validation lines
+    # the early-stopping run's train and validation lines, the refit's train line
+    assert out.count("accuracy") == 3 and "refit: " in out
     model, side = tmp_path / "blobs.fastbp.npz", tmp_path / "blobs.fastbp.json"
     assert model.is_file() and side.is_file()
     meta = json.loads(side.read_text())
@@ -962,7 +963,9 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
     assert len(line) == 1 and line[0].startswith(f"optimizer: {type(expected).__name__}(")
     batch = cli.TRAIN_DEFAULTS["batch_size"]
     assert f"lr={config['lr']:g}" in line[0] and f"batch {batch}, up to 3 epochs" in line[0]
-    # The model file carries the optimizer and its state (at most 3 epochs of 240 rows).
+    # The model file carries the optimizer and its state (at most 3 epochs of the rows
+    # trained on: all 300 after the default refit).
+    assert record["train_rows"] == 300
     state = model_io.load(model).optimizer_state()
     names = {"velocity" if n == "momentum_buffer" and config["name"] == "sgd" else n
              for n in expected.state_names()}  # SGD's buffer keeps fastbp's name
@@ -970,7 +973,7 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
         assert state == {}
         return
     _assert_config(state["optimizer"], config)
-    assert 1 <= state["step"] <= 3 * -(-240 // batch)
+    assert 1 <= state["step"] <= 3 * -(-300 // batch)
     assert set(state) - {"step", "optimizer"} == names
 
 
@@ -994,7 +997,7 @@ def test_early_stopping_is_on_by_default_and_keeps_the_best_epoch(
         blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "m.npz"
     code, out, err = run(["train", blobs, "-o", model, "--epochs", "40", "--patience", "3",
-                          "--lr", "0.05", "-q"], capsys)
+                          "--lr", "0.05", "--no-refit", "-q"], capsys)
     assert code == 0, err
     record = _training_record(tmp_path / "m.json")
     assert record["options"]["early_stopping"] is True and record["options"]["patience"] == 3
@@ -1022,6 +1025,7 @@ def test_no_early_stopping_trains_every_epoch(blobs: Path, tmp_path: Path,
     record = _training_record(tmp_path / "m.json")
     assert record["epochs_run"] == 12 and record["best_epoch"] is None
     assert record["options"]["early_stopping"] is False
+    assert record["options"]["refit"] is False and record["refit"] is None  # needs stopping
     assert "12 epochs; no early stopping" in out and "kept epoch" not in out
     # Without a validation split there is nothing to stop on: off, and said so.
     code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "5",
@@ -1109,7 +1113,7 @@ def test_refit_trains_again_on_every_row_for_the_kept_epochs(
 
     model = tmp_path / "m.npz"
     code, out, err = run(["train", blobs, "-o", model, "--epochs", "30", "--patience", "3",
-                          "--lr", "0.05", "--refit", "-q"], capsys)
+                          "--lr", "0.05", "-q"], capsys)  # --refit is the default
     assert code == 0, err
     record = _training_record(tmp_path / "m.json")
     kept = record["best_epoch"]
@@ -1127,9 +1131,9 @@ def test_refit_trains_again_on_every_row_for_the_kept_epochs(
     again.fit(pre.transform(data.X), pre.encode(data.y), epochs=kept, batch_size=16, seed=0,
               optimizer=optim.AdamW(lr=0.05, weight_decay=1.0))
     np.testing.assert_array_equal(net.flat_parameters, again.flat_parameters)
-    # Without --refit: the early-stopping model, trained on 240 rows.
+    # --no-refit: the early-stopping model, trained on 240 rows.
     code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "30",
-                          "--patience", "3", "--lr", "0.05", "-q"], capsys)
+                          "--patience", "3", "--lr", "0.05", "--no-refit", "-q"], capsys)
     plain = _training_record(tmp_path / "n.json")
     assert plain["train_rows"] == 240 and plain["refit"] is None and "refit:" not in out
     assert plain["best_epoch"] == kept  # the same selection run
