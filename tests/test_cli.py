@@ -883,6 +883,7 @@ def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> N
     assert code == 1 and "0 of 2 targets met" in out  # one epoch at a tiny rate: not good
     iris = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
     assert iris[1] == "112/38" and iris[-5:-2] == ["0.9500", "NO", "accuracy"]
+    assert iris[5] == "1+1"  # early stopping's epochs + the default refit's
     assert iris[-2] == "(LogisticRegression" and float(iris[-1].rstrip(")")) > 0.9
     assert "R² (RidgeCV 0." in out
 
