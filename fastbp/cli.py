@@ -699,8 +699,9 @@ def _train(args: argparse.Namespace) -> int:
         """``net.fit`` with train's options; checkpoint averaging when --average > 1."""
         avg = None
         if args.average > 1:
-            avg = CheckpointAverage(net, args.average, (Xv, Yv) if validation else None,
-                                    args.patience if validation and early_stopping else None)
+            judged = validation and early_stopping  # else the last epochs' mean is kept
+            avg = CheckpointAverage(net, args.average, (Xv, Yv) if judged else None,
+                                    args.patience if judged else None)
         hist = net.fit(
             X_fit, Y_fit, epochs=epochs, batch_size=args.batch_size, seed=args.seed,
             optimizer=make_optimizer(args, task), schedule=schedule,

@@ -1207,7 +1207,20 @@ def test_average_option_keeps_the_mean_and_says_so(
     assert "validation loss of the mean of the last 4 epochs' weights" in out
     record = _training_record(tmp_path / "m.json")
     assert record["options"]["average"] == 4 and 1 <= record["best_epoch"] <= 30
-    code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "5",
-                          "--no-early-stopping", "--average", "2", "-q"], capsys)
+    code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "12",
+                          "--lr", "0.3", "--no-early-stopping", "--average", "2", "-q"], capsys)
     assert code == 0, err
     assert "the mean of the last 2 epochs' weights is kept" in out
+    # Without early stopping: the mean of epochs 11 and 12 of the plain fit on 240 rows
+    # (not the mean with the lowest validation loss: at lr 0.3 that is an earlier one).
+    from fastbp import optim
+
+    net, pre = cli.load_model(str(tmp_path / "n.npz"))
+    data = load_training_data(blobs)
+    train_rows, _ = cli.split_rows(len(data.y), 0.2, 0)
+    again, seen = _mlp_like(net), []
+    again.fit(pre.transform(data.X[train_rows]), pre.encode(data.y[train_rows]), epochs=12,
+              batch_size=16, seed=0, optimizer=optim.AdamW(lr=0.3, weight_decay=1.0),
+              callbacks=[lambda e, logs: seen.append(again.flat_parameters.copy())])
+    want = np.mean(np.stack(seen[-2:]), axis=0, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(net.flat_parameters, want)
