@@ -1480,6 +1480,10 @@ class Epochs:
         clip_grad_norm_).
     seed : int
         Key of the dropout masks (the model's ``dropout``).
+    sklearn_weights : bool
+        With ``sample_weight``, scikit-learn 1.9's scaling of a weighted
+        batch (its l2 term over the batch's weight sum; the loss sums as
+        scikit-learn accumulates them): ``Network.fit_epoch``'s keyword.
 
     Raises
     ------
@@ -1492,6 +1496,7 @@ class Epochs:
         momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
         l2: float = 0.0, flush_denormals: bool = True, optimizer: Optional[optim.Optimizer] = None,
         sample_weight: Optional[np.ndarray] = None, clip_norm: float = 0.0, seed: int = 0,
+        sklearn_weights: bool = False,
     ) -> None:
         nesterov = C.check_bool("nesterov", nesterov)
         flush_denormals = C.check_bool("flush_denormals", flush_denormals)
@@ -1534,6 +1539,8 @@ class Epochs:
         # The new keywords go to the kernel only when used.
         if sample_weight is not None:
             self.settings["sample_weight"] = sample_weight
+            if sklearn_weights:
+                self.settings["sklearn_weights"] = True
         if clip_norm:
             self.settings["clip_norm"] = float(clip_norm)
         if model._dropout is not None:

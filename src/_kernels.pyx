@@ -1005,7 +1005,8 @@ cdef class Network:
                   floating[::1] snapshot=None, floating[::1] snapshot_velocity=None,
                   int64_t snapshot_step=-1, *, optimizer=None, state=None,
                   snapshot_state=None, sample_weight=None, dropout=None,
-                  uint64_t seed=0, uint32_t epoch=0, double clip_norm=0.0):
+                  uint64_t seed=0, uint32_t epoch=0, double clip_norm=0.0,
+                  bint sklearn_weights=False):
         """One epoch (see run_epoch).
 
         Returns (loss_sum, hit_sum, penalty_sum, n_done, status): sums over the
@@ -1052,6 +1053,12 @@ cdef class Network:
         optimizer, the SGD keywords then run as optim.SGD(lr, momentum,
         nesterov, weight_decay) with `velocity` as its momentum buffer
         (v = mu v + g on every step) and l2 added before the decay.
+        `sklearn_weights` (with `sample_weight`): scikit-learn 1.9's scaling of
+        a weighted batch: the l2 term is l2 / (2 sum s) ||W||^2 (gradient
+        (l2 / sum s) W, sum s in double in row order) instead of l2 / (2 m),
+        and loss_sum / penalty_sum add m * (sum s_i l_i / sum s) and
+        m * l2 / (2 sum s) ||W||^2 per batch (scikit-learn's accumulated
+        loss); unweighted calls are unchanged.
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
@@ -1085,6 +1092,7 @@ cdef class Network:
             raise ValueError("clip_norm must be finite and >= 0")
         o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
         o.weight_decay, o.l2 = weight_decay, l2
+        o.sk_weights = sklearn_weights
         memset(&ok, 0, sizeof(OptK))   # every state and snapshot pointer NULL until set
         if order is not None:
             order_v = order
@@ -1220,10 +1228,13 @@ cdef int _opt_setup(OptK *ok, optimizer, state, int64_t n_params, dtype, double 
     ok.lr, ok.l2, ok.clip = lr, l2, clip
     ok.step = int(state["step"])
     ok.momentum = ok.weight_decay = ok.beta1 = ok.beta2 = ok.eps = ok.alpha = 0.0
-    ok.nesterov = ok.decoupled = ok.amsgrad = ok.centered = False
+    ok.nesterov = ok.decoupled = ok.amsgrad = ok.centered = ok.sklearn = False
     ok.weight_decay = optimizer.weight_decay
     if ok.kind == OPT_SGD:
         ok.momentum, ok.nesterov = optimizer.momentum, optimizer.nesterov
+    elif name == "sklearn_adam":   # fastbp.optim._SklearnAdam: scikit-learn's Adam
+        ok.beta1, ok.beta2 = optimizer.betas
+        ok.eps, ok.sklearn = optimizer.eps, True
     elif ok.kind == OPT_ADAM:
         ok.beta1, ok.beta2 = optimizer.betas
         ok.eps, ok.amsgrad, ok.decoupled = optimizer.eps, optimizer.amsgrad, name == "adamw"
