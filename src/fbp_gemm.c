@@ -1173,3 +1173,181 @@ void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  
 
 DEFINE_ENTRY(float, f32)
 DEFINE_ENTRY(double, f64)
+
+/* ------------------------------------------------------------------------ */
+/* Narrow kernels (fbp_narrow_*: the tiny-net path of the compiled epoch)    */
+/* ------------------------------------------------------------------------ */
+
+/* The three products of a training step of a net whose every layer is
+ * narrow, as fbp_gemm_* computes them (the equivalences are in fbp_gemm.h),
+ * without the generality that costs a tiny product more than its
+ * arithmetic: unit strides, no alpha on the forward and backward products,
+ * independent accumulator chains interleaved (4 output elements at a time)
+ * so that the FMA latency is hidden, and the activation of a short row on
+ * one zero-padded vector instead of element by element.  Every element is
+ * the same sequence of operations as in the small path of the same ISA: one
+ * accumulator from 0 per FBP_KC slab, chained in k order with S_FMA (a fused
+ * multiply-add on the FMA ISAs, mul then add on generic), folded in as
+ * alpha*acc / fma(alpha, acc, beta*C) / fma(alpha, acc, c), then the shared
+ * epilogue (lane-wise the same operations on a vector as on one lane).
+ * AVX2 and AVX-512 share one instance: their small paths use the same
+ * scalar FMA and the same epilogue instance ("f"), so their bits agree. */
+#define DEFINE_NARROW(NAME, T, SFX, ESFX, VT, VL, SFMA, TGT)                   \
+/* act(c[0:n] + b[0:n]) for sigmoid / tanh: whole vectors, then the tail of    \
+ * the row in one zero-padded vector (lanes are independent). */               \
+TGT INLINE void NAME##_act(T *c, const T *b, int64_t n, int act)               \
+{                                                                               \
+    int64_t j = vact_row_##ESFX(c, b, n, act);                                  \
+    if (j < n) {                                                                \
+        VT x = {0};                                                             \
+        for (int64_t l = 0; l < n - j; l++) x[l] = c[j + l];                    \
+        if (b) {                                                                \
+            VT bv = {0};                                                        \
+            for (int64_t l = 0; l < n - j; l++) bv[l] = b[j + l];               \
+            x = x + bv;                                                         \
+        }                                                                       \
+        x = act == FBP_ACT_SIGMOID ? vsigmoid_##ESFX(x) : vtanh_##ESFX(x);      \
+        for (int64_t l = 0; l < n - j; l++) c[j + l] = x[l];                    \
+    }                                                                           \
+}                                                                               \
+/* C[M, N] = epi(A[M, K] W[N, K]^T + bias): fbp_gemm(0, 1, M, N, K, 1, A, lda,  \
+ * W, ldw, 0, C, ldc, bias, act, NULL, 0, 1), for K <= FBP_KC. */               \
+static TGT void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, \
+                           const T *W, int64_t ldw, const T *bias, int act,     \
+                           T *C, int64_t ldc)                                   \
+{                                                                               \
+    for (int64_t i = 0; i < M; i++, A += lda, C += ldc) {                       \
+        int64_t j = 0;                                                          \
+        for (; j + 4 <= N; j += 4) {                                            \
+            const T *w0 = W + j * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                   \
+            for (int64_t k = 0; k < K; k++) {                                   \
+                a0 = SFMA(A[k], w0[k], a0);                                     \
+                a1 = SFMA(A[k], w1[k], a1);                                     \
+                a2 = SFMA(A[k], w2[k], a2);                                     \
+                a3 = SFMA(A[k], w3[k], a3);                                     \
+            }                                                                   \
+            C[j] = a0; C[j + 1] = a1; C[j + 2] = a2; C[j + 3] = a3;             \
+        }                                                                       \
+        for (; j < N; j++) {                                                    \
+            const T *w0 = W + j * ldw;                                          \
+            T a0 = 0;                                                           \
+            for (int64_t k = 0; k < K; k++) a0 = SFMA(A[k], w0[k], a0);         \
+            C[j] = a0;                                                          \
+        }                                                                       \
+        if (act == FBP_ACT_SIGMOID || act == FBP_ACT_TANH)                      \
+            NAME##_act(C, bias, N, act);                                        \
+        else if (bias || act != FBP_ACT_IDENTITY)                               \
+            epi_row_##ESFX(C, bias, NULL, N, act);                              \
+    }                                                                           \
+}                                                                               \
+/* C[M, N] = (D[M, K] W[K, N]) * act'(from Aact): fbp_gemm(0, 0, M, N, K, 1,    \
+ * D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1), for K <= FBP_KC. */     \
+static TGT void NAME##_bwd(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd, \
+                           const T *W, int64_t ldw, int act, const T *Aact,     \
+                           int64_t lda, T *C, int64_t ldc)                      \
+{                                                                               \
+    for (int64_t i = 0; i < M; i++, D += ldd, C += ldc, Aact += lda) {          \
+        int64_t j = 0;                                                          \
+        for (; j + 4 <= N; j += 4) {                                            \
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                   \
+            for (int64_t k = 0; k < K; k++) {                                   \
+                const T *w = W + k * ldw + j;                                   \
+                a0 = SFMA(D[k], w[0], a0);                                      \
+                a1 = SFMA(D[k], w[1], a1);                                      \
+                a2 = SFMA(D[k], w[2], a2);                                      \
+                a3 = SFMA(D[k], w[3], a3);                                      \
+            }                                                                   \
+            C[j] = a0; C[j + 1] = a1; C[j + 2] = a2; C[j + 3] = a3;             \
+        }                                                                       \
+        for (; j < N; j++) {                                                    \
+            T a0 = 0;                                                           \
+            for (int64_t k = 0; k < K; k++) a0 = SFMA(D[k], W[k * ldw + j], a0); \
+            C[j] = a0;                                                          \
+        }                                                                       \
+        if (act != FBP_ACT_IDENTITY)                                            \
+            for (j = 0; j < N; j++) C[j] = C[j] * dact_##SFX(Aact[j], act);     \
+    }                                                                           \
+}                                                                               \
+/* W[N, K] = alpha D[M, N]^T H[M, K] + beta W, beta 0 or 1: fbp_gemm(1, 0, N,   \
+ * K, M, alpha, D, ldd, H, ldh, beta, W, ldw, NULL, 0, NULL, 0, 1), any M. */   \
+static TGT void NAME##_wgrad(int64_t N, int64_t K, int64_t M, T alpha,          \
+                             const T *D, int64_t ldd, const T *H, int64_t ldh,  \
+                             T beta, T *W, int64_t ldw)                         \
+{                                                                               \
+    for (int64_t j = 0; j < N; j++, W += ldw) {                                 \
+        int64_t i = 0;                                                          \
+        for (; i + 4 <= K; i += 4) {                                            \
+            T c0 = 0, c1 = 0, c2 = 0, c3 = 0;                                   \
+            int64_t r0 = 0;                                                     \
+            do {                                                                \
+                const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;          \
+                T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                               \
+                for (int64_t r = r0; r < r1; r++) {                             \
+                    const T d = D[r * ldd + j];                                 \
+                    const T *h = H + r * ldh + i;                               \
+                    a0 = SFMA(d, h[0], a0);                                     \
+                    a1 = SFMA(d, h[1], a1);                                     \
+                    a2 = SFMA(d, h[2], a2);                                     \
+                    a3 = SFMA(d, h[3], a3);                                     \
+                }                                                               \
+                if (r0 > 0) {                                                   \
+                    c0 = SFMA(alpha, a0, c0); c1 = SFMA(alpha, a1, c1);         \
+                    c2 = SFMA(alpha, a2, c2); c3 = SFMA(alpha, a3, c3);         \
+                } else if (beta == 0) {                                         \
+                    c0 = alpha * a0; c1 = alpha * a1;                           \
+                    c2 = alpha * a2; c3 = alpha * a3;                           \
+                } else {                                                        \
+                    c0 = SFMA(alpha, a0, beta * W[i]);                          \
+                    c1 = SFMA(alpha, a1, beta * W[i + 1]);                      \
+                    c2 = SFMA(alpha, a2, beta * W[i + 2]);                      \
+                    c3 = SFMA(alpha, a3, beta * W[i + 3]);                      \
+                }                                                               \
+                r0 = r1;                                                        \
+            } while (r0 < M);                                                   \
+            W[i] = c0; W[i + 1] = c1; W[i + 2] = c2; W[i + 3] = c3;             \
+        }                                                                       \
+        for (; i < K; i++) {                                                    \
+            T c0 = 0;                                                           \
+            int64_t r0 = 0;                                                     \
+            do {                                                                \
+                const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;          \
+                T a0 = 0;                                                       \
+                for (int64_t r = r0; r < r1; r++)                               \
+                    a0 = SFMA(D[r * ldd + j], H[r * ldh + i], a0);              \
+                if (r0 > 0) c0 = SFMA(alpha, a0, c0);                           \
+                else if (beta == 0) c0 = alpha * a0;                            \
+                else c0 = SFMA(alpha, a0, beta * W[i]);                         \
+                r0 = r1;                                                        \
+            } while (r0 < M);                                                   \
+            W[i] = c0;                                                          \
+        }                                                                       \
+    }                                                                           \
+}
+
+#define SFMA_PLAIN(x, y, z) ((x) * (y) + (z))
+DEFINE_NARROW(nw_plain_f32, float, f32, f32, vf32, 8, SFMA_PLAIN, )
+DEFINE_NARROW(nw_plain_f64, double, f64, f64, vf64, 4, SFMA_PLAIN, )
+#ifdef FBP_X86
+DEFINE_NARROW(nw_fma_f32, float, f32, f32f, vf32, 8, __builtin_fmaf, TARGET_FMA)
+DEFINE_NARROW(nw_fma_f64, double, f64, f64f, vf64, 4, __builtin_fma, TARGET_FMA)
+#endif
+
+#define DEFINE_NARROW_TABLE(T, SFX)                                             \
+static const fbp_narrow_ops_##SFX narrow_##SFX##_table[N_ISA] = {                  \
+    {nw_plain_##SFX##_fwd, nw_plain_##SFX##_bwd, nw_plain_##SFX##_wgrad},      \
+    NARROW_FMA_ENTRIES(SFX)                                                     \
+};                                                                              \
+const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void)                                  \
+{                                                                               \
+    return &narrow_##SFX##_table[current_isa()];                                \
+}
+#ifdef FBP_X86
+#define NARROW_FMA_ENTRIES(SFX)                                                 \
+    {nw_fma_##SFX##_fwd, nw_fma_##SFX##_bwd, nw_fma_##SFX##_wgrad},            \
+    {nw_fma_##SFX##_fwd, nw_fma_##SFX##_bwd, nw_fma_##SFX##_wgrad},
+#else
+#define NARROW_FMA_ENTRIES(SFX)
+#endif
+DEFINE_NARROW_TABLE(float, f32)
+DEFINE_NARROW_TABLE(double, f64)

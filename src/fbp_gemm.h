@@ -103,6 +103,41 @@ void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr);
  * later call in that thread until the thread exits. */
 int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
 
+/* Narrow kernels: the three products of a training step of a net whose
+ * every layer is narrow (the compiled epoch's tiny-net path), specialised for
+ * short rows (no packing, unit strides, interleaved accumulators, short rows'
+ * activations on one padded vector).  Each gives bitwise what the GEMM gives
+ * on the current code path (fbp_gemm_isa()):
+ *   fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+ *     == fbp_gemm(0, 1, M, N, K, 1, A, lda, W, ldw, 0, C, ldc, bias, act, NULL, 0, 1)
+ *   bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+ *     == fbp_gemm(0, 0, M, N, K, 1, D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1)
+ *   wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw), beta 0 or 1
+ *     == fbp_gemm(1, 0, N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw, NULL, 0, NULL, 0, 1)
+ * fwd and bwd need K <= 256 (one K-slab); wgrad takes any M.  Serial,
+ * no allocation.  The table returned is that of the current code path
+ * (fetch it again after fbp_gemm_set_isa). */
+typedef struct {
+    void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                const float *W, int64_t ldw, const float *bias, int act, float *C, int64_t ldc);
+    void (*bwd)(int64_t M, int64_t N, int64_t K, const float *D, int64_t ldd,
+                const float *W, int64_t ldw, int act, const float *Aact, int64_t lda,
+                float *C, int64_t ldc);
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D, int64_t ldd,
+                  const float *H, int64_t ldh, float beta, float *W, int64_t ldw);
+} fbp_narrow_ops_f32;
+typedef struct {
+    void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
+                const double *W, int64_t ldw, const double *bias, int act, double *C, int64_t ldc);
+    void (*bwd)(int64_t M, int64_t N, int64_t K, const double *D, int64_t ldd,
+                const double *W, int64_t ldw, int act, const double *Aact, int64_t lda,
+                double *C, int64_t ldc);
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D, int64_t ldd,
+                  const double *H, int64_t ldh, double beta, double *W, int64_t ldw);
+} fbp_narrow_ops_f64;
+const fbp_narrow_ops_f32 *fbp_narrow_f32(void);
+const fbp_narrow_ops_f64 *fbp_narrow_f64(void);
+
 /* Name of the code path chosen at run time ("avx512", "avx2", "generic"). */
 const char *fbp_gemm_isa(void);
 

@@ -1,0 +1,283 @@
+# _tiny.pxi (included by _kernels.pyx, after _epoch.pxi): the epoch of a
+# narrow net.
+#
+# Design
+# ------
+# * A net whose every layer is at most TINY_MAX_WIDTH wide (the seeds' 2-2-1
+#   at batch 1, ...) spends almost all of a general step (_steps.pxi) on
+#   what surrounds the arithmetic: five GEMM calls through the general entry
+#   point, the per-layer plumbing of forward_cols/update_units, gathers and
+#   column sums (callgrind: 2,260 instructions per 2-2-1 step, of which the
+#   arithmetic is about 60).  tiny_epoch runs the same epoch (run_epoch's
+#   contract, for the cases below) with a step made of the narrow kernels of
+#   fbp_gemm.h (fbp_narrow_*: the same bits as the GEMM calls they replace,
+#   on every code path), the row kernels of _rows.pxi called directly, a
+#   batch of one row read in place instead of gathered, and nothing per
+#   layer but the products.
+# * Results: bitwise those of the general path.  Each product is the one
+#   update_units / forward_cols / backprop_cols compute (same operands, same
+#   alpha/beta, same epilogue; fbp_gemm.h); the output rows, losses and
+#   output deltas come from the same row kernels with the same scale; the
+#   bias step, the per-sample loss slots (rounded to the dtype), their sums
+#   in row order, the weight sums, snapshots and the legacy optimizer
+#   (sgd_update) are the same code or the same expressions in the same
+#   order.  tests/test_tiny.py checks it against the general path (forced by
+#   set_tiny_path(False)) on every code path.
+# * Covered: every hidden activation and output/loss pair, both dtypes,
+#   bias on/off, any batch size, shuffled or not, sample weights, plain SGD
+#   and the legacy SGD keywords (momentum, nesterov, weight decay, l2).  The
+#   general path runs: the optimizer path (optimizer=, clip_norm), dropout
+#   with some p > 0, and any call with a team of threads (a step this small
+#   never gets one: make_plan keeps it serial).
+# * Serial: no parallel region is ever open here (T == NULL), so every write
+#   is the calling thread's.
+
+cdef extern from "fbp_gemm.h" nogil:
+    ctypedef struct fbp_narrow_ops_f32:
+        void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                    const float *W, int64_t ldw, const float *bias, int act,
+                    float *C, int64_t ldc) noexcept nogil
+        void (*bwd)(int64_t M, int64_t N, int64_t K, const float *D, int64_t ldd,
+                    const float *W, int64_t ldw, int act, const float *Aact, int64_t lda,
+                    float *C, int64_t ldc) noexcept nogil
+        void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D,
+                      int64_t ldd, const float *H, int64_t ldh, float beta, float *W,
+                      int64_t ldw) noexcept nogil
+    ctypedef struct fbp_narrow_ops_f64:
+        void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
+                    const double *W, int64_t ldw, const double *bias, int act,
+                    double *C, int64_t ldc) noexcept nogil
+        void (*bwd)(int64_t M, int64_t N, int64_t K, const double *D, int64_t ldd,
+                    const double *W, int64_t ldw, int act, const double *Aact, int64_t lda,
+                    double *C, int64_t ldc) noexcept nogil
+        void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D,
+                      int64_t ldd, const double *H, int64_t ldh, double beta, double *W,
+                      int64_t ldw) noexcept nogil
+    const fbp_narrow_ops_f32 *fbp_narrow_f32()
+    const fbp_narrow_ops_f64 *fbp_narrow_f64()
+
+
+# The widest layer (input and output included) the narrow path takes;
+# beyond it the general path's blocked GEMM is as fast or faster (the
+# measurement is in bench/NOTES.md).  At most 256: one K-slab per product.
+cdef int64_t TINY_MAX_WIDTH = 32
+
+# The test hook: False forces the general path (set_tiny_path).
+cdef bint tiny_on = True
+
+
+def set_tiny_path(bint on):
+    """Use the narrow-net epoch (on, the default) or force the general path
+    for every fit epoch (a test hook: the results are the same bits);
+    returns the previous setting."""
+    global tiny_on
+    previous, tiny_on = tiny_on, on
+    return bool(previous)
+
+
+def tiny_path_applies(sizes):
+    """Whether a net of these layer widths runs its (serial, plain-SGD or
+    legacy-SGD, dropout-free) fit epochs on the narrow path."""
+    return bool(tiny_on) and all(1 <= int(n) <= TINY_MAX_WIDTH for n in sizes)
+
+
+cdef bint tiny_applies(const Spec *s, const Extra *e) noexcept nogil:
+    """Whether run_epoch may hand this (serial) epoch to tiny_epoch."""
+    cdef int k
+    if not tiny_on or e.opt != NULL or e.drop.on:
+        return False
+    for k in range(s.n_layers + 1):
+        if s.sizes[k] > TINY_MAX_WIDTH:
+            return False
+    return True
+
+
+cdef struct TinyOps:
+    const fbp_narrow_ops_f32 *f32
+    const fbp_narrow_ops_f64 *f64
+
+
+cdef inline void t_fwd(const TinyOps *ops, int64_t M, int64_t N, int64_t K,
+                       const floating *A, int64_t lda,          # IN  (M, K)
+                       const floating *W, int64_t ldw,          # IN  (N, K)
+                       const floating *bias, int act,           # IN  (N,) or NULL
+                       floating *C, int64_t ldc) noexcept nogil:  # OUT (M, N)
+    if floating is float:
+        ops.f32.fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+    else:
+        ops.f64.fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+
+
+cdef inline void t_bwd(const TinyOps *ops, int64_t M, int64_t N, int64_t K,
+                       const floating *D, int64_t ldd,          # IN  (M, K)
+                       const floating *W, int64_t ldw,          # IN  (K, N)
+                       int act, const floating *Aact, int64_t lda,  # IN (M, N)
+                       floating *C, int64_t ldc) noexcept nogil:  # OUT (M, N)
+    if floating is float:
+        ops.f32.bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+    else:
+        ops.f64.bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+
+
+cdef inline void t_wgrad(const TinyOps *ops, int64_t N, int64_t K, int64_t M, floating alpha,
+                         const floating *D, int64_t ldd,        # IN  (M, N)
+                         const floating *H, int64_t ldh,        # IN  (M, K)
+                         floating beta,
+                         floating *W, int64_t ldw) noexcept nogil:  # IN/OUT (N, K)
+    if floating is float:
+        ops.f32.wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw)
+    else:
+        ops.f64.wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw)
+
+
+cdef int tiny_step(const Spec *s, const Extra *e, const TinyOps *ops,
+                   floating *theta,            # IN, OUT when grad == NULL
+                   floating *grad,             # OUT the gradient, or NULL for the fused SGD step
+                   floating lr,
+                   floating *snap,             # OUT theta before the fused step, or NULL
+                   int64_t n_params,
+                   floating *ws, const Work *w,
+                   const floating *X, const floating *Y,  # IN the data set
+                   const int64_t *rows,        # IN the batch's row indices, or NULL
+                   int64_t start, int64_t m,
+                   double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
+    """batch_step on the narrow kernels (serial): the same bits.  Returns 1
+    (and changes nothing) when the batch loss is not finite."""
+    cdef int k, L = s.n_layers
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[L], ni, no
+    cdef const floating *x
+    cdef const floating *y
+    cdef const floating *h
+    cdef floating *d
+    cdef floating *colsum
+    cdef double scale = 1.0 / m
+    # The batch: one row is read where it is; more are gathered (A_0, y).
+    if rows == NULL:
+        x = X + start * n_in
+        y = Y + start * n_out
+    elif m == 1:
+        x = X + rows[0] * n_in
+        y = Y + rows[0] * n_out
+    else:
+        for i in range(m):
+            for j in range(n_in):
+                ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+            for j in range(n_out):
+                ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
+        x = ws + w.act[0]
+        y = ws + w.y
+    # Forward (forward_cols), output rows and losses (loss_rows).
+    h = x
+    for k in range(L):
+        ni, no = s.sizes[k], s.sizes[k + 1]
+        t_fwd(ops, m, no, ni, h, ni, theta + s.w_off[k], ni,
+              theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
+              s.hidden if k < L - 1 else ACT_IDENTITY, ws + w.act[k + 1], no)
+        h = ws + w.act[k + 1]
+    for i in range(m):
+        output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
+        if e.sw != NULL:
+            scale = row_weight(<const floating *>e.sw, rows, start, i) / e.wsum
+        ws[w.lossv + i] = <floating>loss_row(s, ws + w.act[L] + i * n_out,
+                                             ws + w.yhat + i * n_out, y + i * n_out,
+                                             ws + w.delta[L] + i * n_out, scale)
+        if s.loss != LOSS_SQUARED:
+            ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
+    loss[0] = row_sum(ws + w.lossv, m)
+    if not isfinite(loss[0]):
+        return 1
+    # delta_k, k = L-1 .. 1 (backprop_cols).
+    for k in range(L - 1, 0, -1):
+        ni, no = s.sizes[k], s.sizes[k + 1]
+        t_bwd(ops, m, ni, no, ws + w.delta[k + 1], no, theta + s.w_off[k], ni,
+              s.hidden, ws + w.act[k], ni, ws + w.delta[k], ni)
+    # The weight gradients, or the fused SGD step (update_units).
+    if grad == NULL and snap != NULL:
+        memcpy(snap, theta, n_params * sizeof(floating))
+    for k in range(L):
+        ni, no = s.sizes[k], s.sizes[k + 1]
+        d = ws + w.delta[k + 1]
+        h = x if k == 0 else ws + w.act[k]
+        if grad != NULL:
+            t_wgrad(ops, no, ni, m, <floating>1, d, no, h, ni, <floating>0,
+                    grad + s.w_off[k], ni)
+            if s.b_off[k] >= 0:
+                column_sums(d, m, no, no, grad + s.b_off[k])
+            continue
+        t_wgrad(ops, no, ni, m, -lr, d, no, h, ni, <floating>1, theta + s.w_off[k], ni)
+        if s.b_off[k] >= 0:
+            if m == 1:
+                for j in range(no):
+                    theta[s.b_off[k] + j] -= lr * (<floating>0 + d[j])
+            else:
+                colsum = ws + w.colsum[k]
+                column_sums(d, m, no, no, colsum)
+                for j in range(no):
+                    theta[s.b_off[k] + j] -= lr * colsum[j]
+    return 0
+
+
+cdef int tiny_epoch(const Spec *s, Extra *e,
+                    floating *theta,           # IN/OUT parameters
+                    floating *grad,            # scratch gradient (legacy SGD keywords), or NULL
+                    floating *velocity,        # IN/OUT momentum buffer, or NULL
+                    floating *ws, const Work *w,
+                    const floating *X,         # IN (n_samples, n_in)
+                    const floating *Y,         # IN (n_samples, n_out)
+                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
+                    int64_t n_samples, int64_t batch_size,
+                    const Optim *o,
+                    int64_t first_step, int64_t max_steps,
+                    floating *snap, floating *snap_vel, int64_t snap_step,
+                    int64_t n_params,
+                    Totals *t) noexcept nogil:
+    """run_epoch for a narrow net without the optimizer path or dropout
+    (tiny_applies), serially, with tiny_step: the same contract and bits."""
+    cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
+    cdef double batch_loss
+    cdef bint snap_here
+    cdef const int64_t *rows
+    cdef TinyOps ops
+    ops.f32 = fbp_narrow_f32()
+    ops.f64 = fbp_narrow_f64()
+    for k in range(s.n_layers):
+        macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
+    t.loss = t.hits = t.penalty = 0.0
+    t.n_done = 0
+    t.snap_done = False
+    t.snap_count = 0
+    start = first_step * batch_size
+    while start < n_samples and steps != max_steps:
+        m = min(batch_size, n_samples - start)
+        rows = order + start if order != NULL else NULL
+        snap_here = snap != NULL and first_step + steps == snap_step
+        if e.sw != NULL:
+            e.wsum = weight_sum(e, theta, rows, start, m)
+        if e.sw != NULL and not e.wsum > 0:
+            # Weights summing to 0: the batch contributes nothing.
+            if snap_here:
+                snapshot_all(<const OptK *>NULL, snap, snap_vel, theta, velocity, n_params)
+                t.snap_done = True
+        else:
+            if tiny_step(s, e, &ops, theta, grad, <floating>o.lr,
+                         snap if snap_here and grad == NULL else NULL, n_params,
+                         ws, w, X, Y, rows, start, m, &batch_loss):
+                return 1
+            if snap_here:
+                t.snap_done = True
+                if grad != NULL:
+                    snapshot_all(<const OptK *>NULL, snap, snap_vel, theta, velocity, n_params)
+            if grad != NULL:
+                t.penalty += sgd_update(s, theta, grad, velocity, o, m)
+            t.loss += weighted_sum(ws + w.lossv, e, rows, start, m)
+            if s.loss != LOSS_SQUARED:
+                t.hits += weighted_sum(ws + w.hitv, e, rows, start, m)
+        t.n_done += m
+        start += m
+        steps += 1
+        macs += m * macs_per_row
+        if macs >= SIGNAL_POLL_MACS:
+            macs = 0
+            if fbp_poll_signals() == -1:
+                return -1
+    return 0
