@@ -33,6 +33,14 @@
 #   is the calling thread's.
 
 cdef extern from "fbp_gemm.h" nogil:
+    ctypedef struct fbp_narrow_net:
+        int n_layers
+        int hidden
+        const int64_t *sizes
+        const int64_t *w_off
+        const int64_t *b_off
+        const int64_t *act
+        const int64_t *delta
     ctypedef struct fbp_narrow_ops_f32:
         void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                     const float *W, int64_t ldw, const float *bias, int act,
@@ -43,6 +51,12 @@ cdef extern from "fbp_gemm.h" nogil:
         void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D,
                       int64_t ldd, const float *H, int64_t ldh, float beta, float *W,
                       int64_t ldw) noexcept nogil
+        void (*net_fwd)(const fbp_narrow_net *net, const float *theta, int64_t M,
+                        const float *x, float *ws) noexcept nogil
+        void (*net_bwd)(const fbp_narrow_net *net, const float *theta, int64_t M,
+                        float *ws) noexcept nogil
+        void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, float alpha, const float *x,
+                          const float *ws, float beta, float *out) noexcept nogil
     ctypedef struct fbp_narrow_ops_f64:
         void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
                     const double *W, int64_t ldw, const double *bias, int act,
@@ -53,6 +67,12 @@ cdef extern from "fbp_gemm.h" nogil:
         void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D,
                       int64_t ldd, const double *H, int64_t ldh, double beta, double *W,
                       int64_t ldw) noexcept nogil
+        void (*net_fwd)(const fbp_narrow_net *net, const double *theta, int64_t M,
+                        const double *x, double *ws) noexcept nogil
+        void (*net_bwd)(const fbp_narrow_net *net, const double *theta, int64_t M,
+                        double *ws) noexcept nogil
+        void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, double alpha, const double *x,
+                          const double *ws, double beta, double *out) noexcept nogil
     const fbp_narrow_ops_f32 *fbp_narrow_f32()
     const fbp_narrow_ops_f64 *fbp_narrow_f64()
 
@@ -95,39 +115,34 @@ cdef bint tiny_applies(const Spec *s, const Extra *e) noexcept nogil:
 cdef struct TinyOps:
     const fbp_narrow_ops_f32 *f32
     const fbp_narrow_ops_f64 *f64
+    fbp_narrow_net net
 
 
-cdef inline void t_fwd(const TinyOps *ops, int64_t M, int64_t N, int64_t K,
-                       const floating *A, int64_t lda,          # IN  (M, K)
-                       const floating *W, int64_t ldw,          # IN  (N, K)
-                       const floating *bias, int act,           # IN  (N,) or NULL
-                       floating *C, int64_t ldc) noexcept nogil:  # OUT (M, N)
+cdef inline void t_net_fwd(const TinyOps *ops, const floating *theta, int64_t m,
+                           const floating *x,                   # IN  (m, n_in)
+                           floating *ws) noexcept nogil:        # OUT A_1 .. A_L
     if floating is float:
-        ops.f32.fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+        ops.f32.net_fwd(&ops.net, theta, m, x, ws)
     else:
-        ops.f64.fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+        ops.f64.net_fwd(&ops.net, theta, m, x, ws)
 
 
-cdef inline void t_bwd(const TinyOps *ops, int64_t M, int64_t N, int64_t K,
-                       const floating *D, int64_t ldd,          # IN  (M, K)
-                       const floating *W, int64_t ldw,          # IN  (K, N)
-                       int act, const floating *Aact, int64_t lda,  # IN (M, N)
-                       floating *C, int64_t ldc) noexcept nogil:  # OUT (M, N)
+cdef inline void t_net_bwd(const TinyOps *ops, const floating *theta, int64_t m,
+                           floating *ws) noexcept nogil:        # IN delta_L, A_k; OUT delta_k
     if floating is float:
-        ops.f32.bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+        ops.f32.net_bwd(&ops.net, theta, m, ws)
     else:
-        ops.f64.bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+        ops.f64.net_bwd(&ops.net, theta, m, ws)
 
 
-cdef inline void t_wgrad(const TinyOps *ops, int64_t N, int64_t K, int64_t M, floating alpha,
-                         const floating *D, int64_t ldd,        # IN  (M, N)
-                         const floating *H, int64_t ldh,        # IN  (M, K)
-                         floating beta,
-                         floating *W, int64_t ldw) noexcept nogil:  # IN/OUT (N, K)
+cdef inline void t_net_wgrad(const TinyOps *ops, int64_t m, floating alpha,
+                             const floating *x, const floating *ws,  # IN A_0 (x), A_k, delta_k
+                             floating beta,
+                             floating *out) noexcept nogil:          # IN/OUT the W_k of out
     if floating is float:
-        ops.f32.wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw)
+        ops.f32.net_wgrad(&ops.net, m, alpha, x, ws, beta, out)
     else:
-        ops.f64.wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw)
+        ops.f64.net_wgrad(&ops.net, m, alpha, x, ws, beta, out)
 
 
 cdef int tiny_step(const Spec *s, const Extra *e, const TinyOps *ops,
@@ -144,11 +159,13 @@ cdef int tiny_step(const Spec *s, const Extra *e, const TinyOps *ops,
     """batch_step on the narrow kernels (serial): the same bits.  Returns 1
     (and changes nothing) when the batch loss is not finite."""
     cdef int k, L = s.n_layers
-    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[L], ni, no
+    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[L], no, boff
     cdef const floating *x
     cdef const floating *y
-    cdef const floating *h
     cdef floating *d
+    cdef floating *z = ws + w.act[L]
+    cdef floating *yhat = ws + w.yhat
+    cdef floating *dL = ws + w.delta[L]
     cdef floating *colsum
     cdef double scale = 1.0 / m
     # The batch: one row is read where it is; more are gathered (A_0, y).
@@ -167,53 +184,45 @@ cdef int tiny_step(const Spec *s, const Extra *e, const TinyOps *ops,
         x = ws + w.act[0]
         y = ws + w.y
     # Forward (forward_cols), output rows and losses (loss_rows).
-    h = x
-    for k in range(L):
-        ni, no = s.sizes[k], s.sizes[k + 1]
-        t_fwd(ops, m, no, ni, h, ni, theta + s.w_off[k], ni,
-              theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
-              s.hidden if k < L - 1 else ACT_IDENTITY, ws + w.act[k + 1], no)
-        h = ws + w.act[k + 1]
+    t_net_fwd(ops, theta, m, x, ws)
     for i in range(m):
-        output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
+        output_row(s, z + i * n_out, yhat + i * n_out)
         if e.sw != NULL:
             scale = row_weight(<const floating *>e.sw, rows, start, i) / e.wsum
-        ws[w.lossv + i] = <floating>loss_row(s, ws + w.act[L] + i * n_out,
-                                             ws + w.yhat + i * n_out, y + i * n_out,
-                                             ws + w.delta[L] + i * n_out, scale)
+        ws[w.lossv + i] = <floating>loss_row(s, z + i * n_out, yhat + i * n_out,
+                                             y + i * n_out, dL + i * n_out, scale)
         if s.loss != LOSS_SQUARED:
-            ws[w.hitv + i] = <floating>hit_row(s, ws + w.yhat + i * n_out, y + i * n_out)
+            ws[w.hitv + i] = <floating>hit_row(s, yhat + i * n_out, y + i * n_out)
     loss[0] = row_sum(ws + w.lossv, m)
     if not isfinite(loss[0]):
         return 1
     # delta_k, k = L-1 .. 1 (backprop_cols).
-    for k in range(L - 1, 0, -1):
-        ni, no = s.sizes[k], s.sizes[k + 1]
-        t_bwd(ops, m, ni, no, ws + w.delta[k + 1], no, theta + s.w_off[k], ni,
-              s.hidden, ws + w.act[k], ni, ws + w.delta[k], ni)
+    t_net_bwd(ops, theta, m, ws)
     # The weight gradients, or the fused SGD step (update_units).
-    if grad == NULL and snap != NULL:
-        memcpy(snap, theta, n_params * sizeof(floating))
-    for k in range(L):
-        ni, no = s.sizes[k], s.sizes[k + 1]
-        d = ws + w.delta[k + 1]
-        h = x if k == 0 else ws + w.act[k]
-        if grad != NULL:
-            t_wgrad(ops, no, ni, m, <floating>1, d, no, h, ni, <floating>0,
-                    grad + s.w_off[k], ni)
+    if grad != NULL:
+        t_net_wgrad(ops, m, <floating>1, x, ws, <floating>0, grad)
+        for k in range(L):
             if s.b_off[k] >= 0:
-                column_sums(d, m, no, no, grad + s.b_off[k])
+                no = s.sizes[k + 1]
+                column_sums(ws + w.delta[k + 1], m, no, no, grad + s.b_off[k])
+        return 0
+    if snap != NULL:
+        memcpy(snap, theta, n_params * sizeof(floating))
+    t_net_wgrad(ops, m, -lr, x, ws, <floating>1, theta)
+    for k in range(L):
+        boff = s.b_off[k]
+        if boff < 0:
             continue
-        t_wgrad(ops, no, ni, m, -lr, d, no, h, ni, <floating>1, theta + s.w_off[k], ni)
-        if s.b_off[k] >= 0:
-            if m == 1:
-                for j in range(no):
-                    theta[s.b_off[k] + j] -= lr * (<floating>0 + d[j])
-            else:
-                colsum = ws + w.colsum[k]
-                column_sums(d, m, no, no, colsum)
-                for j in range(no):
-                    theta[s.b_off[k] + j] -= lr * colsum[j]
+        no = s.sizes[k + 1]
+        d = ws + w.delta[k + 1]
+        if m == 1:   # column_sums of one row: 0 + d
+            for j in range(no):
+                theta[boff + j] -= lr * (<floating>0 + d[j])
+        else:
+            colsum = ws + w.colsum[k]
+            column_sums(d, m, no, no, colsum)
+            for j in range(no):
+                theta[boff + j] -= lr * colsum[j]
     return 0
 
 
@@ -240,6 +249,9 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
     cdef TinyOps ops
     ops.f32 = fbp_narrow_f32()
     ops.f64 = fbp_narrow_f64()
+    ops.net.n_layers, ops.net.hidden = s.n_layers, s.hidden
+    ops.net.sizes, ops.net.w_off, ops.net.b_off = s.sizes, s.w_off, s.b_off
+    ops.net.act, ops.net.delta = w.act, w.delta
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0

@@ -1192,27 +1192,71 @@ DEFINE_ENTRY(double, f64)
  * epilogue (lane-wise the same operations on a vector as on one lane).
  * AVX2 and AVX-512 share one instance: their small paths use the same
  * scalar FMA and the same epilogue instance ("f"), so their bits agree. */
-#define DEFINE_NARROW(NAME, T, SFX, ESFX, VT, VL, SFMA, TGT)                   \
+/* Partial vectors: r < VL elements at p, zero-padded.  The FMA ISAs use
+ * masked moves; generic, element loops. */
+#define DEFINE_PARTIAL(T, SFX, VT, VL, TGT)                                     \
+TGT INLINE VT pload_##SFX(const T *p, int64_t r)                                \
+{                                                                               \
+    VT x = {0};                                                                 \
+    for (int64_t l = 0; l < r; l++) x[l] = p[l];                                \
+    return x;                                                                   \
+}                                                                               \
+TGT INLINE void pstore_##SFX(T *p, VT x, int64_t r)                             \
+{                                                                               \
+    for (int64_t l = 0; l < r; l++) p[l] = x[l];                                \
+}
+DEFINE_PARTIAL(float, f32, vf32, 8, )
+DEFINE_PARTIAL(double, f64, vf64, 4, )
+#ifdef FBP_X86
+TARGET_FMA INLINE __m256i pmask_f32f(int64_t r)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+TARGET_FMA INLINE vf32 pload_f32f(const float *p, int64_t r)
+{
+    return (vf32)_mm256_maskload_ps(p, pmask_f32f(r));
+}
+TARGET_FMA INLINE void pstore_f32f(float *p, vf32 x, int64_t r)
+{
+    _mm256_maskstore_ps(p, pmask_f32f(r), (__m256)x);
+}
+TARGET_FMA INLINE __m256i pmask_f64f(int64_t r)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+TARGET_FMA INLINE vf64 pload_f64f(const double *p, int64_t r)
+{
+    return (vf64)_mm256_maskload_pd(p, pmask_f64f(r));
+}
+TARGET_FMA INLINE void pstore_f64f(double *p, vf64 x, int64_t r)
+{
+    _mm256_maskstore_pd(p, pmask_f64f(r), (__m256d)x);
+}
+#endif
+
+#define DEFINE_NARROW(NAME, T, SFX, ESFX, VT, VL, SFMA, VFMA, TGT)             \
+TGT INLINE VT NAME##_vload(const T *p)                                          \
+{                                                                               \
+    VT x;                                                                       \
+    memcpy(&x, p, sizeof x);                                                    \
+    return x;                                                                   \
+}                                                                               \
+TGT INLINE void NAME##_vstore(T *p, VT x) { memcpy(p, &x, sizeof x); }          \
 /* act(c[0:n] + b[0:n]) for sigmoid / tanh: whole vectors, then the tail of    \
  * the row in one zero-padded vector (lanes are independent). */               \
 TGT INLINE void NAME##_act(T *c, const T *b, int64_t n, int act)               \
 {                                                                               \
     int64_t j = vact_row_##ESFX(c, b, n, act);                                  \
     if (j < n) {                                                                \
-        VT x = {0};                                                             \
-        for (int64_t l = 0; l < n - j; l++) x[l] = c[j + l];                    \
-        if (b) {                                                                \
-            VT bv = {0};                                                        \
-            for (int64_t l = 0; l < n - j; l++) bv[l] = b[j + l];               \
-            x = x + bv;                                                         \
-        }                                                                       \
+        VT x = pload_##ESFX(c + j, n - j);                                      \
+        if (b) x = x + pload_##ESFX(b + j, n - j);                              \
         x = act == FBP_ACT_SIGMOID ? vsigmoid_##ESFX(x) : vtanh_##ESFX(x);      \
-        for (int64_t l = 0; l < n - j; l++) c[j + l] = x[l];                    \
+        pstore_##ESFX(c + j, x, n - j);                                         \
     }                                                                           \
 }                                                                               \
 /* C[M, N] = epi(A[M, K] W[N, K]^T + bias): fbp_gemm(0, 1, M, N, K, 1, A, lda,  \
  * W, ldw, 0, C, ldc, bias, act, NULL, 0, 1), for K <= FBP_KC. */               \
-static TGT void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, \
+TGT INLINE void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, \
                            const T *W, int64_t ldw, const T *bias, int act,     \
                            T *C, int64_t ldc)                                   \
 {                                                                               \
@@ -1229,7 +1273,17 @@ static TGT void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t 
             }                                                                   \
             C[j] = a0; C[j + 1] = a1; C[j + 2] = a2; C[j + 3] = a3;             \
         }                                                                       \
-        for (; j < N; j++) {                                                    \
+        if (j + 2 <= N) {                                                       \
+            const T *w0 = W + j * ldw, *w1 = w0 + ldw;                          \
+            T a0 = 0, a1 = 0;                                                   \
+            for (int64_t k = 0; k < K; k++) {                                   \
+                a0 = SFMA(A[k], w0[k], a0);                                     \
+                a1 = SFMA(A[k], w1[k], a1);                                     \
+            }                                                                   \
+            C[j] = a0; C[j + 1] = a1;                                           \
+            j += 2;                                                             \
+        }                                                                       \
+        if (j < N) {                                                            \
             const T *w0 = W + j * ldw;                                          \
             T a0 = 0;                                                           \
             for (int64_t k = 0; k < K; k++) a0 = SFMA(A[k], w0[k], a0);         \
@@ -1237,28 +1291,26 @@ static TGT void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t 
         }                                                                       \
         if (act == FBP_ACT_SIGMOID || act == FBP_ACT_TANH)                      \
             NAME##_act(C, bias, N, act);                                        \
-        else if (bias || act != FBP_ACT_IDENTITY)                               \
+        else if (act == FBP_ACT_RELU)                                           \
             epi_row_##ESFX(C, bias, NULL, N, act);                              \
+        else if (bias)                                                          \
+            for (j = 0; j < N; j++) C[j] = C[j] + bias[j];                      \
     }                                                                           \
 }                                                                               \
 /* C[M, N] = (D[M, K] W[K, N]) * act'(from Aact): fbp_gemm(0, 0, M, N, K, 1,    \
- * D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1), for K <= FBP_KC. */     \
-static TGT void NAME##_bwd(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd, \
+ * D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1), for K <= FBP_KC:        \
+ * whole vectors across N (one chain per lane), then the tail element-wise. */  \
+TGT INLINE void NAME##_bwd(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd, \
                            const T *W, int64_t ldw, int act, const T *Aact,     \
                            int64_t lda, T *C, int64_t ldc)                      \
 {                                                                               \
     for (int64_t i = 0; i < M; i++, D += ldd, C += ldc, Aact += lda) {          \
         int64_t j = 0;                                                          \
-        for (; j + 4 <= N; j += 4) {                                            \
-            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                   \
-            for (int64_t k = 0; k < K; k++) {                                   \
-                const T *w = W + k * ldw + j;                                   \
-                a0 = SFMA(D[k], w[0], a0);                                      \
-                a1 = SFMA(D[k], w[1], a1);                                      \
-                a2 = SFMA(D[k], w[2], a2);                                      \
-                a3 = SFMA(D[k], w[3], a3);                                      \
-            }                                                                   \
-            C[j] = a0; C[j + 1] = a1; C[j + 2] = a2; C[j + 3] = a3;             \
+        for (; j + VL <= N; j += VL) {                                          \
+            VT a = {0};                                                         \
+            for (int64_t k = 0; k < K; k++)                                     \
+                a = VFMA((VT){} + D[k], NAME##_vload(W + k * ldw + j), a);      \
+            NAME##_vstore(C + j, a);                                            \
         }                                                                       \
         for (; j < N; j++) {                                                    \
             T a0 = 0;                                                           \
@@ -1270,72 +1322,133 @@ static TGT void NAME##_bwd(int64_t M, int64_t N, int64_t K, const T *D, int64_t 
     }                                                                           \
 }                                                                               \
 /* W[N, K] = alpha D[M, N]^T H[M, K] + beta W, beta 0 or 1: fbp_gemm(1, 0, N,   \
- * K, M, alpha, D, ldd, H, ldh, beta, W, ldw, NULL, 0, NULL, 0, 1), any M. */   \
-static TGT void NAME##_wgrad(int64_t N, int64_t K, int64_t M, T alpha,          \
+ * K, M, alpha, D, ldd, H, ldh, beta, W, ldw, NULL, 0, NULL, 0, 1), any M:      \
+ * whole vectors across K (one chain per K-slab of M per lane), then the tail. */ \
+TGT INLINE T NAME##_wgrad1(int64_t M, T alpha, const T *D, int64_t ldd,         \
+                           const T *H, int64_t ldh, T beta, T w)                \
+{                                                                               \
+    T c = 0;                                                                    \
+    int64_t r0 = 0;                                                             \
+    do {                                                                        \
+        const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;                  \
+        T a = 0;                                                                \
+        for (int64_t r = r0; r < r1; r++) a = SFMA(D[r * ldd], H[r * ldh], a);  \
+        if (r0 > 0) c = SFMA(alpha, a, c);                                      \
+        else if (beta == 0) c = alpha * a;                                      \
+        else c = SFMA(alpha, a, beta * w);                                      \
+        r0 = r1;                                                                \
+    } while (r0 < M);                                                           \
+    return c;                                                                   \
+}                                                                               \
+TGT INLINE void NAME##_wgrad(int64_t N, int64_t K, int64_t M, T alpha,          \
                              const T *D, int64_t ldd, const T *H, int64_t ldh,  \
                              T beta, T *W, int64_t ldw)                         \
 {                                                                               \
+    const VT va = (VT){} + alpha, vb = (VT){} + beta;                           \
     for (int64_t j = 0; j < N; j++, W += ldw) {                                 \
         int64_t i = 0;                                                          \
-        for (; i + 4 <= K; i += 4) {                                            \
-            T c0 = 0, c1 = 0, c2 = 0, c3 = 0;                                   \
+        for (; i + VL <= K; i += VL) {                                          \
+            VT c = {0};                                                         \
             int64_t r0 = 0;                                                     \
             do {                                                                \
                 const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;          \
-                T a0 = 0, a1 = 0, a2 = 0, a3 = 0;                               \
-                for (int64_t r = r0; r < r1; r++) {                             \
-                    const T d = D[r * ldd + j];                                 \
-                    const T *h = H + r * ldh + i;                               \
-                    a0 = SFMA(d, h[0], a0);                                     \
-                    a1 = SFMA(d, h[1], a1);                                     \
-                    a2 = SFMA(d, h[2], a2);                                     \
-                    a3 = SFMA(d, h[3], a3);                                     \
-                }                                                               \
-                if (r0 > 0) {                                                   \
-                    c0 = SFMA(alpha, a0, c0); c1 = SFMA(alpha, a1, c1);         \
-                    c2 = SFMA(alpha, a2, c2); c3 = SFMA(alpha, a3, c3);         \
-                } else if (beta == 0) {                                         \
-                    c0 = alpha * a0; c1 = alpha * a1;                           \
-                    c2 = alpha * a2; c3 = alpha * a3;                           \
-                } else {                                                        \
-                    c0 = SFMA(alpha, a0, beta * W[i]);                          \
-                    c1 = SFMA(alpha, a1, beta * W[i + 1]);                      \
-                    c2 = SFMA(alpha, a2, beta * W[i + 2]);                      \
-                    c3 = SFMA(alpha, a3, beta * W[i + 3]);                      \
-                }                                                               \
-                r0 = r1;                                                        \
-            } while (r0 < M);                                                   \
-            W[i] = c0; W[i + 1] = c1; W[i + 2] = c2; W[i + 3] = c3;             \
-        }                                                                       \
-        for (; i < K; i++) {                                                    \
-            T c0 = 0;                                                           \
-            int64_t r0 = 0;                                                     \
-            do {                                                                \
-                const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;          \
-                T a0 = 0;                                                       \
+                VT a = {0};                                                     \
                 for (int64_t r = r0; r < r1; r++)                               \
-                    a0 = SFMA(D[r * ldd + j], H[r * ldh + i], a0);              \
-                if (r0 > 0) c0 = SFMA(alpha, a0, c0);                           \
-                else if (beta == 0) c0 = alpha * a0;                            \
-                else c0 = SFMA(alpha, a0, beta * W[i]);                         \
+                    a = VFMA((VT){} + D[r * ldd + j], NAME##_vload(H + r * ldh + i), a); \
+                if (r0 > 0) c = VFMA(va, a, c);                                 \
+                else if (beta == 0) c = va * a;                                 \
+                else c = VFMA(va, a, vb * NAME##_vload(W + i));                 \
                 r0 = r1;                                                        \
             } while (r0 < M);                                                   \
-            W[i] = c0;                                                          \
+            NAME##_vstore(W + i, c);                                            \
         }                                                                       \
+        for (; i < K; i++)                                                      \
+            W[i] = NAME##_wgrad1(M, alpha, D + j, ldd, H + i, ldh, beta, W[i]); \
     }                                                                           \
+}                                                                               \
+/* Every layer of a net, as the general step runs them (see fbp_gemm.h); a     \
+ * batch of one row gets its own instance (M constant). */                      \
+TGT INLINE void NAME##_net_fwd_m(const fbp_narrow_net *net, const T *theta, int64_t M, \
+                                 const T *x, T *ws)                            \
+{                                                                               \
+    const int L = net->n_layers;                                                \
+    const T *h = x;                                                             \
+    for (int k = 0; k < L; k++) {                                               \
+        const int64_t ni = net->sizes[k], no = net->sizes[k + 1];               \
+        T *out = ws + net->act[k + 1];                                          \
+        NAME##_fwd(M, no, ni, h, ni, theta + net->w_off[k], ni,                 \
+                   net->b_off[k] >= 0 ? theta + net->b_off[k] : NULL,           \
+                   k < L - 1 ? net->hidden : FBP_ACT_IDENTITY, out, no);        \
+        h = out;                                                                \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_net_fwd(const fbp_narrow_net *net, const T *theta, int64_t M, \
+                               const T *x, T *ws)                              \
+{                                                                               \
+    if (M == 1) NAME##_net_fwd_m(net, theta, 1, x, ws);                         \
+    else NAME##_net_fwd_m(net, theta, M, x, ws);                                \
+}                                                                               \
+TGT INLINE void NAME##_net_bwd_m(const fbp_narrow_net *net, const T *theta, int64_t M, \
+                                 T *ws)                                         \
+{                                                                               \
+    for (int k = net->n_layers - 1; k > 0; k--) {                               \
+        const int64_t ni = net->sizes[k], no = net->sizes[k + 1];               \
+        NAME##_bwd(M, ni, no, ws + net->delta[k + 1], no, theta + net->w_off[k], ni, \
+                   net->hidden, ws + net->act[k], ni, ws + net->delta[k], ni);  \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_net_bwd(const fbp_narrow_net *net, const T *theta, int64_t M, \
+                               T *ws)                                           \
+{                                                                               \
+    if (M == 1) NAME##_net_bwd_m(net, theta, 1, ws);                            \
+    else NAME##_net_bwd_m(net, theta, M, ws);                                   \
+}                                                                               \
+TGT INLINE void NAME##_net_wgrad_m(const fbp_narrow_net *net, int64_t M, T alpha, \
+                                   const T *x, const T *ws, T beta, T *out)     \
+{                                                                               \
+    for (int k = 0; k < net->n_layers; k++) {                                   \
+        const int64_t ni = net->sizes[k], no = net->sizes[k + 1];               \
+        NAME##_wgrad(no, ni, M, alpha, ws + net->delta[k + 1], no,              \
+                     k == 0 ? x : ws + net->act[k], ni, beta, out + net->w_off[k], ni); \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_net_wgrad(const fbp_narrow_net *net, int64_t M, T alpha, \
+                                 const T *x, const T *ws, T beta, T *out)       \
+{                                                                               \
+    if (M == 1) NAME##_net_wgrad_m(net, 1, alpha, x, ws, beta, out);            \
+    else NAME##_net_wgrad_m(net, M, alpha, x, ws, beta, out);                   \
+}                                                                               \
+static TGT void NAME##_fwd1(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, \
+                            const T *W, int64_t ldw, const T *bias, int act,    \
+                            T *C, int64_t ldc)                                  \
+{                                                                               \
+    NAME##_fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc);                     \
+}                                                                               \
+static TGT void NAME##_bwd1(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd, \
+                            const T *W, int64_t ldw, int act, const T *Aact,    \
+                            int64_t lda, T *C, int64_t ldc)                     \
+{                                                                               \
+    NAME##_bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc);                \
+}                                                                               \
+static TGT void NAME##_wgradf(int64_t N, int64_t K, int64_t M, T alpha,         \
+                              const T *D, int64_t ldd, const T *H, int64_t ldh, \
+                              T beta, T *W, int64_t ldw)                        \
+{                                                                               \
+    NAME##_wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw);                 \
 }
 
 #define SFMA_PLAIN(x, y, z) ((x) * (y) + (z))
-DEFINE_NARROW(nw_plain_f32, float, f32, f32, vf32, 8, SFMA_PLAIN, )
-DEFINE_NARROW(nw_plain_f64, double, f64, f64, vf64, 4, SFMA_PLAIN, )
+DEFINE_NARROW(nw_plain_f32, float, f32, f32, vf32, 8, SFMA_PLAIN, SFMA_PLAIN, )
+DEFINE_NARROW(nw_plain_f64, double, f64, f64, vf64, 4, SFMA_PLAIN, SFMA_PLAIN, )
 #ifdef FBP_X86
-DEFINE_NARROW(nw_fma_f32, float, f32, f32f, vf32, 8, __builtin_fmaf, TARGET_FMA)
-DEFINE_NARROW(nw_fma_f64, double, f64, f64f, vf64, 4, __builtin_fma, TARGET_FMA)
+DEFINE_NARROW(nw_fma_f32, float, f32, f32f, vf32, 8, __builtin_fmaf, vfma_f32, TARGET_FMA)
+DEFINE_NARROW(nw_fma_f64, double, f64, f64f, vf64, 4, __builtin_fma, vfma_f64, TARGET_FMA)
 #endif
 
 #define DEFINE_NARROW_TABLE(T, SFX)                                             \
 static const fbp_narrow_ops_##SFX narrow_##SFX##_table[N_ISA] = {                  \
-    {nw_plain_##SFX##_fwd, nw_plain_##SFX##_bwd, nw_plain_##SFX##_wgrad},      \
+    {nw_plain_##SFX##_fwd1, nw_plain_##SFX##_bwd1, nw_plain_##SFX##_wgradf,    \
+     nw_plain_##SFX##_net_fwd, nw_plain_##SFX##_net_bwd, nw_plain_##SFX##_net_wgrad}, \
     NARROW_FMA_ENTRIES(SFX)                                                     \
 };                                                                              \
 const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void)                                  \
@@ -1344,8 +1457,10 @@ const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void)                              
 }
 #ifdef FBP_X86
 #define NARROW_FMA_ENTRIES(SFX)                                                 \
-    {nw_fma_##SFX##_fwd, nw_fma_##SFX##_bwd, nw_fma_##SFX##_wgrad},            \
-    {nw_fma_##SFX##_fwd, nw_fma_##SFX##_bwd, nw_fma_##SFX##_wgrad},
+    {nw_fma_##SFX##_fwd1, nw_fma_##SFX##_bwd1, nw_fma_##SFX##_wgradf,          \
+     nw_fma_##SFX##_net_fwd, nw_fma_##SFX##_net_bwd, nw_fma_##SFX##_net_wgrad}, \
+    {nw_fma_##SFX##_fwd1, nw_fma_##SFX##_bwd1, nw_fma_##SFX##_wgradf,          \
+     nw_fma_##SFX##_net_fwd, nw_fma_##SFX##_net_bwd, nw_fma_##SFX##_net_wgrad},
 #else
 #define NARROW_FMA_ENTRIES(SFX)
 #endif

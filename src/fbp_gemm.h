@@ -117,6 +117,23 @@ int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
  * fwd and bwd need K <= 256 (one K-slab); wgrad takes any M.  Serial,
  * no allocation.  The table returned is that of the current code path
  * (fetch it again after fbp_gemm_set_isa). */
+/* A net as the net_* kernels take it: the layout of the flat parameter vector
+ * theta (W_k at w_off[k], (sizes[k+1], sizes[k]) row-major; b_k at b_off[k]
+ * or -1) and of one workspace ws (A_k at act[k], delta_k at delta[k], both
+ * (M, sizes[k]) row-major), the activation of every hidden layer. */
+typedef struct {
+    int n_layers;
+    int hidden;
+    const int64_t *sizes, *w_off, *b_off, *act, *delta;
+} fbp_narrow_net;
+
+/* The net_* kernels run the products of every layer of one step:
+ *   net_fwd(net, theta, M, x, ws): A_{k+1} = fwd(A_k, W_k, b_k, act) for k = 0..L-1
+ *     (A_0 = x, (M, sizes[0]); the output layer's act identity);
+ *   net_bwd(net, theta, M, ws): delta_k = bwd(delta_{k+1}, W_k, act'(A_k)), k = L-1..1;
+ *   net_wgrad(net, M, alpha, x, ws, beta, out): W_k of out (laid out as theta)
+ *     = wgrad(alpha, delta_{k+1}, A_k, beta) for every k (A_0 = x);
+ * the biases are the caller's. */
 typedef struct {
     void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                 const float *W, int64_t ldw, const float *bias, int act, float *C, int64_t ldc);
@@ -125,6 +142,11 @@ typedef struct {
                 float *C, int64_t ldc);
     void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D, int64_t ldd,
                   const float *H, int64_t ldh, float beta, float *W, int64_t ldw);
+    void (*net_fwd)(const fbp_narrow_net *net, const float *theta, int64_t M,
+                    const float *x, float *ws);
+    void (*net_bwd)(const fbp_narrow_net *net, const float *theta, int64_t M, float *ws);
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, float alpha, const float *x,
+                      const float *ws, float beta, float *out);
 } fbp_narrow_ops_f32;
 typedef struct {
     void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
@@ -134,6 +156,11 @@ typedef struct {
                 double *C, int64_t ldc);
     void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D, int64_t ldd,
                   const double *H, int64_t ldh, double beta, double *W, int64_t ldw);
+    void (*net_fwd)(const fbp_narrow_net *net, const double *theta, int64_t M,
+                    const double *x, double *ws);
+    void (*net_bwd)(const fbp_narrow_net *net, const double *theta, int64_t M, double *ws);
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, double alpha, const double *x,
+                      const double *ws, double beta, double *out);
 } fbp_narrow_ops_f64;
 const fbp_narrow_ops_f32 *fbp_narrow_f32(void);
 const fbp_narrow_ops_f64 *fbp_narrow_f64(void);
