@@ -32,6 +32,8 @@
 # * Serial: no parallel region is ever open here (T == NULL), so every write
 #   is the calling thread's.
 
+from libc.stdlib cimport malloc, free
+
 cdef extern from "fbp_gemm.h" nogil:
     ctypedef struct fbp_narrow_net:
         int n_layers
@@ -73,6 +75,39 @@ cdef extern from "fbp_gemm.h" nogil:
                         double *ws) noexcept nogil
         void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, double alpha, const double *x,
                           const double *ws, double beta, double *out) noexcept nogil
+    ctypedef struct fbp_packed:
+        int n_layers
+        int64_t M
+        int64_t nv[65]
+        int64_t ld[65]
+        int64_t wn[64]
+        int64_t wt[64]
+        int64_t act[65]
+        int64_t delta[65]
+        int64_t size
+        int one
+    int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
+                              fbp_packed *p)
+    ctypedef struct fbp_packed_ops_f32:
+        void (*pack)(const fbp_packed *p, const int64_t *sizes, const float *theta,
+                     const int64_t *w_off, float *buf) noexcept nogil
+        void (*unpack)(const fbp_packed *p, const int64_t *sizes, const float *buf,
+                       const int64_t *w_off, float *out) noexcept nogil
+        void (*fwd)(const fbp_packed *p, const int64_t *sizes, float *buf, const float *theta,
+                    const int64_t *b_off, int hidden, int64_t M) noexcept nogil
+        void (*bwd)(const fbp_packed *p, const int64_t *sizes, float *buf, int hidden,
+                    int64_t M, float alpha) noexcept nogil
+    ctypedef struct fbp_packed_ops_f64:
+        void (*pack)(const fbp_packed *p, const int64_t *sizes, const double *theta,
+                     const int64_t *w_off, double *buf) noexcept nogil
+        void (*unpack)(const fbp_packed *p, const int64_t *sizes, const double *buf,
+                       const int64_t *w_off, double *out) noexcept nogil
+        void (*fwd)(const fbp_packed *p, const int64_t *sizes, double *buf, const double *theta,
+                    const int64_t *b_off, int hidden, int64_t M) noexcept nogil
+        void (*bwd)(const fbp_packed *p, const int64_t *sizes, double *buf, int hidden,
+                    int64_t M, double alpha) noexcept nogil
+    const fbp_packed_ops_f32 *fbp_packed_f32()
+    const fbp_packed_ops_f64 *fbp_packed_f64()
     const fbp_narrow_ops_f32 *fbp_narrow_f32()
     const fbp_narrow_ops_f64 *fbp_narrow_f64()
 
@@ -82,8 +117,10 @@ cdef extern from "fbp_gemm.h" nogil:
 # measurement is in bench/NOTES.md).  At most 256: one K-slab per product.
 cdef int64_t TINY_MAX_WIDTH = 32
 
-# The test hook: False forces the general path (set_tiny_path).
+# The test hooks: False forces the general path (set_tiny_path), or the
+# narrow kernels instead of the packed ones for plain SGD (set_tiny_packed).
 cdef bint tiny_on = True
+cdef bint tiny_packed_on = True
 
 
 def set_tiny_path(bint on):
@@ -92,6 +129,15 @@ def set_tiny_path(bint on):
     returns the previous setting."""
     global tiny_on
     previous, tiny_on = tiny_on, on
+    return bool(previous)
+
+
+def set_tiny_packed(bint on):
+    """Run plain SGD on the narrow path with packed weights (on, the
+    default) or on the narrow kernels (a test hook: the same bits);
+    returns the previous setting."""
+    global tiny_packed_on
+    previous, tiny_packed_on = tiny_packed_on, on
     return bool(previous)
 
 
@@ -116,6 +162,11 @@ cdef struct TinyOps:
     const fbp_narrow_ops_f32 *f32
     const fbp_narrow_ops_f64 *f64
     fbp_narrow_net net
+    # the packed path (plain SGD): its kernels, layout and buffer (NULL: none)
+    const fbp_packed_ops_f32 *p32
+    const fbp_packed_ops_f64 *p64
+    fbp_packed P
+    void *buf
 
 
 cdef inline void t_net_fwd(const TinyOps *ops, const floating *theta, int64_t m,
@@ -226,7 +277,85 @@ cdef int tiny_step(const Spec *s, const Extra *e, const TinyOps *ops,
     return 0
 
 
-cdef int tiny_epoch(const Spec *s, Extra *e,
+cdef inline void t_unpack(const TinyOps *ops, const Spec *s,
+                          floating *out) noexcept nogil:   # OUT the W_k of out (laid out as theta)
+    if floating is float:
+        ops.p32.unpack(&ops.P, s.sizes, <const float *>ops.buf, s.w_off, out)
+    else:
+        ops.p64.unpack(&ops.P, s.sizes, <const double *>ops.buf, s.w_off, out)
+
+
+cdef int tiny_pstep(const Spec *s, const Extra *e, const TinyOps *ops,
+                    floating *theta,           # IN/OUT biases (the W_k live in ops.buf)
+                    floating lr,
+                    floating *snap,            # OUT theta before the step, or NULL
+                    int64_t n_params,
+                    floating *ws, const Work *w,   # yhat, lossv, hitv, colsum
+                    const floating *X, const floating *Y,  # IN the data set
+                    const int64_t *rows,       # IN the batch's row indices, or NULL
+                    int64_t start, int64_t m,
+                    double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
+    """The fused plain SGD step of tiny_step on the packed weights (ops.buf):
+    the same bits.  Returns 1 (and changes nothing) when the batch loss is
+    not finite."""
+    cdef int k, L = s.n_layers
+    cdef int64_t i, j, r, no, boff, n_in = s.sizes[0], n_out = s.sizes[L]
+    cdef const fbp_packed *P = &ops.P
+    cdef floating *buf = <floating *>ops.buf
+    cdef floating *a0 = buf + P.act[0]
+    cdef floating *z = buf + P.act[L]
+    cdef floating *dL = buf + P.delta[L]
+    cdef floating *yhat = ws + w.yhat
+    cdef floating *d
+    cdef floating *colsum
+    cdef const floating *y
+    cdef int64_t ld0 = P.ld[0], ldL = P.ld[L]
+    cdef double scale = 1.0 / m
+    for i in range(m):
+        r = rows[i] if rows != NULL else start + i
+        for j in range(n_in):
+            a0[i * ld0 + j] = X[r * n_in + j]
+    if floating is float:
+        ops.p32.fwd(P, s.sizes, buf, theta, s.b_off, s.hidden, m)
+    else:
+        ops.p64.fwd(P, s.sizes, buf, theta, s.b_off, s.hidden, m)
+    for i in range(m):
+        y = Y + (rows[i] if rows != NULL else start + i) * n_out
+        output_row(s, z + i * ldL, yhat + i * n_out)
+        if e.sw != NULL:
+            scale = row_weight(<const floating *>e.sw, rows, start, i) / e.wsum
+        ws[w.lossv + i] = <floating>loss_row(s, z + i * ldL, yhat + i * n_out, y,
+                                             dL + i * ldL, scale)
+        if s.loss != LOSS_SQUARED:
+            ws[w.hitv + i] = <floating>hit_row(s, yhat + i * n_out, y)
+    loss[0] = row_sum(ws + w.lossv, m)
+    if not isfinite(loss[0]):
+        return 1
+    if snap != NULL:
+        memcpy(snap, theta, n_params * sizeof(floating))
+        t_unpack(ops, s, snap)
+    if floating is float:
+        ops.p32.bwd(P, s.sizes, buf, s.hidden, m, -lr)
+    else:
+        ops.p64.bwd(P, s.sizes, buf, s.hidden, m, -lr)
+    for k in range(L):
+        boff = s.b_off[k]
+        if boff < 0:
+            continue
+        no = s.sizes[k + 1]
+        d = buf + P.delta[k + 1]
+        if m == 1:   # column_sums of one row: 0 + d
+            for j in range(no):
+                theta[boff + j] -= lr * (<floating>0 + d[j])
+        else:
+            colsum = ws + w.colsum[k]
+            column_sums(d, m, no, P.ld[k + 1], colsum)
+            for j in range(no):
+                theta[boff + j] -= lr * colsum[j]
+    return 0
+
+
+cdef int tiny_loop(const Spec *s, Extra *e, TinyOps *ops,
                     floating *theta,           # IN/OUT parameters
                     floating *grad,            # scratch gradient (legacy SGD keywords), or NULL
                     floating *velocity,        # IN/OUT momentum buffer, or NULL
@@ -240,18 +369,11 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
                     floating *snap, floating *snap_vel, int64_t snap_step,
                     int64_t n_params,
                     Totals *t) noexcept nogil:
-    """run_epoch for a narrow net without the optimizer path or dropout
-    (tiny_applies), serially, with tiny_step: the same contract and bits."""
+    """The steps of tiny_epoch (packed when ops.buf != NULL)."""
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
     cdef bint snap_here
     cdef const int64_t *rows
-    cdef TinyOps ops
-    ops.f32 = fbp_narrow_f32()
-    ops.f64 = fbp_narrow_f64()
-    ops.net.n_layers, ops.net.hidden = s.n_layers, s.hidden
-    ops.net.sizes, ops.net.w_off, ops.net.b_off = s.sizes, s.w_off, s.b_off
-    ops.net.act, ops.net.delta = w.act, w.delta
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0
@@ -269,11 +391,17 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
             # Weights summing to 0: the batch contributes nothing.
             if snap_here:
                 snapshot_all(<const OptK *>NULL, snap, snap_vel, theta, velocity, n_params)
+                if ops.buf != NULL:
+                    t_unpack(ops, s, snap)
                 t.snap_done = True
         else:
-            if tiny_step(s, e, &ops, theta, grad, <floating>o.lr,
-                         snap if snap_here and grad == NULL else NULL, n_params,
-                         ws, w, X, Y, rows, start, m, &batch_loss):
+            if ops.buf != NULL:
+                if tiny_pstep(s, e, ops, theta, <floating>o.lr, snap if snap_here else NULL,
+                              n_params, ws, w, X, Y, rows, start, m, &batch_loss):
+                    return 1
+            elif tiny_step(s, e, ops, theta, grad, <floating>o.lr,
+                           snap if snap_here and grad == NULL else NULL, n_params,
+                           ws, w, X, Y, rows, start, m, &batch_loss):
                 return 1
             if snap_here:
                 t.snap_done = True
@@ -293,3 +421,50 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
             if fbp_poll_signals() == -1:
                 return -1
     return 0
+
+
+cdef int tiny_epoch(const Spec *s, Extra *e,
+                    floating *theta,           # IN/OUT parameters
+                    floating *grad,            # scratch gradient (legacy SGD keywords), or NULL
+                    floating *velocity,        # IN/OUT momentum buffer, or NULL
+                    floating *ws, const Work *w,
+                    const floating *X,         # IN (n_samples, n_in)
+                    const floating *Y,         # IN (n_samples, n_out)
+                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
+                    int64_t n_samples, int64_t batch_size,
+                    const Optim *o,
+                    int64_t first_step, int64_t max_steps,
+                    floating *snap, floating *snap_vel, int64_t snap_step,
+                    int64_t n_params,
+                    Totals *t) noexcept nogil:
+    """run_epoch for a narrow net without the optimizer path or dropout
+    (tiny_applies), serially: the same contract and bits.  Plain SGD runs
+    on packed copies of the weights (fbp_packed_*, allocated for the call
+    and unpacked into theta before returning, whatever the status; the
+    general narrow kernels if the allocation fails); the legacy SGD
+    keywords (grad != NULL) on the narrow kernels."""
+    cdef TinyOps ops
+    cdef int status
+    ops.f32 = fbp_narrow_f32()
+    ops.f64 = fbp_narrow_f64()
+    ops.p32 = fbp_packed_f32()
+    ops.p64 = fbp_packed_f64()
+    ops.net.n_layers, ops.net.hidden = s.n_layers, s.hidden
+    ops.net.sizes, ops.net.w_off, ops.net.b_off = s.sizes, s.w_off, s.b_off
+    ops.net.act, ops.net.delta = &w.act[0], &w.delta[0]
+    ops.buf = NULL
+    if grad == NULL and tiny_packed_on:
+        fbp_packed_layout(sizeof(floating), s.n_layers, s.sizes, w.rows, &ops.P)
+        ops.buf = malloc(ops.P.size * sizeof(floating))
+        if ops.buf != NULL:
+            if floating is float:
+                ops.p32.pack(&ops.P, s.sizes, theta, s.w_off, <float *>ops.buf)
+            else:
+                ops.p64.pack(&ops.P, s.sizes, theta, s.w_off, <double *>ops.buf)
+    status = tiny_loop(s, e, &ops, theta, grad, velocity, ws, w, X, Y, order, n_samples,
+                       batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
+                       n_params, t)
+    if ops.buf != NULL:
+        t_unpack(&ops, s, theta)
+        free(ops.buf)
+    return status

@@ -1235,13 +1235,9 @@ TARGET_FMA INLINE void pstore_f64f(double *p, vf64 x, int64_t r)
 #endif
 
 #define DEFINE_NARROW(NAME, T, SFX, ESFX, VT, VL, SFMA, VFMA, TGT)             \
-TGT INLINE VT NAME##_vload(const T *p)                                          \
-{                                                                               \
-    VT x;                                                                       \
-    memcpy(&x, p, sizeof x);                                                    \
-    return x;                                                                   \
-}                                                                               \
-TGT INLINE void NAME##_vstore(T *p, VT x) { memcpy(p, &x, sizeof x); }          \
+typedef T NAME##_vu __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T)))); \
+TGT INLINE VT NAME##_vload(const T *p) { return (VT)*(const NAME##_vu *)p; }    \
+TGT INLINE void NAME##_vstore(T *p, VT x) { *(NAME##_vu *)p = (NAME##_vu)x; }   \
 /* act(c[0:n] + b[0:n]) for sigmoid / tanh: whole vectors, then the tail of    \
  * the row in one zero-padded vector (lanes are independent). */               \
 TGT INLINE void NAME##_act(T *c, const T *b, int64_t n, int act)               \
@@ -1466,3 +1462,237 @@ const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void)                              
 #endif
 DEFINE_NARROW_TABLE(float, f32)
 DEFINE_NARROW_TABLE(double, f64)
+
+/* ------------------------------------------------------------------------ */
+/* Packed narrow nets (fbp_packed_*: plain SGD on a narrow net, whole epoch) */
+/* ------------------------------------------------------------------------ */
+
+/* For plain SGD on a narrow net the compiled epoch keeps each W_k, for the
+ * whole call, in two zero-padded copies laid out for 32-byte vectors (VL = 8
+ * floats or 4 doubles): WN_k, row j of W_k in ceil(n_in / VL) vectors, and
+ * WT_k, column i of W_k in ceil(n_out / VL) vectors.  Then every product of
+ * a step is a short run of whole-vector FMAs with a broadcast scalar and
+ * nothing is repacked or gathered:
+ *   forward   A_{k+1}[r] = act(sum_i A_k[r][i] WT_k[i] + b_k)    (lanes: units j)
+ *   backward  delta_k[r] = (sum_j delta_{k+1}[r][j] WN_k[j]) * act'(A_k[r])  (lanes: i)
+ *   update    WN_k[j] = fma(-lr, sum_r delta_{k+1}[r][j] A_k[r], WN_k[j]), and
+ *             WT_k[i] = fma(-lr, sum_r A_k[r][i] delta_{k+1}[r], WT_k[i]),
+ * every lane one chain in the GEMM's k order (sums from 0, one FMA per term,
+ * K-slabs of FBP_KC rows for the update): element for element the same
+ * operations as the GEMM calls of the general step (fbp_gemm.h), so the
+ * same bits, and WN_k and WT_k hold the same values.  The activations and
+ * deltas of a batch live in the packed buffer too, rows padded to whole
+ * vectors; their padding lanes are kept 0 (masked after each activation),
+ * so the padding of WN/WT stays 0 and no padding lane ever feeds a real one.
+ * The biases stay in theta (the caller updates them). */
+int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
+                          fbp_packed *p)
+{
+    const int64_t VL = elem_size == 4 ? 8 : 4;
+    int64_t off = 0;
+    p->n_layers = n_layers;
+    p->M = M;
+    for (int k = 0; k <= n_layers; k++) {
+        p->nv[k] = (sizes[k] + VL - 1) / VL;
+        p->ld[k] = p->nv[k] * VL;
+    }
+    for (int k = 0; k < n_layers; k++) {
+        p->wn[k] = off;
+        off += sizes[k + 1] * p->ld[k];
+        p->wt[k] = off;
+        off += sizes[k] * p->ld[k + 1];
+    }
+    for (int k = 0; k <= n_layers; k++) {
+        p->act[k] = off;
+        off += M * p->ld[k];
+        p->delta[k] = off;
+        off += M * p->ld[k];
+    }
+    p->size = off;
+    p->one = 1;
+    for (int k = 0; k <= n_layers; k++)
+        if (p->nv[k] != 1) p->one = 0;
+    return off;
+}
+
+#define DEFINE_PACKED(NAME, T, SFX, ESFX, VT, VI, VL, VFMA, TGT)                \
+/* Unaligned loads and stores typed T (not memcpy: a char-typed store would    \
+ * make the compiler reload every int64 of the layout after it). */            \
+typedef T NAME##_vu __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T)))); \
+TGT INLINE VT NAME##_ld(const T *p) { return (VT)*(const NAME##_vu *)p; }       \
+TGT INLINE void NAME##_st(T *p, VT x) { *(NAME##_vu *)p = (NAME##_vu)x; }       \
+/* Lanes l < n of x, the others 0. */                                           \
+TGT INLINE VT NAME##_keep(VT x, int64_t n)                                      \
+{                                                                               \
+    VI lane;                                                                    \
+    _Pragma("GCC unroll 8")                                                     \
+    for (int l = 0; l < VL; l++) lane[l] = l;                                   \
+    return (VT)((VI)x & (lane < (VI){} + (__typeof__(lane[0]))n));              \
+}                                                                               \
+static TGT void NAME##_pack(const fbp_packed *p, const int64_t *sizes, const T *theta, \
+                            const int64_t *w_off, T *buf)                       \
+{                                                                               \
+    for (int k = 0; k < p->n_layers; k++) {                                     \
+        const int64_t ni = sizes[k], no = sizes[k + 1];                         \
+        const T *W = theta + w_off[k];                                          \
+        T *wn = buf + p->wn[k], *wt = buf + p->wt[k];                           \
+        memset(wn, 0, no * p->ld[k] * sizeof(T));                               \
+        memset(wt, 0, ni * p->ld[k + 1] * sizeof(T));                           \
+        for (int64_t j = 0; j < no; j++)                                        \
+            for (int64_t i = 0; i < ni; i++) {                                  \
+                wn[j * p->ld[k] + i] = W[j * ni + i];                           \
+                wt[i * p->ld[k + 1] + j] = W[j * ni + i];                       \
+            }                                                                   \
+    }                                                                           \
+    for (int k = 0; k <= p->n_layers; k++) {                                    \
+        memset(buf + p->act[k], 0, p->M * p->ld[k] * sizeof(T));                \
+        memset(buf + p->delta[k], 0, p->M * p->ld[k] * sizeof(T));              \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_unpack(const fbp_packed *p, const int64_t *sizes, const T *buf, \
+                              const int64_t *w_off, T *theta)                   \
+{                                                                               \
+    for (int k = 0; k < p->n_layers; k++) {                                     \
+        const int64_t ni = sizes[k], no = sizes[k + 1];                         \
+        for (int64_t j = 0; j < no; j++)                                        \
+            memcpy(theta + w_off[k] + j * ni, buf + p->wn[k] + j * p->ld[k], ni * sizeof(T)); \
+    }                                                                           \
+}                                                                               \
+/* Forward of rows 0..M-1 of A_0 (already in the buffer) through every layer. */ \
+TGT INLINE void NAME##_fwd_m(const fbp_packed *p, const int64_t *sizes, T *buf,  \
+                             const T *theta, const int64_t *b_off, int hidden,  \
+                             int64_t M, int one)                                \
+{                                                                               \
+    const int L = p->n_layers;                                                  \
+    for (int k = 0; k < L; k++) {                                               \
+        const int64_t ni = sizes[k], no = sizes[k + 1], nv = one ? 1 : p->nv[k + 1]; \
+        const int64_t ldi = p->ld[k], ldo = p->ld[k + 1];                       \
+        const int act = k < L - 1 ? hidden : FBP_ACT_IDENTITY;                  \
+        const T *wt = buf + p->wt[k];                                           \
+        const T *b = b_off[k] >= 0 ? theta + b_off[k] : NULL;                   \
+        for (int64_t r = 0; r < M; r++) {                                       \
+            const T *h = buf + p->act[k] + r * ldi;                             \
+            T *out = buf + p->act[k + 1] + r * ldo;                             \
+            for (int64_t v = 0; v < nv; v++) {                                  \
+                VT a = {0};                                                     \
+                for (int64_t i = 0; i < ni; i++)                                \
+                    a = VFMA((VT){} + h[i], NAME##_ld(wt + i * ldo + v * VL), a); \
+                const int64_t n = no - v * VL;                                  \
+                if (b) a = a + (n >= VL ? NAME##_ld(b + v * VL) : pload_##ESFX(b + v * VL, n)); \
+                if (act == FBP_ACT_RELU) {                                      \
+                    a = (VT)((VI)a & (a > 0));                                  \
+                } else if (act == FBP_ACT_SIGMOID) {                            \
+                    a = vsigmoid_##ESFX(a);                                     \
+                } else if (act == FBP_ACT_TANH) {                               \
+                    a = vtanh_##ESFX(a);                                        \
+                }                                                               \
+                NAME##_st(out + v * VL, n >= VL ? a : NAME##_keep(a, n));       \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_fwd(const fbp_packed *p, const int64_t *sizes, T *buf,   \
+                           const T *theta, const int64_t *b_off, int hidden, int64_t M) \
+{                                                                               \
+    if (p->one && M == 1) NAME##_fwd_m(p, sizes, buf, theta, b_off, hidden, 1, 1); \
+    else if (M == 1) NAME##_fwd_m(p, sizes, buf, theta, b_off, hidden, 1, 0);   \
+    else NAME##_fwd_m(p, sizes, buf, theta, b_off, hidden, M, 0);               \
+}                                                                               \
+/* sum over rows r of slab [r0, r1) of bcast(s[r * lds]) * v[r * ldv], from 0. */ \
+TGT INLINE VT NAME##_chain(const T *s, int64_t lds, const T *v, int64_t ldv,    \
+                           int64_t r0, int64_t r1)                              \
+{                                                                               \
+    VT a = {0};                                                                 \
+    for (int64_t r = r0; r < r1; r++)                                           \
+        a = VFMA((VT){} + s[r * lds], NAME##_ld(v + r * ldv), a);               \
+    return a;                                                                   \
+}                                                                               \
+/* W[v] = fma(alpha, sum_r s[r] v[r], W[v]) by K-slabs of rows, in place. */     \
+TGT INLINE void NAME##_upd(T *w, VT va, const T *s, int64_t lds, const T *v,   \
+                           int64_t ldv, int64_t M)                              \
+{                                                                               \
+    VT c = NAME##_ld(w);                                                        \
+    int64_t r0 = 0;                                                             \
+    do {                                                                        \
+        const int64_t r1 = M - r0 <= FBP_KC ? M : r0 + FBP_KC;                  \
+        c = VFMA(va, NAME##_chain(s, lds, v, ldv, r0, r1), c);                  \
+        r0 = r1;                                                                \
+    } while (r0 < M);                                                           \
+    NAME##_st(w, c);                                                            \
+}                                                                               \
+/* The deltas of layers L-1 .. 1 (delta_L in the buffer), then the SGD step    \
+ * W_k -= lr delta_{k+1}^T A_k on both copies of every W_k. */                  \
+TGT INLINE void NAME##_bwd_m(const fbp_packed *p, const int64_t *sizes, T *buf, \
+                             int hidden, int64_t M, T alpha, int one)           \
+{                                                                               \
+    const int L = p->n_layers;                                                  \
+    const VT va = (VT){} + alpha;                                               \
+    for (int k = L - 1; k > 0; k--) {                                           \
+        const int64_t no = sizes[k + 1], nv = one ? 1 : p->nv[k];               \
+        const int64_t ldi = p->ld[k], ldo = p->ld[k + 1];                       \
+        const T *wn = buf + p->wn[k];                                           \
+        for (int64_t r = 0; r < M; r++) {                                       \
+            const T *d = buf + p->delta[k + 1] + r * ldo;                       \
+            const T *h = buf + p->act[k] + r * ldi;                             \
+            T *out = buf + p->delta[k] + r * ldi;                               \
+            for (int64_t v = 0; v < nv; v++) {                                  \
+                VT a = {0};                                                     \
+                for (int64_t j = 0; j < no; j++)                                \
+                    a = VFMA((VT){} + d[j], NAME##_ld(wn + j * ldi + v * VL), a); \
+                const VT x = NAME##_ld(h + v * VL);                             \
+                if (hidden == FBP_ACT_SIGMOID) a = a * (x * ((T)1 - x));        \
+                else if (hidden == FBP_ACT_RELU)                                \
+                    a = a * (VT)((VI)((VT){} + (T)1) & (x > 0));                \
+                else if (hidden == FBP_ACT_TANH) a = a * (((T)1 - x) * ((T)1 + x)); \
+                NAME##_st(out + v * VL, a);                                     \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+    for (int k = 0; k < L; k++) {                                               \
+        const int64_t ni = sizes[k], no = sizes[k + 1];                         \
+        const int64_t ldi = p->ld[k], ldo = p->ld[k + 1];                       \
+        const T *h = buf + p->act[k], *d = buf + p->delta[k + 1];               \
+        const int64_t nvi = one ? 1 : p->nv[k], nvo = one ? 1 : p->nv[k + 1];   \
+        T *wn = buf + p->wn[k], *wt = buf + p->wt[k];                           \
+        for (int64_t j = 0; j < no; j++)                                        \
+            for (int64_t v = 0; v < nvi; v++)                                   \
+                NAME##_upd(wn + j * ldi + v * VL, va, d + j, ldo, h + v * VL, ldi, M); \
+        for (int64_t i = 0; i < ni; i++)                                        \
+            for (int64_t v = 0; v < nvo; v++)                                   \
+                NAME##_upd(wt + i * ldo + v * VL, va, h + i, ldi, d + v * VL, ldo, M); \
+    }                                                                           \
+}                                                                               \
+static TGT void NAME##_bwd(const fbp_packed *p, const int64_t *sizes, T *buf,   \
+                           int hidden, int64_t M, T alpha)                      \
+{                                                                               \
+    if (p->one && M == 1) NAME##_bwd_m(p, sizes, buf, hidden, 1, alpha, 1);     \
+    else if (M == 1) NAME##_bwd_m(p, sizes, buf, hidden, 1, alpha, 0);          \
+    else NAME##_bwd_m(p, sizes, buf, hidden, M, alpha, 0);                      \
+}
+
+DEFINE_PACKED(pk_plain_f32, float, f32, f32, vf32, vi32, 8, SFMA_PLAIN, )
+DEFINE_PACKED(pk_plain_f64, double, f64, f64, vf64, vi64, 4, SFMA_PLAIN, )
+#ifdef FBP_X86
+DEFINE_PACKED(pk_fma_f32, float, f32, f32f, vf32, vi32, 8, vfma_f32, TARGET_FMA)
+DEFINE_PACKED(pk_fma_f64, double, f64, f64f, vf64, vi64, 4, vfma_f64, TARGET_FMA)
+#endif
+
+#define DEFINE_PACKED_TABLE(T, SFX)                                             \
+static const fbp_packed_ops_##SFX packed_##SFX##_table[N_ISA] = {              \
+    {pk_plain_##SFX##_pack, pk_plain_##SFX##_unpack, pk_plain_##SFX##_fwd,      \
+     pk_plain_##SFX##_bwd},                                                     \
+    PACKED_FMA_ENTRIES(SFX)                                                     \
+};                                                                              \
+const fbp_packed_ops_##SFX *fbp_packed_##SFX(void)                              \
+{                                                                               \
+    return &packed_##SFX##_table[current_isa()];                                \
+}
+#ifdef FBP_X86
+#define PACKED_FMA_ENTRIES(SFX)                                                 \
+    {pk_fma_##SFX##_pack, pk_fma_##SFX##_unpack, pk_fma_##SFX##_fwd, pk_fma_##SFX##_bwd}, \
+    {pk_fma_##SFX##_pack, pk_fma_##SFX##_unpack, pk_fma_##SFX##_fwd, pk_fma_##SFX##_bwd},
+#else
+#define PACKED_FMA_ENTRIES(SFX)
+#endif
+DEFINE_PACKED_TABLE(float, f32)
+DEFINE_PACKED_TABLE(double, f64)

@@ -165,6 +165,47 @@ typedef struct {
 const fbp_narrow_ops_f32 *fbp_narrow_f32(void);
 const fbp_narrow_ops_f64 *fbp_narrow_f64(void);
 
+/* Packed narrow nets: plain SGD on a narrow net with each W_k kept, for a
+ * whole call, in two zero-padded copies laid out for 32-byte vectors
+ * (fbp_gemm.c says how), the activations and deltas of a batch with them in
+ * one buffer of fbp_packed_layout()'s size (rows of A_k and delta_k at
+ * act[k] + r * ld[k], delta[k] + r * ld[k]).  The same bits as the general
+ * step's GEMM calls on the current code path:
+ *   pack(p, sizes, theta, w_off, buf): W_k -> both copies, activations 0;
+ *   unpack(p, sizes, buf, w_off, out): the W_k back into out (laid out as theta);
+ *   fwd(p, sizes, buf, theta, b_off, hidden, M): A_1 .. A_L of rows 0..M-1
+ *     from A_0 (the caller's copy into the buffer; biases read from theta;
+ *     A_L = the output layer's logits);
+ *   bwd(p, sizes, buf, hidden, M, alpha): delta_{L-1} .. delta_1 from delta_L
+ *     (the caller's), then W_k = fma(alpha, delta_{k+1}^T A_k, W_k) (SGD: alpha
+ *     = -lr) on both copies; the biases are the caller's.
+ * Widths up to 256 (one K-slab on the forward and backward products). */
+typedef struct {
+    int n_layers;
+    int64_t M;                       /* rows capacity */
+    int64_t nv[65], ld[65];          /* vectors per row of layer k, and the row stride */
+    int64_t wn[64], wt[64];          /* offsets of WN_k, WT_k */
+    int64_t act[65], delta[65];      /* offsets of A_k, delta_k (M rows of ld[k]) */
+    int64_t size;                    /* elements of the buffer */
+    int one;                         /* every layer fits one vector */
+} fbp_packed;
+int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
+                          fbp_packed *p);
+#define FBP_PACKED_OPS(T, SFX)                                                  \
+typedef struct {                                                                \
+    void (*pack)(const fbp_packed *p, const int64_t *sizes, const T *theta,     \
+                 const int64_t *w_off, T *buf);                                 \
+    void (*unpack)(const fbp_packed *p, const int64_t *sizes, const T *buf,     \
+                   const int64_t *w_off, T *out);                               \
+    void (*fwd)(const fbp_packed *p, const int64_t *sizes, T *buf, const T *theta, \
+                const int64_t *b_off, int hidden, int64_t M);                   \
+    void (*bwd)(const fbp_packed *p, const int64_t *sizes, T *buf, int hidden,  \
+                int64_t M, T alpha);                                            \
+} fbp_packed_ops_##SFX;                                                         \
+const fbp_packed_ops_##SFX *fbp_packed_##SFX(void);
+FBP_PACKED_OPS(float, f32)
+FBP_PACKED_OPS(double, f64)
+
 /* Name of the code path chosen at run time ("avx512", "avx2", "generic"). */
 const char *fbp_gemm_isa(void);
 
