@@ -355,6 +355,92 @@ cdef int tiny_pstep(const Spec *s, const Extra *e, const TinyOps *ops,
     return 0
 
 
+cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
+                    floating *theta,           # IN/OUT biases (the W_k live in ops.buf)
+                    floating *ws, const Work *w,
+                    const floating *X,         # IN (n_samples, n_in)
+                    const floating *Y,         # IN (n_samples, n_out)
+                    const int64_t *order,      # IN visiting order, or NULL for 0..n-1
+                    int64_t n_samples, floating lr,
+                    int64_t first_step, int64_t max_steps,
+                    floating *snap, int64_t snap_step,
+                    int64_t n_params,
+                    Totals *t) noexcept nogil:
+    """tiny_loop for batches of one row without sample weights, packed
+    (the seeds' per-sample SGD): tiny_pstep's operations with what a batch
+    of one does not need (gathers, weights, column sums) left out and the
+    per-layer bookkeeping hoisted out of the loop."""
+    cdef int k, L = s.n_layers, nb = 0
+    cdef int64_t j, r, step, end, macs = 0, macs_per_row = 0
+    cdef int64_t n_in = s.sizes[0], n_out = s.sizes[L]
+    cdef const fbp_packed *P = &ops.P
+    cdef floating *buf = <floating *>ops.buf
+    cdef floating *a0 = buf + P.act[0]
+    cdef floating *z = buf + P.act[L]
+    cdef floating *dL = buf + P.delta[L]
+    cdef floating *yhat = ws + w.yhat
+    cdef floating *lossv = ws + w.lossv
+    cdef floating *hitv = ws + w.hitv
+    cdef floating *bt[64]          # the biases in theta ...
+    cdef floating *bd[64]          # ... their layer's delta row ...
+    cdef int64_t bn[64]            # ... and their count
+    cdef const floating *y
+    cdef double total
+    cdef bint hits = s.loss != LOSS_SQUARED
+    for k in range(L):
+        macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
+        if s.b_off[k] >= 0:
+            bt[nb], bd[nb], bn[nb] = theta + s.b_off[k], buf + P.delta[k + 1], s.sizes[k + 1]
+            nb += 1
+    t.loss = t.hits = t.penalty = 0.0
+    t.n_done = 0
+    t.snap_done = False
+    t.snap_count = 0
+    step = first_step
+    end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    while step < end:
+        r = order[step] if order != NULL else step
+        for j in range(n_in):
+            a0[j] = X[r * n_in + j]
+        y = Y + r * n_out
+        if floating is float:
+            ops.p32.fwd(P, s.sizes, buf, theta, s.b_off, s.hidden, 1)
+        else:
+            ops.p64.fwd(P, s.sizes, buf, theta, s.b_off, s.hidden, 1)
+        output_row(s, z, yhat)
+        lossv[0] = <floating>loss_row(s, z, yhat, y, dL, 1.0)
+        if hits:
+            hitv[0] = <floating>hit_row(s, yhat, y)
+        total = 0.0
+        total += lossv[0]            # row_sum / weighted_sum of one row
+        if not isfinite(total):
+            return 1
+        if step == snap_step and snap != NULL:
+            memcpy(snap, theta, n_params * sizeof(floating))
+            t_unpack(ops, s, snap)
+            t.snap_done = True
+        if floating is float:
+            ops.p32.bwd(P, s.sizes, buf, s.hidden, 1, -lr)
+        else:
+            ops.p64.bwd(P, s.sizes, buf, s.hidden, 1, -lr)
+        for k in range(nb):          # column_sums of one row: 0 + d
+            for j in range(bn[k]):
+                bt[k][j] -= lr * (<floating>0 + bd[k][j])
+        t.loss += total
+        if hits:
+            total = 0.0
+            total += hitv[0]
+            t.hits += total
+        t.n_done += 1
+        step += 1
+        macs += macs_per_row
+        if macs >= SIGNAL_POLL_MACS:
+            macs = 0
+            if fbp_poll_signals() == -1:
+                return -1
+    return 0
+
+
 cdef int tiny_loop(const Spec *s, Extra *e, TinyOps *ops,
                     floating *theta,           # IN/OUT parameters
                     floating *grad,            # scratch gradient (legacy SGD keywords), or NULL
@@ -461,9 +547,13 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
                 ops.p32.pack(&ops.P, s.sizes, theta, s.w_off, <float *>ops.buf)
             else:
                 ops.p64.pack(&ops.P, s.sizes, theta, s.w_off, <double *>ops.buf)
-    status = tiny_loop(s, e, &ops, theta, grad, velocity, ws, w, X, Y, order, n_samples,
-                       batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
-                       n_params, t)
+    if ops.buf != NULL and batch_size == 1 and e.sw == NULL:
+        status = tiny_loop1(s, &ops, theta, ws, w, X, Y, order, n_samples, <floating>o.lr,
+                            first_step, max_steps, snap, snap_step, n_params, t)
+    else:
+        status = tiny_loop(s, e, &ops, theta, grad, velocity, ws, w, X, Y, order, n_samples,
+                           batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
+                           n_params, t)
     if ops.buf != NULL:
         t_unpack(&ops, s, theta)
         free(ops.buf)
