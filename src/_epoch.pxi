@@ -119,7 +119,7 @@ cdef int run_epoch(const Spec *s, Extra *e,
     cdef bint snap_here, fused
     cdef const int64_t *rows
     cdef OptK *ok = e.opt
-    if T == NULL and tiny_applies(s, e):
+    if T == NULL and tiny_applies(s, e, w.rows):
         # A narrow net's serial epoch: the narrow-kernel loop of _tiny.pxi
         # (the same contract and bits).
         return tiny_epoch(s, e, theta, grad, velocity, ws, w, X, Y, order, n_samples,

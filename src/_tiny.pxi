@@ -112,10 +112,16 @@ cdef extern from "fbp_gemm.h" nogil:
     const fbp_narrow_ops_f64 *fbp_narrow_f64()
 
 
-# The widest layer (input and output included) the narrow path takes;
-# beyond it the general path's blocked GEMM is as fast or faster (the
-# measurement is in bench/NOTES.md).  At most 256: one K-slab per product.
-cdef int64_t TINY_MAX_WIDTH = 32
+# Which epochs the narrow path takes (measured with callgrind, bench/NOTES.md):
+# every layer at most TINY_MAX_WIDTH wide (256: one K-slab per product), and
+# a batch of one row, or rows * n_in * n_out <= TINY_MAX_MNK for every layer.
+# Beyond that the general path's products are blocked GEMMs, whose
+# micro-kernel reuses each broadcast and each loaded vector of W across rows:
+# it wins from there (e.g. 32-32-32 at batch 8, 16-16-16 at 32, 64-128-10 at
+# 2), while below it the general path runs the GEMM's scalar small path and
+# the narrow path takes 1.2x to 8x fewer instructions.
+cdef int64_t TINY_MAX_WIDTH = 256
+cdef int64_t TINY_MAX_MNK = 4096
 
 # The test hooks: False forces the general path (set_tiny_path), or the
 # narrow kernels instead of the packed ones for plain SGD (set_tiny_packed).
@@ -141,21 +147,53 @@ def set_tiny_packed(bint on):
     return bool(previous)
 
 
-def tiny_path_applies(sizes):
-    """Whether a net of these layer widths runs its (serial, plain-SGD or
-    legacy-SGD, dropout-free) fit epochs on the narrow path."""
-    return bool(tiny_on) and all(1 <= int(n) <= TINY_MAX_WIDTH for n in sizes)
+def set_tiny_limits(max_width=None, max_mnk=None):
+    """Set the widest layer and the largest rows * n_in * n_out of a layer
+    (batches of more than one row) the narrow path takes (None: leave as
+    is); returns the previous (max_width, max_mnk).  For tests and
+    measurements: the results are the same bits either way."""
+    global TINY_MAX_WIDTH, TINY_MAX_MNK
+    previous = (int(TINY_MAX_WIDTH), int(TINY_MAX_MNK))
+    if max_width is not None:
+        if not 1 <= max_width <= 256:
+            raise ValueError("max_width must be in [1, 256]")
+        TINY_MAX_WIDTH = max_width
+    if max_mnk is not None:
+        if max_mnk < 0:
+            raise ValueError("max_mnk must be >= 0")
+        TINY_MAX_MNK = max_mnk
+    return previous
 
 
-cdef bint tiny_applies(const Spec *s, const Extra *e) noexcept nogil:
-    """Whether run_epoch may hand this (serial) epoch to tiny_epoch."""
+cdef bint tiny_fits(int n_layers, const int64_t *sizes, int64_t rows) noexcept nogil:
+    """The width and size rule above, for batches of `rows` rows."""
     cdef int k
-    if not tiny_on or e.opt != NULL or e.drop.on:
-        return False
-    for k in range(s.n_layers + 1):
-        if s.sizes[k] > TINY_MAX_WIDTH:
+    for k in range(n_layers + 1):
+        if sizes[k] > TINY_MAX_WIDTH:
+            return False
+    if rows <= 1:
+        return True
+    for k in range(n_layers):
+        if rows * sizes[k] * sizes[k + 1] > TINY_MAX_MNK:
             return False
     return True
+
+
+def tiny_path_applies(sizes, int64_t batch_size, int64_t n_samples):
+    """Whether a net of these layer widths runs its (serial, plain-SGD or
+    legacy-SGD, dropout-free) fit epochs of n_samples rows in batches of
+    batch_size on the narrow path."""
+    cdef const int64_t[::1] sz = np.ascontiguousarray(sizes, dtype=np.int64)
+    return bool(tiny_on) and bool(tiny_fits(<int>sz.shape[0] - 1, &sz[0],
+                                            min(batch_size, n_samples)))
+
+
+cdef bint tiny_applies(const Spec *s, const Extra *e, int64_t rows) noexcept nogil:
+    """Whether run_epoch may hand this (serial) epoch of batches of `rows`
+    rows to tiny_epoch."""
+    if not tiny_on or e.opt != NULL or e.drop.on:
+        return False
+    return tiny_fits(s.n_layers, s.sizes, rows)
 
 
 cdef struct TinyOps:

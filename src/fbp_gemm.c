@@ -517,9 +517,22 @@ TGT INLINE T epi_elem_##ESFX(T x, const T *b, const T *d, int64_t j, int act)   
 TGT INLINE void epi_row_##ESFX(T *c, const T *b, const T *d, int64_t n, int act) \
 {                                                                               \
     int64_t j = 0;                                                              \
-    if (d) {                                                                    \
-        if (b) for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], b, d, j, act);   \
-        else for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, act);  \
+    if (d && !b) { /* the backward pass: one loop per act, so that it vectorises */ \
+        switch (act) {                                                          \
+        case FBP_ACT_RELU:                                                      \
+            for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, FBP_ACT_RELU); \
+            break;                                                              \
+        case FBP_ACT_SIGMOID:                                                   \
+            for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, FBP_ACT_SIGMOID); \
+            break;                                                              \
+        case FBP_ACT_TANH:                                                      \
+            for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, FBP_ACT_TANH); \
+            break;                                                              \
+        default:                                                                \
+            for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], NULL, d, j, act);   \
+        }                                                                       \
+    } else if (d) {                                                             \
+        for (; j < n; j++) c[j] = epi_elem_##ESFX(c[j], b, d, j, act);          \
     } else if (act == FBP_ACT_IDENTITY) {                                       \
         if (b)                                                                  \
             for (; j < n; j++)                                                  \
