@@ -15,8 +15,8 @@ from .history import History  # noqa: F401  (re-exported: the reference uses it)
 
 # The codes are shared with the C kernels (FBP_ACT_* in src/fbp_gemm.h).
 ACTIVATIONS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
-OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2}
-LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2}
+OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2, "exp": 3}
+LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2, "poisson": 3}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # Limits of the compiled kernels (src/_kernels.pyx: MAX_LAYERS, 32-bit GEMM
@@ -28,7 +28,10 @@ MAX_WIDTH = 2**31 - 1
 _MAX_BATCH = 2**62
 
 # Losses that only make sense after one particular output activation.
-_LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+_LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax",
+                      "poisson": "exp"}
+# The losses whose fits report an accuracy (the others are regression losses).
+CLASSIFICATION_LOSSES = ("binary_cross_entropy", "cross_entropy")
 
 
 def _choice(kind: str, value: Any, valid: dict) -> str:
@@ -243,6 +246,9 @@ def check_Y(Y: Any, n_samples: int, n_out: int, loss: str, dtype: type) -> np.nd
     if loss == "cross_entropy" and (arr < 0).any():
         row = int(np.argmax((arr < 0).any(axis=1)))
         raise ValueError(f"cross_entropy target rows must be non-negative (first negative in row {row})")
+    if loss == "poisson" and (arr < 0).any():
+        row = int(np.argmax((arr < 0).any(axis=1)))
+        raise ValueError(f"poisson targets must be non-negative (first negative in row {row})")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
     bad = _first_bad_row(out)

@@ -1046,7 +1046,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         a, b = nv * me // K, nv * (me + 1) // K
         val = (val[0][a:b], val[1][a:b])
     callbacks = local["callbacks"] if me == 0 else []
-    classify = net.loss_name != "squared_error"
+    classify = net.loss_name in C.CLASSIFICATION_LOSSES
 
     # -- 2. the starting state: rank 0's (or the checkpoint's), broadcast ----
     # The optimizer's state is a dict of flat arrays: {"velocity"} for the

@@ -111,15 +111,22 @@ class MLP:
         784 inputs, one hidden layer of 256 units and 10 outputs.
     activation : {"relu", "sigmoid", "tanh", "identity"}
         Activation of every hidden layer.
-    output : {"softmax", "identity", "sigmoid"}
-        Activation of the output layer.
-    loss : {"cross_entropy", "squared_error", "binary_cross_entropy"}
+    output : {"softmax", "identity", "sigmoid", "exp"}
+        Activation of the output layer (``exp``: ŷ = e^z, the log link).
+    loss : {"cross_entropy", "squared_error", "binary_cross_entropy", "poisson"}
         Per-sample loss: ``squared_error`` is ½ Σ_j (ŷ_j − y_j)²;
         ``binary_cross_entropy`` (needs ``output="sigmoid"``) is Σ_j of the BCE of
         ŷ_j = σ(z_j); ``cross_entropy`` (needs ``output="softmax"``) is
         −Σ_j y_j log softmax(z)_j, i.e. −log softmax(z)[label] for labels.
         Both cross entropies are computed from the logits z, in a numerically
-        stable form.
+        stable form.  ``poisson`` (needs ``output="exp"``, targets >= 0) is
+        the half Poisson deviance Σ_j [y_j log(y_j / ŷ_j) − y_j + ŷ_j] with
+        ŷ_j = e^{z_j} (0 log 0 = 0), scikit-learn's ``MLPRegressor(loss="poisson")``
+        per sample; its gradient with respect to z is ŷ − y.  A logit past
+        e^z's overflow (z > 709.78 in float64, 88.72 in float32) makes the loss
+        +inf, which ``step`` and ``fit`` treat as any non-finite loss.
+        Other pairs that do not fit (such as ``loss="poisson"`` with
+        ``output="identity"``) raise ValueError naming both.
     bias : bool
         Whether each layer has a bias vector (``bool`` or ``numpy.bool_``;
         anything else raises ValueError).
@@ -460,7 +467,8 @@ class MLP:
         Returns
         -------
         ndarray of shape (n_samples, n_out)
-            The outputs after the output activation (probabilities for softmax).
+            The outputs after the output activation (probabilities for
+            softmax, the predicted means e^z for the exp output).
         """
         Xc = self._X(X)
         out = np.empty((Xc.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
@@ -870,7 +878,7 @@ class MLP:
         n = Xc.shape[0]
         n_batches = -(-n // batch_size)
         total = float(n) if sw is None else float(sw.sum(dtype=np.float64))
-        classify = self.loss_name != "squared_error"
+        classify = self.loss_name in C.CLASSIFICATION_LOSSES
 
         hist = History()
         progress = Progress(verbose, epochs, n_batches, n)
@@ -973,7 +981,7 @@ class MLP:
         optim._import_scipy_optimize()  # a clear ImportError before anything changes
         n_threads = get_num_threads()
         kw = {} if sw is None else {"sample_weight": sw}
-        classify = self.loss_name != "squared_error"
+        classify = self.loss_name in C.CLASSIFICATION_LOSSES
         grad = np.empty_like(self._theta)
         hist = History()
         item = self.dtype.itemsize

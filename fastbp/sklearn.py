@@ -65,7 +65,13 @@ _OUTPUTS = {
     "identity": ("identity", "squared_error"),
     "logistic": ("sigmoid", "binary_cross_entropy"),
     "softmax": ("softmax", "cross_entropy"),
+    "exp": ("exp", "poisson"),
 }
+# MLPRegressor's loss -> its out_activation_, as scikit-learn's _initialize sets it.
+_REGRESSION_OUTPUTS = {"squared_error": "identity", "poisson": "exp"}
+# scikit-learn's message for negative targets of a Poisson loss (its trees' and
+# forests' criterion="poisson"; its MLPRegressor documents y >= 0).
+_NEGATIVE_Y = "Some value(s) of y are negative which is not allowed for Poisson regression."
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
@@ -1309,17 +1315,27 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = (
         """Multi-layer perceptron regressor trained in fastbp's kernels.
 
-    A drop-in for ``sklearn.neural_network.MLPRegressor``: identity output, squared error, one or
-    several outputs.  The loss reported in ``loss_curve_`` is scikit-learn's,
-    half the mean over samples and outputs of the squared error (plus the L2
-    term); the gradient is that of half the sum over outputs, as in
-    scikit-learn.
+    A drop-in for ``sklearn.neural_network.MLPRegressor``, one or several outputs:
+    identity output and squared error, or (``loss="poisson"``) the exp output
+    and the half Poisson deviance.  The loss reported in ``loss_curve_`` is
+    scikit-learn's: for squared error half the mean over samples and outputs
+    of the squared error (plus the L2 term), whose gradient is taken, as in
+    scikit-learn, of half the sum over outputs; for Poisson the mean over
+    samples of the deviance summed over outputs.
 """
         + """
     Parameters
     ----------
-    loss : {"squared_error"}, default="squared_error"
-        scikit-learn's ``"poisson"`` is not available yet (ValueError).
+    loss : {"squared_error", "poisson"}, default="squared_error"
+        As in scikit-learn: ``"squared_error"`` is half the squared error
+        with an identity output; ``"poisson"`` is the half Poisson deviance
+        ``y log(y / mu) - y + mu`` with the log link, the output ``mu =
+        exp(z)`` (``out_activation_ == "exp"``; ``predict`` returns ``mu``),
+        its gradient ``mu - y`` with respect to z.  It needs ``y >= 0``:
+        negative targets raise ValueError (scikit-learn 1.9 documents the
+        condition but does not check it, and its fit then reports NaN losses).
+        With ``warm_start`` or ``partial_fit`` the loss cannot change between
+        fits (ValueError).
 """
         + _PARAMS_DOC.replace("    Parameters\n    ----------\n", "")
         + """
@@ -1354,6 +1370,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError(_NEGATIVE_Y)
+        if not reset and hasattr(self, "_net") and self.out_activation_ != self._out_activation():
+            raise ValueError(
+                f"cannot continue training a network fitted with loss="
+                f"{'poisson' if self.out_activation_ == 'exp' else 'squared_error'!r} "
+                f"with loss={self.loss!r}; set warm_start=False to start afresh"
+            )
         return X, y
 
     def _target(self, Y: np.ndarray, dtype: type) -> np.ndarray:
@@ -1364,18 +1388,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return Y
 
     def _check_loss(self) -> None:
-        if self.loss == "poisson":
-            raise ValueError(
-                "loss='poisson' is not available yet in fastbp.sklearn.MLPRegressor "
-                "(it needs a Poisson deviance with an exp output in fastbp's kernels); "
-                "use loss='squared_error' or sklearn.neural_network.MLPRegressor"
-            )
-        if self.loss != "squared_error":
-            raise ValueError(f"loss must be 'squared_error' (or, in scikit-learn, "
-                             f"'poisson'), got {self.loss!r}")
+        if not isinstance(self.loss, str) or self.loss not in _REGRESSION_OUTPUTS:
+            raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
 
     def _out_activation(self) -> str:
-        return "identity"
+        return _REGRESSION_OUTPUTS[self.loss]
 
     def _predict_checked(self, X: np.ndarray) -> np.ndarray:
         out = self._net.predict(X)
@@ -1499,4 +1516,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        # the Poisson loss takes only y >= 0 (scikit-learn's checks then give y > 0)
+        tags.target_tags.positive_only = self.loss == "poisson"
         return tags

@@ -149,9 +149,11 @@ cdef enum:
     OUT_IDENTITY = 0
     OUT_SIGMOID = 1
     OUT_SOFTMAX = 2
+    OUT_EXP = 3
     LOSS_SQUARED = 0
     LOSS_BCE = 1
     LOSS_CE = 2
+    LOSS_POISSON = 3
 
 # Threads: a step (or a predict chunk) uses one thread per this many
 # multiply-adds of its forward pass, at most n_threads: a step too small to
