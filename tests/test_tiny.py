@@ -43,13 +43,17 @@ def data(sizes, n, output, loss, dtype, seed=0):
 
 def run(path, sizes, X, Y, *, activation="sigmoid", output="identity", loss="squared_error",
         bias=True, batch_size=1, shuffle=True, epochs=2, lr=0.05, **kw):
-    """(theta bytes, loss history) of a fit on `path`: "packed", "narrow" or "general"."""
+    """(theta bytes, loss history or divergence message) of a fit on `path`:
+    "packed", "narrow" or "general"."""
     K.set_tiny_path(path != "general")
     K.set_tiny_packed(path == "packed")
     net = fastbp.MLP(sizes, activation=activation, output=output, loss=loss, bias=bias,
                      dtype=X.dtype.name, seed=3)
-    hist = net.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle,
-                   seed=5, **kw)
+    try:
+        hist = net.fit(X, Y, epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle,
+                       seed=5, **kw)
+    except FloatingPointError as err:   # diverged: the same step, the same rewind
+        return net._theta.tobytes(), str(err), net
     return net._theta.tobytes(), list(hist.loss), net
 
 
