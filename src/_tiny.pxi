@@ -3,17 +3,25 @@
 #
 # Design
 # ------
-# * A net whose every layer is at most TINY_MAX_WIDTH wide (the seeds' 2-2-1
-#   at batch 1, ...) spends almost all of a general step (_steps.pxi) on
-#   what surrounds the arithmetic: five GEMM calls through the general entry
-#   point, the per-layer plumbing of forward_cols/update_units, gathers and
-#   column sums (callgrind: 2,260 instructions per 2-2-1 step, of which the
-#   arithmetic is about 60).  tiny_epoch runs the same epoch (run_epoch's
-#   contract, for the cases below) with a step made of the narrow kernels of
-#   fbp_gemm.h (fbp_narrow_*: the same bits as the GEMM calls they replace,
-#   on every code path), the row kernels of _rows.pxi called directly, a
-#   batch of one row read in place instead of gathered, and nothing per
-#   layer but the products.
+# * A narrow net at a small batch (the seeds' 2-2-1 at batch 1, ...: the rule
+#   is at TINY_MAX_WIDTH below) spends almost all of a general step
+#   (_steps.pxi) on what surrounds the arithmetic: five GEMM calls through
+#   the general entry point, the per-layer plumbing of
+#   forward_cols/update_units, gathers and column sums (callgrind: 2,260
+#   instructions per 2-2-1 step).  tiny_epoch runs the same epoch
+#   (run_epoch's contract, for the cases below) on kernels of fbp_gemm.h
+#   made for it, the row kernels of _rows.pxi called directly, and nothing
+#   per layer but the products (733 instructions per 2-2-1 step):
+#   - plain SGD: each W_k is kept for the call in two zero-padded vector
+#     copies (fbp_packed_*: rows for the backward pass, columns for the
+#     forward pass, both updated by the same FMAs), so that no product
+#     repacks or gathers anything; unpacked into theta before returning,
+#     whatever the status, and into the snapshot when one is taken;
+#     batches of one row without sample weights have a loop of their own
+#     (tiny_loop1);
+#   - the legacy SGD keywords (momentum, nesterov, weight decay, l2): the
+#     narrow kernels (fbp_narrow_*) on theta's own layout form the gradient,
+#     then sgd_update as in run_epoch.
 # * Results: bitwise those of the general path.  Each product is the one
 #   update_units / forward_cols / backprop_cols compute (same operands, same
 #   alpha/beta, same epilogue; fbp_gemm.h); the output rows, losses and
@@ -22,9 +30,10 @@
 #   in row order, the weight sums, snapshots and the legacy optimizer
 #   (sgd_update) are the same code or the same expressions in the same
 #   order.  tests/test_tiny.py checks it against the general path (forced by
-#   set_tiny_path(False)) on every code path.
+#   set_tiny_path(False); the narrow kernels instead of the packed ones by
+#   set_tiny_packed(False)) on every code path.
 # * Covered: every hidden activation and output/loss pair, both dtypes,
-#   bias on/off, any batch size, shuffled or not, sample weights, plain SGD
+#   bias on/off, the batches the rule admits, shuffled or not, sample weights, plain SGD
 #   and the legacy SGD keywords (momentum, nesterov, weight decay, l2).  The
 #   general path runs: the optimizer path (optimizer=, clip_norm), dropout
 #   with some p > 0, and any call with a team of threads (a step this small
