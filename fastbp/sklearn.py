@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
-from ._threads import get_num_threads, threads
+from ._threads import MAX_THREADS, get_num_threads, threads
 from .model import MLP, Epochs, ParamList
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -453,6 +453,40 @@ class _BaseMLP(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         out = self._net.predict(X)
         return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
+
+    # -- prediction's fast path ------------------------------------------------
+    # (predict-side only: the general path above stays scikit-learn's own
+    # check_is_fitted and validate_data.)
+
+    def _forward_fast(self, X: Any) -> Optional[np.ndarray]:
+        """:meth:`_forward` for the common case, without scikit-learn's checking
+        machinery; None when the case is not one it takes (the caller then
+        calls :meth:`_forward`, whose checks raise and warn).
+
+        Taken: a fitted estimator (scikit-learn's ``check_is_fitted``: ``_net``
+        is set), fitted without feature names (so ``validate_data`` would
+        neither warn nor compare names), ``n_threads`` None or a valid ``int``,
+        and ``X`` an exact ``numpy.ndarray`` of shape (n_samples >= 1,
+        ``n_features_in_``), C-contiguous, float32 or float64 (which
+        ``validate_data(dtype=(np.float64, np.float32))`` passes through
+        unchanged), all finite (its ``ensure_all_finite``) -- the model's
+        compiled fast path makes the array checks.  The output dtype is
+        :meth:`_forward`'s.
+        """
+        net = self.__dict__.get("_net")
+        if net is None or type(X) is not np.ndarray:
+            return None
+        if getattr(self, "feature_names_in_", None) is not None:
+            return None
+        cap = self.n_threads
+        if cap is not None and (type(cap) is not int or not 1 <= cap <= MAX_THREADS):
+            return None
+        if getattr(self, "n_features_in_", None) != net.layer_sizes[0] or net._feature_names is not None:
+            return None
+        out = net._predict_fast(X, cap)
+        if out is not None and out.dtype != X.dtype:
+            out = out.astype(np.result_type(X.dtype, out.dtype), copy=False)
+        return out
 
     @_thread_capped
     def _fit(
@@ -1263,10 +1297,32 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : ndarray of shape (n_samples,) or (n_samples, n_labels)
             Predicted labels (an indicator matrix for multilabel targets).
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         if self.n_outputs_ == 1:
             out = out.ravel()
-        return self._label_binarizer.inverse_transform(out)
+        return self._labels_of(out)
+
+    def _labels_of(self, out: np.ndarray) -> np.ndarray:
+        """``self._label_binarizer.inverse_transform(out)``.
+
+        For binary and multiclass targets computed here by LabelBinarizer's
+        own steps (the class of the largest output, clipped to the classes;
+        or of ``out > 0.5``, its threshold for labels 0/1), without its
+        checking overhead; multilabel targets and any other binarizer go to
+        ``inverse_transform``.
+        """
+        lb = self._label_binarizer
+        if (type(lb) is LabelBinarizer and type(out) is np.ndarray
+                and lb.neg_label == 0 and lb.pos_label == 1 and not lb.sparse_input_):
+            classes = lb.classes_
+            if type(classes) is np.ndarray and classes.ndim == 1:
+                if lb.y_type_ == "multiclass" and out.ndim == 2 and out.shape[1] == classes.shape[0]:
+                    return classes[np.clip(np.argmax(out, axis=1), 0, classes.shape[0] - 1)]
+                if lb.y_type_ == "binary" and out.ndim == 1 and classes.shape[0] == 2:
+                    return classes[(out > 0.5).astype(np.intp)]
+        return lb.inverse_transform(out)
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities.
@@ -1282,10 +1338,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Probability of each class, in the order of ``classes_`` (for
             multilabel targets, the independent probability of each label).
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         if self.n_outputs_ == 1:
+            # np.vstack([1 - p, p]).T without vstack's overhead: the same
+            # values, dtype and (Fortran-ordered) layout.
             p = out.ravel()
-            return np.vstack([1 - p, p]).T
+            both = np.empty((2, p.shape[0]), dtype=p.dtype)
+            np.subtract(1, p, out=both[0])
+            both[1] = p
+            return both.T
         return out
 
     def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
@@ -1509,7 +1572,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         ndarray of shape (n_samples,) or (n_samples, n_outputs)
             Predictions; 1-D when the model has a single output.
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         return out.ravel() if out.shape[1] == 1 else out
 
     def __sklearn_tags__(self) -> Tags:
