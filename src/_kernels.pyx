@@ -323,6 +323,7 @@ cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld
 include "_rows.pxi"
 include "_steps.pxi"
 include "_epoch.pxi"
+include "_tiny.pxi"
 include "_layers.pxi"
 
 
