@@ -125,6 +125,12 @@ cdef int run_epoch(const Spec *s, Extra *e,
     cdef bint snap_here, fused, sk_rows
     cdef const int64_t *rows
     cdef OptK *ok = e.opt
+    if T == NULL and tiny_applies(s, e, w.rows):
+        # A narrow net's serial epoch: the narrow-kernel loop of _tiny.pxi
+        # (the same contract and bits).
+        return tiny_epoch(s, e, theta, grad, velocity, ws, w, X, Y, order, n_samples,
+                          batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
+                          n_params, t)
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0

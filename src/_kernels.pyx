@@ -329,6 +329,7 @@ include "_sparse.pxi"
 include "_rows.pxi"
 include "_steps.pxi"
 include "_epoch.pxi"
+include "_tiny.pxi"
 include "_layers.pxi"
 
 
