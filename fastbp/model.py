@@ -11,6 +11,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from . import _common as C
+from . import _sparse
 from . import optim
 from . import schedules
 from ._kernels import Network
@@ -358,7 +359,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like
             Targets, as for :meth:`loss`.
         reduction : {"mean", "sum"}
@@ -439,6 +442,9 @@ class MLP:
         True
         """
         g, Xc, Yc = self._gradient_args(X, Y, out)
+        if isinstance(Xc, _sparse.CSR):
+            raise TypeError("layer_gradients takes a dense X (the per-layer kernels have no "
+                            "sparse first layer): use flat_gradient or gradients for sparse X")
         return LayerGradients(self, Xc, Yc, g)
 
     def _gradient_args(self, X: Any, Y: Any, out: Optional[np.ndarray]
@@ -460,7 +466,7 @@ class MLP:
                 raise ValueError("out must not overlap the model's parameters")
             g = out
         Xc, Yc = self._XY(X, Y)
-        if np.may_share_memory(Xc, g):
+        if _shares(Xc, g):
             Xc = Xc.copy()
         if np.may_share_memory(Yc, g):
             Yc = Yc.copy()
@@ -558,6 +564,8 @@ class MLP:
 
     def _X(self, X: Any) -> np.ndarray:
         C.check_feature_names(self._feature_names, X, type(self).__name__)
+        if _sparse.is_sparse(X):  # scipy.sparse: kept sparse (fastbp/_sparse.py)
+            return _sparse.check_sparse_X(X, self.layer_sizes[0], self.dtype.type)  # type: ignore
         return C.check_X(X, self.layer_sizes[0], self.dtype.type)
 
     def _XY(self, X: Any, Y: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -565,7 +573,7 @@ class MLP:
         Yc = C.check_Y(Y, Xc.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype.type)
         # Training writes the parameters while it reads X and Y: data that is
         # (a view of) the parameters themselves is read from a copy.
-        if np.may_share_memory(Xc, self._theta):
+        if _shares(Xc, self._theta):
             Xc = Xc.copy()
         if np.may_share_memory(Yc, self._theta):
             Yc = Yc.copy()
@@ -578,7 +586,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
 
         Returns
         -------
@@ -621,7 +631,10 @@ class MLP:
         every input predict accepts, and every error it raises."""
         if not names_checked:
             C.check_feature_names(self._feature_names, X, type(self).__name__)
-        Xc = C.check_X(X, self.layer_sizes[0], self.dtype.type)
+        if _sparse.is_sparse(X):  # scipy.sparse: kept sparse (fastbp/_sparse.py)
+            Xc = _sparse.check_sparse_X(X, self.layer_sizes[0], self.dtype.type)
+        else:
+            Xc = C.check_X(X, self.layer_sizes[0], self.dtype.type)
         out = np.empty((Xc.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         with self._lock:
             self._net.predict(self._theta, Xc, out, self._predict_chunk, get_num_threads())
@@ -639,7 +652,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like of shape (n_samples, n_out), or (n_samples,)
             Targets; integer labels for ``cross_entropy``, or any 1-D target
             when the network has one output.
@@ -850,7 +865,9 @@ class MLP:
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_in)
+        X : array_like or scipy.sparse matrix of shape (n_samples, n_in)
+            A sparse X stays sparse (CSR; bitwise the results of its dense
+            copy; docs/sklearn.md, "Sparse input").
         Y : array_like
             Targets, as for :meth:`loss`.
         epochs : int, default 10
@@ -1530,8 +1547,8 @@ class Epochs:
             self.settings.update(dropout=model._dropout, seed=int(seed))
         self.sample_weight = sample_weight
         rows = min(batch_size, n)
-        self.ws = np.empty(model._net.workspace_size(rows) if model._dropout is None else
-                           model._net.workspace_size(rows, "fit", model._dropout), dtype=dtype)
+        self.ws = np.empty(model._net.workspace_size(rows, "fit", model._dropout,
+                                                     sparse=_sparse.is_sparse(X)), dtype=dtype)
         self.grad = np.empty_like(model._theta) if need_grad else empty
         # One saved copy of the parameters (and optimizer state) and how to
         # replay forward from it: see epoch() and _fail().
@@ -1731,8 +1748,15 @@ class Epochs:
         )
 
 
+def _shares(X: Any, arr: np.ndarray) -> bool:
+    """Whether the checked X (dense, or a sparse CSR's values) may share arr's memory."""
+    return bool(np.may_share_memory(X.data if isinstance(X, _sparse.CSR) else X, arr))
+
+
 def _allocated(checked: np.ndarray, given: Any) -> int:
     """Bytes of ``checked`` when checking ``given`` allocated it (a converted copy)."""
+    if isinstance(checked, _sparse.CSR):
+        return _sparse.allocated_bytes(checked, given)
     if checked is given or not checked.flags.owndata:
         return 0
     return int(checked.nbytes)

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _common
 from . import _philox
+from . import _sparse
 
 Vector = List[float]
 Matrix = List[List[float]]  # row i holds the weights into unit i: z_i = sum_j W[i][j] h_j + b_i
@@ -420,11 +421,18 @@ class MLP:
         bs = [b.tolist() if b is not None else None for b in self.biases]
         return Ws, bs
 
+    def _checked_X(self, X: Any) -> np.ndarray:
+        """X as a dense array; a sparse X (scipy.sparse) is checked as the
+        kernels check it, then densified: the reference needs no sparse code."""
+        if _sparse.is_sparse(X):
+            X = _sparse.check_sparse_X(X, self.layer_sizes[0], self.dtype.type).toarray()
+        return _common.check_X(X, self.layer_sizes[0], self.dtype.type)
+
     def _inputs(self, X: Any) -> Matrix:
-        return _common.check_X(X, self.layer_sizes[0], self.dtype.type).tolist()
+        return self._checked_X(X).tolist()
 
     def _inputs_and_targets(self, X: Any, Y: Any) -> Tuple[np.ndarray, np.ndarray]:
-        Xc = _common.check_X(X, self.layer_sizes[0], self.dtype.type)
+        Xc = self._checked_X(X)
         Yc = _common.check_Y(Y, Xc.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype.type)
         return Xc, Yc
 

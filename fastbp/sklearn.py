@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
+from . import _sparse
 from ._threads import MAX_THREADS, get_num_threads, threads
 from .model import MLP, Epochs, ParamList
 from .optim import _SklearnAdam
@@ -83,6 +84,18 @@ _NON_FINITE = (
     "Solver produced non-finite parameter weights. The input data may contain large "
     "values and need to be preprocessed."
 )
+
+
+# Sparse X (scipy.sparse): accepted as scikit-learn's MLP accepts it (other
+# formats converted to CSR by validate_data), kept sparse (fastbp/_sparse.py).
+_SPARSE_FORMATS = ["csr", "csc"]
+
+
+def _dense_or_csr(X: Any, dtype: Any) -> Any:
+    """The network's X: C-contiguous of ``dtype``, or a sparse X as a checked CSR."""
+    if _sparse.is_sparse(X):
+        return _sparse.check_sparse_X(X, X.shape[1], dtype)
+    return np.ascontiguousarray(X, dtype=dtype)
 
 
 def _is_int(value: Any) -> bool:
@@ -501,7 +514,8 @@ class _BaseMLP(BaseEstimator):
         the parameters', as scikit-learn's do.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32),
+                          accept_sparse=_SPARSE_FORMATS)
         out = self._net.predict(X)
         return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
 
@@ -562,7 +576,7 @@ class _BaseMLP(BaseEstimator):
                     f"weights); sample_weight[{bad[0]}] = {sw[bad[0]]!r}"
                 )
             sw = np.ascontiguousarray(sw, dtype=dtype)
-        X = np.ascontiguousarray(X, dtype=dtype)
+        X = _dense_or_csr(X, dtype)
         Y = self._target(Y, dtype)
         n_samples, n_features = X.shape
         layer_units = [n_features] + hidden + [Y.shape[1]]
@@ -820,7 +834,7 @@ class _BaseMLP(BaseEstimator):
                     "or the size of your dataset."
                 )
             y_val = self._validation_target(Y_val)
-            X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+            X, Y = _dense_or_csr(X, X.dtype), np.ascontiguousarray(Y)
 
         n_samples = X.shape[0]
         if self.batch_size == "auto":
@@ -1117,7 +1131,7 @@ class _BaseMLP(BaseEstimator):
 
     def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         tags.target_tags.required = True
         return tags
 
@@ -1296,7 +1310,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self, X: ArrayLike, y: ArrayLike, incremental: bool, reset: bool
     ) -> Tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(
-            self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset
+            self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset,
+            accept_sparse=_SPARSE_FORMATS,
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -1552,7 +1567,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     ) -> Tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(
             self, X, y, multi_output=True, y_numeric=True, dtype=(np.float64, np.float32),
-            reset=reset,
+            reset=reset, accept_sparse=_SPARSE_FORMATS,
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)

@@ -219,6 +219,7 @@ cdef enum:
     WS_DELTAS = 4           # delta_1..delta_L
     WS_COLSUM = 8           # bias-gradient scratch of the fused SGD step
     WS_FIT = 15
+    WS_SPARSE = 16          # X is sparse (_sparse.pxi): the gathered batch has no A_0
 
 
 cdef struct Work:
@@ -244,7 +245,7 @@ cdef Work make_work(const Spec *s, int64_t rows, int what) noexcept nogil:
     cdef int k, L = s.n_layers
     w.rows = rows
     w.act[0] = w.y = w.lossv = w.hitv = w.delta[0] = -1
-    if what & WS_GATHER:
+    if what & WS_GATHER and not what & WS_SPARSE:
         w.act[0] = off
         off += rows * s.sizes[0]
     for k in range(1, L + 1):
@@ -277,6 +278,8 @@ cdef Work make_work(const Spec *s, int64_t rows, int what) noexcept nogil:
 include "_dropout.pxi"
 include "_optim.pxi"
 
+cdef struct Sparse   # _sparse.pxi
+
 
 cdef struct Extra:
     # What a call adds to the plain mean-loss step (all off: zeroed).
@@ -284,6 +287,7 @@ cdef struct Extra:
     double wsum             # this step's sum of the batch's weights (sw != NULL)
     Drop drop               # dropout of the hidden layers (training steps)
     OptK *opt               # the optimizer path (fastbp.optim), or NULL
+    Sparse *sp              # X in CSR form (_sparse.pxi), or NULL: dense X
 
 
 cdef inline void extra_init(Extra *e) noexcept nogil:
@@ -291,6 +295,7 @@ cdef inline void extra_init(Extra *e) noexcept nogil:
     e.wsum = 0.0
     e.drop.on = False
     e.opt = NULL
+    e.sp = NULL
 
 
 # ---------------------------------------------------------------------------
@@ -320,6 +325,7 @@ cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld
         fbp_colsum_f64(d, m, n, ld, out)
 
 
+include "_sparse.pxi"
 include "_rows.pxi"
 include "_steps.pxi"
 include "_epoch.pxi"
@@ -679,14 +685,15 @@ cdef class Network:
         self.spec.w_off = &wo[0]
         self.spec.b_off = &bo[0]
 
-    def workspace_size(self, int64_t rows, str kind="fit", dropout=None):
+    def workspace_size(self, int64_t rows, str kind="fit", dropout=None, *, bint sparse=False):
         """Elements of scratch one call allocates for `rows` rows (a batch, or
         a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
         caller allocates it), "predict", "loss" or "gradients" (what those
         calls allocate themselves, chunk rows or all of X for gradients).
         With `dropout` (as fit_epoch and gradients take it), "fit" and
         "gradients" include the dropped activations of the hidden layers
-        whose p > 0."""
+        whose p > 0.  `sparse`: for a sparse X (fastbp._sparse.CSR), whose
+        batch is never gathered (no A_0 in "fit")."""
         cdef int what
         cdef Drop d
         cdef const double[::1] p_v
@@ -704,6 +711,8 @@ cdef class Network:
         if dropout is not None and kind in ("fit", "gradients"):
             p_v = _dropout_view(dropout, self.spec.n_layers)
             extra = drop_layout(&self.spec, &d, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
+        if sparse:
+            what |= WS_SPARSE
         return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
@@ -777,9 +786,12 @@ cdef class Network:
         if Y is not None and (Y.shape[0] != X.shape[0] or Y.shape[1] != self.sizes[self.spec.n_layers]):
             raise ValueError("Y has the wrong shape")
 
-    def predict(self, const floating[::1] theta, const floating[:, ::1] X,
+    def predict(self, const floating[::1] theta, X,
                 floating[:, ::1] out, int64_t chunk, int n_threads):
-        """out = network(X), computed `chunk` rows at a time (no dropout)."""
+        """out = network(X), computed `chunk` rows at a time (no dropout).
+
+        X (here and in loss, gradients, fit_epoch): a C-contiguous array
+        (n_samples, n_in) of theta's dtype, or a fastbp._sparse.CSR of it."""
         self._check(theta, X)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], n_out = s.sizes[s.n_layers]
@@ -792,8 +804,11 @@ cdef class Network:
         cdef Call c
         cdef Extra e
         cdef int status
+        cdef Sparse sp
+        cdef _SparseView spv = _SparseView()
         extra_init(&e)
-        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], &X[0, 0], NULL, n, chunk, &e
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, False)
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, NULL, n, chunk, &e
         c.out = &out[0, 0]
         with nogil:
             status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
@@ -844,7 +859,7 @@ cdef class Network:
             return predict_fast_typed(self, <float *>cnp.PyArray_DATA(th), x, xt != tt, chunk, cap)
         return predict_fast_typed(self, <double *>cnp.PyArray_DATA(th), x, xt != tt, chunk, cap)
 
-    def loss(self, const floating[::1] theta, const floating[:, ::1] X,
+    def loss(self, const floating[::1] theta, X,
              const floating[:, ::1] Y, int64_t chunk, int n_threads, *, sample_weight=None):
         """(mean per-sample loss, mean per-sample accuracy) over the rows (no dropout).
 
@@ -864,14 +879,17 @@ cdef class Network:
         cdef Call c
         cdef Extra e
         cdef int status
+        cdef Sparse sp
+        cdef _SparseView spv = _SparseView()
         extra_init(&e)
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, False)
         if sample_weight is not None:
             sw = _weights_view(sample_weight, theta, n)
             e.sw = &sw[0]
             total_w = weight_sum(&e, &theta[0], NULL, 0, n)
             if not total_w > 0:
                 return 0.0, 0.0
-        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], &X[0, 0], &Y[0, 0], n, chunk, &e
+        c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, &Y[0, 0], n, chunk, &e
         c.out = NULL
         c.totals[0] = c.totals[1] = 0.0
         with nogil:
@@ -880,7 +898,7 @@ cdef class Network:
             _raise_pending()   # Ctrl-C between chunks
         return c.totals[0] / total_w, c.totals[1] / total_w
 
-    def gradients(self, const floating[::1] theta, const floating[:, ::1] X,
+    def gradients(self, const floating[::1] theta, X,
                   const floating[:, ::1] Y, floating[::1] grad, int n_threads, *,
                   sample_weight=None, dropout=None, uint64_t seed=0, uint32_t epoch=0,
                   uint32_t step=0):
@@ -899,7 +917,10 @@ cdef class Network:
         cdef const floating[::1] sw
         cdef const double[::1] p_v
         cdef Extra e
+        cdef Sparse sp
+        cdef _SparseView spv = _SparseView()
         extra_init(&e)
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, True)
         if sample_weight is not None:
             sw = _weights_view(sample_weight, theta, m)
             e.sw = &sw[0]
@@ -922,7 +943,7 @@ cdef class Network:
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
         cdef Call c
         cdef int status
-        c.kind, c.ws, c.X, c.Y, c.n, c.grad, c.e = CALL_GRAD, &ws[0], &X[0, 0], &Y[0, 0], m, &grad[0], &e
+        c.kind, c.ws, c.X, c.Y, c.n, c.grad, c.e = CALL_GRAD, &ws[0], xp, &Y[0, 0], m, &grad[0], &e
         with nogil:
             status = run_call(&s, &w, &c, m, True, <floating *>&theta[0])
             if status:
@@ -976,7 +997,7 @@ cdef class Network:
         with nogil:
             lw_backward(&s, &e, &theta[0], &grad[0], &ws[0], &w, &X[0, 0], m, k)
 
-    def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
+    def fit_epoch(self, floating[::1] theta, X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
                   floating[::1] ws, floating[::1] grad, floating[::1] velocity,
                   int n_threads, double lr, double momentum=0.0, bint nesterov=False,
@@ -1044,10 +1065,14 @@ cdef class Network:
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0]
         cdef int64_t rows = max(1, min(batch_size, n)), n_drop = 0
-        cdef Work w = make_work(&s, rows, WS_FIT)
+        cdef Sparse sp
+        cdef _SparseView spv = _SparseView()
+        cdef Extra e
+        extra_init(&e)
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, True)
+        cdef Work w = make_work(&s, rows, WS_FIT | (WS_SPARSE if e.sp != NULL else 0))
         cdef Optim o
         cdef Totals t
-        cdef Extra e
         cdef OptK ok
         cdef const int64_t[::1] order_v
         cdef const int64_t *order_p = NULL
@@ -1069,7 +1094,6 @@ cdef class Network:
         o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
         o.weight_decay, o.l2 = weight_decay, l2
         o.sk_weights = sklearn_weights
-        extra_init(&e)
         memset(&ok, 0, sizeof(OptK))   # every state and snapshot pointer NULL until set
         if order is not None:
             order_v = order
@@ -1149,7 +1173,7 @@ cdef class Network:
         cdef unsigned int csr = fbp_ftz_set(1) if flush_denormals else 0
         s.ftz = fbp_ftz_mode()
         cdef Call c
-        c.kind, c.grad, c.velocity, c.ws, c.X, c.Y = CALL_EPOCH, grad_p, vel_p, &ws[0], &X[0, 0], &Y[0, 0]
+        c.kind, c.grad, c.velocity, c.ws, c.X, c.Y = CALL_EPOCH, grad_p, vel_p, &ws[0], xp, &Y[0, 0]
         c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps = order_p, n, batch_size, &o, first_step, max_steps
         c.snap, c.snap_vel, c.snap_step, c.n_params, c.t = snap_p, snap_vel_p, snapshot_step, self.n_params, &t
         c.e = &e

@@ -171,6 +171,9 @@ cdef inline void forward_cols(const Spec *s, const Extra *e, const floating *the
     """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1]) (with
     dropout, the input is D_k and D_{k+1} gets the masked block)."""
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
+    if k == 0 and e.sp != NULL:   # sparse X: _sparse.pxi
+        sparse_forward_cols(s, e, theta, ws, w, r0, r1, j0, j1)
+        return
     gemm(0, 1, r1 - r0, j1 - j0, n_in,
          <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in,
          theta + s.w_off[k] + j0 * n_in, n_in,
@@ -246,7 +249,7 @@ cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
     """Copy rows r0..r1 of the batch into A_0 and y."""
     cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
     for i in range(r0, r1):   # loops, not memcpy: rows of tiny nets are a few values
-        for j in range(n_in):
+        for j in range(n_in if w.act[0] >= 0 else 0):   # (no A_0: sparse X, _sparse.pxi)
             ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
         for j in range(n_out):
             ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
@@ -286,6 +289,9 @@ cdef void update_units(const Spec *s, const Extra *e,
     cdef const floating *h = layer_in(e, ws, w, x, k)
     cdef floating *colsum
     if o1 <= o0:
+        return
+    if k == 0 and e.sp != NULL:   # sparse X: _sparse.pxi
+        sparse_update_units(s, e, theta, grad, lr, snap, ws, w, m, o0, o1)
         return
     if grad != NULL:
         gemm(1, 0, o1 - o0, n_in, m,
@@ -483,6 +489,7 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
     cdef Plan p
     cdef int k
     cdef const floating *x = X + start * s.sizes[0]
+    sparse_bind(e.sp, rows, start)   # sparse X: the batch's rows (_sparse.pxi)
     if T != NULL and not fbp_team_backing_off(T):
         make_plan(s, m, True, True, &p)
         if p.nt > 1:
@@ -508,6 +515,7 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
     """Forward (with Y, also the per-sample losses) of m rows from `start`,
     into rows 0..m-1 of the workspace."""
     cdef Plan p
+    sparse_bind(e.sp, NULL, start)   # sparse X: the chunk's rows (_sparse.pxi)
     if T != NULL and not fbp_team_backing_off(T):
         make_plan(s, m, False, Y != NULL, &p)
         if p.nt > 1:

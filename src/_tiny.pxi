@@ -200,7 +200,7 @@ def tiny_path_applies(sizes, int64_t batch_size, int64_t n_samples):
 cdef bint tiny_applies(const Spec *s, const Extra *e, int64_t rows) noexcept nogil:
     """Whether run_epoch may hand this (serial) epoch of batches of `rows`
     rows to tiny_epoch."""
-    if not tiny_on or e.opt != NULL or e.drop.on:
+    if not tiny_on or e.opt != NULL or e.drop.on or e.sp != NULL:   # (e.sp: sparse X, dense only here)
         return False
     return tiny_fits(s.n_layers, s.sizes, rows)
 
