@@ -125,9 +125,10 @@ cdef int run_epoch(const Spec *s, Extra *e,
     cdef bint snap_here, fused, sk_rows
     cdef const int64_t *rows
     cdef OptK *ok = e.opt
-    if T == NULL and tiny_applies(s, e, w.rows):
+    if T == NULL and not (o.sk_weights and e.sw != NULL) and tiny_applies(s, e, w.rows):
         # A narrow net's serial epoch: the narrow-kernel loop of _tiny.pxi
-        # (the same contract and bits).
+        # (the same contract and bits; scikit-learn's weighted-batch scaling
+        # is not there: such epochs take the tiled path).
         return tiny_epoch(s, e, theta, grad, velocity, ws, w, X, Y, order, n_samples,
                           batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
                           n_params, t)
