@@ -303,6 +303,34 @@ def test_threads_cap_is_local_to_a_python_thread(restore_threads):
     assert fastbp.get_num_threads() == _cap(3)
 
 
+def test_threads_cap_is_local_to_an_asyncio_task(restore_threads):
+    """Two tasks of one event loop (one Python thread): a cap set in one
+    while it awaits is not seen by the other."""
+    import asyncio
+
+    fastbp.set_num_threads(3)
+    seen = {}
+
+    async def capped(started, done):
+        with fastbp.threads(1):
+            started.set()
+            await done.wait()          # the other task runs while the cap holds
+            seen["capped"] = fastbp.get_num_threads()
+        seen["capped_after"] = fastbp.get_num_threads()
+
+    async def free(started, done):
+        await started.wait()
+        seen["free"] = fastbp.get_num_threads()
+        done.set()
+
+    async def main():
+        started, done = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(capped(started, done), free(started, done))
+
+    asyncio.run(main())
+    assert seen == {"capped": 1, "free": _cap(3), "capped_after": _cap(3)}
+
+
 def test_threads_cap_limits_the_kernels(restore_threads):
     fastbp.set_num_threads(2)
     net = fastbp.MLP([64, 256, 10], output="softmax", loss="cross_entropy")
