@@ -156,6 +156,7 @@ typedef struct {
     int64_t steps_small;    /* steps in a region run serially: too small to split */
     int64_t steps_backoff;  /* steps in a region run serially: backing off */
     int64_t backoffs;       /* back-off triggers (fbp_team_account) */
+    int64_t slow_backoffs;  /* of which because team steps were no faster */
     int64_t steps_probe;    /* steps in a region run serially to time them */
     int64_t steps_fine;     /* team steps with fine tiles */
     int64_t fines;          /* switches to fine tiles */
@@ -221,6 +222,7 @@ typedef struct {
     unsigned seq;
     int quit, ev, sleepers;
     fbp_tune tune;          /* thread 0 only */
+    int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
     int64_t last_end;       /* thread 0 only: when its last team step returned */
     int64_t published;      /* when seq was last set (for the wake-up latency) */
 } fbp_team;
@@ -279,27 +281,31 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      core): the same back-off, from 50 team steps' time;
    - otherwise a good step ends the backoff; and after a coarse step that
      waited more than an eighth of it, fine tiles (less to wait for, more
-     packing) for 64 steps' time, doubling while coarse steps keep
-     waiting, up to a second. */
+     packing) for 16 steps' time, doubling while coarse steps keep
+     waiting, up to a second.
+   The first step of a team may wait for the other threads to start: it
+   is neither timed nor a reason for fine tiles. */
 static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
                              int fine) {
     fbp_tune *u = &T->tune;
     int64_t now = fbp_now_ns();
+    int first = T->n_team_steps++ == 0;
     if (u->key != key) return;
-    u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    if (!first) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
         fbp_back_off(u, 20 * wait_ns, now);
         return;
     }
-    if (u->ser_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
+    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
         fbp_back_off(u, 50 * u->par_ns, now);
+        FBP_STAT(slow_backoffs, 1);
         return;
     }
     u->backoff = 0;
     u->serial_until = 0;
-    if (fine) return;
+    if (fine || first) return;
     if (8 * wait_ns > step_ns && wait_ns > 20000) {
-        int64_t f = 64 * step_ns;
+        int64_t f = 16 * step_ns;
         if (u->fine_len * 2 > f) f = u->fine_len * 2;
         if (f > 1000000000LL) f = 1000000000LL;
         u->fine_len = f;
