@@ -7,8 +7,12 @@
  * the network's data: the kernels in _steps.pxi do, and say why each of
  * their writes is private to the thread running a tile.  The only state
  * shared between threads is an fbp_team, every field of which is read and
- * written with __atomic builtins (thread 0 alone reads and writes
- * serial_until and backoff).
+ * written with __atomic builtins (thread 0 alone reads and writes its
+ * tune, last_end and n_team_steps).  How thread 0 runs each step (serially
+ * while backing off or to time a serial step, else through the team with
+ * coarse or fine tiles) is fbp_team_mode / fbp_team_account, from what
+ * the last steps took; fbp_stats counts what happened, for the tests and
+ * for explaining a timing (_kernels.team_stats()).
  *
  * Included once, by the C file Cython generates from _kernels.pyx (after
  * Python.h, which fbp_poll_signals needs).
