@@ -336,11 +336,16 @@ static void fbp_tune_store(const fbp_team *T) {
     fbp_tune_hint = T->tune;
     __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
 }
-/* Test hook: forget what earlier calls learnt. */
+/* Test hook: forget what earlier calls learnt (the lock is only ever held
+   for a copy; never spin for ever, as in a child forked while it was held). */
 static void fbp_tune_forget(void) {
-    while (__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) {}
-    memset(&fbp_tune_hint, 0, sizeof fbp_tune_hint);
-    __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+    for (int i = 0; i < 1000000; i++) {
+        if (!__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) {
+            memset(&fbp_tune_hint, 0, sizeof fbp_tune_hint);
+            __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+            return;
+        }
+    }
 }
 /* Thread 0, after a team step from t0 to t1 (ns) of which it waited
    `wait` (`wait_last` in the last wave). */
