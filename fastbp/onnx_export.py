@@ -21,6 +21,12 @@ or float64.
 :func:`estimator_to_onnx` builds on the same network and adds the outputs
 skl2onnx gives for scikit-learn's MLPs with ``zipmap=False``: ``label`` and
 ``probabilities`` for a classifier, ``variable`` for a regressor.
+
+:func:`pipeline_to_onnx` (what ``python -m fastbp export`` writes) wraps the
+same network in its preprocessing: a float64 input ``features`` of raw
+feature values, standardised in the graph, and the outputs ``predict``
+prints: ``label`` (the class names) and ``probabilities``, or ``variable``
+in the target's units.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from .model import MLP
 
-__all__ = ["to_onnx", "estimator_to_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
+__all__ = ["to_onnx", "estimator_to_onnx", "pipeline_to_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
 #: The default opset.  Every operator used (Gemm, Relu, Tanh, Exp, Neg, Add,
 #: Sub, Mul, Div, ReduceMax, ReduceSum, Concat, ArgMax, Gather, Greater, Cast)
@@ -551,3 +557,210 @@ def _classifier_outputs(onnx: Any, g: _Graph, est: Any, net: "MLP", x: str) -> L
         _tensor_info(onnx, "label", elem, ["N"]),
         _tensor_info(onnx, "probabilities", net.dtype, ["N", n_classes]),
     ]
+
+
+# -- a model with its preprocessing: the CLI's sidecar folded in ---------------------------
+#
+# Three small blocks, each appending nodes to a _Graph and returning the name of
+# the tensor it computes, and pipeline_to_onnx, which chains them around
+# _network.  They compute what `python -m fastbp predict` computes, operation for
+# operation, so the graph's results are those of `predict` to the network's rounding.
+
+
+def _standardise(g: _Graph, x: str, mean: np.ndarray, scale: np.ndarray, dtype: Any) -> str:
+    """``Cast((x - mean) / scale, dtype)``: the raw float64 features standardised.
+
+    ``Sub`` and ``Div`` run in float64, as the sidecar's ``transform`` does in
+    numpy (the same two IEEE operations, so the same bits); the ``Cast`` to
+    the network's dtype rounds to nearest, as ``net.predict`` converts its
+    input.  No ``Cast`` when the network is float64.
+    """
+    centred = g.node("Sub", [x, g.const("x_mean", np.asarray(mean, dtype=np.float64))])
+    z = g.node("Div", [centred, g.const("x_scale", np.asarray(scale, dtype=np.float64))])
+    if np.dtype(dtype) == np.float64:
+        return z
+    to = g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return g.node("Cast", [z], g.name("x_standardised"), to=to)
+
+
+def _unscale(g: _Graph, y: str, mean: np.ndarray, scale: np.ndarray, dtype: Any,
+             output: str) -> str:
+    """``Cast(y, float64) * scale + mean``: network outputs back in target units.
+
+    As the sidecar's ``decode`` computes it: in float64, the product first.
+    """
+    if np.dtype(dtype) != np.float64:
+        y = g.node("Cast", [y], g.name("y_float64"), to=g.onnx.TensorProto.DOUBLE)
+    scaled = g.node("Mul", [y, g.const("y_scale", np.asarray(scale, dtype=np.float64))])
+    return g.node("Add", [scaled, g.const("y_mean", np.asarray(mean, dtype=np.float64))],
+                  output)
+
+
+def _label_map(g: _Graph, scores: str, classes: np.ndarray, output: str) -> None:
+    """``output = classes[argmax(scores, axis=1)]``: ``ArgMax`` (ties to the first
+    maximum, as numpy's) and ``Gather`` over a constant holding ``classes``
+    (a string or int64 tensor, see :func:`_cli_labels`)."""
+    index = g.node("ArgMax", [scores], axis=1, keepdims=0)
+    g.node("Gather", [g.const("classes", classes), index], output, axis=0)
+
+
+def _cli_labels(classes: Any) -> np.ndarray:
+    """The class names as the ``label`` output's constant: int64 when every
+    name is an integer written as ``str(int)`` writes it (``"0"``, ``"-3"``, as
+    the CLI names integer-valued targets), strings otherwise."""
+    names = [str(c) for c in classes]
+    try:
+        values = [int(c) for c in names]
+    except ValueError:
+        values = None
+    if values is not None and all(str(v) == c for v, c in zip(values, names)) and all(
+            -2**63 <= v < 2**63 for v in values):
+        return np.array(values, dtype=np.int64)
+    return np.array(names, dtype=object)
+
+
+def _vector(what: str, values: Any, n: int, nonzero: bool = False) -> np.ndarray:
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a sequence of numbers, got {values!r}") from None
+    if v.shape != (n,):
+        raise ValueError(f"{what} must hold {n} numbers (one per column), got shape {v.shape}")
+    if not np.isfinite(v).all() or (nonzero and not (v != 0).all()):
+        raise ValueError(f"{what} must be finite{' and non-zero' if nonzero else ''}: {v}")
+    return v
+
+
+def pipeline_to_onnx(
+    model: "MLP",
+    path: Optional[PathLike] = None,
+    *,
+    x_mean: Any,
+    x_scale: Any,
+    classes: Optional[Any] = None,
+    y_mean: Optional[Any] = None,
+    y_scale: Optional[Any] = None,
+    feature_names: Optional[Any] = None,
+    target_name: Optional[str] = None,
+    opset: Optional[int] = None,
+    input_name: str = "features",
+) -> "onnx.ModelProto":
+    """An ONNX model of a network with its preprocessing: raw features in,
+    predictions out, as ``python -m fastbp predict`` computes them.
+
+    ``python -m fastbp export`` calls it with the sidecar ``train`` writes.
+    The graph is ``_standardise`` (features), the network of :func:`to_onnx`,
+    then either ``_label_map`` (classification) or ``_unscale`` (regression).
+
+    Parameters
+    ----------
+    model : fastbp.MLP
+        The network, trained on standardised features ``(x - x_mean) / x_scale``.
+    path : str or os.PathLike, optional
+        When given, the model is also written there, atomically (see :func:`to_onnx`).
+    x_mean, x_scale : sequence of float
+        One per input column: the standardisation (finite; ``x_scale`` non-zero).
+    classes : sequence, optional
+        Classification: the class names in output order, one per output unit
+        (at least two).  Give either ``classes`` or ``y_mean`` and ``y_scale``.
+    y_mean, y_scale : sequence of float, optional
+        Regression: one per output, the network's outputs are ``(y - y_mean) / y_scale``.
+    feature_names : sequence of str, optional
+        The input's columns, in order; recorded in the metadata (``features``).
+    target_name : str, optional
+        Recorded in the metadata (``target``).
+    opset : int, optional
+        As in :func:`to_onnx` (default 13).
+    input_name : str
+        The input's name (default ``"features"``).
+
+    Returns
+    -------
+    onnx.ModelProto
+        One input ``input_name``, float64 of shape ``(N, n_in)``: the raw
+        feature values, columns in ``feature_names``' order.  Outputs:
+
+        - classification: ``label``, shape ``(N,)``, the class name of the
+          most probable class (int64 when every class name is an integer
+          such as ``"3"``, else string), and ``probabilities``,
+          ``(N, n_classes)`` in the model's dtype;
+        - regression: ``variable``, float64 ``(N, n_outputs)``, in the
+          target's units.
+
+        ``metadata_props`` hold :func:`to_onnx`'s entries and ``task``,
+        ``features`` (JSON), ``target``, and ``classes`` (JSON) for a classifier.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a :class:`fastbp.MLP`, a scaling is not numeric,
+        or ``opset`` is not an integer.
+    ValueError
+        When the scalings' or ``classes``' lengths do not match the network,
+        a scale is 0 or not finite, both or neither of ``classes`` and
+        ``y_mean``/``y_scale`` are given, or as for :func:`to_onnx`.
+    OSError, ImportError
+        As for :func:`to_onnx`.
+    """
+    onnx = _onnx()
+    net = _check_model(model)
+    opset = _check_opset(onnx, opset)
+    input_name = _check_name("input_name", input_name)
+    n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
+    mean = _vector("x_mean", x_mean, n_in)
+    scale = _vector("x_scale", x_scale, n_in, nonzero=True)
+    regress = y_mean is not None or y_scale is not None
+    if regress == (classes is not None):
+        raise ValueError("give either classes (classification) or y_mean and y_scale "
+                         "(regression)")
+    if feature_names is not None:
+        feature_names = [str(f) for f in feature_names]
+        if len(feature_names) != n_in:
+            raise ValueError(f"feature_names has {len(feature_names)} names, the network "
+                             f"{n_in} inputs")
+    if regress:
+        if y_mean is None or y_scale is None:
+            raise ValueError("regression needs both y_mean and y_scale")
+        out_mean = _vector("y_mean", y_mean, n_out)
+        out_scale = _vector("y_scale", y_scale, n_out, nonzero=True)
+        names: Tuple[str, ...] = ("variable",)
+    else:
+        labels = _cli_labels(classes)
+        if labels.shape != (n_out,) or n_out < 2:
+            raise ValueError(f"classes must name each of the network's {n_out} outputs "
+                             f"(at least 2), got {len(labels)} names")
+        names = ("label", "probabilities")
+    if input_name in names:
+        raise ValueError(f"input_name must not be one of the output names {names}")
+
+    g = _Graph(onnx, opset)
+    g.name(input_name)
+    for name in names:
+        g.name(name)
+    metadata = _metadata(net)
+    metadata["task"] = "regress" if regress else "classify"
+    if feature_names is not None:
+        metadata["features"] = json.dumps(feature_names)
+    if target_name is not None:
+        metadata["target"] = str(target_name)
+    with net._lock:
+        x = _standardise(g, input_name, mean, scale, net.dtype)
+        if regress:
+            y = _network(g, net, x, None)
+            _unscale(g, y, out_mean, out_scale, net.dtype, "variable")
+            outputs = [_tensor_info(onnx, "variable", np.float64, ["N", n_out])]
+        else:
+            _network(g, net, x, "probabilities")
+            _label_map(g, "probabilities", labels, "label")
+            elem = onnx.TensorProto.STRING if labels.dtype == object else np.int64
+            outputs = [_tensor_info(onnx, "label", elem, ["N"]),
+                       _tensor_info(onnx, "probabilities", net.dtype, ["N", n_out])]
+            metadata["classes"] = json.dumps([str(c) for c in classes])
+    columns = ", ".join(feature_names) if feature_names is not None else f"{n_in} columns"
+    doc = (f"fastbp {net!r} with its preprocessing: {input_name} (N, {n_in}) float64 holds "
+           f"the raw features ({columns}); outputs {', '.join(names)}")
+    proto = _make_model(onnx, g, [_tensor_info(onnx, input_name, np.float64, ["N", n_in])],
+                        outputs, opset, "fastbp_pipeline", doc, metadata)
+    if path is not None:
+        _save(proto, path)
+    return proto

@@ -885,6 +885,18 @@ def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> N
     assert iris[-2] == "(LogisticRegression" and float(iris[-1].rstrip(")")) > 0.9
     assert "R² (RidgeCV 0." in out
 
+    # Several splits and seeds (the selection runs): a summary per data set.
+    code = tool.main(["--only", "iris", "--random-state", "1-2", "--seeds", "0,3",
+                      "--in-process", "--", "--epochs", "1", "--lr", "1e-4"])
+    out = capsys.readouterr().out
+    assert code == 1 and "random_state=1, 2" in out and "--seed 0, 3" in out
+    runs = [ln.split()[:4] for ln in out.splitlines() if ln.startswith("split ")]
+    assert runs == [["split", "1", "seed", "0"], ["split", "1", "seed", "3"],
+                    ["split", "2", "seed", "0"], ["split", "2", "seed", "3"]]
+    summary = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
+    assert summary[:2] == ["iris", "4"] and summary[-1] == "0/4"
+    assert "0 of 4 runs met their target" in out
+
 
 # -- optimizers, early stopping and the defaults of train (issue 13) --------------------
 
@@ -960,6 +972,22 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
     _assert_config(state["optimizer"], config)
     assert 1 <= state["step"] <= 3 * -(-240 // batch)
     assert set(state) - {"step", "optimizer"} == names
+
+
+@pytest.mark.parametrize("argv, decay", [([], 2.0), (["--weight-decay", "0.5"], 0.5),
+                                          (["--optimizer", "adam"], 0.0)])
+def test_regression_has_its_own_weight_decay_default(
+        argv: List[str], decay: float, regression_csv: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """AdamW's default decay is 2 for a regression target (cli.REGRESSION_DEFAULTS), 1 for
+    classes; a given --weight-decay, or another optimizer, is unaffected."""
+    model = tmp_path / "m.npz"
+    code, out, err = run(["train", regression_csv, "--target", "price", "-o", model,
+                          "--epochs", "2", "-q", *argv], capsys)
+    assert code == 0, err
+    assert _training_record(tmp_path / "m.json")["optimizer"]["weight_decay"] == decay
+    assert f"weight_decay={decay:g}" in out
+    assert cli.REGRESSION_DEFAULTS == {"adamw": {"weight_decay": 2.0}}
 
 
 def test_early_stopping_is_on_by_default_and_keeps_the_best_epoch(

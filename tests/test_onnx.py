@@ -442,7 +442,7 @@ def test_cli_export(tmp_path, capsys):
     model = tmp_path / "net.npz"
     net.save(model)
     out = tmp_path / "net.onnx"
-    assert cli.main(["export", str(model), str(out)]) == 0
+    assert cli.main(["export", str(model), str(out), "--network-only"]) == 0
     stdout, stderr = capsys.readouterr()
     assert stdout.strip() == (f"saved: {out} (ONNX opset 13: input X (N, 6), output Y (N, 4), "
                               "float32)")
@@ -451,10 +451,11 @@ def test_cli_export(tmp_path, capsys):
     assert_matches_predict(net, session(onnx.load(str(out))).run(None, {"X": X})[0], X)
 
     (tmp_path / "net.json").write_text("{}")  # a sidecar, as `train` writes
-    assert cli.main(["export", str(model), str(out), "--opset", "17"]) == 0
+    assert cli.main(["export", str(model), str(out), "--opset", "17", "--network-only",
+                     "--force"]) == 0
     stdout, stderr = capsys.readouterr()
     assert "opset 17" in stdout
-    assert stderr.startswith("note: ") and "net.json" in stderr
+    assert stderr.startswith("note: --network-only: ") and "net.json" in stderr
     assert "not in the ONNX graph" in stderr
 
 
@@ -463,7 +464,7 @@ def test_cli_export_errors(tmp_path, capsys, case):
     model = tmp_path / "net.npz"
     make_net().save(model)
     out = tmp_path / "out.onnx"
-    argv = ["export", str(model), str(out)]
+    argv = ["export", str(model), str(out), "--network-only"]  # no sidecar: test_onnx_cli.py
     if case == "not-a-model":
         (tmp_path / "junk.npz").write_bytes(b"not a zip file")
         argv[1] = str(tmp_path / "junk.npz")
