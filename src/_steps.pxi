@@ -58,9 +58,9 @@ cdef extern from "fbp_team.h" nogil:
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
-               "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller", "tiles_worker", "late", "step_ns", "wait_ns",
-               "wait_last_ns", "gap_ns", "gaps", "sleeps_wave", "sleeps_next", "wakes",
-               "wake_ns", "wake_n")
+               "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
+               "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
 
 
 def team_stats(bint reset=False):
