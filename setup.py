@@ -99,6 +99,7 @@ DIRECTIVES = {
 
 
 def _extensions():
+    import numpy
     from Cython.Build import cythonize
     from Cython.Compiler.Options import directive_types
 
@@ -110,7 +111,7 @@ def _extensions():
     ext = Extension(
         "fastbp._kernels",
         sources=["src/_kernels.pyx", "src/fbp_gemm.c"],
-        include_dirs=["src"],
+        include_dirs=["src", numpy.get_include()],   # numpy's C API: MLP.predict's fast path
         depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxi")),
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -7,7 +7,7 @@ Nothing unchecked may reach the compiled kernels: they run without bounds checks
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -15,8 +15,8 @@ from .history import History  # noqa: F401  (re-exported: the reference uses it)
 
 # The codes are shared with the C kernels (FBP_ACT_* in src/fbp_gemm.h).
 ACTIVATIONS = {"identity": 0, "sigmoid": 1, "relu": 2, "tanh": 3}
-OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2}
-LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2}
+OUTPUTS = {"identity": 0, "sigmoid": 1, "softmax": 2, "exp": 3}
+LOSSES = {"squared_error": 0, "binary_cross_entropy": 1, "cross_entropy": 2, "poisson": 3}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # Limits of the compiled kernels (src/_kernels.pyx: MAX_LAYERS, 32-bit GEMM
@@ -28,7 +28,10 @@ MAX_WIDTH = 2**31 - 1
 _MAX_BATCH = 2**62
 
 # Losses that only make sense after one particular output activation.
-_LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+_LOSS_NEEDS_OUTPUT = {"binary_cross_entropy": "sigmoid", "cross_entropy": "softmax",
+                      "poisson": "exp"}
+# The losses whose fits report an accuracy (the others are regression losses).
+CLASSIFICATION_LOSSES = ("binary_cross_entropy", "cross_entropy")
 
 
 def _choice(kind: str, value: Any, valid: dict) -> str:
@@ -172,15 +175,21 @@ def _numeric(name: str, value: Any) -> np.ndarray:
     return arr
 
 
+# Up to this many values, _first_bad_row looks at every value at once (a
+# small temporary costs less than the errstate and the float64 sum).
+_SMALL_CHECK = 4096
+
+
 def _first_bad_row(arr: np.ndarray) -> Optional[int]:
     """Index of the first row holding NaN or Inf, or None."""
     if arr.dtype.kind != "f" or arr.size == 0:
         return None
-    # A finite sum proves every value finite without a temporary the size of
-    # the data; only a NaN, an Inf or an overflowing sum needs the full look.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(arr.sum(dtype=np.float64)):
-            return None
+    if arr.size > _SMALL_CHECK:
+        # A finite sum proves every value finite without a temporary the size
+        # of the data; only a NaN, an Inf or an overflowing sum needs the full look.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(arr.sum(dtype=np.float64)):
+                return None
     finite = np.isfinite(arr)
     if finite.all():
         return None
@@ -206,7 +215,8 @@ def check_X(X: Any, n_in: int, dtype: type) -> np.ndarray:
         raise ValueError(f"X contains NaN or Inf (first in row {bad})")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = _first_bad_row(out)  # finite float64 can overflow to Inf in float32
+    # Finite float64 can overflow to Inf in float32 (unconverted: checked above).
+    bad = _first_bad_row(out) if out is not arr else None
     if bad is not None:
         raise ValueError(f"X row {bad} overflows {np.dtype(dtype).name}")
     return out
@@ -243,9 +253,12 @@ def check_Y(Y: Any, n_samples: int, n_out: int, loss: str, dtype: type) -> np.nd
     if loss == "cross_entropy" and (arr < 0).any():
         row = int(np.argmax((arr < 0).any(axis=1)))
         raise ValueError(f"cross_entropy target rows must be non-negative (first negative in row {row})")
+    if loss == "poisson" and (arr < 0).any():
+        row = int(np.argmax((arr < 0).any(axis=1)))
+        raise ValueError(f"poisson targets must be non-negative (first negative in row {row})")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = _first_bad_row(out)
+    bad = _first_bad_row(out) if out is not arr else None
     if bad is not None:
         raise ValueError(f"Y row {bad} overflows {np.dtype(dtype).name}")
     return out
@@ -298,6 +311,68 @@ def check_fit_args(epochs: Any, batch_size: Any) -> Tuple[int, int]:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     return int(epochs), min(int(batch_size), _MAX_BATCH)
 
+
+
+def check_validation_split(split: Any) -> float:
+    """``fit(validation_split=...)`` as a float in [0, 1)."""
+    if isinstance(split, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
+    try:
+        value = float(split)
+    except (TypeError, ValueError):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
+    return value
+
+
+def check_validation(
+    X: np.ndarray, Y: np.ndarray, data: Any, split: Any,
+    check_pair: Callable[[Any, Any], Tuple[np.ndarray, np.ndarray]],
+) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """The training rows and the validation pair of ``fit``'s two options.
+
+    Parameters
+    ----------
+    X, Y : ndarray
+        The checked training set.
+    data : (X_val, Y_val) or None
+        ``validation_data``, checked with ``check_pair(X_val, Y_val)``.
+    split : float
+        ``validation_split``: the last ``round(n * split)`` rows of X, Y are
+        held out (not shuffled, as Keras does).
+    check_pair : callable
+        The caller's check of a data pair (``MLP._XY``).
+
+    Returns
+    -------
+    (X_train, Y_train, (X_val, Y_val) or None)
+
+    Raises
+    ------
+    ValueError
+        Both options given, ``data`` not a pair, a split out of [0, 1) or one
+        that leaves an empty training or validation set.
+    """
+    if data is not None:
+        if split:
+            raise ValueError("give validation_data or validation_split, not both")
+        try:
+            Xv, Yv = data
+        except (TypeError, ValueError):
+            raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
+        return X, Y, check_pair(Xv, Yv)
+    value = check_validation_split(split)
+    if value == 0.0:
+        return X, Y, None
+    n_val = int(round(X.shape[0] * value))
+    if n_val < 1 or n_val >= X.shape[0]:
+        raise ValueError(
+            f"validation_split={value} of {X.shape[0]} samples leaves an empty training "
+            "or validation set"
+        )
+    cut = X.shape[0] - n_val
+    return X[:cut], Y[:cut], (X[cut:], Y[cut:])
 
 
 def check_bool(name: str, value: Any) -> bool:

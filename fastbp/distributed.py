@@ -27,6 +27,14 @@ What one step does, on every rank (K ranks, global batch of B rows):
    of the parameters and of the velocity, and an ``Allgatherv`` hands every
    rank the new parameters: each entry is updated once, by one rank.
 
+With ``overlap=True`` (the default) steps 2 and 4 interleave, as PyTorch DDP
+and Horovod do: rank r runs the forward pass, then forms its gradient one
+layer at a time, last layer first (:meth:`fastbp.MLP.layer_gradients`), and
+starts layer k's part of the reduce-scatter (``Ialltoallv``, into the same
+places of the same buffer) as soon as layer k is formed, while the kernel
+forms the layers below; every request completes before step 5.  The bytes
+that arrive, the sums and their order are the same: so are the bits.
+
 So every rank ends bitwise equal, repeated runs are bitwise equal, and the
 result equals one process replaying the same shards and the same reduction
 (:func:`combine_gradients`).  Against single-process :meth:`fastbp.MLP.fit`
@@ -142,6 +150,26 @@ class MPIComm:
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.comm.Allgatherv(self.MPI.IN_PLACE, [buf, (list(counts), list(displs))])
 
+    def Ialltoallv(self, send: np.ndarray, send_counts: Sequence[int], recv: np.ndarray,
+                   recv_counts: Sequence[int], recv_displs: Sequence[int]) -> Any:
+        """Start an ``Alltoallv``: ``send`` holds the blocks for ranks 0..K-1 packed in
+        rank order; rank r's block lands in ``recv`` at ``recv_displs[r]`` (elements).
+        Returns the request; neither buffer may be touched until it completes."""
+        sd = [0] * len(send_counts)
+        for r in range(1, len(send_counts)):
+            sd[r] = sd[r - 1] + int(send_counts[r - 1])
+        return self.comm.Ialltoallv([send, ([int(c) for c in send_counts], sd)],
+                                    [recv, ([int(c) for c in recv_counts],
+                                            [int(d) for d in recv_displs])])
+
+    def Testall(self, requests: List[Any]) -> bool:
+        """Whether every request has completed (and a push to the MPI's progress engine)."""
+        return bool(self.MPI.Request.Testall(requests))
+
+    def Waitall(self, requests: List[Any]) -> None:
+        """Complete every request."""
+        self.MPI.Request.Waitall(requests)
+
     def Abort(self, code: int = 1) -> None:
         """End every process of the job."""
         self.comm.Abort(code)
@@ -222,6 +250,24 @@ class TorchComm:
             a, b = int(starts[r]), int(starts[r + 1])
             buf[a:b] = padded[r, :b - a]
 
+    def Ialltoallv(self, send: np.ndarray, send_counts: Sequence[int], recv: np.ndarray,
+                   recv_counts: Sequence[int], recv_displs: Sequence[int]) -> Any:
+        """As :meth:`MPIComm.Ialltoallv`: gloo's asynchronous ``all_to_all_single``
+        into a packed buffer, copied to ``recv``'s places when it completes."""
+        packed = np.empty(int(sum(recv_counts)), dtype=recv.dtype)
+        work = self.dist.all_to_all_single(
+            self.torch.from_numpy(packed), self.torch.from_numpy(np.ascontiguousarray(send)),
+            output_split_sizes=[int(c) for c in recv_counts],
+            input_split_sizes=[int(c) for c in send_counts], group=self.group, async_op=True)
+        return _TorchRequest(work, packed, recv, recv_counts, recv_displs)
+
+    def Testall(self, requests: List[Any]) -> bool:
+        return all([r.test() for r in requests])
+
+    def Waitall(self, requests: List[Any]) -> None:
+        for r in requests:
+            r.wait()
+
     def local_size(self) -> int:
         """How many ranks share this node (torchrun's LOCAL_WORLD_SIZE; 1 if unset)."""
         try:
@@ -232,6 +278,34 @@ class TorchComm:
     def Abort(self, code: int = 1) -> None:
         sys.stderr.flush()
         os._exit(code)
+
+
+class _TorchRequest:
+    """A pending ``TorchComm.Ialltoallv``: the packed blocks go to their places on completion."""
+
+    def __init__(self, work: Any, packed: np.ndarray, recv: np.ndarray,
+                 counts: Sequence[int], displs: Sequence[int]) -> None:
+        self.work, self.packed, self.recv = work, packed, recv
+        self.counts, self.displs = [int(c) for c in counts], [int(d) for d in displs]
+        self.done = False
+
+    def _place(self) -> None:
+        pos = 0
+        for c, d in zip(self.counts, self.displs):
+            self.recv[d:d + c] = self.packed[pos:pos + c]
+            pos += c
+        self.done = True
+
+    def test(self) -> bool:
+        if not self.done and self.work.is_completed():
+            self.work.wait()
+            self._place()
+        return self.done
+
+    def wait(self) -> None:
+        if not self.done:
+            self.work.wait()
+            self._place()
 
 
 def _as_comm(comm: Any) -> Any:
@@ -382,7 +456,8 @@ class _Step:
         self.tmp = np.empty(block, dtype=np.float64)
         self.g = np.empty(block, dtype=dtype)
         self.t = np.empty(block, dtype=dtype)
-        self.comm_seconds = 0.0
+        self.exchange_seconds = 0.0
+        self.share_seconds = 0.0
         self.nbytes = sum(a.nbytes for a in (self.acc, self.tmp, self.g, self.t)) + (
             self.recv.nbytes if self.recv is not None else 0)
 
@@ -393,8 +468,13 @@ class _Step:
         t0 = time.perf_counter()
         self.comm.Alltoallv(grad, self.counts, self.recv.reshape(-1),
                             [self.hi - self.lo] * self.K)
-        self.comm_seconds += time.perf_counter() - t0
+        self.exchange_seconds += time.perf_counter() - t0
         return self.recv
+
+    @property
+    def comm_seconds(self) -> float:
+        """Wall time inside the blocking exchange and the share (waits included)."""
+        return self.exchange_seconds + self.share_seconds
 
     def update(self, pieces: np.ndarray, rows: Sequence[int], theta: np.ndarray,
                velocity: np.ndarray, lr: Any, mu: Any, nesterov: bool, wd: Any) -> None:
@@ -435,7 +515,7 @@ class _Step:
         if self.K > 1:
             t0 = time.perf_counter()
             self.comm.Allgatherv(theta, self.counts)
-            self.comm_seconds += time.perf_counter() - t0
+            self.share_seconds += time.perf_counter() - t0
 
     def gather(self, state: np.ndarray) -> None:
         """Every rank gets every chunk of an optimizer state array."""
@@ -468,6 +548,68 @@ class _Step:
         chunk = {"step": step}
         chunk.update({k: v[self.lo:self.hi] for k, v in state.items()})
         opt.update(theta[self.lo:self.hi], g, chunk, lr=lr)
+
+
+class _LayerExchange:
+    """``_Step.exchange`` cut at the layers, each part started as soon as it is formed.
+
+    The layers are grouped in buckets (consecutive layers, last layer first,
+    until a bucket holds ``bucket_bytes``, as PyTorch DDP's ``bucket_cap_mb``);
+    a bucket goes out once its last layer is formed.  A bucket's gradient
+    (``W_k``, ``b_k``, ``W_k+1``, ...) is a contiguous slice of the flat
+    vector, which the chunk boundaries cut into consecutive blocks in rank
+    order (the part in chunk 0 first): so ``Ialltoallv`` of the slice, with
+    those block sizes, sends rank c the part of its chunk that lies in the
+    bucket, and rank c receives every rank's part straight into its place in the
+    same (K, chunk) buffer that ``exchange`` fills.  After :meth:`finish` the
+    buffer holds the same bytes as after one ``exchange``: only when the
+    bytes move changes, not what is summed or in which order.  Between
+    layers :meth:`start` tests the pending requests: MPICH progresses
+    non-blocking collectives only inside MPI calls (unless its asynchronous
+    progress thread is on).
+    """
+
+    def __init__(self, comm: Any, step: _Step, buckets: Sequence[Tuple[int, slice]]) -> None:
+        K, b, lo, hi = comm.size, step.bounds, step.lo, step.hi
+        L = hi - lo
+        self.comm, self.step = comm, step
+        self.plan = []
+        self.starts = {k: i for i, (k, _) in enumerate(buckets)}  # the lowest layer of bucket i
+        for _, sl in buckets:
+            a, e = int(sl.start), int(sl.stop)
+            send_counts = [max(0, min(e, b[c + 1]) - max(a, b[c])) for c in range(K)]
+            x0, x1 = max(a, lo), min(e, hi)
+            n = max(0, x1 - x0)
+            recv_displs = [r * L + (x0 - lo if n else 0) for r in range(K)]
+            self.plan.append((a, e, send_counts, [n] * K, recv_displs))
+        self.requests: List[Any] = []
+        self.started = 0      # non-blocking requests started (a test hook)
+        self.seconds = 0.0    # wall time inside the exchange's MPI calls
+        self.wait_seconds = 0.0  # of which in the final wait
+
+    def formed(self, k: int, grad: np.ndarray) -> None:
+        """Layer k of ``grad`` is formed: send its bucket if k is the bucket's last
+        layer to be formed (``grad`` then left alone until :meth:`finish`)."""
+        if k not in self.starts:
+            return
+        a, e, send_counts, recv_counts, recv_displs = self.plan[self.starts[k]]
+        t0 = time.perf_counter()
+        self.requests.append(self.comm.Ialltoallv(grad[a:e], send_counts,
+                                                  self.step.recv.reshape(-1), recv_counts,
+                                                  recv_displs))
+        self.started += 1
+        self.comm.Testall(self.requests)
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> np.ndarray:
+        """Complete every request; the K pieces of this rank's chunk, as ``exchange``."""
+        t0 = time.perf_counter()
+        self.comm.Waitall(self.requests)
+        self.requests.clear()
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        self.wait_seconds += dt
+        return self.step.recv
 
 
 # ---------------------------------------------------------------------------
@@ -577,7 +719,7 @@ class _SlabTree:
             t0 = time.perf_counter()
             self.comm.Alltoallv(self.send[:sum(counts)], counts, self.recv[:sum(rcounts)],
                                 rcounts)
-            step.comm_seconds += time.perf_counter() - t0
+            step.exchange_seconds += time.perf_counter() - t0
             have: Dict[Tuple[int, int], np.ndarray] = {}
             pos = 0
             for r in range(K):
@@ -735,6 +877,30 @@ def _read_checkpoint(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, A
     return data, meta
 
 
+def _buckets(slices: Sequence[slice], itemsize: int, cap: int) -> List[Tuple[int, slice]]:
+    """The layers grouped for sending: from the last layer down, consecutive layers
+    until their gradient holds ``cap`` bytes or more (the first layer closes the
+    last bucket).  Each bucket as (its lowest layer, its slice of the flat vector)."""
+    out: List[Tuple[int, slice]] = []
+    top: Optional[int] = None
+    for k in range(len(slices) - 1, -1, -1):
+        top = slices[k].stop if top is None else top
+        if (top - slices[k].start) * itemsize >= cap or k == 0:
+            out.append((k, slice(slices[k].start, top)))
+            top = None
+    return out
+
+
+def _layer_slices(net: MLP) -> List[slice]:
+    """Layer k's entries of the flat vector: W_k then b_k (MLP.flat_parameters' layout)."""
+    out, off = [], 0
+    for n_in, n_out in zip(net.layer_sizes, net.layer_sizes[1:]):
+        size = n_in * n_out + (n_out if net.bias else 0)
+        out.append(slice(off, off + size))
+        off += size
+    return out
+
+
 def _net_config(net: MLP) -> Dict[str, Any]:
     return dict(layer_sizes=list(net.layer_sizes), activation=net.activation,
                 output=net.output, loss=net.loss_name, bias=net.bias,
@@ -773,6 +939,8 @@ def fit(
     checkpoint: Optional[PathLike] = None,
     resume: Optional[PathLike] = None,
     slab_rows: Optional[int] = None,
+    overlap: bool = True,
+    bucket_bytes: int = 1 << 20,
     abort_on_error: bool = True,
 ) -> History:
     """Train ``net`` on K ranks in lockstep: synchronous data-parallel SGD.
@@ -852,6 +1020,23 @@ def fit(
         one full-length gradient write per slab; take slabs of 32 rows or
         more.  Default None: one call per rank on its shard (faster; the bits
         depend on K).
+    overlap : bool
+        Overlap the gradient's reduction with the backward pass, as PyTorch
+        DDP and Horovod do (default True; with K > 1 and ``slab_rows=None``):
+        the shard's gradient is formed layer by layer, last layer first
+        (:meth:`fastbp.MLP.layer_gradients`), and each layer's part of the
+        reduce-scatter starts (``Ialltoallv``) as soon as that layer is
+        formed, while the kernel forms the layers below; all complete before
+        the update.  Only when the bytes move changes: the sums, their order
+        and so the bits are the same as with ``overlap=False`` (tested).
+    bucket_bytes : int
+        With overlap, consecutive layers (last first) are sent together until
+        their gradient holds this many bytes, as PyTorch DDP's
+        ``bucket_cap_mb``: a non-blocking collective per layer costs more
+        than it hides when layers are small.  When the whole gradient makes
+        one bucket (a net under 1 MiB of float32 gradient with the default)
+        there is nothing to overlap, and the step is the one of
+        ``overlap=False``.  0: every layer on its own.
     abort_on_error : bool
         On an exception that only some ranks raise, print it (naming the
         rank) and ``comm.Abort(1)``; False re-raises it instead (the other
@@ -864,7 +1049,14 @@ def fit(
         ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``best_epoch``,
         ``stopped_early``; ``accuracy`` stays empty (the gradient kernel does
         not report it).  The same on every rank.  Also ``comm_seconds``: this
-        rank's wall time inside the step's collectives (waits included), and
+        rank's wall time inside the step's collectives (waits included);
+        ``comm_detail``: that time by part (``"losses"``, the shard losses'
+        allgather; ``"exchange"``, the gradient's reduce-scatter, with overlap
+        the time inside its non-blocking calls; ``"wait"``, of which in the
+        final wait; ``"share"``, the parameters' allgather; ``"rows"``,
+        fetching the shard's rows from their owners) and ``"requests"``, the
+        number of non-blocking requests started (one per bucket per step with
+        overlap, else 0); and
         ``optimizer_state``: the optimizer's state dict with ``optimizer=``
         (None otherwise; the built-in SGD's velocity is the model's).
 
@@ -893,7 +1085,7 @@ def fit(
                     momentum, nesterov, weight_decay, optimizer, optimizer_state,
                     schedule, validation_data,
                     validation_split, early_stopping, patience, callbacks, verbose,
-                    checkpoint, resume, slab_rows)
+                    checkpoint, resume, slab_rows, overlap, bucket_bytes)
     except BaseException as exc:
         if getattr(exc, "fastbp_collective", False) or comm.size == 1 or not abort_on_error:
             raise
@@ -934,29 +1126,18 @@ def _check_local(net: MLP, X: Any, Y: Any, validation_data: Any, validation_spli
         raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
     Xc = C.check_X(X, net.layer_sizes[0], net.dtype.type)
     Yc = C.check_Y(Y, Xc.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type)
-    val = None
-    if validation_data is not None:
-        if validation_split:
-            raise ValueError("give validation_data or validation_split, not both")
-        try:
-            Xv, Yv = validation_data
-        except (TypeError, ValueError):
-            raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
+    # A split holds out the last rows of the global set, which a rank holding
+    # only its own rows does not have.
+    if (validation_data is None and n_samples is not None
+            and C.check_validation_split(validation_split)):
+        raise ValueError("validation_split needs the whole data set on every rank "
+                         "(n_samples=None); give each rank's validation_data instead")
+
+    def pair(Xv: Any, Yv: Any) -> Tuple[np.ndarray, np.ndarray]:
         Xv = C.check_X(Xv, net.layer_sizes[0], net.dtype.type)
-        val = (Xv, C.check_Y(Yv, Xv.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type))
-    elif validation_split:
-        split = float(validation_split)
-        if not 0.0 < split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        if n_samples is not None:
-            raise ValueError("validation_split needs the whole data set on every rank "
-                             "(n_samples=None); give each rank's validation_data instead")
-        n_val = int(round(Xc.shape[0] * split))
-        if n_val < 1 or n_val >= Xc.shape[0]:
-            raise ValueError(f"validation_split={split} of {Xc.shape[0]} samples leaves an "
-                             "empty training or validation set")
-        cut = Xc.shape[0] - n_val
-        Xc, Yc, val = Xc[:cut], Yc[:cut], (Xc[cut:], Yc[cut:])
+        return Xv, C.check_Y(Yv, Xv.shape[0], net.layer_sizes[-1], net.loss_name, net.dtype.type)
+
+    Xc, Yc, val = C.check_validation(Xc, Yc, validation_data, validation_split, pair)
     if early_stopping and val is None:
         raise ValueError("early_stopping needs validation_data or validation_split")
     return dict(X=Xc, Y=Yc, val=val, epochs=epochs, batch_size=batch_size, lr0=lr0,
@@ -970,7 +1151,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
          schedule: Any, validation_data: Any,
          validation_split: float, early_stopping: bool, patience: int,
          callbacks: Any, verbose: int, checkpoint: Optional[PathLike],
-         resume: Optional[PathLike], slab_rows: Optional[int]) -> History:
+         resume: Optional[PathLike], slab_rows: Optional[int], overlap: bool,
+         bucket_bytes: int) -> History:
     K, me = comm.size, comm.rank
 
     # -- 1. every rank checks its own input, then all compare signatures ----
@@ -984,6 +1166,8 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         if slab_rows is not None and (isinstance(slab_rows, bool) or not isinstance(
                 slab_rows, (int, np.integer)) or slab_rows < 1):
             raise ValueError(f"slab_rows must be a positive integer or None, got {slab_rows!r}")
+        overlap = C.check_bool("overlap", overlap)
+        bucket_bytes = C.check_int("bucket_bytes", bucket_bytes, 0)
     except (ValueError, TypeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     sig: Dict[str, Any] = {}
@@ -998,7 +1182,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             early_stopping=bool(early_stopping), patience=int(patience),
             validation=val is not None, validation_split=float(validation_split or 0.0),
             checkpoint=checkpoint is not None, resume=resume is not None,
-            slab_rows=slab_rows,
+            slab_rows=slab_rows, overlap=overlap, bucket_bytes=bucket_bytes,
             X_row_shape=list(np.shape(X)[1:]), Y_row_shape=list(np.shape(Y)[1:]),
         )
         rows = dict(train=int(Xc.shape[0]), val=int(val[0].shape[0]) if val is not None else 0)
@@ -1046,7 +1230,7 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         a, b = nv * me // K, nv * (me + 1) // K
         val = (val[0][a:b], val[1][a:b])
     callbacks = local["callbacks"] if me == 0 else []
-    classify = net.loss_name != "squared_error"
+    classify = net.loss_name in C.CLASSIFICATION_LOSSES
 
     # -- 2. the starting state: rank 0's (or the checkpoint's), broadcast ----
     # The optimizer's state is a dict of flat arrays: {"velocity"} for the
@@ -1147,6 +1331,10 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
     grad = np.empty_like(theta)
     step = _Step(comm, P, net.dtype)
     tree = _SlabTree(comm, step, slab_rows, P, net.dtype) if slab_rows else None
+    buckets = _buckets(_layer_slices(net), net.dtype.itemsize, bucket_bytes)
+    layers = _LayerExchange(comm, step, buckets) \
+        if overlap and K > 1 and tree is None and len(buckets) > 1 else None
+    loss_seconds = 0.0
     losses = np.empty(K, dtype=np.float64)
     hist.workspace_bytes = int(grad.nbytes + step.nbytes)
     start_theta = np.empty_like(theta)
@@ -1175,8 +1363,13 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
             shard_rows = [bounds[r + 1] - bounds[r] for r in range(K)]
             Xs, Ys = data.shard(rows, bounds[me], bounds[me + 1], bounds)
             local_loss = 0.0
+            backward = None
             if tree is not None:
                 pieces, local_loss = tree.gradient(net, Xs, Ys, m, slabs)
+            elif shard_rows[me] and layers is not None:
+                # The forward pass now, each layer's gradient below.
+                backward = net.layer_gradients(Xs, Ys, out=grad)
+                local_loss = backward.loss * shard_rows[me]
             elif shard_rows[me]:
                 loss_me, _ = net.flat_gradient(Xs, Ys, out=grad)
                 local_loss = loss_me * shard_rows[me]
@@ -1184,7 +1377,9 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 grad.fill(0)
             # Every rank's shard loss, to every rank: the same finiteness
             # verdict everywhere, and the epoch's loss in rank order.
+            t1 = time.perf_counter()
             comm.Allgather_f64(local_loss, losses)
+            loss_seconds += time.perf_counter() - t1
             if not np.isfinite(losses).all():
                 bad = [r for r in range(K) if not np.isfinite(losses[r])]
                 for k in names:  # the state of the last good step
@@ -1199,7 +1394,15 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
                 ))
             for r in range(K):
                 loss_sum += losses[r]
-            if tree is None:
+            if layers is not None:
+                # Last layer first: a bucket's part of the reduce-scatter
+                # goes out while the kernel forms the layers below it.
+                for k in range(net.n_layers - 1, -1, -1):
+                    if backward is not None:
+                        backward.form()
+                    layers.formed(k, grad)
+                pieces = layers.finish()
+            elif tree is None:
                 pieces = step.exchange(grad)
             if opt is None:
                 step.update(pieces, shard_rows, theta, velocity, lr_t, mu_t, nesterov, wd_t)
@@ -1276,5 +1479,12 @@ def _fit(net: MLP, X: Any, Y: Any, comm: Any, n_samples: Optional[int], epochs: 
         ostep = best[2]
     publish()
     hist.optimizer_state = ostate  # type: ignore[attr-defined]
-    hist.comm_seconds = step.comm_seconds + data.seconds  # type: ignore[attr-defined]
+    exchanged = layers.seconds if layers is not None else 0.0
+    hist.comm_seconds = (step.comm_seconds + exchanged + data.seconds  # type: ignore[attr-defined]
+                         + loss_seconds)
+    hist.comm_detail = dict(  # type: ignore[attr-defined]
+        losses=loss_seconds, exchange=step.exchange_seconds + exchanged,
+        wait=layers.wait_seconds if layers is not None else step.exchange_seconds,
+        share=step.share_seconds, rows=data.seconds,
+        requests=layers.started if layers is not None else 0)
     return hist

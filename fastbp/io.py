@@ -54,8 +54,12 @@ MAX_PARAMS = 1 << 30
 PathLike = Union[str, "os.PathLike[str]"]
 
 _ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
-_OUTPUTS = ("identity", "sigmoid", "softmax")
-_LOSSES = ("squared_error", "binary_cross_entropy", "cross_entropy")
+# The names are stored as strings and checked against these closed lists, so
+# a name added later (the exp output and the Poisson loss joined version 3
+# files with no version change: no reader can misread them) is refused by an
+# older reader with a message naming it, never read as something else.
+_OUTPUTS = ("identity", "sigmoid", "softmax", "exp")
+_LOSSES = ("squared_error", "binary_cross_entropy", "cross_entropy", "poisson")
 _DTYPES = ("float32", "float64")
 
 _OPT_PREFIX = "optimizer."
@@ -394,7 +398,8 @@ class _Archive:
 def _choice(key: str, value: str, valid: Tuple[str, ...]) -> str:
     if value not in valid:
         raise ModelFileError(
-            f"{key!r} is {value!r}; expected one of {', '.join(map(repr, valid))}"
+            f"{key!r} is {value!r}; expected one of {', '.join(map(repr, valid))} "
+            "(a newer fastbp may know it)"
         )
     return value
 

@@ -5,7 +5,8 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -101,6 +102,66 @@ class ParamList(list):
         return (list, (list(self),))
 
 
+class LayerGradients:
+    """One batch's gradient, formed layer by layer, last layer first.
+
+    Made by :meth:`MLP.layer_gradients`, which has already run the forward
+    pass.  Iterating yields ``(k, gradient[slices[k]])`` for k = n_layers-1
+    down to 0, each formed just before it is yielded (one GIL-free compiled
+    call per layer); :meth:`form` forms one at a time.
+
+    Attributes
+    ----------
+    loss : float
+        The batch's mean loss (NaN or Inf when not finite: each layer's
+        gradient is then all NaN, as with :meth:`MLP.flat_gradient`).
+    gradient : ndarray of shape (n_params,)
+        The flat gradient; layer k's entries are valid once it is formed.
+    slices : list of slice
+        ``gradient[slices[k]]`` is layer k's gradient: ``W_k`` (row-major)
+        then ``b_k``, contiguous in the flat layout.
+    next_layer : int
+        The layer :meth:`form` forms next; -1 once all are formed.
+    """
+
+    def __init__(self, net: "MLP", X: np.ndarray, Y: np.ndarray, grad: np.ndarray) -> None:
+        k_net = net._net
+        self._net, self._model, self._X, self.gradient = k_net, net, X, grad
+        self._threads = get_num_threads()
+        self._ws = np.empty(int(k_net.workspace_size(X.shape[0], "gradients")), dtype=net.dtype)
+        ends = [int(k_net.w_off[k + 1]) for k in range(net.n_layers - 1)] + [net.n_params]
+        self.slices = [slice(int(k_net.w_off[k]), ends[k]) for k in range(net.n_layers)]
+        with net._lock:
+            self.loss = float(k_net.layerwise_forward(net._theta, X, Y, self._ws, self._threads))
+        self.next_layer = net.n_layers - 1
+
+    def form(self) -> Tuple[int, np.ndarray]:
+        """Form the next layer's gradient (and the delta below it).
+
+        Returns
+        -------
+        (int, ndarray)
+            The layer k and its gradient, a view ``gradient[slices[k]]``.
+        """
+        k = self.next_layer
+        if k < 0:
+            raise ValueError("every layer's gradient is formed already")
+        if np.isfinite(self.loss):
+            with self._model._lock:
+                self._net.layerwise_backward(k, self._model._theta, self._X, self._ws,
+                                             self.gradient, self._threads)
+        else:
+            self.gradient[self.slices[k]] = np.nan
+        self.next_layer = k - 1
+        if k == 0:
+            self._ws = self._X = None  # the workspace is not needed any more
+        return k, self.gradient[self.slices[k]]
+
+    def __iter__(self) -> Iterator[Tuple[int, np.ndarray]]:
+        while self.next_layer >= 0:
+            yield self.form()
+
+
 class MLP:
     """A dense multilayer perceptron trained by backpropagation and SGD.
 
@@ -111,15 +172,22 @@ class MLP:
         784 inputs, one hidden layer of 256 units and 10 outputs.
     activation : {"relu", "sigmoid", "tanh", "identity"}
         Activation of every hidden layer.
-    output : {"softmax", "identity", "sigmoid"}
-        Activation of the output layer.
-    loss : {"cross_entropy", "squared_error", "binary_cross_entropy"}
+    output : {"softmax", "identity", "sigmoid", "exp"}
+        Activation of the output layer (``exp``: ŷ = e^z, the log link).
+    loss : {"cross_entropy", "squared_error", "binary_cross_entropy", "poisson"}
         Per-sample loss: ``squared_error`` is ½ Σ_j (ŷ_j − y_j)²;
         ``binary_cross_entropy`` (needs ``output="sigmoid"``) is Σ_j of the BCE of
         ŷ_j = σ(z_j); ``cross_entropy`` (needs ``output="softmax"``) is
         −Σ_j y_j log softmax(z)_j, i.e. −log softmax(z)[label] for labels.
         Both cross entropies are computed from the logits z, in a numerically
-        stable form.
+        stable form.  ``poisson`` (needs ``output="exp"``, targets >= 0) is
+        the half Poisson deviance Σ_j [y_j log(y_j / ŷ_j) − y_j + ŷ_j] with
+        ŷ_j = e^{z_j} (0 log 0 = 0), scikit-learn's ``MLPRegressor(loss="poisson")``
+        per sample; its gradient with respect to z is ŷ − y.  A logit past
+        e^z's overflow (z > 709.78 in float64, 88.72 in float32) makes the loss
+        +inf, which ``step`` and ``fit`` treat as any non-finite loss.
+        Other pairs that do not fit (such as ``loss="poisson"`` with
+        ``output="identity"``) raise ValueError naming both.
     bias : bool
         Whether each layer has a bias vector (``bool`` or ``numpy.bool_``;
         anything else raises ValueError).
@@ -222,6 +290,8 @@ class MLP:
         # Serialises calls from several Python threads; re-entrant so that a
         # fit callback may call predict/loss on the model.
         self._lock = threading.RLock()
+        # predict's rows per kernel chunk (a constant of the architecture).
+        self._predict_chunk = self._chunk_rows()
 
     # -- parameters ---------------------------------------------------------
 
@@ -315,6 +385,65 @@ class MLP:
         """
         if reduction not in ("mean", "sum"):
             raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
+        g, Xc, Yc = self._gradient_args(X, Y, out)
+        with self._lock:
+            loss = float(self._net.gradients(self._theta, Xc, Yc, g, get_num_threads()))
+        if reduction == "sum":
+            m = Xc.shape[0]
+            g *= self.dtype.type(m)
+            loss *= m
+        return loss, g
+
+    def layer_gradients(self, X: Any, Y: Any, *,
+                        out: Optional[np.ndarray] = None) -> "LayerGradients":
+        """The gradient of :meth:`flat_gradient` formed one layer at a time, last layer first.
+
+        This call runs the forward pass over ``X`` (one batch) and the output
+        delta in one compiled call without the GIL; then each
+        :meth:`LayerGradients.form` (or each step of iterating over the
+        result) forms the next layer's gradient, layers ``n_layers-1`` down to
+        0, and the delta the layer below needs, in one more such call.  So a
+        caller can hand layer k's gradient on (to a non-blocking reduction,
+        as ``fastbp.distributed.fit`` does) while the kernel forms the earlier
+        layers'.  Once every layer is formed, the vector is bitwise
+        ``flat_gradient(X, Y)[1]`` (mean reduction), on any number of threads.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_in)
+        Y : array_like
+            Targets, as for :meth:`loss`.
+        out : ndarray, optional
+            Where to write the gradient, as for :meth:`flat_gradient`.
+
+        Returns
+        -------
+        LayerGradients
+            ``loss`` (the mean loss, known at once), ``gradient`` (``out``),
+            ``slices`` (layer k's entries: ``W_k`` then ``b_k``).
+
+        Notes
+        -----
+        Leave the parameters unchanged until the last layer is formed: the
+        delta below layer k is formed with ``W_k``.
+
+        Examples
+        --------
+        >>> import numpy as np, fastbp
+        >>> net = fastbp.MLP([4, 8, 3], seed=0)
+        >>> X, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16) % 3
+        >>> lg = net.layer_gradients(X, y)
+        >>> [k for k, g_k in lg]
+        [1, 0]
+        >>> bool((lg.gradient == net.flat_gradient(X, y)[1]).all())
+        True
+        """
+        g, Xc, Yc = self._gradient_args(X, Y, out)
+        return LayerGradients(self, Xc, Yc, g)
+
+    def _gradient_args(self, X: Any, Y: Any, out: Optional[np.ndarray]
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The gradient's array (``out`` checked, or a new one) and the checked batch."""
         if out is None:
             g = np.empty_like(self._theta)
         else:
@@ -335,13 +464,7 @@ class MLP:
             Xc = Xc.copy()
         if np.may_share_memory(Yc, g):
             Yc = Yc.copy()
-        with self._lock:
-            loss = float(self._net.gradients(self._theta, Xc, Yc, g, get_num_threads()))
-        if reduction == "sum":
-            m = Xc.shape[0]
-            g *= self.dtype.type(m)
-            loss *= m
-        return loss, g
+        return g, Xc, Yc
 
     def unflatten(self, flat: np.ndarray) -> List[Tuple[np.ndarray, Optional[np.ndarray]]]:
         """Per-layer views ``[(W_0, b_0), ...]`` of a vector laid out as :attr:`flat_parameters`.
@@ -460,12 +583,48 @@ class MLP:
         Returns
         -------
         ndarray of shape (n_samples, n_out)
-            The outputs after the output activation (probabilities for softmax).
+            The outputs after the output activation (probabilities for
+            softmax, the predicted means e^z for the exp output).
+
+        Notes
+        -----
+        A C-contiguous float32 or float64 ``numpy.ndarray`` takes a compiled
+        fast path (the same checks, in compiled code; a one-row call costs a
+        few microseconds); anything else goes through the general checks
+        (:func:`fastbp._common.check_X`).  Both give the same bits and the
+        same errors.
         """
-        Xc = self._X(X)
+        names = self._feature_names
+        if names is not None:
+            C.check_feature_names(names, X, type(self).__name__)
+        with self._lock:
+            out = self._net.predict_fast(self._theta, X, self._predict_chunk)
+        if out is None:
+            out = self._predict_general(X, names_checked=True)
+        return out
+
+    def _predict_fast(self, X: Any, max_threads: Optional[int] = None) -> Optional[np.ndarray]:
+        """predict's compiled fast path, or None when ``X`` is not a case it takes.
+
+        Taken: an exact ``numpy.ndarray`` of shape (n_samples >= 1, n_in),
+        C-contiguous, aligned, native byte order, float32 or float64, all
+        finite in the model's dtype (see ``Network.predict_fast``).  The
+        model's feature names are not checked here (the caller does).
+        ``max_threads``: at most that many threads (a valid count, as
+        ``fastbp.threads(max_threads)`` caps), or None.
+        """
+        with self._lock:
+            return self._net.predict_fast(self._theta, X, self._predict_chunk, max_threads)
+
+    def _predict_general(self, X: Any, *, names_checked: bool = False) -> np.ndarray:
+        """predict through the general checks (``check_X``) and ``Network.predict``:
+        every input predict accepts, and every error it raises."""
+        if not names_checked:
+            C.check_feature_names(self._feature_names, X, type(self).__name__)
+        Xc = C.check_X(X, self.layer_sizes[0], self.dtype.type)
         out = np.empty((Xc.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         with self._lock:
-            self._net.predict(self._theta, Xc, out, self._chunk_rows(), get_num_threads())
+            self._net.predict(self._theta, Xc, out, self._predict_chunk, get_num_threads())
         return out
 
     def _weights_of(self, sample_weight: Any, n: int) -> Optional[np.ndarray]:
@@ -839,7 +998,7 @@ class MLP:
         if sw is not None:
             X_conv += _allocated(sw, sample_weight)
         n_all = Xc.shape[0]
-        Xc, Yc, val = self._validation(Xc, Yc, validation_data, validation_split)
+        Xc, Yc, val = C.check_validation(Xc, Yc, validation_data, validation_split, self._XY)
         if sw is not None and Xc.shape[0] < n_all:
             sw = sw[: Xc.shape[0]]
             if not sw.any():
@@ -870,7 +1029,7 @@ class MLP:
         n = Xc.shape[0]
         n_batches = -(-n // batch_size)
         total = float(n) if sw is None else float(sw.sum(dtype=np.float64))
-        classify = self.loss_name != "squared_error"
+        classify = self.loss_name in C.CLASSIFICATION_LOSSES
 
         hist = History()
         progress = Progress(verbose, epochs, n_batches, n)
@@ -973,7 +1132,7 @@ class MLP:
         optim._import_scipy_optimize()  # a clear ImportError before anything changes
         n_threads = get_num_threads()
         kw = {} if sw is None else {"sample_weight": sw}
-        classify = self.loss_name != "squared_error"
+        classify = self.loss_name in C.CLASSIFICATION_LOSSES
         grad = np.empty_like(self._theta)
         hist = History()
         item = self.dtype.itemsize
@@ -1080,37 +1239,6 @@ class MLP:
             rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
             total += int(self._net.workspace_size(rows, "loss")) * item
         return int(total)
-
-    def _validation(
-        self, X: np.ndarray, Y: np.ndarray, data: Optional[Tuple[Any, Any]], split: float
-    ) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
-        """Training arrays and the checked validation pair (or None)."""
-        if data is not None:
-            if split:
-                raise ValueError("give validation_data or validation_split, not both")
-            try:
-                Xv, Yv = data
-            except (TypeError, ValueError):
-                raise ValueError("validation_data must be a pair (X_val, Y_val)") from None
-            return X, Y, self._XY(Xv, Yv)
-        if isinstance(split, (str, bytes, bool, np.bool_)):
-            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}")
-        try:
-            split = float(split)
-        except (TypeError, ValueError):
-            raise ValueError(f"validation_split must be a number in [0, 1), got {split!r}") from None
-        if not 0.0 <= split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
-        if split == 0.0:
-            return X, Y, None
-        n_val = int(round(X.shape[0] * split))
-        if n_val < 1 or n_val >= X.shape[0]:
-            raise ValueError(
-                f"validation_split={split} of {X.shape[0]} samples leaves an empty training "
-                "or validation set"
-            )
-        cut = X.shape[0] - n_val
-        return X[:cut], Y[:cut], (X[cut:], Y[cut:])
 
     # -- files and other frameworks -----------------------------------------
 
@@ -1335,6 +1463,10 @@ class Epochs:
         clip_grad_norm_).
     seed : int
         Key of the dropout masks (the model's ``dropout``).
+    sklearn_weights : bool
+        With ``sample_weight``, scikit-learn 1.9's scaling of a weighted
+        batch (its l2 term over the batch's weight sum; the loss sums as
+        scikit-learn accumulates them): ``Network.fit_epoch``'s keyword.
 
     Raises
     ------
@@ -1347,6 +1479,7 @@ class Epochs:
         momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
         l2: float = 0.0, flush_denormals: bool = True, optimizer: Optional[optim.Optimizer] = None,
         sample_weight: Optional[np.ndarray] = None, clip_norm: float = 0.0, seed: int = 0,
+        sklearn_weights: bool = False,
     ) -> None:
         nesterov = C.check_bool("nesterov", nesterov)
         flush_denormals = C.check_bool("flush_denormals", flush_denormals)
@@ -1389,6 +1522,8 @@ class Epochs:
         # The new keywords go to the kernel only when used.
         if sample_weight is not None:
             self.settings["sample_weight"] = sample_weight
+            if sklearn_weights:
+                self.settings["sklearn_weights"] = True
         if clip_norm:
             self.settings["clip_norm"] = float(clip_norm)
         if model._dropout is not None:

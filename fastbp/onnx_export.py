@@ -12,7 +12,8 @@ shape ``(N, n_in)``, ``N`` a dynamic batch dimension; for each layer k a
 (n_out, n_in), and no third input without bias; then the layer's activation:
 ``Relu``, ``Tanh``, nothing for identity, ``1 / (1 + Exp(-z))`` for sigmoid,
 and after the last layer for softmax ``Exp(z - max z) / ReduceSum`` with the
-subtraction's rounding error compensated (:func:`_output_softmax`).  Both
+subtraction's rounding error compensated (:func:`_output_softmax`), for the
+exp output (``loss="poisson"``) ``Exp(z)``.  Both
 keep small values' relative accuracy, which onnxruntime's own ``Sigmoid``
 and ``Softmax`` kernels lose.  The one output ``Y``, ``(N, n_out)``, is what
 ``net.predict`` returns.  Everything computes in the model's dtype, float32
@@ -52,7 +53,7 @@ DEFAULT_OPSET = 13
 MIN_OPSET = 13
 
 _HIDDEN_OPS = {"relu": "Relu", "sigmoid": "sigmoid", "tanh": "Tanh", "identity": None}
-_OUTPUT_OPS = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": None}
+_OUTPUT_OPS = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": None, "exp": "Exp"}
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -187,8 +188,8 @@ def _network(g: _Graph, net: "MLP", x: str, output: Optional[str]) -> str:
             h = _output_softmax(g, z, final)
         elif op == "sigmoid":
             h = _sigmoid(g, net, z, final if last else g.name(f"h{k + 1}"))
-        else:
-            h = g.node(op, [z], g.name(f"h{k + 1}"))
+        else:  # Relu, Tanh; Exp (the exp output, the log link of the Poisson loss)
+            h = g.node(op, [z], final if last else g.name(f"h{k + 1}"))
     return h
 
 

@@ -542,6 +542,58 @@ class Adam(Optimizer):
         theta += (T(-step_size) * exp_avg) / denom         # param.addcdiv_(m, denom, -step_size)
 
 
+class _SklearnAdam(Optimizer):
+    """scikit-learn's ``AdamOptimizer`` (private: :mod:`fastbp.sklearn`'s adam).
+
+    Not torch's Adam: at step t, with the gradient g (scikit-learn's, with
+    its l2 term already in it; intercepts get none),
+    ``m = beta1 m + (1 - beta1) g``, ``v = beta2 v + (1 - beta2) g**2``,
+    ``rate = lr sqrt(1 - beta2**t) / (1 - beta1**t)`` and ``theta += -rate m
+    / (sqrt(v) + eps)``, with numpy's roundings of
+    ``sklearn/neural_network/_stochastic_optimizers.py`` (1.9): the moments
+    and ``sqrt(v) + eps`` in theta's dtype (Python floats are weak scalars),
+    the rate a float64 scalar, so the update is float64 and is rounded once
+    to theta's dtype by the in-place add.  The compiled epoch runs it as the
+    ``sklearn`` variant of ``fbp_adam_range`` (``optimizer=`` of
+    ``Network.fit_epoch``), bitwise equal to this.  State as Adam's:
+    ``exp_avg`` (scikit-learn's ``ms``), ``exp_avg_sq`` (``vs``), ``step``
+    (``t``).  Not in :data:`OPTIMIZERS`; torch's classes are unchanged.
+    """
+
+    name = "sklearn_adam"
+    _defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+    lr: float
+    betas: Tuple[float, float]
+    eps: float
+    weight_decay = 0.0  # read by the kernels' setup: scikit-learn's Adam has none
+
+    def __init__(self, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(lr=lr, betas=betas, eps=eps)
+
+    @classmethod
+    def _check(cls, p: Dict[str, Any]) -> Dict[str, Any]:
+        return {"lr": _nonneg("lr", p["lr"]), "betas": _betas(p["betas"]),
+                "eps": _positive("eps", p["eps"])}
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        return (type(self), (self.lr, self.betas, self.eps))
+
+    def state_names(self) -> Tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _step(self, theta: np.ndarray, grad: np.ndarray, state: State, lr: float) -> None:
+        beta_1, beta_2 = self.betas
+        t = int(state["step"]) + 1
+        ms, vs = state["exp_avg"], state["exp_avg_sq"]
+        ms *= beta_1                                       # beta_1 * m + (1 - beta_1) * grad
+        ms += (1 - beta_1) * grad
+        vs *= beta_2                                       # beta_2 * v + (1 - beta_2) * grad**2
+        vs += (1 - beta_2) * (grad**2)
+        rate = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)   # np.float64
+        np.add(theta, -rate * ms / (np.sqrt(vs) + self.eps), out=theta)
+
+
 class AdamW(Adam):
     r"""AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay.
 

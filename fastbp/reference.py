@@ -68,13 +68,24 @@ def activate(name: str, z: float) -> float:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def exp_or_inf(z: float) -> float:
+    """e^z, or +inf where it overflows a double (as C's exp), not OverflowError."""
+    try:
+        return math.exp(z)
+    except OverflowError:
+        return math.inf
+
+
 def derivative_from_output(name: str, a: float) -> float:
     """da/dz of the activation ``name``, expressed through its output a.
 
-    sigmoid' = a (1 - a), relu' = [a > 0], tanh' = 1 - a^2, identity' = 1.
+    sigmoid' = a (1 - a), relu' = [a > 0], tanh' = 1 - a^2, identity' = 1,
+    and for the exp output exp' = a.
     """
     if name == "identity":
         return 1.0
+    if name == "exp":
+        return a
     if name == "sigmoid":
         return a * (1.0 - a)
     if name == "relu":
@@ -102,6 +113,8 @@ def output_activation(name: str, z: Vector) -> Vector:
     """The output layer's activation, applied to the whole logit vector."""
     if name == "softmax":
         return softmax(z)
+    if name == "exp":
+        return [exp_or_inf(zj) for zj in z]
     return [activate(name, zj) for zj in z]
 
 
@@ -120,6 +133,11 @@ def sample_loss(loss: str, z: Vector, yhat: Vector, y: Vector) -> float:
         # -sum_j y_j log softmax(z)_j = sum_j y_j (logsumexp(z) - z_j)
         lse = logsumexp(z)
         return sum(t * (lse - zj) for zj, t in zip(z, y))
+    if loss == "poisson":
+        # half Poisson deviance y log(y / yhat) - y + yhat with yhat = e^z, in z:
+        # (e^z - y) + y (log y - z), 0 log 0 = 0 (the targets are >= 0)
+        return sum((exp_or_inf(zj) - t) + (t * (math.log(t) - zj) if t > 0.0 else 0.0)
+                   for zj, t in zip(z, y))
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -127,6 +145,10 @@ def output_delta(loss: str, output: str, z: Vector, yhat: Vector, y: Vector) -> 
     """dl/dz_j for every output logit z_j of one sample (the start of backprop)."""
     if loss == "binary_cross_entropy":
         # sigmoid output and BCE together: the 1/(a(1-a)) and a(1-a) cancel
+        return [yh - t for yh, t in zip(yhat, y)]
+    if loss == "poisson":
+        # exp output (the log link) and Poisson together: dl/dyhat = 1 - y/yhat
+        # times dyhat/dz = yhat gives yhat - y
         return [yh - t for yh, t in zip(yhat, y)]
     if loss == "cross_entropy":
         # softmax output and CE together: dl/dz_j = (sum_k y_k) softmax_j - y_j
@@ -307,11 +329,12 @@ class MLP:
         Units per layer, input size first, output size last (at least two).
     activation : {"relu", "sigmoid", "tanh", "identity"}
         Activation of every hidden layer.
-    output : {"softmax", "sigmoid", "identity"}
+    output : {"softmax", "sigmoid", "identity", "exp"}
         Activation applied after the last layer.
-    loss : {"cross_entropy", "binary_cross_entropy", "squared_error"}
-        Per-sample loss; ``cross_entropy`` needs ``output="softmax"`` and
-        ``binary_cross_entropy`` needs ``output="sigmoid"``.
+    loss : {"cross_entropy", "binary_cross_entropy", "squared_error", "poisson"}
+        Per-sample loss; ``cross_entropy`` needs ``output="softmax"``,
+        ``binary_cross_entropy`` needs ``output="sigmoid"`` and ``poisson``
+        (the half Poisson deviance, targets >= 0) needs ``output="exp"``.
     bias : bool
         Whether the layers have biases.
     dtype : {"float32", "float64"}

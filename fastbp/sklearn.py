@@ -9,15 +9,16 @@ they draw the same initial weights and visit the samples in the same order
 as scikit-learn, so the two follow the same trajectory up to floating-point
 rounding.
 
-- ``solver="sgd"``: each epoch runs as one call into fastbp's compiled
-  kernels (forward, backward, penalty and momentum update of every batch).
+- ``solver="sgd"`` and ``solver="adam"``: each epoch (or ``partial_fit``)
+  runs as one call into fastbp's compiled kernels: forward, backward, L2
+  term and update of every batch, with or without sample weights.  adam is
+  scikit-learn's Adam (which differs from ``torch.optim.Adam`` in where
+  ``epsilon`` enters), the private ``fastbp.optim._SklearnAdam``, with
+  numpy's roundings of scikit-learn's update.
 - ``solver="lbfgs"``: scikit-learn's call of :func:`scipy.optimize.minimize`
   (same objective, same packing of the parameters, same options); each
   evaluation of the loss and gradient of the whole data set is one GIL-free
   kernel call.
-- ``solver="adam"``: scikit-learn's Adam update (which differs from
-  ``torch.optim.Adam`` in where ``epsilon`` enters), applied in numpy after
-  each batch's gradient, which one kernel call computes.
 
 scikit-learn is an optional dependency (``pip install fastbp[sklearn]``):
 ``import fastbp`` never imports it, this module does.
@@ -41,7 +42,7 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils import Tags, check_random_state, column_or_1d, gen_batches, shuffle
+    from sklearn.utils import Tags, check_random_state, column_or_1d, gen_batches
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import type_of_target, unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -53,8 +54,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without sklearn
     ) from exc
 
 from . import _common as C
-from ._threads import get_num_threads, threads
+from ._threads import MAX_THREADS, get_num_threads, threads
 from .model import MLP, Epochs, ParamList
+from .optim import _SklearnAdam
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -65,7 +67,13 @@ _OUTPUTS = {
     "identity": ("identity", "squared_error"),
     "logistic": ("sigmoid", "binary_cross_entropy"),
     "softmax": ("softmax", "cross_entropy"),
+    "exp": ("exp", "poisson"),
 }
+# MLPRegressor's loss -> its out_activation_, as scikit-learn's _initialize sets it.
+_REGRESSION_OUTPUTS = {"squared_error": "identity", "poisson": "exp"}
+# scikit-learn's message for negative targets of a Poisson loss (its trees' and
+# forests' criterion="poisson"; its MLPRegressor documents y >= 0).
+_NEGATIVE_Y = "Some value(s) of y are negative which is not allowed for Poisson regression."
 _SOLVERS = ("lbfgs", "sgd", "adam")
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
@@ -133,6 +141,50 @@ def _thread_capped(method: Any) -> Any:
     return capped
 
 
+_BLAS_CONTROLLER: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context limiting numpy's and scipy's BLAS to one thread (threadpoolctl,
+    a scikit-learn dependency).  The controller (a scan of the loaded
+    libraries, ~10 ms) is made once, after scipy.optimize is imported."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+# Rows per kernel call of the L-BFGS objective: pieces whose activations and
+# deltas (2 * sum of the layer widths per row) fill about this many bytes.
+# Not a function of the thread count, so neither is the result.  (50,000 x 20
+# rows, hidden 100, float64, CPU ms per evaluation on a busy machine: one
+# call 89; pieces of 512 rows 54, of 2,048 rows 59; on 2 threads, whose
+# parallel regions cost more per call, 512 rows 128, 2,048 rows 88, one
+# call 101.)
+_LBFGS_PIECE_BYTES = 2 << 20
+
+
+def _lbfgs_pieces(
+    n_rows: int, layer_sizes: Sequence[int], itemsize: int, sw: Optional[np.ndarray],
+) -> List[Tuple[int, int, float]]:
+    """The L-BFGS objective's row pieces: (start, stop, share) with share the
+    piece's rows (or weight sum, in double in row order, as the kernels take
+    it) over the whole set's; a piece of weight 0 is left out.  One piece
+    (the whole set, share 1) when it is small."""
+    rows = max(256, _LBFGS_PIECE_BYTES // (2 * itemsize * int(sum(layer_sizes))))
+    if n_rows <= 2 * rows:
+        return [(0, n_rows, 1.0)]
+    bounds = [(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+    if sw is None:
+        sizes = [float(b - a) for a, b in bounds]
+    else:
+        sizes = [float(np.cumsum(sw[a:b], dtype=np.float64)[-1]) for a, b in bounds]
+    total = float(np.sum(sizes))
+    return [(a, b, w / total) for (a, b), w in zip(bounds, sizes) if w > 0]
+
+
 class _BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`.
 
@@ -140,6 +192,11 @@ class _BaseMLP(BaseEstimator):
     """
 
     _classifier: bool = False
+    # True: sgd and adam run per batch (one kernel call for each batch's
+    # gradient, the update in numpy), the reference the compiled epoch is
+    # tested against (tests/test_sklearn_solvers.py); False: one compiled
+    # call per epoch.
+    _per_batch: bool = False
 
     def __init__(
         self,
@@ -448,6 +505,40 @@ class _BaseMLP(BaseEstimator):
         out = self._net.predict(X)
         return out.astype(np.result_type(X.dtype, self._net.dtype), copy=False)
 
+    # -- prediction's fast path ------------------------------------------------
+    # (predict-side only: the general path above stays scikit-learn's own
+    # check_is_fitted and validate_data.)
+
+    def _forward_fast(self, X: Any) -> Optional[np.ndarray]:
+        """:meth:`_forward` for the common case, without scikit-learn's checking
+        machinery; None when the case is not one it takes (the caller then
+        calls :meth:`_forward`, whose checks raise and warn).
+
+        Taken: a fitted estimator (scikit-learn's ``check_is_fitted``: ``_net``
+        is set), fitted without feature names (so ``validate_data`` would
+        neither warn nor compare names), ``n_threads`` None or a valid ``int``,
+        and ``X`` an exact ``numpy.ndarray`` of shape (n_samples >= 1,
+        ``n_features_in_``), C-contiguous, float32 or float64 (which
+        ``validate_data(dtype=(np.float64, np.float32))`` passes through
+        unchanged), all finite (its ``ensure_all_finite``) -- the model's
+        compiled fast path makes the array checks.  The output dtype is
+        :meth:`_forward`'s.
+        """
+        net = self.__dict__.get("_net")
+        if net is None or type(X) is not np.ndarray:
+            return None
+        if getattr(self, "feature_names_in_", None) is not None:
+            return None
+        cap = self.n_threads
+        if cap is not None and (type(cap) is not int or not 1 <= cap <= MAX_THREADS):
+            return None
+        if getattr(self, "n_features_in_", None) != net.layer_sizes[0] or net._feature_names is not None:
+            return None
+        out = net._predict_fast(X, cap)
+        if out is not None and out.dtype != X.dtype:
+            out = out.astype(np.result_type(X.dtype, out.dtype), copy=False)
+        return out
+
     @_thread_capped
     def _fit(
         self, X: ArrayLike, y: ArrayLike, incremental: bool, sample_weight: Any = None,
@@ -586,8 +677,9 @@ class _BaseMLP(BaseEstimator):
         The objective is the mean loss plus ``alpha / (2 n) sum ||W||^2``
         (scikit-learn's), its gradient the mean loss's plus ``(alpha / n)
         W``; with sample weights s, the weighted mean ``sum s_i l_i / sum s``
-        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute the loss and gradient of the whole data set
-        in one GIL-free call per evaluation.  scipy sees the parameters
+        and ``alpha / (2 sum s)``, as scikit-learn's.  The kernels compute
+        the loss and gradient of the whole data set in GIL-free calls (see
+        below).  scipy sees the parameters
         packed as scikit-learn packs them (all ``coefs_``, then all
         ``intercepts_``), so it takes the same iterates.
 
@@ -596,11 +688,22 @@ class _BaseMLP(BaseEstimator):
         float32 network evaluates in float32; scikit-learn's parameters then
         end as scipy's float64 solution, and so do these (the network is
         rebuilt in float64) unless the estimator's ``dtype`` says float32.
+
+        The loss and gradient of a large data set are taken in pieces of
+        rows whose activations stay in cache (``_lbfgs_pieces``; 1.5x faster
+        than one call on 50,000 x 20 rows), each one kernel call, and
+        combined in a fixed order: the result does not depend on the thread
+        count.  scipy's own vector work (``setulb``'s BLAS calls on vectors
+        of n_params) runs with one BLAS thread (threadpoolctl, as
+        scikit-learn's KMeans limits BLAS): more threads only add
+        synchronisation at these sizes (0.4 ms a call on one thread, 14 ms
+        on two busy cores); the objective's kernels use ``n_threads``.
         """
         import scipy.optimize
 
         net = self._net
         n = X.shape[0] if sw is None else sw.sum()
+        pieces = _lbfgs_pieces(X.shape[0], net.layer_sizes, net.dtype.itemsize, sw)
         perm, coef_slices = self._sklearn_layout()
         w_slices = [(net._net.w_off[k], net._net.w_off[k] + W.size)
                     for k, W in enumerate(net.weights)]
@@ -612,11 +715,26 @@ class _BaseMLP(BaseEstimator):
         scale = self._loss_scale()
         n_threads = get_num_threads()
 
+        part = np.empty_like(theta) if len(pieces) > 1 else grad
+
+        def mean_loss_grad() -> float:
+            """The (weighted) mean loss over the data set; its gradient into grad."""
+            if len(pieces) == 1:
+                return net._net.gradients(theta, X, Y, grad, n_threads, sample_weight=sw)
+            total = 0.0
+            grad[...] = 0
+            for a, b, share in pieces:   # share: the piece's rows (weight) / the total
+                lp = net._net.gradients(theta, X[a:b], Y[a:b], part, n_threads,
+                                        sample_weight=None if sw is None else sw[a:b])
+                total += share * lp
+                np.multiply(part, share, out=part)
+                np.add(grad, part, out=grad)
+            return total
+
         def loss_grad(x: np.ndarray) -> Tuple[float, np.ndarray]:
             with np.errstate(over="ignore", invalid="ignore"):
                 theta[...] = x[perm]
-            loss = T(net._net.gradients(theta, X, Y, grad, n_threads, sample_weight=sw)
-                     * scale)
+            loss = T(mean_loss_grad() * scale)
             values = T(0)
             for a, b in coef_slices:
                 s = x[a:b]
@@ -630,7 +748,7 @@ class _BaseMLP(BaseEstimator):
 
         x0 = np.empty_like(theta)
         x0[perm] = theta
-        with net._lock:
+        with net._lock, _one_blas_thread():
             result = scipy.optimize.minimize(
                 loss_grad, x0, method="L-BFGS-B", jac=True,
                 options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
@@ -670,12 +788,10 @@ class _BaseMLP(BaseEstimator):
 
         Everything random is drawn here exactly as scikit-learn draws it (the
         validation split, then one shuffle of ``sample_idx`` per epoch).
-        With ``solver="sgd"`` each epoch is one call into the compiled loop,
-        which visits the rows in that order in consecutive batches and
-        applies the penalty and the momentum update after each one; with
-        ``solver="adam"`` (and sgd with sample weights) each batch's loss and
-        gradient are one kernel call and scikit-learn's update follows in
-        numpy.
+        Each epoch is one call into the compiled loop, which visits the rows
+        in that order in consecutive batches and applies the penalty and the
+        update (sgd's momentum, or scikit-learn's Adam) after each one, with
+        sample weights scaled as scikit-learn 1.9 scales them.
         """
         net = self._net
         if not incremental or not hasattr(self, "_optimizer"):
@@ -719,16 +835,20 @@ class _BaseMLP(BaseEstimator):
 
         sample_idx = np.arange(n_samples)
         self.n_iter_ = 0
+        runner = None
         with net._lock:
-            if self._optimizer["solver"] == "sgd" and sw is None:
+            if self._per_batch:
+                epoch = self._batch_epoch(X, Y, sw, batch_size)
+            elif self._optimizer["solver"] == "sgd":
                 runner = Epochs(
                     net, X, Y, batch_size, momentum=float(self.momentum),
                     nesterov=bool(self.nesterovs_momentum), weight_decay=0.0,
-                    l2=float(self.alpha), flush_denormals=True,
+                    l2=float(self.alpha), flush_denormals=True, sample_weight=sw,
+                    sklearn_weights=True,
                 )
                 epoch = self._sgd_epoch(runner)
             else:
-                epoch = self._batch_epoch(X, Y, sw, batch_size)
+                epoch = self._adam_epoch(X, Y, sw, batch_size)
             try:
                 self._run_epochs(epoch, sample_idx, incremental, X_val, y_val, sw_val)
             except KeyboardInterrupt:
@@ -760,19 +880,60 @@ class _BaseMLP(BaseEstimator):
 
         return epoch
 
+    def _adam_epoch(
+        self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
+    ) -> Any:
+        """One adam epoch in the compiled loop: scikit-learn's Adam
+        (``_SklearnAdam``) on the estimator's moments, after each batch's
+        gradient and L2 term (weighted: scikit-learn 1.9's scaling).  Returns
+        the sum of the batch losses, each weighted by its row count, with the
+        L2 term, or None when a batch's loss was not finite (the kernel then
+        stops before that batch's update)."""
+        net = self._net
+        opt = self._optimizer
+        adam = _SklearnAdam(lr=float(self.learning_rate_init),
+                            betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
+        kernels, theta = net._net, net.flat_parameters
+        dtype = theta.dtype
+        ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0])), dtype=dtype)
+        grad, empty = np.empty_like(theta), np.empty(0, dtype=dtype)
+        kw: Dict[str, Any] = dict(l2=float(self.alpha), optimizer=adam)
+        if sw is not None:
+            kw.update(sample_weight=sw, sklearn_weights=True)
+        scale = self._loss_scale()
+        n_threads = get_num_threads()
+        lr = adam.lr
+
+        def epoch(order: Optional[np.ndarray]) -> Optional[float]:
+            state = {"step": opt["t"], "exp_avg": opt["ms"], "exp_avg_sq": opt["vs"]}
+            try:
+                loss_sum, _, penalty_sum, _, status = kernels.fit_epoch(
+                    theta, X, Y, order, batch_size, ws, grad, empty, n_threads, lr,
+                    state=state, **kw)
+            finally:
+                opt["t"] = int(state["step"])  # also after Ctrl-C
+            return None if status else scale * loss_sum + penalty_sum
+
+        return epoch
+
     def _batch_epoch(
         self, X: np.ndarray, Y: np.ndarray, sw: Optional[np.ndarray], batch_size: int,
     ) -> Any:
-        """One adam (or weighted sgd) epoch: per batch, the loss and gradient
-        in one kernel call, then scikit-learn's update in numpy.
+        """One sgd or adam epoch per batch (``_per_batch``, the compiled
+        epoch's reference): the loss and gradient of each batch in one kernel
+        call, then the L2 term and the update in numpy.
 
         Adam: scikit-learn's ``AdamOptimizer`` with the same numpy operations
-        (so the same roundings) on the flat parameter vector.  sgd: the
+        (``_SklearnAdam.update``) on the flat parameter vector.  sgd: the
         momentum update in the kernel's form (the model's velocity ``u``,
         scikit-learn's ``v = -lr u``), so that weighted and unweighted calls
         can follow each other.  With sample weights s, a batch minimises
         ``sum s_i l_i / sum s + alpha / (2 sum s) ||W||^2`` and its loss
-        counts with the batch's row count in ``loss_``, as in scikit-learn.
+        counts with the batch's row count in ``loss_``, as in scikit-learn
+        (``sum s`` in double in row order, as the kernels take it; a batch
+        whose weights sum to 0 is skipped, as the kernels skip it, where
+        scikit-learn would divide by 0).
         """
         net = self._net
         solver = self._optimizer["solver"]
@@ -789,8 +950,9 @@ class _BaseMLP(BaseEstimator):
                     for k, W in enumerate(net.weights)]
         alpha = float(self.alpha)
         scale = self._loss_scale()
-        beta_1, beta_2, epsilon = self.beta_1, self.beta_2, self.epsilon
-        lr_init = self.learning_rate_init
+        lr_init = float(self.learning_rate_init)
+        adam = _SklearnAdam(lr=lr_init, betas=(float(self.beta_1), float(self.beta_2)),
+                            eps=float(self.epsilon))
         n_samples = X.shape[0]
         n_threads = get_num_threads()
 
@@ -808,7 +970,9 @@ class _BaseMLP(BaseEstimator):
                     if sw is not None:
                         swb = sw.take(idx)
                 m = Xb.shape[0]
-                denom = m if swb is None else swb.sum()
+                denom = m if swb is None else float(np.cumsum(swb, dtype=np.float64)[-1])
+                if not denom > 0:
+                    continue
                 loss = net._net.gradients(theta, Xb, Yb, grad, n_threads,
                                           sample_weight=swb) * scale
                 values = 0.0
@@ -831,15 +995,9 @@ class _BaseMLP(BaseEstimator):
                     np.subtract(theta, net.dtype.type(lr) * step, out=theta)
                     continue
                 # scikit-learn's AdamOptimizer._get_updates, on flat vectors
-                opt["t"] += 1
-                t = opt["t"]
-                ms, vs = opt["ms"], opt["vs"]
-                ms *= beta_1
-                ms += (1 - beta_1) * grad
-                vs *= beta_2
-                vs += (1 - beta_2) * (grad**2)
-                lr = lr_init * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
-                np.add(theta, -lr * ms / (np.sqrt(vs) + epsilon), out=theta)
+                state = {"step": opt["t"], "exp_avg": opt["ms"], "exp_avg_sq": opt["vs"]}
+                adam.update(theta, grad, state, lr_init)
+                opt["t"] = state["step"]
             return accumulated
 
         return epoch
@@ -854,7 +1012,12 @@ class _BaseMLP(BaseEstimator):
         for _ in range(self.max_iter):
             order = None
             if self.shuffle:
-                sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                # sklearn.utils.shuffle(sample_idx, random_state=...) as it runs
+                # (resample: arange, RandomState.shuffle, indexing), without its
+                # parameter validation (0.1 ms a call: a few % of a digits epoch)
+                perm = np.arange(n_samples)
+                self._random_state.shuffle(perm)
+                sample_idx = sample_idx[perm]
                 order = sample_idx.astype(np.int64, copy=False)
             if diverged:
                 loss_sum: Optional[float] = np.nan
@@ -969,8 +1132,8 @@ _PARAMS_DOC = """
         fastbp's ``"sigmoid"``).
     solver : {"adam", "sgd", "lbfgs"}, default="adam"
         scikit-learn's solvers: ``"adam"`` (scikit-learn's Adam, see
-        ``beta_1``), ``"sgd"`` (mini-batch SGD with momentum, each epoch one
-        compiled call) and ``"lbfgs"`` (full-batch L-BFGS-B through
+        ``beta_1``) and ``"sgd"`` (mini-batch SGD with momentum), each epoch
+        one compiled call, and ``"lbfgs"`` (full-batch L-BFGS-B through
         ``scipy.optimize.minimize``, as scikit-learn calls it; needs scipy).
     alpha : float, default=0.0001
         Strength of the L2 penalty, exactly as in scikit-learn: each
@@ -1257,10 +1420,32 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : ndarray of shape (n_samples,) or (n_samples, n_labels)
             Predicted labels (an indicator matrix for multilabel targets).
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         if self.n_outputs_ == 1:
             out = out.ravel()
-        return self._label_binarizer.inverse_transform(out)
+        return self._labels_of(out)
+
+    def _labels_of(self, out: np.ndarray) -> np.ndarray:
+        """``self._label_binarizer.inverse_transform(out)``.
+
+        For binary and multiclass targets computed here by LabelBinarizer's
+        own steps (the class of the largest output, clipped to the classes;
+        or of ``out > 0.5``, its threshold for labels 0/1), without its
+        checking overhead; multilabel targets and any other binarizer go to
+        ``inverse_transform``.
+        """
+        lb = self._label_binarizer
+        if (type(lb) is LabelBinarizer and type(out) is np.ndarray
+                and lb.neg_label == 0 and lb.pos_label == 1 and not lb.sparse_input_):
+            classes = lb.classes_
+            if type(classes) is np.ndarray and classes.ndim == 1:
+                if lb.y_type_ == "multiclass" and out.ndim == 2 and out.shape[1] == classes.shape[0]:
+                    return classes[np.clip(np.argmax(out, axis=1), 0, classes.shape[0] - 1)]
+                if lb.y_type_ == "binary" and out.ndim == 1 and classes.shape[0] == 2:
+                    return classes[(out > 0.5).astype(np.intp)]
+        return lb.inverse_transform(out)
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities.
@@ -1276,10 +1461,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Probability of each class, in the order of ``classes_`` (for
             multilabel targets, the independent probability of each label).
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         if self.n_outputs_ == 1:
+            # np.vstack([1 - p, p]).T without vstack's overhead: the same
+            # values, dtype and (Fortran-ordered) layout.
             p = out.ravel()
-            return np.vstack([1 - p, p]).T
+            both = np.empty((2, p.shape[0]), dtype=p.dtype)
+            np.subtract(1, p, out=both[0])
+            both[1] = p
+            return both.T
         return out
 
     def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
@@ -1309,17 +1501,27 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = (
         """Multi-layer perceptron regressor trained in fastbp's kernels.
 
-    A drop-in for ``sklearn.neural_network.MLPRegressor``: identity output, squared error, one or
-    several outputs.  The loss reported in ``loss_curve_`` is scikit-learn's,
-    half the mean over samples and outputs of the squared error (plus the L2
-    term); the gradient is that of half the sum over outputs, as in
-    scikit-learn.
+    A drop-in for ``sklearn.neural_network.MLPRegressor``, one or several outputs:
+    identity output and squared error, or (``loss="poisson"``) the exp output
+    and the half Poisson deviance.  The loss reported in ``loss_curve_`` is
+    scikit-learn's: for squared error half the mean over samples and outputs
+    of the squared error (plus the L2 term), whose gradient is taken, as in
+    scikit-learn, of half the sum over outputs; for Poisson the mean over
+    samples of the deviance summed over outputs.
 """
         + """
     Parameters
     ----------
-    loss : {"squared_error"}, default="squared_error"
-        scikit-learn's ``"poisson"`` is not available yet (ValueError).
+    loss : {"squared_error", "poisson"}, default="squared_error"
+        As in scikit-learn: ``"squared_error"`` is half the squared error
+        with an identity output; ``"poisson"`` is the half Poisson deviance
+        ``y log(y / mu) - y + mu`` with the log link, the output ``mu =
+        exp(z)`` (``out_activation_ == "exp"``; ``predict`` returns ``mu``),
+        its gradient ``mu - y`` with respect to z.  It needs ``y >= 0``:
+        negative targets raise ValueError (scikit-learn 1.9 documents the
+        condition but does not check it, and its fit then reports NaN losses).
+        With ``warm_start`` or ``partial_fit`` the loss cannot change between
+        fits (ValueError).
 """
         + _PARAMS_DOC.replace("    Parameters\n    ----------\n", "")
         + """
@@ -1354,6 +1556,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError(_NEGATIVE_Y)
+        if not reset and hasattr(self, "_net") and self.out_activation_ != self._out_activation():
+            raise ValueError(
+                f"cannot continue training a network fitted with loss="
+                f"{'poisson' if self.out_activation_ == 'exp' else 'squared_error'!r} "
+                f"with loss={self.loss!r}; set warm_start=False to start afresh"
+            )
         return X, y
 
     def _target(self, Y: np.ndarray, dtype: type) -> np.ndarray:
@@ -1364,18 +1574,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return Y
 
     def _check_loss(self) -> None:
-        if self.loss == "poisson":
-            raise ValueError(
-                "loss='poisson' is not available yet in fastbp.sklearn.MLPRegressor "
-                "(it needs a Poisson deviance with an exp output in fastbp's kernels); "
-                "use loss='squared_error' or sklearn.neural_network.MLPRegressor"
-            )
-        if self.loss != "squared_error":
-            raise ValueError(f"loss must be 'squared_error' (or, in scikit-learn, "
-                             f"'poisson'), got {self.loss!r}")
+        if not isinstance(self.loss, str) or self.loss not in _REGRESSION_OUTPUTS:
+            raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
 
     def _out_activation(self) -> str:
-        return "identity"
+        return _REGRESSION_OUTPUTS[self.loss]
 
     def _predict_checked(self, X: np.ndarray) -> np.ndarray:
         out = self._net.predict(X)
@@ -1492,11 +1695,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         ndarray of shape (n_samples,) or (n_samples, n_outputs)
             Predictions; 1-D when the model has a single output.
         """
-        out = self._forward(X)
+        out = self._forward_fast(X)
+        if out is None:
+            out = self._forward(X)
         return out.ravel() if out.shape[1] == 1 else out
 
     def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        # the Poisson loss takes only y >= 0 (scikit-learn's checks then give y > 0)
+        tags.target_tags.positive_only = self.loss == "poisson"
         return tags

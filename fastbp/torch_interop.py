@@ -30,7 +30,32 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["to_torch", "from_torch", "torch_loss"]
 
 _DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy",
-                 "identity": "squared_error"}
+                 "identity": "squared_error", "exp": "poisson"}
+_EXP_CLASS: Any = None
+
+
+def _exp_class(torch: Any) -> Any:
+    """``fastbp.torch_interop.Exp``, the ``nn.Module`` of fastbp's exp output
+    (torch has none), made on first use so that importing this module never
+    imports torch."""
+    global _EXP_CLASS
+    if _EXP_CLASS is None:
+        class Exp(torch.nn.Module):
+            """y = exp(x) element-wise: fastbp's ``output="exp"`` (the log link)."""
+
+            def forward(self, x: Any) -> Any:
+                return torch.exp(x)
+
+        Exp.__module__, Exp.__qualname__ = __name__, "Exp"
+        _EXP_CLASS = Exp
+    return _EXP_CLASS
+
+
+def __getattr__(name: str) -> Any:
+    # ``fastbp.torch_interop.Exp`` (also for unpickling a module that holds one)
+    if name == "Exp":
+        return _exp_class(_torch())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _torch() -> Any:
@@ -107,6 +132,8 @@ def to_torch(net: "MLP") -> "nn.Sequential":
         modules.append(nn.Softmax(dim=1))
     elif net.output == "sigmoid":
         modules.append(nn.Sigmoid())
+    elif net.output == "exp":
+        modules.append(_exp_class(torch)())
     else:
         modules.append(nn.Identity())
     return nn.Sequential(*modules)
@@ -142,13 +169,16 @@ def from_torch(
         activation (``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``; none or
         ``nn.Identity`` means identity), the same activation after every hidden
         layer, and after the last Linear optionally one output activation:
-        ``nn.Softmax(dim=1)`` (or ``dim=-1``), ``nn.Sigmoid`` or ``nn.Identity``.
+        ``nn.Softmax(dim=1)`` (or ``dim=-1``), ``nn.Sigmoid``, ``nn.Identity``
+        or :class:`fastbp.torch_interop.Exp` (what :func:`to_torch` gives for
+        ``output="exp"``).
         Nested ``nn.Sequential`` containers are flattened; ``nn.Identity``
         modules anywhere are ignored.  Every Linear must have a bias, or none
         must; all must share one dtype, float32 or float64.
-    loss : {"cross_entropy", "binary_cross_entropy", "squared_error"}, optional
+    loss : {"cross_entropy", "binary_cross_entropy", "squared_error", "poisson"}, optional
         The fastbp loss.  Default: ``cross_entropy`` after a softmax,
-        ``binary_cross_entropy`` after a sigmoid, ``squared_error`` otherwise.
+        ``binary_cross_entropy`` after a sigmoid, ``poisson`` after an exp,
+        ``squared_error`` otherwise.
     dtype : {"float32", "float64"}, optional
         The model's dtype; default: the Linear layers' dtype (any other dtype,
         e.g. float16, must then be converted explicitly with this argument).
@@ -195,6 +225,8 @@ def from_torch(
                 raise ValueError(f"module {position}: nn.Softmax(dim={m.dim}) is unsupported; "
                                  "only dim=1 (or -1) over the features")
             return "softmax"
+        if isinstance(m, _exp_class(torch)):
+            return "exp"
         raise ValueError(
             f"module {position}: unsupported module {_describe(m)}; supported are nn.Linear, "
             "nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Identity, and nn.Softmax(dim=1) as output"
@@ -215,6 +247,8 @@ def from_torch(
     hidden = [a or "identity" for a in acts[:-1]]
     if "softmax" in hidden:
         raise ValueError("nn.Softmax is supported only as the output activation")
+    if "exp" in hidden:
+        raise ValueError("fastbp.torch_interop.Exp is supported only as the output activation")
     if len(set(hidden)) > 1:
         raise ValueError(
             f"fastbp uses one activation for every hidden layer, the model has {hidden}"
@@ -229,7 +263,7 @@ def from_torch(
     output = acts[-1] or "identity"
     if output in ("relu", "tanh"):
         raise ValueError(f"unsupported output activation {output!r}; fastbp's outputs are "
-                         "identity, sigmoid and softmax")
+                         "identity, sigmoid, softmax and exp")
 
     sizes = [linears[0].in_features]
     for k, lin in enumerate(linears):
@@ -288,7 +322,10 @@ def torch_loss(net: "MLP") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.
         - ``cross_entropy``: ``CrossEntropyLoss()(z, y)`` (mean; ``y`` integer
           labels or probability rows);
         - ``binary_cross_entropy``: ``BCEWithLogitsLoss(reduction="sum")(z, y) / n``
-          (summed over outputs, mean over samples).
+          (summed over outputs, mean over samples);
+        - ``poisson``: ``(PoissonNLLLoss(log_input=True, reduction="sum")(z, y)
+          + Σ (xlogy(y, y) − y)) / n``, the half Poisson deviance (torch's
+          loss leaves out the terms that do not depend on z).
 
     Examples
     --------
@@ -314,9 +351,15 @@ def torch_loss(net: "MLP") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.
 
         def f(z: Any, y: Any) -> Any:
             return bce(z, y.reshape(z.shape).to(z.dtype)) / z.shape[0]
+    elif name == "poisson":
+        nll = nn.PoissonNLLLoss(log_input=True, reduction="sum")
+
+        def f(z: Any, y: Any) -> Any:
+            y = y.reshape(z.shape).to(z.dtype)
+            return (nll(z, y) + (torch.xlogy(y, y) - y).sum()) / z.shape[0]
     else:
         out = {"softmax": lambda z: torch.softmax(z, dim=1), "sigmoid": torch.sigmoid,
-               "identity": lambda z: z}[net.output]
+               "identity": lambda z: z, "exp": torch.exp}[net.output]
         mse = nn.MSELoss(reduction="sum")
 
         def f(z: Any, y: Any) -> Any:

@@ -34,6 +34,7 @@ cdef struct Optim:
     bint nesterov
     double weight_decay      # torch's: g += weight_decay * theta, biases included
     double l2                # scikit-learn's alpha: loss += l2 / (2 m) ||W||^2, weights only
+    bint sk_weights          # with sample weights, scikit-learn 1.9's scaling (see run_epoch)
 
 
 cdef struct Totals:
@@ -46,7 +47,8 @@ cdef struct Totals:
 
 
 cdef double sgd_update(const Spec *s, floating *theta, const floating *grad,
-                       floating *velocity, const Optim *o, int64_t m) noexcept nogil:
+                       floating *velocity, const Optim *o,
+                       double m) noexcept nogil:     # IN l2's divisor: the rows (or weight sum)
     """The optimizer step on every layer; returns the l2 penalty before it."""
     cdef int k
     cdef int64_t off, n
@@ -105,7 +107,11 @@ cdef int run_epoch(const Spec *s, Extra *e,
     (e.opt, fastbp.optim): the gradient rows are formed in `grad` and the
     optimizer applied to them on the spot (opt_units), or, with clipping,
     to the whole gradient after the step.  Sample weights (e.sw): a batch
-    whose weights sum to 0 is skipped (no update, the step count stays).
+    whose weights sum to 0 is skipped (no update, the step count stays);
+    with o.sk_weights (scikit-learn 1.9) a weighted batch's l2 term is
+    l2 / (2 sum s) ||W||^2 (its gradient (l2 / sum s) W) instead of
+    l2 / (2 m), and t.loss / t.penalty add m times the batch's mean loss /
+    penalty (scikit-learn's accumulated_loss) instead of the weighted sums.
     Stops early (returning 1) before applying a step whose batch loss is not
     finite, leaving theta as it was after the last good step.  At step
     `snap_step`, once its loss is known to be finite and before its update,
@@ -115,10 +121,16 @@ cdef int run_epoch(const Spec *s, Extra *e,
     KeyboardInterrupt set (in the calling thread's state), again between steps.
     """
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
-    cdef double batch_loss
-    cdef bint snap_here, fused
+    cdef double batch_loss, den, per_row
+    cdef bint snap_here, fused, sk_rows
     cdef const int64_t *rows
     cdef OptK *ok = e.opt
+    if T == NULL and tiny_applies(s, e, w.rows):
+        # A narrow net's serial epoch: the narrow-kernel loop of _tiny.pxi
+        # (the same contract and bits).
+        return tiny_epoch(s, e, theta, grad, velocity, ws, w, X, Y, order, n_samples,
+                          batch_size, o, first_step, max_steps, snap, snap_vel, snap_step,
+                          n_params, t)
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     t.loss = t.hits = t.penalty = 0.0
@@ -141,7 +153,12 @@ cdef int run_epoch(const Spec *s, Extra *e,
                 t.snap_count = ok.step if ok != NULL else 0
         else:
             fused = grad == NULL or (ok != NULL and ok.clip == 0)
+            # scikit-learn 1.9 with sample weights: l2 / (2 sum s) per batch,
+            # and the batch's mean objective counts m times in the totals.
+            sk_rows = o.sk_weights and e.sw != NULL
+            den = e.wsum if sk_rows else <double>m
             if ok != NULL:
+                ok.l2_den = den
                 opt_prepare(ok)
             if batch_step(s, e, T, gen, job, theta, grad, <floating>o.lr,
                           snap if snap_here and fused else NULL,
@@ -152,15 +169,19 @@ cdef int run_epoch(const Spec *s, Extra *e,
                 t.snap_count = ok.step if ok != NULL else 0
                 if not fused:
                     snapshot_all(ok, snap, snap_vel, theta, velocity, n_params)
+            per_row = <double>m / den if sk_rows else 1.0
             if ok != NULL:
                 if ok.clip != 0:
                     opt_clipped_update(s, ok, theta, grad, n_params)
                 if ok.l2 != 0:
-                    t.penalty += 0.5 * ok.l2 * opt_unit_sum(ok.usq, ok.n_units)
+                    t.penalty += (0.5 * ok.l2 * opt_unit_sum(ok.usq, ok.n_units)) * per_row
                 ok.step += 1
             elif grad != NULL:
-                t.penalty += sgd_update(s, theta, grad, velocity, o, m)
-            t.loss += weighted_sum(ws + w.lossv, e, rows, start, m)
+                t.penalty += sgd_update(s, theta, grad, velocity, o, den) * per_row
+            if sk_rows:
+                t.loss += (weighted_sum(ws + w.lossv, e, rows, start, m) / den) * m
+            else:
+                t.loss += weighted_sum(ws + w.lossv, e, rows, start, m)
             if s.loss != LOSS_SQUARED:
                 t.hits += weighted_sum(ws + w.hitv, e, rows, start, m)
         t.n_done += m

@@ -56,12 +56,22 @@
 # * Everything below `def` runs without the GIL.  The `def` wrappers take
 #   arrays that fastbp/_common.py has already validated (shape, dtype,
 #   contiguity, finiteness); they only assert what they rely on.
+# * One exception, `Network.predict_fast` (MLP.predict's fast path): it does
+#   check_X's checks itself, with numpy's C API, for the common case (a
+#   C-contiguous float32/float64 ndarray), and a call too small to gain from
+#   threads or from releasing the GIL (SMALL_ROWS, SMALL_MACS) runs with the
+#   GIL held in a workspace cached in the Network (only the thread holding
+#   the GIL, and the model's lock, runs in it: one user at a time).
 from cython.parallel cimport parallel, threadid
+from cpython.mem cimport PyMem_Free, PyMem_Realloc, PyMem_Malloc
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+cimport numpy as cnp
 import numpy as np
+
+cnp.import_array()
 
 ctypedef fused floating:
     float
@@ -149,9 +159,11 @@ cdef enum:
     OUT_IDENTITY = 0
     OUT_SIGMOID = 1
     OUT_SOFTMAX = 2
+    OUT_EXP = 3
     LOSS_SQUARED = 0
     LOSS_BCE = 1
     LOSS_CE = 2
+    LOSS_POISSON = 3
 
 # Threads: a step (or a predict chunk) uses one thread per this many
 # multiply-adds of its forward pass, at most n_threads: a step too small to
@@ -311,6 +323,300 @@ cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld
 include "_rows.pxi"
 include "_steps.pxi"
 include "_epoch.pxi"
+include "_tiny.pxi"
+include "_layers.pxi"
+
+
+# ---------------------------------------------------------------------------
+# predict's fast path (Network.predict_fast): the input checks of
+# fastbp._common.check_X in compiled code, and small calls without the
+# Python-level overhead of a general call.
+
+cdef enum:
+    # A predict of at most SMALL_ROWS rows and SMALL_MACS multiply-adds, that
+    # runs serially anyway, runs with the GIL held (releasing and taking it
+    # back costs more than the call, and can lose the GIL to another thread
+    # for a switch interval) in the Network's cached workspace.
+    SMALL_ROWS = 64
+    SMALL_MACS = 65536
+    FINITE_BLOCK = 1024     # values checked between early exits
+
+
+cdef extern from *:
+    """
+    /* One input row through one dense layer, for predict's small path:
+     * z[j] = sum_k x[k] W[j, k] (W: n_out x n_in, row-major), each element by
+     * the GEMM's own sequence of operations (fbp_gemm.h, "Per-element
+     * invariance"): per FBP_KC = 256 slab of k an accumulator from 0 chained
+     * over k in order with the code path's S_FMA (a fused multiply-add on the
+     * AVX2/AVX-512 paths: the _fma variants; mul then add on the generic
+     * one), the first slab taken as alpha*acc with alpha = 1, later slabs
+     * folded in as S_FMA(1, acc, c).  So z is bitwise what fbp_gemm gives
+     * before its epilogue.  Eight outputs at a time: eight independent chains
+     * the pipeline overlaps (one chain after another, as the GEMM's small
+     * path runs them, waits on each FMA's latency).  Contraction is off here,
+     * as in fbp_gemm.c: a*b+c is never fused unless written so. */
+    #include <stdint.h>
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #define FBP_ROW_KC 256
+    #define FBP_MULADD(x, y, z) ((x) * (y) + (z))
+    #define FBP_DEFINE_ROWDOT(NAME, T, FMA, ATTR)                                  \\
+    static ATTR void NAME(const T *x, const T *W, int64_t n_in, int64_t n_out,   \\
+                          T *z)                                                  \\
+    {                                                                            \\
+        int64_t j = 0;                                                           \\
+        for (; j + 8 <= n_out; j += 8) {                                         \\
+            const T *w = W + j * n_in;                                           \\
+            T c[8];                                                              \\
+            int64_t k0 = 0;                                                      \\
+            do {                                                                 \\
+                const int64_t k1 = n_in - k0 <= FBP_ROW_KC ? n_in : k0 + FBP_ROW_KC; \\
+                T a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                               \\
+                for (int64_t k = k0; k < k1; k++) {                              \\
+                    const T xk = x[k];                                           \\
+                    _Pragma("GCC unroll 8")                                      \\
+                    for (int r = 0; r < 8; r++)                                  \\
+                        a[r] = FMA(xk, w[r * n_in + k], a[r]);                   \\
+                }                                                                \\
+                _Pragma("GCC unroll 8")                                          \\
+                for (int r = 0; r < 8; r++)                                      \\
+                    c[r] = k0 == 0 ? (T)1 * a[r] : FMA((T)1, a[r], c[r]);        \\
+                k0 = k1;                                                         \\
+            } while (k0 < n_in);                                                 \\
+            for (int r = 0; r < 8; r++)                                          \\
+                z[j + r] = c[r];                                                 \\
+        }                                                                        \\
+        for (; j < n_out; j++) {                                                 \\
+            const T *w = W + j * n_in;                                           \\
+            T c = 0;                                                             \\
+            int64_t k0 = 0;                                                      \\
+            do {                                                                 \\
+                const int64_t k1 = n_in - k0 <= FBP_ROW_KC ? n_in : k0 + FBP_ROW_KC; \\
+                T a = 0;                                                         \\
+                for (int64_t k = k0; k < k1; k++)                                \\
+                    a = FMA(x[k], w[k], a);                                      \\
+                c = k0 == 0 ? (T)1 * a : FMA((T)1, a, c);                        \\
+                k0 = k1;                                                         \\
+            } while (k0 < n_in);                                                 \\
+            z[j] = c;                                                            \\
+        }                                                                        \\
+    }
+    FBP_DEFINE_ROWDOT(fbp_rowdot_f32, float, FBP_MULADD, )
+    FBP_DEFINE_ROWDOT(fbp_rowdot_f64, double, FBP_MULADD, )
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    FBP_DEFINE_ROWDOT(fbp_rowdot_f32_fma, float, __builtin_fmaf, __attribute__((target("fma"))))
+    FBP_DEFINE_ROWDOT(fbp_rowdot_f64_fma, double, __builtin_fma, __attribute__((target("fma"))))
+    #else
+    #define fbp_rowdot_f32_fma fbp_rowdot_f32
+    #define fbp_rowdot_f64_fma fbp_rowdot_f64
+    #endif
+    #pragma GCC pop_options
+    """
+    void fbp_rowdot_f32(const float *x, const float *W, int64_t n_in, int64_t n_out, float *z) nogil
+    void fbp_rowdot_f64(const double *x, const double *W, int64_t n_in, int64_t n_out, double *z) nogil
+    void fbp_rowdot_f32_fma(const float *x, const float *W, int64_t n_in, int64_t n_out, float *z) nogil
+    void fbp_rowdot_f64_fma(const double *x, const double *W, int64_t n_in, int64_t n_out, double *z) nogil
+
+
+cdef enum:
+    # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs one scalar chain after
+    # another, and fbp_rowdot is faster.  Only speed depends on it (every
+    # path gives the same bits); FBP_ROW_KC must equal fbp_gemm.c's FBP_KC
+    # (tests/test_latency.py has a layer deeper than one slab).
+    GEMM_SMALL_MNK = 4096
+
+
+cdef void forward_small(const Spec *s, const floating *theta,   # IN  parameters
+                        floating *ws, const Work *w,           # OUT activations A_1..A_L rows 0..n-1
+                        const floating *x,                     # IN  (n, n_in) input rows
+                        floating *out,                         # OUT (n, n_out) outputs
+                        int64_t n, bint fused) noexcept nogil:
+    """forward_rows (no dropout) for predict's small path, with the same bits.
+
+    A layer whose product the GEMM would run on its small path (M*N*K <=
+    SMALL_MNK: one scalar chain after another) takes fbp_rowdot row by row
+    (the GEMM's sums; `fused` on the FMA code paths), then the GEMM's
+    epilogue: bias and ReLU written out here, the same operations as
+    epi_elem; sigmoid and tanh by the GEMM itself, called with K = 0 and
+    beta = 1 (c = 1*0 + 1*c, exact: a sum from fbp_rowdot is never -0), so
+    with its own exp.  Larger layers call the GEMM as forward_cols does.
+    Then output_row."""
+    cdef int k, L = s.n_layers, act
+    cdef int64_t i, j, n_in, n_out
+    cdef const floating *h = x
+    cdef const floating *W
+    cdef const floating *b
+    cdef floating *z
+    for k in range(L):
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        W = theta + s.w_off[k]
+        b = theta + s.b_off[k] if s.b_off[k] >= 0 else NULL
+        z = ws + w.act[k + 1]
+        act = s.hidden if k < L - 1 else ACT_IDENTITY
+        if n * n_in * n_out > GEMM_SMALL_MNK:
+            gemm(0, 1, n, n_out, n_in, <floating>1, h, n_in, W, n_in, <floating>0, z, n_out,
+                 b, act, NULL, 0, 1)
+        else:
+            for i in range(n):
+                if floating is float:
+                    if fused:
+                        fbp_rowdot_f32_fma(h + i * n_in, W, n_in, n_out, z + i * n_out)
+                    else:
+                        fbp_rowdot_f32(h + i * n_in, W, n_in, n_out, z + i * n_out)
+                else:
+                    if fused:
+                        fbp_rowdot_f64_fma(h + i * n_in, W, n_in, n_out, z + i * n_out)
+                    else:
+                        fbp_rowdot_f64(h + i * n_in, W, n_in, n_out, z + i * n_out)
+            if act == ACT_SIGMOID or act == ACT_TANH:
+                gemm(0, 1, n, n_out, 0, <floating>1, h, n_in, W, n_in, <floating>1, z, n_out,
+                     b, act, NULL, 0, 1)
+            else:
+                if b != NULL:
+                    for i in range(n):
+                        for j in range(n_out):
+                            z[i * n_out + j] = z[i * n_out + j] + b[j]
+                if act == ACT_RELU:
+                    for j in range(n * n_out):
+                        if not z[j] > 0:
+                            z[j] = 0
+        h = z
+    for i in range(n):
+        output_row(s, h + i * s.sizes[L], out + i * s.sizes[L])
+
+
+cdef bint all_finite(const floating *x, int64_t n) noexcept nogil:
+    """True when every x[i] is finite: x - x is 0 for finite x, NaN for
+    NaN and +-Inf (branch-free within a block, so it vectorises)."""
+    cdef int64_t i, j, end
+    cdef bint ok
+    i = 0
+    while i < n:
+        end = min(n, i + FINITE_BLOCK)
+        ok = True
+        for j in range(i, end):
+            ok &= (x[j] - x[j]) == 0
+        if not ok:
+            return False
+        i = end
+    return True
+
+
+cdef bint load_input(const void *src, bint convert,   # IN X's values (theta's dtype unless convert)
+                     floating *buf,                   # OUT X in theta's dtype when convert
+                     int64_t count, const floating **xin) noexcept nogil:
+    """X as the kernels read it (xin), and whether check_X would pass it:
+    every value finite, and still finite once cast to theta's dtype (a C
+    cast, round to nearest, as numpy's astype: float64 beyond float32's
+    range becomes Inf).  False sends the caller to the general path, whose
+    check_X raises the message."""
+    cdef int64_t i
+    if not convert:
+        xin[0] = <const floating *>src
+        return all_finite(<const floating *>src, count)
+    if floating is float:
+        for i in range(count):
+            buf[i] = <float>(<const double *>src)[i]
+    else:
+        for i in range(count):
+            buf[i] = <double>(<const float *>src)[i]
+    xin[0] = buf
+    return all_finite(<const floating *>buf, count)
+
+
+cdef object _get_num_threads = None
+
+
+cdef int threads_now(object cap) except -1:
+    """fastbp.get_num_threads(), capped by `cap` (None: no cap): the thread
+    count a call under fastbp.threads(cap) would get."""
+    global _get_num_threads
+    if _get_num_threads is None:
+        from fastbp._threads import get_num_threads
+        _get_num_threads = get_num_threads
+    cdef int n = _get_num_threads()
+    if cap is not None and cap < n:
+        n = cap
+    return n
+
+
+cdef object predict_fast_typed(Network net, floating *theta, cnp.ndarray x, bint convert,
+                               int64_t chunk, object cap):
+    """Network.predict_fast once the arrays' kinds are known (theta: floating)."""
+    cdef int type_num = cnp.NPY_FLOAT if floating is float else cnp.NPY_DOUBLE
+    cdef Spec s = net.spec
+    cdef int64_t n = cnp.PyArray_DIMS(x)[0], n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
+    cdef int64_t count = n * n_in, need, macs
+    cdef cnp.npy_intp dims[2]
+    cdef const void *src = cnp.PyArray_DATA(x)
+    cdef const floating *xin = NULL
+    cdef floating *ws
+    cdef floating *buf = NULL
+    cdef void *grown
+    cdef bint ok, own = False
+    cdef Work w
+    cdef Extra e
+    cdef Call c
+    cdef int status = 0
+    chunk = max(1, min(chunk, n))
+    extra_init(&e)
+    dims[0], dims[1] = n, n_out
+    out = cnp.PyArray_EMPTY(2, dims, type_num, 0)
+    cdef floating *out_p = <floating *>cnp.PyArray_DATA(out)
+    # Serial whatever the thread count: run_call's own rule (make_plan).
+    macs = forward_macs(&s, chunk)
+    if (par_min_macs > 0 and macs // par_min_macs <= 1 and n <= chunk and n <= SMALL_ROWS
+            and macs <= SMALL_MACS):
+        s = net._spec(1, sizeof(floating))
+        w = make_work(&s, n, 0)
+        need = (w.size + (count if convert else 0)) * <int64_t>sizeof(floating)
+        if net.small_busy:          # in use (a free-threaded build): a fresh one
+            ws = <floating *>PyMem_Malloc(need)
+            if ws == NULL:
+                raise MemoryError()
+            own = True
+        else:
+            if need > net.small_bytes:
+                grown = PyMem_Realloc(net.small_ws, need)
+                if grown == NULL:
+                    raise MemoryError()
+                net.small_ws, net.small_bytes = grown, need
+                net.small_allocations += 1
+            ws = <floating *>net.small_ws
+            net.small_busy = True
+        if convert:
+            buf = ws + w.size
+        ok = load_input(src, convert, buf, count, &xin)
+        if ok:
+            forward_small(&s, theta, ws, &w, xin, out_p, n, fbp_gemm_isa()[0] != b'g')
+        if own:
+            PyMem_Free(ws)
+        else:
+            net.small_busy = False
+        return out if ok else None
+    # Larger calls: as Network.predict (a fresh workspace, the GIL released,
+    # the threads of the call), with the checks done here.
+    s = net._spec(threads_now(cap), sizeof(floating))
+    w = make_work(&s, chunk, 0)
+    cdef cnp.ndarray ws_arr = np.empty(w.size, dtype=np.float32 if floating is float else np.float64)
+    cdef cnp.ndarray conv
+    if convert:   # check_X's converted copy
+        conv = np.empty(count, dtype=np.float32 if floating is float else np.float64)
+        buf = <floating *>cnp.PyArray_DATA(conv)
+    ws = <floating *>cnp.PyArray_DATA(ws_arr)
+    c.kind, c.ws, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, ws, NULL, n, chunk, &e
+    c.out = out_p
+    with nogil:
+        ok = load_input(src, convert, buf, count, &xin)
+        if ok:
+            c.X = xin
+            status = run_call(&s, &w, &c, chunk, False, theta)
+    if not ok:
+        return None
+    if status == -1:
+        _raise_pending()   # Ctrl-C between chunks
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +637,15 @@ cdef class Network:
     cdef Spec spec
     cdef readonly object sizes, w_off, b_off
     cdef readonly int64_t n_params
+    # predict_fast's cached workspace for small calls (SMALL_ROWS): grown on
+    # need, freed with the Network; small_allocations counts its (re)allocations.
+    cdef void *small_ws
+    cdef int64_t small_bytes
+    cdef bint small_busy
+    cdef readonly int64_t small_allocations
+
+    def __dealloc__(self):
+        PyMem_Free(self.small_ws)
 
     def __init__(self, sizes, int hidden, int output, int loss, bint bias):
         cdef int k
@@ -486,6 +801,49 @@ cdef class Network:
             _raise_pending()   # Ctrl-C between chunks
         return np.asarray(out)
 
+    def predict_fast(self, theta, X, int64_t chunk, cap=None):
+        """MLP.predict's fast path: network(X) as a new array, or None when X
+        is not a case it takes; the caller then takes the general path
+        (check_X and `predict`), which raises the errors.
+
+        Taken: X an exact numpy.ndarray, 2-D of shape (n >= 1, n_in),
+        C-contiguous, aligned, native byte order, float32 or float64, every
+        value finite and still finite once cast to theta's dtype (numpy's
+        cast, round to nearest): check_X's checks, done here in compiled
+        code.  `theta`: the model's parameter vector (an exact ndarray of
+        n_params float32 or float64, contiguous).  `chunk`: rows per chunk,
+        as `predict`'s.  `cap`: at most this many threads (what a call
+        inside fastbp.threads(cap) gets), or None.
+
+        A call that runs serially whatever the thread count (make_plan's
+        rule) of at most SMALL_ROWS rows and SMALL_MACS multiply-adds runs
+        with the GIL held, in a workspace this Network keeps (grown when a
+        call needs more, counted by `small_allocations`); a call that finds
+        it in use (possible only without a GIL) takes a fresh one.  Larger
+        calls run as `predict` does: a fresh workspace, the GIL released,
+        the threads of the call.  The output is bitwise `predict`'s on the
+        array check_X makes of X (the same kernels on the same rows).
+        """
+        cdef cnp.ndarray th, x
+        cdef int tt, xt
+        cdef int behaved = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+        if not (cnp.PyArray_CheckExact(X) and cnp.PyArray_CheckExact(theta)):
+            return None
+        th, x = <cnp.ndarray>theta, <cnp.ndarray>X
+        tt, xt = cnp.PyArray_TYPE(th), cnp.PyArray_TYPE(x)
+        if (tt != cnp.NPY_FLOAT and tt != cnp.NPY_DOUBLE) or (xt != cnp.NPY_FLOAT and xt != cnp.NPY_DOUBLE):
+            return None
+        if (cnp.PyArray_NDIM(th) != 1 or cnp.PyArray_DIMS(th)[0] != self.n_params
+                or (cnp.PyArray_FLAGS(th) & behaved) != behaved or not cnp.PyArray_ISNOTSWAPPED(th)):
+            return None
+        if (cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_DIMS(x)[0] < 1
+                or cnp.PyArray_DIMS(x)[1] != self.spec.sizes[0]
+                or (cnp.PyArray_FLAGS(x) & behaved) != behaved or not cnp.PyArray_ISNOTSWAPPED(x)):
+            return None
+        if tt == cnp.NPY_FLOAT:
+            return predict_fast_typed(self, <float *>cnp.PyArray_DATA(th), x, xt != tt, chunk, cap)
+        return predict_fast_typed(self, <double *>cnp.PyArray_DATA(th), x, xt != tt, chunk, cap)
+
     def loss(self, const floating[::1] theta, const floating[:, ::1] X,
              const floating[:, ::1] Y, int64_t chunk, int n_threads, *, sample_weight=None):
         """(mean per-sample loss, mean per-sample accuracy) over the rows (no dropout).
@@ -576,6 +934,48 @@ cdef class Network:
             return weighted_sum(&ws[w.lossv], &e, NULL, 0, m) / e.wsum
         return c.totals[0] / m
 
+    def layerwise_forward(self, const floating[::1] theta, const floating[:, ::1] X,
+                          const floating[:, ::1] Y, floating[::1] ws, int n_threads):
+        """The first call of `gradients` cut at the layers (src/_layers.pxi):
+        the forward pass over X (one batch), the per-sample losses and the
+        output delta, into `ws` (workspace_size(len(X), "gradients")
+        elements at least).  Returns the mean loss.  Then call
+        layerwise_backward(k, ...) for k = n_layers-1 down to 0 with the same
+        theta (unchanged), X and ws; together they give `gradients`' bits."""
+        self._check(theta, X, Y)
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
+        cdef int64_t m = X.shape[0]
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
+        cdef Extra e
+        cdef double total
+        if ws.shape[0] < w.size:
+            raise ValueError("workspace too small")
+        extra_init(&e)
+        with nogil:
+            total = lw_forward(&s, &e, &theta[0], &ws[0], &w, &X[0, 0], &Y[0, 0], m)
+        return total / m
+
+    def layerwise_backward(self, int k, const floating[::1] theta, const floating[:, ::1] X,
+                           floating[::1] ws, floating[::1] grad, int n_threads):
+        """Layer k's entries of the gradient (W_k then b_k, at w_off[k]) into
+        `grad` (n_params), and for k >= 1 the delta layer k-1 needs, into
+        `ws`.  Call it for k = n_layers-1 down to 0, after layerwise_forward
+        on the same theta, X and ws (src/_layers.pxi)."""
+        self._check(theta, X)
+        if not 0 <= k < self.spec.n_layers:
+            raise ValueError(f"layer {k} out of range")
+        if grad.shape[0] != self.n_params:
+            raise ValueError("grad has the wrong length")
+        cdef Spec s = self._spec(n_threads, sizeof(floating))
+        cdef int64_t m = X.shape[0]
+        cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
+        cdef Extra e
+        if ws.shape[0] < w.size:
+            raise ValueError("workspace too small")
+        extra_init(&e)
+        with nogil:
+            lw_backward(&s, &e, &theta[0], &grad[0], &ws[0], &w, &X[0, 0], m, k)
+
     def fit_epoch(self, floating[::1] theta, const floating[:, ::1] X,
                   const floating[:, ::1] Y, order, int64_t batch_size,
                   floating[::1] ws, floating[::1] grad, floating[::1] velocity,
@@ -585,7 +985,8 @@ cdef class Network:
                   floating[::1] snapshot=None, floating[::1] snapshot_velocity=None,
                   int64_t snapshot_step=-1, *, optimizer=None, state=None,
                   snapshot_state=None, sample_weight=None, dropout=None,
-                  uint64_t seed=0, uint32_t epoch=0, double clip_norm=0.0):
+                  uint64_t seed=0, uint32_t epoch=0, double clip_norm=0.0,
+                  bint sklearn_weights=False):
         """One epoch (see run_epoch).
 
         Returns (loss_sum, hit_sum, penalty_sum, n_done, status): sums over the
@@ -632,6 +1033,12 @@ cdef class Network:
         optimizer, the SGD keywords then run as optim.SGD(lr, momentum,
         nesterov, weight_decay) with `velocity` as its momentum buffer
         (v = mu v + g on every step) and l2 added before the decay.
+        `sklearn_weights` (with `sample_weight`): scikit-learn 1.9's scaling of
+        a weighted batch: the l2 term is l2 / (2 sum s) ||W||^2 (gradient
+        (l2 / sum s) W, sum s in double in row order) instead of l2 / (2 m),
+        and loss_sum / penalty_sum add m * (sum s_i l_i / sum s) and
+        m * l2 / (2 sum s) ||W||^2 per batch (scikit-learn's accumulated
+        loss); unweighted calls are unchanged.
         """
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
@@ -661,6 +1068,7 @@ cdef class Network:
             raise ValueError("clip_norm must be finite and >= 0")
         o.lr, o.momentum, o.nesterov = lr, momentum, nesterov
         o.weight_decay, o.l2 = weight_decay, l2
+        o.sk_weights = sklearn_weights
         extra_init(&e)
         memset(&ok, 0, sizeof(OptK))   # every state and snapshot pointer NULL until set
         if order is not None:
@@ -797,10 +1205,13 @@ cdef int _opt_setup(OptK *ok, optimizer, state, int64_t n_params, dtype, double 
     ok.lr, ok.l2, ok.clip = lr, l2, clip
     ok.step = int(state["step"])
     ok.momentum = ok.weight_decay = ok.beta1 = ok.beta2 = ok.eps = ok.alpha = 0.0
-    ok.nesterov = ok.decoupled = ok.amsgrad = ok.centered = False
+    ok.nesterov = ok.decoupled = ok.amsgrad = ok.centered = ok.sklearn = False
     ok.weight_decay = optimizer.weight_decay
     if ok.kind == OPT_SGD:
         ok.momentum, ok.nesterov = optimizer.momentum, optimizer.nesterov
+    elif name == "sklearn_adam":   # fastbp.optim._SklearnAdam: scikit-learn's Adam
+        ok.beta1, ok.beta2 = optimizer.betas
+        ok.eps, ok.sklearn = optimizer.eps, True
     elif ok.kind == OPT_ADAM:
         ok.beta1, ok.beta2 = optimizer.betas
         ok.eps, ok.amsgrad, ok.decoupled = optimizer.eps, optimizer.amsgrad, name == "adamw"

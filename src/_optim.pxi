@@ -60,6 +60,10 @@ cdef extern from "fbp_optim.h" nogil:
     fbp_adam_step_f64 fbp_adam_prepare_f64(double lr, double beta1, double beta2, double eps,
                                            double weight_decay, int decoupled, int amsgrad,
                                            int64_t step)
+    fbp_adam_step_f32 fbp_adam_sklearn_prepare_f32(double lr, double beta1, double beta2,
+                                                   double eps, int64_t step)
+    fbp_adam_step_f64 fbp_adam_sklearn_prepare_f64(double lr, double beta1, double beta2,
+                                                   double eps, int64_t step)
     fbp_rmsprop_step_f32 fbp_rmsprop_prepare_f32(double lr, double alpha, double eps,
                                                  double weight_decay, double momentum,
                                                  int centered)
@@ -138,7 +142,9 @@ cdef enum:
 
 # fastbp.optim's names -> kernel codes, and the order of each one's state
 # arrays in OptK.st (torch's names; absent ones stay NULL).
-_OPT_KIND = {"sgd": OPT_SGD, "adam": OPT_ADAM, "adamw": OPT_ADAM, "rmsprop": OPT_RMSPROP}
+# "sklearn_adam": fastbp.optim._SklearnAdam, scikit-learn's AdamOptimizer (OptK.sklearn).
+_OPT_KIND = {"sgd": OPT_SGD, "adam": OPT_ADAM, "adamw": OPT_ADAM, "rmsprop": OPT_RMSPROP,
+             "sklearn_adam": OPT_ADAM}
 _OPT_SLOTS = {
     OPT_SGD: ("momentum_buffer",),
     OPT_ADAM: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
@@ -152,10 +158,13 @@ cdef struct OptK:
     double lr                # this call's learning rate (overrides optimizer.lr)
     double momentum, weight_decay, beta1, beta2, eps, alpha
     bint nesterov, decoupled, amsgrad, centered
+    bint sklearn             # OPT_ADAM: scikit-learn's AdamOptimizer (fbp_adam_sklearn_prepare)
     void *st[3]              # IN/OUT state arrays (n_params), NULL when unused (slots: _OPT_SLOTS)
     void *snap_st[3]         # OUT their copies at the snapshot step, or NULL
     int64_t step             # updates applied so far (state["step"])
     double l2                # scikit-learn's alpha (weights only, before the optimizer)
+    double l2_den            # this step's divisor of l2 (the batch's rows, or with
+                             # sklearn_weights its weight sum), set by run_epoch
     double clip              # clip_grad_norm's max_norm, 0: none
     double *usq              # OUT per unit: sum of W row^2 before the step (l2 != 0)
     double *gsq              # OUT per unit: sum of its gradient^2 (clip != 0)
@@ -176,6 +185,9 @@ cdef void opt_prepare(OptK *o) noexcept nogil:
     if o.kind == OPT_SGD:
         o.sgd32 = fbp_sgd_prepare_f32(o.lr, o.momentum, o.nesterov, o.weight_decay, step)
         o.sgd64 = fbp_sgd_prepare_f64(o.lr, o.momentum, o.nesterov, o.weight_decay, step)
+    elif o.kind == OPT_ADAM and o.sklearn:
+        o.adam32 = fbp_adam_sklearn_prepare_f32(o.lr, o.beta1, o.beta2, o.eps, step)
+        o.adam64 = fbp_adam_sklearn_prepare_f64(o.lr, o.beta1, o.beta2, o.eps, step)
     elif o.kind == OPT_ADAM:
         o.adam32 = fbp_adam_prepare_f32(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
                                         o.decoupled, o.amsgrad, step)
@@ -232,11 +244,12 @@ cdef void opt_units(const Spec *s, const OptK *o,
                     floating *grad,         # IN/OUT their gradient rows (formed by the caller)
                     floating *snap,         # OUT theta (and state) copies of those rows, or NULL
                     int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
-    """Right after the gradient of units o0..o1 of layer k is formed: l2,
-    then the optimizer on those rows (or, with clipping, the sums of squares
+    """Right after the gradient of units o0..o1 of layer k is formed: l2
+    (g + T(l2 / l2_den) W, l2_den the batch's rows m unless run_epoch set
+    the weight sum), then the optimizer on those rows (or, with clipping, the sums of squares
     only: the update waits for the whole gradient)."""
     cdef int64_t n_in = s.sizes[k], j, woff = s.w_off[k], boff = s.b_off[k]
-    cdef floating c = <floating>(o.l2 / m)
+    cdef floating c = <floating>(o.l2 / (o.l2_den if o.l2_den > 0 else <double>m))
     cdef double acc
     if o.l2 != 0:
         for j in range(o0, o1):

@@ -40,6 +40,9 @@ cdef void output_row(const Spec *s,
     elif s.output == OUT_SIGMOID:
         for j in range(n):
             yhat[j] = <floating>sigmoid(z[j])
+    elif s.output == OUT_EXP:
+        for j in range(n):
+            yhat[j] = <floating>exp(z[j])
     else:
         total = sum_exp(z, n, &zmax)
         for j in range(n):
@@ -54,7 +57,7 @@ cdef double loss_row(const Spec *s,
                      double scale) noexcept nogil:
     """Loss of one sample; with `delta`, also its gradient w.r.t. the logits."""
     cdef int64_t j, n = s.sizes[s.n_layers]
-    cdef double loss = 0.0, g, zj, zmax, lse, ysum, gp
+    cdef double loss = 0.0, g, zj, yj, ez, zmax, lse, ysum, gp
     if s.loss == LOSS_SQUARED:
         gp = 0.0
         for j in range(n):
@@ -68,6 +71,8 @@ cdef double loss_row(const Spec *s,
                     g = g * yhat[j] * (1.0 - yhat[j])
                 elif s.output == OUT_SOFTMAX:   # full softmax Jacobian
                     g = yhat[j] * (g - gp)
+                elif s.output == OUT_EXP:       # exp' = exp
+                    g = g * yhat[j]
                 delta[j] = <floating>(scale * g)
     elif s.loss == LOSS_BCE:
         for j in range(n):
@@ -75,6 +80,21 @@ cdef double loss_row(const Spec *s,
             loss += (zj if zj > 0 else 0.0) - zj * y[j] + log1p(exp(-fabs(zj)))
             if delta != NULL:
                 delta[j] = <floating>(scale * (sigmoid(zj) - y[j]))
+    elif s.loss == LOSS_POISSON:
+        # half Poisson deviance y log(y / yhat) - y + yhat with yhat = exp(z),
+        # written in z as (exp(z) - y) + y (log y - z): no log of an
+        # underflowed yhat, and near the fit (y ~ exp(z)) two small
+        # differences instead of large terms that cancel.  y >= 0, 0 log 0 = 0.
+        # With the log link dloss/dz = exp(z) - y.
+        for j in range(n):
+            zj = z[j]
+            yj = y[j]
+            ez = exp(zj)
+            loss += ez - yj
+            if yj > 0:
+                loss += yj * (log(yj) - zj)
+            if delta != NULL:
+                delta[j] = <floating>(scale * (ez - yj))
     else:
         lse = sum_exp(z, n, &zmax)
         lse = zmax + log(lse)
@@ -93,9 +113,12 @@ cdef double hit_row(const Spec *s,
                     const floating *y,      # IN (n_out,) targets
                     ) noexcept nogil:
     """Accuracy of one sample: for softmax, 1 when argmax yhat == argmax y;
-    for sigmoid outputs, the fraction of outputs on the right side of 1/2."""
+    for sigmoid outputs, the fraction of outputs on the right side of 1/2;
+    0 for the Poisson loss (a regression loss: no accuracy is reported)."""
     cdef int64_t j, n = s.sizes[s.n_layers], arg_hat = 0, arg_y = 0
     cdef double hits = 0.0
+    if s.loss == LOSS_POISSON:
+        return 0.0
     if s.output == OUT_SOFTMAX:
         for j in range(1, n):
             if yhat[j] > yhat[arg_hat]:

@@ -103,6 +103,109 @@ void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr);
  * later call in that thread until the thread exits. */
 int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
 
+/* Narrow kernels: the three products of a training step of a net whose
+ * every layer is narrow (the compiled epoch's tiny-net path), specialised for
+ * short rows (no packing, unit strides, interleaved accumulators, short rows'
+ * activations on one padded vector).  Each gives bitwise what the GEMM gives
+ * on the current code path (fbp_gemm_isa()):
+ *   fwd(M, N, K, A, lda, W, ldw, bias, act, C, ldc)
+ *     == fbp_gemm(0, 1, M, N, K, 1, A, lda, W, ldw, 0, C, ldc, bias, act, NULL, 0, 1)
+ *   bwd(M, N, K, D, ldd, W, ldw, act, Aact, lda, C, ldc)
+ *     == fbp_gemm(0, 0, M, N, K, 1, D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1)
+ *   wgrad(N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw), beta 0 or 1
+ *     == fbp_gemm(1, 0, N, K, M, alpha, D, ldd, H, ldh, beta, W, ldw, NULL, 0, NULL, 0, 1)
+ * fwd and bwd need K <= 256 (one K-slab); wgrad takes any M.  Serial,
+ * no allocation.  The table returned is that of the current code path
+ * (fetch it again after fbp_gemm_set_isa). */
+/* A net as the net_* kernels take it: the layout of the flat parameter vector
+ * theta (W_k at w_off[k], (sizes[k+1], sizes[k]) row-major; b_k at b_off[k]
+ * or -1) and of one workspace ws (A_k at act[k], delta_k at delta[k], both
+ * (M, sizes[k]) row-major), the activation of every hidden layer. */
+typedef struct {
+    int n_layers;
+    int hidden;
+    const int64_t *sizes, *w_off, *b_off, *act, *delta;
+} fbp_narrow_net;
+
+/* The net_* kernels run the products of every layer of one step:
+ *   net_fwd(net, theta, M, x, ws): A_{k+1} = fwd(A_k, W_k, b_k, act) for k = 0..L-1
+ *     (A_0 = x, (M, sizes[0]); the output layer's act identity);
+ *   net_bwd(net, theta, M, ws): delta_k = bwd(delta_{k+1}, W_k, act'(A_k)), k = L-1..1;
+ *   net_wgrad(net, M, alpha, x, ws, beta, out): W_k of out (laid out as theta)
+ *     = wgrad(alpha, delta_{k+1}, A_k, beta) for every k (A_0 = x);
+ * the biases are the caller's. */
+typedef struct {
+    void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                const float *W, int64_t ldw, const float *bias, int act, float *C, int64_t ldc);
+    void (*bwd)(int64_t M, int64_t N, int64_t K, const float *D, int64_t ldd,
+                const float *W, int64_t ldw, int act, const float *Aact, int64_t lda,
+                float *C, int64_t ldc);
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D, int64_t ldd,
+                  const float *H, int64_t ldh, float beta, float *W, int64_t ldw);
+    void (*net_fwd)(const fbp_narrow_net *net, const float *theta, int64_t M,
+                    const float *x, float *ws);
+    void (*net_bwd)(const fbp_narrow_net *net, const float *theta, int64_t M, float *ws);
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, float alpha, const float *x,
+                      const float *ws, float beta, float *out);
+} fbp_narrow_ops_f32;
+typedef struct {
+    void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
+                const double *W, int64_t ldw, const double *bias, int act, double *C, int64_t ldc);
+    void (*bwd)(int64_t M, int64_t N, int64_t K, const double *D, int64_t ldd,
+                const double *W, int64_t ldw, int act, const double *Aact, int64_t lda,
+                double *C, int64_t ldc);
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D, int64_t ldd,
+                  const double *H, int64_t ldh, double beta, double *W, int64_t ldw);
+    void (*net_fwd)(const fbp_narrow_net *net, const double *theta, int64_t M,
+                    const double *x, double *ws);
+    void (*net_bwd)(const fbp_narrow_net *net, const double *theta, int64_t M, double *ws);
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, double alpha, const double *x,
+                      const double *ws, double beta, double *out);
+} fbp_narrow_ops_f64;
+const fbp_narrow_ops_f32 *fbp_narrow_f32(void);
+const fbp_narrow_ops_f64 *fbp_narrow_f64(void);
+
+/* Packed narrow nets: plain SGD on a narrow net with each W_k kept, for a
+ * whole call, in two zero-padded copies laid out for 32-byte vectors
+ * (fbp_gemm.c says how), the activations and deltas of a batch with them in
+ * one buffer of fbp_packed_layout()'s size (rows of A_k and delta_k at
+ * act[k] + r * ld[k], delta[k] + r * ld[k]).  The same bits as the general
+ * step's GEMM calls on the current code path:
+ *   pack(p, sizes, theta, w_off, buf): W_k -> both copies, activations 0;
+ *   unpack(p, sizes, buf, w_off, out): the W_k back into out (laid out as theta);
+ *   fwd(p, sizes, buf, theta, b_off, hidden, M): A_1 .. A_L of rows 0..M-1
+ *     from A_0 (the caller's copy into the buffer; biases read from theta;
+ *     A_L = the output layer's logits);
+ *   bwd(p, sizes, buf, hidden, M, alpha): delta_{L-1} .. delta_1 from delta_L
+ *     (the caller's), then W_k = fma(alpha, delta_{k+1}^T A_k, W_k) (SGD: alpha
+ *     = -lr) on both copies; the biases are the caller's.
+ * Widths up to 256 (one K-slab on the forward and backward products). */
+typedef struct {
+    int n_layers;
+    int64_t M;                       /* rows capacity */
+    int64_t nv[65], ld[65];          /* vectors per row of layer k, and the row stride */
+    int64_t wn[64], wt[64];          /* offsets of WN_k, WT_k */
+    int64_t act[65], delta[65];      /* offsets of A_k, delta_k (M rows of ld[k]) */
+    int64_t size;                    /* elements of the buffer */
+    int one;                         /* every layer fits one vector */
+} fbp_packed;
+int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
+                          fbp_packed *p);
+#define FBP_PACKED_OPS(T, SFX)                                                  \
+typedef struct {                                                                \
+    void (*pack)(const fbp_packed *p, const int64_t *sizes, const T *theta,     \
+                 const int64_t *w_off, T *buf);                                 \
+    void (*unpack)(const fbp_packed *p, const int64_t *sizes, const T *buf,     \
+                   const int64_t *w_off, T *out);                               \
+    void (*fwd)(const fbp_packed *p, const int64_t *sizes, T *buf, const T *theta, \
+                const int64_t *b_off, int hidden, int64_t M);                   \
+    void (*bwd)(const fbp_packed *p, const int64_t *sizes, T *buf, int hidden,  \
+                int64_t M, T alpha);                                            \
+} fbp_packed_ops_##SFX;                                                         \
+const fbp_packed_ops_##SFX *fbp_packed_##SFX(void);
+FBP_PACKED_OPS(float, f32)
+FBP_PACKED_OPS(double, f64)
+
 /* Name of the code path chosen at run time ("avx512", "avx2", "generic"). */
 const char *fbp_gemm_isa(void);
 

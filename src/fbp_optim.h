@@ -37,6 +37,11 @@
  * * `first` of SGD is torch's first step: momentum_buffer = g (not
  *   momentum * 0 + g).  `step` arguments are the step number AFTER
  *   the increment, 1 for the first update (torch's `state["step"]`).
+ * * Adam has a second variant, scikit-learn's AdamOptimizer (its own
+ *   prepare function, fbp_adam_sklearn_prepare; `sklearn` set in the step
+ *   struct): eps added to sqrt(v) unscaled, the bias corrections folded into
+ *   one float64 rate, as scikit-learn's numpy code rounds it (fastbp/optim.py's
+ *   private _SklearnAdam is its reference).
  * * Optional `sq` (IN/OUT, may be NULL): adds sum(theta_i^2) over the range,
  *   taken before the update, in double, in index order (for the l2 penalty
  *   of scikit-learn's alpha).
@@ -155,6 +160,11 @@ typedef struct {                                                                
     int has_decay;     /* weight_decay != 0 */                                         \
     int decoupled;     /* AdamW */                                                     \
     int amsgrad;                                                                       \
+    /* scikit-learn's AdamOptimizer (fbp_adam_sklearn_prepare; 0 for torch's): */      \
+    int sklearn;                                                                       \
+    T beta1;           /* (T)beta1 */                                                  \
+    T one_minus_beta1; /* (T)(1 - beta1) */                                            \
+    double neg_lr_t;   /* -(lr * sqrt(1 - beta2^t) / (1 - beta1^t)), in double */      \
 } fbp_adam_step_##SFX;                                                                 \
                                                                                        \
 static inline fbp_adam_step_##SFX fbp_adam_prepare_##SFX(                              \
@@ -181,6 +191,27 @@ static inline fbp_adam_step_##SFX fbp_adam_prepare_##SFX(                       
     s.has_decay = weight_decay != 0;                                                   \
     s.decoupled = decoupled != 0;                                                      \
     s.amsgrad = amsgrad != 0;                                                          \
+    s.sklearn = 0;                                                                     \
+    s.beta1 = (T)beta1;                                                                \
+    s.one_minus_beta1 = s.lerp_w;                                                      \
+    s.neg_lr_t = 0.0;                                                                  \
+    return s;                                                                          \
+}                                                                                      \
+                                                                                       \
+/* scikit-learn's AdamOptimizer._get_updates (sklearn/neural_network/                  \
+ * _stochastic_optimizers.py): learning_rate = lr_init * np.sqrt(1 - beta_2**t)        \
+ * / (1 - beta_1**t), a float64 scalar, computed here in double in that order         \
+ * (libm pow as Python's float ** int, sqrt correctly rounded as np.sqrt). */           \
+static inline fbp_adam_step_##SFX fbp_adam_sklearn_prepare_##SFX(                      \
+    double lr, double beta1, double beta2, double eps,                                 \
+    int64_t step)      /* IN the step number after the increment (1 = first) */        \
+{                                                                                      \
+    FBP_NO_CONTRACT                                                                    \
+    fbp_adam_step_##SFX s = fbp_adam_prepare_##SFX(lr, beta1, beta2, eps, 0.0, 0, 0,   \
+                                                   step);                              \
+    s.sklearn = 1;                                                                     \
+    s.neg_lr_t = -(lr * sqrt(1 - pow(beta2, (double)step))                             \
+                   / (1 - pow(beta1, (double)step)));                                  \
     return s;                                                                          \
 }                                                                                      \
                                                                                        \
@@ -203,6 +234,21 @@ static inline void fbp_adam_range_##SFX(                                        
     /* a local copy: stores through theta (T *) cannot then alias the scalars */       \
     const fbp_adam_step_##SFX sc = *step, *s = &sc;                                    \
     fbp_sq_add_##SFX(theta, n, sq);                                                    \
+    if (s->sklearn) {                                                                  \
+        /* numpy's roundings of scikit-learn's update in T: m, v and sqrt(v) + eps     \
+         * in T (Python floats act as T), the update in double (the float64 rate),    \
+         * theta += update rounded once to T (numpy's in-place add). */                \
+        for (i = 0; i < n; i++) {                                                      \
+            T g = grad[i], m, v, d;                                                    \
+            m = s->beta1 * exp_avg[i] + s->one_minus_beta1 * g;                        \
+            exp_avg[i] = m;                                                            \
+            v = s->beta2 * exp_avg_sq[i] + s->one_minus_beta2 * (g * g);               \
+            exp_avg_sq[i] = v;                                                         \
+            d = SQRT(v) + s->eps;                                                      \
+            theta[i] = (T)((double)theta[i] + (s->neg_lr_t * (double)m) / (double)d);  \
+        }                                                                              \
+        return;                                                                        \
+    }                                                                                  \
     for (i = 0; i < n; i++) {                                                          \
         T g = grad[i], p = theta[i], m, v, d;                                          \
         if (s->has_decay) {                                                            \

@@ -109,7 +109,8 @@ def test_train_predict_classifier_with_string_labels(blobs: Path, tmp_path: Path
                           "--epochs", "15", "--lr", "0.05", "-q"], capsys)
     assert code == 0, err
     assert "task: classification, 3 classes (inferred" in out and "non-numeric" in out
-    assert out.count("accuracy") == 2  # train and validation lines
+    # the early-stopping run's train and validation lines, the refit's train line
+    assert out.count("accuracy") == 3 and "refit: " in out
     model, side = tmp_path / "blobs.fastbp.npz", tmp_path / "blobs.fastbp.json"
     assert model.is_file() and side.is_file()
     meta = json.loads(side.read_text())
@@ -882,6 +883,7 @@ def test_cli_defaults_check_prints_the_table(capsys: pytest.CaptureFixture) -> N
     assert code == 1 and "0 of 2 targets met" in out  # one epoch at a tiny rate: not good
     iris = [ln for ln in out.splitlines() if ln.startswith("iris ")][0].split()
     assert iris[1] == "112/38" and iris[-5:-2] == ["0.9500", "NO", "accuracy"]
+    assert iris[5] == "1+1"  # early stopping's epochs + the default refit's
     assert iris[-2] == "(LogisticRegression" and float(iris[-1].rstrip(")")) > 0.9
     assert "R² (RidgeCV 0." in out
 
@@ -962,7 +964,9 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
     assert len(line) == 1 and line[0].startswith(f"optimizer: {type(expected).__name__}(")
     batch = cli.TRAIN_DEFAULTS["batch_size"]
     assert f"lr={config['lr']:g}" in line[0] and f"batch {batch}, up to 3 epochs" in line[0]
-    # The model file carries the optimizer and its state (at most 3 epochs of 240 rows).
+    # The model file carries the optimizer and its state (at most 3 epochs of the rows
+    # trained on: all 300 after the default refit).
+    assert record["train_rows"] == 300
     state = model_io.load(model).optimizer_state()
     names = {"velocity" if n == "momentum_buffer" and config["name"] == "sgd" else n
              for n in expected.state_names()}  # SGD's buffer keeps fastbp's name
@@ -970,7 +974,7 @@ def test_optimizer_options_reach_the_model_and_the_sidecar(
         assert state == {}
         return
     _assert_config(state["optimizer"], config)
-    assert 1 <= state["step"] <= 3 * -(-240 // batch)
+    assert 1 <= state["step"] <= 3 * -(-300 // batch)
     assert set(state) - {"step", "optimizer"} == names
 
 
@@ -994,7 +998,7 @@ def test_early_stopping_is_on_by_default_and_keeps_the_best_epoch(
         blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "m.npz"
     code, out, err = run(["train", blobs, "-o", model, "--epochs", "40", "--patience", "3",
-                          "--lr", "0.05", "-q"], capsys)
+                          "--lr", "0.05", "--no-refit", "-q"], capsys)
     assert code == 0, err
     record = _training_record(tmp_path / "m.json")
     assert record["options"]["early_stopping"] is True and record["options"]["patience"] == 3
@@ -1022,6 +1026,7 @@ def test_no_early_stopping_trains_every_epoch(blobs: Path, tmp_path: Path,
     record = _training_record(tmp_path / "m.json")
     assert record["epochs_run"] == 12 and record["best_epoch"] is None
     assert record["options"]["early_stopping"] is False
+    assert record["options"]["refit"] is False and record["refit"] is None  # needs stopping
     assert "12 epochs; no early stopping" in out and "kept epoch" not in out
     # Without a validation split there is nothing to stop on: off, and said so.
     code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "5",
@@ -1052,6 +1057,12 @@ def test_no_early_stopping_trains_every_epoch(blobs: Path, tmp_path: Path,
     (["--patience", "0"], ["--patience", "must be >= 1"]),
     (["--early-stopping", "--validation-split", "0"], ["--early-stopping needs a validation"]),
     (["--no-early-stopping=yes"], ["--no-early-stopping", "ignored explicit argument"]),
+    (["--refit", "--no-early-stopping"], ["--refit needs early stopping"]),
+    (["--refit", "--validation-split", "0"], ["--refit needs early stopping"]),
+    (["--refit=yes"], ["--refit", "ignored explicit argument"]),
+    (["--average", "0"], ["--average", "must be >= 1"]),
+    (["--average", "2.5"], ["--average"]),
+    (["--average", "x"], ["--average"]),
 ])
 def test_bad_optimizer_options_are_one_line_errors(
         argv: List[str], fragments: List[str], bad_files: Path, capsys: pytest.CaptureFixture,
@@ -1085,3 +1096,131 @@ def test_defaults_train_a_good_iris_model(tmp_path: Path, capsys: pytest.Capture
     pred = [r[0] for r in read_csv(preds)[1:]]
     accuracy = np.mean([p == str(t) for p, t in zip(pred, y_te)])
     assert accuracy >= 0.95
+
+
+# -- --refit and --average ----------------------------------------------------------
+
+
+def _mlp_like(net: object, seed: int = 0) -> "object":
+    from fastbp import MLP
+
+    return MLP(net.layer_sizes, activation=net.activation, output=net.output,  # type: ignore
+               loss=net.loss_name, dtype=net.dtype, seed=seed)  # type: ignore[attr-defined]
+
+
+def test_refit_trains_again_on_every_row_for_the_kept_epochs(
+        blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastbp import optim
+
+    model = tmp_path / "m.npz"
+    code, out, err = run(["train", blobs, "-o", model, "--epochs", "30", "--patience", "3",
+                          "--lr", "0.05", "-q"], capsys)  # --refit is the default
+    assert code == 0, err
+    record = _training_record(tmp_path / "m.json")
+    kept = record["best_epoch"]
+    assert record["refit"]["epochs"] == kept and record["options"]["refit"] is True
+    assert record["train_rows"] == 300 and record["validation_rows"] == 0
+    assert record["refit"]["selection"]["train_rows"] == 240
+    assert record["refit"]["selection"]["validation_rows"] == 60
+    assert f"refit: {kept} epoch(s) on all 300 rows" in out and "(--refit)" in out
+    # The saved model is exactly a fit on all 300 rows, scaled on all of them, from the
+    # seed's initial weights, for the kept number of epochs.
+    net, pre = cli.load_model(str(model))
+    data = load_training_data(blobs)
+    assert pre.x_mean == pytest.approx(data.X.mean(axis=0).tolist(), rel=1e-12)
+    again = _mlp_like(net)
+    again.fit(pre.transform(data.X), pre.encode(data.y), epochs=kept, batch_size=16, seed=0,
+              optimizer=optim.AdamW(lr=0.05, weight_decay=1.0))
+    np.testing.assert_array_equal(net.flat_parameters, again.flat_parameters)
+    # --no-refit: the early-stopping model, trained on 240 rows.
+    code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "30",
+                          "--patience", "3", "--lr", "0.05", "--no-refit", "-q"], capsys)
+    plain = _training_record(tmp_path / "n.json")
+    assert plain["train_rows"] == 240 and plain["refit"] is None and "refit:" not in out
+    assert plain["best_epoch"] == kept  # the same selection run
+    assert not np.array_equal(cli.load_model(str(tmp_path / "n.npz"))[0].flat_parameters,
+                              net.flat_parameters)
+
+
+def test_refit_keeps_the_schedules_learning_rates(
+        regression_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastbp import optim, schedules
+
+    model = tmp_path / "m.npz"
+    code, out, err = run(["train", regression_csv, "-o", model, "--epochs", "20",
+                          "--patience", "2", "--schedule", "cosine", "--refit", "-q"], capsys)
+    assert code == 0, err
+    record = _training_record(tmp_path / "m.json")
+    net, pre = cli.load_model(str(model))
+    data = load_training_data(regression_csv)
+    again = _mlp_like(net)
+    # cosine over the 20 epochs asked for, not over the (fewer) epochs of the refit
+    again.fit(pre.transform(data.X), pre.encode(data.y), epochs=record["refit"]["epochs"],
+              batch_size=16, seed=0, optimizer=optim.AdamW(lr=1e-3, weight_decay=2.0),
+              schedule=schedules.Cosine(20))
+    np.testing.assert_array_equal(net.flat_parameters, again.flat_parameters)
+
+
+def test_checkpoint_average_keeps_the_mean_of_the_last_epochs() -> None:
+    from fastbp import MLP
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 3)), rng.integers(0, 2, 64)
+    net = MLP([3, 5, 2], output="softmax", loss="cross_entropy", seed=1)
+    seen: List[np.ndarray] = []
+    avg = cli.CheckpointAverage(net, 3)
+    net.fit(X, y, epochs=6, lr=0.1, seed=0,
+            callbacks=[lambda e, logs: seen.append(net.flat_parameters.copy()), avg])
+    np.testing.assert_array_equal(net.flat_parameters, seen[-1])  # training untouched
+    avg.finish()
+    want = np.mean(np.stack(seen[-3:]), axis=0, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(net.flat_parameters, want)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        cli.CheckpointAverage(net, 0)
+
+
+def test_checkpoint_average_stops_on_the_means_validation_loss() -> None:
+    from fastbp import MLP
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(80, 3)), rng.integers(0, 2, 80)  # noise: overfits at once
+    Xv, yv = X[60:], y[60:]
+    net = MLP([3, 32, 2], output="softmax", loss="cross_entropy", seed=1)
+    seen: List[np.ndarray] = []
+    avg = cli.CheckpointAverage(net, 2, (Xv, yv), patience=2)
+    hist = net.fit(X[:60], y[:60], epochs=200, lr=0.5, seed=0,
+                   callbacks=[lambda e, logs: seen.append(net.flat_parameters.copy()), avg])
+    assert hist.stopped_early and len(seen) == avg.best_epoch + 3  # patience 2
+    assert avg.val_loss[avg.best_epoch] == min(avg.val_loss)
+    avg.finish()
+    b = avg.best_epoch
+    want = np.mean(np.stack(seen[max(0, b - 1):b + 1]), axis=0, dtype=np.float64)
+    np.testing.assert_array_equal(net.flat_parameters, want.astype(np.float32))
+    assert net.loss(Xv, yv) == pytest.approx(avg.best_loss, rel=1e-6)
+
+
+def test_average_option_keeps_the_mean_and_says_so(
+        blobs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run(["train", blobs, "-o", tmp_path / "m.npz", "--epochs", "30",
+                          "--patience", "3", "--lr", "0.05", "--average", "4", "-q"], capsys)
+    assert code == 0, err
+    assert "validation loss of the mean of the last 4 epochs' weights" in out
+    record = _training_record(tmp_path / "m.json")
+    assert record["options"]["average"] == 4 and 1 <= record["best_epoch"] <= 30
+    code, out, err = run(["train", blobs, "-o", tmp_path / "n.npz", "--epochs", "12",
+                          "--lr", "0.3", "--no-early-stopping", "--average", "2", "-q"], capsys)
+    assert code == 0, err
+    assert "the mean of the last 2 epochs' weights is kept" in out
+    # Without early stopping: the mean of epochs 11 and 12 of the plain fit on 240 rows
+    # (not the mean with the lowest validation loss: at lr 0.3 that is an earlier one).
+    from fastbp import optim
+
+    net, pre = cli.load_model(str(tmp_path / "n.npz"))
+    data = load_training_data(blobs)
+    train_rows, _ = cli.split_rows(len(data.y), 0.2, 0)
+    again, seen = _mlp_like(net), []
+    again.fit(pre.transform(data.X[train_rows]), pre.encode(data.y[train_rows]), epochs=12,
+              batch_size=16, seed=0, optimizer=optim.AdamW(lr=0.3, weight_decay=1.0),
+              callbacks=[lambda e, logs: seen.append(again.flat_parameters.copy())])
+    want = np.mean(np.stack(seen[-2:]), axis=0, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(net.flat_parameters, want)

@@ -135,6 +135,80 @@ def test_flat_gradient_not_finite_loss_gives_nan():
     assert not np.isfinite(loss) and np.isnan(g).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("sizes, bias", [([5, 8, 3], True), ([5, 33, 20, 7, 3], True),
+                                         ([5, 9, 6, 3], False), ([5, 3], True)])
+def test_layer_gradients_are_bitwise_flat_gradient(dtype, threads, sizes, bias):
+    from fastbp import _kernels
+
+    X, y = _data(70)
+    net = fastbp.MLP(sizes, activation="tanh", bias=bias, dtype=dtype, seed=2)
+    loss, ref = net.flat_gradient(X, y)
+    before = fastbp.get_num_threads()
+    old = _kernels.set_parallel_threshold(0)   # every call through threads, when threads > 1
+    regions = _kernels.parallel_regions()
+    try:
+        fastbp.set_num_threads(threads)
+        out = np.full(net.n_params, np.nan, dtype=dtype)
+        lg = net.layer_gradients(X, y, out=out)
+        assert lg.gradient is out and lg.loss == loss and lg.next_layer == net.n_layers - 1
+        seen = []
+        for k, g_k in lg:
+            seen.append(k)
+            assert np.shares_memory(g_k, out) and g_k.shape == (lg.slices[k].stop
+                                                                 - lg.slices[k].start,)
+            # Layer k is complete as soon as it is yielded; the layers below not yet.
+            np.testing.assert_array_equal(g_k, ref[lg.slices[k]])
+            assert np.isnan(out[:lg.slices[k].start]).all()
+    finally:
+        fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(old)
+    assert seen == list(range(net.n_layers - 1, -1, -1))
+    np.testing.assert_array_equal(out, ref)
+    if threads > 1 and _kernels.openmp_enabled() and not _kernels.serial_after_fork():
+        assert _kernels.parallel_regions() > regions   # the threaded path ran
+    assert [lg.slices[k] for k in range(net.n_layers)] == fd._layer_slices(net)
+    with pytest.raises(ValueError, match="formed already"):
+        lg.form()
+
+
+@pytest.mark.parametrize("activation, output, loss", [
+    ("relu", "identity", "squared_error"), ("sigmoid", "sigmoid", "binary_cross_entropy"),
+    ("tanh", "exp", "poisson")])
+def test_layer_gradients_of_every_output_and_loss(activation, output, loss):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 5))
+    Y = rng.random(size=(40, 3)) if loss != "binary_cross_entropy" else \
+        (rng.random(size=(40, 3)) > 0.5).astype(float)
+    net = fastbp.MLP([5, 7, 6, 3], activation=activation, output=output, loss=loss,
+                     dtype="float64", seed=4)
+    lg = net.layer_gradients(X, Y)
+    for _ in lg:
+        pass
+    loss_ref, ref = net.flat_gradient(X, Y)
+    assert lg.loss == loss_ref
+    np.testing.assert_array_equal(lg.gradient, ref)
+
+
+def test_layer_gradients_bad_arguments_and_non_finite_loss():
+    X, y = _data(10)
+    net = fastbp.MLP([5, 4, 3], seed=0)
+    theta = net.flat_parameters.copy()
+    with pytest.raises(ValueError, match="dtype"):
+        net.layer_gradients(X, y, out=np.empty(net.n_params))
+    with pytest.raises(ValueError, match="overlap"):
+        net.layer_gradients(X, y, out=net.flat_parameters)
+    with pytest.raises(ValueError, match="features"):
+        net.layer_gradients(X[:, :4], y)
+    np.testing.assert_array_equal(net.flat_parameters, theta)
+    big = fastbp.MLP([1, 1], activation="identity", output="identity", loss="squared_error",
+                     dtype="float32", weights=[[[3e38]]], biases=[[0.0]])
+    lg = big.layer_gradients(np.array([[1e3]]), np.array([0.0]))
+    assert not np.isfinite(lg.loss)
+    assert [k for k, _ in lg] == [0] and np.isnan(lg.gradient).all()
+
+
 def test_unflatten_views_any_vector():
     net = fastbp.MLP([3, 4, 2], seed=0)
     v = np.zeros(net.n_params, dtype=np.float64)
@@ -159,6 +233,40 @@ def test_combine_gradients_is_a_rank_order_float64_sum():
             expected = expected + gi.astype(np.float64) * (m / 11)
     np.testing.assert_array_equal(fd.combine_gradients(g, rows), expected.astype(np.float32))
     np.testing.assert_array_equal(fd.combine_gradients(g[:1], [4]), g[0])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(validation_data=(np.zeros((4, 5)), [0, 1, 2, 0]), validation_split=0.2), "not both"),
+    (dict(validation_data=np.zeros((4, 5))), "must be a pair"),
+    (dict(validation_split="0.2"), "must be a number"),
+    (dict(validation_split=1.0), r"must be in \[0, 1\)"),
+    (dict(validation_split=0.001), "leaves an empty training or validation set"),
+])
+def test_validation_options_are_checked_as_mlp_fit_checks_them(options, message):
+    X, y = _data(50)
+    net = fastbp.MLP([5, 4, 3], seed=0)
+    args = dict(validation_data=None, validation_split=0.0, n_samples=None, epochs=1,
+                batch_size=8, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                patience=3, early_stopping=False, shuffle=True, optimizer=None,
+                optimizer_state=None, callbacks=None)
+    with pytest.raises(ValueError, match=message):
+        fd._check_local(net, X, y, **dict(args, **options))
+    with pytest.raises(ValueError, match=message):
+        net.fit(X, y, epochs=1, **options)
+
+
+def test_validation_split_holds_out_the_last_rows_and_needs_the_whole_set():
+    X, y = _data(50)
+    net = fastbp.MLP([5, 4, 3], seed=0)
+    args = dict(validation_data=None, validation_split=0.2, n_samples=None, epochs=1,
+                batch_size=8, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                patience=3, early_stopping=False, shuffle=True, optimizer=None,
+                optimizer_state=None, callbacks=None)
+    local = fd._check_local(net, X, y, **args)
+    assert local["X"].shape[0] == 40 and local["val"][0].shape[0] == 10
+    np.testing.assert_array_equal(local["val"][0], X[40:])
+    with pytest.raises(ValueError, match="needs the whole data set on every rank"):
+        fd._check_local(net, X, y, **dict(args, n_samples=100))
 
 
 def test_missing_mpi4py_gives_a_clear_import_error(monkeypatch):
@@ -212,10 +320,12 @@ WORKER = textwrap.dedent(
     if rank == 1 and cfg.get("bad_width"):
         X = X[:, :-1]
         n_in -= 1
-    net = fastbp.MLP([n_in, 16, 3], seed=1 + rank)   # rank 0's parameters win
+    net = fastbp.MLP([n_in, *cfg.get("hidden", [16]), 3], seed=1 + rank)   # rank 0's win
     kw = dict(cfg["fit"])
     if rank == 1 and "rank1_batch" in cfg:
         kw["batch_size"] = cfg["rank1_batch"]
+    if rank == 1:
+        kw.update(cfg.get("rank1_fit", {}))
     if cfg.get("validation"):
         kw["validation_data"] = (Xv, yv)
     if cfg.get("sharded"):
@@ -231,13 +341,16 @@ WORKER = textwrap.dedent(
             a, b = vcuts[rank], vcuts[rank + 1]
             kw["validation_data"] = (Xv[a:b], yv[a:b])
     if rank == 1 and cfg.get("fail_at"):
-        real, calls = net.flat_gradient, [0]
-        def failing(*a, **k):
-            calls[0] += 1
-            if calls[0] == cfg["fail_at"]:
-                raise RuntimeError("boom in the gradient")
-            return real(*a, **k)
-        net.flat_gradient = failing
+        calls = [0]
+        def failing(real):
+            def call(*a, **k):
+                calls[0] += 1
+                if calls[0] == cfg["fail_at"]:
+                    raise RuntimeError("boom in the gradient")
+                return real(*a, **k)
+            return call
+        net.flat_gradient = failing(net.flat_gradient)
+        net.layer_gradients = failing(net.layer_gradients)
     if "optimizer" in cfg:
         from fastbp import optim
         kw["optimizer"] = optim.Optimizer.from_config(cfg["optimizer"])
@@ -256,6 +369,7 @@ WORKER = textwrap.dedent(
     if rank == 0:
         np.savez(cfg["out"], thetas=np.array(thetas), loss=np.array(hist.loss),
                  val_loss=np.array(hist.val_loss),
+                 requests=np.array([hist.comm_detail["requests"]]),
                  velocity=np.array(vel) if vel[0] is not None else np.zeros(0))
     """
 )
@@ -407,6 +521,8 @@ def test_an_exception_on_rank_1_aborts_the_job_naming_rank_1(mpi_run):
 
 @pytest.mark.parametrize("cfg, pattern", [
     (dict(rank1_batch=8), r"batch_size differs across ranks \(rank 0: 16, rank 1: 8\)"),
+    (dict(rank1_fit=dict(overlap=False)), r"overlap differs across ranks \(rank 0: True, "
+                                          r"rank 1: False\)"),
     (dict(bad_width=True), r"layer_sizes differs across ranks \(rank 0: \[5, 16, 3\], "
                            r"rank 1: \[4, 16, 3\]\)"),
 ])
@@ -603,3 +719,86 @@ def test_more_ranks_times_threads_than_cores_is_warned_about(mpi_run):
     assert "kernel threads each" not in quiet.stderr
     loud = mpi_run(2, dict(fit=dict(FIT, epochs=1), threads=cores))
     assert f"2 ranks on this node x {cores} kernel threads each > {cores} cores" in loud.stderr
+
+
+# ---------------------------------------------------------------------------
+# overlap: the reduction started layer by layer, the same bits
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("K, config", [
+    (2, None), (3, None), (2, ADAM), (3, {"name": "rmsprop", "momentum": 0.5, "centered": True}),
+    (3, {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}),
+])
+def test_overlap_gives_the_same_bits_as_without(mpi_run, tmp_path, K, config):
+    # 3 layers: with K = 3 the chunk boundaries fall inside layers, and the
+    # last layer (51 entries) lies inside one chunk.
+    fit = dict(FIT if config is None else FIT_ADAM, epochs=3, early_stopping=True, patience=5)
+    base = dict(validation=True, hidden=[16, 12])
+    if config is not None:
+        base["optimizer"] = config
+    runs = {}
+    for overlap in (False, True):   # with overlap, every layer on its own (bucket_bytes=0)
+        ckpt = str(tmp_path / f"ckpt-{overlap}.npz")
+        runs[overlap] = mpi_run(K, dict(base, fit=dict(fit, overlap=overlap, checkpoint=ckpt,
+                                                       bucket_bytes=0)))
+    off, on = runs[False].result, runs[True].result
+    for key in ("thetas", "velocity", "loss", "val_loss"):
+        np.testing.assert_array_equal(on[key], off[key], err_msg=key)
+    for t in on["thetas"][1:]:
+        np.testing.assert_array_equal(t, on["thetas"][0])
+    with np.load(str(tmp_path / "ckpt-False.npz")) as a, \
+            np.load(str(tmp_path / "ckpt-True.npz")) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            if key != "meta":
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The layer-wise path ran: one non-blocking request per layer per step.
+    steps = 3 * -(-150 // fit["batch_size"])
+    assert int(off["requests"][0]) == 0
+    assert int(on["requests"][0]) == 3 * steps
+
+
+def test_overlap_resumes_a_run_checkpointed_without_it(mpi_run, tmp_path):
+    ckpt = str(tmp_path / "ckpt.npz")
+    straight = mpi_run(2, dict(fit=dict(FIT, epochs=3, overlap=False), validation=True)).result
+    mpi_run(2, dict(fit=dict(FIT, epochs=1, checkpoint=ckpt, overlap=False), validation=True))
+    resumed = mpi_run(2, dict(fit=dict(FIT, epochs=3, resume=ckpt, bucket_bytes=0),
+                              validation=True)).result
+    np.testing.assert_array_equal(resumed["thetas"], straight["thetas"])
+    np.testing.assert_array_equal(resumed["velocity"], straight["velocity"])
+    assert int(resumed["requests"][0]) == 2 * 2 * -(-150 // FIT["batch_size"])
+
+
+def test_buckets_group_the_layers_last_first_until_the_cap():
+    net = fastbp.MLP([5, 16, 12, 3], seed=0)       # layers of 96, 204 and 39 entries
+    slices = fd._layer_slices(net)
+    assert [(sl.start, sl.stop) for sl in slices] == [(0, 96), (96, 300), (300, 339)]
+    assert fd._buckets(slices, 4, 0) == [(2, slice(300, 339)), (1, slice(96, 300)),
+                                         (0, slice(0, 96))]
+    assert fd._buckets(slices, 4, 400) == [(1, slice(96, 339)), (0, slice(0, 96))]
+    assert fd._buckets(slices, 4, 1 << 20) == [(0, slice(0, 339))]
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_overlap_in_buckets_gives_the_same_bits(mpi_run, K):
+    # Buckets of 400 bytes: layers 2 and 1 go out together, then layer 0.
+    base = dict(validation=True, hidden=[16, 12])
+    off = mpi_run(K, dict(base, fit=dict(FIT, overlap=False))).result
+    on = mpi_run(K, dict(base, fit=dict(FIT, bucket_bytes=400))).result
+    one = mpi_run(K, dict(base, fit=dict(FIT))).result   # the default: one bucket
+    for res in (on, one):
+        for key in ("thetas", "velocity", "loss", "val_loss"):
+            np.testing.assert_array_equal(res[key], off[key], err_msg=key)
+    steps = FIT["epochs"] * -(-150 // FIT["batch_size"])
+    assert int(on["requests"][0]) == 2 * steps
+    assert int(one["requests"][0]) == 0   # nothing to overlap: the plain step
+
+
+def test_overlap_is_off_with_slab_rows_and_must_agree_across_ranks(mpi_run):
+    fit = dict(FIT, epochs=1, batch_size=40, slab_rows=8, bucket_bytes=0)
+    res = mpi_run(2, dict(fit=fit)).result
+    assert int(res["requests"][0]) == 0   # the slab tree's one exchange per step
+    proc = mpi_run(2, dict(fit=dict(FIT, overlap="yes")))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CAUGHT")]
+    assert len(lines) == 2 and all("overlap" in ln for ln in lines), proc.stdout

@@ -34,6 +34,10 @@ def random_targets(rng, output, loss, n, n_out):
         Y[0] = 0.0
         Y[0, 1] = 1.0  # and one one-hot row
         return Y
+    if loss == "poisson":
+        Y = rng.poisson(1.5, size=(n, n_out)).astype(float)
+        Y[0] = 0.0  # 0 log 0 = 0
+        return Y
     return rng.normal(0.0, 1.0, size=(n, n_out))
 
 
@@ -54,6 +58,8 @@ def make_case(impl, activation, output, loss, bias, seed):
     rng = np.random.default_rng(seed)
     weights = [rng.normal(0.0, 0.8, size=(SIZES[k + 1], SIZES[k])) for k in range(len(SIZES) - 1)]
     biases = [rng.normal(0.0, 0.3, size=SIZES[k + 1]) for k in range(len(SIZES) - 1)] if bias else None
+    if output == "exp":  # logits of order 1: exp(z) (squared) not so large that the
+        weights[-1] *= 0.3  # differences' cancellation eps * |loss| / H swamps the small entries
     net = impl(SIZES, activation=activation, output=output, loss=loss, bias=bias,
                dtype="float64", weights=weights, biases=biases)
     rows = []
@@ -205,6 +211,51 @@ def test_sigmoid_and_softmax_outputs_saturate_without_overflow(impl, dtype):
     # saturated sigmoid: a(1 - a) = 0, so no gradient flows (and no NaN)
     np.testing.assert_array_equal(dW, np.zeros((2, 1)))
     np.testing.assert_allclose(p, [[0.5, 0.0, 0.5]], rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_poisson_hand_computed_and_extreme_logits(impl, dtype):
+    """Per unit y log(y / mu) - y + mu with mu = e^z and dl/dz = mu - y, by hand:
+    z = log 2, y = 3: 3 log 1.5 - 1; z = 0, y = 0: 1 (0 log 0 = 0); z = -30,
+    y = 1: 29 + e^-30; z = -1e4, y = 2 (mu underflows to 0; the loss, written
+    in z, stays finite): 2 log 2 + 2e4 - 2."""
+    z = [math.log(2.0), 0.0, -30.0, -BIG]
+    y = [3.0, 0.0, 1.0, 2.0]
+    net = single_layer(impl, "exp", "poisson", dtype, z)
+    z = net.weights[0][:, 0].astype(float)  # log 2 as the dtype holds it
+    X, Y = np.ones((1, 1)), np.array([y])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            value, ((dW, _),) = net.gradients(X, Y)
+            loss = net.loss(X, Y)
+            mu = net.predict(X)
+    expected = (3 * math.log(3.0) - 3 * z[0] - 3 + math.exp(z[0])) + 1.0 \
+        + (30.0 - 1.0 + math.exp(-30.0)) + (2 * math.log(2.0) + 2 * BIG - 2.0)
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    assert loss == pytest.approx(expected, rel=rtol) and value == pytest.approx(expected, rel=rtol)
+    assert loss == pytest.approx(3 * math.log(1.5) - 1 + 1 + 29 + 2 * math.log(2) + 2 * BIG - 2,
+                                 rel=rtol)
+    np.testing.assert_allclose(mu[0], [2.0, 1.0, math.exp(-30.0), 0.0], rtol=rtol, atol=0)
+    np.testing.assert_allclose(dW[:, 0], [2.0 - 3.0, 1.0, math.exp(-30.0) - 1.0, -2.0],
+                               rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_overflow_is_a_non_finite_loss(impl, dtype):
+    """Past exp's overflow (z = 1000) the output and the Poisson loss are +inf:
+    step and fit raise FloatingPointError and leave the model as it was."""
+    net = single_layer(impl, "exp", "poisson", dtype, [1000.0, 0.5])
+    X, Y = np.ones((2, 1)), np.array([[1.0, 2.0], [0.0, 1.0]])
+    before = net.weights[0].copy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isposinf(net.predict(X)[:, 0]).all()
+        assert np.isposinf(net.loss(X, Y))
+        with pytest.raises(FloatingPointError):
+            net.step(X, Y, 0.1)
+        with pytest.raises(FloatingPointError):
+            net.fit(X, Y, epochs=1, batch_size=2, lr=0.1)
+    np.testing.assert_array_equal(net.weights[0], before)
 
 
 # The compiled model against the reference on every activation, output/loss

@@ -14,7 +14,8 @@ from fastbp.io import ModelFileError
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
 HEADS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
-         ("identity", "squared_error"), ("sigmoid", "squared_error")]
+         ("identity", "squared_error"), ("sigmoid", "squared_error"), ("exp", "poisson"),
+         ("exp", "squared_error")]
 
 
 def make_net(dtype="float64", bias=True, activation="relu", output="softmax",
@@ -521,9 +522,29 @@ def test_non_npy_member_and_duplicates(tmp_path):
     ("activation", np.array(["relu", "tanh"]), "'activation' has shape"),
     ("bias", np.array(1), "'bias' has dtype"),
     ("loss", np.array("binary_cross_entropy"), "inconsistent model file: loss="),
+    ("loss", np.array("poisson"),
+     "inconsistent model file: loss='poisson' requires output='exp', got output='softmax'"),
+    ("output", np.array("exp"),
+     "inconsistent model file: loss='cross_entropy' requires output='softmax', got output='exp'"),
 ])
 def test_bad_config_values(tmp_path, key, value, match):
     load_error(hostile(tmp_path, {key: value}), match)
+
+
+def test_a_reader_before_poisson_refuses_it_by_name(tmp_path, monkeypatch):
+    """The exp output and the poisson loss are version 3 names: a reader
+    without them (the lists as they were) refuses the file, naming the value."""
+    path = tmp_path / "poisson.npz"
+    net = make_net(output="exp", loss="poisson")
+    net.save(path)
+    assert int(np.load(path)["version"]) == 3
+    assert_same_model(net, fio.load(path))
+    monkeypatch.setattr(fio, "_OUTPUTS", ("identity", "sigmoid", "softmax"))
+    load_error(path, r"^'output' is 'exp'; expected one of 'identity', 'sigmoid', 'softmax' "
+                     r"\(a newer fastbp may know it\)$")
+    monkeypatch.setattr(fio, "_OUTPUTS", fio._OUTPUTS + ("exp",))
+    monkeypatch.setattr(fio, "_LOSSES", ("squared_error", "binary_cross_entropy", "cross_entropy"))
+    load_error(path, r"^'loss' is 'poisson'; expected one of")
 
 
 @pytest.mark.parametrize("sizes, match", [

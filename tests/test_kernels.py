@@ -29,6 +29,13 @@ float32 reference; 506 tests) still passed, and these failed:
   row-kernel cases with squared error (identity, sigmoid, softmax output);
 - per-sample cross-entropy loss (loss_row, ``loss`` of LOSS_CE): the 6
   softmax/cross_entropy row-kernel cases.
+
+The same injection into the exp output and the Poisson loss (src/_rows.pxi),
+one at a time, against this file with the exp pairs: the exp output
+(``yhat[j]`` of OUT_EXP) failed the 12 exp row-kernel cases (poisson and
+squared error) and 136 cases of the matrix; the per-sample Poisson loss and
+the Poisson output delta each failed the 6 exp/poisson row-kernel cases and
+the 64 float64 exp/poisson cases of the matrix.
 """
 import functools
 import itertools
@@ -84,7 +91,9 @@ def make_data(sizes, n, output, loss, seed):
     X = rng.normal(size=(n, sizes[0])).astype(np.float32)
     if loss == "cross_entropy":
         Y = rng.integers(0, sizes[-1], size=n)
-    elif output in ("sigmoid", "softmax") or loss == "binary_cross_entropy":
+    elif loss == "poisson":  # counts, zeros among them (0 log 0 = 0)
+        Y = rng.poisson(1.5, size=(n, sizes[-1])).astype(np.float32)
+    elif output in ("sigmoid", "softmax", "exp") or loss == "binary_cross_entropy":
         Y = rng.uniform(size=(n, sizes[-1])).astype(np.float32)
     else:
         Y = rng.normal(size=(n, sizes[-1])).astype(np.float32)
@@ -266,17 +275,20 @@ def test_row_kernels_float32_within_a_few_ulp(pair_, n_threads, batch, threads):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_threads", THREADS)
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_fit_matches_reference(dtype, n_threads, shuffle, threads):
+@pytest.mark.parametrize("head", [("softmax", "cross_entropy"), ("exp", "poisson")])
+def test_fit_matches_reference(dtype, n_threads, shuffle, head, threads):
     """The epoch loop (batching, shuffling) against the reference's of the same
-    dtype; the float32 arithmetic of each step is bounded in the tests above."""
+    dtype; the float32 arithmetic of each step is bounded in the tests above.
+    Accuracy is recorded for the classification loss only."""
     threads(n_threads)
     sizes = [3, 6, 2]
-    fast, ref = pair(sizes, "tanh", "softmax", "cross_entropy", True, dtype)
-    X, Y = make_data(sizes, 23, "softmax", "cross_entropy", seed=7)
+    fast, ref = pair(sizes, "tanh", *head, True, dtype)
+    X, Y = make_data(sizes, 23, *head, seed=7)
     hf = fast.fit(X, Y, epochs=3, batch_size=4, lr=0.2, shuffle=shuffle, seed=11)
     hr = ref.fit(X, Y, epochs=3, batch_size=4, lr=0.2, shuffle=shuffle, seed=11)
     assert_close(hf.loss, hr.loss, dtype, "history")
     assert_same_params(fast, ref, dtype, "after fit")
+    assert len(hf.accuracy) == (3 if head[1] == "cross_entropy" else 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

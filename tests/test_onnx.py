@@ -17,7 +17,7 @@ from tolerances import ACTIVATIONS, PAIRS
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-# |onnxruntime - fastbp| <= RTOL * |fastbp| for sigmoid and softmax outputs, and
+# |onnxruntime - fastbp| <= RTOL * |fastbp| for sigmoid, softmax and exp outputs, and
 # <= RTOL * S for identity outputs, where S = |W_L| |h| + |b_L| is the size of the
 # terms the last layer sums (its result can cancel to anything near 0).  Measured
 # worst cases on SIZES (`python tests/test_onnx.py` prints the table of

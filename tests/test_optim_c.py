@@ -80,6 +80,8 @@ def optim_exe(request, tmp_path_factory):
 def _case(opt):
     if isinstance(opt, optim.SGD):
         return 0, [opt.momentum, float(opt.nesterov), opt.weight_decay]
+    if isinstance(opt, optim._SklearnAdam):
+        return 3, [opt.betas[0], opt.betas[1], opt.eps]
     if isinstance(opt, optim.Adam):  # and AdamW
         return 1, [opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay,
                    float(opt._decoupled), float(opt.amsgrad)]
@@ -101,6 +103,8 @@ OPTIMIZERS = [
     optim.RMSprop(weight_decay=0.01, momentum=0.9),
     optim.RMSprop(centered=True),
     optim.RMSprop(alpha=0.3, centered=True, momentum=0.5, weight_decay=0.1),  # lerp weight >= 0.5
+    optim._SklearnAdam(),  # scikit-learn's Adam (private; fastbp.sklearn's adam)
+    optim._SklearnAdam(lr=0.01, betas=(0.3, 0.6), eps=1e-4),
 ]
 
 
@@ -175,7 +179,8 @@ def test_c_kernels_equal_numpy_bitwise(optim_exe, tmp_path, opt, dtype):
 
 
 @pytest.mark.parametrize("opt", [optim.SGD(lr=0.1, momentum=0.9), optim.Adam(amsgrad=True),
-                                 optim.RMSprop(centered=True, momentum=0.9)], ids=repr)
+                                 optim.RMSprop(centered=True, momentum=0.9),
+                                 optim._SklearnAdam(betas=(0.8, 0.99))], ids=repr)
 def test_c_kernels_resume_from_a_state(optim_exe, tmp_path, opt):
     """Starting at step 37 with a non-zero state (not SGD's first step)."""
     n, dtype = 64, "float32"

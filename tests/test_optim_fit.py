@@ -15,6 +15,8 @@ import pytest
 import fastbp
 from fastbp import optim, reference, schedules
 
+from _helpers import torch_optimizer
+
 
 def blobs(n=200, n_in=5, n_out=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -51,17 +53,6 @@ def torch_copy(net):
         layers += [lin, torch.nn.Tanh()]
     seq = torch.nn.Sequential(*layers[:-1])
     return seq, list(seq.parameters())
-
-
-def torch_optimizer(opt, parameters):
-    torch = pytest.importorskip("torch")
-    cfg = opt.get_config()
-    name = cfg.pop("name")
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-           "rmsprop": torch.optim.RMSprop}[name]
-    return cls(parameters, foreach=False, **cfg)
 
 
 def torch_run(net, opt, X, y, epochs, batch_size, seed, sample_weight=None, clip=None,

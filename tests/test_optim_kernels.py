@@ -41,6 +41,9 @@ OPTIMIZERS = {
     "rmsprop-centered": lambda: optim.RMSprop(lr=0.005, centered=True),
     "rmsprop-centered-momentum": lambda: optim.RMSprop(lr=0.002, alpha=0.9, momentum=0.5,
                                                        centered=True, weight_decay=0.02),
+    # scikit-learn's Adam (fastbp.sklearn's adam): the kernels' sklearn variant
+    "sklearn-adam": lambda: optim._SklearnAdam(lr=0.01),
+    "sklearn-adam-betas": lambda: optim._SklearnAdam(lr=0.02, betas=(0.5, 0.9), eps=1e-4),
 }
 
 # (sizes, n_samples, batch): small GEMMs on the unit split (a small batch),
@@ -111,10 +114,12 @@ def _unit_sumsq(net, g):
 
 
 def _replay(net, theta, X, Y, order, batch, opt, state, lr, *, l2=0.0, clip_norm=0.0,
-            sample_weight=None, dropout=None, seed=0, epoch=0, first_step=0, max_steps=-1):
+            sample_weight=None, dropout=None, seed=0, epoch=0, first_step=0, max_steps=-1,
+            sklearn_weights=False):
     """The epoch again in numpy: per batch Network.gradients (one thread),
     + T(l2/m) W, clip, optimizer.update.  Returns (loss_sum, penalty_sum,
-    n_done, steps applied)."""
+    n_done, steps applied).  sklearn_weights with sample weights:
+    T(l2/sum s) W, and m times the batch's mean loss and penalty."""
     T = theta.dtype.type
     n = X.shape[0]
     wmask = _weight_mask(net)
@@ -133,10 +138,14 @@ def _replay(net, theta, X, Y, order, batch, opt, state, lr, *, l2=0.0, clip_norm
         g = np.empty_like(theta)
         loss = net.gradients(theta, Xb, Yb, g, 1, sample_weight=swb, dropout=dropout,
                              seed=seed, epoch=epoch, step=step)
-        loss_sum += loss * (m if swb is None else float(np.cumsum(swb.astype(np.float64))[-1]))
+        wsum = m if swb is None else float(np.cumsum(swb.astype(np.float64))[-1])
+        sk = sklearn_weights and swb is not None
+        den = wsum if sk else m
+        loss_sum += loss * (m if sk else wsum)
         if l2:
-            penalty += 0.5 * l2 * float(np.sum(theta[wmask].astype(np.float64) ** 2))
-            g[wmask] = g[wmask] + T(l2 / m) * theta[wmask]
+            pen = 0.5 * l2 * float(np.sum(theta[wmask].astype(np.float64) ** 2))
+            penalty += pen / den * m if sk else pen
+            g[wmask] = g[wmask] + T(l2 / den) * theta[wmask]
         if clip_norm:
             total = math.sqrt(float(np.cumsum(_unit_sumsq(net, g))[-1]))
             coef = clip_norm / (total + 1e-6)
@@ -285,6 +294,47 @@ def test_sample_weights_epoch(forced, dtype, n_threads, shape):
                                 sample_weight=sw, l2=0.05, epochs=1)
         live = sum(sw[order[i:i + batch]].any() for i in range(0, n, batch))
         assert live <= -(-n // batch) - 1 and state["step"] == live
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_sklearn_weights_epoch(forced, dtype, n_threads, shape):
+    """sklearn_weights=True: l2 over each batch's weight sum and scikit-learn's
+    loss sums, for the optimizer path (scikit-learn's and torch's Adam) and
+    the legacy SGD keywords (fastbp.sklearn's sgd), bitwise the replay."""
+    sizes, n, batch = SHAPES[shape]
+    net, theta, X, Y, order = _problem(sizes, n, dtype, True, hidden="relu")
+    sw = _weights(n, np.random.default_rng(4), dtype) * dtype(0.37)
+    sw[order[batch:2 * batch]] = 0          # batch 1 of the epoch weighs nothing
+    for name in ("sklearn-adam", "adam"):
+        _check_epoch(net, theta, X, Y, order, batch, OPTIMIZERS[name], n_threads,
+                     sample_weight=sw, l2=0.3, sklearn_weights=True)
+    # the SGD keywords: v = mu v + (g + T(l2 / sum s) W); theta -= lr (g + mu v)
+    a, velocity = theta.copy(), np.zeros_like(theta)
+    ws = np.empty(net.workspace_size(batch), dtype)
+    opt = optim.SGD(lr=0.05, momentum=0.9, nesterov=True)
+    b, state = theta.copy(), {"step": 1, "momentum_buffer": np.zeros_like(theta)}
+    for epoch in range(2):
+        r = net.fit_epoch(a, X, Y, order, batch, ws, np.empty_like(a), velocity, n_threads,
+                          0.05, momentum=0.9, nesterov=True, l2=0.3, sample_weight=sw,
+                          sklearn_weights=True)
+        ref = _replay(net, b, X, Y, order, batch, opt, state, 0.05, l2=0.3, sample_weight=sw,
+                      sklearn_weights=True)
+        assert r[4] == 0
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(velocity, state["momentum_buffer"])
+        np.testing.assert_allclose(r[0], ref[0], rtol=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(r[2], ref[1], rtol=1e-12)
+    # unweighted, the flag changes nothing
+    c, d = theta.copy(), theta.copy()
+    sc, sd = (optim._SklearnAdam(lr=0.01).init_state(net.n_params, dtype) for _ in range(2))
+    rc = _fit(net, c, X, Y, order, batch, optim._SklearnAdam(lr=0.01), sc, n_threads, 0.01,
+              l2=0.3)
+    rd = _fit(net, d, X, Y, order, batch, optim._SklearnAdam(lr=0.01), sd, n_threads, 0.01,
+              l2=0.3, sklearn_weights=True)
+    np.testing.assert_array_equal(c, d)
+    assert rc == rd
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

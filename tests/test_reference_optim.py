@@ -39,6 +39,7 @@ from fastbp import _kernels, reference
 from fastbp.model import Epochs
 
 from tolerances import assert_close, assert_within, float32_bounds, float32_sgd_bound
+from _helpers import torch_optimizer
 
 SIZES = [4, 6, 3]
 N = 11            # batch 4: batches of 4, 4, 3
@@ -294,17 +295,6 @@ def torch_objective(torch, layers, activation, output, loss, X, Y, s):
     return (s * per).sum() / s.sum()
 
 
-def torch_optimizer(torch, opt, params):
-    """torch.optim's twin of a fastbp.optim object (single-tensor algorithm)."""
-    cfg = opt.get_config()
-    name = cfg.pop("name")
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-           "rmsprop": torch.optim.RMSprop}[name]
-    return cls(params, foreach=False, **cfg)
-
-
 def optim_cases():
     from fastbp import optim
 
@@ -352,7 +342,7 @@ def test_reference_optimizers_match_torch(name, net, weighted):
             layer.weight.copy_(torch.from_numpy(W.copy()))
             layer.bias.copy_(torch.from_numpy(b.copy()))
         layers.append(layer)
-    t_opt = torch_optimizer(torch, opt, [p for layer in layers for p in layer.parameters()])
+    t_opt = torch_optimizer(opt, [p for layer in layers for p in layer.parameters()])
     Xt, Yt, st = (torch.from_numpy(a) for a in (X, Y, s))
     torch_history = []
     for epoch in range(3):

@@ -148,6 +148,25 @@ def test_bce_targets_outside_unit_interval(MLP, bad, row):
     net.loss(X, np.clip(Y, 0, 1))  # the boundary values themselves are fine
 
 
+@pytest.mark.parametrize("bad, row", [(-0.01, 3), (-1e300, 0), (-3, 9)])
+def test_poisson_targets_must_be_non_negative(MLP, bad, row):
+    X, _ = data()
+    Y = np.full((10, 2), 2.0)
+    Y[row, 1] = bad
+    keep = Y.copy()
+    net = MLP([3, 2], output="exp", loss="poisson")
+    before = params_of(net)
+    for call in (lambda: net.fit(X, Y, epochs=1), lambda: net.loss(X, Y),
+                 lambda: net.gradients(X, Y), lambda: net.step(X, Y, 0.1)):
+        with pytest.raises(ValueError, match=rf"^poisson targets must be non-negative "
+                                             rf"\(first negative in row {row}\)$"):
+            call()
+    assert_same_params(before, net)
+    assert np.array_equal(Y, keep)
+    Y[row, 1] = 0.0  # zero counts are fine (0 log 0 = 0)
+    assert np.isfinite(net.loss(X, Y))
+
+
 def test_regression_target_shapes(MLP):
     X, _ = data()
     net1 = MLP([3, 1], output="identity", loss="squared_error")
@@ -218,6 +237,11 @@ def test_epochs_zero_and_huge_batch(MLP):
     (dict(output="sigmoid", loss="cross_entropy"), r"loss='cross_entropy' requires output='softmax'"),
     (dict(output="softmax", loss="binary_cross_entropy"), r"loss='binary_cross_entropy' requires output='sigmoid', got output='softmax'"),
     (dict(output="identity", loss="binary_cross_entropy"), r"requires output='sigmoid'"),
+    (dict(output="identity", loss="poisson"), r"^loss='poisson' requires output='exp', got output='identity'$"),
+    (dict(output="softmax", loss="poisson"), r"^loss='poisson' requires output='exp', got output='softmax'$"),
+    (dict(output="exp", loss="cross_entropy"), r"^loss='cross_entropy' requires output='softmax', got output='exp'$"),
+    (dict(output="exp", loss="binary_cross_entropy"), r"^loss='binary_cross_entropy' requires output='sigmoid', got output='exp'$"),
+    (dict(output="exp", loss="Poisson"), r"unknown loss 'Poisson'; expected one of .*'poisson'"),
     (dict(dtype="float16"), r"unsupported dtype 'float16'; expected 'float32' or 'float64'"),
     (dict(dtype="int32"), r"unsupported dtype"),
     (dict(dtype=complex), r"unsupported dtype"),

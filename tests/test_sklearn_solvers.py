@@ -445,3 +445,176 @@ def test_sample_weight_errors():
     with pytest.raises(ValueError, match=r"sample_weight\[5\]"):
         est.fit(X, y, sample_weight=bad)
     assert not hasattr(est, "coefs_")  # nothing fitted
+
+
+# ---------------------------------------------------------------------------
+# The compiled epoch (sgd and adam): one kernel call per epoch, bitwise the
+# per-batch path (each batch's gradient from the kernels, the update in numpy)
+# ---------------------------------------------------------------------------
+
+class _Counting:
+    """The model's kernel object, counting its fit_epoch and gradients calls."""
+
+    def __init__(self, kernels):
+        self._kernels = kernels
+        self.calls = {"fit_epoch": 0, "gradients": 0}
+
+    def __getattr__(self, name):
+        attr = getattr(self._kernels, name)
+        if name not in self.calls:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_one_compiled_call_per_epoch(solver, weighted):
+    (X, y), _, _ = DATA["digits"]
+    sw = np.random.default_rng(0).uniform(0.2, 2, len(X)) if weighted else None
+    est = MLPClassifier(solver=solver, hidden_layer_sizes=(16,), max_iter=4, tol=0.0,
+                        n_iter_no_change=np.inf, random_state=0, warm_start=True)
+    est.partial_fit(X, y, classes=np.unique(y), sample_weight=sw)
+    counting = est._net._net = _Counting(est._net._net)
+    est.partial_fit(X, y, sample_weight=sw)
+    assert counting.calls == {"fit_epoch": 1, "gradients": 0}
+    est.fit(X, y, sample_weight=sw)  # warm: the same network, 4 epochs of 3 batches each
+    assert est.n_iter_ == 4
+    assert counting.calls == {"fit_epoch": 1 + 4, "gradients": 0}
+    est._per_batch = True  # the reference path: one gradients call per batch
+    est.fit(X, y, sample_weight=sw)
+    assert counting.calls == {"fit_epoch": 5, "gradients": 4 * 3}
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_compiled_epoch_is_the_per_batch_path_bitwise(solver, weighted, dtype, n_threads):
+    from fastbp import _kernels
+
+    (X, y), _, _ = DATA["digits"]
+    X = X.astype(dtype)
+    sw = None
+    if weighted:
+        sw = np.random.default_rng(1).uniform(0, 3, len(X))
+        sw[::5] = 0.0
+    threshold = _kernels.set_parallel_threshold(0)  # every step of 2 threads in the team
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(n_threads)
+    try:
+        for extra in (dict(), dict(early_stopping=True, validation_fraction=0.2),
+                      dict(learning_rate="invscaling", nesterovs_momentum=False,
+                           hidden_layer_sizes=(12, 7), activation="tanh", batch_size=64)):
+            kw = dict(dict(solver=solver, hidden_layer_sizes=(16,), alpha=0.01, max_iter=6,
+                           learning_rate_init=0.02 if solver == "sgd" else 0.005,
+                           random_state=0, n_threads=n_threads), **extra)
+            regions = _kernels.parallel_regions()
+            ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+            if n_threads == 2:
+                assert _kernels.parallel_regions() > regions, "the fit ran serially"
+            ref = MLPClassifier(**kw)
+            ref._per_batch = True
+            ref.fit(X, y, sample_weight=sw)
+            assert ours.coefs_[0].dtype == dtype
+            assert ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_
+            for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
+                np.testing.assert_array_equal(a, b)
+            rtol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=rtol)
+            if ref.validation_scores_ is not None:
+                assert ours.validation_scores_ == ref.validation_scores_
+            if extra.get("early_stopping"):
+                continue
+            # and partial_fit goes on from the same state (moments, velocity, t)
+            for est in (ours, ref):
+                est.partial_fit(X[:300], y[:300], sample_weight=None if sw is None else sw[:300])
+            for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(threshold)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lbfgs_in_pieces_matches_sklearn_and_any_thread_count(monkeypatch, weighted):
+    """Large sets: the objective is summed over row pieces (one kernel call
+    each); still scikit-learn's iterates, and bitwise the same on 1 and 2
+    threads."""
+    import fastbp.sklearn as fsk
+    from fastbp import _kernels
+
+    (X, y), _, _ = DATA["digits"]
+    sw = np.random.default_rng(2).uniform(0, 2, len(X)) if weighted else None
+    monkeypatch.setattr(fsk, "_LBFGS_PIECE_BYTES", 16 * 1024)
+    pieces = fsk._lbfgs_pieces(len(X), [64, 16, 10], 8, sw)
+    assert len(pieces) == 3 and pieces[-1][1] == len(X)
+    assert sum(p[2] for p in pieces) == pytest.approx(1.0, rel=1e-15)
+    kw = dict(solver="lbfgs", hidden_layer_sizes=(16,), alpha=1e-3, max_iter=30,
+              random_state=0)
+    calls = []
+    real = fsk._lbfgs_pieces
+    monkeypatch.setattr(fsk, "_lbfgs_pieces", lambda *a: calls.append(1) or real(*a))
+    ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert calls and len(real(len(X), ours.model_.layer_sizes, 8, sw)) == 3
+    theirs = sknn.MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    _assert_params_close(ours, theirs)
+    threshold = _kernels.set_parallel_threshold(0)
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(2)
+    try:
+        two = MLPClassifier(n_threads=2, **kw).fit(X, y, sample_weight=sw)
+    finally:
+        fastbp.set_num_threads(before)
+        _kernels.set_parallel_threshold(threshold)
+    assert two.loss_ == ours.loss_
+    for a, b in zip(two.coefs_ + two.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_compiled_epoch_is_the_per_batch_path_regressor(solver, loss):
+    (X, y), _, _ = DATA["regression"]
+    y = np.exp(y / 3) if loss == "poisson" else y
+    sw = np.random.default_rng(3).uniform(0, 2, len(X))
+    kw = dict(solver=solver, loss=loss, hidden_layer_sizes=(8,), alpha=0.05, max_iter=5,
+              learning_rate_init=0.005, batch_size=32, random_state=0)
+    for weights in (None, sw):
+        ours = MLPRegressor(**kw).fit(X, y, sample_weight=weights)
+        ref = MLPRegressor(**kw)
+        ref._per_batch = True
+        ref.fit(X, y, sample_weight=weights)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sklearn_adam_reference_is_sklearns_adam_bitwise(dtype):
+    """fastbp.optim._SklearnAdam (the compiled variant's reference) against
+    scikit-learn's own AdamOptimizer, 50 steps, bit for bit."""
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    from fastbp import optim
+
+    rng = np.random.default_rng(0)
+    theta = (rng.standard_normal(301) * 10.0 ** rng.integers(-3, 2, 301)).astype(dtype)
+    ours, theirs = theta.copy(), theta.copy()
+    sk = AdamOptimizer([theirs], learning_rate_init=0.01, beta_1=0.8, beta_2=0.99,
+                       epsilon=1e-6)
+    opt = optim._SklearnAdam(lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    state = opt.init_state(theta.size, dtype)
+    for _ in range(50):
+        g = (rng.standard_normal(301) * 10.0 ** rng.integers(-6, 1, 301)).astype(dtype)
+        sk.update_params([theirs], [g])
+        opt.update(ours, g, state)
+    assert theirs.dtype == dtype and state["step"] == sk.t == 50
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(state["exp_avg"], sk.ms[0])
+    np.testing.assert_array_equal(state["exp_avg_sq"], sk.vs[0])

@@ -11,7 +11,7 @@ from fastbp import torch_interop as ti
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
 HEADS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
          ("identity", "squared_error"), ("sigmoid", "squared_error"),
-         ("softmax", "squared_error")]
+         ("softmax", "squared_error"), ("exp", "poisson"), ("exp", "squared_error")]
 # Predictions and one-step parameters: fastbp's kernels and torch's sum in
 # different orders, so agreement is to rounding.
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
@@ -266,3 +266,31 @@ def test_from_torch_bad_arguments(torch):
         bad[0].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
         ti.from_torch(bad)
+
+
+def test_exp_output_module(torch):
+    """The exp output (log link) maps to fastbp.torch_interop.Exp: the default
+    loss after it is poisson, it pickles, and it is refused as a hidden layer."""
+    import pickle
+
+    nn = torch.nn
+    net = make_net("float64", True, "relu", "exp", "poisson")
+    seq = ti.to_torch(net)
+    assert isinstance(seq[-1], ti.Exp) and type(seq[-1]).__module__ == "fastbp.torch_interop"
+    back = ti.from_torch(pickle.loads(pickle.dumps(seq)))
+    assert (back.output, back.loss_name) == ("exp", "poisson")
+    assert back._theta.tobytes() == net._theta.tobytes()
+    with pytest.raises(ValueError, match="Exp is supported only as the output activation"):
+        ti.from_torch(nn.Sequential(nn.Linear(3, 4), ti.Exp(), nn.Linear(4, 1)))
+    with pytest.raises(ValueError, match="loss='poisson' requires output='exp'"):
+        ti.from_torch(nn.Linear(3, 1), loss="poisson")
+    # the torch loss is the half deviance, with torch's own PoissonNLLLoss inside
+    X, Y = data(net, n=9)
+    Y[0] = 0.0  # 0 log 0 = 0
+    Xt, Yt = as_tensors(torch, X, Y)
+    with torch.no_grad():
+        z = seq[:-1](Xt)
+        mu = torch.exp(z)
+        by_hand = (torch.xlogy(Yt, Yt / mu) - Yt + mu).sum() / 9
+        assert float(ti.torch_loss(net)(z, Yt)) == pytest.approx(float(by_hand), rel=1e-12)
+    np.testing.assert_allclose(float(by_hand), net.loss(X, Y), rtol=1e-12)

@@ -51,6 +51,8 @@ PAIRS = [
     ("softmax", "squared_error"),
     ("sigmoid", "binary_cross_entropy"),
     ("softmax", "cross_entropy"),
+    ("exp", "poisson"),
+    ("exp", "squared_error"),
 ]
 
 
@@ -156,6 +158,9 @@ def output_bound(output, z, ez):
     if output == "sigmoid":
         s = 0.5 * (1.0 + np.tanh(0.5 * z))
         return s, s * (1.0 - s) * ez + U * s
+    if output == "exp":
+        s = np.exp(z)
+        return s, s * ez + U * s
     e = np.exp(z - z.max(axis=1, keepdims=True))
     s = e / e.sum(axis=1, keepdims=True)
     # |d s_j / d z_k| = s_j |[j == k] - s_k| <= s_j ([j == k] + s_k)
@@ -172,6 +177,10 @@ def loss_bound(loss, z, ez, s, es, Y):
     if loss == "binary_cross_entropy":
         ell = (np.maximum(z, 0) - z * Y + np.log1p(np.exp(-np.abs(z)))).sum(axis=1)
         return ell, (np.abs(s - Y) * ez).sum(axis=1) + U * ell
+    if loss == "poisson":  # from the logits: y log y - y z - y + exp(z), d/dz = exp(z) - y
+        ylogy = np.where(Y > 0, Y * np.log(np.where(Y > 0, Y, 1.0)), 0.0)
+        ell = (ylogy - Y * z - Y + np.exp(z)).sum(axis=1)
+        return ell, (np.abs(s - Y) * ez).sum(axis=1) + U * ell
     ysum = Y.sum(axis=1, keepdims=True)
     m = z.max(axis=1, keepdims=True)
     lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
@@ -187,6 +196,9 @@ def delta_bound(loss, output, z, ez, s, es, Y):
     if loss == "binary_cross_entropy":
         d = (s - Y) / m
         sens = s * (1.0 - s) * ez / m
+    elif loss == "poisson":  # exp(z) - y from the logits
+        d = (s - Y) / m
+        sens = s * ez / m
     elif loss == "cross_entropy":
         ysum = Y.sum(axis=1, keepdims=True)
         d = (ysum * s - Y) / m
@@ -198,6 +210,9 @@ def delta_bound(loss, output, z, ez, s, es, Y):
         elif output == "sigmoid":
             d = g * s * (1.0 - s) / m
             sens = np.abs(s * (1.0 - s) + g * (1.0 - 2.0 * s)) * es / m
+        elif output == "exp":  # d/ds of (s - y) s
+            d = g * s / m
+            sens = np.abs(s + g) * es / m
         else:  # the full softmax Jacobian: d_j = s_j (g_j - sum_k g_k s_k)
             gs = (g * s).sum(axis=1, keepdims=True)
             d = s * (g - gs) / m

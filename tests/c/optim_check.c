@@ -5,7 +5,7 @@
  * and compares OUT_FILE bit for bit with fastbp/optim.py's numpy `update`.
  *
  * CASE_FILE (native byte order):
- *   int64  kind (0 SGD, 1 Adam/AdamW, 2 RMSprop), elem (4 float, 8 double),
+ *   int64  kind (0 SGD, 1 Adam/AdamW, 2 RMSprop, 3 scikit-learn's Adam), elem (4 float, 8 double),
  *          n, n_steps, n_state, step0 (the state's step count), split_seed, 0
  *   double hyper[8]
  *            SGD:     momentum, nesterov, weight_decay
@@ -112,6 +112,19 @@ static int run_##SFX(const int64_t *h, const double *hyp, const double *lrs,    
                 fbp_rmsprop_range_##SFX(theta + start, grad + start, state + start,    \
                                         buf ? buf + start : NULL,                      \
                                         gavg ? gavg + start : NULL, len, &s, &sq[k]);  \
+            }                                                                          \
+        } else if (kind == 3) {  /* scikit-learn's Adam: hyp = beta1, beta2, eps */     \
+            fbp_adam_step_##SFX s = fbp_adam_sklearn_prepare_##SFX(lrs[k], hyp[0], hyp[1], \
+                                                                hyp[2], step);         \
+            if (n_state != 2) {                                                        \
+                fprintf(stderr, "scikit-learn's Adam: n_state must be 2\n");           \
+                return 1;                                                              \
+            }                                                                          \
+            for (start = 0; start < n; start += len) {                                 \
+                len = next_len();                                                      \
+                if (len > n - start) len = n - start;                                  \
+                fbp_adam_range_##SFX(theta + start, grad + start, state + start,       \
+                                     state + n + start, NULL, len, &s, &sq[k]);        \
             }                                                                          \
         } else {                                                                       \
             fprintf(stderr, "unknown kind %ld\n", (long)kind);                         \
