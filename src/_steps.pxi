@@ -130,7 +130,7 @@ cdef inline int64_t cut(int64_t n, int64_t t, int64_t nt, int64_t align) noexcep
 
 
 cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt,
-                          int per_thread) noexcept nogil:
+                          int per_thread=UNIT_TILES_PER_THREAD) noexcept nogil:
     """Tiles for n items (at multiples of align) worth `macs` multiply-adds,
     at most per_thread per thread."""
     cdef int64_t t = per_thread * nt, lim = (n + align - 1) // align
