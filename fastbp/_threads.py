@@ -10,8 +10,10 @@ most, evaluated when it starts:
 * capped by ``threadpoolctl.threadpool_limits(n)`` (fastbp registers a
   threadpoolctl controller, user API ``"fastbp"``, when threadpoolctl is
   imported), for the whole process while the limit holds;
-* capped by every :func:`threads` block the calling Python thread is inside
-  (local to that thread: fits in joblib threads do not oversubscribe).
+* capped by every :func:`threads` block the caller is inside (local to the
+  calling Python thread, and to the asyncio task: a context variable, so
+  fits in joblib threads do not oversubscribe and concurrent tasks do not
+  see each other's caps).
 
 Each step then uses fewer threads when it is too small to gain from them
 (results do not depend on the thread count: every reduction runs in a fixed
@@ -20,12 +22,12 @@ order).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.abc
 import importlib.util
 import numbers
 import sys
-import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 from . import _kernels
 
@@ -35,7 +37,11 @@ MAX_THREADS = 1024
 
 _n_threads: Optional[int] = None     # set_num_threads, None: the OpenMP default
 _limit: Optional[int] = None         # threadpoolctl's limit, None: no limit
-_local = threading.local()           # .caps: the fastbp.threads caps of this thread
+# The fastbp.threads caps in force, innermost last: a context variable, so
+# local to each Python thread (a new thread starts with none) and to each
+# asyncio task (a task runs in a copy of its creator's context).
+_caps: contextvars.ContextVar[Tuple[int, ...]] = contextvars.ContextVar("fastbp_thread_caps",
+                                                                         default=())
 
 
 def _check_count(n: Any, what: str = "the number of threads") -> int:
@@ -89,7 +95,7 @@ def get_num_threads() -> int:
     n = _base()
     if _limit is not None:
         n = min(n, _limit)
-    caps: List[int] = getattr(_local, "caps", None) or []
+    caps = _caps.get()
     if caps:
         n = min(n, min(caps))
     return max(1, min(n, _kernels.thread_limit()))   # OMP_THREAD_LIMIT caps every team
@@ -97,12 +103,14 @@ def get_num_threads() -> int:
 
 @contextlib.contextmanager
 def threads(n: Optional[int]) -> Iterator[int]:
-    """Cap the threads of fastbp calls made from this Python thread.
+    """Cap the threads of fastbp calls made from this Python thread (or
+    asyncio task).
 
     ``with fastbp.threads(1): net.fit(...)`` runs that fit on one thread while
-    other Python threads keep their own setting.  Blocks nest (the smallest
-    cap holds) and the previous state comes back on exit, also on an
-    exception.
+    other Python threads, and other asyncio tasks, keep their own setting
+    (the cap is a :class:`contextvars.ContextVar`).  Blocks nest (the
+    smallest cap holds) and the previous state comes back on exit, also on
+    an exception.
 
     Parameters
     ----------
@@ -118,14 +126,11 @@ def threads(n: Optional[int]) -> Iterator[int]:
         yield get_num_threads()
         return
     n = _check_count(n)
-    caps = getattr(_local, "caps", None)
-    if caps is None:
-        caps = _local.caps = []
-    caps.append(n)
+    token = _caps.set(_caps.get() + (n,))
     try:
         yield get_num_threads()
     finally:
-        caps.pop()
+        _caps.reset(token)
 
 
 # -- threadpoolctl ------------------------------------------------------------

@@ -281,17 +281,20 @@ cdef int run_call(const Spec *s, const Work *w, Call *c, int64_t rows, bint trai
     if p.nt <= 1 or fbp_serial_after_fork():
         return drive(s, w, c, NULL, &gen, &job, theta)
     fbp_team_init(&T)
+    fbp_tune_load(&T, step_key(s, rows, train))   # what earlier calls learnt
     with parallel(num_threads=p.nt):
         tid = threadid()
         csr = fbp_ftz_enter(s.ftz)
         if tid == 0:
             fbp_count_parallel(fbp_team_size())
+            fbp_stat_region()
             status_p[0] = drive(s, w, c, &T, &gen, &job, theta)
             fbp_team_quit(&T)
         else:
             team_worker(&T, s, w, &job, theta, <floating *>c.ws, <const floating *>c.X,
                         <const floating *>c.Y)
         fbp_ftz_leave(csr)
+    fbp_tune_store(&T)
     return status
 
 

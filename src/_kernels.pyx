@@ -129,8 +129,6 @@ cdef extern from "fbp_team.h" nogil:
     unsigned fbp_team_next(fbp_team *T, unsigned last)
     int fbp_poll_signals()
     int64_t fbp_now_ns()
-    int fbp_team_backing_off(fbp_team *T)
-    void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns)
     int fastbp_kernels_abi()
 
 fbp_install_atfork()

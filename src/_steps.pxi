@@ -17,7 +17,13 @@
 # in any order, and a thread moves to the next wave once every tile of this
 # one is finished.  Two plans:
 #   * row split (enough rows per thread): wave 0 = row tiles of part 1,
-#     wave 1 = unit tiles of part 2 (every layer's units, one list);
+#     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
+#     tiles (one of rows, and one of each layer's units, per thread) unless
+#     the last coarse steps left thread 0 waiting: then fine ones (several
+#     per thread).  Each row tile packs every W_k again and each unit tile
+#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
+#     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
+#     only less to wait for when a thread loses its core;
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
 #     columns cut into tiles: forward waves 0..L-1, one wave of output rows
 #     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
@@ -31,6 +37,61 @@
 # in row order and bias gradients are column sums in row order, so a step
 # gives the same bits on 1 thread as on any number of them, whichever thread
 # takes which tile.
+
+cdef extern from "fbp_team.h" nogil:
+    int FBP_N_STATS
+    void fbp_stats_read(int64_t *out)
+    void fbp_stats_reset()
+    void fbp_stat_serial_step(int mode)
+    int FBP_MODE_SERIAL, FBP_MODE_PROBE, FBP_MODE_FINE, FBP_MODE_COARSE
+    int fbp_team_mode(fbp_team *T, int64_t key)
+    void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns)
+    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine)
+    void fbp_tune_load(fbp_team *T, int64_t key)
+    void fbp_tune_store(const fbp_team *T)
+    void fbp_tune_forget()
+    int64_t fbp_shape_key(int64_t macs, int64_t m, int flags)
+    void fbp_stat_tiles(int caller, int64_t n, int late)
+    void fbp_stat_region()
+    void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
+                            int64_t wait_last, int fine)
+
+# The fields of fbp_stats_t (fbp_team.h), in order.
+_TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
+               "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
+               "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
+
+
+def team_stats(bint reset=False):
+    """Test hook: what the thread teams did since the last reset, summed
+    over calls (a dict of counts and nanoseconds, see fbp_stats_t in
+    fbp_team.h); with reset, the counters are zeroed after reading."""
+    cdef int64_t v[32]
+    assert FBP_N_STATS == len(_TEAM_STATS) and FBP_N_STATS <= 32
+    fbp_stats_read(v)
+    if reset:
+        fbp_stats_reset()
+    return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
+
+
+# Tiles of the row split's row and unit waves: 0 as fbp_team_account picks
+# (coarse, fine after a step that waited), 1 always fine, 2 always coarse.
+# The tests' threshold 0 (par_min_macs) uses coarse unless told otherwise.
+cdef int tile_mode = 0
+
+
+def set_tile_mode(int mode):
+    """Test hook: the row split's tiles, 0 as the team picks, 1 fine, 2
+    coarse (results are the same); also forgets what earlier calls learnt
+    about their steps.  Returns the previous mode."""
+    global tile_mode
+    if mode not in (0, 1, 2):
+        raise ValueError("the tile mode must be 0, 1 or 2")
+    previous, tile_mode = tile_mode, mode
+    fbp_tune_forget()
+    return previous
+
 
 cdef struct Plan:
     int nt                  # threads asked for (1: serial, no parallel region)
@@ -68,9 +129,11 @@ cdef inline int64_t cut(int64_t n, int64_t t, int64_t nt, int64_t align) noexcep
     return min(n, part((n + align - 1) // align, t, nt) * align)
 
 
-cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt) noexcept nogil:
-    """Tiles for n items (at multiples of align) worth `macs` multiply-adds."""
-    cdef int64_t t = UNIT_TILES_PER_THREAD * nt, lim = (n + align - 1) // align
+cdef inline int tiles_for(int64_t n, int64_t macs, int64_t align, int nt,
+                          int per_thread=UNIT_TILES_PER_THREAD) noexcept nogil:
+    """Tiles for n items (at multiples of align) worth `macs` multiply-adds,
+    at most per_thread per thread."""
+    cdef int64_t t = per_thread * nt, lim = (n + align - 1) // align
     if par_min_macs > 0:
         t = min(t, max(<int64_t>1, 4 * macs // par_min_macs))
     return <int>max(<int64_t>1, min(min(t, lim), <int64_t>MAX_TILES))
@@ -91,8 +154,23 @@ cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
 
 cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
                     Plan *p) noexcept nogil:
+    """The plan with coarse tiles (the widest tiles: what buffer sizes
+    must allow for)."""
+    make_plan_tiles(s, m, train, with_loss, False, p)
+
+
+cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, bint fine,
+                          Plan *p) noexcept nogil:
     """Threads, split and tiles for m rows: a training step (train), or a
-    forward pass, with per-sample losses when with_loss."""
+    forward pass, with per-sample losses when with_loss.
+
+    The row split's tiles are coarse (one tile of rows and one of each
+    layer's units per thread: each row tile packs every W_k again, each
+    unit tile packs the layer's input again, so the fewer the cheaper) or,
+    when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
+    UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
+    its core).  The unit split's column tiles pack only their own slice of
+    W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
     cdef int64_t macs = forward_macs(s, m), units, work, t1
     cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
     if par_min_macs > 0:
@@ -105,7 +183,10 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
     nt = p.nt
     p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
-    if not p.by_units:
+    if not p.by_units and not fine:   # halves (thirds...) of the rows
+        p.row_align = 1
+        p.n_tiles[0] = nt
+    elif not p.by_units:
         p.row_align = p.mr if m >= 4 * p.mr * nt else 1
         work = 3 * macs if train else macs
         t1 = max(<int64_t>ROW_TILES_PER_THREAD * nt, work // TILE_MACS)
@@ -118,7 +199,8 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
         nw = 1
     else:
         for k in range(L):       # forward, layer by layer, output columns
-            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt,
+                                      UNIT_TILES_PER_THREAD)
             nw += 1
         p.n_tiles[nw] = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
         if with_loss:
@@ -126,13 +208,16 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
         nw += 1
         if train:
             for k in range(L - 1, 0, -1):   # delta_k, columns
-                p.n_tiles[nw] = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt)
+                p.n_tiles[nw] = tiles_for(s.sizes[k], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt,
+                                          UNIT_TILES_PER_THREAD)
                 nw += 1
     if train:
         p.p2_first[0] = 0
         for k in range(L):
             units = s.sizes[k + 1]
-            p.p2_first[k + 1] = p.p2_first[k] + tiles_for(units, m * s.sizes[k] * units, p.mr, nt)
+            p.p2_first[k + 1] = p.p2_first[k] + tiles_for(
+                units, m * s.sizes[k] * units, p.mr, nt,
+                UNIT_TILES_PER_THREAD if fine or p.by_units else 1)
         p.n_tiles[nw] = <int>p.p2_first[L]
         nw += 1
     p.n_waves = nw
@@ -406,31 +491,40 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
     loss wave every thread sums the losses (in row order: all agree) and
     stops before the updates when the sum is not finite (returns 1).  -2:
     generation g is over (a late thread).  Workers do not wait for the last
-    wave; the caller does, so the step is complete when it returns."""
-    cdef int v, t, r, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
-    cdef int64_t t0
+    wave; the caller does, so the step is complete when it returns; it adds
+    its waiting to waited[0] (and that of the last wave to waited[1])."""
+    cdef int v, t, r = 0, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
+    cdef int64_t t0, dt, ran = 0
     for v in range(nw):
         while True:
             t = fbp_team_claim(T, v, g)
             if t == -2:
+                fbp_stat_tiles(caller, ran, 1)
                 return -2
             if t < 0:
                 break
             run_tile(s, &job.plan, v, t, job, theta, ws, w, X, Y if job.has_y else NULL)
             fbp_team_finish(T, v)
+            ran += 1
         if v == nw - 1 and not caller:
-            return 0
+            break
         if caller:
             t0 = fbp_now_ns()
             r = fbp_team_wait_wave(T, v, g)
-            waited[0] += fbp_now_ns() - t0
+            dt = fbp_now_ns() - t0
+            waited[0] += dt
+            if v == nw - 1:
+                waited[1] += dt
         else:
             r = fbp_team_wait_wave(T, v, g)
         if r != 0:
+            fbp_stat_tiles(caller, ran, 1)
             return -2
         if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
-            return 1
-    return 0
+            r = 1
+            break
+    fbp_stat_tiles(caller, ran, 0)
+    return r
 
 
 cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
@@ -445,14 +539,33 @@ cdef void team_worker(fbp_team *T, const Spec *s, const Work *w, Job *job,
         team_waves(T, g, s, w, job, theta, ws, X, Y, False, NULL)
 
 
+cdef inline int64_t step_key(const Spec *s, int64_t m, bint train) noexcept nogil:
+    """What identifies the shape of a step for fbp_team_mode's timings."""
+    return fbp_shape_key(forward_macs(s, m), m, train)
+
+
+cdef inline int step_mode(fbp_team *T, int64_t key) noexcept nogil:
+    """How thread 0 runs the next step: FBP_MODE_* (see fbp_team_mode)."""
+    cdef int mode
+    if par_min_macs == 0:    # the tests' threshold: every step through the team
+        return FBP_MODE_FINE if tile_mode == 1 else FBP_MODE_COARSE
+    mode = fbp_team_mode(T, key)
+    if mode >= FBP_MODE_FINE and tile_mode != 0:
+        return FBP_MODE_FINE if tile_mode == 1 else FBP_MODE_COARSE
+    return mode
+
+
 cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
                    const Spec *s, const Work *w, const Extra *e,
                    floating *theta, floating *grad, floating lr, floating *snap,
                    floating *ws, const floating *X, const floating *Y,
-                   const int64_t *rows, int64_t start, int64_t m, bint train) noexcept nogil:
+                   const int64_t *rows, int64_t start, int64_t m, bint train,
+                   int64_t key, bint fine) noexcept nogil:
     """The caller: publish one step (or chunk) to the team, then take part."""
-    cdef int64_t t0 = fbp_now_ns(), waited = 0
+    cdef int64_t t0 = fbp_now_ns(), t1
+    cdef int64_t waited[2]
     cdef unsigned g = gen[0] + 1
+    waited[0] = waited[1] = 0
     if g == 0:
         g = 1
     gen[0] = g
@@ -463,9 +576,11 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
     fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
-    team_waves(T, g, s, w, job, theta, ws, X, Y, True, &waited)
+    team_waves(T, g, s, w, job, theta, ws, X, Y, True, waited)
+    t1 = fbp_now_ns()
+    fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)
     if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
-        fbp_team_account(T, fbp_now_ns() - t0, waited)
+        fbp_team_account(T, key, t1 - t0, waited[0], fine)
 
 
 cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,
@@ -487,15 +602,22 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
     theta changes.
     """
     cdef Plan p
-    cdef int k
+    cdef int k, mode = -1
+    cdef int64_t key = 0, t0 = 0
     cdef const floating *x = X + start * s.sizes[0]
     sparse_bind(e.sp, rows, start)   # sparse X: the batch's rows (_sparse.pxi)
-    if T != NULL and not fbp_team_backing_off(T):
-        make_plan(s, m, True, True, &p)
-        if p.nt > 1:
-            team_run(T, gen, job, &p, s, w, e, theta, grad, lr, snap, ws, X, Y, rows, start, m, True)
-            loss[0] = row_sum(ws + w.lossv, m)
-            return 0 if isfinite(loss[0]) else 1
+    if T != NULL:
+        key = step_key(s, m, True)
+        mode = step_mode(T, key)
+        if mode >= FBP_MODE_FINE:
+            make_plan_tiles(s, m, True, True, mode == FBP_MODE_FINE, &p)
+            if p.nt > 1:
+                team_run(T, gen, job, &p, s, w, e, theta, grad, lr, snap, ws, X, Y, rows,
+                         start, m, True, key, mode == FBP_MODE_FINE)
+                loss[0] = row_sum(ws + w.lossv, m)
+                return 0 if isfinite(loss[0]) else 1
+        fbp_stat_serial_step(mode)
+        t0 = fbp_now_ns()
     if rows != NULL:
         x = ws + w.act[0]
     phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True)
@@ -504,6 +626,8 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
         return 1
     for k in range(s.n_layers):
         update_units(s, e, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
+    if T != NULL:
+        fbp_team_serial_done(T, key, fbp_now_ns() - t0)
     return 0
 
 
@@ -516,13 +640,22 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
     into rows 0..m-1 of the workspace."""
     cdef Plan p
     sparse_bind(e.sp, NULL, start)   # sparse X: the chunk's rows (_sparse.pxi)
-    if T != NULL and not fbp_team_backing_off(T):
-        make_plan(s, m, False, Y != NULL, &p)
-        if p.nt > 1:
-            team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL, ws, X, Y,
-                     NULL, start, m, False)
-            return
+    cdef int mode = -1
+    cdef int64_t key = 0, t0 = 0
+    if T != NULL:
+        key = step_key(s, m, False)
+        mode = step_mode(T, key)
+        if mode >= FBP_MODE_FINE:
+            make_plan_tiles(s, m, False, Y != NULL, mode == FBP_MODE_FINE, &p)
+            if p.nt > 1:
+                team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL,
+                         ws, X, Y, NULL, start, m, False, key, mode == FBP_MODE_FINE)
+                return
+        fbp_stat_serial_step(mode)
+        t0 = fbp_now_ns()
     if Y != NULL:
         phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
     else:
         forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m)
+    if T != NULL:
+        fbp_team_serial_done(T, key, fbp_now_ns() - t0)

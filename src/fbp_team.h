@@ -7,8 +7,12 @@
  * the network's data: the kernels in _steps.pxi do, and say why each of
  * their writes is private to the thread running a tile.  The only state
  * shared between threads is an fbp_team, every field of which is read and
- * written with __atomic builtins (thread 0 alone reads and writes
- * serial_until and backoff).
+ * written with __atomic builtins (thread 0 alone reads and writes its
+ * tune, last_end and n_team_steps).  How thread 0 runs each step (serially
+ * while backing off or to time a serial step, else through the team with
+ * coarse or fine tiles) is fbp_team_mode / fbp_team_account, from what
+ * the last steps took; fbp_stats counts what happened, for the tests and
+ * for explaining a timing (_kernels.team_stats()).
  *
  * Included once, by the C file Cython generates from _kernels.pyx (after
  * Python.h, which fbp_poll_signals needs).
@@ -146,9 +150,74 @@ static int fbp_omp_thread_limit(void) { return 1; }
 #else
 #include <sched.h>
 #endif
+/* Test hook: what the teams did, summed over every call since the last
+   reset (fbp_stats_reset), to explain a timing.  Relaxed atomic adds, a few
+   per step or tile: cheap next to a tile.  Thread 0 adds the step, wait and
+   back-off figures; any thread adds its tiles, sleeps and wake-ups. */
+typedef struct {
+    int64_t regions;        /* parallel regions (one per call) */
+    int64_t steps_team;     /* steps (or chunks) run through the team */
+    int64_t steps_small;    /* steps in a region run serially: too small to split */
+    int64_t steps_backoff;  /* steps in a region run serially: backing off */
+    int64_t backoffs;       /* back-off triggers (fbp_team_account) */
+    int64_t slow_backoffs;  /* of which because team steps were no faster */
+    int64_t steps_probe;    /* steps in a region run serially to time them */
+    int64_t steps_fine;     /* team steps with fine tiles */
+    int64_t fines;          /* switches to fine tiles */
+    int64_t tiles_caller, tiles_worker;
+    int64_t late;           /* a worker found its generation over */
+    int64_t step_ns;        /* thread 0: the team steps, publishing to return */
+    int64_t wait_ns;        /* thread 0: of which waiting for others' tiles */
+    int64_t wait_last_ns;   /* thread 0: of which waiting in the last wave */
+    int64_t gap_ns, gaps;   /* thread 0: between two team steps of a region */
+    int64_t sleeps_wave;    /* futex sleeps waiting for a wave (any thread) */
+    int64_t sleeps_next;    /* futex sleeps of a worker waiting for a step */
+    int64_t wakes;          /* FUTEX_WAKE calls */
+    int64_t wake_ns, wake_n; /* a worker asleep for a step: publish to its first claim */
+} fbp_stats_t;
+static fbp_stats_t fbp_stats;
+#define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
+#define FBP_N_STATS ((int)(sizeof(fbp_stats_t) / sizeof(int64_t)))
+static void fbp_stats_read(int64_t *out) {
+    int64_t *p = (int64_t *)&fbp_stats;
+    for (int i = 0; i < FBP_N_STATS; i++) out[i] = __atomic_load_n(&p[i], __ATOMIC_RELAXED);
+}
+static void fbp_stat_serial_step(int mode) {
+    if (mode == 0) FBP_STAT(steps_backoff, 1);
+    else if (mode == 1) FBP_STAT(steps_probe, 1);
+    else FBP_STAT(steps_small, 1);
+}
+static void fbp_stat_tiles(int caller, int64_t n, int late) {
+    if (caller) FBP_STAT(tiles_caller, n); else FBP_STAT(tiles_worker, n);
+    if (late) FBP_STAT(late, 1);
+}
+static void fbp_stat_region(void) { FBP_STAT(regions, 1); }
+static void fbp_stats_reset(void) {
+    int64_t *p = (int64_t *)&fbp_stats;
+    for (int i = 0; i < FBP_N_STATS; i++) __atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);
+}
+
 #define FBP_MAXW 129
 #define FBP_SPIN 2000
 #define FBP_NO_TILE 0x7fffffffLL
+/* What thread 0 has learnt about the steps of one shape (thread 0 only;
+   carried from call to call through fbp_tune_hint):
+   - back-off: run serially until serial_until (when waiting took over
+     half a step, or a team step was no faster than a serial one);
+   - fine tiles until fine_until (when coarse tiles left it waiting);
+   - ser_ns / par_ns: running means of a serial and a team step of this
+     shape (key), ser_at when ser_ns was last measured. */
+typedef struct {
+    int64_t key;
+    int64_t serial_until, backoff;
+    int64_t fine_until, fine_len;
+    int64_t ser_ns, ser_at, par_ns;
+} fbp_tune;
+static fbp_tune fbp_tune_hint;
+static char fbp_tune_lock;
+/* A serial step is timed again when ser_ns is older than this. */
+#define FBP_SER_STALE_NS 4000000000LL
+
 typedef struct {
     int64_t word[FBP_MAXW];
     int done[FBP_MAXW];
@@ -156,8 +225,10 @@ typedef struct {
     int nw, loss_wave, hi;
     unsigned seq;
     int quit, ev, sleepers;
-    /* thread 0 only: run serially until this time (ns), and the last backoff */
-    int64_t serial_until, backoff;
+    fbp_tune tune;          /* thread 0 only */
+    int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
+    int64_t last_end;       /* thread 0 only: when its last team step returned */
+    int64_t published;      /* when seq was last set (for the wake-up latency) */
 } fbp_team;
 #include <time.h>
 static int64_t fbp_now_ns(void) {
@@ -165,28 +236,128 @@ static int64_t fbp_now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
-/* Thread 0, before a step: 1 while the team is backing off (serial). */
-static int fbp_team_backing_off(fbp_team *T) {
-    return T->serial_until != 0 && fbp_now_ns() < T->serial_until;
+/* How thread 0 runs the next step (fbp_team_mode). */
+enum { FBP_MODE_SERIAL = 0, FBP_MODE_PROBE = 1, FBP_MODE_FINE = 2, FBP_MODE_COARSE = 3 };
+/* Thread 0, before a step of shape `key`: serially (backing off, or
+   FBP_MODE_PROBE: timing a serial step of this shape, at most once per
+   FBP_SER_STALE_NS once a team step was timed), or through the team with
+   fine or coarse tiles.  Results do not depend on it (they do not depend
+   on the thread count or the tiles). */
+static int fbp_team_mode(fbp_team *T, int64_t key) {
+    fbp_tune *u = &T->tune;
+    int64_t now = fbp_now_ns();
+    if (u->serial_until != 0 && now < u->serial_until) return FBP_MODE_SERIAL;
+    if (u->key == key && u->par_ns != 0 &&
+        (u->ser_ns == 0 || now - u->ser_at > FBP_SER_STALE_NS))
+        return FBP_MODE_PROBE;
+    return u->fine_until != 0 && now < u->fine_until ? FBP_MODE_FINE : FBP_MODE_COARSE;
 }
-/* Thread 0, after a parallel step that took step_ns, of which it spent
-   wait_ns waiting for tiles that other threads held: when more than half
-   the step went on waiting (the other threads are descheduled: a busy
-   machine), run the next steps serially for 20 times that wait (so a
-   failed attempt costs at most ~5%), doubling while attempts keep
-   failing, up to a second; a good step ends the backoff.  Results do
-   not depend on it (they do not depend on the thread count). */
-static void fbp_team_account(fbp_team *T, int64_t step_ns, int64_t wait_ns) {
+/* The key of a step's shape: its multiply-adds, rows and kind. */
+static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
+    uint64_t k = (uint64_t)macs * 1000003u + (uint64_t)m;
+    return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
+}
+static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
+/* Thread 0, after a serial step of shape `key` in a region (step_ns). */
+static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
+    fbp_tune *u = &T->tune;
+    T->last_end = 0;        /* (the stats' gaps are between team steps) */
+    if (u->key != key) return;
+    u->ser_ns = fbp_mean_in(u->ser_ns, step_ns);
+    u->ser_at = fbp_now_ns();
+}
+static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
+    if (u->backoff * 2 > b) b = u->backoff * 2;
+    if (b > 1000000000LL) b = 1000000000LL;
+    u->backoff = b;
+    u->serial_until = now + b;
+    u->par_ns = 0;          /* the next team step is timed afresh */
+    FBP_STAT(backoffs, 1);
+}
+/* Thread 0, after a team step of shape `key` that took step_ns, of which
+   it spent wait_ns waiting for tiles that other threads held (fine: it
+   ran with fine tiles):
+   - more than half the step went on waiting (the other threads are
+     descheduled: a busy machine): run the next steps serially for 20
+     times that wait (a failed attempt costs at most ~5%), doubling while
+     attempts keep failing, up to a second;
+   - team steps no faster than serial ones (memory-bound steps, a slow
+     core): the same back-off, from 50 team steps' time;
+   - otherwise a good step ends the backoff; and after a coarse step that
+     waited more than an eighth of it, fine tiles (less to wait for, more
+     packing) for 16 steps' time, doubling while coarse steps keep
+     waiting, up to a second.
+   The first step of a team may wait for the other threads to start: it
+   is neither timed nor a reason for fine tiles. */
+static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
+                             int fine) {
+    fbp_tune *u = &T->tune;
+    int64_t now = fbp_now_ns();
+    int first = T->n_team_steps++ == 0;
+    if (u->key != key) return;
+    if (!first) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
-        int64_t b = 20 * wait_ns;
-        if (T->backoff * 2 > b) b = T->backoff * 2;
-        if (b > 1000000000LL) b = 1000000000LL;
-        T->backoff = b;
-        T->serial_until = fbp_now_ns() + b;
-    } else {
-        T->backoff = 0;
-        T->serial_until = 0;
+        fbp_back_off(u, 20 * wait_ns, now);
+        return;
     }
+    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
+        fbp_back_off(u, 50 * u->par_ns, now);
+        FBP_STAT(slow_backoffs, 1);
+        return;
+    }
+    u->backoff = 0;
+    u->serial_until = 0;
+    if (fine || first) return;
+    if (8 * wait_ns > step_ns && wait_ns > 20000) {
+        int64_t f = 16 * step_ns;
+        if (u->fine_len * 2 > f) f = u->fine_len * 2;
+        if (f > 1000000000LL) f = 1000000000LL;
+        u->fine_len = f;
+        u->fine_until = now + f;
+        FBP_STAT(fines, 1);
+    } else {
+        u->fine_len = 0;
+    }
+}
+/* The hint a new team starts from, and where it leaves what it learnt
+   (a try-lock: another Python thread's call in between only loses a hint). */
+static void fbp_tune_load(fbp_team *T, int64_t key) {
+    if (!__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) {
+        T->tune = fbp_tune_hint;
+        __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+    }
+    if (T->tune.key != key) {   /* the timings are of another shape */
+        T->tune.key = key;
+        T->tune.ser_ns = T->tune.ser_at = T->tune.par_ns = 0;
+    }
+}
+static void fbp_tune_store(const fbp_team *T) {
+    if (__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) return;
+    fbp_tune_hint = T->tune;
+    __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+}
+/* Test hook: forget what earlier calls learnt (the lock is only ever held
+   for a copy; never spin for ever, as in a child forked while it was held). */
+static void fbp_tune_forget(void) {
+    for (int i = 0; i < 1000000; i++) {
+        if (!__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) {
+            memset(&fbp_tune_hint, 0, sizeof fbp_tune_hint);
+            __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+}
+/* Thread 0, after a team step from t0 to t1 (ns) of which it waited
+   `wait` (`wait_last` in the last wave). */
+static void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
+                               int64_t wait_last, int fine) {
+    FBP_STAT(steps_team, 1);
+    if (fine) FBP_STAT(steps_fine, 1);
+    FBP_STAT(step_ns, t1 - t0);
+    FBP_STAT(wait_ns, wait);
+    FBP_STAT(wait_last_ns, wait_last);
+    if (T->last_end != 0) { FBP_STAT(gap_ns, t0 - T->last_end); FBP_STAT(gaps, 1); }
+    T->last_end = t1;
 }
 static inline void fbp_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -197,6 +368,7 @@ static void fbp_team_init(fbp_team *T) { memset(T, 0, sizeof *T); }
 static void fbp_notify(fbp_team *T) {
     __atomic_add_fetch(&T->ev, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&T->sleepers, __ATOMIC_SEQ_CST) > 0) {
+        FBP_STAT(wakes, 1);
 #if defined(__linux__)
         syscall(SYS_futex, &T->ev, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 #endif
@@ -226,6 +398,7 @@ static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int los
     T->hi = top;
     __atomic_store_n(&T->nw, nw, __ATOMIC_SEQ_CST);
     __atomic_store_n(&T->loss_wave, loss_wave, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&T->published, fbp_now_ns(), __ATOMIC_RELAXED);
     __atomic_store_n(&T->seq, g, __ATOMIC_SEQ_CST);
     fbp_notify(T);
 }
@@ -269,6 +442,7 @@ static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     for (;;) {
         e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
         if ((r = fbp_wave_state(T, v, g)) != 1) break;
+        FBP_STAT(sleeps_wave, 1);
         fbp_sleep(T, e);
     }
     __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
@@ -288,9 +462,14 @@ static unsigned fbp_team_next(fbp_team *T, unsigned last) {
         e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) { g = 0; break; }
         if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) break;
+        FBP_STAT(sleeps_next, 1);
         fbp_sleep(T, e);
     }
     __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+    if (g != 0) {
+        FBP_STAT(wake_ns, fbp_now_ns() - __atomic_load_n(&T->published, __ATOMIC_RELAXED));
+        FBP_STAT(wake_n, 1);
+    }
     return g;
 }
 /* Ctrl-C from inside a region (thread 0, the caller's thread): -1 with
