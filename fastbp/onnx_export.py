@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -163,6 +163,18 @@ class _Graph:
         self.nodes.append(self.onnx.helper.make_node(
             op, inputs, [out], name=self.name(f"{op}_node"), **attrs))
         return out
+
+
+def _named_graph(onnx: Any, opset: int, input_name: str, names: Sequence[str]) -> "_Graph":
+    """A new graph with its input and output names reserved (the input may
+    not take an output's name)."""
+    if input_name in names:
+        raise ValueError(f"input_name must not be one of the output names {tuple(names)}")
+    g = _Graph(onnx, opset)
+    g.name(input_name)
+    for name in names:
+        g.name(name)
+    return g
 
 
 def _network(g: _Graph, net: "MLP", x: str, output: Optional[str]) -> str:
@@ -496,13 +508,7 @@ def estimator_to_onnx(
     opset = _check_opset(onnx, opset)
     input_name = _check_name("input_name", input_name)
     names = ("label", "probabilities") if isinstance(estimator, MLPClassifier) else ("variable",)
-    if input_name in names:
-        raise ValueError(f"input_name must not be one of the output names {names}")
-
-    g = _Graph(onnx, opset)
-    g.name(input_name)
-    for name in names:
-        g.name(name)
+    g = _named_graph(onnx, opset, input_name, names)
     n_in = net.layer_sizes[0]
     metadata = _metadata(net)
     metadata["estimator"] = f"fastbp.sklearn.{type(estimator).__name__}"
@@ -731,13 +737,7 @@ def pipeline_to_onnx(
             raise ValueError(f"classes must name each of the network's {n_out} outputs "
                              f"(at least 2), got {len(labels)} names")
         names = ("label", "probabilities")
-    if input_name in names:
-        raise ValueError(f"input_name must not be one of the output names {names}")
-
-    g = _Graph(onnx, opset)
-    g.name(input_name)
-    for name in names:
-        g.name(name)
+    g = _named_graph(onnx, opset, input_name, names)
     metadata = _metadata(net)
     metadata["task"] = "regress" if regress else "classify"
     if feature_names is not None:

@@ -1,4 +1,6 @@
 """Helpers shared by several test modules (imported as ``from _helpers import ...``)."""
+import csv
+
 import pytest
 
 
@@ -13,3 +15,18 @@ def torch_optimizer(opt, params):
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
            "rmsprop": torch.optim.RMSprop}[name]
     return cls(params, foreach=False, **cfg)
+
+
+def write_csv(path, header, rows):
+    """Write ``rows`` under ``header`` to the CSV file ``path``; return ``path``."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_csv(path):
+    """The rows of the CSV file ``path``, as lists of strings."""
+    with open(path, newline="") as f:
+        return list(csv.reader(f))

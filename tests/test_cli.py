@@ -1,7 +1,6 @@
 """Tests of the command line: ``python -m fastbp {demo,train,predict,bench,digits}``."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -11,6 +10,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import pytest
+
+from _helpers import read_csv, write_csv
 
 from fastbp import cli
 from fastbp._data import DataError, Preprocessor, infer_task, load_training_data
@@ -31,19 +32,6 @@ def run_subprocess(argv: Sequence[str]) -> subprocess.CompletedProcess:
                                                        env.get("PYTHONPATH") else []))
     return subprocess.run([sys.executable, "-m", "fastbp", *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def read_csv(path: Path) -> List[List[str]]:
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
 
 
 @pytest.fixture
@@ -724,8 +712,9 @@ def test_progress_bar_on_a_terminal_fits_its_width(
 
 def test_progress_bar_in_a_pseudo_terminal(tmp_path: Path) -> None:
     pty = pytest.importorskip("pty")
-    script = ("import sys; sys.path.insert(0, %r)\n"
-              "from tests.test_cli import _fit_verbose\n_fit_verbose()\n" % str(ROOT))
+    script = ("import sys; sys.path[:0] = [%r, %r]\n"   # the repo, and tests/ for _helpers
+              "from tests.test_cli import _fit_verbose\n_fit_verbose()\n"
+              % (str(ROOT), str(ROOT / "tests")))
     out = []
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
 

@@ -7,7 +7,6 @@ prints for the same file.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import stat
@@ -17,6 +16,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest
+
+from _helpers import read_csv, write_csv
 
 from fastbp import cli
 from fastbp import onnx_export as ox
@@ -28,19 +29,6 @@ ort = pytest.importorskip("onnxruntime")
 #: Relative agreement of the graph's numbers with predict's (the network's
 #: float32 rounding in onnxruntime and in fastbp's kernels; float64: a few ulp).
 RTOL = {"float32": 1e-6, "float64": 1e-12}
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def read_csv(path: Path) -> List[List[str]]:
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
 
 
 def iris_like(path: Path, labels: Sequence[object], seed: int = 0, n: int = 240) -> Path:
