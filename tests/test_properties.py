@@ -186,6 +186,9 @@ def test_fast_matches_reference(dtype, data):
                 replay.step(X[idx], Y[idx], 0.05)
     except FloatingPointError:
         assert diverged, "the replayed steps diverge, the fit did not"
+        # Both diverge.  The fit then rewinds by its own rule (to before the
+        # step whose update led to the non-finite loss), not step by step.
+        return
     else:
         assert not diverged, "the fit diverged, its replayed steps did not"
     for a, b in zip(all_params(fast), all_params(replay)):
