@@ -215,7 +215,14 @@ def test_layout_and_threads_do_not_change_bits(dtype, data, n_threads):
             fastbp.set_num_threads(t)
             net = fastbp.MLP(**cfg)
             out = [net.predict(Xv), net.gradients(Xv, Yv)[1]]
-            net.fit(Xv, Yv, epochs=2, batch_size=batch_size, lr=0.05, shuffle=shuffle, seed=1)
+            try:
+                net.fit(Xv, Yv, epochs=2, batch_size=batch_size, lr=0.05, shuffle=shuffle, seed=1)
+                out.append(np.array("fitted"))
+            except FloatingPointError as exc:
+                # The exp output can overflow.  A diverging fit must diverge at
+                # the same step in every layout and thread count, and rewind to
+                # the same bits.
+                out.append(np.array(str(exc)))
             out.append(all_params(net))
             results.append(repr([np.asarray(o).tobytes() if isinstance(o, np.ndarray) else
                                  [tuple(x.tobytes() if x is not None else None for x in
