@@ -54,7 +54,7 @@
 #else
 #define FT_NOFUSE
 #endif
-#pragma GCC diagnostic push
+/* The 32-byte vector helpers are static inline: no ABI is exposed. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define FT_INLINE static inline __attribute__((always_inline))
@@ -186,18 +186,92 @@ FT_MATH(double, f64f, f64, ft_vf64, ft_vi64, int64_t, 13, 52, 1023, 709.78271289
         -708.3964185322641, ft_vfma_f64, FT_TARGET_FMA)
 #endif
 
+/* Lane i of v in every lane: plain, through memory (GCC's v[i]); FMA ISAs,
+ * one permute (no store-to-load round trip on the step's dependency chain). */
+#define FT_BCAST_PLAIN(LSFX, v, i) ft_splat_##LSFX((v)[i])
+#ifdef FT_X86
+FT_TARGET_FMA FT_INLINE ft_vf32 ft_bcast_f32f(ft_vf32 v, int64_t i)
+{
+    return (ft_vf32)_mm256_permutevar8x32_ps((__m256)v, _mm256_set1_epi32((int)i));
+}
+FT_TARGET_FMA FT_INLINE ft_vf64 ft_bcast_f64f(ft_vf64 v, int64_t i)
+{
+    const __m256i idx = _mm256_set1_epi64x((int64_t)(2 * i) | ((int64_t)(2 * i + 1) << 32));
+    return (ft_vf64)_mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps((__m256d)v), idx));
+}
+#define FT_BCAST_FMA(LSFX, v, i) ft_bcast_##LSFX##f(v, i)
+#endif
+
+/* Lanes l < r of p, the others 0: plain, element by element; FMA ISAs, one
+ * masked load (no scalar stores for the vector load to wait for). */
+#define FT_PLOAD(T, SFX, VT)                                                    \
+FT_INLINE VT ft_pload_##SFX(const T *p, int64_t r)                              \
+{                                                                               \
+    VT x = {0};                                                                 \
+    for (int64_t l = 0; l < r; l++) x[l] = p[l];                                \
+    return x;                                                                   \
+}
+FT_PLOAD(float, f32, ft_vf32)
+FT_PLOAD(double, f64, ft_vf64)
+#define FT_PLOAD_PLAIN(LSFX, p, r) ft_pload_##LSFX(p, r)
+#ifdef FT_X86
+FT_TARGET_FMA FT_INLINE ft_vf32 ft_pload_f32f(const float *p, int64_t r)
+{
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return (ft_vf32)_mm256_maskload_ps(p, m);
+}
+FT_TARGET_FMA FT_INLINE ft_vf64 ft_pload_f64f(const double *p, int64_t r)
+{
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3));
+    return (ft_vf64)_mm256_maskload_pd(p, m);
+}
+#define FT_PLOAD_FMA(LSFX, p, r) ft_pload_##LSFX##f(p, r)
+#endif
+
+/* The squared error of logits z against targets y (n lanes, the others 0 in
+ * both), as loss_row computes it (identity output, scale 1): returns
+ * dL = (T)((double)z - (double)y) lane-wise (0 beyond n) and adds 0.5 g g of
+ * lanes 0 .. n-1 in order to *loss (double). */
+typedef double ft_vd4 __attribute__((vector_size(32)));
+typedef float ft_vf4 __attribute__((vector_size(16)));
+FT_INLINE ft_vf32 ft_sqloss_f32(ft_vf32 z, ft_vf32 y, int64_t n, double *loss)
+{
+    FT_NOFUSE
+    const ft_vd4 g0 = __builtin_convertvector(__builtin_shufflevector(z, z, 0, 1, 2, 3), ft_vd4)
+                      - __builtin_convertvector(__builtin_shufflevector(y, y, 0, 1, 2, 3), ft_vd4);
+    const ft_vd4 g1 = __builtin_convertvector(__builtin_shufflevector(z, z, 4, 5, 6, 7), ft_vd4)
+                      - __builtin_convertvector(__builtin_shufflevector(y, y, 4, 5, 6, 7), ft_vd4);
+    const ft_vf4 d0 = __builtin_convertvector(g0, ft_vf4), d1 = __builtin_convertvector(g1, ft_vf4);
+    double acc = *loss;
+    for (int64_t j = 0; j < n && j < 4; j++) acc += 0.5 * g0[j] * g0[j];
+    for (int64_t j = 4; j < n; j++) acc += 0.5 * g1[j - 4] * g1[j - 4];
+    *loss = acc;
+    return __builtin_shufflevector(d0, d1, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+FT_INLINE ft_vf64 ft_sqloss_f64(ft_vf64 z, ft_vf64 y, int64_t n, double *loss)
+{
+    FT_NOFUSE
+    const ft_vf64 g = z - y;
+    double acc = *loss;
+    for (int64_t j = 0; j < n; j++) acc += 0.5 * g[j] * g[j];
+    *loss = acc;
+    return g;
+}
+
 /* The loop.  NAME: instance; ESFX: its activations; LSFX: lane helpers. */
-#define FT_SGD1(NAME, T, LSFX, ESFX, VT, VI, VL, VFMA, TGT)                     \
-static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y, \
-                    const int64_t *order, int64_t first, int64_t end, T lr,     \
-                    double *loss_sum, double *hit_sum, int64_t *n_done)         \
+#define FT_SGD1(NAME, T, LSFX, ESFX, VT, VI, VL, VFMA, BCAST, PLOAD, TGT)       \
+TGT FT_INLINE int NAME##_L(const ft_net *net, T *buf, T *theta, const T *X,     \
+                           const T *Y, const int64_t *order, int64_t first,     \
+                           int64_t end, T lr, double *loss_sum, double *hit_sum, \
+                           int64_t *n_done, const int L)                        \
 {                                                                               \
     FT_NOFUSE                                                                   \
     const fbp_packed *P = net->P;                                               \
-    const int L = P->n_layers, hidden = net->hidden;                            \
+    const int hidden = net->hidden;                                             \
     const int64_t n_in = net->sizes[0], n_out = net->sizes[L];                  \
     const VT va = ft_splat_##LSFX(-lr), vlr = ft_splat_##LSFX(lr), zero = {0};  \
-    VT bias[64], hv[65], dv[65];                                                \
+    VT bias[64], hv[65] = {{0}}, dv[65] = {{0}};                                \
     double total, loss_acc = *loss_sum, hit_acc = *hit_sum;                     \
     int status = 0;                                                             \
     int64_t step;                                                               \
@@ -211,14 +285,18 @@ static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y,
         const int64_t r = order ? order[step] : step;                           \
         const T *x = X + r * n_in, *y = Y + r * n_out;                          \
         /* Forward (fbp_packed fwd, M = 1, one vector per row). */              \
+        _Pragma("GCC unroll 4")                                                 \
         for (int k = 0; k < L; k++) {                                           \
             const int64_t ni = net->sizes[k], no = net->sizes[k + 1];           \
             const int64_t ldo = P->ld[k + 1];                                   \
-            const T *h = k == 0 ? x : buf + P->act[k];                          \
             const T *wt = buf + P->wt[k];                                       \
             VT a = zero;                                                        \
-            for (int64_t i = 0; i < ni; i++)                                    \
-                a = VFMA(ft_splat_##LSFX(h[i]), ft_ld_##LSFX(wt + i * ldo), a);  \
+            if (k == 0)                                                         \
+                for (int64_t i = 0; i < ni; i++)                                \
+                    a = VFMA(ft_splat_##LSFX(x[i]), ft_ld_##LSFX(wt + i * ldo), a); \
+            else                                                                \
+                for (int64_t i = 0; i < ni; i++)                                \
+                    a = VFMA(BCAST(LSFX, hv[k], i), ft_ld_##LSFX(wt + i * ldo), a); \
             if (net->b_off[k] >= 0) a = a + bias[k];                            \
             if (k < L - 1) {                                                    \
                 if (hidden == FBP_ACT_RELU) a = (VT)((VI)a & (a > 0));          \
@@ -227,59 +305,57 @@ static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y,
             }                                                                   \
             if (no < VL) a = ft_keep_##LSFX(a, no);                             \
             hv[k + 1] = a;                                                      \
-            ft_st_##LSFX(buf + P->act[k + 1], a);                               \
         }                                                                       \
         /* Output and loss (output_row + loss_row, scale 1), rounded. */        \
-        T *z = buf + P->act[L], *dL = buf + P->delta[L];                        \
         double lossv, hit = 0.0;                                                \
         if (net->inline_loss) {                                                 \
             double loss = 0.0;                                                  \
-            for (int64_t j = 0; j < n_out; j++) {                               \
-                const double g = (double)z[j] - (double)y[j];                   \
-                loss += 0.5 * g * g;                                            \
-                dL[j] = (T)(1.0 * g);                                           \
-            }                                                                   \
+            dv[L] = ft_sqloss_##LSFX(hv[L], PLOAD(LSFX, y, n_out), n_out, &loss); \
             lossv = (double)(T)loss;                                            \
         } else {                                                                \
+            T *z = buf + P->act[L], *dL = buf + P->delta[L];                    \
+            ft_st_##LSFX(z, hv[L]);                                             \
             lossv = net->loss_fn(net->ctx, z, y, dL, &hit);                     \
+            dv[L] = ft_ld_##LSFX(dL);                                           \
         }                                                                       \
         total = 0.0;                                                            \
         total += lossv;                                                         \
         if (!isfinite(total)) { status = 1; break; }                            \
-        dv[L] = ft_ld_##LSFX(dL);                                               \
         /* delta_k, k = L-1 .. 1 (fbp_packed bwd). */                           \
+        _Pragma("GCC unroll 4")                                                 \
         for (int k = L - 1; k > 0; k--) {                                       \
             const int64_t no = net->sizes[k + 1], ldi = P->ld[k];               \
-            const T *d = buf + P->delta[k + 1], *wn = buf + P->wn[k];           \
+            const T *wn = buf + P->wn[k];                                       \
             VT a = zero;                                                        \
             for (int64_t j = 0; j < no; j++)                                    \
-                a = VFMA(ft_splat_##LSFX(d[j]), ft_ld_##LSFX(wn + j * ldi), a);  \
+                a = VFMA(BCAST(LSFX, dv[k + 1], j), ft_ld_##LSFX(wn + j * ldi), a); \
             const VT xa = hv[k];                                                \
             if (hidden == FBP_ACT_SIGMOID) a = a * (xa * ((T)1 - xa));          \
             else if (hidden == FBP_ACT_RELU)                                    \
                 a = a * (VT)((VI)ft_splat_##LSFX((T)1) & (xa > 0));             \
             else if (hidden == FBP_ACT_TANH) a = a * (((T)1 - xa) * ((T)1 + xa)); \
             dv[k] = a;                                                          \
-            ft_st_##LSFX(buf + P->delta[k], a);                                 \
         }                                                                       \
         /* W_k = fma(-lr, delta_{k+1}^T A_k, W_k) on both copies (WN_0 on     \
          * return), then the biases. */                                         \
+        _Pragma("GCC unroll 4")                                                 \
         for (int k = 0; k < L; k++) {                                           \
             const int64_t ni = net->sizes[k], no = net->sizes[k + 1];           \
             const int64_t ldi = P->ld[k], ldo = P->ld[k + 1];                   \
-            const T *h = k == 0 ? x : buf + P->act[k];                          \
-            const T *d = buf + P->delta[k + 1];                                 \
             T *wn = buf + P->wn[k], *wt = buf + P->wt[k];                       \
             if (k > 0)                                                          \
                 for (int64_t j = 0; j < no; j++)                                \
                     ft_st_##LSFX(wn + j * ldi,                                  \
-                                 VFMA(va, VFMA(ft_splat_##LSFX(d[j]), hv[k], zero), \
+                                 VFMA(va, VFMA(BCAST(LSFX, dv[k + 1], j), hv[k], zero), \
                                       ft_ld_##LSFX(wn + j * ldi)));             \
-            for (int64_t i = 0; i < ni; i++)                                    \
+            for (int64_t i = 0; i < ni; i++) {                                  \
+                const VT hi = k == 0 ? ft_splat_##LSFX(x[i]) : BCAST(LSFX, hv[k], i); \
                 ft_st_##LSFX(wt + i * ldo,                                      \
-                             VFMA(va, VFMA(ft_splat_##LSFX(h[i]), dv[k + 1], zero), \
+                             VFMA(va, VFMA(hi, dv[k + 1], zero),                \
                                   ft_ld_##LSFX(wt + i * ldo)));                 \
+            }                                                                   \
         }                                                                       \
+        _Pragma("GCC unroll 4")                                                 \
         for (int k = 0; k < L; k++)                                             \
             if (net->b_off[k] >= 0) bias[k] = bias[k] - vlr * (zero + dv[k + 1]); \
         loss_acc += total;                                                      \
@@ -289,7 +365,9 @@ static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y,
             hit_acc += total;                                                   \
         }                                                                       \
     }                                                                           \
-    /* Back to tiny_loop1's state: the biases in theta, WN_0 from WT_0. */      \
+    /* Back to tiny_loop1's state: the biases in theta, WN_0 from WT_0 (the    \
+     * activations and deltas in buf are scratch: tiny_loop1 writes them       \
+     * before it reads them). */                                                \
     for (int k = 0; k < L; k++)                                                 \
         if (net->b_off[k] >= 0)                                                 \
             for (int64_t j = 0; j < net->sizes[k + 1]; j++)                     \
@@ -306,13 +384,32 @@ static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y,
     *hit_sum = hit_acc;                                                         \
     *n_done = step - first;                                                     \
     return status;                                                              \
+}                                                                               \
+/* One and two hidden layers with L constant: the layer loops unrolled, the    \
+ * activations, deltas and biases in registers. */                              \
+static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y, \
+                    const int64_t *order, int64_t first, int64_t end, T lr,     \
+                    double *loss_sum, double *hit_sum, int64_t *n_done)         \
+{                                                                               \
+    switch (net->P->n_layers) {                                                 \
+    case 2: return NAME##_L(net, buf, theta, X, Y, order, first, end, lr, loss_sum, \
+                            hit_sum, n_done, 2);                                \
+    case 3: return NAME##_L(net, buf, theta, X, Y, order, first, end, lr, loss_sum, \
+                            hit_sum, n_done, 3);                                \
+    default: return NAME##_L(net, buf, theta, X, Y, order, first, end, lr, loss_sum, \
+                             hit_sum, n_done, net->P->n_layers);                \
+    }                                                                           \
 }
 
-FT_SGD1(ft_sgd1_plain_f32, float, f32, f32, ft_vf32, ft_vi32, 8, FT_MADD_PLAIN, )
-FT_SGD1(ft_sgd1_plain_f64, double, f64, f64, ft_vf64, ft_vi64, 4, FT_MADD_PLAIN, )
+FT_SGD1(ft_sgd1_plain_f32, float, f32, f32, ft_vf32, ft_vi32, 8, FT_MADD_PLAIN, FT_BCAST_PLAIN,
+        FT_PLOAD_PLAIN, )
+FT_SGD1(ft_sgd1_plain_f64, double, f64, f64, ft_vf64, ft_vi64, 4, FT_MADD_PLAIN, FT_BCAST_PLAIN,
+        FT_PLOAD_PLAIN, )
 #ifdef FT_X86
-FT_SGD1(ft_sgd1_fma_f32, float, f32, f32f, ft_vf32, ft_vi32, 8, ft_vfma_f32, FT_TARGET_FMA)
-FT_SGD1(ft_sgd1_fma_f64, double, f64, f64f, ft_vf64, ft_vi64, 4, ft_vfma_f64, FT_TARGET_FMA)
+FT_SGD1(ft_sgd1_fma_f32, float, f32, f32f, ft_vf32, ft_vi32, 8, ft_vfma_f32, FT_BCAST_FMA,
+        FT_PLOAD_FMA, FT_TARGET_FMA)
+FT_SGD1(ft_sgd1_fma_f64, double, f64, f64f, ft_vf64, ft_vi64, 4, ft_vfma_f64, FT_BCAST_FMA,
+        FT_PLOAD_FMA, FT_TARGET_FMA)
 #endif
 
 /* Steps first .. end-1 of the visiting order (NULL: 0..n-1) on the packed
@@ -346,7 +443,6 @@ static int ft_sgd1_f64(const ft_net *net, double *buf, double *theta, const doub
                              hit_sum, n_done);
 }
 
-#pragma GCC diagnostic pop
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
