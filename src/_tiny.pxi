@@ -18,7 +18,10 @@
 #     repacks or gathers anything; unpacked into theta before returning,
 #     whatever the status, and into the snapshot when one is taken;
 #     batches of one row without sample weights have a loop of their own
-#     (tiny_loop1);
+#     (tiny_loop1), and when every layer fits one vector (8 floats / 4
+#     doubles: the seeds' 2-2-1) the whole loop is one C function
+#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 325 instructions per 2-2-1
+#     step against tiny_loop1's 727), tiny_loop1 taking the snapshot step;
 #   - the legacy SGD keywords (momentum, nesterov, weight decay, l2): the
 #     narrow kernels (fbp_narrow_*) on theta's own layout form the gradient,
 #     then sgd_update as in run_epoch.
@@ -31,7 +34,8 @@
 #   (sgd_update) are the same code or the same expressions in the same
 #   order.  tests/test_tiny.py checks it against the general path (forced by
 #   set_tiny_path(False); the narrow kernels instead of the packed ones by
-#   set_tiny_packed(False)) on every code path.
+#   set_tiny_packed(False); tiny_loop1 instead of the fused loop by
+#   set_tiny_fused(False)) on every code path.
 # * Covered: every hidden activation and output/loss pair, both dtypes,
 #   bias on/off, the batches the rule admits, shuffled or not, sample weights, plain SGD
 #   and the legacy SGD keywords (momentum, nesterov, weight decay, l2).  The

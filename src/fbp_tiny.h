@@ -23,12 +23,18 @@
  * compare with the general path on every code path), the deltas
  * (sum_j d_j WN_k[j]) * act'(A_k), the update fma(-lr, fma(s, v, 0), W) of
  * each row of both copies, b -= lr (0 + d), the loss (double) rounded to the
- * dtype and summed from 0.0.  The one difference in what is stored: WN_0 (the
- * row copy of W_0, read by no product of the step) is not updated in the
- * loop but rebuilt from WT_0 on return (fma(a, b, c) == fma(b, a, c): the
- * two copies hold the same bits), and A_0 is read where it is in X.  On
- * return the buffer and theta are as tiny_loop1 leaves them, so the caller
- * can run any step (a snapshot) with tiny_loop1 in between.
+ * dtype and summed from 0.0.  What differs is where values live: the
+ * activations, deltas and biases stay in vectors (registers for one and two
+ * hidden layers, whose layer loops are unrolled; lanes are broadcast by a
+ * permute on the FMA ISAs), A_0 is read where it is in X, the squared error
+ * is formed on vectors (each lane's double operations as loss_row's, the
+ * loss summed lane by lane in order), and WN_0 (the row copy of W_0, read
+ * by no product of the step) is not updated in the loop but rebuilt from
+ * WT_0 on return (fma(a, b, c) == fma(b, a, c): the two copies hold the
+ * same bits).  On return theta's biases and both weight copies are as
+ * tiny_loop1 leaves them (the activation and delta rows of buf are scratch
+ * that tiny_loop1 writes before it reads), so the caller can run any step
+ * (a snapshot) with tiny_loop1 in between.
  * Code paths: fbp_gemm_isa() "generic" runs the plain instance (mul then
  * add), the FMA ISAs the fused-multiply-add one (AVX2 and AVX-512 alike, as
  * fbp_packed_* do).  Contraction is off in every function here.
