@@ -194,9 +194,10 @@ DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
  * arrays (C is M x N at C), no packing, no threads.  It computes each element
  * exactly as the blocked path of the same ISA does (see "Per-element
  * invariance" in fbp_gemm.c): per FBP_KC slab an accumulator from 0 chained
- * with S_FMA (the micro-kernel's V_FMA: a fused multiply-add on the FMA ISAs, mul
- * then add on generic) in k order, the slab combined with alpha/beta/C as the
- * micro-kernel's store modes 0/1/2, then the shared row epilogue.  NAME##_block
+ * with S_FMA (the micro-kernel's V_FMA: a fused multiply-add on the FMA
+ * ISAs, mul then add on generic) in k order, the slab combined with
+ * alpha/beta/C as the micro-kernel's store modes 0/1/2, then the shared row
+ * epilogue.  NAME is this ISA's hidden entry point.  NAME##_block
  * runs it on a sub-block of a job: the blocked driver's fallback when its
  * packing buffer cannot be allocated (same bits, only slower). */
 #define DEFINE_SMALL(NAME, T, SFX, ESFX, TARGET)                                \
