@@ -30,7 +30,11 @@ import fastbp
 from fastbp import _kernels as K
 from fastbp import optim
 
-sps = pytest.importorskip("scipy.sparse")
+
+@pytest.fixture
+def sps():
+    """scipy.sparse (the sparse tests skip without it; the others do not need it)."""
+    return pytest.importorskip("scipy.sparse")
 
 
 def bits(a):
@@ -55,7 +59,7 @@ def _restore():
     K.set_tiny_packed(True)
 
 
-def sparse_X(n, n_in, density, seed, dtype):
+def sparse_X(sps, n, n_in, density, seed, dtype):
     rng = np.random.default_rng(seed)
     X = sps.random(n, n_in, density=density, random_state=rng, format="csr", dtype=np.float64)
     X.data = rng.standard_normal(X.nnz)
@@ -67,9 +71,9 @@ def sparse_X(n, n_in, density, seed, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "adam", "adamw-clip"])
-def test_sparse_same_bits_threads_tiles_slabs(dtype, opt):
+def test_sparse_same_bits_threads_tiles_slabs(sps, dtype, opt):
     n, n_in = 330, 520
-    X = sparse_X(n, n_in, 0.03, 1, dtype)
+    X = sparse_X(sps, n, n_in, 0.03, 1, dtype)
     Xd = X.toarray()
     rng = np.random.default_rng(2)
     y = rng.integers(0, 5, n)
@@ -99,7 +103,7 @@ def test_sparse_same_bits_threads_tiles_slabs(dtype, opt):
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-def test_sparse_read_only_arrays(index_dtype):
+def test_sparse_read_only_arrays(sps, index_dtype):
     X = sps.random(30, 10, density=0.3, random_state=1, format="csr")
     X.indices = X.indices.astype(index_dtype)
     X.indptr = X.indptr.astype(index_dtype)
@@ -113,7 +117,7 @@ def test_sparse_read_only_arrays(index_dtype):
     assert_bits(a.predict(X), b.predict(X.toarray()))
 
 
-def test_sparse_error_leaves_the_callers_matrix_alone():
+def test_sparse_error_leaves_the_callers_matrix_alone(sps):
     # unsorted columns (canonicalised on a copy) and a NaN: the error names the row
     X = sps.csr_matrix((np.array([1.0, 2.0, np.nan, 3.0]), np.array([1, 0, 2, 0]),
                         np.array([0, 2, 3, 4])), shape=(3, 3))
