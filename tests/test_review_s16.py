@@ -251,6 +251,8 @@ def test_fit_leaves_the_callers_ftz_mode(caller_ftz):
     y = rng.integers(0, 3, 64)
     before = K._set_flush_denormals(caller_ftz)
     try:
+        if K.flush_denormals_enabled() != caller_ftz:
+            pytest.skip("no FTZ/DAZ control on this CPU")
         for flush in (True, False):
             fastbp.MLP([20, 8, 3], seed=0).fit(X, y, epochs=1, batch_size=16, lr=0.1,
                                               flush_denormals=flush)
