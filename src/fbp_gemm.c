@@ -112,9 +112,11 @@
  *                        target attribute;
  *   fbp_narrow.c         the narrow and packed tiny-net kernels
  *                        (fbp_narrow_*, fbp_packed_*).
- * The calls that cross a file are the ones that were calls already (the
- * dispatch through function pointers, the out-of-line rest_* and the
- * packing-buffer lookup once per blocked call), never inside a loop.
+ * Calls across files: the dispatch through function pointers and the small
+ * path's out-of-line call to fbp_gemm_rest_* (calls in one file too), and two
+ * that one file used to inline: the packing-buffer lookup (once per blocked
+ * call and thread, ~10 instructions) and fbp_gemm_current_isa() in the
+ * fbp_narrow_* / fbp_packed_* getters (once per epoch); none inside a loop.
  *
  * No -ffast-math.
  */
