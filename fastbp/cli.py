@@ -346,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-smoothing", type=_float_in(0, 1, high_open=True), default=None,
                    metavar="EPS",
                    help="classification: train on the targets (1 - EPS) * one-hot + EPS / "
-                   "n_classes, as torch's CrossEntropyLoss(label_smoothing=EPS); the losses "
-                   "printed and early stopping's are against the true labels (default "
+                   "n_classes, as torch's CrossEntropyLoss(label_smoothing=EPS); the "
+                   "validation loss early stopping judges and the final train and validation "
+                   "figures are against the true labels, the per-epoch training loss against "
+                   "the smoothed targets (default "
                    f"{TRAIN_DEFAULTS['label_smoothing']:g}; 0 for none)")
     _add_optimizer_options(t)
     t.add_argument("--schedule", choices=SCHEDULES, default="constant",
@@ -730,8 +732,9 @@ def _train(args: argparse.Namespace) -> int:
               "over the training rows); rmse and r2 are in target units")
     elif args.label_smoothing > 0:
         print(f"loss: cross entropy, trained on labels smoothed by {args.label_smoothing:g} "
-              "(--label-smoothing); the losses printed, and early stopping's, are against "
-              "the true labels")
+              "(--label-smoothing): the per-epoch training loss is against those targets; "
+              "the validation loss, early stopping's, and the final figures against the true "
+              "labels")
     print(f"model: {net!r}, {len(train_rows)} training / {len(val_rows)} validation rows, "
           f"{get_num_threads()} thread(s)")
     stopping = (f"early stopping on the validation loss (patience {args.patience}; the best "
