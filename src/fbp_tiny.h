@@ -4,7 +4,7 @@
  * Design
  * ------
  * The packed plain-SGD path of the tiny-net epoch (_tiny.pxi's tiny_loop1,
- * fbp_packed_* of fbp_gemm.c) runs a batch-1 step as two kernel calls through
+ * fbp_packed_* of fbp_narrow.c) runs a batch-1 step as two kernel calls through
  * function pointers, the row kernels of _rows.pxi and the Cython loop's
  * bookkeeping: ~730 instructions for a 2-2-1 step, of which the arithmetic
  * is a fifth.  ft_sgd1_* runs the same steps, for nets whose every layer
@@ -19,7 +19,7 @@
  * the same order, on the same buffer layout (fbp_packed): the forward
  * chains fma(h_i, WT_k[i], a) from 0 in i order, the bias add, the
  * activation by the same lane-wise sigmoid / tanh (the copy below of
- * fbp_gemm.c's vexp/vtanh: the same operations, so the same bits; the tests
+ * fbp_gemm_internal.h's vexp/vtanh: the same operations, so the same bits; the tests
  * compare with the general path on every code path), the deltas
  * (sum_j d_j WN_k[j]) * act'(A_k), the update fma(-lr, fma(s, v, 0), W) of
  * each row of both copies, b -= lr (0 + d), the loss (double) rounded to the
@@ -82,7 +82,7 @@ typedef struct {
     void *ctx;
 } ft_net;
 
-/* Lane primitives and the activations: a copy of fbp_gemm.c's DEFINE_VLANES
+/* Lane primitives and the activations: a copy of fbp_gemm_internal.h's DEFINE_VLANES
  * and DEFINE_VMATH (vector instances), operation for operation. */
 #define FT_LANES(T, SFX, VT, VI, IT, VL)                                        \
 typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
