@@ -185,12 +185,19 @@ cdef extern from *:
     void fbp_sp_merge_f64f(const int64_t *idx, int64_t p0, int64_t p1, double alpha, double *tmp, double *g) nogil
 
 
+cdef enum:
+    # Scratch rows (n_in each) per thread: row 0 accumulates a K-slab of a
+    # gradient row, rows 1..4 hold the gradient rows of up to 4 units on
+    # the fused Adam path (sparse_update_units); all zero between uses.
+    SP_TMP_ROWS = 5
+
+
 cdef struct Sparse:
     const int64_t *lo       # IN (n_rows,) first entry of data-set row r
     const int64_t *hi       # IN (n_rows,) one past its last entry
     const int64_t *indices  # IN column of each entry (increasing within a row)
     const void *data        # IN value of each entry (theta's dtype)
-    void *tmp               # scratch: n_tmp rows of n_in, all zero between uses
+    void *tmp               # scratch: n_tmp blocks of SP_TMP_ROWS rows of n_in, all zero between uses
     int n_tmp
     bint fused              # the GEMM's code path uses fused multiply-adds
     const int64_t *rows     # this step: batch row i is data-set row rows[i] ...
@@ -349,15 +356,34 @@ cdef void sparse_update_units(const Spec *s, const Extra *e,
     cdef const floating *d = ws + w.delta[1]
     cdef int tid = fbp_sp_tid()
     cdef floating *tmp
+    cdef floating *g
     cdef floating *colsum
+    cdef int q, u
     if o1 <= o0:
         return
     if tid < 0 or tid >= sp.n_tmp:
         tid = 0     # a serial call inside an outer OpenMP region: its only user
-    tmp = <floating *>sp.tmp + tid * n_in
+    tmp = <floating *>sp.tmp + tid * SP_TMP_ROWS * n_in
     if grad != NULL:
         if s.b_off[0] >= 0:
             column_sums(d + o0, m, o1 - o0, n_out, grad + s.b_off[0] + o0)
+        if opt_fuses_rows(e.opt):
+            # Adam: up to 4 units' gradient rows in the thread's scratch rows
+            # 1..4 (zero in and out), then l2 + Adam + zeroing in one pass
+            # over them (opt_rows_l2z); W_0's rows of grad are not written.
+            g = tmp + n_in
+            j = o0
+            while j < o1:
+                q = <int>min(<int64_t>4, o1 - j)
+                for u in range(q):
+                    sparse_unit_rows(sp, d + j + u, n_out, m, <floating>1, True, tmp,
+                                     g + u * n_in)
+                opt_rows_l2z(s, e.opt, theta, g, snap, m, 0, j, q)
+                j += q
+            if s.b_off[0] >= 0:
+                opt_copy(e.opt, snap, theta, s.b_off[0] + o0, o1 - o0)
+                opt_range(e.opt, theta, grad, s.b_off[0] + o0, o1 - o0)
+            return
         for j in range(o0, o1):
             memset(grad + s.w_off[0] + j * n_in, 0, n_in * sizeof(floating))
             sparse_unit_rows(sp, d + j, n_out, m, <floating>1, True, tmp,
@@ -424,7 +450,7 @@ cdef class _SparseView:
         sp.n_tmp = max(1, n_threads) if train else 0
         sp.tmp = NULL
         if train:
-            self.tmp = np.zeros(sp.n_tmp * n_in, dtype=dt)
+            self.tmp = np.zeros(sp.n_tmp * SP_TMP_ROWS * n_in, dtype=dt)
             rw = self.tmp.view(np.uint8)
             sp.tmp = <void *>&rw[0]
         sp.fused = fbp_gemm_isa().decode() != "generic"
