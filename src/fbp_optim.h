@@ -57,6 +57,18 @@
 /* Elements per chunk of fbp_adam_l2z_rows: 4 rows of w, g, m, v stay in L1. */
 #define FBP_FUSED_CHUNK 256
 
+/* fbp_adam_l2z_rows is also compiled for AVX2 and AVX-512 (GCC's
+ * target_clones: the loader picks the widest the CPU has), with the
+ * range kernel inlined (flatten): the wheels' baseline is SSE2, where its
+ * float64 division and sqrt take 2 lanes.  Wider vectors change no bit:
+ * every operation is a correctly rounded IEEE one, none is contracted
+ * (fp-contract is off below), and the sums of squares keep their order. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FBP_WIDE_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
+#else
+#define FBP_WIDE_CLONES
+#endif
+
 /* No FMA contraction in the functions below (see the design notes): GCC
  * through an optimize pragma around them, clang through a pragma at the start
  * of each body (it then applies to that body only). */
@@ -286,7 +298,8 @@ static inline void fbp_adam_range_##SFX(                                        
  * stay in L1 between the sum, the update and the zeroing, and the nr sums are       \
  * interleaved (nr independent chains of double adds instead of one).                \
  * max_exp_avg_sq may be NULL (no amsgrad). */                                        \
-static inline void fbp_adam_l2z_rows_##SFX(                                            \
+FBP_WIDE_CLONES                                                                        \
+static void fbp_adam_l2z_rows_##SFX(                                                   \
     T *theta,                     /* IN/OUT nr rows of n parameters (stride ld) */     \
     T *grad,                      /* IN/OUT their gradient rows (stride ldg), 0 after */ \
     T *exp_avg, T *exp_avg_sq,    /* IN/OUT moments (stride ld) */                     \
