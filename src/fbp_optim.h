@@ -64,7 +64,10 @@
  * every operation is a correctly rounded IEEE one, none is contracted
  * (fp-contract is off below), and the sums of squares keep their order. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FBP_WIDE_CLONES __attribute__((target_clones("default", "avx2", "avx512f"), flatten))
+#define FBP_WIDE_CLONES \
+    __attribute__((target_clones("default", "avx2", "avx512f"), flatten, unused))
+#elif defined(__GNUC__)
+#define FBP_WIDE_CLONES __attribute__((unused))
 #else
 #define FBP_WIDE_CLONES
 #endif
