@@ -39,17 +39,23 @@
 #   block A_1[r0:r1, j0:j1] it owns (its rows in the row split, its columns in
 #   the unit split) and D_1 there; a part-2 tile owns units o0..o1 of layer 0
 #   and writes only rows o0..o1 of W_0 / grad (and of the optimizer state,
-#   through opt_units), b_0[o0:o1] and colsum[o0:o1].  The scratch row `tmp`
-#   that a part-2 tile accumulates a K-slab in is the running thread's own
-#   (row omp_get_thread_num() of n_tmp rows, zero again after each use), so
+#   through opt_units), b_0[o0:o1] and colsum[o0:o1].  The scratch rows `tmp`
+#   that a part-2 tile accumulates a K-slab in (and, with Adam, forms up to 4
+#   gradient rows in) are the running thread's own (block
+#   omp_get_thread_num() of n_tmp blocks of SP_TMP_ROWS rows, zero again
+#   after each use), so
 #   every write inside a parallel region is private to its thread; each sum
 #   has a fixed order whatever the tiling, so any thread count gives the same
 #   bits.
 # * Cost: the forward and the gradient touch nnz(batch) * n_out entries of
 #   W_0 (4 rows j of W_0 at a time in the outer loop, so they stay in cache
-#   while the tile's rows walk them); zeroing the gradient rows and the optimizer's update
-#   stay dense in W_0 (Adam moves every weight), the optimizer stepping each
-#   unit's row right after its gradient row is formed, while it is in cache.
+#   while the tile's rows walk them); the optimizer's update stays dense in
+#   W_0 (Adam moves every weight).  With Adam (no clipping) the gradient rows
+#   of 4 units at a time are formed in scratch rows, then the l2 term, the
+#   update and their zeroing run in one pass over those rows of W_0 and the
+#   moments (opt_rows_l2z, fbp_adam_l2z_rows): each weight and moment is
+#   loaded once per step; other optimizers step each unit's row of grad
+#   right after it is formed (opt_units).
 
 cdef extern from *:
     """

@@ -42,6 +42,11 @@
  *   struct): eps added to sqrt(v) unscaled, the bias corrections folded into
  *   one float64 rate, as scikit-learn's numpy code rounds it (fastbp/optim.py's
  *   private _SklearnAdam is its reference).
+ * * fbp_adam_l2z_rows: either Adam on up to 4 rows with scikit-learn's l2
+ *   term before it and the gradient rows zeroed after it, chunk by chunk, so
+ *   that the sparse first layer (src/_sparse.pxi) loads each weight and
+ *   moment once per step; the same operations as fbp_l2_row (_optim.pxi)
+ *   then fbp_adam_range, hence the same bits.
  * * Optional `sq` (IN/OUT, may be NULL): adds sum(theta_i^2) over the range,
  *   taken before the update, in double, in index order (for the l2 penalty
  *   of scikit-learn's alpha).
