@@ -424,9 +424,9 @@ cdef extern from *:
 
 
 cdef enum:
-    # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs one scalar chain after
+    # SMALL_MNK (src/fbp_gemm_internal.h): up to it the GEMM runs one scalar chain after
     # another, and fbp_rowdot is faster.  Only speed depends on it (every
-    # path gives the same bits); FBP_ROW_KC must equal fbp_gemm.c's FBP_KC
+    # path gives the same bits); FBP_ROW_KC must equal FBP_KC (src/fbp_gemm_internal.h)
     # (tests/test_latency.py has a layer deeper than one slab).
     GEMM_SMALL_MNK = 4096
 
