@@ -46,7 +46,8 @@ cdef extern from "fbp_team.h" nogil:
     int FBP_MODE_SERIAL, FBP_MODE_PROBE, FBP_MODE_FINE, FBP_MODE_COARSE
     int fbp_team_mode(fbp_team *T, int64_t key)
     void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns)
-    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine)
+    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine,
+                          int can_fine)
     void fbp_tune_load(fbp_team *T, int64_t key)
     void fbp_tune_store(const fbp_team *T)
     void fbp_tune_forget()
@@ -60,7 +61,8 @@ cdef extern from "fbp_team.h" nogil:
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
-               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n", "off_core",
+               "spin_out", "coarse_waits")
 
 
 def team_stats(bint reset=False):
@@ -580,7 +582,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     t1 = fbp_now_ns()
     fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)
     if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
-        fbp_team_account(T, key, t1 - t0, waited[0], fine)
+        fbp_team_account(T, key, t1 - t0, waited[0], fine, not p.by_units)
 
 
 cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,

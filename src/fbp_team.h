@@ -141,7 +141,9 @@ static int fbp_omp_thread_limit(void) { return 1; }
    every tile's writes are visible. */
 #include <limits.h>
 #include <string.h>
+#include <time.h>
 #if defined(__linux__)
+#include <pthread.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -174,6 +176,10 @@ typedef struct {
     int64_t sleeps_next;    /* futex sleeps of a worker waiting for a step */
     int64_t wakes;          /* FUTEX_WAKE calls */
     int64_t wake_ns, wake_n; /* a worker asleep for a step: publish to its first claim */
+    int64_t off_core;       /* waits that went to sleep because the awaited thread was
+                               off its core (its CPU clock stood still while we spun) */
+    int64_t spin_out;       /* waits that went to sleep after spinning FBP_SPIN_MAX_NS */
+    int64_t coarse_waits;   /* coarse team steps that left thread 0 waiting (> 1/8) */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -198,13 +204,28 @@ static void fbp_stats_reset(void) {
 }
 
 #define FBP_MAXW 129
-#define FBP_SPIN 2000
+/* Waiting (fbp_team_wait_wave, fbp_team_next) spins, measured in time:
+   FBP_SPIN_PURE_NS of pauses alone, then, every FBP_WATCH_NS, a look at
+   the CPU clock of each thread waited for (a tile holder, or thread 0 for
+   a worker waiting for a step): one that ran less than half of that
+   window is off its core (descheduled, or sharing ours), so the waiter
+   sleeps on the futex at once and gives the core back (to it, or for the
+   scheduler to move it to); one that runs is spun for, up to
+   FBP_SPIN_MAX_NS (a ~1 ms step's imbalance: no ~25 us futex wake-up
+   between the waves of one step on an idle machine), then the waiter
+   sleeps all the same. */
+#define FBP_SPIN_PURE_NS 10000LL
+#define FBP_WATCH_NS 25000LL
+#define FBP_SPIN_MAX_NS 2000000LL
+/* Threads whose CPU clock a wait can watch (more: spin for the time alone). */
+#define FBP_MAXT 64
 #define FBP_NO_TILE 0x7fffffffLL
 /* What thread 0 has learnt about the steps of one shape (thread 0 only;
    carried from call to call through fbp_tune_hint):
    - back-off: run serially until serial_until (when waiting took over
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
+   - waits: team steps in a row that left it waiting;
    - ser_ns / par_ns: running means of a serial and a team step of this
      shape (key), ser_at when ser_ns was last measured. */
 typedef struct {
@@ -212,6 +233,7 @@ typedef struct {
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
+    int64_t waits;          /* team steps in a row that waited (fbp_team_account) */
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
@@ -229,8 +251,12 @@ typedef struct {
     int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
     int64_t last_end;       /* thread 0 only: when its last team step returned */
     int64_t published;      /* when seq was last set (for the wake-up latency) */
+    int busy[FBP_MAXT];     /* thread i holds a tile (claim to finish) */
+    int has_clk[FBP_MAXT];  /* clk[i] is thread i's CPU clock (set by thread i) */
+#if defined(__linux__)
+    clockid_t clk[FBP_MAXT];
+#endif
 } fbp_team;
-#include <time.h>
 static int64_t fbp_now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -276,46 +302,56 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
 }
 /* Thread 0, after a team step of shape `key` that took step_ns, of which
    it spent wait_ns waiting for tiles that other threads held (fine: it
-   ran with fine tiles):
-   - more than half the step went on waiting (the other threads are
-     descheduled: a busy machine): run the next steps serially for 20
-     times that wait (a failed attempt costs at most ~5%), doubling while
-     attempts keep failing, up to a second;
+   ran with fine tiles; can_fine: the step has fine tiles to go to, the
+   row split).  A step "waited" when over an eighth of it went on
+   waiting; one wait is not a trend (a thread descheduled once, a page
+   fault), so every rule needs two waiting steps in a row (u->waits):
+   - two waiting steps, the second waiting over half the step (the other
+     threads are descheduled: a busy machine), fine tiles or none to go
+     to: run the next steps serially for 20 times that wait (a failed
+     attempt costs at most ~5%), doubling while attempts keep failing, up
+     to a second;
+   - two waiting coarse steps of the row split: fine tiles (less to wait
+     for, more packing) for 16 steps' time, doubling while coarse steps
+     keep waiting, up to a second;
    - team steps no faster than serial ones (memory-bound steps, a slow
      core): the same back-off, from 50 team steps' time;
-   - otherwise a good step ends the backoff; and after a coarse step that
-     waited more than an eighth of it, fine tiles (less to wait for, more
-     packing) for 16 steps' time, doubling while coarse steps keep
-     waiting, up to a second.
+   - otherwise a good step ends the back-off.
    The first step of a team may wait for the other threads to start: it
-   is neither timed nor a reason for fine tiles. */
+   is neither timed nor counted. */
 static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
-                             int fine) {
+                             int fine, int can_fine) {
     fbp_tune *u = &T->tune;
     int64_t now = fbp_now_ns();
-    int first = T->n_team_steps++ == 0;
-    if (u->key != key) return;
-    if (!first) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
-    if (2 * wait_ns > step_ns && wait_ns > 20000) {
+    int first = T->n_team_steps++ == 0, waited, half;
+    if (u->key != key || first) return;
+    u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    waited = 8 * wait_ns > step_ns && wait_ns > 20000;
+    half = 2 * wait_ns > step_ns && wait_ns > 20000;
+    u->waits = waited ? u->waits + 1 : 0;
+    if (waited && !fine) FBP_STAT(coarse_waits, 1);
+    if (half && u->waits >= 2 && (fine || !can_fine)) {
+        u->waits = 0;
         fbp_back_off(u, 20 * wait_ns, now);
         return;
     }
-    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
+    if (u->ser_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
         fbp_back_off(u, 50 * u->par_ns, now);
         FBP_STAT(slow_backoffs, 1);
         return;
     }
     u->backoff = 0;
     u->serial_until = 0;
-    if (fine || first) return;
-    if (8 * wait_ns > step_ns && wait_ns > 20000) {
+    if (fine || !can_fine) return;
+    if (waited && u->waits >= 2) {
         int64_t f = 16 * step_ns;
         if (u->fine_len * 2 > f) f = u->fine_len * 2;
         if (f > 1000000000LL) f = 1000000000LL;
         u->fine_len = f;
         u->fine_until = now + f;
+        u->waits = 0;
         FBP_STAT(fines, 1);
-    } else {
+    } else if (!waited) {
         u->fine_len = 0;
     }
 }
@@ -364,6 +400,36 @@ static inline void fbp_pause(void) {
     __builtin_ia32_pause();
 #endif
 }
+/* This thread's number in the region (0 outside one). */
+static int fbp_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+/* Thread `me` makes its CPU clock visible to the others' waits (once). */
+static void fbp_team_join(fbp_team *T, int me) {
+#if defined(__linux__)
+    if (me < 0 || me >= FBP_MAXT || __atomic_load_n(&T->has_clk[me], __ATOMIC_ACQUIRE)) return;
+    if (pthread_getcpuclockid(pthread_self(), &T->clk[me]) == 0)
+        __atomic_store_n(&T->has_clk[me], 1, __ATOMIC_RELEASE);
+#else
+    (void)T; (void)me;
+#endif
+}
+/* The CPU time of thread i (ns), or -1 when it cannot be read. */
+static int64_t fbp_thread_cpu_ns(fbp_team *T, int i) {
+#if defined(__linux__)
+    struct timespec t;
+    if (i < 0 || i >= FBP_MAXT || !__atomic_load_n(&T->has_clk[i], __ATOMIC_ACQUIRE)) return -1;
+    if (clock_gettime(T->clk[i], &t) != 0) return -1;
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+#else
+    (void)T; (void)i;
+    return -1;
+#endif
+}
 static void fbp_team_init(fbp_team *T) { memset(T, 0, sizeof *T); }
 static void fbp_notify(fbp_team *T) {
     __atomic_add_fetch(&T->ev, 1, __ATOMIC_SEQ_CST);
@@ -396,6 +462,7 @@ static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int los
         __atomic_store_n(&T->word[v], (int64_t)g << 32, __ATOMIC_SEQ_CST);
     }
     T->hi = top;
+    fbp_team_join(T, 0);
     __atomic_store_n(&T->nw, nw, __ATOMIC_SEQ_CST);
     __atomic_store_n(&T->loss_wave, loss_wave, __ATOMIC_SEQ_CST);
     __atomic_store_n(&T->published, fbp_now_ns(), __ATOMIC_RELAXED);
@@ -417,11 +484,18 @@ static int fbp_team_claim(fbp_team *T, int v, unsigned g) {
         int64_t idx = w & 0xffffffffLL;
         if (idx >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST)) return -1;
         if (__atomic_compare_exchange_n(&T->word[v], &w, w + 1, 0,
-                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            int me = fbp_thread_num();
+            if (me < FBP_MAXT) __atomic_store_n(&T->busy[me], 1, __ATOMIC_RELAXED);
             return (int)idx;
+        }
     }
 }
+/* The tile this thread claimed in wave v is finished (its writes visible
+   to whoever sees the wave's count). */
 static void fbp_team_finish(fbp_team *T, int v) {
+    int me = fbp_thread_num();
+    if (me < FBP_MAXT) __atomic_store_n(&T->busy[me], 0, __ATOMIC_RELAXED);
     if (__atomic_add_fetch(&T->done[v], 1, __ATOMIC_SEQ_CST) ==
         __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
         fbp_notify(T);
@@ -432,11 +506,51 @@ static int fbp_wave_state(fbp_team *T, int v, unsigned g) {
         return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 0 : -2;
     return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 1 : -2;
 }
+/* One wait's spin: what the watched threads' CPU clocks read at the last
+   look (-1: not read yet). */
+typedef struct {
+    int64_t start, last;
+    int64_t cpu[FBP_MAXT];
+    int me, want;           /* want: the thread waited for, or -1 for every tile holder */
+} fbp_spin_t;
+static void fbp_spin_begin(fbp_spin_t *w, int me, int want) {
+    w->start = w->last = fbp_now_ns();
+    w->me = me;
+    w->want = want;
+    for (int i = 0; i < FBP_MAXT; i++) w->cpu[i] = -1;
+}
+/* Whether to go on spinning (see FBP_SPIN_PURE_NS): 0 once a watched thread
+   ran less than half of the last watch window, or after FBP_SPIN_MAX_NS. */
+static int fbp_spin_more(fbp_team *T, fbp_spin_t *w) {
+    int64_t now = fbp_now_ns(), window = now - w->last;
+    int off = 0;
+    if (now - w->start < FBP_SPIN_PURE_NS || window < FBP_WATCH_NS) return 1;
+    if (now - w->start > FBP_SPIN_MAX_NS) { FBP_STAT(spin_out, 1); return 0; }
+    for (int i = 0; i < FBP_MAXT; i++) {
+        int64_t c;
+        if (i == w->me || (w->want >= 0 ? i != w->want : !__atomic_load_n(&T->busy[i], __ATOMIC_RELAXED))) {
+            w->cpu[i] = -1;
+            continue;
+        }
+        if ((c = fbp_thread_cpu_ns(T, i)) < 0) continue;
+        if (w->cpu[i] >= 0 && 2 * (c - w->cpu[i]) < window) off = 1;
+        w->cpu[i] = c;
+        if (w->want >= 0) break;
+    }
+    w->last = now;
+    if (off) { FBP_STAT(off_core, 1); return 0; }
+    return 1;
+}
 static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     int r, e;
-    for (int i = 0; i < FBP_SPIN; i++) {
-        if ((r = fbp_wave_state(T, v, g)) != 1) return r;
-        fbp_pause();
+    fbp_spin_t w;
+    fbp_spin_begin(&w, fbp_thread_num(), -1);
+    for (;;) {
+        for (int i = 0; i < 16; i++) {
+            if ((r = fbp_wave_state(T, v, g)) != 1) return r;
+            fbp_pause();
+        }
+        if (!fbp_spin_more(T, &w)) break;
     }
     __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
@@ -451,11 +565,17 @@ static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
 /* A worker: the next generation after `last`, or 0 once the team quits. */
 static unsigned fbp_team_next(fbp_team *T, unsigned last) {
     unsigned g = 0;
-    int e;
-    for (int i = 0; i < FBP_SPIN; i++) {
-        if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
-        if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
-        fbp_pause();
+    int e, me = fbp_thread_num();
+    fbp_spin_t w;
+    fbp_team_join(T, me);
+    fbp_spin_begin(&w, me, 0);
+    for (;;) {
+        for (int i = 0; i < 16; i++) {
+            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
+            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
+            fbp_pause();
+        }
+        if (!fbp_spin_more(T, &w)) break;
     }
     __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
