@@ -56,6 +56,9 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_region()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
+    int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns)
+    void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes)
+    int64_t FBP_SPIN_MAX_NS
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
@@ -75,6 +78,46 @@ def team_stats(bint reset=False):
     if reset:
         fbp_stats_reset()
     return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
+
+
+def team_watch_test(bint spin, double hold_s):
+    """Test hook: thread 0 of a region of two waits, as the team's waits do,
+    for thread 1, which sleeps (spin False) or spins for hold_s seconds.
+    Returns (how, spun_s): how the wait's spin ended, "off_core" (thread 1
+    was seen off its core), "spin_out" (the spin budget, spin_max_s), "done"
+    (thread 1 finished first) or None without a team of two; and how long
+    it spun."""
+    cdef int64_t spun = 0
+    cdef int how
+    with nogil:
+        how = fbp_watch_test(spin, <int64_t>(hold_s * 1e9), &spun)
+    return {1: "off_core", 2: "spin_out", 3: "done"}.get(how), spun * 1e-9
+
+
+def team_spin_max_s():
+    """The longest a wait spins before it sleeps on the futex (seconds)."""
+    return FBP_SPIN_MAX_NS * 1e-9
+
+
+def team_account_test(steps, double ser_s):
+    """Test hook: thread 0's rules (fbp_team_account) on made-up team steps
+    of one shape whose serial steps took ser_s seconds, after a first
+    step that is not counted.  steps: (step_s, wait_s, fine, can_fine) per
+    step.  Returns the mode picked after each: "serial" (backing off),
+    "probe", "fine" or "coarse"."""
+    cdef int n = len(steps), i
+    if n > 64:
+        raise ValueError("at most 64 steps")
+    cdef int64_t x[256]
+    cdef int modes[64]
+    for i in range(n):
+        step_s, wait_s, fine, can_fine = steps[i]
+        x[4 * i], x[4 * i + 1] = <int64_t>(step_s * 1e9), <int64_t>(wait_s * 1e9)
+        x[4 * i + 2], x[4 * i + 3] = bool(fine), bool(can_fine)
+    fbp_account_test(n, x, <int64_t>(ser_s * 1e9), modes)
+    names = {FBP_MODE_SERIAL: "serial", FBP_MODE_PROBE: "probe", FBP_MODE_FINE: "fine",
+             FBP_MODE_COARSE: "coarse"}
+    return [names[modes[i]] for i in range(n)]
 
 
 # Tiles of the row split's row and unit waves: 0 as fbp_team_account picks

@@ -525,7 +525,6 @@ static int fbp_spin_more(fbp_team *T, fbp_spin_t *w) {
     int64_t now = fbp_now_ns(), window = now - w->last;
     int off = 0;
     if (now - w->start < FBP_SPIN_PURE_NS || window < FBP_WATCH_NS) return 1;
-    if (now - w->start > FBP_SPIN_MAX_NS) { FBP_STAT(spin_out, 1); return 0; }
     for (int i = 0; i < FBP_MAXT; i++) {
         int64_t c;
         if (i == w->me || (w->want >= 0 ? i != w->want : !__atomic_load_n(&T->busy[i], __ATOMIC_RELAXED))) {
@@ -539,7 +538,76 @@ static int fbp_spin_more(fbp_team *T, fbp_spin_t *w) {
     }
     w->last = now;
     if (off) { FBP_STAT(off_core, 1); return 0; }
+    if (now - w->start > FBP_SPIN_MAX_NS) { FBP_STAT(spin_out, 1); return 0; }
     return 1;
+}
+/* Test hook: in a region of two threads, thread 1 sleeps (spin == 0) or
+   spins (spin != 0) for hold_ns while thread 0 waits for it as the team's
+   waits do.  Returns how thread 0's spin ended: 1 off_core (thread 1's CPU
+   clock stood still), 2 spin_out (FBP_SPIN_MAX_NS), 3 thread 1 was done
+   first, -1 no team of two; *spun_ns: how long it spun. */
+static int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns) {
+    int how = -1;
+    *spun_ns = 0;
+#ifdef _OPENMP
+    fbp_team T;
+    int stage = 0;
+    fbp_team_init(&T);
+    #pragma omp parallel num_threads(2)
+    {
+        int me = omp_get_thread_num();
+        if (omp_get_num_threads() == 2) {
+            fbp_team_join(&T, me);
+            if (me == 1) {
+                int64_t t0 = fbp_now_ns();
+                __atomic_store_n(&stage, 1, __ATOMIC_SEQ_CST);
+                if (spin) {
+                    while (fbp_now_ns() - t0 < hold_ns) fbp_pause();
+                } else {
+                    struct timespec d = {(time_t)(hold_ns / 1000000000LL),
+                                         (long)(hold_ns % 1000000000LL)};
+                    nanosleep(&d, NULL);
+                }
+                __atomic_store_n(&stage, 2, __ATOMIC_SEQ_CST);
+            } else {
+                fbp_spin_t w;
+                int64_t off0 = __atomic_load_n(&fbp_stats.off_core, __ATOMIC_RELAXED);
+                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) == 0) fbp_pause();
+                fbp_spin_begin(&w, 0, 1);
+                how = 3;
+                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) != 2) {
+                    fbp_pause();
+                    if (!fbp_spin_more(&T, &w)) {
+                        how = __atomic_load_n(&fbp_stats.off_core, __ATOMIC_RELAXED) > off0 ? 1 : 2;
+                        break;
+                    }
+                }
+                *spun_ns = fbp_now_ns() - w.start;
+                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) != 2) fbp_pause();
+            }
+        }
+    }
+#else
+    (void)spin; (void)hold_ns;
+#endif
+    return how;
+}
+/* Test hook: thread 0's rules on made-up steps.  A team whose serial steps
+   of this shape took ser_ns runs one first team step, then n team steps
+   (step_ns, wait_ns, fine, can_fine: four numbers per step in `steps`);
+   modes[i] is fbp_team_mode after step i. */
+static void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes) {
+    fbp_team T;
+    fbp_team_init(&T);
+    T.tune.key = 1;
+    T.tune.ser_ns = ser_ns;
+    T.tune.ser_at = fbp_now_ns();
+    fbp_team_account(&T, 1, 1000000, 0, 0, 1);     /* the first step: not counted */
+    for (int i = 0; i < n; i++) {
+        const int64_t *x = steps + 4 * i;
+        fbp_team_account(&T, 1, x[0], x[1], (int)x[2], (int)x[3]);
+        modes[i] = fbp_team_mode(&T, 1);
+    }
 }
 static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     int r, e;
