@@ -226,14 +226,16 @@ static void fbp_stats_reset(void) {
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
    - waits: team steps in a row that left it waiting;
-   - ser_ns / par_ns: running means of a serial and a team step of this
-     shape (key), ser_at when ser_ns was last measured. */
+   - ser_ns / par_ns: running means (fbp_mean_in) of a serial and a team
+     step of this shape (key), ser_at when ser_ns was last measured,
+     par_n the team steps in par_ns. */
 typedef struct {
     int64_t key;
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
     int64_t waits;          /* team steps in a row that waited (fbp_team_account) */
+    int64_t par_n;          /* team steps in par_ns since it was last reset */
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
@@ -283,7 +285,14 @@ static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
     uint64_t k = (uint64_t)macs * 1000003u + (uint64_t)m;
     return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
 }
-static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
+/* A running mean of step times; one sample moves it by at most a quarter
+   of its value (a step that met a page fault or a hiccup of the machine is
+   not a trend), while faster steps pull it down freely. */
+static int64_t fbp_mean_in(int64_t mean, int64_t x) {
+    if (mean == 0) return x;
+    if (x > 2 * mean) x = 2 * mean;
+    return (3 * mean + x) / 4;
+}
 /* Thread 0, after a serial step of shape `key` in a region (step_ns). */
 static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
     fbp_tune *u = &T->tune;
@@ -297,7 +306,8 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
     if (b > 1000000000LL) b = 1000000000LL;
     u->backoff = b;
     u->serial_until = now + b;
-    u->par_ns = 0;          /* the next team step is timed afresh */
+    u->par_ns = 0;          /* the next team steps are timed afresh */
+    u->par_n = 0;
     FBP_STAT(backoffs, 1);
 }
 /* Thread 0, after a team step of shape `key` that took step_ns, of which
@@ -315,7 +325,8 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      for, more packing) for 16 steps' time, doubling while coarse steps
      keep waiting, up to a second;
    - team steps no faster than serial ones (memory-bound steps, a slow
-     core): the same back-off, from 50 team steps' time;
+     core), by the mean of two team steps or more: the same back-off,
+     from 50 serial steps' time;
    - otherwise a good step ends the back-off.
    The first step of a team may wait for the other threads to start: it
    is neither timed nor counted. */
@@ -326,6 +337,7 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     int first = T->n_team_steps++ == 0, waited, half;
     if (u->key != key || first) return;
     u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    u->par_n++;
     waited = 8 * wait_ns > step_ns && wait_ns > 20000;
     half = 2 * wait_ns > step_ns && wait_ns > 20000;
     u->waits = waited ? u->waits + 1 : 0;
@@ -335,8 +347,8 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         fbp_back_off(u, 20 * wait_ns, now);
         return;
     }
-    if (u->ser_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
-        fbp_back_off(u, 50 * u->par_ns, now);
+    if (u->ser_ns != 0 && u->par_n >= 2 && 50 * u->par_ns >= 49 * u->ser_ns) {
+        fbp_back_off(u, 50 * u->ser_ns, now);
         FBP_STAT(slow_backoffs, 1);
         return;
     }

@@ -250,9 +250,14 @@ def test_team_rules_need_two_waiting_steps_in_a_row():
     assert _modes([unit_half]) == ["coarse"]
     assert _modes([unit_half, unit_half]) == ["coarse", "serial"]
     assert _modes([unit_half, unit_ok, unit_half]) == ["coarse"] * 3
-    # team steps no faster than serial ones back off at once
-    assert _modes([(1.0, 0.0, 0, 0)], ser_s=0.9) == ["serial"]
-    assert _modes([(1.0, 0.0, 0, 0)], ser_s=1.5) == ["coarse"]
+    # team steps no faster than serial ones back off, from two of them on
+    slow = (1.0, 0.0, 0, 0)
+    assert _modes([slow, slow], ser_s=0.9) == ["coarse", "serial"]
+    assert _modes([slow, slow, slow], ser_s=1.5) == ["coarse"] * 3
+    # one step 20 times slower than the others is not a trend: it moves the
+    # mean of team steps by a quarter at most
+    fast, hiccup = (0.5, 0.0, 0, 0), (10.0, 0.0, 0, 0)
+    assert _modes([fast, fast, hiccup, fast], ser_s=0.9) == ["coarse"] * 4
     with pytest.raises(ValueError, match="64 steps"):
         _modes([ok] * 65)
 
