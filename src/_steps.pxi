@@ -19,8 +19,8 @@
 #   * row split (enough rows per thread): wave 0 = row tiles of part 1,
 #     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
 #     tiles (one of rows, and one of each layer's units, per thread) unless
-#     the last coarse steps left thread 0 waiting: then fine ones (several
-#     per thread).  Each row tile packs every W_k again and each unit tile
+#     two coarse steps in a row left thread 0 waiting: then fine ones
+#     (several per thread) for a while (fbp_team_account).  Each row tile packs every W_k again and each unit tile
 #     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
 #     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
 #     only less to wait for when a thread loses its core;
@@ -57,7 +57,8 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
     int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns)
-    void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes)
+    void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes,
+                          int64_t *left)
     int64_t FBP_SPIN_MAX_NS
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
@@ -99,13 +100,15 @@ def team_spin_max_s():
     return FBP_SPIN_MAX_NS * 1e-9
 
 
-def team_account_test(steps, double ser_s):
+def team_account_test(steps, double ser_s, bint left=False):
     """Test hook: thread 0's rules (fbp_team_account) on made-up team steps
     of one shape whose serial steps took ser_s seconds, after a first
     step that is not counted.  steps: (step_s, wait_s, fine, can_fine) per
     step.  Returns the mode picked after each: "serial" (backing off),
-    "probe", "fine" or "coarse"."""
+    "probe", "fine" or "coarse"; with left, also how long the fine tiles
+    and the back-off last after the last step (seconds)."""
     cdef int n = len(steps), i
+    cdef int64_t rest[2]
     if n > 64:
         raise ValueError("at most 64 steps")
     cdef int64_t x[256]
@@ -114,10 +117,11 @@ def team_account_test(steps, double ser_s):
         step_s, wait_s, fine, can_fine = steps[i]
         x[4 * i], x[4 * i + 1] = <int64_t>(step_s * 1e9), <int64_t>(wait_s * 1e9)
         x[4 * i + 2], x[4 * i + 3] = bool(fine), bool(can_fine)
-    fbp_account_test(n, x, <int64_t>(ser_s * 1e9), modes)
+    fbp_account_test(n, x, <int64_t>(ser_s * 1e9), modes, rest)
     names = {FBP_MODE_SERIAL: "serial", FBP_MODE_PROBE: "probe", FBP_MODE_FINE: "fine",
              FBP_MODE_COARSE: "coarse"}
-    return [names[modes[i]] for i in range(n)]
+    out = [names[modes[i]] for i in range(n)]
+    return (out, rest[0] * 1e-9, rest[1] * 1e-9) if left else out
 
 
 # Tiles of the row split's row and unit waves: 0 as fbp_team_account picks
@@ -212,7 +216,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     The row split's tiles are coarse (one tile of rows and one of each
     layer's units per thread: each row tile packs every W_k again, each
     unit tile packs the layer's input again, so the fewer the cheaper) or,
-    when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
+    when two coarse steps in a row left thread 0 waiting (fine), ROW_TILES_ /
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""

@@ -130,9 +130,10 @@ static int fbp_omp_thread_limit(void) { return 1; }
    word[v] = (g << 32) | next: a thread still on an old generation (one
    that was descheduled and wakes late) fails the tag check and goes back
    to waiting, so nobody ever waits for a thread that holds no tile; a
-   thread waits only for tiles in progress (wave by wave), spinning
-   briefly, then asleep on a futex (an event count) so that a descheduled
-   holder gets the core back at once.  Publishing: every word is first
+   thread waits only for tiles in progress (wave by wave), spinning while
+   the thread it waits for runs (its CPU clock moves: FBP_SPIN_PURE_NS),
+   up to ~2 ms, else asleep on a futex (an event count) so that a
+   descheduled holder gets the core back, or is moved to ours, at once.  Publishing: every word is first
    tagged with g but no tile (so no claim of g-1 can succeed while the
    step's data are rewritten), then the step data, then the words, then
    seq = g.  A claimed tile's data are stable: a generation ends only
@@ -323,7 +324,8 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      to a second;
    - two waiting coarse steps of the row split: fine tiles (less to wait
      for, more packing) for 16 steps' time, doubling while coarse steps
-     keep waiting, up to a second;
+     keep waiting, up to a second or 16 steps, whichever is longer (a
+     1024-2048-2048-1024 b256 step takes ~0.3 s);
    - team steps no faster than serial ones (memory-bound steps, a slow
      core), by the mean of two team steps or more: the same back-off,
      from 50 serial steps' time;
@@ -356,9 +358,9 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     u->serial_until = 0;
     if (fine || !can_fine) return;
     if (waited && u->waits >= 2) {
-        int64_t f = 16 * step_ns;
+        int64_t f = 16 * step_ns, cap = f > 1000000000LL ? f : 1000000000LL;
         if (u->fine_len * 2 > f) f = u->fine_len * 2;
-        if (f > 1000000000LL) f = 1000000000LL;
+        if (f > cap) f = cap;
         u->fine_len = f;
         u->fine_until = now + f;
         u->waits = 0;
@@ -607,8 +609,10 @@ static int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns) {
 /* Test hook: thread 0's rules on made-up steps.  A team whose serial steps
    of this shape took ser_ns runs one first team step, then n team steps
    (step_ns, wait_ns, fine, can_fine: four numbers per step in `steps`);
-   modes[i] is fbp_team_mode after step i. */
-static void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes) {
+   modes[i] is fbp_team_mode after step i; left[0], left[1]: how long the
+   fine tiles and the back-off still last after the last step (ns). */
+static void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes,
+                             int64_t *left) {
     fbp_team T;
     fbp_team_init(&T);
     T.tune.key = 1;
@@ -620,6 +624,9 @@ static void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *m
         fbp_team_account(&T, 1, x[0], x[1], (int)x[2], (int)x[3]);
         modes[i] = fbp_team_mode(&T, 1);
     }
+    int64_t now = fbp_now_ns();
+    left[0] = T.tune.fine_until > now ? T.tune.fine_until - now : 0;
+    left[1] = T.tune.serial_until > now ? T.tune.serial_until - now : 0;
 }
 static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     int r, e;

@@ -239,6 +239,15 @@ def test_team_rules_need_two_waiting_steps_in_a_row():
     assert _modes([ok, ok]) == ["coarse", "coarse"]
     assert _modes([wait]) == ["coarse"]
     assert _modes([wait, wait]) == ["coarse", "fine"]
+    # a fine period lasts 16 steps' time, up to 1 s or 16 steps when longer;
+    # a back-off 20 times the wait, up to 1 s
+    for step, lo, hi in ((0.01, 0.08, 0.16), (0.2, 2.5, 3.2)):
+        modes, fine_left, serial_left = _kernels.team_account_test(
+            [(step, step / 4, 0, 1)] * 2, 100.0, left=True)
+        assert modes[-1] == "fine" and lo < fine_left <= hi and serial_left == 0
+    modes, fine_left, serial_left = _kernels.team_account_test(
+        [(0.01, 0.006, 0, 0)] * 2, 100.0, left=True)
+    assert modes[-1] == "serial" and 0.05 < serial_left <= 0.12 and fine_left == 0
     assert _modes([wait, ok, wait, ok, wait]) == ["coarse"] * 5
     # a coarse row split that waited half the step goes fine first
     assert _modes([half, half]) == ["coarse", "fine"]
