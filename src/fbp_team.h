@@ -578,9 +578,13 @@ static int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns) {
                 if (spin) {
                     while (fbp_now_ns() - t0 < hold_ns) fbp_pause();
                 } else {
+#if defined(_WIN32)
+                    Sleep((DWORD)(hold_ns / 1000000));
+#else
                     struct timespec d = {(time_t)(hold_ns / 1000000000LL),
                                          (long)(hold_ns % 1000000000LL)};
                     nanosleep(&d, NULL);
+#endif
                 }
                 __atomic_store_n(&stage, 2, __ATOMIC_SEQ_CST);
             } else {
