@@ -20,8 +20,9 @@
 #     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
 #     tiles (one of rows, and one of each layer's units, per thread) unless
 #     two coarse steps in a row left thread 0 waiting: then fine ones
-#     (several per thread) for a while (fbp_team_account).  Each row tile packs every W_k again and each unit tile
-#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
+#     (several per thread) for a while (fbp_team_account).  Each row tile
+#     packs every W_k again and each unit tile the layer's input, so fine
+#     tiles cost work (callgrind, 784-256-128-10
 #     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
 #     only less to wait for when a thread loses its core;
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
@@ -125,7 +126,7 @@ def team_account_test(steps, double ser_s, bint left=False):
 
 
 # Tiles of the row split's row and unit waves: 0 as fbp_team_account picks
-# (coarse, fine after a step that waited), 1 always fine, 2 always coarse.
+# (coarse, fine after two steps that waited), 1 always fine, 2 always coarse.
 # The tests' threshold 0 (par_min_macs) uses coarse unless told otherwise.
 cdef int tile_mode = 0
 

@@ -3,12 +3,15 @@
  * What is here: OpenMP detection, FTZ/DAZ control per thread, the test hook
  * that counts parallel regions, fork safety, and `fbp_team`, the work queue
  * of one parallel region (a generation of waves of tiles, claimed by tagged
- * CAS, waited on with a short spin and then a futex).  Nothing here touches
+ * CAS, waited on with a spin while the awaited thread runs -- its CPU clock
+ * moves -- and a futex otherwise).  Nothing here touches
  * the network's data: the kernels in _steps.pxi do, and say why each of
  * their writes is private to the thread running a tile.  The only state
  * shared between threads is an fbp_team, every field of which is read and
  * written with __atomic builtins (thread 0 alone reads and writes its
- * tune, last_end and n_team_steps).  How thread 0 runs each step (serially
+ * tune, last_end and n_team_steps; thread i writes clk[i] once, before it
+ * sets has_clk[i] with release order, and readers load has_clk[i] with
+ * acquire order first).  How thread 0 runs each step (serially
  * while backing off or to time a serial step, else through the team with
  * coarse or fine tiles) is fbp_team_mode / fbp_team_account, from what
  * the last steps took; fbp_stats counts what happened, for the tests and
@@ -131,10 +134,10 @@ static int fbp_omp_thread_limit(void) { return 1; }
    that was descheduled and wakes late) fails the tag check and goes back
    to waiting, so nobody ever waits for a thread that holds no tile; a
    thread waits only for tiles in progress (wave by wave), spinning while
-   the thread it waits for runs (its CPU clock moves: FBP_SPIN_PURE_NS),
-   up to ~2 ms, else asleep on a futex (an event count) so that a
-   descheduled holder gets the core back, or is moved to ours, at once.  Publishing: every word is first
-   tagged with g but no tile (so no claim of g-1 can succeed while the
+   the thread it waits for runs (its CPU clock moves: FBP_SPIN_MAX_NS), up
+   to ~2 ms, else asleep on a futex (an event count) so that a descheduled
+   holder gets the core back, or is moved to ours, at once.  Publishing:
+   every word is first tagged with g but no tile (so no claim of g-1 can succeed while the
    step's data are rewritten), then the step data, then the words, then
    seq = g.  A claimed tile's data are stable: a generation ends only
    when all its claimed tiles are finished.  fbp_team_finish publishes a
@@ -206,10 +209,11 @@ static void fbp_stats_reset(void) {
 
 #define FBP_MAXW 129
 /* Waiting (fbp_team_wait_wave, fbp_team_next) spins, measured in time:
-   FBP_SPIN_PURE_NS of pauses alone, then, every FBP_WATCH_NS, a look at
-   the CPU clock of each thread waited for (a tile holder, or thread 0 for
-   a worker waiting for a step): one that ran less than half of that
-   window is off its core (descheduled, or sharing ours), so the waiter
+   pauses alone for the first FBP_WATCH_NS (at least FBP_SPIN_PURE_NS),
+   then, every FBP_WATCH_NS, a look at the CPU clock of each thread waited
+   for (a tile holder, or thread 0 for a worker waiting for a step; the
+   first look only reads it, so a verdict comes ~50 us into a wait): one
+   that ran less than half of the last window is off its core (descheduled, or sharing ours), so the waiter
    sleeps on the futex at once and gives the core back (to it, or for the
    scheduler to move it to); one that runs is spun for, up to
    FBP_SPIN_MAX_NS (a ~1 ms step's imbalance: no ~25 us futex wake-up
@@ -302,9 +306,14 @@ static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
     u->ser_ns = fbp_mean_in(u->ser_ns, step_ns);
     u->ser_at = fbp_now_ns();
 }
+/* The longest back-off: back-offs double while team steps keep failing
+   (no good team step in between), and each failed attempt costs two team
+   steps (the rules need two), so a core that stays busy costs two team
+   steps per this time; one that frees up is used again within it. */
+#define FBP_BACKOFF_MAX_NS 4000000000LL
 static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
     if (u->backoff * 2 > b) b = u->backoff * 2;
-    if (b > 1000000000LL) b = 1000000000LL;
+    if (b > FBP_BACKOFF_MAX_NS) b = FBP_BACKOFF_MAX_NS;
     u->backoff = b;
     u->serial_until = now + b;
     u->par_ns = 0;          /* the next team steps are timed afresh */
@@ -321,7 +330,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      threads are descheduled: a busy machine), fine tiles or none to go
      to: run the next steps serially for 20 times that wait (a failed
      attempt costs at most ~5%), doubling while attempts keep failing, up
-     to a second;
+     to FBP_BACKOFF_MAX_NS (4 s);
    - two waiting coarse steps of the row split: fine tiles (less to wait
      for, more packing) for 16 steps' time, doubling while coarse steps
      keep waiting, up to a second or 16 steps, whichever is longer (a

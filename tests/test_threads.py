@@ -248,6 +248,10 @@ def test_team_rules_need_two_waiting_steps_in_a_row():
     modes, fine_left, serial_left = _kernels.team_account_test(
         [(0.01, 0.006, 0, 0)] * 2, 100.0, left=True)
     assert modes[-1] == "serial" and 0.05 < serial_left <= 0.12 and fine_left == 0
+    # ... doubling while attempts keep failing, up to 4 s
+    modes, fine_left, serial_left = _kernels.team_account_test(
+        [(1.0, 0.6, 0, 0)] * 2, 100.0, left=True)
+    assert modes[-1] == "serial" and 3.5 < serial_left <= 4.0
     assert _modes([wait, ok, wait, ok, wait]) == ["coarse"] * 5
     # a coarse row split that waited half the step goes fine first
     assert _modes([half, half]) == ["coarse", "fine"]
