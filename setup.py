@@ -98,6 +98,17 @@ DIRECTIVES = {
 }
 
 
+# The C files of the GEMM and the tiny-net kernels (src/fbp_gemm.c says which
+# holds what); their headers are in `depends`.
+C_SOURCES = [
+    "src/fbp_gemm.c",           # driver, ISA dispatch, packing buffers
+    "src/fbp_gemm_generic.c",   # per-ISA micro-kernels, small path, blocked driver
+    "src/fbp_gemm_avx2.c",
+    "src/fbp_gemm_avx512.c",
+    "src/fbp_narrow.c",         # fbp_narrow_*, fbp_packed_*
+]
+
+
 def _extensions():
     import numpy
     from Cython.Build import cythonize
@@ -110,14 +121,14 @@ def _extensions():
 
     ext = Extension(
         "fastbp._kernels",
-        sources=["src/_kernels.pyx", "src/fbp_gemm.c"],
+        sources=["src/_kernels.pyx", *C_SOURCES],
         include_dirs=["src", numpy.get_include()],   # numpy's C API: MLP.predict's fast path
         depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxi")),
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
-    # The .c file is compiled with the same flags; Cython only translates the .pyx.
+    # The .c files are compiled with the same flags; Cython only translates the .pyx.
     return cythonize(
         [ext],
         compiler_directives=DIRECTIVES,

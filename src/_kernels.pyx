@@ -424,9 +424,9 @@ cdef extern from *:
 
 
 cdef enum:
-    # fbp_gemm.c's SMALL_MNK: up to it the GEMM runs one scalar chain after
+    # SMALL_MNK (src/fbp_gemm_internal.h): up to it the GEMM runs one scalar chain after
     # another, and fbp_rowdot is faster.  Only speed depends on it (every
-    # path gives the same bits); FBP_ROW_KC must equal fbp_gemm.c's FBP_KC
+    # path gives the same bits); FBP_ROW_KC must equal FBP_KC (src/fbp_gemm_internal.h)
     # (tests/test_latency.py has a layer deeper than one slab).
     GEMM_SMALL_MNK = 4096
 
@@ -869,8 +869,7 @@ cdef class Network:
         self._check(theta, X, Y)
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t n = X.shape[0], start, m
-        cdef const floating[::1] sw
-        cdef double total_w = n
+        cdef double total_w
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, WS_TARGETS)
         cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
@@ -879,14 +878,10 @@ cdef class Network:
         cdef int status
         cdef Sparse sp
         cdef _SparseView spv = _SparseView()
-        extra_init(&e)
-        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, False)
-        if sample_weight is not None:
-            sw = _weights_view(sample_weight, theta, n)
-            e.sw = &sw[0]
-            total_w = weight_sum(&e, &theta[0], NULL, 0, n)
-            if not total_w > 0:
-                return 0.0, 0.0
+        cdef const floating *xp = x_and_weights(X, sample_weight, theta, &theta[0], spv, &sp, &e,
+                                                s.sizes[0], n_threads, False, &total_w)
+        if sample_weight is not None and not total_w > 0:
+            return 0.0, 0.0
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, &Y[0, 0], n, chunk, &e
         c.out = NULL
         c.totals[0] = c.totals[1] = 0.0
@@ -912,17 +907,15 @@ cdef class Network:
             raise ValueError("grad has the wrong length")
         cdef Spec s = self._spec(n_threads, sizeof(floating))
         cdef int64_t m = X.shape[0], i, n_drop
-        cdef const floating[::1] sw
         cdef const double[::1] p_v
         cdef Extra e
         cdef Sparse sp
         cdef _SparseView spv = _SparseView()
-        extra_init(&e)
-        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, True)
+        cdef double total_w
+        cdef const floating *xp = x_and_weights(X, sample_weight, theta, &theta[0], spv, &sp, &e,
+                                                s.sizes[0], n_threads, True, &total_w)
         if sample_weight is not None:
-            sw = _weights_view(sample_weight, theta, m)
-            e.sw = &sw[0]
-            e.wsum = weight_sum(&e, &theta[0], NULL, 0, m)
+            e.wsum = total_w
             if not e.wsum > 0:
                 for i in range(self.n_params):
                     grad[i] = 0
@@ -1186,6 +1179,30 @@ cdef class Network:
         if status == -1:
             _raise_pending()   # Ctrl-C
         return t.loss, t.hits, t.penalty, t.n_done, status
+
+
+cdef const floating *x_and_weights(X, sample_weight, theta, const floating *dtype_of,  # IN
+                                   _SparseView view, Sparse *sp, Extra *e,        # OUT
+                                   int64_t n_in, int n_threads, bint train,
+                                   double *total_w) except NULL:                 # OUT
+    """The setup `Network.loss` and `Network.gradients` share: `e`
+    initialised (extra_init), the kernels' X returned (x_data: the first
+    element of dense rows, or a CSR filled into `sp`, kept alive by `view`,
+    and e.sp set) and, with `sample_weight`, e.sw pointing at the weights
+    (_weights_view checks their shape and dtype and copies nothing, so they
+    live as long as the caller's argument) and *total_w their sum
+    (weight_sum, in row order, in double).  Without weights e.sw is NULL and
+    *total_w the number of rows.  e.wsum is left to the caller."""
+    cdef const floating[::1] sw
+    cdef int64_t n = X.shape[0]
+    extra_init(e)
+    cdef const floating *xp = x_data(X, theta, dtype_of, view, sp, e, n_in, n_threads, train)
+    total_w[0] = n
+    if sample_weight is not None:
+        sw = _weights_view(sample_weight, theta, n)
+        e.sw = &sw[0]
+        total_w[0] = weight_sum(e, dtype_of, NULL, 0, n)
+    return xp
 
 
 def _weights_view(sample_weight, theta, int64_t n):

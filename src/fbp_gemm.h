@@ -74,21 +74,18 @@ enum {
     FBP_ACT_TANH = 3
 };
 
-void fbp_gemm_f32(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                  float alpha, const float *A, int64_t lda,
-                  const float *B, int64_t ldb,
-                  float beta, float *C, int64_t ldc,
-                  const float *bias, int act,
-                  const float *dsrc, int64_t ldd,
-                  int n_threads);
-
-void fbp_gemm_f64(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                  double alpha, const double *A, int64_t lda,
-                  const double *B, int64_t ldb,
-                  double beta, double *C, int64_t ldc,
-                  const double *bias, int act,
-                  const double *dsrc, int64_t ldd,
-                  int n_threads);
+/* The entry points fbp_gemm_f32 (T = float) and fbp_gemm_f64 (T = double),
+ * as described at the top of this file. */
+#define FBP_GEMM_DECL(T, SFX)                                                   \
+void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  \
+                    T alpha, const T *A, int64_t lda,                           \
+                    const T *B, int64_t ldb,                                    \
+                    T beta, T *C, int64_t ldc,                                  \
+                    const T *bias, int act,                                     \
+                    const T *dsrc, int64_t ldd,                                 \
+                    int n_threads);
+FBP_GEMM_DECL(float, f32)
+FBP_GEMM_DECL(double, f64)
 
 /* Micro-tile shape of the current code path for elements of `elem_size`
  * bytes (4: float, 8: double): callers that split a product into pieces
@@ -133,41 +130,31 @@ typedef struct {
  *   net_bwd(net, theta, M, ws): delta_k = bwd(delta_{k+1}, W_k, act'(A_k)), k = L-1..1;
  *   net_wgrad(net, M, alpha, x, ws, beta, out): W_k of out (laid out as theta)
  *     = wgrad(alpha, delta_{k+1}, A_k, beta) for every k (A_0 = x);
- * the biases are the caller's. */
-typedef struct {
-    void (*fwd)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                const float *W, int64_t ldw, const float *bias, int act, float *C, int64_t ldc);
-    void (*bwd)(int64_t M, int64_t N, int64_t K, const float *D, int64_t ldd,
-                const float *W, int64_t ldw, int act, const float *Aact, int64_t lda,
-                float *C, int64_t ldc);
-    void (*wgrad)(int64_t N, int64_t K, int64_t M, float alpha, const float *D, int64_t ldd,
-                  const float *H, int64_t ldh, float beta, float *W, int64_t ldw);
-    void (*net_fwd)(const fbp_narrow_net *net, const float *theta, int64_t M,
-                    const float *x, float *ws);
-    void (*net_bwd)(const fbp_narrow_net *net, const float *theta, int64_t M, float *ws);
-    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, float alpha, const float *x,
-                      const float *ws, float beta, float *out);
-} fbp_narrow_ops_f32;
-typedef struct {
-    void (*fwd)(int64_t M, int64_t N, int64_t K, const double *A, int64_t lda,
-                const double *W, int64_t ldw, const double *bias, int act, double *C, int64_t ldc);
-    void (*bwd)(int64_t M, int64_t N, int64_t K, const double *D, int64_t ldd,
-                const double *W, int64_t ldw, int act, const double *Aact, int64_t lda,
-                double *C, int64_t ldc);
-    void (*wgrad)(int64_t N, int64_t K, int64_t M, double alpha, const double *D, int64_t ldd,
-                  const double *H, int64_t ldh, double beta, double *W, int64_t ldw);
-    void (*net_fwd)(const fbp_narrow_net *net, const double *theta, int64_t M,
-                    const double *x, double *ws);
-    void (*net_bwd)(const fbp_narrow_net *net, const double *theta, int64_t M, double *ws);
-    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, double alpha, const double *x,
-                      const double *ws, double beta, double *out);
-} fbp_narrow_ops_f64;
-const fbp_narrow_ops_f32 *fbp_narrow_f32(void);
-const fbp_narrow_ops_f64 *fbp_narrow_f64(void);
+ * the biases are the caller's.
+ * Declared per dtype: fbp_narrow_ops_f32 and fbp_narrow_f32() (T = float),
+ * fbp_narrow_ops_f64 and fbp_narrow_f64() (T = double). */
+#define FBP_NARROW_OPS(T, SFX)                                                  \
+typedef struct {                                                                \
+    void (*fwd)(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda,       \
+                const T *W, int64_t ldw, const T *bias, int act, T *C, int64_t ldc); \
+    void (*bwd)(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd,       \
+                const T *W, int64_t ldw, int act, const T *Aact, int64_t lda,   \
+                T *C, int64_t ldc);                                             \
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, T alpha, const T *D, int64_t ldd, \
+                  const T *H, int64_t ldh, T beta, T *W, int64_t ldw);          \
+    void (*net_fwd)(const fbp_narrow_net *net, const T *theta, int64_t M,       \
+                    const T *x, T *ws);                                         \
+    void (*net_bwd)(const fbp_narrow_net *net, const T *theta, int64_t M, T *ws); \
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, T alpha, const T *x, \
+                      const T *ws, T beta, T *out);                             \
+} fbp_narrow_ops_##SFX;                                                         \
+const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void);
+FBP_NARROW_OPS(float, f32)
+FBP_NARROW_OPS(double, f64)
 
 /* Packed narrow nets: plain SGD on a narrow net with each W_k kept, for a
  * whole call, in two zero-padded copies laid out for 32-byte vectors
- * (fbp_gemm.c says how), the activations and deltas of a batch with them in
+ * (fbp_narrow.c says how), the activations and deltas of a batch with them in
  * one buffer of fbp_packed_layout()'s size (rows of A_k and delta_k at
  * act[k] + r * ld[k], delta[k] + r * ld[k]).  The same bits as the general
  * step's GEMM calls on the current code path:

@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (imported as ``from _helpers import ...``)."""
 import csv
 
+import numpy as np
 import pytest
 
 
@@ -30,3 +31,56 @@ def read_csv(path):
     """The rows of the CSV file ``path``, as lists of strings."""
     with open(path, newline="") as f:
         return list(csv.reader(f))
+
+
+# ---------------------------------------------------------------------------
+# fastbp.sklearn against scikit-learn, run for run (tests/test_sklearn_solvers.py,
+# tests/test_sklearn_poisson.py)
+# ---------------------------------------------------------------------------
+
+def rel_error(ours, theirs):
+    """max |ours - theirs| / max |theirs| over a list of arrays."""
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape
+        worst = max(worst, float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)))
+    return worst
+
+
+def assert_params_close(ours, theirs, rtol=1e-7):
+    """The two fitted estimators' coefs_ and intercepts_ agree to `rtol` (same shapes, dtypes)."""
+    assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
+    assert [c.dtype for c in ours.coefs_] == [c.dtype for c in theirs.coefs_]
+    assert rel_error(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) <= rtol
+
+
+def assert_stochastic_same(ours, theirs, rtol=1e-7):
+    """Two adam/sgd fits took the same steps: iteration and step counts, loss
+    curve, parameters, and the early-stopping record (validation scores or best
+    loss) agree."""
+    assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
+    assert len(ours.loss_curve_) == len(theirs.loss_curve_)
+    assert rel_error([ours.loss_curve_], [theirs.loss_curve_]) <= rtol
+    assert_params_close(ours, theirs, rtol)
+    if theirs.validation_scores_ is None:
+        assert ours.validation_scores_ is None and ours.best_validation_score_ is None
+        assert ours.best_loss_ == pytest.approx(theirs.best_loss_, rel=rtol)
+    else:
+        assert ours.best_loss_ is None
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_,
+                                   rtol=1e-9)
+        assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_)
+    assert isinstance(ours.loss_, np.float64)
+
+
+def assert_adam_matches_sklearn(fit_both, data, seed, early_stopping):
+    """The adam comparison both modules run over their data sets, seeds and
+    early_stopping: ``fit_both(data, **kw)`` fits fastbp's estimator and
+    scikit-learn's with the same settings (12 epochs, lr 0.01, batches of 50)
+    and returns (ours, theirs); they must take the same steps.  Returns them."""
+    ours, theirs = fit_both(data, solver="adam", max_iter=12, random_state=seed,
+                            early_stopping=early_stopping, learning_rate_init=0.01,
+                            batch_size=50)
+    assert_stochastic_same(ours, theirs)
+    return ours, theirs

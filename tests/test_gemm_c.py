@@ -1,6 +1,6 @@
 """Build and run the standalone C check of the GEMM (tests/c/gemm_check.c).
 
-The C program compares src/fbp_gemm.c against a double-precision triple loop
+The C program compares the GEMM (src/fbp_*.c) against a double-precision triple loop
 for every code path the CPU supports and checks bitwise equality across
 n_threads = 1, 2, 3, 8.  It also checks the per-element invariance of the
 contract (fbp_gemm.h): every element of C is bitwise the same when recomputed
@@ -10,6 +10,7 @@ and with the packing-buffer allocation failing), whatever path that takes.  It i
 (-O3 -std=gnu11 -fopenmp), and a second time with AddressSanitizer (at -O1) on
 a reduced case list.  Skipped only when no C compiler is available.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
 CHECK = os.path.join(ROOT, "tests", "c", "gemm_check.c")
+# The GEMM is split over several C files (src/fbp_gemm.c lists them).
+C_SOURCES = sorted(glob.glob(os.path.join(SRC, "fbp_*.c")))
 FLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-pthread"]
 
 
@@ -44,8 +47,8 @@ def _build_and_run(tmp_path, name, extra_flags, args=()):
         pytest.skip("no C compiler found (CC, sysconfig CC, gcc, cc): cannot build gemm_check.c")
     flags = FLAGS + (["-fopenmp"] if _has_openmp(cc, tmp_path) else [])
     exe = tmp_path / name
-    cmd = [cc, *flags, *extra_flags, "-I", SRC, CHECK,
-           os.path.join(SRC, "fbp_gemm.c"), "-lm", "-o", str(exe)]
+    cmd = [cc, *flags, *extra_flags, "-I", SRC, CHECK, *C_SOURCES,
+           "-lm", "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     if build.returncode != 0:
         return build, None

@@ -30,7 +30,7 @@ from fastbp import reference  # noqa: E402
 from tolerances import PAIRS, assert_close, assert_within, float32_bounds  # noqa: E402
 
 DTYPES = ["float32", "float64"]
-SMALL_MNK = 4096  # src/fbp_gemm.c: above this a GEMM takes the blocked path
+SMALL_MNK = 4096  # SMALL_MNK in src/fbp_gemm_internal.h: above this a GEMM takes the blocked path
 
 
 def examples(share):

@@ -6,7 +6,8 @@ the samples and summed over the outputs, and the output delta mu - y.  With
 the same ``random_state`` both estimators take the same steps, so in float64
 they agree to rounding (measured at most 5e-15 relative for adam and sgd
 and 1.1e-10 for lbfgs after 40 iterations on these sets); the tests hold them to 1e-7, as
-tests/test_sklearn_solvers.py does for squared error, with its helpers.
+tests/test_sklearn_solvers.py does for squared error, with the same helpers
+(tests/_helpers.py).
 """
 import pickle
 import warnings
@@ -21,8 +22,9 @@ from sklearn import neural_network as sknn  # noqa: E402
 
 from fastbp.sklearn import MLPRegressor  # noqa: E402
 
-from test_sklearn_solvers import (  # noqa: E402,F401  (one_thread: the module's autouse fixture)
-    _assert_params_close, _assert_stochastic_same, _rel, one_thread)
+from _helpers import (  # noqa: E402
+    assert_adam_matches_sklearn, assert_params_close, assert_stochastic_same, rel_error)
+from test_sklearn_solvers import one_thread  # noqa: E402,F401  (the module's autouse fixture)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
@@ -56,7 +58,7 @@ def _fit_both(data, **kw):
 def _assert_predict_close(ours, theirs, X):
     mu = ours.predict(X)
     assert mu.shape == theirs.predict(X).shape and (mu > 0).all()
-    assert _rel([mu], [theirs.predict(X)]) <= 1e-7
+    assert rel_error([mu], [theirs.predict(X)]) <= 1e-7
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -65,7 +67,7 @@ def test_lbfgs_iterates_match_sklearn(data, seed):
     ours, theirs = _fit_both(data, solver="lbfgs", max_iter=40, random_state=seed)
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
     _assert_predict_close(ours, theirs, DATA[data][0])
 
 
@@ -73,10 +75,7 @@ def test_lbfgs_iterates_match_sklearn(data, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("data", list(DATA))
 def test_adam_matches_sklearn(data, seed, early_stopping):
-    ours, theirs = _fit_both(data, solver="adam", max_iter=12, random_state=seed,
-                             early_stopping=early_stopping, learning_rate_init=0.01,
-                             batch_size=50)
-    _assert_stochastic_same(ours, theirs)
+    ours, theirs = assert_adam_matches_sklearn(_fit_both, data, seed, early_stopping)
     _assert_predict_close(ours, theirs, DATA[data][0])
 
 
@@ -89,7 +88,7 @@ def test_adam_matches_sklearn(data, seed, early_stopping):
 def test_sgd_matches_sklearn(data, kw):
     ours, theirs = _fit_both(data, **dict(dict(solver="sgd", max_iter=15, random_state=0,
                                                learning_rate_init=0.01), **kw))
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
 
 
 @pytest.mark.parametrize("solver,early_stopping",
@@ -101,9 +100,9 @@ def test_sample_weight_matches_sklearn(solver, early_stopping):
     ours, theirs = _fit_both("counts", solver=solver, max_iter=10, random_state=0,
                              learning_rate_init=0.01, sample_weight=sw,
                              early_stopping=early_stopping)
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
     if solver != "lbfgs":
-        _assert_stochastic_same(ours, theirs)
+        assert_stochastic_same(ours, theirs)
 
 
 def test_partial_fit_warm_start_and_pickle_match_sklearn():
@@ -114,11 +113,11 @@ def test_partial_fit_warm_start_and_pickle_match_sklearn():
     for est in (ours, theirs):
         for lo in (0, 80, 160):
             est.partial_fit(X[lo:lo + 80], y[lo:lo + 80])
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
     ours = pickle.loads(pickle.dumps(ours))
     for est in (ours, theirs):
         est.set_params(warm_start=True).fit(X, y)
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
 
 
 def test_hand_computed_loss_and_predict():
@@ -195,7 +194,7 @@ def test_exp_overflow_diverges_as_sklearn(solver, rate):
     assert ours.n_iter_ == theirs.n_iter_
     np.testing.assert_array_equal(np.isfinite(ours.loss_curve_), np.isfinite(theirs.loss_curve_))
     assert np.isnan(ours.validation_scores_[-1])
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
 
 
 def test_float32_and_onnx_export():
@@ -205,7 +204,7 @@ def test_float32_and_onnx_export():
     ours = MLPRegressor(**kw).fit(X32, y)
     theirs = sknn.MLPRegressor(**kw).fit(X32, y)
     assert all(c.dtype == np.float32 for c in ours.coefs_)
-    assert _rel(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) < 1e-4
+    assert rel_error(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) < 1e-4
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     sess = ort.InferenceSession(ours.to_onnx().SerializeToString(),

@@ -27,6 +27,9 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 import fastbp  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
+from _helpers import (  # noqa: E402
+    assert_adam_matches_sklearn, assert_params_close, assert_stochastic_same, rel_error)
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
     # scikit-learn's own overflow warnings in the divergence comparisons
@@ -68,44 +71,12 @@ DATA = {
 }
 
 
-def _rel(ours, theirs):
-    """max |ours - theirs| / max |theirs| over a list of arrays."""
-    worst = 0.0
-    for a, b in zip(ours, theirs):
-        a, b = np.asarray(a), np.asarray(b)
-        assert a.shape == b.shape
-        worst = max(worst, float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)))
-    return worst
-
-
 def _fit_both(data, **kw):
     (X, y), ours_cls, sk_cls = DATA[data]
     kw = dict(dict(hidden_layer_sizes=(16,), alpha=1e-3), **kw)
     ours = ours_cls(**kw).fit(X, y)
     theirs = sk_cls(**{k: v for k, v in kw.items() if k != "dtype"}).fit(X, y)
     return ours, theirs
-
-
-def _assert_params_close(ours, theirs, rtol=1e-7):
-    assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
-    assert [c.dtype for c in ours.coefs_] == [c.dtype for c in theirs.coefs_]
-    assert _rel(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) <= rtol
-
-
-def _assert_stochastic_same(ours, theirs, rtol=1e-7):
-    assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
-    assert len(ours.loss_curve_) == len(theirs.loss_curve_)
-    assert _rel([ours.loss_curve_], [theirs.loss_curve_]) <= rtol
-    _assert_params_close(ours, theirs, rtol)
-    if theirs.validation_scores_ is None:
-        assert ours.validation_scores_ is None and ours.best_validation_score_ is None
-        assert ours.best_loss_ == pytest.approx(theirs.best_loss_, rel=rtol)
-    else:
-        assert ours.best_loss_ is None
-        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_,
-                                   rtol=1e-9)
-        assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_)
-    assert isinstance(ours.loss_, np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +90,7 @@ def test_lbfgs_iterates_match_sklearn(data, seed):
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
     assert isinstance(ours.loss_, float)
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
     for name in ("n_layers_", "n_outputs_", "out_activation_", "t_", "n_features_in_"):
         assert getattr(ours, name) == getattr(theirs, name), name
     for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
@@ -135,7 +106,7 @@ def test_lbfgs_options_match_sklearn(kw):
                                             **kw))
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
 
 
 def test_lbfgs_convergence_warning_as_sklearn():
@@ -159,7 +130,7 @@ def test_lbfgs_float32_and_dtype():
     ours = MLPClassifier(solver="lbfgs", max_iter=10, random_state=0).fit(X32, y)
     theirs = sknn.MLPClassifier(solver="lbfgs", max_iter=10, random_state=0).fit(X32, y)
     assert ours.n_iter_ == theirs.n_iter_
-    _assert_params_close(ours, theirs, rtol=1e-4)
+    assert_params_close(ours, theirs, rtol=1e-4)
     assert ours.predict_proba(X32).dtype == theirs.predict_proba(X32).dtype == np.float64
     # the estimator's own dtype wins: float32 parameters (scipy still works in float64)
     ours = MLPClassifier(solver="lbfgs", max_iter=20, random_state=0, dtype="float32")
@@ -177,7 +148,7 @@ def test_lbfgs_multilabel_and_multioutput_match_sklearn():
         ours = MLPClassifier(**kw).fit(X, Y)
         theirs = sknn.MLPClassifier(**kw).fit(X, Y)
         assert ours.out_activation_ == theirs.out_activation_ == "logistic"
-        _assert_params_close(ours, theirs)
+        assert_params_close(ours, theirs)
         np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
         np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-7)
 
@@ -202,7 +173,7 @@ def test_lbfgs_huge_values_as_sklearn():
         theirs = sknn.MLPRegressor(solver="lbfgs", max_iter=5, random_state=0)
         theirs.fit(X * scale, y * scale)
         assert ours.n_iter_ == theirs.n_iter_ == 0
-        _assert_params_close(ours, theirs, rtol=0)
+        assert_params_close(ours, theirs, rtol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -213,10 +184,7 @@ def test_lbfgs_huge_values_as_sklearn():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("data", list(DATA))
 def test_adam_matches_sklearn(data, seed, early_stopping):
-    ours, theirs = _fit_both(data, solver="adam", max_iter=12, random_state=seed,
-                             early_stopping=early_stopping, learning_rate_init=0.01,
-                             batch_size=50)
-    _assert_stochastic_same(ours, theirs)
+    assert_adam_matches_sklearn(_fit_both, data, seed, early_stopping)
 
 
 @pytest.mark.parametrize("kw", [
@@ -230,7 +198,7 @@ def test_adam_options_match_sklearn(kw):
     # adam ignores learning_rate, as scikit-learn's does
     ours, theirs = _fit_both("iris", **dict(dict(solver="adam", max_iter=15, random_state=0,
                                                  learning_rate_init=0.02), **kw))
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
 
 
 def test_adam_float32_follows_x():
@@ -241,7 +209,7 @@ def test_adam_float32_follows_x():
     theirs = sknn.MLPClassifier(**kw).fit(X32, y)
     assert all(c.dtype == np.float32 for c in ours.coefs_ + ours.intercepts_)
     # float32 rounding of two different summation orders, over 10 epochs
-    assert _rel(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) < 1e-4
+    assert rel_error(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) < 1e-4
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-5)
     assert ours.predict_proba(X32).dtype == np.float32
     assert ours.predict_proba(X).dtype == np.float64
@@ -258,14 +226,14 @@ def test_adam_partial_fit_warm_start_and_pickle_match_sklearn():
     for est in (ours, theirs):
         for lo in (0, 50, 100):  # the moments and the step count carry over
             est.partial_fit(X[lo:lo + 50], y[lo:lo + 50], classes=classes)
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
     ours = pickle.loads(pickle.dumps(ours))  # with the optimizer's state
     for est in (ours, theirs):
         est.partial_fit(X, y)
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
     for est in (ours, theirs):  # fit (warm) starts a new optimizer, as in scikit-learn
         est.set_params(warm_start=True).fit(X, y)
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
     assert len(ours.loss_curve_) == 4 + 5
 
 
@@ -292,7 +260,7 @@ def test_adam_divergence():
     ours = MLPRegressor(**kw).fit(X * 1e100, y * 1e100)
     theirs = sknn.MLPRegressor(**kw).fit(X * 1e100, y * 1e100)
     assert ours.n_iter_ == theirs.n_iter_
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
 
 
 # ---------------------------------------------------------------------------
@@ -311,7 +279,7 @@ def test_adam_divergence():
 def test_sgd_learning_rate_rules_match_sklearn(data, kw):
     ours, theirs = _fit_both(data, **dict(dict(solver="sgd", max_iter=40, random_state=0,
                                                batch_size=32), **kw))
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
     if kw.get("n_iter_no_change") == np.inf:
         assert ours.n_iter_ == 40
 
@@ -335,7 +303,7 @@ def test_sgd_partial_fit_keeps_the_schedule_as_sklearn():
     for est in (ours, theirs):
         for lo in (0, 80, 160, 0):
             est.partial_fit(X[lo:lo + 80], y[lo:lo + 80])
-    _assert_stochastic_same(ours, theirs)
+    assert_stochastic_same(ours, theirs)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
@@ -356,7 +324,7 @@ def test_divergence_with_early_stopping_as_sklearn(solver):
                                                         rel=1e-7)
     for p in ours.coefs_ + ours.intercepts_:
         assert np.isfinite(p).all()
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
 
 
 # ---------------------------------------------------------------------------
@@ -408,13 +376,13 @@ def test_sample_weight_matches_sklearn(data, kw):
     ours = ours_cls(**kw).fit(X, y, sample_weight=sw)
     theirs = sk_cls(**kw).fit(X, y, sample_weight=sw)
     assert ours.n_iter_ == theirs.n_iter_
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
     if kw["solver"] == "lbfgs":
         assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
     else:
-        _assert_stochastic_same(ours, theirs)
+        assert_stochastic_same(ours, theirs)
     unweighted = ours_cls(**kw).fit(X, y)
-    assert _rel(unweighted.coefs_, ours.coefs_) > 1e-6  # the weights do something
+    assert rel_error(unweighted.coefs_, ours.coefs_) > 1e-6  # the weights do something
 
 
 def test_sample_weight_partial_fit_matches_sklearn():
@@ -428,7 +396,7 @@ def test_sample_weight_partial_fit_matches_sklearn():
             est.partial_fit(X[:75], y[:75], sample_weight=sw[:75], classes=classes)
             est.partial_fit(X[75:], y[75:])  # unweighted after weighted: same state
             est.partial_fit(X, y, sw)
-        _assert_stochastic_same(ours, theirs)
+        assert_stochastic_same(ours, theirs)
 
 
 def test_sample_weight_errors():
@@ -563,7 +531,7 @@ def test_lbfgs_in_pieces_matches_sklearn_and_any_thread_count(monkeypatch, weigh
     theirs = sknn.MLPClassifier(**kw).fit(X, y, sample_weight=sw)
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
-    _assert_params_close(ours, theirs)
+    assert_params_close(ours, theirs)
     threshold = _kernels.set_parallel_threshold(0)
     before = fastbp.get_num_threads()
     fastbp.set_num_threads(2)

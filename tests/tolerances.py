@@ -99,7 +99,7 @@ def assert_within(actual, expected, bound, what=""):
 
 U = 2.0 ** -24          # unit roundoff of float32: half an ulp of 1
 SAFETY = 2.0            # the first-order bounds, doubled
-KC = 256                # the GEMM's K-slab depth (src/fbp_gemm.c): one more rounding per slab
+KC = 256                # the GEMM's K-slab depth (FBP_KC, src/fbp_gemm_internal.h): one more rounding per slab
 ACT_ROUNDING = {"identity": 0.0, "relu": 0.0, "sigmoid": 8 * U, "tanh": 8 * U}
 
 

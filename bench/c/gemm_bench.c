@@ -1,6 +1,6 @@
 /* gemm_bench.c: GFLOP/s of fbp_gemm for the shapes backprop uses.
  *
- *   gcc -O3 -std=gnu11 -fopenmp -Isrc bench/c/gemm_bench.c src/fbp_gemm.c -lm \
+ *   gcc -O3 -std=gnu11 -fopenmp -Isrc bench/c/gemm_bench.c src/fbp_*.c -lm \
  *       -o /tmp/gemm_bench && /tmp/gemm_bench [trials] [f32|f64]
  *
  * For each shape, 1 and 2 threads, the best of `trials` (default 15) timings of

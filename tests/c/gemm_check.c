@@ -1,7 +1,7 @@
-/* gemm_check.c: standalone correctness check of src/fbp_gemm.c.
+/* gemm_check.c: standalone correctness check of the GEMM (src/fbp_*.c).
  *
  * Compiled and run by tests/test_gemm_c.py:
- *     gcc -O3 -std=gnu11 -fopenmp -Isrc tests/c/gemm_check.c src/fbp_gemm.c -lm
+ *     gcc -O3 -std=gnu11 -fopenmp -Isrc tests/c/gemm_check.c src/fbp_*.c -lm
  * For every code path the CPU supports (fbp_gemm_set_isa), both dtypes, all
  * four transpose combinations, alpha/beta (beta = 0 with a NaN-filled C),
  * leading dimensions wider than the matrices, bias on/off, every activation

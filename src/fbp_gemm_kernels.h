@@ -1,0 +1,351 @@
+/* fbp_gemm_kernels.h: the GEMM's per-ISA code as macro templates (internal).
+ *
+ * Design
+ * ------
+ * The packing, the micro-kernels, the small path and the serial blocked
+ * driver are written once, here, as macros over the vector primitives V_T,
+ * V_LOAD, V_LOADU, V_STOREU, V_SET1, V_FMA, V_MUL and the scalar S_FMA, and
+ * instantiated per ISA and dtype in their own files under their own target
+ * attribute (fbp_gemm_generic.c, fbp_gemm_avx2.c, fbp_gemm_avx512.c), each
+ * file defining the primitives just before the instantiation.  One source
+ * for every ISA is what makes the ISAs compute each element by the same
+ * sequence of operations (fbp_gemm.c, "Per-element invariance"); one file
+ * per ISA keeps the target attributes apart and each file short.  Everything
+ * here is static (the micro-kernels, the packing) except each ISA's small
+ * path and blocked driver, which are the hidden fbp_gemm_small_* /
+ * fbp_gemm_blk_* that fbp_gemm.c dispatches to.  Include it after
+ * fbp_gemm_internal.h.
+ */
+#ifndef FBP_GEMM_KERNELS_H
+#define FBP_GEMM_KERNELS_H
+
+#include "fbp_gemm_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* Packing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Register-block transposes for pack_tr: rows of the source are lanes.
+ * Return how many k (a multiple of the block depth) were packed; the
+ * caller finishes the rest.  W is a multiple of 2 (f64) or 2 + 4a (f32). */
+#if defined(FBP_X86) && defined(__SSE2__)
+INLINE int64_t transpose_f32(const float *src, int64_t lds, int64_t kc, int64_t W, float *dst)
+{
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        int64_t l = 0;
+        for (; l + 4 <= W; l += 4) {
+            const float *s = src + l * lds + k;
+            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+            __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            float *d = dst + (int64_t)k * W + l;
+            _mm_storeu_ps(d, r0);
+            _mm_storeu_ps(d + W, r1);
+            _mm_storeu_ps(d + 2 * W, r2);
+            _mm_storeu_ps(d + 3 * W, r3);
+        }
+        if (l < W) { /* two lanes left */
+            const float *s = src + l * lds + k;
+            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+            __m128 lo = _mm_unpacklo_ps(r0, r1), hi = _mm_unpackhi_ps(r0, r1);
+            float *d = dst + (int64_t)k * W + l;
+            _mm_storel_pi((__m64 *)d, lo);
+            _mm_storeh_pi((__m64 *)(d + W), lo);
+            _mm_storel_pi((__m64 *)(d + 2 * W), hi);
+            _mm_storeh_pi((__m64 *)(d + 3 * W), hi);
+        }
+    }
+    return k;
+}
+INLINE int64_t transpose_f64(const double *src, int64_t lds, int64_t kc, int64_t W, double *dst)
+{
+    int64_t k = 0;
+    for (; k + 2 <= kc; k += 2)
+        for (int64_t l = 0; l < W; l += 2) {
+            const double *s = src + l * lds + k;
+            __m128d r0 = _mm_loadu_pd(s), r1 = _mm_loadu_pd(s + lds);
+            double *d = dst + (int64_t)k * W + l;
+            _mm_storeu_pd(d, _mm_unpacklo_pd(r0, r1));
+            _mm_storeu_pd(d + W, _mm_unpackhi_pd(r0, r1));
+        }
+    return k;
+}
+#define TRANSPOSE_f32 transpose_f32
+#define TRANSPOSE_f64 transpose_f64
+#else
+#define TRANSPOSE_f32(src, lds, kc, W, dst) 0
+#define TRANSPOSE_f64(src, lds, kc, W, dst) 0
+#endif
+
+#define DEFINE_PACK(T, SFX)                                                     \
+/* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],          \
+ * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
+ * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in    \
+ * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */   \
+INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
+                          T *dst)                                               \
+{                                                                               \
+    if (lanes == W) {                                                           \
+        for (int64_t k = 0; k < kc; k++)                                        \
+            memcpy(dst + (int64_t)k * W, src + k * lds, W * sizeof(T));         \
+        return;                                                                 \
+    }                                                                           \
+    for (int64_t k = 0; k < kc; k++) {                                          \
+        int64_t l = 0;                                                          \
+        for (; l < lanes; l++) dst[(int64_t)k * W + l] = src[k * lds + l];      \
+        for (; l < W; l++) dst[(int64_t)k * W + l] = 0;                         \
+    }                                                                           \
+}                                                                               \
+INLINE void pack_tr_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
+                          T *dst)                                               \
+{                                                                               \
+    int64_t k = 0;                                                              \
+    if (lanes == W) k = TRANSPOSE_##SFX(src, lds, kc, W, dst);                  \
+    for (; k < kc; k++)                                                         \
+        for (int64_t l = 0; l < W; l++)                                         \
+            dst[(int64_t)k * W + l] = l < lanes ? src[l * lds + k] : (T)0;      \
+}                                                                               \
+                                                                                \
+/* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR. */                \
+INLINE void pack_a_##SFX(const struct job_##SFX *jb, int64_t i0, int64_t mc,    \
+                         int64_t k0, int64_t kc, int64_t MR, T *dst)            \
+{                                                                               \
+    const int64_t lda = jb->lda;                                                \
+    for (int64_t s = 0; s < mc; s += MR, dst += (int64_t)MR * kc) {             \
+        const int64_t m = mc - s < MR ? mc - s : MR;                            \
+        if (jb->ta)                                                             \
+            pack_cp_##SFX(jb->A + k0 * lda + i0 + s, lda, m, kc, MR, dst);      \
+        else                                                                    \
+            pack_tr_##SFX(jb->A + (i0 + s) * lda + k0, lda, m, kc, MR, dst);    \
+    }                                                                           \
+}                                                                               \
+                                                                                \
+/* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR. */             \
+INLINE void pack_b_##SFX(const struct job_##SFX *jb, int64_t k0, int64_t kc,    \
+                         int64_t j0, int64_t nc, int64_t NR, T *dst)            \
+{                                                                               \
+    const int64_t ldb = jb->ldb;                                                \
+    for (int64_t s = 0; s < nc; s += NR, dst += (int64_t)NR * kc) {             \
+        const int64_t n = nc - s < NR ? nc - s : NR;                            \
+        if (jb->tb)                                                             \
+            pack_tr_##SFX(jb->B + (j0 + s) * ldb + k0, ldb, n, kc, NR, dst);    \
+        else                                                                    \
+            pack_cp_##SFX(jb->B + k0 * ldb + j0 + s, ldb, n, kc, NR, dst);      \
+    }                                                                           \
+}
+
+DEFINE_PACK(float, f32)
+DEFINE_PACK(double, f64)
+
+/* ------------------------------------------------------------------------ */
+/* Micro-kernel and blocked driver, instantiated per ISA and dtype           */
+/* ------------------------------------------------------------------------ */
+
+/* Uses the vector primitives V_T, V_LOAD (aligned), V_LOADU, V_STOREU,
+ * V_SET1, V_FMA(a, b, c) = a*b + c, V_MUL, defined just before each use.
+ * Computes MR rows x NV vectors of VL lanes from slivers packed AS rows and
+ * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants). */
+#define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS)                     \
+static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   \
+                        T *restrict c, int64_t ldc, T alpha, T beta, int mode)  \
+{                                                                               \
+    V_T acc[MR][NV];                                                            \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
+            acc[r][v] = V_SET1((T)0);                                           \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++) {                 \
+        __builtin_prefetch(c + r * ldc, 1, 3);                                  \
+        __builtin_prefetch(c + r * ldc + NV * VL - 1, 1, 3);                    \
+    }                                                                           \
+    _Pragma("GCC unroll 4")                                                     \
+    for (int64_t k = 0; k < kc; k++, a += AS, b += BS) {                        \
+        V_T bv[NV];                                                             \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
+            bv[v] = V_LOAD(b + v * VL);                                         \
+        _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++) {             \
+            V_T av = V_SET1(a[r]);                                              \
+            _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)            \
+                acc[r][v] = V_FMA(av, bv[v], acc[r][v]);                        \
+        }                                                                       \
+    }                                                                           \
+    const V_T va = V_SET1(alpha), vb = V_SET1(beta);                            \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++) {              \
+            T *p = c + r * ldc + v * VL;                                        \
+            if (mode == 0)                                                      \
+                V_STOREU(p, V_MUL(va, acc[r][v]));                              \
+            else if (mode == 1)                                                 \
+                V_STOREU(p, V_FMA(va, acc[r][v], V_MUL(vb, V_LOADU(p))));       \
+            else                                                                \
+                V_STOREU(p, V_FMA(va, acc[r][v], V_LOADU(p)));                  \
+        }                                                                       \
+}
+
+/* The full MR x NR kernel and its half-height / half-width variants for edge
+ * tiles.  Every element still gets the identical FMA chain and update. */
+#define DEFINE_KERNELS(UK, T, TARGET, MR, NV, VL)                               \
+DEFINE_UKERNEL(UK, T, TARGET, MR, MR, NV, VL, NV * VL)                          \
+DEFINE_UKERNEL(UK##_m, T, TARGET, MR / 2, MR, NV, VL, NV * VL)                  \
+DEFINE_UKERNEL(UK##_n, T, TARGET, MR, MR, NV / 2, VL, NV * VL)                  \
+DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
+
+/* The small path of one ISA: a plain i/j/k loop straight on the caller's
+ * arrays (C is M x N at C), no packing, no threads.  It computes each element
+ * exactly as the blocked path of the same ISA does (see "Per-element
+ * invariance" in fbp_gemm.c): per FBP_KC slab an accumulator from 0 chained
+ * with S_FMA (the micro-kernel's V_FMA: a fused multiply-add on the FMA
+ * ISAs, mul then add on generic) in k order, the slab combined with
+ * alpha/beta/C as the micro-kernel's store modes 0/1/2, then the shared row
+ * epilogue.  NAME is this ISA's hidden entry point.  NAME##_block
+ * runs it on a sub-block of a job: the blocked driver's fallback when its
+ * packing buffer cannot be allocated (same bits, only slower). */
+#define DEFINE_SMALL(NAME, T, SFX, ESFX, TARGET)                                \
+/* The row epilogue out of line: its vector code (32-byte aligned stack) would  \
+ * otherwise make every small call pay for a realigned frame. */                \
+static TARGET __attribute__((noinline)) void NAME##_epi(                        \
+    T *c, const T *b, const T *d, int64_t n, int act)                           \
+{                                                                               \
+    epi_row_##ESFX(c, b, d, n, act);                                            \
+}                                                                               \
+TARGET INLINE void NAME##_body(int ta, int tb, int64_t M, int64_t N, int64_t K, T alpha, \
+                        const T *A, int64_t lda, const T *B, int64_t ldb, T beta, \
+                        T *C, int64_t ldc, const T *bias, int act,              \
+                        const T *dsrc, int64_t ldd)                             \
+{                                                                               \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
+    const int64_t sai = ta ? 1 : lda, sak = ta ? lda : 1;                       \
+    const int64_t sbk = tb ? 1 : ldb, sbj = tb ? ldb : 1;                       \
+    const int epi = bias || act != FBP_ACT_IDENTITY;                            \
+    if (K <= FBP_KC) { /* one slab (or K == 0): the common case */              \
+        for (int64_t i = 0; i < M; i++, A += sai, C += ldc) {                   \
+            if (beta == 0)                                                      \
+                for (int64_t j = 0; j < N; j++) {                               \
+                    const T *b = B + j * sbj;                                   \
+                    T acc = 0;                                                  \
+                    for (int64_t k = 0; k < K; k++)                             \
+                        acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
+                    C[j] = alpha * acc;                                         \
+                }                                                               \
+            else                                                                \
+                for (int64_t j = 0; j < N; j++) {                               \
+                    const T *b = B + j * sbj;                                   \
+                    T acc = 0;                                                  \
+                    for (int64_t k = 0; k < K; k++)                             \
+                        acc = S_FMA(A[k * sak], b[k * sbk], acc);               \
+                    C[j] = S_FMA(alpha, acc, beta * C[j]);                      \
+                }                                                               \
+            if (epi)                                                            \
+                NAME##_epi(C, bias, dsrc ? dsrc + (int64_t)i * ldd : NULL, N, act); \
+        }                                                                       \
+        return;                                                                 \
+    }                                                                           \
+    for (int64_t i = 0; i < M; i++, A += sai, C += ldc) {                       \
+        for (int64_t j = 0; j < N; j++) {                                       \
+            const T *b = B + j * sbj;                                           \
+            T c = 0;                                                            \
+            int64_t k0 = 0;                                                     \
+            do {                                                                \
+                const int64_t k1 = K - k0 <= FBP_KC ? K : k0 + FBP_KC;          \
+                T acc = 0;                                                      \
+                for (int64_t k = k0; k < k1; k++)                               \
+                    acc = S_FMA(A[k * sak], b[k * sbk], acc);                   \
+                if (k0 > 0) c = S_FMA(alpha, acc, c);                           \
+                else if (beta == 0) c = alpha * acc;                            \
+                else c = S_FMA(alpha, acc, beta * C[j]);                        \
+                k0 = k1;                                                        \
+            } while (k0 < K);                                                   \
+            C[j] = c;                                                           \
+        }                                                                       \
+        if (epi)                                                                \
+            NAME##_epi(C, bias, dsrc ? dsrc + (int64_t)i * ldd : NULL, N, act); \
+    }                                                                           \
+}                                                                               \
+/* The entry point of this ISA (fbp_gemm_* jumps here): the small path, or      \
+ * the rest (blocked, degenerate shapes) when the shape is not small. */        \
+FBP_HIDDEN TARGET __attribute__((noinline)) void NAME(                              \
+    int ta, int tb, int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t lda, \
+    const T *B, int64_t ldb, T beta, T *C, int64_t ldc, const T *bias, int act, \
+    const T *dsrc, int64_t ldd, int n_threads)                                  \
+{                                                                               \
+    if (__builtin_expect(!(M > 0 && N > 0 && K >= 0 &&                          \
+                           (int64_t)M * N * K <= SMALL_MNK), 0)) {              \
+        fbp_gemm_rest_##SFX(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,    \
+                            ldc, bias, act, dsrc, ldd, n_threads);              \
+        return;                                                                 \
+    }                                                                           \
+    NAME##_body(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias,     \
+                act, dsrc, ldd);                                                \
+}                                                                               \
+static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t i1, \
+                                int64_t j0, int64_t j1)                         \
+{                                                                               \
+    NAME##_body(jb->ta, jb->tb, i1 - i0, j1 - j0, jb->K, jb->alpha,             \
+                jb->A + i0 * (jb->ta ? 1 : jb->lda), jb->lda,                   \
+                jb->B + j0 * (jb->tb ? jb->ldb : 1), jb->ldb, jb->beta,         \
+                jb->C + i0 * jb->ldc + j0, jb->ldc,                             \
+                jb->bias ? jb->bias + j0 : NULL, jb->act,                       \
+                jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd);       \
+}
+
+/* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
+#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC)   \
+FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, \
+                        int64_t j0, int64_t j1)                                 \
+{                                                                               \
+    const int64_t K = jb->K;                                                    \
+    const int64_t ldc = jb->ldc;                                                \
+    const int64_t ncmax = j1 - j0 < NC ? j1 - j0 : NC;                          \
+    const int64_t kcmax = K < KC ? K : KC;                                      \
+    const size_t na = (size_t)MC * kcmax;                                       \
+    const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
+    T *pa = fbp_gemm_thread_buf((na + nb) * sizeof(T));                         \
+    if (!pa) { SM##_block(jb, i0, i1, j0, j1); return; }                        \
+    T *pb = pa + na;                                                            \
+    const int epi = has_epilogue_##SFX(jb);                                     \
+    for (int64_t jc = j0; jc < j1; jc += NC) {                                  \
+        const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
+        for (int64_t pc = 0; pc < K; pc += KC) {                                \
+            const int64_t kc = K - pc < KC ? K - pc : KC;                       \
+            const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);              \
+            const int last = pc + kc == K;                                      \
+            pack_b_##SFX(jb, pc, kc, jc, nc, NR, pb);                           \
+            for (int64_t ic = i0; ic < i1; ic += MC) {                          \
+                const int64_t mc = i1 - ic < MC ? i1 - ic : MC;                 \
+                pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                       \
+                for (int64_t jr = 0; jr < nc; jr += NR) {                       \
+                    const int64_t n = nc - jr < NR ? nc - jr : NR;              \
+                    const T *b = pb + (int64_t)jr * kc;                         \
+                    for (int64_t ir = 0; ir < mc; ir += MR) {                   \
+                        const int64_t m = mc - ir < MR ? mc - ir : MR;          \
+                        const T *a = pa + (int64_t)ir * kc;                     \
+                        T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;      \
+                        const int hm = m <= MR / 2, hn = n <= NR / 2;           \
+                        const int64_t rows = hm ? MR / 2 : MR;                  \
+                        const int64_t cols = hn ? NR / 2 : NR;                  \
+                        void (*uk)(int64_t, const T *, const T *, T *, int64_t, T, \
+                                   T, int) = hm ? (hn ? UK##_mn : UK##_m)       \
+                                                : (hn ? UK##_n : UK);           \
+                        if (m == rows && n == cols) {                           \
+                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);    \
+                        } else {                                                \
+                            T t[MR * NR] __attribute__((aligned(64)));          \
+                            if (mode)                                           \
+                                for (int64_t r = 0; r < m; r++)                 \
+                                    memcpy(t + r * cols, c + r * ldc,           \
+                                           n * sizeof(T));                      \
+                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);   \
+                            for (int64_t r = 0; r < m; r++)                     \
+                                memcpy(c + r * ldc, t + r * cols,               \
+                                       n * sizeof(T));                          \
+                        }                                                       \
+                        if (last && epi)                                        \
+                            epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);        \
+                    }                                                           \
+                }                                                               \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}
+
+#endif /* FBP_GEMM_KERNELS_H */
