@@ -579,6 +579,7 @@ static int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns) {
     #pragma omp parallel num_threads(2)
     {
         int me = omp_get_thread_num();
+        if (me == 0) fbp_count_parallel(omp_get_num_threads());   /* (fork safety) */
         if (omp_get_num_threads() == 2) {
             fbp_team_join(&T, me);
             if (me == 1) {
