@@ -18,7 +18,10 @@
 #     repacks or gathers anything; unpacked into theta before returning,
 #     whatever the status, and into the snapshot when one is taken;
 #     batches of one row without sample weights have a loop of their own
-#     (tiny_loop1);
+#     (tiny_loop1), and when every layer fits one vector (8 floats / 4
+#     doubles: the seeds' 2-2-1) the whole loop is one C function
+#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 325 instructions per 2-2-1
+#     step against tiny_loop1's 727), tiny_loop1 taking the snapshot step;
 #   - the legacy SGD keywords (momentum, nesterov, weight decay, l2): the
 #     narrow kernels (fbp_narrow_*) on theta's own layout form the gradient,
 #     then sgd_update as in run_epoch.
@@ -31,7 +34,8 @@
 #   (sgd_update) are the same code or the same expressions in the same
 #   order.  tests/test_tiny.py checks it against the general path (forced by
 #   set_tiny_path(False); the narrow kernels instead of the packed ones by
-#   set_tiny_packed(False)) on every code path.
+#   set_tiny_packed(False); tiny_loop1 instead of the fused loop by
+#   set_tiny_fused(False)) on every code path.
 # * Covered: every hidden activation and output/loss pair, both dtypes,
 #   bias on/off, the batches the rule admits, shuffled or not, sample weights, plain SGD
 #   and the legacy SGD keywords (momentum, nesterov, weight decay, l2).  The
@@ -120,6 +124,25 @@ cdef extern from "fbp_gemm.h" nogil:
     const fbp_narrow_ops_f32 *fbp_narrow_f32()
     const fbp_narrow_ops_f64 *fbp_narrow_f64()
 
+cdef extern from "fbp_tiny.h" nogil:
+    ctypedef double (*ft_loss_fn)(void *ctx, const void *z, const void *y, void *dL,
+                                  double *hit) noexcept nogil
+    ctypedef struct ft_net:
+        const fbp_packed *P
+        const int64_t *sizes
+        const int64_t *b_off
+        int hidden
+        int inline_loss
+        int hits
+        ft_loss_fn loss_fn
+        void *ctx
+    int ft_sgd1_f32(const ft_net *net, float *buf, float *theta, const float *X, const float *Y,
+                    const int64_t *order, int64_t first, int64_t end, float lr,
+                    double *loss_sum, double *hit_sum, int64_t *n_done)
+    int ft_sgd1_f64(const ft_net *net, double *buf, double *theta, const double *X,
+                    const double *Y, const int64_t *order, int64_t first, int64_t end,
+                    double lr, double *loss_sum, double *hit_sum, int64_t *n_done)
+
 
 # Which epochs the narrow path takes (measured with callgrind, bench/NOTES.md):
 # every layer at most TINY_MAX_WIDTH wide (256: one K-slab per product), and
@@ -136,6 +159,7 @@ cdef int64_t TINY_MAX_MNK = 4096
 # narrow kernels instead of the packed ones for plain SGD (set_tiny_packed).
 cdef bint tiny_on = True
 cdef bint tiny_packed_on = True
+cdef bint tiny_fused_on = True
 
 
 def set_tiny_path(bint on):
@@ -153,6 +177,15 @@ def set_tiny_packed(bint on):
     returns the previous setting."""
     global tiny_packed_on
     previous, tiny_packed_on = tiny_packed_on, on
+    return bool(previous)
+
+
+def set_tiny_fused(bint on):
+    """Run batch-1 plain SGD of a net whose every layer fits one vector in
+    the fused loop of fbp_tiny.h (on, the default) or in tiny_loop1 (a test
+    hook: the same bits); returns the previous setting."""
+    global tiny_fused_on
+    previous, tiny_fused_on = tiny_fused_on, on
     return bool(previous)
 
 
@@ -416,7 +449,8 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
     """tiny_loop for batches of one row without sample weights, packed
     (the seeds' per-sample SGD): tiny_pstep's operations with what a batch
     of one does not need (gathers, weights, column sums) left out and the
-    per-layer bookkeeping hoisted out of the loop."""
+    per-layer bookkeeping hoisted out of the loop.  Adds to t (the caller
+    zeroes it)."""
     cdef int k, L = s.n_layers, nb = 0
     cdef int64_t j, r, step, end, macs = 0, macs_per_row = 0
     cdef int64_t n_in = s.sizes[0], n_out = s.sizes[L]
@@ -439,10 +473,6 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
         if s.b_off[k] >= 0:
             bt[nb], bd[nb], bn[nb] = theta + s.b_off[k], buf + P.delta[k + 1], s.sizes[k + 1]
             nb += 1
-    t.loss = t.hits = t.penalty = 0.0
-    t.n_done = 0
-    t.snap_done = False
-    t.snap_count = 0
     step = first_step
     end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
     while step < end:
@@ -488,6 +518,104 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
     return 0
 
 
+cdef struct FusedCtx:
+    # What the fused loop's loss callback needs: the net and a yhat row.
+    const Spec *s
+    void *yhat
+
+
+cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    """tiny_loop1's output, loss and accuracy of one sample (float32), for
+    the fused loop: the loss rounded to the dtype; *hit likewise."""
+    cdef const FusedCtx *c = <const FusedCtx *>ctx
+    cdef float *yhat = <float *>c.yhat
+    output_row(c.s, <const float *>z, yhat)
+    cdef float lossv = <float>loss_row(c.s, <const float *>z, yhat, <const float *>y,
+                                       <float *>dL, 1.0)
+    if c.s.loss != LOSS_SQUARED:
+        hit[0] = <float>hit_row(c.s, yhat, <const float *>y)
+    return lossv
+
+
+cdef double fused_loss_f64(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    """fused_loss_f32 for float64."""
+    cdef const FusedCtx *c = <const FusedCtx *>ctx
+    cdef double *yhat = <double *>c.yhat
+    output_row(c.s, <const double *>z, yhat)
+    cdef double lossv = <double>loss_row(c.s, <const double *>z, yhat, <const double *>y,
+                                         <double *>dL, 1.0)
+    if c.s.loss != LOSS_SQUARED:
+        hit[0] = <double>hit_row(c.s, yhat, <const double *>y)
+    return lossv
+
+
+cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
+                     floating *theta,           # IN/OUT biases (the W_k live in ops.buf)
+                     floating *ws, const Work *w,
+                     const floating *X,         # IN (n_samples, n_in)
+                     const floating *Y,         # IN (n_samples, n_out)
+                     const int64_t *order,      # IN visiting order, or NULL for 0..n-1
+                     int64_t n_samples, floating lr,
+                     int64_t first_step, int64_t max_steps,
+                     floating *snap, int64_t snap_step,
+                     int64_t n_params,
+                     Totals *t) noexcept nogil:
+    """tiny_loop1 for a net whose every layer fits one vector (ops.P.one):
+    the steps run in the fused loop of fbp_tiny.h (the same bits), in
+    pieces of SIGNAL_POLL_MACS multiply-adds between Ctrl-C polls; the
+    snapshot step, if any, by tiny_loop1.  Adds to t (the caller zeroes it)."""
+    cdef ft_net net
+    cdef FusedCtx ctx
+    cdef int k, status
+    cdef int64_t step, stop, done = 0, macs = 0, macs_per_row = 0, piece
+    cdef int64_t end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    for k in range(s.n_layers):
+        macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
+    piece = max(<int64_t>1, (SIGNAL_POLL_MACS + macs_per_row - 1) // macs_per_row)
+    ctx.s = s
+    ctx.yhat = ws + w.yhat
+    net.P = &ops.P
+    net.sizes, net.b_off, net.hidden = s.sizes, s.b_off, s.hidden
+    net.inline_loss = s.output == OUT_IDENTITY and s.loss == LOSS_SQUARED
+    net.hits = s.loss != LOSS_SQUARED
+    if floating is float:
+        net.loss_fn = fused_loss_f32
+    else:
+        net.loss_fn = fused_loss_f64
+    net.ctx = &ctx
+    step = first_step
+    while step < end:
+        stop = min(end, step + piece)
+        if snap != NULL and step <= snap_step < stop:
+            stop = snap_step
+        if stop > step:
+            if floating is float:
+                status = ft_sgd1_f32(&net, <float *>ops.buf, theta, X, Y, order, step, stop,
+                                     lr, &t.loss, &t.hits, &done)
+            else:
+                status = ft_sgd1_f64(&net, <double *>ops.buf, theta, X, Y, order, step, stop,
+                                     lr, &t.loss, &t.hits, &done)
+            t.n_done += done
+            step += done
+            if status != 0:
+                return status
+            macs += done * macs_per_row
+        if snap != NULL and step == snap_step and step < end:
+            status = tiny_loop1(s, ops, theta, ws, w, X, Y, order, n_samples, lr, step, 1,
+                                snap, snap_step, n_params, t)
+            if status != 0:
+                return status
+            step += 1
+            macs += macs_per_row
+        if macs >= SIGNAL_POLL_MACS:
+            macs = 0
+            if fbp_poll_signals() == -1:
+                return -1
+    return 0
+
+
 cdef int tiny_loop(const Spec *s, Extra *e, TinyOps *ops,
                     floating *theta,           # IN/OUT parameters
                     floating *grad,            # scratch gradient (legacy SGD keywords), or NULL
@@ -502,17 +630,14 @@ cdef int tiny_loop(const Spec *s, Extra *e, TinyOps *ops,
                     floating *snap, floating *snap_vel, int64_t snap_step,
                     int64_t n_params,
                     Totals *t) noexcept nogil:
-    """The steps of tiny_epoch (packed when ops.buf != NULL)."""
+    """The steps of tiny_epoch (packed when ops.buf != NULL); adds to t (the
+    caller zeroes it)."""
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
     cdef double batch_loss
     cdef bint snap_here
     cdef const int64_t *rows
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
-    t.loss = t.hits = t.penalty = 0.0
-    t.n_done = 0
-    t.snap_done = False
-    t.snap_count = 0
     start = first_step * batch_size
     while start < n_samples and steps != max_steps:
         m = min(batch_size, n_samples - start)
@@ -594,7 +719,14 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
                 ops.p32.pack(&ops.P, s.sizes, theta, s.w_off, <float *>ops.buf)
             else:
                 ops.p64.pack(&ops.P, s.sizes, theta, s.w_off, <double *>ops.buf)
-    if ops.buf != NULL and batch_size == 1 and e.sw == NULL:
+    t.loss = t.hits = t.penalty = 0.0
+    t.n_done = 0
+    t.snap_done = False
+    t.snap_count = 0
+    if ops.buf != NULL and batch_size == 1 and e.sw == NULL and ops.P.one and tiny_fused_on:
+        status = tiny_fused1(s, &ops, theta, ws, w, X, Y, order, n_samples, <floating>o.lr,
+                             first_step, max_steps, snap, snap_step, n_params, t)
+    elif ops.buf != NULL and batch_size == 1 and e.sw == NULL:
         status = tiny_loop1(s, &ops, theta, ws, w, X, Y, order, n_samples, <floating>o.lr,
                             first_step, max_steps, snap, snap_step, n_params, t)
     else:

@@ -2,7 +2,9 @@
 of src/fbp_gemm.c): bitwise the general path, on every GEMM code path.
 
 The general path is forced with ``_kernels.set_tiny_path(False)``, the narrow
-kernels instead of the packed ones (plain SGD) with ``set_tiny_packed(False)``.
+kernels instead of the packed ones (plain SGD) with ``set_tiny_packed(False)``,
+the packed batch-1 loop instead of the fused one (src/fbp_tiny.h: every layer
+one vector) with ``set_tiny_fused(False)``.
 """
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ def _restore():
     K.set_gemm_isa(isa)
     K.set_tiny_path(True)
     K.set_tiny_packed(True)
+    K.set_tiny_fused(True)
     K.set_tiny_limits(*limits)
 
 
@@ -44,9 +47,11 @@ def data(sizes, n, output, loss, dtype, seed=0):
 def run(path, sizes, X, Y, *, activation="sigmoid", output="identity", loss="squared_error",
         bias=True, batch_size=1, shuffle=True, epochs=2, lr=0.05, **kw):
     """(theta bytes, loss history or divergence message) of a fit on `path`:
-    "packed", "narrow" or "general"."""
+    "packed" (fused where it applies), "loop1" (packed, never fused), "narrow"
+    or "general"."""
     K.set_tiny_path(path != "general")
-    K.set_tiny_packed(path == "packed")
+    K.set_tiny_packed(path in ("packed", "loop1"))
+    K.set_tiny_fused(path == "packed")
     net = fastbp.MLP(sizes, activation=activation, output=output, loss=loss, bias=bias,
                      dtype=X.dtype.name, seed=3)
     try:
@@ -97,6 +102,66 @@ def test_bitwise_widths(isa, dtype, sizes):
             if K.tiny_path_applies(sizes, batch_size, len(X)):
                 assert_paths_agree(sizes, X, Y, activation=activation, batch_size=batch_size,
                                    lr=0.01)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
+def test_bitwise_fused_loop(isa, dtype, activation, pair):
+    """The fused batch-1 loop (every layer one vector in both dtypes: 4
+    doubles): the same bits as the packed loop and the general path, every
+    hidden activation and output/loss pair (identity + squared error inline,
+    the others through the row kernels), bias on and off, shuffled or not,
+    one and two hidden layers, on each code path."""
+    K.set_gemm_isa(isa)
+    output, loss = pair
+    for sizes in ([2, 2, 2 if output == "softmax" else 1], [3, 4, 1, 2]):
+        X, Y = data(sizes, 9, output, loss, dtype, seed=3)
+        for bias in (True, False):
+            for shuffle in (True, False):
+                assert_paths_agree(sizes, X, Y, paths=("packed", "loop1"),
+                                   activation=activation, output=output, loss=loss,
+                                   bias=bias, batch_size=1, shuffle=shuffle, lr=0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_loop_pieces_snapshot_divergence(dtype):
+    """The fused loop run in pieces and with a snapshot at each step (the
+    snapshot step on the packed loop in between) equals one go of the
+    packed loop, the snapshot the parameters before that step; a diverging
+    fit stops at the same step with the same parameters as the packed loop."""
+    sizes = [3, 4, 2]
+    X, Y = data(sizes, 8, "sigmoid", "squared_error", dtype, seed=4)
+    net = fastbp.MLP(sizes, activation="tanh", output="sigmoid", loss="squared_error",
+                     dtype=dtype, seed=1)
+    ws = np.empty(net._net.workspace_size(1), dtype=dtype)
+    e = np.empty(0, dtype=dtype)
+    order = np.random.default_rng(2).permutation(8)
+    K.set_tiny_fused(False)
+    ref = net._theta.copy()
+    ref_out = net._net.fit_epoch(ref, X, Y, order, 1, ws, e, e, 1, 0.3)
+    K.set_tiny_fused(True)
+    for snap_step in range(8):
+        theta, snap = net._theta.copy(), np.empty_like(ref)
+        out = net._net.fit_epoch(theta, X, Y, order, 1, ws, e, e, 1, 0.3, snapshot=snap,
+                                 snapshot_step=snap_step)
+        assert theta.tobytes() == ref.tobytes() and out[0] == ref_out[0]
+        before = net._theta.copy()
+        net._net.fit_epoch(before, X, Y, order, 1, ws, e, e, 1, 0.3, max_steps=snap_step)
+        assert snap.tobytes() == before.tobytes()
+    pieces, loss = net._theta.copy(), 0.0
+    for first, steps in ((0, 3), (3, 1), (4, 2), (6, -1)):
+        loss += net._net.fit_epoch(pieces, X, Y, order, 1, ws, e, e, 1, 0.3,
+                                   first_step=first, max_steps=steps)[0]
+    assert pieces.tobytes() == ref.tobytes()
+    assert loss == pytest.approx(ref_out[0], rel=1e-12)
+    Xd, Yd = data([2, 2, 1], 30, "identity", "squared_error", dtype, seed=5)
+    got = {}
+    for path in ("packed", "loop1"):
+        got[path] = run(path, [2, 2, 1], Xd, Yd * 1e18, activation="identity", lr=1e10,
+                        epochs=3)[:2]
+    assert isinstance(got["packed"][1], str) and got["packed"] == got["loop1"]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -227,6 +292,8 @@ def test_rule_and_hooks():
     assert not K.tiny_path_applies([16, 16, 16], 32, 100)
     assert K.tiny_path_applies([16, 16, 16], 32, 16)        # batches of min(32, n) rows
     assert not K.tiny_path_applies([300, 2, 1], 1, 10)
+    assert K.set_tiny_fused(False) is True
+    assert K.set_tiny_fused(True) is False
     assert K.set_tiny_path(False) is True
     assert not K.tiny_path_applies([2, 2, 1], 1, 10)
     with pytest.raises(ValueError):
