@@ -113,13 +113,15 @@ class CSR:
 
 
 def _first_bad_row(indptr: np.ndarray, data: np.ndarray) -> Optional[int]:
+    """The first row holding a NaN or Inf, ``data`` being the stored values
+    ``indptr[0]:indptr[-1]`` (indptr need not start at 0), or None."""
     with np.errstate(over="ignore", invalid="ignore"):
         if data.dtype.kind != "f" or np.isfinite(data.sum(dtype=np.float64)):
             return None
     bad = np.flatnonzero(~np.isfinite(data))
     if bad.size == 0:
         return None
-    return int(np.searchsorted(indptr, bad[0], side="right") - 1)
+    return int(np.searchsorted(indptr, indptr[0] + bad[0], side="right") - 1)
 
 
 def check_sparse_X(X: Any, n_in: int, dtype: type) -> CSR:

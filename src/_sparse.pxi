@@ -18,23 +18,42 @@
 #   delta_1[i, j] * (row i) into row j of the gradient (or of the SGD step
 #   on W_0).  The later layers and every delta run as before (the input's
 #   own delta, delta_0, is never formed).
-# * Same bits as the dense GEMM on the dense copy of X (fbp_gemm.h): the
+# * Same bits as the dense GEMM on the dense copy of X (fbp_gemm.h), but
+#   for the sign of a zero under FTZ/DAZ (below): the
 #   dense product sums each element in K-slabs of FBP_KC = 256, per slab an
 #   accumulator from +0 chained with fma (mul then add on the generic code
 #   path) in k order, the slabs combined as c = alpha*acc, then
 #   c = fma(alpha, acc, c).  The sparse sums walk the same terms in the same
 #   order with the same slabs and operations, leaving out the terms whose x
 #   is 0 (or, for the gradient, whose delta is 0).  Leaving them out changes
-#   no bit: such a term adds +-0 to an accumulator that is never -0 (it
-#   starts at +0, and a sum that rounds to zero is +0 in round-to-nearest),
-#   so the finite dense sums see the same value before and after each zero
-#   term.  The bias and activation are the GEMM's own epilogue (a K = 0
-#   call with beta = 1: c = fma(1, 0, c) = c, then the epilogue).  The code
-#   path (fused or not) is the GEMM's current one (`fused`), so results stay
-#   equal under FBP_GEMM_ISA too.  Contraction is off in the C below: every
-#   fma is written out.  (A weight of +-Inf or NaN would give NaN in the
-#   dense product for a zero x and not here; such a step has a non-finite
-#   loss anyway and is not applied.)
+#   no value, and no bit with FTZ/DAZ off: such a term adds +-0 to an
+#   accumulator that is then never -0 (it starts at +0, and a sum that
+#   rounds to zero is +0 in round-to-nearest), so the finite dense sums see
+#   the same value before and after each zero term.  With FTZ/DAZ on (`fit`'s
+#   default, flush_denormals=True) a zero may differ in sign, nothing else:
+#   a tiny term that flushes makes the accumulator -0, the dense sum's next
+#   zero term turns it back into +0 (-0 + +0 = +0), the sparse sum, which
+#   skips that term, keeps -0 (and the other way round in a step
+#   W - lr*g).  Giving the dense sign would take a test and an add per
+#   stored value in the forward (is the next column k+1? is the slab
+#   over?: +27% instructions in the 4-row dot alone, callgrind, 100 entries
+#   a row), more for empty slabs, and per (row, column) of the gradient:
+#   not done.  -0 and +0 are the same value, and what follows them (sums,
+#   products, the activations, losses and optimizers; nothing divides by
+#   them) keeps the results equal as values.  The bias and activation are
+#   the GEMM's own epilogue (a K = 0 call with beta = 1: c = fma(1, 0, c) =
+#   c, then the epilogue).  The code path (fused or not) is the GEMM's
+#   current one (`fused`), so results stay equal under FBP_GEMM_ISA too.
+#   Contraction is off in the C below: every fma is written out.
+# * A weight of +-Inf or NaN in W_0 gives NaN in the dense product for a
+#   zero x and not here.  The kernel does not look at the weights: when the
+#   batch's rows lack that weight's feature the sparse loss is finite and
+#   the step is applied where the dense one (NaN loss) is not.  Either way
+#   the fit stops at the same weights: fastbp.model's weight check after the
+#   epoch finds the step that made a weight non-finite and rewinds to the
+#   weights it started from (the error says "update made weights NaN or
+#   Inf", where the dense fit, stopped by the NaN loss of a later step, says
+#   "loss was NaN or Inf").
 # * Threads: the tiles are those of _steps.pxi.  A forward tile writes the
 #   block A_1[r0:r1, j0:j1] it owns (its rows in the row split, its columns in
 #   the unit split) and D_1 there; a part-2 tile owns units o0..o1 of layer 0
@@ -59,7 +78,12 @@
 
 cdef extern from *:
     """
+    /* No contraction in these helpers (every fma is written out), and only
+       in them: GCC pushes and pops its options; clang's float_control
+       push/pop saves and restores its FP pragma state, FP_CONTRACT included
+       (clang >= 11), so the rest of _kernels.c keeps the command line's. */
     #if defined(__clang__)
+    #pragma float_control(push)
     #pragma STDC FP_CONTRACT OFF
     #elif defined(__GNUC__)
     #pragma GCC push_options
@@ -80,7 +104,8 @@ cdef extern from *:
     #endif
 
     /* sum_p val[p] w[idx[p]] over p0..p1 (columns increasing), in the GEMM's
-       K-slabs: acc = FMA(v, w, acc) per slab, slabs combined by adds. */
+       K-slabs: acc = FMA(v, w, acc) per slab, slabs combined by adds.
+       IN idx, val (the data set), p0, p1, w (a row of W_0); returns the sum. */
     #define FBP_SP_DOT(NAME, T, FMA, TARGET)                                      \\
     static TARGET T NAME(const int64_t *idx, const T *val, int64_t p0, int64_t p1, \\
                          const T *w)                                              \\
@@ -100,7 +125,8 @@ cdef extern from *:
         return c;                                                                 \\
     }
     /* The same for 4 rows of W at once (w + u*ldw, u = 0..3), into out[u*ldo]:
-       4 independent chains, each exactly NAME's. */
+       4 independent chains, each exactly NAME's.
+       IN idx, val, p0, p1, w, ldw; OUT out[0], out[ldo], out[2 ldo], out[3 ldo]. */
     #define FBP_SP_DOT4(NAME, T, FMA, TARGET)                                     \\
     static TARGET void NAME(const int64_t *idx, const T *val, int64_t p0, int64_t p1, \\
                             const T *w, int64_t ldw, T *out, int64_t ldo)         \\
@@ -130,7 +156,8 @@ cdef extern from *:
         }                                                                         \\
         out[0] = c0; out[ldo] = c1; out[2 * ldo] = c2; out[3 * ldo] = c3;         \\
     }
-    /* g[idx[p]] = FMA(d, val[p], g[idx[p]]) over p0..p1. */
+    /* g[idx[p]] = FMA(d, val[p], g[idx[p]]) over p0..p1.
+       IN idx, val, p0, p1, d; IN/OUT g (a row, n_in). */
     #define FBP_SP_AXPY(NAME, T, FMA, TARGET)                                     \\
     static TARGET void NAME(const int64_t *idx, const T *val, int64_t p0, int64_t p1, \\
                             T d, T *g)                                            \\
@@ -139,7 +166,8 @@ cdef extern from *:
             g[idx[p]] = FMA(d, val[p], g[idx[p]]);                                \\
     }
     /* g[c] = FMA(alpha, tmp[c], g[c]) and tmp[c] = 0 for the columns c of
-       p0..p1 (a column seen again adds FMA(alpha, 0, g) = g). */
+       p0..p1 (a column seen again adds FMA(alpha, 0, g) = g).
+       IN idx, p0, p1, alpha; IN/OUT tmp (zero after), g (rows, n_in). */
     #define FBP_SP_MERGE(NAME, T, FMA, TARGET)                                    \\
     static TARGET void NAME(const int64_t *idx, int64_t p0, int64_t p1, T alpha,  \\
                             T *tmp, T *g)                                         \\
@@ -167,7 +195,9 @@ cdef extern from *:
     FBP_SP_MERGE(fbp_sp_merge_f64, double, FBP_SP_MULADD, )
     FBP_SP_MERGE(fbp_sp_merge_f32f, float, __builtin_fmaf, FBP_SP_TARGET_FMA)
     FBP_SP_MERGE(fbp_sp_merge_f64f, double, __builtin_fma, FBP_SP_TARGET_FMA)
-    #if defined(__GNUC__) && !defined(__clang__)
+    #if defined(__clang__)
+    #pragma float_control(pop)
+    #elif defined(__GNUC__)
     #pragma GCC pop_options
     #endif
     """
@@ -210,23 +240,28 @@ cdef struct Sparse:
     int64_t start           # ... or start + i when rows == NULL (sparse_bind)
 
 
-cdef inline void sparse_bind(Sparse *sp, const int64_t *rows, int64_t start) noexcept nogil:
+cdef inline void sparse_bind(Sparse *sp,            # OUT its rows, start (or NULL: dense X)
+                             const int64_t *rows,   # IN  the batch's data-set rows, or NULL
+                             int64_t start) noexcept nogil:  # IN  the first row when rows is NULL
     """The batch of the next step (thread 0, before the step is published)."""
     if sp != NULL:
         sp.rows = rows
         sp.start = start
 
 
-cdef inline void sparse_range(const Sparse *sp, int64_t i,
-                              int64_t *p0, int64_t *p1) noexcept nogil:  # OUT
+cdef inline void sparse_range(const Sparse *sp,     # IN  the data set and this step's batch
+                              int64_t i,            # IN  a batch row
+                              int64_t *p0,          # OUT its first entry
+                              int64_t *p1) noexcept nogil:  # OUT one past its last
     """The entries p0..p1 of batch row i."""
     cdef int64_t r = sp.rows[i] if sp.rows != NULL else sp.start + i
     p0[0] = sp.lo[r]
     p1[0] = sp.hi[r]
 
 
-cdef inline floating sparse_dot(const Sparse *sp, int64_t p0, int64_t p1,
-                                const floating *w) noexcept nogil:   # IN a row of W_0
+cdef inline floating sparse_dot(const Sparse *sp,          # IN  the data set
+                                int64_t p0, int64_t p1,    # IN  the entries of one row
+                                const floating *w) noexcept nogil:   # IN  a row of W_0
     if floating is float:
         if sp.fused:
             return fbp_sp_dot_f32f(sp.indices, <const float *>sp.data, p0, p1, w)
@@ -237,8 +272,9 @@ cdef inline floating sparse_dot(const Sparse *sp, int64_t p0, int64_t p1,
         return fbp_sp_dot_f64(sp.indices, <const double *>sp.data, p0, p1, w)
 
 
-cdef inline void sparse_dot4(const Sparse *sp, int64_t p0, int64_t p1,
-                             const floating *w, int64_t ldw,     # IN 4 rows of W_0
+cdef inline void sparse_dot4(const Sparse *sp,             # IN  the data set
+                             int64_t p0, int64_t p1,       # IN  the entries of one row
+                             const floating *w, int64_t ldw,     # IN  4 rows of W_0
                              floating *out, int64_t ldo) noexcept nogil:  # OUT out[0], out[ldo], ...
     if floating is float:
         if sp.fused:
@@ -252,8 +288,10 @@ cdef inline void sparse_dot4(const Sparse *sp, int64_t p0, int64_t p1,
             fbp_sp_dot4_f64(sp.indices, <const double *>sp.data, p0, p1, w, ldw, out, ldo)
 
 
-cdef inline void sparse_axpy(const Sparse *sp, int64_t p0, int64_t p1, floating d,
-                             floating *g) noexcept nogil:            # IN/OUT a row (n_in)
+cdef inline void sparse_axpy(const Sparse *sp,             # IN  the data set
+                             int64_t p0, int64_t p1,       # IN  the entries of one row
+                             floating d,                   # IN  its factor
+                             floating *g) noexcept nogil:  # IN/OUT a row (n_in)
     if floating is float:
         if sp.fused:
             fbp_sp_axpy_f32f(sp.indices, <const float *>sp.data, p0, p1, d, g)
@@ -266,7 +304,9 @@ cdef inline void sparse_axpy(const Sparse *sp, int64_t p0, int64_t p1, floating 
             fbp_sp_axpy_f64(sp.indices, <const double *>sp.data, p0, p1, d, g)
 
 
-cdef inline void sparse_merge(const Sparse *sp, int64_t p0, int64_t p1, floating alpha,
+cdef inline void sparse_merge(const Sparse *sp,            # IN  the data set
+                              int64_t p0, int64_t p1,      # IN  the entries of one row
+                              floating alpha,              # IN
                               floating *tmp,                         # IN/OUT (zero after)
                               floating *g) noexcept nogil:           # IN/OUT a row (n_in)
     if floating is float:
@@ -281,12 +321,15 @@ cdef inline void sparse_merge(const Sparse *sp, int64_t p0, int64_t p1, floating
             fbp_sp_merge_f64(sp.indices, p0, p1, alpha, tmp, g)
 
 
-cdef void sparse_forward_cols(const Spec *s, const Extra *e,
+cdef void sparse_forward_cols(const Spec *s,                  # IN  the network
+                              const Extra *e,                 # IN  e.sp: X and the batch; dropout
                               const floating *theta,          # IN  W_0, b_0
                               floating *ws, const Work *w,    # OUT A_1[r0:r1, j0:j1] (and D_1)
-                              int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+                              int64_t r0, int64_t r1,         # IN  the tile's batch rows
+                              int64_t j0, int64_t j1) noexcept nogil:  # IN  and units
     """A_1[r0:r1, j0:j1] = act(X_batch[r0:r1] W_0[j0:j1]^T + b_0[j0:j1]), X
-    sparse; bitwise the dense forward_cols of layer 0 on X's dense copy."""
+    sparse; bitwise the dense forward_cols of layer 0 on X's dense copy
+    (a zero's sign aside under FTZ/DAZ, see the top)."""
     cdef const Sparse *sp = e.sp
     cdef int64_t i, j, p0, p1, n_in = s.sizes[0], n_out = s.sizes[1]
     cdef floating *z = ws + w.act[1]
@@ -317,9 +360,12 @@ cdef void sparse_forward_cols(const Spec *s, const Extra *e,
                      n_out, r0, r1, j0, j1)
 
 
-cdef void sparse_unit_rows(const Sparse *sp, const floating *d, int64_t ld,  # IN column j of delta_1
-                           int64_t m, floating alpha, bint accumulate_first,
-                           floating *tmp,             # scratch row (n_in), zero in and out
+cdef void sparse_unit_rows(const Sparse *sp,          # IN  the data set and this step's batch
+                           const floating *d, int64_t ld,  # IN column j of delta_1
+                           int64_t m,                 # IN  batch rows
+                           floating alpha,            # IN
+                           bint accumulate_first,     # IN
+                           floating *tmp,             # IN/OUT scratch row (n_in), zero in and out
                            floating *g) noexcept nogil:  # IN/OUT a row of grad or W_0 (n_in)
     """g += alpha * sum_i d[i] x_i, K-slab by K-slab as the GEMM (alpha = 1 on
     a zeroed g: the gradient; alpha = -lr on W_0: the SGD step).  With
@@ -349,14 +395,17 @@ cdef void sparse_unit_rows(const Sparse *sp, const floating *d, int64_t ld,  # I
         i0 = i1
 
 
-cdef void sparse_update_units(const Spec *s, const Extra *e,
+cdef void sparse_update_units(const Spec *s,      # IN  the network
+                              const Extra *e,     # IN  e.sp: X and the batch; e.opt: the optimizer
                               floating *theta,    # IN, and OUT when grad == NULL or on the optimizer path
                               floating *grad,     # OUT gradient rows o0..o1 of W_0 (and b_0), or NULL
-                              floating lr,        # the SGD step when grad == NULL
+                              floating lr,        # IN  the SGD step when grad == NULL
                               floating *snap,     # OUT copy of what this call updates, or NULL
                               floating *ws, const Work *w,  # IN delta_1; colsum scratch
-                              int64_t m, int64_t o0, int64_t o1) noexcept nogil:
-    """update_units of layer 0 with X sparse: the same bits as the dense one."""
+                              int64_t m,          # IN  batch rows
+                              int64_t o0, int64_t o1) noexcept nogil:  # IN  the tile's units of layer 0
+    """update_units of layer 0 with X sparse: the same bits as the dense one
+    (a zero's sign aside under FTZ/DAZ, see the top)."""
     cdef const Sparse *sp = e.sp
     cdef int64_t j, n_in = s.sizes[0], n_out = s.sizes[1]
     cdef const floating *d = ws + w.delta[1]
@@ -439,9 +488,11 @@ cdef class _SparseView:
     """Keeps the arrays of one call's Sparse alive and fills it."""
     cdef object arrays
     cdef object tmp
+    cdef object placeholder     # sp.data's one byte when X stores no values
 
-    cdef int fill(self, Sparse *sp, X, dt, int64_t n_in, int n_threads,
-                  bint train) except -1:
+    cdef int fill(self, Sparse *sp,          # OUT every field
+                  X, dt, int64_t n_in, int n_threads,  # IN
+                  bint train) except -1:            # IN  (with scratch rows for training)
         cdef const int64_t[::1] lo, hi, ind
         cdef const unsigned char[::1] raw
         cdef unsigned char[::1] rw
@@ -451,7 +502,10 @@ cdef class _SparseView:
         sp.lo = &lo[0] if lo.shape[0] else NULL
         sp.hi = &hi[0] if hi.shape[0] else NULL
         sp.indices = &ind[0] if ind.shape[0] else NULL
-        raw = data.view(np.uint8) if data.shape[0] else np.zeros(1, np.uint8)
+        # With no stored values sp.data is never read, but it points into an
+        # array this view keeps alive (a local's buffer would be freed on return).
+        self.placeholder = None if data.shape[0] else np.zeros(1, np.uint8)
+        raw = data.view(np.uint8) if data.shape[0] else self.placeholder
         sp.data = <const void *>&raw[0]
         sp.n_tmp = max(1, n_threads) if train else 0
         sp.tmp = NULL
@@ -465,8 +519,11 @@ cdef class _SparseView:
         return 0
 
 
-cdef const floating *x_data(X, theta, const floating *dtype_of, _SparseView view, Sparse *sp,
-                            Extra *e, int64_t n_in, int n_threads, bint train) except NULL:
+cdef const floating *x_data(X, theta, const floating *dtype_of,  # IN  (dtype_of: the fused type only)
+                            _SparseView view,    # OUT keeps a sparse X's arrays alive
+                            Sparse *sp,          # OUT filled for a sparse X
+                            Extra *e,            # OUT e.sp = sp for a sparse X
+                            int64_t n_in, int n_threads, bint train) except NULL:  # IN
     """The kernels' X: a dense (n_samples, n_in) C-contiguous array (its first
     element), or a fastbp._sparse.CSR (then e.sp = sp, filled and kept alive
     by `view`, and the pointer returned is the CSR data's, never read as
