@@ -435,6 +435,18 @@ cdef int tiny_pstep(const Spec *s, const Extra *e, const TinyOps *ops,
     return 0
 
 
+cdef inline int64_t steps_end(int64_t n_samples,   # IN
+                               int64_t first_step,  # IN (>= 0)
+                               int64_t max_steps    # IN (< 0: no limit)
+                               ) noexcept nogil:
+    """The step after the last of a batch-1 epoch run from first_step for at
+    most max_steps steps: min(n_samples, first_step + max_steps) without
+    forming the sum (it wraps for max_steps near 2**63)."""
+    if max_steps < 0 or max_steps >= n_samples - first_step:
+        return n_samples
+    return first_step + max_steps
+
+
 cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
                     floating *theta,           # IN/OUT biases (the W_k live in ops.buf)
                     floating *ws, const Work *w,
@@ -474,7 +486,7 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
             bt[nb], bd[nb], bn[nb] = theta + s.b_off[k], buf + P.delta[k + 1], s.sizes[k + 1]
             nb += 1
     step = first_step
-    end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    end = steps_end(n_samples, first_step, max_steps)
     while step < end:
         r = order[step] if order != NULL else step
         for j in range(n_in):
@@ -570,7 +582,7 @@ cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
     cdef FusedCtx ctx
     cdef int k, status
     cdef int64_t step, stop, done = 0, macs = 0, macs_per_row = 0, piece
-    cdef int64_t end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    cdef int64_t end = steps_end(n_samples, first_step, max_steps)
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     piece = max(<int64_t>1, (SIGNAL_POLL_MACS + macs_per_row - 1) // macs_per_row)
