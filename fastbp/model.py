@@ -264,9 +264,11 @@ class MLP:
         self.dtype = np.dtype(np_dtype)
         self.seed = seed
         self.n_layers = len(sizes) - 1
-        W0, b0 = C.check_params(
+        given = weights is not None and (biases is not None or not self.bias)
+        W0, b0 = C.check_params(   # no draws when every parameter is given
             sizes, self.bias, np_dtype, weights, biases,
-            C.init_params(sizes, activation, self.bias, np_dtype, seed),
+            ([], [None] * self.n_layers) if given
+            else C.init_params(sizes, activation, self.bias, np_dtype, seed),
         )
         self._net = Network(
             sizes, C.ACTIVATIONS[activation], C.OUTPUTS[output], C.LOSSES[loss], self.bias

@@ -625,13 +625,15 @@ class _BaseMLP(BaseEstimator):
             bound = np.sqrt(factor / (fan_in + fan_out))
             coef = self._random_state.uniform(-bound, bound, (fan_in, fan_out))
             intercept = self._random_state.uniform(-bound, bound, fan_out)
-            weights.append(coef.T.astype(X_dtype).astype(dtype))
-            biases.append(intercept.astype(X_dtype).astype(dtype))
+            # (the model copies them: no copy here when the dtypes agree)
+            weights.append(coef.T.astype(X_dtype, copy=False).astype(dtype, copy=False))
+            biases.append(intercept.astype(X_dtype, copy=False).astype(dtype, copy=False))
         self._net = MLP(
             layer_units, activation=_ACTIVATIONS[self.activation], output=output, loss=loss,
             dtype=dtype, seed=0, weights=weights, biases=biases,
         )
-        self._best_params = self._copy_params()
+        # the point to restore after early stopping (the only reader)
+        self._best_params = self._copy_params() if self.early_stopping else None
         if self.solver in _STOCHASTIC_SOLVERS:
             self.loss_curve_: List[float] = []
             self._no_improvement_count = 0
@@ -869,7 +871,7 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Training interrupted by user.")
             finally:
                 epoch = runner = None  # the workspace goes before the lock is released
-            if self.early_stopping:
+            if self.early_stopping and self._best_params is not None:
                 self._set_params(self._best_params)
 
     def _sgd_epoch(self, runner: Epochs) -> Any:

@@ -80,6 +80,14 @@ cdef extern from "fbp_optim.h" nogil:
     void fbp_adam_range_f64(double *theta, const double *grad, double *exp_avg,
                             double *exp_avg_sq, double *max_exp_avg_sq, int64_t n,
                             const fbp_adam_step_f64 *step, double *sq)
+    void fbp_adam_l2z_rows_f32(float *theta, float *grad, float *exp_avg, float *exp_avg_sq,
+                               float *max_exp_avg_sq, int64_t ld, int64_t ldg, int nr,
+                               int64_t n, int has_l2, float c, const fbp_adam_step_f32 *step,
+                               double *sq)
+    void fbp_adam_l2z_rows_f64(double *theta, double *grad, double *exp_avg,
+                               double *exp_avg_sq, double *max_exp_avg_sq, int64_t ld,
+                               int64_t ldg, int nr, int64_t n, int has_l2, double c,
+                               const fbp_adam_step_f64 *step, double *sq)
     void fbp_rmsprop_range_f32(float *theta, const float *grad, float *square_avg,
                                float *momentum_buffer, float *grad_avg, int64_t n,
                                const fbp_rmsprop_step_f32 *step, double *sq)
@@ -276,6 +284,42 @@ cdef void opt_units(const Spec *s, const OptK *o,
     if boff >= 0:
         opt_copy(o, snap, theta, boff + o0, o1 - o0)
         opt_range(o, theta, grad, boff + o0, o1 - o0)
+
+
+cdef inline bint opt_fuses_rows(const OptK *o) noexcept nogil:
+    """Whether opt_rows_l2z applies: Adam (torch's or scikit-learn's) without clipping."""
+    return o != NULL and o.kind == OPT_ADAM and o.clip == 0
+
+
+cdef void opt_rows_l2z(const Spec *s, const OptK *o,
+                       floating *theta,        # IN/OUT W_k rows j0..j0+nr
+                       floating *g,            # IN/OUT their gradient rows (stride n_in), 0 after
+                       floating *snap,         # OUT theta (and state) copies of those rows, or NULL
+                       int64_t m, int k, int64_t j0, int nr) noexcept nogil:
+    """opt_units on the weights of units j0..j0+nr (nr <= 4) of layer k (not
+    b_k) for Adam (opt_fuses_rows), their gradient rows in a scratch `g`
+    instead of grad: the l2 term, the sums of W row^2 into usq, Adam, and g
+    set back to 0, in one pass over the rows (fbp_adam_l2z_rows); the same
+    bits as opt_units."""
+    cdef int64_t n_in = s.sizes[k], off = s.w_off[k] + j0 * n_in
+    cdef floating c = <floating>(o.l2 / (o.l2_den if o.l2_den > 0 else <double>m))
+    cdef floating *s0 = <floating *>o.st[0] + off
+    cdef floating *s1 = <floating *>o.st[1] + off
+    cdef floating *s2 = <floating *>o.st[2] + off if o.st[2] != NULL else NULL
+    cdef double sq[4]
+    cdef int r
+    if nr <= 0 or n_in <= 0:
+        return
+    opt_copy(o, snap, theta, off, nr * n_in)
+    if floating is float:
+        fbp_adam_l2z_rows_f32(theta + off, g, s0, s1, s2, n_in, n_in, nr, n_in, o.l2 != 0, c,
+                              &o.adam32, sq)
+    else:
+        fbp_adam_l2z_rows_f64(theta + off, g, s0, s1, s2, n_in, n_in, nr, n_in, o.l2 != 0, c,
+                              &o.adam64, sq)
+    if o.l2 != 0:
+        for r in range(nr):
+            o.usq[o.uoff[k] + j0 + r] = sq[r]
 
 
 cdef double opt_unit_sum(const double *v, int64_t n) noexcept nogil:

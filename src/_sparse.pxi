@@ -39,17 +39,23 @@
 #   block A_1[r0:r1, j0:j1] it owns (its rows in the row split, its columns in
 #   the unit split) and D_1 there; a part-2 tile owns units o0..o1 of layer 0
 #   and writes only rows o0..o1 of W_0 / grad (and of the optimizer state,
-#   through opt_units), b_0[o0:o1] and colsum[o0:o1].  The scratch row `tmp`
-#   that a part-2 tile accumulates a K-slab in is the running thread's own
-#   (row omp_get_thread_num() of n_tmp rows, zero again after each use), so
+#   through opt_units), b_0[o0:o1] and colsum[o0:o1].  The scratch rows `tmp`
+#   that a part-2 tile accumulates a K-slab in (and, with Adam, forms up to 4
+#   gradient rows in) are the running thread's own (block
+#   omp_get_thread_num() of n_tmp blocks of SP_TMP_ROWS rows, zero again
+#   after each use), so
 #   every write inside a parallel region is private to its thread; each sum
 #   has a fixed order whatever the tiling, so any thread count gives the same
 #   bits.
 # * Cost: the forward and the gradient touch nnz(batch) * n_out entries of
 #   W_0 (4 rows j of W_0 at a time in the outer loop, so they stay in cache
-#   while the tile's rows walk them); zeroing the gradient rows and the optimizer's update
-#   stay dense in W_0 (Adam moves every weight), the optimizer stepping each
-#   unit's row right after its gradient row is formed, while it is in cache.
+#   while the tile's rows walk them); the optimizer's update stays dense in
+#   W_0 (Adam moves every weight).  With Adam (no clipping) the gradient rows
+#   of 4 units at a time are formed in scratch rows, then the l2 term, the
+#   update and their zeroing run in one pass over those rows of W_0 and the
+#   moments (opt_rows_l2z, fbp_adam_l2z_rows): each weight and moment is
+#   loaded once per step; other optimizers step each unit's row of grad
+#   right after it is formed (opt_units).
 
 cdef extern from *:
     """
@@ -185,12 +191,19 @@ cdef extern from *:
     void fbp_sp_merge_f64f(const int64_t *idx, int64_t p0, int64_t p1, double alpha, double *tmp, double *g) nogil
 
 
+cdef enum:
+    # Scratch rows (n_in each) per thread: row 0 accumulates a K-slab of a
+    # gradient row, rows 1..4 hold the gradient rows of up to 4 units on
+    # the fused Adam path (sparse_update_units); all zero between uses.
+    SP_TMP_ROWS = 5
+
+
 cdef struct Sparse:
     const int64_t *lo       # IN (n_rows,) first entry of data-set row r
     const int64_t *hi       # IN (n_rows,) one past its last entry
     const int64_t *indices  # IN column of each entry (increasing within a row)
     const void *data        # IN value of each entry (theta's dtype)
-    void *tmp               # scratch: n_tmp rows of n_in, all zero between uses
+    void *tmp               # scratch: n_tmp blocks of SP_TMP_ROWS rows of n_in, all zero between uses
     int n_tmp
     bint fused              # the GEMM's code path uses fused multiply-adds
     const int64_t *rows     # this step: batch row i is data-set row rows[i] ...
@@ -349,15 +362,34 @@ cdef void sparse_update_units(const Spec *s, const Extra *e,
     cdef const floating *d = ws + w.delta[1]
     cdef int tid = fbp_sp_tid()
     cdef floating *tmp
+    cdef floating *g
     cdef floating *colsum
+    cdef int q, u
     if o1 <= o0:
         return
     if tid < 0 or tid >= sp.n_tmp:
         tid = 0     # a serial call inside an outer OpenMP region: its only user
-    tmp = <floating *>sp.tmp + tid * n_in
+    tmp = <floating *>sp.tmp + tid * SP_TMP_ROWS * n_in
     if grad != NULL:
         if s.b_off[0] >= 0:
             column_sums(d + o0, m, o1 - o0, n_out, grad + s.b_off[0] + o0)
+        if opt_fuses_rows(e.opt):
+            # Adam: up to 4 units' gradient rows in the thread's scratch rows
+            # 1..4 (zero in and out), then l2 + Adam + zeroing in one pass
+            # over them (opt_rows_l2z); W_0's rows of grad are not written.
+            g = tmp + n_in
+            j = o0
+            while j < o1:
+                q = <int>min(<int64_t>4, o1 - j)
+                for u in range(q):
+                    sparse_unit_rows(sp, d + j + u, n_out, m, <floating>1, True, tmp,
+                                     g + u * n_in)
+                opt_rows_l2z(s, e.opt, theta, g, snap, m, 0, j, q)
+                j += q
+            if s.b_off[0] >= 0:
+                opt_copy(e.opt, snap, theta, s.b_off[0] + o0, o1 - o0)
+                opt_range(e.opt, theta, grad, s.b_off[0] + o0, o1 - o0)
+            return
         for j in range(o0, o1):
             memset(grad + s.w_off[0] + j * n_in, 0, n_in * sizeof(floating))
             sparse_unit_rows(sp, d + j, n_out, m, <floating>1, True, tmp,
@@ -424,7 +456,7 @@ cdef class _SparseView:
         sp.n_tmp = max(1, n_threads) if train else 0
         sp.tmp = NULL
         if train:
-            self.tmp = np.zeros(sp.n_tmp * n_in, dtype=dt)
+            self.tmp = np.zeros(sp.n_tmp * SP_TMP_ROWS * n_in, dtype=dt)
             rw = self.tmp.view(np.uint8)
             sp.tmp = <void *>&rw[0]
         sp.fused = fbp_gemm_isa().decode() != "generic"

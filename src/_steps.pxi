@@ -19,9 +19,10 @@
 #   * row split (enough rows per thread): wave 0 = row tiles of part 1,
 #     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
 #     tiles (one of rows, and one of each layer's units, per thread) unless
-#     the last coarse steps left thread 0 waiting: then fine ones (several
-#     per thread).  Each row tile packs every W_k again and each unit tile
-#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
+#     two coarse steps in a row left thread 0 waiting: then fine ones
+#     (several per thread) for a while (fbp_team_account).  Each row tile
+#     packs every W_k again and each unit tile the layer's input, so fine
+#     tiles cost work (callgrind, 784-256-128-10
 #     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
 #     only less to wait for when a thread loses its core;
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
@@ -46,7 +47,8 @@ cdef extern from "fbp_team.h" nogil:
     int FBP_MODE_SERIAL, FBP_MODE_PROBE, FBP_MODE_FINE, FBP_MODE_COARSE
     int fbp_team_mode(fbp_team *T, int64_t key)
     void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns)
-    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine)
+    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine,
+                          int can_fine)
     void fbp_tune_load(fbp_team *T, int64_t key)
     void fbp_tune_store(const fbp_team *T)
     void fbp_tune_forget()
@@ -55,12 +57,17 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_region()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
+    int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns)
+    void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes,
+                          int64_t *left)
+    int64_t FBP_SPIN_MAX_NS
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
-               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n", "off_core",
+               "spin_out", "coarse_waits")
 
 
 def team_stats(bint reset=False):
@@ -75,8 +82,51 @@ def team_stats(bint reset=False):
     return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
 
 
+def team_watch_test(bint spin, double hold_s):
+    """Test hook: thread 0 of a region of two waits, as the team's waits do,
+    for thread 1, which sleeps (spin False) or spins for hold_s seconds.
+    Returns (how, spun_s): how the wait's spin ended, "off_core" (thread 1
+    was seen off its core), "spin_out" (the spin budget, spin_max_s), "done"
+    (thread 1 finished first) or None without a team of two; and how long
+    it spun."""
+    cdef int64_t spun = 0
+    cdef int how
+    with nogil:
+        how = fbp_watch_test(spin, <int64_t>(hold_s * 1e9), &spun)
+    return {1: "off_core", 2: "spin_out", 3: "done"}.get(how), spun * 1e-9
+
+
+def team_spin_max_s():
+    """The longest a wait spins before it sleeps on the futex (seconds)."""
+    return FBP_SPIN_MAX_NS * 1e-9
+
+
+def team_account_test(steps, double ser_s, bint left=False):
+    """Test hook: thread 0's rules (fbp_team_account) on made-up team steps
+    of one shape whose serial steps took ser_s seconds, after a first
+    step that is not counted.  steps: (step_s, wait_s, fine, can_fine) per
+    step.  Returns the mode picked after each: "serial" (backing off),
+    "probe", "fine" or "coarse"; with left, also how long the fine tiles
+    and the back-off last after the last step (seconds)."""
+    cdef int n = len(steps), i
+    cdef int64_t rest[2]
+    if n > 64:
+        raise ValueError("at most 64 steps")
+    cdef int64_t x[256]
+    cdef int modes[64]
+    for i in range(n):
+        step_s, wait_s, fine, can_fine = steps[i]
+        x[4 * i], x[4 * i + 1] = <int64_t>(step_s * 1e9), <int64_t>(wait_s * 1e9)
+        x[4 * i + 2], x[4 * i + 3] = bool(fine), bool(can_fine)
+    fbp_account_test(n, x, <int64_t>(ser_s * 1e9), modes, rest)
+    names = {FBP_MODE_SERIAL: "serial", FBP_MODE_PROBE: "probe", FBP_MODE_FINE: "fine",
+             FBP_MODE_COARSE: "coarse"}
+    out = [names[modes[i]] for i in range(n)]
+    return (out, rest[0] * 1e-9, rest[1] * 1e-9) if left else out
+
+
 # Tiles of the row split's row and unit waves: 0 as fbp_team_account picks
-# (coarse, fine after a step that waited), 1 always fine, 2 always coarse.
+# (coarse, fine after two steps that waited), 1 always fine, 2 always coarse.
 # The tests' threshold 0 (par_min_macs) uses coarse unless told otherwise.
 cdef int tile_mode = 0
 
@@ -167,7 +217,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     The row split's tiles are coarse (one tile of rows and one of each
     layer's units per thread: each row tile packs every W_k again, each
     unit tile packs the layer's input again, so the fewer the cheaper) or,
-    when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
+    when two coarse steps in a row left thread 0 waiting (fine), ROW_TILES_ /
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
@@ -580,7 +630,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     t1 = fbp_now_ns()
     fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)
     if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
-        fbp_team_account(T, key, t1 - t0, waited[0], fine)
+        fbp_team_account(T, key, t1 - t0, waited[0], fine, not p.by_units)
 
 
 cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,

@@ -33,14 +33,7 @@ DEFINE_SMALL(fbp_gemm_small_avx2_f32, float, f32, f32f, TARGET_AVX2)
 DEFINE_DRIVER(fbp_gemm_blk_avx2_f32, uk_avx2_f32, fbp_gemm_small_avx2_f32,
               float, f32, f32f, TARGET_AVX2,
               6, 16, MC_F32, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
-#undef V_FMA
-#undef S_FMA
-#undef V_MUL
+#include "fbp_gemm_vundef.h"
 
 #define V_T __m256d
 #define V_LOAD _mm256_load_pd
@@ -55,12 +48,5 @@ DEFINE_SMALL(fbp_gemm_small_avx2_f64, double, f64, f64f, TARGET_AVX2)
 DEFINE_DRIVER(fbp_gemm_blk_avx2_f64, uk_avx2_f64, fbp_gemm_small_avx2_f64,
               double, f64, f64f, TARGET_AVX2,
               6, 8, MC_F64, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
-#undef V_FMA
-#undef S_FMA
-#undef V_MUL
+#include "fbp_gemm_vundef.h"
 #endif /* FBP_X86 */

@@ -32,14 +32,7 @@ DEFINE_SMALL(fbp_gemm_small_avx512_f32, float, f32, f32f, TARGET_AVX512)
 DEFINE_DRIVER(fbp_gemm_blk_avx512_f32, uk_avx512_f32, fbp_gemm_small_avx512_f32,
               float, f32, f32f, TARGET_AVX512,
               12, 32, MC_F32, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
-#undef V_FMA
-#undef S_FMA
-#undef V_MUL
+#include "fbp_gemm_vundef.h"
 
 #define V_T __m512d
 #define V_LOAD _mm512_load_pd
@@ -54,12 +47,5 @@ DEFINE_SMALL(fbp_gemm_small_avx512_f64, double, f64, f64f, TARGET_AVX512)
 DEFINE_DRIVER(fbp_gemm_blk_avx512_f64, uk_avx512_f64, fbp_gemm_small_avx512_f64,
               double, f64, f64f, TARGET_AVX512,
               12, 16, MC_F64, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
-#undef V_FMA
-#undef S_FMA
-#undef V_MUL
+#include "fbp_gemm_vundef.h"
 #endif /* FBP_X86 */

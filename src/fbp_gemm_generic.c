@@ -31,27 +31,19 @@ DEFINE_SMALL(fbp_gemm_small_generic_f32, float, f32, f32, TARGET_GENERIC)
 DEFINE_DRIVER(fbp_gemm_blk_generic_f32, uk_generic_f32, fbp_gemm_small_generic_f32,
               float, f32, f32, TARGET_GENERIC,
               6, 8, MC_F32, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
+#include "fbp_gemm_vundef.h"
 
 #define V_T gv_f64
 #define V_LOAD(p) (*(const gv_f64 *)(p))
 #define V_LOADU(p) ({ gv_f64 v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })
 #define V_SET1(s) ((gv_f64){(s), (s)})
+#define V_FMA(x, y, z) ((x) * (y) + (z))
+#define S_FMA(x, y, z) ((x) * (y) + (z))
+#define V_MUL(x, y) ((x) * (y))
 DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
 DEFINE_SMALL(fbp_gemm_small_generic_f64, double, f64, f64, TARGET_GENERIC)
 DEFINE_DRIVER(fbp_gemm_blk_generic_f64, uk_generic_f64, fbp_gemm_small_generic_f64,
               double, f64, f64, TARGET_GENERIC,
               6, 4, MC_F64, FBP_KC, NC_ALL)
-#undef V_T
-#undef V_LOAD
-#undef V_LOADU
-#undef V_STOREU
-#undef V_SET1
-#undef V_FMA
-#undef S_FMA
-#undef V_MUL
+#include "fbp_gemm_vundef.h"

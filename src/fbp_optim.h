@@ -42,6 +42,11 @@
  *   struct): eps added to sqrt(v) unscaled, the bias corrections folded into
  *   one float64 rate, as scikit-learn's numpy code rounds it (fastbp/optim.py's
  *   private _SklearnAdam is its reference).
+ * * fbp_adam_l2z_rows: either Adam on up to 4 rows with scikit-learn's l2
+ *   term before it and the gradient rows zeroed after it, chunk by chunk, so
+ *   that the sparse first layer (src/_sparse.pxi) loads each weight and
+ *   moment once per step; the same operations as fbp_l2_row (_optim.pxi)
+ *   then fbp_adam_range, hence the same bits.
  * * Optional `sq` (IN/OUT, may be NULL): adds sum(theta_i^2) over the range,
  *   taken before the update, in double, in index order (for the l2 penalty
  *   of scikit-learn's alpha).
@@ -52,6 +57,25 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+/* Elements per chunk of fbp_adam_l2z_rows: 4 rows of w, g, m, v stay in L1. */
+#define FBP_FUSED_CHUNK 256
+
+/* fbp_adam_l2z_rows is also compiled for AVX2 and AVX-512 (GCC's
+ * target_clones: the loader picks the widest the CPU has), with the
+ * range kernel inlined (flatten): the wheels' baseline is SSE2, where its
+ * float64 division and sqrt take 2 lanes.  Wider vectors change no bit:
+ * every operation is a correctly rounded IEEE one, none is contracted
+ * (fp-contract is off below), and the sums of squares keep their order. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FBP_WIDE_CLONES \
+    __attribute__((target_clones("default", "avx2", "avx512f"), flatten, unused))
+#elif defined(__GNUC__)
+#define FBP_WIDE_CLONES __attribute__((unused))
+#else
+#define FBP_WIDE_CLONES
+#endif
 
 /* No FMA contraction in the functions below (see the design notes): GCC
  * through an optimize pragma around them, clang through a pragma at the start
@@ -270,6 +294,65 @@ static inline void fbp_adam_range_##SFX(                                        
         d = d + s->eps;                                                                \
         theta[i] = p + (s->neg_step_size * m) / d;                                     \
     }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* Adam on nr <= 4 rows of a weight matrix with scikit-learn's l2 term and the      \
+ * gradient's zeroing in the same pass (the sparse first layer, _sparse.pxi): per     \
+ * row r (theta + r*ld, grad + r*ldg, the state arrays + r*ld), when has_l2:          \
+ * sq[r] = sum theta_i^2 before the step (double, index order) and                    \
+ * g_i = g_i + c*theta_i; then fbp_adam_range's update; then g_i = 0.  The same bits \
+ * as fbp_l2_row (_optim.pxi) then fbp_adam_range on the row, but every element is   \
+ * loaded from memory once: the rows go by chunks of FBP_FUSED_CHUNK elements that   \
+ * stay in L1 between the sum, the update and the zeroing, and the nr sums are       \
+ * interleaved (nr independent chains of double adds instead of one).                \
+ * max_exp_avg_sq may be NULL (no amsgrad). */                                        \
+FBP_WIDE_CLONES                                                                        \
+static void fbp_adam_l2z_rows_##SFX(                                                   \
+    T *theta,                     /* IN/OUT nr rows of n parameters (stride ld) */     \
+    T *grad,                      /* IN/OUT their gradient rows (stride ldg), 0 after */ \
+    T *exp_avg, T *exp_avg_sq,    /* IN/OUT moments (stride ld) */                     \
+    T *max_exp_avg_sq,            /* IN/OUT running max of v (amsgrad), or NULL */     \
+    int64_t ld, int64_t ldg, int nr, int64_t n,                                        \
+    int has_l2, T c,              /* l2: g = g + c*theta first */                      \
+    const fbp_adam_step_##SFX *step, /* IN this step's scalars */                      \
+    double *sq)                   /* OUT sq[r] (has_l2), else unused */                \
+{                                                                                      \
+    FBP_NO_CONTRACT                                                                    \
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};                                              \
+    int64_t i0, i, len;                                                                \
+    int r;                                                                             \
+    for (i0 = 0; i0 < n; i0 += FBP_FUSED_CHUNK) {                                      \
+        len = n - i0 < FBP_FUSED_CHUNK ? n - i0 : FBP_FUSED_CHUNK;                     \
+        if (has_l2 && nr == 4) {                                                       \
+            const T *w0 = theta + i0, *w1 = w0 + ld, *w2 = w1 + ld, *w3 = w2 + ld;     \
+            double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];                 \
+            for (i = 0; i < len; i++) {                                                \
+                a0 += (double)w0[i] * (double)w0[i];                                   \
+                a1 += (double)w1[i] * (double)w1[i];                                   \
+                a2 += (double)w2[i] * (double)w2[i];                                   \
+                a3 += (double)w3[i] * (double)w3[i];                                   \
+            }                                                                          \
+            acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;                        \
+        } else if (has_l2) {                                                           \
+            for (r = 0; r < nr; r++) {                                                 \
+                const T *w = theta + r * ld + i0;                                      \
+                double a = acc[r];                                                     \
+                for (i = 0; i < len; i++) a += (double)w[i] * (double)w[i];            \
+                acc[r] = a;                                                            \
+            }                                                                          \
+        }                                                                              \
+        for (r = 0; r < nr; r++) {                                                     \
+            T *w = theta + r * ld + i0, *g = grad + r * ldg + i0;                      \
+            if (has_l2)                                                                \
+                for (i = 0; i < len; i++) g[i] = g[i] + c * w[i];                      \
+            fbp_adam_range_##SFX(w, g, exp_avg + r * ld + i0, exp_avg_sq + r * ld + i0, \
+                                 max_exp_avg_sq ? max_exp_avg_sq + r * ld + i0 : NULL, \
+                                 len, step, NULL);                                     \
+            memset(g, 0, (size_t)len * sizeof(T));                                     \
+        }                                                                              \
+    }                                                                                  \
+    if (has_l2)                                                                        \
+        for (r = 0; r < nr; r++) sq[r] = acc[r];                                       \
 }                                                                                      \
                                                                                        \
 /* ---- RMSprop: torch.optim.RMSprop(lr, alpha, eps, weight_decay, momentum,           \

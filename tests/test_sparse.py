@@ -208,6 +208,47 @@ def test_thread_counts_give_the_same_bits(dtype, threads):
     assert_same(results[2], results[3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt", ["sklearn-l2", "sklearn-no-l2", "amsgrad", "adamw"])
+def test_fused_adam_pass_over_w0(dtype, opt, threads):
+    """Adam on the sparse first layer forms up to 4 units' gradient rows in
+    scratch rows, then runs the l2 term, the update and the zeroing of those
+    rows in one pass over W_0 (fbp_adam_l2z_rows: chunks of 256 columns, the
+    sums of W row^2 for the penalty interleaved over the 4 rows): the same
+    bits as the dense path (l2 row, then Adam, per unit), on 1 and 2 threads,
+    with 11 units (groups of 4, 4, 3), n_in = 600 (chunks of 256, 256, 88),
+    batches of 300 rows (2 K-slabs) and the last, short batch; the penalty
+    in the losses included."""
+    X = sparse_data(380, 600, 0.02, seed=11, dtype=dtype, empty=(3, 200))
+    y = np.random.default_rng(12).integers(0, 4, 380)
+    results = []
+    for n_threads in (1, 2):
+        threads(n_threads)
+        if opt.startswith("sklearn"):
+            sk = pytest.importorskip("fastbp.sklearn")
+            alpha = 0.0 if opt == "sklearn-no-l2" else 0.05
+            fits = [sk.MLPClassifier(hidden_layer_sizes=(11,), alpha=alpha, batch_size=300,
+                                     max_iter=3, learning_rate_init=1e-2, random_state=0,
+                                     n_threads=n_threads).fit(XX, y)
+                    for XX in (X, X.toarray())]
+            for est in fits:
+                assert est.n_iter_ == 3
+            out = [np.concatenate([est.model_.flat_parameters, est.loss_curve_])
+                   for est in fits]
+        else:
+            optimizer = (optim.Adam(lr=1e-2, amsgrad=True, weight_decay=1e-2)
+                         if opt == "amsgrad" else optim.AdamW(lr=1e-2, weight_decay=0.1))
+            out = []
+            for XX in (X, X.toarray()):
+                net = fastbp.MLP([600, 11, 4], activation="relu", dtype=dtype, seed=3)
+                net.fit(XX, np.eye(4)[y], epochs=3, batch_size=300, seed=1,
+                        optimizer=optimizer)
+                out.append(net.flat_parameters.copy())
+        assert_same(out[0], out[1], f"{opt}: sparse vs dense, t{n_threads}")
+        results.append(out[0])
+    assert_same(results[0], results[1], f"{opt}: 1 vs 2 threads")
+
+
 def test_lbfgs_and_sample_weights_on_sparse():
     X = sparse_data(80, 50, 0.1, seed=10)
     Y = targets("cross_entropy", 80, 3, seed=11)

@@ -200,10 +200,79 @@ def test_default_threshold_row_split_any_mode(restore_threads, dtype):
 def test_team_stats_and_tile_mode_hooks():
     stats = _kernels.team_stats(reset=True)
     assert set(stats) >= {"regions", "steps_team", "steps_backoff", "backoffs", "wait_ns",
-                          "sleeps_wave", "sleeps_next", "wakes"}
+                          "sleeps_wave", "sleeps_next", "wakes", "off_core", "spin_out",
+                          "coarse_waits"}
     assert all(v == 0 for v in _kernels.team_stats().values())
     with pytest.raises(ValueError, match="tile mode"):
         _kernels.set_tile_mode(3)
+
+
+@needs_teams
+def test_wait_sleeps_at_once_when_the_awaited_thread_is_off_its_core():
+    """A wait watches the CPU clock of the thread it waits for: one that
+    sleeps (descheduled, as on a busy core) is seen off its core within a
+    few watch windows, long before the spin budget, so the waiter gives
+    its core back instead of spinning on it."""
+    _kernels.team_stats(reset=True)
+    how, spun = _kernels.team_watch_test(False, 0.3)
+    assert how == "off_core", (how, spun)
+    assert spun < 0.3                  # it did not spin until thread 1 woke
+    assert _kernels.team_stats()["off_core"] >= 1
+    # A thread that runs is spun for, up to the budget (under load it may be
+    # descheduled meanwhile: then the wait sees it off its core, as it should).
+    how, spun = _kernels.team_watch_test(True, 0.05)
+    assert how in ("spin_out", "off_core"), (how, spun)
+    if how == "spin_out":
+        assert spun >= _kernels.team_spin_max_s()
+
+
+def _modes(steps, ser_s=100.0):
+    return _kernels.team_account_test(steps, ser_s)
+
+
+def test_team_rules_need_two_waiting_steps_in_a_row():
+    """Thread 0's rules on made-up steps (1 s each, so that the back-off and
+    the fine tiles last the 1 s cap): one waiting step changes nothing; two
+    in a row go to fine tiles (a coarse row split) or back off (half the
+    step waited, with fine tiles or none to go to)."""
+    ok, wait, half = (1.0, 0.01, 0, 1), (1.0, 0.2, 0, 1), (1.0, 0.6, 0, 1)
+    assert _modes([ok, ok]) == ["coarse", "coarse"]
+    assert _modes([wait]) == ["coarse"]
+    assert _modes([wait, wait]) == ["coarse", "fine"]
+    # a fine period lasts 16 steps' time, up to 1 s or 16 steps when longer;
+    # a back-off 20 times the wait, up to 1 s
+    for step, lo, hi in ((0.01, 0.08, 0.16), (0.2, 2.5, 3.2)):
+        modes, fine_left, serial_left = _kernels.team_account_test(
+            [(step, step / 4, 0, 1)] * 2, 100.0, left=True)
+        assert modes[-1] == "fine" and lo < fine_left <= hi and serial_left == 0
+    modes, fine_left, serial_left = _kernels.team_account_test(
+        [(0.01, 0.006, 0, 0)] * 2, 100.0, left=True)
+    assert modes[-1] == "serial" and 0.05 < serial_left <= 0.12 and fine_left == 0
+    # ... doubling while attempts keep failing, up to 4 s
+    modes, fine_left, serial_left = _kernels.team_account_test(
+        [(1.0, 0.6, 0, 0)] * 2, 100.0, left=True)
+    assert modes[-1] == "serial" and 3.5 < serial_left <= 4.0
+    assert _modes([wait, ok, wait, ok, wait]) == ["coarse"] * 5
+    # a coarse row split that waited half the step goes fine first
+    assert _modes([half, half]) == ["coarse", "fine"]
+    # fine steps that keep waiting half the step back off
+    fine_half = (1.0, 0.6, 1, 1)
+    assert _modes([fine_half, fine_half]) == ["coarse", "serial"]
+    # the unit split has no fine tiles to go to: back off
+    unit_half, unit_ok = (1.0, 0.6, 0, 0), (1.0, 0.01, 0, 0)
+    assert _modes([unit_half]) == ["coarse"]
+    assert _modes([unit_half, unit_half]) == ["coarse", "serial"]
+    assert _modes([unit_half, unit_ok, unit_half]) == ["coarse"] * 3
+    # team steps no faster than serial ones back off, from two of them on
+    slow = (1.0, 0.0, 0, 0)
+    assert _modes([slow, slow], ser_s=0.9) == ["coarse", "serial"]
+    assert _modes([slow, slow, slow], ser_s=1.5) == ["coarse"] * 3
+    # one step 20 times slower than the others is not a trend: it moves the
+    # mean of team steps by a quarter at most
+    fast, hiccup = (0.5, 0.0, 0, 0), (10.0, 0.0, 0, 0)
+    assert _modes([fast, fast, hiccup, fast], ser_s=0.9) == ["coarse"] * 4
+    with pytest.raises(ValueError, match="64 steps"):
+        _modes([ok] * 65)
 
 
 def test_small_steps_stay_serial(restore_threads):
