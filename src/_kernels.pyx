@@ -363,16 +363,22 @@ cdef extern from *:
     #include <stdint.h>
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")
+    #if defined(__clang__)   /* GCC's pragma is ignored there: the standard one, per body */
+    #define FBP_ROW_NOFUSE _Pragma("STDC FP_CONTRACT OFF")
+    #else
+    #define FBP_ROW_NOFUSE
+    #endif
     #define FBP_ROW_KC 256
     #define FBP_MULADD(x, y, z) ((x) * (y) + (z))
     #define FBP_DEFINE_ROWDOT(NAME, T, FMA, ATTR)                                  \\
     static ATTR void NAME(const T *x, const T *W, int64_t n_in, int64_t n_out,   \\
                           T *z)                                                  \\
     {                                                                            \\
+        FBP_ROW_NOFUSE                                                           \\
         int64_t j = 0;                                                           \\
         for (; j + 8 <= n_out; j += 8) {                                         \\
             const T *w = W + j * n_in;                                           \\
-            T c[8];                                                              \\
+            T c[8] = {0}; /* written at k0 == 0 before any read (for gcc) */  \\
             int64_t k0 = 0;                                                      \\
             do {                                                                 \\
                 const int64_t k1 = n_in - k0 <= FBP_ROW_KC ? n_in : k0 + FBP_ROW_KC; \\

@@ -435,6 +435,18 @@ cdef int tiny_pstep(const Spec *s, const Extra *e, const TinyOps *ops,
     return 0
 
 
+cdef inline int64_t steps_end(int64_t n_samples,   # IN
+                               int64_t first_step,  # IN (>= 0)
+                               int64_t max_steps    # IN (< 0: no limit)
+                               ) noexcept nogil:
+    """The step after the last of a batch-1 epoch run from first_step for at
+    most max_steps steps: min(n_samples, first_step + max_steps) without
+    forming the sum (it wraps for max_steps near 2**63)."""
+    if max_steps < 0 or max_steps >= n_samples - first_step:
+        return n_samples
+    return first_step + max_steps
+
+
 cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
                     floating *theta,           # IN/OUT biases (the W_k live in ops.buf)
                     floating *ws, const Work *w,
@@ -443,9 +455,10 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
                     const int64_t *order,      # IN visiting order, or NULL for 0..n-1
                     int64_t n_samples, floating lr,
                     int64_t first_step, int64_t max_steps,
-                    floating *snap, int64_t snap_step,
+                    floating *snap,            # OUT theta before step snap_step, or NULL
+                    int64_t snap_step,
                     int64_t n_params,
-                    Totals *t) noexcept nogil:
+                    Totals *t) noexcept nogil:   # IN/OUT the sums (added to)
     """tiny_loop for batches of one row without sample weights, packed
     (the seeds' per-sample SGD): tiny_pstep's operations with what a batch
     of one does not need (gathers, weights, column sums) left out and the
@@ -474,7 +487,7 @@ cdef int tiny_loop1(const Spec *s, const TinyOps *ops,
             bt[nb], bd[nb], bn[nb] = theta + s.b_off[k], buf + P.delta[k + 1], s.sizes[k + 1]
             nb += 1
     step = first_step
-    end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    end = steps_end(n_samples, first_step, max_steps)
     while step < end:
         r = order[step] if order != NULL else step
         for j in range(n_in):
@@ -524,8 +537,11 @@ cdef struct FusedCtx:
     void *yhat
 
 
-cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
-                           double *hit) noexcept nogil:
+cdef double fused_loss_f32(void *ctx,          # IN the FusedCtx (OUT its yhat row)
+                           const void *z,      # IN logits (n_out)
+                           const void *y,      # IN target row
+                           void *dL,           # OUT dloss/dz (n_out)
+                           double *hit) noexcept nogil:   # OUT the accuracy
     """tiny_loop1's output, loss and accuracy of one sample (float32), for
     the fused loop: the loss rounded to the dtype; *hit likewise."""
     cdef const FusedCtx *c = <const FusedCtx *>ctx
@@ -538,8 +554,11 @@ cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
     return lossv
 
 
-cdef double fused_loss_f64(void *ctx, const void *z, const void *y, void *dL,
-                           double *hit) noexcept nogil:
+cdef double fused_loss_f64(void *ctx,          # IN the FusedCtx (OUT its yhat row)
+                           const void *z,      # IN logits (n_out)
+                           const void *y,      # IN target row
+                           void *dL,           # OUT dloss/dz (n_out)
+                           double *hit) noexcept nogil:   # OUT the accuracy
     """fused_loss_f32 for float64."""
     cdef const FusedCtx *c = <const FusedCtx *>ctx
     cdef double *yhat = <double *>c.yhat
@@ -559,9 +578,10 @@ cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
                      const int64_t *order,      # IN visiting order, or NULL for 0..n-1
                      int64_t n_samples, floating lr,
                      int64_t first_step, int64_t max_steps,
-                     floating *snap, int64_t snap_step,
+                     floating *snap,            # OUT theta before step snap_step, or NULL
+                     int64_t snap_step,
                      int64_t n_params,
-                     Totals *t) noexcept nogil:
+                     Totals *t) noexcept nogil:   # IN/OUT the sums (added to)
     """tiny_loop1 for a net whose every layer fits one vector (ops.P.one):
     the steps run in the fused loop of fbp_tiny.h (the same bits), in
     pieces of SIGNAL_POLL_MACS multiply-adds between Ctrl-C polls; the
@@ -570,7 +590,7 @@ cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
     cdef FusedCtx ctx
     cdef int k, status
     cdef int64_t step, stop, done = 0, macs = 0, macs_per_row = 0, piece
-    cdef int64_t end = n_samples if max_steps < 0 else min(n_samples, first_step + max_steps)
+    cdef int64_t end = steps_end(n_samples, first_step, max_steps)
     for k in range(s.n_layers):
         macs_per_row += 3 * s.sizes[k] * s.sizes[k + 1]
     piece = max(<int64_t>1, (SIGNAL_POLL_MACS + macs_per_row - 1) // macs_per_row)
@@ -627,9 +647,11 @@ cdef int tiny_loop(const Spec *s, Extra *e, TinyOps *ops,
                     int64_t n_samples, int64_t batch_size,
                     const Optim *o,
                     int64_t first_step, int64_t max_steps,
-                    floating *snap, floating *snap_vel, int64_t snap_step,
+                    floating *snap,            # OUT theta before step snap_step, or NULL
+                    floating *snap_vel,        # OUT the velocity there, or NULL
+                    int64_t snap_step,
                     int64_t n_params,
-                    Totals *t) noexcept nogil:
+                    Totals *t) noexcept nogil:   # IN/OUT the sums (added to)
     """The steps of tiny_epoch (packed when ops.buf != NULL); adds to t (the
     caller zeroes it)."""
     cdef int64_t start, m, k, macs = 0, macs_per_row = 0, steps = 0
@@ -692,9 +714,11 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
                     int64_t n_samples, int64_t batch_size,
                     const Optim *o,
                     int64_t first_step, int64_t max_steps,
-                    floating *snap, floating *snap_vel, int64_t snap_step,
+                    floating *snap,            # OUT theta before step snap_step, or NULL
+                    floating *snap_vel,        # OUT the velocity there, or NULL
+                    int64_t snap_step,
                     int64_t n_params,
-                    Totals *t) noexcept nogil:
+                    Totals *t) noexcept nogil:   # OUT the sums (zeroed here)
     """run_epoch for a narrow net without the optimizer path or dropout
     (tiny_applies), serially: the same contract and bits.  Plain SGD runs
     on packed copies of the weights (fbp_packed_*, allocated for the call

@@ -135,18 +135,31 @@ typedef struct {
  * fbp_narrow_ops_f64 and fbp_narrow_f64() (T = double). */
 #define FBP_NARROW_OPS(T, SFX)                                                  \
 typedef struct {                                                                \
-    void (*fwd)(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda,       \
-                const T *W, int64_t ldw, const T *bias, int act, T *C, int64_t ldc); \
-    void (*bwd)(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd,       \
-                const T *W, int64_t ldw, int act, const T *Aact, int64_t lda,   \
-                T *C, int64_t ldc);                                             \
-    void (*wgrad)(int64_t N, int64_t K, int64_t M, T alpha, const T *D, int64_t ldd, \
-                  const T *H, int64_t ldh, T beta, T *W, int64_t ldw);          \
-    void (*net_fwd)(const fbp_narrow_net *net, const T *theta, int64_t M,       \
-                    const T *x, T *ws);                                         \
-    void (*net_bwd)(const fbp_narrow_net *net, const T *theta, int64_t M, T *ws); \
-    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, T alpha, const T *x, \
-                      const T *ws, T beta, T *out);                             \
+    void (*fwd)(int64_t M, int64_t N, int64_t K,                                \
+                const T *A, int64_t lda,          /* IN  (M, K) */              \
+                const T *W, int64_t ldw,          /* IN  (N, K) */              \
+                const T *bias, int act,           /* IN  (N) or NULL */         \
+                T *C, int64_t ldc);               /* OUT (M, N) */              \
+    void (*bwd)(int64_t M, int64_t N, int64_t K,                                \
+                const T *D, int64_t ldd,          /* IN  (M, K) */              \
+                const T *W, int64_t ldw, int act, /* IN  (K, N) */              \
+                const T *Aact, int64_t lda,       /* IN  (M, N) */              \
+                T *C, int64_t ldc);               /* OUT (M, N) */              \
+    void (*wgrad)(int64_t N, int64_t K, int64_t M, T alpha,                     \
+                  const T *D, int64_t ldd,        /* IN  (M, N) */              \
+                  const T *H, int64_t ldh, T beta, /* IN  (M, K) */             \
+                  T *W, int64_t ldw);             /* IN/OUT (N, K) */           \
+    void (*net_fwd)(const fbp_narrow_net *net,    /* IN */                      \
+                    const T *theta, int64_t M,    /* IN */                      \
+                    const T *x,                   /* IN  (M, sizes[0]) */       \
+                    T *ws);                       /* OUT A_1 .. A_L */          \
+    void (*net_bwd)(const fbp_narrow_net *net,    /* IN */                      \
+                    const T *theta, int64_t M,    /* IN */                      \
+                    T *ws);                       /* IN A_k, delta_L; OUT delta_k */ \
+    void (*net_wgrad)(const fbp_narrow_net *net, int64_t M, T alpha, /* IN */   \
+                      const T *x,                 /* IN  (M, sizes[0]) */       \
+                      const T *ws, T beta,        /* IN  A_k, delta_k */        \
+                      T *out);                    /* IN/OUT the W_k */          \
 } fbp_narrow_ops_##SFX;                                                         \
 const fbp_narrow_ops_##SFX *fbp_narrow_##SFX(void);
 FBP_NARROW_OPS(float, f32)
@@ -176,18 +189,25 @@ typedef struct {
     int64_t size;                    /* elements of the buffer */
     int one;                         /* every layer fits one vector */
 } fbp_packed;
-int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
-                          fbp_packed *p);
+int64_t fbp_packed_layout(int elem_size, int n_layers,
+                          const int64_t *sizes,     /* IN  n_layers + 1 widths */
+                          int64_t M,
+                          fbp_packed *p);           /* OUT */
 #define FBP_PACKED_OPS(T, SFX)                                                  \
 typedef struct {                                                                \
-    void (*pack)(const fbp_packed *p, const int64_t *sizes, const T *theta,     \
-                 const int64_t *w_off, T *buf);                                 \
-    void (*unpack)(const fbp_packed *p, const int64_t *sizes, const T *buf,     \
-                   const int64_t *w_off, T *out);                               \
-    void (*fwd)(const fbp_packed *p, const int64_t *sizes, T *buf, const T *theta, \
-                const int64_t *b_off, int hidden, int64_t M);                   \
-    void (*bwd)(const fbp_packed *p, const int64_t *sizes, T *buf, int hidden,  \
-                int64_t M, T alpha);                                            \
+    void (*pack)(const fbp_packed *p, const int64_t *sizes,   /* IN */          \
+                 const T *theta, const int64_t *w_off,        /* IN */          \
+                 T *buf);                                     /* OUT */         \
+    void (*unpack)(const fbp_packed *p, const int64_t *sizes, /* IN */          \
+                   const T *buf, const int64_t *w_off,        /* IN */          \
+                   T *out);                                   /* OUT the W_k */ \
+    void (*fwd)(const fbp_packed *p, const int64_t *sizes,    /* IN */          \
+                T *buf,                                       /* IN A_0; OUT A_1 .. A_L */ \
+                const T *theta, const int64_t *b_off,         /* IN */          \
+                int hidden, int64_t M);                                         \
+    void (*bwd)(const fbp_packed *p, const int64_t *sizes,    /* IN */          \
+                T *buf,                                       /* IN/OUT */      \
+                int hidden, int64_t M, T alpha);                                \
 } fbp_packed_ops_##SFX;                                                         \
 const fbp_packed_ops_##SFX *fbp_packed_##SFX(void);
 FBP_PACKED_OPS(float, f32)

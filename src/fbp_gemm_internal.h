@@ -10,8 +10,9 @@
  *     function of every file that includes this header first is compiled
  *     with it), the constants that fix the arithmetic (FBP_KC, SMALL_MNK)
  *     and the blocking;
- *   - the lane-wise vector exp / sigmoid / tanh and the epilogue (epi_row_*),
- *     static inline, one source for the small, blocked and narrow paths;
+ *   - the lane-wise vector exp / sigmoid / tanh (fbp_vmath.h, included
+ *     here) and the epilogue (epi_row_*), static inline, one source for the
+ *     small, blocked and narrow paths;
  *   - the job of a blocked call (struct job_*) and the activation
  *     derivative;
  *   - the functions one file defines and another calls: non-static, prefixed
@@ -67,156 +68,11 @@ enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, N_ISA = 3 };
 /* Vector sigmoid / tanh for the epilogue (every path)                      */
 /* ------------------------------------------------------------------------ */
 
-/* GCC vectors of VL lanes: 32 bytes (ymm inside the AVX2/AVX-512 functions,
- * the helpers are always_inline, SSE pairs in the generic ones) and 1 lane
- * (scalar code from the same source, for the ends of rows).
- *   exp(x)   = 2^n * (1 + expm1(r)),  n = round(x / ln2), r = x - n ln2,
- *              expm1(r) by its Taylor series (|r| <= ln2/2, degree 7 / 13,
- *              truncation < 0.3 ulp), |x| clamped; overflow -> inf,
- *              x below the normal range -> 0; NaN propagates.
- *   sigmoid  = 1 / (1 + exp(-z))
- *   tanh(z)  = sign(z) * -e / (2 + e),  e = expm1(-2|z|): the Taylor series
- *              directly while |2z| <= ln2/2 (no cancellation), else
- *              p 2^n + (2^n - 1) with p = expm1(r) (no cancellation either).
- * Only IEEE +, -, *, /, MADD(a, b, c) = a*b + c (plain mul then add in the
- * generic instance, a fused multiply-add in the "f" instance used by the FMA
- * ISAs; contraction is off, so nothing else is fused), compares, bit
- * operations and exact conversions, all lane-wise: a lane's result depends on
- * its input only, not on the vector width, so every element of C gets the
- * same bits wherever it falls on one ISA.  Max error against long double
- * libm (tests/c/gemm_check.c sweep): sigmoid 2.34 (f32) / 2.36 (f64) ulp,
- * tanh 3.16 / 3.60 ulp. */
-/* Lane primitives: VT/VI a float/int vector of VL lanes, or for the
- * single-lane instances ("s" suffix) plain T/IT scalars.  splat: all lanes c;
- * bits/frombits: reinterpret; sel: m ? a : b lane-wise (m from a compare);
- * cvt: exact integral float -> int. */
-#define DEFINE_VLANES(T, SFX, VT, VI, IT, VL)                                   \
-typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
-typedef IT VI __attribute__((vector_size(VL * sizeof(T))));                     \
-INLINE VT splat_##SFX(T c) { return (VT){} + c; }                               \
-INLINE VI bits_##SFX(VT x) { return (VI)x; }                                    \
-INLINE VT frombits_##SFX(VI i) { return (VT)i; }                                \
-INLINE VT sel_##SFX(VI m, VT a, VT b)                                           \
-{                                                                               \
-    return (VT)(((VI)a & m) | ((VI)b & ~m));                                    \
-}                                                                               \
-INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
-#define DEFINE_SLANES(T, SFX, IT)                                               \
-INLINE T splat_##SFX(T c) { return c; }                                         \
-INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }         \
-INLINE T frombits_##SFX(IT i) { T x; memcpy(&x, &i, sizeof x); return x; }      \
-INLINE T sel_##SFX(IT m, T a, T b) { return m ? a : b; }                        \
-INLINE IT cvt_##SFX(T n) { return (IT)n; }
-
-#define DEFINE_VMATH(T, SFX, LSFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN, \
-                     MADD, TGT)                                                 \
-/* expm1(r) = r * sum_{k < NTAYLOR} r^k / (k+1)!, the sum by Estrin's scheme    \
- * (pairs with r, then with r^2, r^4, r^8: a dependency chain of 4 mul+add      \
- * levels instead of NTAYLOR - 1 for Horner's; the latency matters for the      \
- * few-element rows of tiny nets). */                                           \
-TGT INLINE VT vexpm1_taylor_##SFX(VT r)                                         \
-{                                                                               \
-    VT q[16];                                                                   \
-    T f = 1;                                                                    \
-    _Pragma("GCC unroll 16")                                                    \
-    for (int k = 0; k < NTAYLOR; k++) {                                         \
-        f *= k + 1;                                                             \
-        q[k] = splat_##LSFX((T)1 / f);                                          \
-    }                                                                           \
-    VT pw = r;                                                                  \
-    _Pragma("GCC unroll 4")                                                     \
-    for (int lev = 0, n = NTAYLOR; lev < 4; lev++, n = (n + 1) / 2) {           \
-        _Pragma("GCC unroll 8")                                                 \
-        for (int i = 0; i < 8; i++) {                                           \
-            if (2 * i + 1 < n) q[i] = MADD(q[2 * i + 1], pw, q[2 * i]);         \
-            else if (2 * i < n) q[i] = q[2 * i];                                \
-        }                                                                       \
-        pw = pw * pw;                                                           \
-    }                                                                           \
-    return q[0] * r;                                                            \
-}                                                                               \
-TGT INLINE VT vexp_##SFX(VT x)                                                  \
-{                                                                               \
-    const VT hi = splat_##LSFX((T)XMAX), lo = splat_##LSFX((T)XMIN);            \
-    const VI big = x > hi, tiny = x < lo;                                       \
-    VT xc = sel_##LSFX(big, hi, sel_##LSFX(tiny, lo, x));                       \
-    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
-    VT n = MADD(xc, splat_##LSFX((T)1.44269504088896340736),                    \
-                splat_##LSFX(magic)) - magic;                                   \
-    VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
-    r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
-    const VT s = frombits_##LSFX((cvt_##LSFX(n) + (BIAS - 1)) << MANT);         \
-    VT y = MADD(vexpm1_taylor_##SFX(r), s, s) * (T)2; /* (1 + expm1) s 2 */     \
-    y = sel_##LSFX(big, splat_##LSFX((T)INFINITY), y);                          \
-    return sel_##LSFX(tiny, splat_##LSFX(0), y);                                \
-}                                                                               \
-/* expm1(y) for y <= 0 (tanh's), without the cancellation of exp(y) - 1:        \
- * 2^n (1 + p) - 1 = p 2^n + (2^n - 1), 2^n - 1 exact while it matters; y       \
- * below the normal range gives -1; NaN propagates. */                          \
-TGT INLINE VT vexpm1_neg_##SFX(VT y)                                            \
-{                                                                               \
-    const VT lo = splat_##LSFX((T)XMIN);                                        \
-    const VT xc = sel_##LSFX(y < lo, lo, y);                                    \
-    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
-    VT n = MADD(xc, splat_##LSFX((T)1.44269504088896340736),                    \
-                splat_##LSFX(magic)) - magic;                                   \
-    VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
-    r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
-    const VT s = frombits_##LSFX((cvt_##LSFX(n) + BIAS) << MANT);               \
-    return MADD(vexpm1_taylor_##SFX(r), s, s - (T)1);                           \
-}                                                                               \
-TGT INLINE VT vsigmoid_##SFX(VT z)                                              \
-{                                                                               \
-    return (T)1 / ((T)1 + vexp_##SFX(-z));                                      \
-}                                                                               \
-TGT INLINE VT vtanh_##SFX(VT z)                                                 \
-{                                                                               \
-    const VI sign = bits_##LSFX(z) & bits_##LSFX(-splat_##LSFX(0)); /* -(+0) */ \
-    const VT y = (T)-2 * frombits_##LSFX(bits_##LSFX(z) & ~sign);               \
-    const VI near0 = y >= (T)-0.34657359027997264;                              \
-    const VT e = sel_##LSFX(near0, vexpm1_taylor_##SFX(y),                      \
-                            vexpm1_neg_##SFX(y));                               \
-    return frombits_##LSFX(bits_##LSFX(-e / ((T)2 + e)) | sign);                \
-}
-
-/* 32-byte vectors and single lanes: the same code, lane by lane the same
- * operations, so the same bits. */
-DEFINE_VLANES(float, f32, vf32, vi32, int32_t, 8)
-DEFINE_SLANES(float, f32s, int32_t)
-DEFINE_VLANES(double, f64, vf64, vi64, int64_t, 4)
-DEFINE_SLANES(double, f64s, int64_t)
-/* Each twice: with plain mul + add (the generic ISA) and, suffix "f", with
- * explicit fused multiply-adds (the FMA ISAs, AVX2 and AVX-512 alike: the
- * same 32-byte / 1-lane code, lane by lane the same operations, so the same
- * bits on both). */
-#define MADD_PLAIN(a, b, c) ((a) * (b) + (c))
-DEFINE_VMATH(float, f32, f32, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
-             MADD_PLAIN, )
-DEFINE_VMATH(float, f32s, f32s, float, int32_t, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
-             MADD_PLAIN, )
-DEFINE_VMATH(double, f64, f64, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
-             MADD_PLAIN, )
-DEFINE_VMATH(double, f64s, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
-             MADD_PLAIN, )
-#ifdef FBP_X86
-#define TARGET_FMA __attribute__((target("avx2,fma")))
-TARGET_FMA INLINE vf32 vfma_f32(vf32 a, vf32 b, vf32 c)
-{
-    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-}
-TARGET_FMA INLINE vf64 vfma_f64(vf64 a, vf64 b, vf64 c)
-{
-    return (vf64)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
-}
-DEFINE_VMATH(float, f32f, f32, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
-             vfma_f32, TARGET_FMA)
-DEFINE_VMATH(float, f32fs, f32s, float, int32_t, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
-             __builtin_fmaf, TARGET_FMA)
-DEFINE_VMATH(double, f64f, f64, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
-             vfma_f64, TARGET_FMA)
-DEFINE_VMATH(double, f64fs, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
-             __builtin_fma, TARGET_FMA)
-#endif
+/* The lane-wise exp / sigmoid / tanh (vsigmoid_*, vtanh_*: 32-byte and
+ * single-lane instances, plain and "f" with explicit FMAs), the lane helpers
+ * and vfma_*: fbp_vmath.h, shared with the fused batch-1 loop of
+ * fbp_tiny.h. */
+#include "fbp_vmath.h"
 
 /* c[0:j] = act(c[0:j] + b[0:j]) (b may be NULL), act sigmoid or tanh, for
  * the whole vectors j = n - n % VL of the row; returns j. */

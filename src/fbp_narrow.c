@@ -97,9 +97,11 @@ TGT INLINE void NAME##_act(T *c, const T *b, int64_t n, int act)               \
 }                                                                               \
 /* C[M, N] = epi(A[M, K] W[N, K]^T + bias): fbp_gemm(0, 1, M, N, K, 1, A, lda,  \
  * W, ldw, 0, C, ldc, bias, act, NULL, 0, 1), for K <= FBP_KC. */               \
-TGT INLINE void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, \
-                           const T *W, int64_t ldw, const T *bias, int act,     \
-                           T *C, int64_t ldc)                                   \
+TGT INLINE void NAME##_fwd(int64_t M, int64_t N, int64_t K,                     \
+                           const T *A, int64_t lda, /* IN  (M, K) */            \
+                           const T *W, int64_t ldw, /* IN  (N, K) */            \
+                           const T *bias, int act, /* IN  (N) or NULL */        \
+                           T *C, int64_t ldc) /* OUT (M, N) */                  \
 {                                                                               \
     for (int64_t i = 0; i < M; i++, A += lda, C += ldc) {                       \
         int64_t j = 0;                                                          \
@@ -141,9 +143,11 @@ TGT INLINE void NAME##_fwd(int64_t M, int64_t N, int64_t K, const T *A, int64_t 
 /* C[M, N] = (D[M, K] W[K, N]) * act'(from Aact): fbp_gemm(0, 0, M, N, K, 1,    \
  * D, ldd, W, ldw, 0, C, ldc, NULL, act, Aact, lda, 1), for K <= FBP_KC:        \
  * whole vectors across N (one chain per lane), then the tail element-wise. */  \
-TGT INLINE void NAME##_bwd(int64_t M, int64_t N, int64_t K, const T *D, int64_t ldd, \
-                           const T *W, int64_t ldw, int act, const T *Aact,     \
-                           int64_t lda, T *C, int64_t ldc)                      \
+TGT INLINE void NAME##_bwd(int64_t M, int64_t N, int64_t K,                     \
+                           const T *D, int64_t ldd, /* IN  (M, K) */            \
+                           const T *W, int64_t ldw, int act, /* IN  (K, N) */   \
+                           const T *Aact, int64_t lda, /* IN  (M, N) */         \
+                           T *C, int64_t ldc) /* OUT (M, N) */                  \
 {                                                                               \
     for (int64_t i = 0; i < M; i++, D += ldd, C += ldc, Aact += lda) {          \
         int64_t j = 0;                                                          \
@@ -182,8 +186,9 @@ TGT INLINE T NAME##_wgrad1(int64_t M, T alpha, const T *D, int64_t ldd,         
     return c;                                                                   \
 }                                                                               \
 TGT INLINE void NAME##_wgrad(int64_t N, int64_t K, int64_t M, T alpha,          \
-                             const T *D, int64_t ldd, const T *H, int64_t ldh,  \
-                             T beta, T *W, int64_t ldw)                         \
+                             const T *D, int64_t ldd, /* IN  (M, N) */          \
+                             const T *H, int64_t ldh, /* IN  (M, K) */          \
+                             T beta, T *W, int64_t ldw) /* IN/OUT (N, K) */     \
 {                                                                               \
     const VT va = (VT){} + alpha, vb = (VT){} + beta;                           \
     for (int64_t j = 0; j < N; j++, W += ldw) {                                 \
@@ -223,8 +228,10 @@ TGT INLINE void NAME##_net_fwd_m(const fbp_narrow_net *net, const T *theta, int6
         h = out;                                                                \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_net_fwd(const fbp_narrow_net *net, const T *theta, int64_t M, \
-                               const T *x, T *ws)                              \
+static TGT void NAME##_net_fwd(const fbp_narrow_net *net, /* IN */              \
+                               const T *theta, int64_t M, /* IN */              \
+                               const T *x, /* IN  (M, sizes[0]) */              \
+                               T *ws) /* OUT A_1 .. A_L */                      \
 {                                                                               \
     if (M == 1) NAME##_net_fwd_m(net, theta, 1, x, ws);                         \
     else NAME##_net_fwd_m(net, theta, M, x, ws);                                \
@@ -238,8 +245,9 @@ TGT INLINE void NAME##_net_bwd_m(const fbp_narrow_net *net, const T *theta, int6
                    net->hidden, ws + net->act[k], ni, ws + net->delta[k], ni);  \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_net_bwd(const fbp_narrow_net *net, const T *theta, int64_t M, \
-                               T *ws)                                           \
+static TGT void NAME##_net_bwd(const fbp_narrow_net *net, /* IN */              \
+                               const T *theta, int64_t M, /* IN */              \
+                               T *ws) /* IN A_k, delta_L; OUT delta_k */        \
 {                                                                               \
     if (M == 1) NAME##_net_bwd_m(net, theta, 1, ws);                            \
     else NAME##_net_bwd_m(net, theta, M, ws);                                   \
@@ -253,8 +261,10 @@ TGT INLINE void NAME##_net_wgrad_m(const fbp_narrow_net *net, int64_t M, T alpha
                      k == 0 ? x : ws + net->act[k], ni, beta, out + net->w_off[k], ni); \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_net_wgrad(const fbp_narrow_net *net, int64_t M, T alpha, \
-                                 const T *x, const T *ws, T beta, T *out)       \
+static TGT void NAME##_net_wgrad(const fbp_narrow_net *net, int64_t M, T alpha, /* IN */ \
+                                 const T *x, /* IN  (M, sizes[0]) */            \
+                                 const T *ws, T beta, /* IN  A_k, delta_k */    \
+                                 T *out) /* IN/OUT the W_k */                   \
 {                                                                               \
     if (M == 1) NAME##_net_wgrad_m(net, 1, alpha, x, ws, beta, out);            \
     else NAME##_net_wgrad_m(net, M, alpha, x, ws, beta, out);                   \
@@ -330,8 +340,10 @@ DEFINE_NARROW_TABLE(double, f64)
  * vectors; their padding lanes are kept 0 (masked after each activation),
  * so the padding of WN/WT stays 0 and no padding lane ever feeds a real one.
  * The biases stay in theta (the caller updates them). */
-int64_t fbp_packed_layout(int elem_size, int n_layers, const int64_t *sizes, int64_t M,
-                          fbp_packed *p)
+int64_t fbp_packed_layout(int elem_size, int n_layers,
+                          const int64_t *sizes,     /* IN  n_layers + 1 widths */
+                          int64_t M,
+                          fbp_packed *p)            /* OUT */
 {
     const int64_t VL = elem_size == 4 ? 8 : 4;
     int64_t off = 0;
@@ -374,8 +386,9 @@ TGT INLINE VT NAME##_keep(VT x, int64_t n)                                      
     for (int l = 0; l < VL; l++) lane[l] = l;                                   \
     return (VT)((VI)x & (lane < (VI){} + (__typeof__(lane[0]))n));              \
 }                                                                               \
-static TGT void NAME##_pack(const fbp_packed *p, const int64_t *sizes, const T *theta, \
-                            const int64_t *w_off, T *buf)                       \
+static TGT void NAME##_pack(const fbp_packed *p, const int64_t *sizes, /* IN */ \
+                            const T *theta, const int64_t *w_off, /* IN */      \
+                            T *buf) /* OUT */                                   \
 {                                                                               \
     for (int k = 0; k < p->n_layers; k++) {                                     \
         const int64_t ni = sizes[k], no = sizes[k + 1];                         \
@@ -394,8 +407,9 @@ static TGT void NAME##_pack(const fbp_packed *p, const int64_t *sizes, const T *
         memset(buf + p->delta[k], 0, p->M * p->ld[k] * sizeof(T));              \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_unpack(const fbp_packed *p, const int64_t *sizes, const T *buf, \
-                              const int64_t *w_off, T *theta)                   \
+static TGT void NAME##_unpack(const fbp_packed *p, const int64_t *sizes, /* IN */ \
+                              const T *buf, const int64_t *w_off, /* IN */      \
+                              T *theta) /* OUT the W_k */                       \
 {                                                                               \
     for (int k = 0; k < p->n_layers; k++) {                                     \
         const int64_t ni = sizes[k], no = sizes[k + 1];                         \
@@ -436,8 +450,10 @@ TGT INLINE void NAME##_fwd_m(const fbp_packed *p, const int64_t *sizes, T *buf, 
         }                                                                       \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_fwd(const fbp_packed *p, const int64_t *sizes, T *buf,   \
-                           const T *theta, const int64_t *b_off, int hidden, int64_t M) \
+static TGT void NAME##_fwd(const fbp_packed *p, const int64_t *sizes, /* IN */  \
+                           T *buf, /* IN A_0; OUT A_1 .. A_L */                 \
+                           const T *theta, const int64_t *b_off, /* IN */       \
+                           int hidden, int64_t M)                               \
 {                                                                               \
     if (p->one && M == 1) NAME##_fwd_m(p, sizes, buf, theta, b_off, hidden, 1, 1); \
     else if (M == 1) NAME##_fwd_m(p, sizes, buf, theta, b_off, hidden, 1, 0);   \
@@ -507,7 +523,8 @@ TGT INLINE void NAME##_bwd_m(const fbp_packed *p, const int64_t *sizes, T *buf, 
                 NAME##_upd(wt + i * ldo + v * VL, va, h + i, ldi, d + v * VL, ldo, M); \
     }                                                                           \
 }                                                                               \
-static TGT void NAME##_bwd(const fbp_packed *p, const int64_t *sizes, T *buf,   \
+static TGT void NAME##_bwd(const fbp_packed *p, const int64_t *sizes, /* IN */  \
+                           T *buf, /* IN/OUT */                                 \
                            int hidden, int64_t M, T alpha)                      \
 {                                                                               \
     if (p->one && M == 1) NAME##_bwd_m(p, sizes, buf, hidden, 1, alpha, 1);     \

@@ -18,8 +18,8 @@
  * Bits: every operation is the one fbp_packed_* / tiny_loop1 performs, in
  * the same order, on the same buffer layout (fbp_packed): the forward
  * chains fma(h_i, WT_k[i], a) from 0 in i order, the bias add, the
- * activation by the same lane-wise sigmoid / tanh (the copy below of
- * fbp_gemm_internal.h's vexp/vtanh: the same operations, so the same bits; the tests
+ * activation by the same lane-wise sigmoid / tanh (fbp_vmath.h's, which
+ * the GEMM's epilogue uses: the same code, so the same bits; the tests
  * compare with the general path on every code path), the deltas
  * (sum_j d_j WN_k[j]) * act'(A_k), the update fma(-lr, fma(s, v, 0), W) of
  * each row of both copies, b -= lr (0 + d), the loss (double) rounded to the
@@ -46,10 +46,9 @@
 #include <stdint.h>
 #include <string.h>
 #include "fbp_gemm.h"
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define FT_X86 1
-#include <immintrin.h>
-#endif
+/* The activations (vsigmoid_* / vtanh_*), the lane helpers, vfma_*,
+ * MADD_PLAIN, TARGET_FMA, FBP_X86 (and <immintrin.h> there). */
+#include "fbp_vmath.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -82,15 +81,10 @@ typedef struct {
     void *ctx;
 } ft_net;
 
-/* Lane primitives and the activations: a copy of fbp_gemm_internal.h's DEFINE_VLANES
- * and DEFINE_VMATH (vector instances), operation for operation. */
-#define FT_LANES(T, SFX, VT, VI, IT, VL)                                        \
-typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
-typedef IT VI __attribute__((vector_size(VL * sizeof(T))));                     \
+/* Unaligned loads / stores and the lane mask, on fbp_vmath.h's 32-byte
+ * vectors (VT, VI: vf32 / vi32, vf64 / vi64). */
+#define FT_LANES(T, SFX, VT, VI, VL)                                            \
 typedef T ft_vu_##SFX __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T)))); \
-FT_INLINE VT ft_splat_##SFX(T c) { return (VT){} + c; }                         \
-FT_INLINE VT ft_sel_##SFX(VI m, VT a, VT b) { return (VT)(((VI)a & m) | ((VI)b & ~m)); } \
-FT_INLINE VI ft_cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }      \
 FT_INLINE VT ft_ld_##SFX(const T *p) { return (VT)*(const ft_vu_##SFX *)p; }    \
 FT_INLINE void ft_st_##SFX(T *p, VT x) { *(ft_vu_##SFX *)p = (ft_vu_##SFX)x; }  \
 /* Lanes l < n of x, the others 0 (fbp_packed's keep). */                       \
@@ -101,109 +95,21 @@ FT_INLINE VT ft_keep_##SFX(VT x, int64_t n)                                     
     for (int l = 0; l < VL; l++) lane[l] = l;                                   \
     return (VT)((VI)x & (lane < (VI){} + (__typeof__(lane[0]))n));              \
 }
-FT_LANES(float, f32, ft_vf32, ft_vi32, int32_t, 8)
-FT_LANES(double, f64, ft_vf64, ft_vi64, int64_t, 4)
-
-#define FT_MATH(T, SFX, ISFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN, MADD, TGT) \
-TGT FT_INLINE VT ft_expm1_taylor_##SFX(VT r)                                    \
-{                                                                               \
-    FT_NOFUSE                                                                   \
-    VT q[16];                                                                   \
-    T f = 1;                                                                    \
-    _Pragma("GCC unroll 16")                                                    \
-    for (int k = 0; k < NTAYLOR; k++) {                                         \
-        f *= k + 1;                                                             \
-        q[k] = ft_splat_##ISFX((T)1 / f);                                       \
-    }                                                                           \
-    VT pw = r;                                                                  \
-    _Pragma("GCC unroll 4")                                                     \
-    for (int lev = 0, n = NTAYLOR; lev < 4; lev++, n = (n + 1) / 2) {           \
-        _Pragma("GCC unroll 8")                                                 \
-        for (int i = 0; i < 8; i++) {                                           \
-            if (2 * i + 1 < n) q[i] = MADD(q[2 * i + 1], pw, q[2 * i]);         \
-            else if (2 * i < n) q[i] = q[2 * i];                                \
-        }                                                                       \
-        pw = pw * pw;                                                           \
-    }                                                                           \
-    return q[0] * r;                                                            \
-}                                                                               \
-TGT FT_INLINE VT ft_exp_##SFX(VT x)                                             \
-{                                                                               \
-    FT_NOFUSE                                                                   \
-    const VT hi = ft_splat_##ISFX((T)XMAX), lo = ft_splat_##ISFX((T)XMIN);      \
-    const VI big = x > hi, tiny = x < lo;                                       \
-    VT xc = ft_sel_##ISFX(big, hi, ft_sel_##ISFX(tiny, lo, x));                 \
-    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
-    VT n = MADD(xc, ft_splat_##ISFX((T)1.44269504088896340736),                 \
-                ft_splat_##ISFX(magic)) - magic;                                \
-    VT r = MADD(n, ft_splat_##ISFX((T)-0.693145751953125), xc);                 \
-    r = MADD(n, ft_splat_##ISFX((T)-1.42860682030941723212e-6), r);             \
-    const VT s = (VT)((ft_cvt_##ISFX(n) + (BIAS - 1)) << MANT);                 \
-    VT y = MADD(ft_expm1_taylor_##SFX(r), s, s) * (T)2;                         \
-    y = ft_sel_##ISFX(big, ft_splat_##ISFX((T)INFINITY), y);                    \
-    return ft_sel_##ISFX(tiny, ft_splat_##ISFX(0), y);                          \
-}                                                                               \
-TGT FT_INLINE VT ft_expm1_neg_##SFX(VT y)                                       \
-{                                                                               \
-    FT_NOFUSE                                                                   \
-    const VT lo = ft_splat_##ISFX((T)XMIN);                                     \
-    const VT xc = ft_sel_##ISFX(y < lo, lo, y);                                 \
-    const T magic = (T)1.5 * ((IT)1 << MANT);                                   \
-    VT n = MADD(xc, ft_splat_##ISFX((T)1.44269504088896340736),                 \
-                ft_splat_##ISFX(magic)) - magic;                                \
-    VT r = MADD(n, ft_splat_##ISFX((T)-0.693145751953125), xc);                 \
-    r = MADD(n, ft_splat_##ISFX((T)-1.42860682030941723212e-6), r);             \
-    const VT s = (VT)((ft_cvt_##ISFX(n) + BIAS) << MANT);                       \
-    return MADD(ft_expm1_taylor_##SFX(r), s, s - (T)1);                         \
-}                                                                               \
-TGT FT_INLINE VT ft_sigmoid_##SFX(VT z)                                         \
-{                                                                               \
-    FT_NOFUSE                                                                   \
-    return (T)1 / ((T)1 + ft_exp_##SFX(-z));                                    \
-}                                                                               \
-TGT FT_INLINE VT ft_tanh_##SFX(VT z)                                            \
-{                                                                               \
-    FT_NOFUSE                                                                   \
-    const VI sign = (VI)z & (VI)(-ft_splat_##ISFX(0));                          \
-    const VT y = (T)-2 * (VT)((VI)z & ~sign);                                   \
-    const VI near0 = y >= (T)-0.34657359027997264;                              \
-    const VT e = ft_sel_##ISFX(near0, ft_expm1_taylor_##SFX(y), ft_expm1_neg_##SFX(y)); \
-    return (VT)((VI)(-e / ((T)2 + e)) | sign);                                  \
-}
-
-#define FT_MADD_PLAIN(a, b, c) ((a) * (b) + (c))
-FT_MATH(float, f32, f32, ft_vf32, ft_vi32, int32_t, 7, 23, 127, 88.72283935546875,
-        -87.3365478515625, FT_MADD_PLAIN, )
-FT_MATH(double, f64, f64, ft_vf64, ft_vi64, int64_t, 13, 52, 1023, 709.782712893384,
-        -708.3964185322641, FT_MADD_PLAIN, )
-#ifdef FT_X86
-#define FT_TARGET_FMA __attribute__((target("avx2,fma")))
-FT_TARGET_FMA FT_INLINE ft_vf32 ft_vfma_f32(ft_vf32 a, ft_vf32 b, ft_vf32 c)
-{
-    return (ft_vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-}
-FT_TARGET_FMA FT_INLINE ft_vf64 ft_vfma_f64(ft_vf64 a, ft_vf64 b, ft_vf64 c)
-{
-    return (ft_vf64)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
-}
-FT_MATH(float, f32f, f32, ft_vf32, ft_vi32, int32_t, 7, 23, 127, 88.72283935546875,
-        -87.3365478515625, ft_vfma_f32, FT_TARGET_FMA)
-FT_MATH(double, f64f, f64, ft_vf64, ft_vi64, int64_t, 13, 52, 1023, 709.782712893384,
-        -708.3964185322641, ft_vfma_f64, FT_TARGET_FMA)
-#endif
+FT_LANES(float, f32, vf32, vi32, 8)
+FT_LANES(double, f64, vf64, vi64, 4)
 
 /* Lane i of v in every lane: plain, through memory (GCC's v[i]); FMA ISAs,
  * one permute (no store-to-load round trip on the step's dependency chain). */
-#define FT_BCAST_PLAIN(LSFX, v, i) ft_splat_##LSFX((v)[i])
-#ifdef FT_X86
-FT_TARGET_FMA FT_INLINE ft_vf32 ft_bcast_f32f(ft_vf32 v, int64_t i)
+#define FT_BCAST_PLAIN(LSFX, v, i) splat_##LSFX((v)[i])
+#ifdef FBP_X86
+TARGET_FMA FT_INLINE vf32 ft_bcast_f32f(vf32 v, int64_t i)
 {
-    return (ft_vf32)_mm256_permutevar8x32_ps((__m256)v, _mm256_set1_epi32((int)i));
+    return (vf32)_mm256_permutevar8x32_ps((__m256)v, _mm256_set1_epi32((int)i));
 }
-FT_TARGET_FMA FT_INLINE ft_vf64 ft_bcast_f64f(ft_vf64 v, int64_t i)
+TARGET_FMA FT_INLINE vf64 ft_bcast_f64f(vf64 v, int64_t i)
 {
     const __m256i idx = _mm256_set1_epi64x((int64_t)(2 * i) | ((int64_t)(2 * i + 1) << 32));
-    return (ft_vf64)_mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps((__m256d)v), idx));
+    return (vf64)_mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps((__m256d)v), idx));
 }
 #define FT_BCAST_FMA(LSFX, v, i) ft_bcast_##LSFX##f(v, i)
 #endif
@@ -217,20 +123,20 @@ FT_INLINE VT ft_pload_##SFX(const T *p, int64_t r)                              
     for (int64_t l = 0; l < r; l++) x[l] = p[l];                                \
     return x;                                                                   \
 }
-FT_PLOAD(float, f32, ft_vf32)
-FT_PLOAD(double, f64, ft_vf64)
+FT_PLOAD(float, f32, vf32)
+FT_PLOAD(double, f64, vf64)
 #define FT_PLOAD_PLAIN(LSFX, p, r) ft_pload_##LSFX(p, r)
-#ifdef FT_X86
-FT_TARGET_FMA FT_INLINE ft_vf32 ft_pload_f32f(const float *p, int64_t r)
+#ifdef FBP_X86
+TARGET_FMA FT_INLINE vf32 ft_pload_f32f(const float *p, int64_t r)
 {
     const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r),
                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return (ft_vf32)_mm256_maskload_ps(p, m);
+    return (vf32)_mm256_maskload_ps(p, m);
 }
-FT_TARGET_FMA FT_INLINE ft_vf64 ft_pload_f64f(const double *p, int64_t r)
+TARGET_FMA FT_INLINE vf64 ft_pload_f64f(const double *p, int64_t r)
 {
     const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3));
-    return (ft_vf64)_mm256_maskload_pd(p, m);
+    return (vf64)_mm256_maskload_pd(p, m);
 }
 #define FT_PLOAD_FMA(LSFX, p, r) ft_pload_##LSFX##f(p, r)
 #endif
@@ -241,7 +147,7 @@ FT_TARGET_FMA FT_INLINE ft_vf64 ft_pload_f64f(const double *p, int64_t r)
  * lanes 0 .. n-1 in order to *loss (double). */
 typedef double ft_vd4 __attribute__((vector_size(32)));
 typedef float ft_vf4 __attribute__((vector_size(16)));
-FT_INLINE ft_vf32 ft_sqloss_f32(ft_vf32 z, ft_vf32 y, int64_t n, double *loss)
+FT_INLINE vf32 ft_sqloss_f32(vf32 z, vf32 y, int64_t n, double *loss)
 {
     FT_NOFUSE
     const ft_vd4 g0 = __builtin_convertvector(__builtin_shufflevector(z, z, 0, 1, 2, 3), ft_vd4)
@@ -255,10 +161,10 @@ FT_INLINE ft_vf32 ft_sqloss_f32(ft_vf32 z, ft_vf32 y, int64_t n, double *loss)
     *loss = acc;
     return __builtin_shufflevector(d0, d1, 0, 1, 2, 3, 4, 5, 6, 7);
 }
-FT_INLINE ft_vf64 ft_sqloss_f64(ft_vf64 z, ft_vf64 y, int64_t n, double *loss)
+FT_INLINE vf64 ft_sqloss_f64(vf64 z, vf64 y, int64_t n, double *loss)
 {
     FT_NOFUSE
-    const ft_vf64 g = z - y;
+    const vf64 g = z - y;
     double acc = *loss;
     for (int64_t j = 0; j < n; j++) acc += 0.5 * g[j] * g[j];
     *loss = acc;
@@ -276,7 +182,7 @@ TGT FT_INLINE int NAME##_L(const ft_net *net, T *buf, T *theta, const T *X,     
     const fbp_packed *P = net->P;                                               \
     const int hidden = net->hidden;                                             \
     const int64_t n_in = net->sizes[0], n_out = net->sizes[L];                  \
-    const VT va = ft_splat_##LSFX(-lr), vlr = ft_splat_##LSFX(lr), zero = {0};  \
+    const VT va = splat_##LSFX(-lr), vlr = splat_##LSFX(lr), zero = {0};  \
     VT bias[64], hv[65] = {{0}}, dv[65] = {{0}};                                \
     double total, loss_acc = *loss_sum, hit_acc = *hit_sum;                     \
     int status = 0;                                                             \
@@ -299,15 +205,15 @@ TGT FT_INLINE int NAME##_L(const ft_net *net, T *buf, T *theta, const T *X,     
             VT a = zero;                                                        \
             if (k == 0)                                                         \
                 for (int64_t i = 0; i < ni; i++)                                \
-                    a = VFMA(ft_splat_##LSFX(x[i]), ft_ld_##LSFX(wt + i * ldo), a); \
+                    a = VFMA(splat_##LSFX(x[i]), ft_ld_##LSFX(wt + i * ldo), a); \
             else                                                                \
                 for (int64_t i = 0; i < ni; i++)                                \
                     a = VFMA(BCAST(LSFX, hv[k], i), ft_ld_##LSFX(wt + i * ldo), a); \
             if (net->b_off[k] >= 0) a = a + bias[k];                            \
             if (k < L - 1) {                                                    \
                 if (hidden == FBP_ACT_RELU) a = (VT)((VI)a & (a > 0));          \
-                else if (hidden == FBP_ACT_SIGMOID) a = ft_sigmoid_##ESFX(a);   \
-                else if (hidden == FBP_ACT_TANH) a = ft_tanh_##ESFX(a);         \
+                else if (hidden == FBP_ACT_SIGMOID) a = vsigmoid_##ESFX(a);   \
+                else if (hidden == FBP_ACT_TANH) a = vtanh_##ESFX(a);         \
             }                                                                   \
             if (no < VL) a = ft_keep_##LSFX(a, no);                             \
             hv[k + 1] = a;                                                      \
@@ -338,7 +244,7 @@ TGT FT_INLINE int NAME##_L(const ft_net *net, T *buf, T *theta, const T *X,     
             const VT xa = hv[k];                                                \
             if (hidden == FBP_ACT_SIGMOID) a = a * (xa * ((T)1 - xa));          \
             else if (hidden == FBP_ACT_RELU)                                    \
-                a = a * (VT)((VI)ft_splat_##LSFX((T)1) & (xa > 0));             \
+                a = a * (VT)((VI)splat_##LSFX((T)1) & (xa > 0));             \
             else if (hidden == FBP_ACT_TANH) a = a * (((T)1 - xa) * ((T)1 + xa)); \
             dv[k] = a;                                                          \
         }                                                                       \
@@ -355,7 +261,7 @@ TGT FT_INLINE int NAME##_L(const ft_net *net, T *buf, T *theta, const T *X,     
                                  VFMA(va, VFMA(BCAST(LSFX, dv[k + 1], j), hv[k], zero), \
                                       ft_ld_##LSFX(wn + j * ldi)));             \
             for (int64_t i = 0; i < ni; i++) {                                  \
-                const VT hi = k == 0 ? ft_splat_##LSFX(x[i]) : BCAST(LSFX, hv[k], i); \
+                const VT hi = k == 0 ? splat_##LSFX(x[i]) : BCAST(LSFX, hv[k], i); \
                 ft_st_##LSFX(wt + i * ldo,                                      \
                              VFMA(va, VFMA(hi, dv[k + 1], zero),                \
                                   ft_ld_##LSFX(wt + i * ldo)));                 \
@@ -407,15 +313,15 @@ static TGT int NAME(const ft_net *net, T *buf, T *theta, const T *X, const T *Y,
     }                                                                           \
 }
 
-FT_SGD1(ft_sgd1_plain_f32, float, f32, f32, ft_vf32, ft_vi32, 8, FT_MADD_PLAIN, FT_BCAST_PLAIN,
+FT_SGD1(ft_sgd1_plain_f32, float, f32, f32, vf32, vi32, 8, MADD_PLAIN, FT_BCAST_PLAIN,
         FT_PLOAD_PLAIN, )
-FT_SGD1(ft_sgd1_plain_f64, double, f64, f64, ft_vf64, ft_vi64, 4, FT_MADD_PLAIN, FT_BCAST_PLAIN,
+FT_SGD1(ft_sgd1_plain_f64, double, f64, f64, vf64, vi64, 4, MADD_PLAIN, FT_BCAST_PLAIN,
         FT_PLOAD_PLAIN, )
-#ifdef FT_X86
-FT_SGD1(ft_sgd1_fma_f32, float, f32, f32f, ft_vf32, ft_vi32, 8, ft_vfma_f32, FT_BCAST_FMA,
-        FT_PLOAD_FMA, FT_TARGET_FMA)
-FT_SGD1(ft_sgd1_fma_f64, double, f64, f64f, ft_vf64, ft_vi64, 4, ft_vfma_f64, FT_BCAST_FMA,
-        FT_PLOAD_FMA, FT_TARGET_FMA)
+#ifdef FBP_X86
+FT_SGD1(ft_sgd1_fma_f32, float, f32, f32f, vf32, vi32, 8, vfma_f32, FT_BCAST_FMA,
+        FT_PLOAD_FMA, TARGET_FMA)
+FT_SGD1(ft_sgd1_fma_f64, double, f64, f64f, vf64, vi64, 4, vfma_f64, FT_BCAST_FMA,
+        FT_PLOAD_FMA, TARGET_FMA)
 #endif
 
 /* Steps first .. end-1 of the visiting order (NULL: 0..n-1) on the packed
@@ -427,7 +333,7 @@ static int ft_sgd1_f32(const ft_net *net, float *buf, float *theta, const float 
                        const float *Y, const int64_t *order, int64_t first, int64_t end,
                        float lr, double *loss_sum, double *hit_sum, int64_t *n_done)
 {
-#ifdef FT_X86
+#ifdef FBP_X86
     if (strcmp(fbp_gemm_isa(), "generic") != 0)
         return ft_sgd1_fma_f32(net, buf, theta, X, Y, order, first, end, lr, loss_sum,
                                hit_sum, n_done);
@@ -440,7 +346,7 @@ static int ft_sgd1_f64(const ft_net *net, double *buf, double *theta, const doub
                        const double *Y, const int64_t *order, int64_t first, int64_t end,
                        double lr, double *loss_sum, double *hit_sum, int64_t *n_done)
 {
-#ifdef FT_X86
+#ifdef FBP_X86
     if (strcmp(fbp_gemm_isa(), "generic") != 0)
         return ft_sgd1_fma_f64(net, buf, theta, X, Y, order, first, end, lr, loss_sum,
                                hit_sum, n_done);
@@ -452,4 +358,4 @@ static int ft_sgd1_f64(const ft_net *net, double *buf, double *theta, const doub
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
-#endif
+#endif /* FBP_TINY_H */

@@ -300,3 +300,31 @@ def test_rule_and_hooks():
         K.set_tiny_limits(max_width=257)
     with pytest.raises(ValueError):
         K.set_tiny_limits(max_mnk=-1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_epoch_huge_max_steps(dtype, fused):
+    """A max_steps past the end (up to 2**63 - 1, where first_step + max_steps
+    would wrap) runs the rest of the epoch, on the tiny paths (fused and
+    packed loop) as on the general one."""
+    sizes = [2, 2, 1]
+    X, Y = data(sizes, 7, "identity", "squared_error", dtype)
+    net = fastbp.MLP(sizes, activation="sigmoid", output="identity", loss="squared_error",
+                     dtype=dtype, seed=0)
+    ws = np.empty(net._net.workspace_size(1), dtype=dtype)
+    e = np.empty(0, dtype=dtype)
+    order = np.random.default_rng(1).permutation(7)
+    out = {}
+    for path in ("tiny", "general"):
+        K.set_tiny_path(path == "tiny")
+        K.set_tiny_fused(fused)
+        for first in (0, 1, 6):
+            for steps in (-1, 6, 7, 2**62, 2**63 - 2, 2**63 - 1):
+                theta = net._theta.copy()
+                res = net._net.fit_epoch(theta, X, Y, order, 1, ws, e, e, 1, 0.1,
+                                         first_step=first, max_steps=steps)
+                out[path, first, steps] = (theta.tobytes(), res)
+                assert res[3] == (7 - first if steps < 0 else min(steps, 7 - first))
+    for key, val in out.items():
+        assert val == out["general", *key[1:]], key
