@@ -19,10 +19,9 @@
 #   * row split (enough rows per thread): wave 0 = row tiles of part 1,
 #     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
 #     tiles (one of rows, and one of each layer's units, per thread) unless
-#     two coarse steps in a row left thread 0 waiting: then fine ones
-#     (several per thread) for a while (fbp_team_account).  Each row tile
-#     packs every W_k again and each unit tile the layer's input, so fine
-#     tiles cost work (callgrind, 784-256-128-10
+#     the last coarse steps left thread 0 waiting: then fine ones (several
+#     per thread).  Each row tile packs every W_k again and each unit tile
+#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
 #     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
 #     only less to wait for when a thread loses its core;
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
@@ -47,8 +46,7 @@ cdef extern from "fbp_team.h" nogil:
     int FBP_MODE_SERIAL, FBP_MODE_PROBE, FBP_MODE_FINE, FBP_MODE_COARSE
     int fbp_team_mode(fbp_team *T, int64_t key)
     void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns)
-    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine,
-                          int can_fine)
+    void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine)
     void fbp_tune_load(fbp_team *T, int64_t key)
     void fbp_tune_store(const fbp_team *T)
     void fbp_tune_forget()
@@ -57,19 +55,12 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_region()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
-    void fbp_team_verdict(fbp_team *T, unsigned g, int finite)
-    int fbp_team_wait_verdict(fbp_team *T, unsigned g)
-    int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns)
-    void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes,
-                          int64_t *left)
-    int64_t FBP_SPIN_MAX_NS
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
-               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n", "off_core",
-               "spin_out", "coarse_waits", "verdict_waits", "verdict_stops")
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
 
 
 def team_stats(bint reset=False):
@@ -84,51 +75,8 @@ def team_stats(bint reset=False):
     return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
 
 
-def team_watch_test(bint spin, double hold_s):
-    """Test hook: thread 0 of a region of two waits, as the team's waits do,
-    for thread 1, which sleeps (spin False) or spins for hold_s seconds.
-    Returns (how, spun_s): how the wait's spin ended, "off_core" (thread 1
-    was seen off its core), "spin_out" (the spin budget, spin_max_s), "done"
-    (thread 1 finished first) or None without a team of two; and how long
-    it spun."""
-    cdef int64_t spun = 0
-    cdef int how
-    with nogil:
-        how = fbp_watch_test(spin, <int64_t>(hold_s * 1e9), &spun)
-    return {1: "off_core", 2: "spin_out", 3: "done"}.get(how), spun * 1e-9
-
-
-def team_spin_max_s():
-    """The longest a wait spins before it sleeps on the futex (seconds)."""
-    return FBP_SPIN_MAX_NS * 1e-9
-
-
-def team_account_test(steps, double ser_s, bint left=False):
-    """Test hook: thread 0's rules (fbp_team_account) on made-up team steps
-    of one shape whose serial steps took ser_s seconds, after a first
-    step that is not counted.  steps: (step_s, wait_s, fine, can_fine) per
-    step.  Returns the mode picked after each: "serial" (backing off),
-    "probe", "fine" or "coarse"; with left, also how long the fine tiles
-    and the back-off last after the last step (seconds)."""
-    cdef int n = len(steps), i
-    cdef int64_t rest[2]
-    if n > 64:
-        raise ValueError("at most 64 steps")
-    cdef int64_t x[256]
-    cdef int modes[64]
-    for i in range(n):
-        step_s, wait_s, fine, can_fine = steps[i]
-        x[4 * i], x[4 * i + 1] = <int64_t>(step_s * 1e9), <int64_t>(wait_s * 1e9)
-        x[4 * i + 2], x[4 * i + 3] = bool(fine), bool(can_fine)
-    fbp_account_test(n, x, <int64_t>(ser_s * 1e9), modes, rest)
-    names = {FBP_MODE_SERIAL: "serial", FBP_MODE_PROBE: "probe", FBP_MODE_FINE: "fine",
-             FBP_MODE_COARSE: "coarse"}
-    out = [names[modes[i]] for i in range(n)]
-    return (out, rest[0] * 1e-9, rest[1] * 1e-9) if left else out
-
-
 # Tiles of the row split's row and unit waves: 0 as fbp_team_account picks
-# (coarse, fine after two steps that waited), 1 always fine, 2 always coarse.
+# (coarse, fine after a step that waited), 1 always fine, 2 always coarse.
 # The tests' threshold 0 (par_min_macs) uses coarse unless told otherwise.
 cdef int tile_mode = 0
 
@@ -158,8 +106,7 @@ cdef struct Plan:
 
 cdef struct Job:
     # One step (or forward chunk) as every thread of the team reads it (only
-    # after claiming one of its tiles: then it cannot change).  Thread 0
-    # alone reads it (and lossv) for the loss verdict: see team_waves.
+    # after claiming one of its tiles: then it cannot change).
     Plan plan
     void *theta
     void *grad
@@ -220,7 +167,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     The row split's tiles are coarse (one tile of rows and one of each
     layer's units per thread: each row tile packs every W_k again, each
     unit tile packs the layer's input again, so the fewer the cheaper) or,
-    when two coarse steps in a row left thread 0 waiting (fine), ROW_TILES_ /
+    when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
@@ -541,17 +488,12 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
                     bint caller, int64_t *waited) noexcept nogil:
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
-    loss wave of a training step (lw: -1 for none) the caller sums the losses
-    in row order and publishes whether the sum is finite (fbp_team_verdict);
-    the workers wait for that verdict rather than read job or lossv (the
-    caller may already be rewriting them for the next step when a late worker
-    gets there: no tile of g is held then).  Every thread stops before the
-    updates when the sum is not finite (returns 1).  -2: generation g is over
-    (a late thread).  Workers do not wait for the last wave; the caller does,
-    so the step is complete when it returns; it adds its waiting to waited[0]
-    (and that of the last wave to waited[1])."""
+    loss wave every thread sums the losses (in row order: all agree) and
+    stops before the updates when the sum is not finite (returns 1).  -2:
+    generation g is over (a late thread).  Workers do not wait for the last
+    wave; the caller does, so the step is complete when it returns; it adds
+    its waiting to waited[0] (and that of the last wave to waited[1])."""
     cdef int v, t, r = 0, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
-    cdef bint finite
     cdef int64_t t0, dt, ran = 0
     for v in range(nw):
         while True:
@@ -578,18 +520,9 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
         if r != 0:
             fbp_stat_tiles(caller, ran, 1)
             return -2
-        if v == lw:
-            if caller:
-                finite = isfinite(row_sum(ws + w.lossv, job.m))
-                fbp_team_verdict(T, g, finite)
-                r = 0 if finite else 1
-            else:
-                r = fbp_team_wait_verdict(T, g)
-                if r == -2:
-                    fbp_stat_tiles(caller, ran, 1)
-                    return -2
-            if r == 1:
-                break
+        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
+            r = 1
+            break
     fbp_stat_tiles(caller, ran, 0)
     return r
 
@@ -642,13 +575,12 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
-    # (the loss verdict is for training steps only: no loss wave otherwise)
-    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave if train else -1)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
     team_waves(T, g, s, w, job, theta, ws, X, Y, True, waited)
     t1 = fbp_now_ns()
     fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)
     if par_min_macs > 0:   # (the tests' threshold 0: every step through the team)
-        fbp_team_account(T, key, t1 - t0, waited[0], fine, not p.by_units)
+        fbp_team_account(T, key, t1 - t0, waited[0], fine)
 
 
 cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, Job *job,

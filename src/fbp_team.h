@@ -3,15 +3,12 @@
  * What is here: OpenMP detection, FTZ/DAZ control per thread, the test hook
  * that counts parallel regions, fork safety, and `fbp_team`, the work queue
  * of one parallel region (a generation of waves of tiles, claimed by tagged
- * CAS, waited on with a spin while the awaited thread runs -- its CPU clock
- * moves -- and a futex otherwise).  Nothing here touches
+ * CAS, waited on with a short spin and then a futex).  Nothing here touches
  * the network's data: the kernels in _steps.pxi do, and say why each of
  * their writes is private to the thread running a tile.  The only state
  * shared between threads is an fbp_team, every field of which is read and
  * written with __atomic builtins (thread 0 alone reads and writes its
- * tune, last_end and n_team_steps; thread i writes clk[i] once, before it
- * sets has_clk[i] with release order, and readers load has_clk[i] with
- * acquire order first).  How thread 0 runs each step (serially
+ * tune, last_end and n_team_steps).  How thread 0 runs each step (serially
  * while backing off or to time a serial step, else through the team with
  * coarse or fine tiles) is fbp_team_mode / fbp_team_account, from what
  * the last steps took; fbp_stats counts what happened, for the tests and
@@ -133,27 +130,18 @@ static int fbp_omp_thread_limit(void) { return 1; }
    word[v] = (g << 32) | next: a thread still on an old generation (one
    that was descheduled and wakes late) fails the tag check and goes back
    to waiting, so nobody ever waits for a thread that holds no tile; a
-   thread waits only for tiles in progress (wave by wave), spinning while
-   the thread it waits for runs (its CPU clock moves: FBP_SPIN_MAX_NS), up
-   to ~2 ms, else asleep on a futex (an event count) so that a descheduled
-   holder gets the core back, or is moved to ours, at once.  Publishing:
-   every word is first tagged with g but no tile (so no claim of g-1 can succeed while the
+   thread waits only for tiles in progress (wave by wave), spinning
+   briefly, then asleep on a futex (an event count) so that a descheduled
+   holder gets the core back at once.  Publishing: every word is first
+   tagged with g but no tile (so no claim of g-1 can succeed while the
    step's data are rewritten), then the step data, then the words, then
    seq = g.  A claimed tile's data are stable: a generation ends only
    when all its claimed tiles are finished.  fbp_team_finish publishes a
    tile's writes (seq_cst increments), fbp_team_wait_wave returns once
-   every tile's writes are visible.  A training step stops before its
-   updates when its loss is not finite: after the loss wave thread 0 alone
-   sums the losses and publishes the verdict of g (fbp_team_verdict); a
-   worker waits for it (fbp_team_wait_verdict, watching thread 0) and
-   never reads the step's data or losses for it, since thread 0 may be
-   rewriting them for the next step by the time a late worker looks (a
-   verdict of an older generation reads as "g is over"). */
+   every tile's writes are visible. */
 #include <limits.h>
 #include <string.h>
-#include <time.h>
 #if defined(__linux__)
-#include <pthread.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -182,16 +170,10 @@ typedef struct {
     int64_t wait_ns;        /* thread 0: of which waiting for others' tiles */
     int64_t wait_last_ns;   /* thread 0: of which waiting in the last wave */
     int64_t gap_ns, gaps;   /* thread 0: between two team steps of a region */
-    int64_t sleeps_wave;    /* futex sleeps waiting for a wave (any thread) or a verdict */
+    int64_t sleeps_wave;    /* futex sleeps waiting for a wave (any thread) */
     int64_t sleeps_next;    /* futex sleeps of a worker waiting for a step */
     int64_t wakes;          /* FUTEX_WAKE calls */
     int64_t wake_ns, wake_n; /* a worker asleep for a step: publish to its first claim */
-    int64_t off_core;       /* waits that went to sleep because the awaited thread was
-                               off its core (its CPU clock stood still while we spun) */
-    int64_t spin_out;       /* waits that went to sleep after spinning FBP_SPIN_MAX_NS */
-    int64_t coarse_waits;   /* coarse team steps that left thread 0 waiting (> 1/8) */
-    int64_t verdict_waits;  /* a worker waited for thread 0's loss verdict */
-    int64_t verdict_stops;  /* of which the verdict was "not finite": it stopped */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -216,39 +198,20 @@ static void fbp_stats_reset(void) {
 }
 
 #define FBP_MAXW 129
-/* Waiting (fbp_team_wait_wave, fbp_team_next) spins, measured in time:
-   pauses alone for the first FBP_WATCH_NS (at least FBP_SPIN_PURE_NS),
-   then, every FBP_WATCH_NS, a look at the CPU clock of each thread waited
-   for (a tile holder, or thread 0 for a worker waiting for a step; the
-   first look only reads it, so a verdict comes ~50 us into a wait): one
-   that ran less than half of the last window is off its core (descheduled, or sharing ours), so the waiter
-   sleeps on the futex at once and gives the core back (to it, or for the
-   scheduler to move it to); one that runs is spun for, up to
-   FBP_SPIN_MAX_NS (a ~1 ms step's imbalance: no ~25 us futex wake-up
-   between the waves of one step on an idle machine), then the waiter
-   sleeps all the same. */
-#define FBP_SPIN_PURE_NS 10000LL
-#define FBP_WATCH_NS 25000LL
-#define FBP_SPIN_MAX_NS 2000000LL
-/* Threads whose CPU clock a wait can watch (more: spin for the time alone). */
-#define FBP_MAXT 64
+#define FBP_SPIN 2000
 #define FBP_NO_TILE 0x7fffffffLL
 /* What thread 0 has learnt about the steps of one shape (thread 0 only;
    carried from call to call through fbp_tune_hint):
    - back-off: run serially until serial_until (when waiting took over
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
-   - waits: team steps in a row that left it waiting;
-   - ser_ns / par_ns: running means (fbp_mean_in) of a serial and a team
-     step of this shape (key), ser_at when ser_ns was last measured,
-     par_n the team steps in par_ns. */
+   - ser_ns / par_ns: running means of a serial and a team step of this
+     shape (key), ser_at when ser_ns was last measured. */
 typedef struct {
     int64_t key;
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
-    int64_t waits;          /* team steps in a row that waited (fbp_team_account) */
-    int64_t par_n;          /* team steps in par_ns since it was last reset */
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
@@ -266,13 +229,8 @@ typedef struct {
     int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
     int64_t last_end;       /* thread 0 only: when its last team step returned */
     int64_t published;      /* when seq was last set (for the wake-up latency) */
-    int64_t verdict;        /* (g << 1) | finite: the loss verdict of generation g */
-    int busy[FBP_MAXT];     /* thread i holds a tile (claim to finish) */
-    int has_clk[FBP_MAXT];  /* clk[i] is thread i's CPU clock (set by thread i) */
-#if defined(__linux__)
-    clockid_t clk[FBP_MAXT];
-#endif
 } fbp_team;
+#include <time.h>
 static int64_t fbp_now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -299,14 +257,7 @@ static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
     uint64_t k = (uint64_t)macs * 1000003u + (uint64_t)m;
     return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
 }
-/* A running mean of step times; one sample moves it by at most a quarter
-   of its value (a step that met a page fault or a hiccup of the machine is
-   not a trend), while faster steps pull it down freely. */
-static int64_t fbp_mean_in(int64_t mean, int64_t x) {
-    if (mean == 0) return x;
-    if (x > 2 * mean) x = 2 * mean;
-    return (3 * mean + x) / 4;
-}
+static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
 /* Thread 0, after a serial step of shape `key` in a region (step_ns). */
 static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
     fbp_tune *u = &T->tune;
@@ -315,75 +266,56 @@ static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
     u->ser_ns = fbp_mean_in(u->ser_ns, step_ns);
     u->ser_at = fbp_now_ns();
 }
-/* The longest back-off: back-offs double while team steps keep failing
-   (no good team step in between), and each failed attempt costs two team
-   steps (the rules need two), so a core that stays busy costs two team
-   steps per this time; one that frees up is used again within it. */
-#define FBP_BACKOFF_MAX_NS 4000000000LL
 static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
     if (u->backoff * 2 > b) b = u->backoff * 2;
-    if (b > FBP_BACKOFF_MAX_NS) b = FBP_BACKOFF_MAX_NS;
+    if (b > 1000000000LL) b = 1000000000LL;
     u->backoff = b;
     u->serial_until = now + b;
-    u->par_ns = 0;          /* the next team steps are timed afresh */
-    u->par_n = 0;
+    u->par_ns = 0;          /* the next team step is timed afresh */
     FBP_STAT(backoffs, 1);
 }
 /* Thread 0, after a team step of shape `key` that took step_ns, of which
    it spent wait_ns waiting for tiles that other threads held (fine: it
-   ran with fine tiles; can_fine: the step has fine tiles to go to, the
-   row split).  A step "waited" when over an eighth of it went on
-   waiting; one wait is not a trend (a thread descheduled once, a page
-   fault), so every rule needs two waiting steps in a row (u->waits):
-   - two waiting steps, the second waiting over half the step (the other
-     threads are descheduled: a busy machine), fine tiles or none to go
-     to: run the next steps serially for 20 times that wait (a failed
-     attempt costs at most ~5%), doubling while attempts keep failing, up
-     to FBP_BACKOFF_MAX_NS (4 s);
-   - two waiting coarse steps of the row split: fine tiles (less to wait
-     for, more packing) for 16 steps' time, doubling while coarse steps
-     keep waiting, up to a second or 16 steps, whichever is longer (a
-     1024-2048-2048-1024 b256 step takes ~0.3 s);
+   ran with fine tiles):
+   - more than half the step went on waiting (the other threads are
+     descheduled: a busy machine): run the next steps serially for 20
+     times that wait (a failed attempt costs at most ~5%), doubling while
+     attempts keep failing, up to a second;
    - team steps no faster than serial ones (memory-bound steps, a slow
-     core), by the mean of two team steps or more: the same back-off,
-     from 50 serial steps' time;
-   - otherwise a good step ends the back-off.
+     core): the same back-off, from 50 team steps' time;
+   - otherwise a good step ends the backoff; and after a coarse step that
+     waited more than an eighth of it, fine tiles (less to wait for, more
+     packing) for 16 steps' time, doubling while coarse steps keep
+     waiting, up to a second.
    The first step of a team may wait for the other threads to start: it
-   is neither timed nor counted. */
+   is neither timed nor a reason for fine tiles. */
 static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
-                             int fine, int can_fine) {
+                             int fine) {
     fbp_tune *u = &T->tune;
     int64_t now = fbp_now_ns();
-    int first = T->n_team_steps++ == 0, waited, half;
-    if (u->key != key || first) return;
-    u->par_ns = fbp_mean_in(u->par_ns, step_ns);
-    u->par_n++;
-    waited = 8 * wait_ns > step_ns && wait_ns > 20000;
-    half = 2 * wait_ns > step_ns && wait_ns > 20000;
-    u->waits = waited ? u->waits + 1 : 0;
-    if (waited && !fine) FBP_STAT(coarse_waits, 1);
-    if (half && u->waits >= 2 && (fine || !can_fine)) {
-        u->waits = 0;
+    int first = T->n_team_steps++ == 0;
+    if (u->key != key) return;
+    if (!first) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    if (2 * wait_ns > step_ns && wait_ns > 20000) {
         fbp_back_off(u, 20 * wait_ns, now);
         return;
     }
-    if (u->ser_ns != 0 && u->par_n >= 2 && 50 * u->par_ns >= 49 * u->ser_ns) {
-        fbp_back_off(u, 50 * u->ser_ns, now);
+    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
+        fbp_back_off(u, 50 * u->par_ns, now);
         FBP_STAT(slow_backoffs, 1);
         return;
     }
     u->backoff = 0;
     u->serial_until = 0;
-    if (fine || !can_fine) return;
-    if (waited && u->waits >= 2) {
-        int64_t f = 16 * step_ns, cap = f > 1000000000LL ? f : 1000000000LL;
+    if (fine || first) return;
+    if (8 * wait_ns > step_ns && wait_ns > 20000) {
+        int64_t f = 16 * step_ns;
         if (u->fine_len * 2 > f) f = u->fine_len * 2;
-        if (f > cap) f = cap;
+        if (f > 1000000000LL) f = 1000000000LL;
         u->fine_len = f;
         u->fine_until = now + f;
-        u->waits = 0;
         FBP_STAT(fines, 1);
-    } else if (!waited) {
+    } else {
         u->fine_len = 0;
     }
 }
@@ -432,36 +364,6 @@ static inline void fbp_pause(void) {
     __builtin_ia32_pause();
 #endif
 }
-/* This thread's number in the region (0 outside one). */
-static int fbp_thread_num(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-/* Thread `me` makes its CPU clock visible to the others' waits (once). */
-static void fbp_team_join(fbp_team *T, int me) {
-#if defined(__linux__)
-    if (me < 0 || me >= FBP_MAXT || __atomic_load_n(&T->has_clk[me], __ATOMIC_ACQUIRE)) return;
-    if (pthread_getcpuclockid(pthread_self(), &T->clk[me]) == 0)
-        __atomic_store_n(&T->has_clk[me], 1, __ATOMIC_RELEASE);
-#else
-    (void)T; (void)me;
-#endif
-}
-/* The CPU time of thread i (ns), or -1 when it cannot be read. */
-static int64_t fbp_thread_cpu_ns(fbp_team *T, int i) {
-#if defined(__linux__)
-    struct timespec t;
-    if (i < 0 || i >= FBP_MAXT || !__atomic_load_n(&T->has_clk[i], __ATOMIC_ACQUIRE)) return -1;
-    if (clock_gettime(T->clk[i], &t) != 0) return -1;
-    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-#else
-    (void)T; (void)i;
-    return -1;
-#endif
-}
 static void fbp_team_init(fbp_team *T) { memset(T, 0, sizeof *T); }
 static void fbp_notify(fbp_team *T) {
     __atomic_add_fetch(&T->ev, 1, __ATOMIC_SEQ_CST);
@@ -494,7 +396,6 @@ static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int los
         __atomic_store_n(&T->word[v], (int64_t)g << 32, __ATOMIC_SEQ_CST);
     }
     T->hi = top;
-    fbp_team_join(T, 0);
     __atomic_store_n(&T->nw, nw, __ATOMIC_SEQ_CST);
     __atomic_store_n(&T->loss_wave, loss_wave, __ATOMIC_SEQ_CST);
     __atomic_store_n(&T->published, fbp_now_ns(), __ATOMIC_RELAXED);
@@ -516,18 +417,11 @@ static int fbp_team_claim(fbp_team *T, int v, unsigned g) {
         int64_t idx = w & 0xffffffffLL;
         if (idx >= __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST)) return -1;
         if (__atomic_compare_exchange_n(&T->word[v], &w, w + 1, 0,
-                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-            int me = fbp_thread_num();
-            if (me < FBP_MAXT) __atomic_store_n(&T->busy[me], 1, __ATOMIC_RELAXED);
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
             return (int)idx;
-        }
     }
 }
-/* The tile this thread claimed in wave v is finished (its writes visible
-   to whoever sees the wave's count). */
 static void fbp_team_finish(fbp_team *T, int v) {
-    int me = fbp_thread_num();
-    if (me < FBP_MAXT) __atomic_store_n(&T->busy[me], 0, __ATOMIC_RELAXED);
     if (__atomic_add_fetch(&T->done[v], 1, __ATOMIC_SEQ_CST) ==
         __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST))
         fbp_notify(T);
@@ -538,129 +432,11 @@ static int fbp_wave_state(fbp_team *T, int v, unsigned g) {
         return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 0 : -2;
     return __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) == g ? 1 : -2;
 }
-/* One wait's spin: what the watched threads' CPU clocks read at the last
-   look (-1: not read yet). */
-typedef struct {
-    int64_t start, last;
-    int64_t cpu[FBP_MAXT];
-    int me, want;           /* want: the thread waited for, or -1 for every tile holder */
-} fbp_spin_t;
-static void fbp_spin_begin(fbp_spin_t *w, int me, int want) {
-    w->start = w->last = fbp_now_ns();
-    w->me = me;
-    w->want = want;
-    for (int i = 0; i < FBP_MAXT; i++) w->cpu[i] = -1;
-}
-/* Whether to go on spinning (see FBP_SPIN_PURE_NS): 0 once a watched thread
-   ran less than half of the last watch window, or after FBP_SPIN_MAX_NS. */
-static int fbp_spin_more(fbp_team *T, fbp_spin_t *w) {
-    int64_t now = fbp_now_ns(), window = now - w->last;
-    int off = 0;
-    if (now - w->start < FBP_SPIN_PURE_NS || window < FBP_WATCH_NS) return 1;
-    for (int i = 0; i < FBP_MAXT; i++) {
-        int64_t c;
-        if (i == w->me || (w->want >= 0 ? i != w->want : !__atomic_load_n(&T->busy[i], __ATOMIC_RELAXED))) {
-            w->cpu[i] = -1;
-            continue;
-        }
-        if ((c = fbp_thread_cpu_ns(T, i)) < 0) continue;
-        if (w->cpu[i] >= 0 && 2 * (c - w->cpu[i]) < window) off = 1;
-        w->cpu[i] = c;
-        if (w->want >= 0) break;
-    }
-    w->last = now;
-    if (off) { FBP_STAT(off_core, 1); return 0; }
-    if (now - w->start > FBP_SPIN_MAX_NS) { FBP_STAT(spin_out, 1); return 0; }
-    return 1;
-}
-/* Test hook: in a region of two threads, thread 1 sleeps (spin == 0) or
-   spins (spin != 0) for hold_ns while thread 0 waits for it as the team's
-   waits do.  Returns how thread 0's spin ended: 1 off_core (thread 1's CPU
-   clock stood still), 2 spin_out (FBP_SPIN_MAX_NS), 3 thread 1 was done
-   first, -1 no team of two; *spun_ns: how long it spun. */
-static int fbp_watch_test(int spin, int64_t hold_ns, int64_t *spun_ns) {
-    int how = -1;
-    *spun_ns = 0;
-#ifdef _OPENMP
-    fbp_team T;
-    int stage = 0;
-    fbp_team_init(&T);
-    #pragma omp parallel num_threads(2)
-    {
-        int me = omp_get_thread_num();
-        if (me == 0) fbp_count_parallel(omp_get_num_threads());   /* (fork safety) */
-        if (omp_get_num_threads() == 2) {
-            fbp_team_join(&T, me);
-            if (me == 1) {
-                int64_t t0 = fbp_now_ns();
-                __atomic_store_n(&stage, 1, __ATOMIC_SEQ_CST);
-                if (spin) {
-                    while (fbp_now_ns() - t0 < hold_ns) fbp_pause();
-                } else {
-#if defined(_WIN32)
-                    Sleep((DWORD)(hold_ns / 1000000));
-#else
-                    struct timespec d = {(time_t)(hold_ns / 1000000000LL),
-                                         (long)(hold_ns % 1000000000LL)};
-                    nanosleep(&d, NULL);
-#endif
-                }
-                __atomic_store_n(&stage, 2, __ATOMIC_SEQ_CST);
-            } else {
-                fbp_spin_t w;
-                int64_t off0 = __atomic_load_n(&fbp_stats.off_core, __ATOMIC_RELAXED);
-                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) == 0) fbp_pause();
-                fbp_spin_begin(&w, 0, 1);
-                how = 3;
-                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) != 2) {
-                    fbp_pause();
-                    if (!fbp_spin_more(&T, &w)) {
-                        how = __atomic_load_n(&fbp_stats.off_core, __ATOMIC_RELAXED) > off0 ? 1 : 2;
-                        break;
-                    }
-                }
-                *spun_ns = fbp_now_ns() - w.start;
-                while (__atomic_load_n(&stage, __ATOMIC_SEQ_CST) != 2) fbp_pause();
-            }
-        }
-    }
-#else
-    (void)spin; (void)hold_ns;
-#endif
-    return how;
-}
-/* Test hook: thread 0's rules on made-up steps.  A team whose serial steps
-   of this shape took ser_ns runs one first team step, then n team steps
-   (step_ns, wait_ns, fine, can_fine: four numbers per step in `steps`);
-   modes[i] is fbp_team_mode after step i; left[0], left[1]: how long the
-   fine tiles and the back-off still last after the last step (ns). */
-static void fbp_account_test(int n, const int64_t *steps, int64_t ser_ns, int *modes,
-                             int64_t *left) {
-    fbp_team T;
-    fbp_team_init(&T);
-    T.tune.key = 1;
-    T.tune.ser_ns = ser_ns;
-    T.tune.ser_at = fbp_now_ns();
-    fbp_team_account(&T, 1, 1000000, 0, 0, 1);     /* the first step: not counted */
-    for (int i = 0; i < n; i++) {
-        const int64_t *x = steps + 4 * i;
-        fbp_team_account(&T, 1, x[0], x[1], (int)x[2], (int)x[3]);
-        modes[i] = fbp_team_mode(&T, 1);
-    }
-    int64_t now = fbp_now_ns();
-    left[0] = T.tune.fine_until > now ? T.tune.fine_until - now : 0;
-    left[1] = T.tune.serial_until > now ? T.tune.serial_until - now : 0;
-}
 static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     int r, e;
-    fbp_spin_t w;
-    fbp_spin_begin(&w, fbp_thread_num(), -1);
-    for (;;) {
-        for (int i = 0; i < 16; i++) {
-            if ((r = fbp_wave_state(T, v, g)) != 1) return r;
-            fbp_pause();
-        }
-        if (!fbp_spin_more(T, &w)) break;
+    for (int i = 0; i < FBP_SPIN; i++) {
+        if ((r = fbp_wave_state(T, v, g)) != 1) return r;
+        fbp_pause();
     }
     __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
@@ -672,65 +448,14 @@ static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
     __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
     return r;
 }
-/* Thread 0, after the loss wave of generation g: whether the step's loss
-   is finite (the workers wait for this, fbp_team_wait_verdict). */
-static void fbp_team_verdict(fbp_team *T,   /* OUT its verdict (and event count) */
-                             unsigned g, int finite) {   /* IN */
-    __atomic_store_n(&T->verdict, ((int64_t)g << 1) | (finite != 0), __ATOMIC_SEQ_CST);
-    fbp_notify(T);
-}
-/* 0: the loss of g is finite; 1: it is not; -2: g is over (or the team
-   quits); 2: not known yet.  A verdict of another generation is not g's:
-   seq then tells whether g is still running. */
-static int fbp_verdict_state(fbp_team *T, unsigned g) {   /* IN */
-    int64_t d = __atomic_load_n(&T->verdict, __ATOMIC_SEQ_CST);
-    if ((unsigned)((uint64_t)d >> 1) == g) return (d & 1) ? 0 : 1;
-    if (__atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) != g ||
-        __atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return -2;
-    return 2;
-}
-/* A worker, after the loss wave of g: thread 0's verdict on the loss
-   (fbp_verdict_state: 0, 1 or -2), waited for as fbp_team_next waits for
-   thread 0 (spin while it runs, else sleep on the event count). */
-static int fbp_team_wait_verdict(fbp_team *T,   /* IN, OUT its sleepers */
-                                 unsigned g) {   /* IN */
-    int r, e;
-    fbp_spin_t w;
-    FBP_STAT(verdict_waits, 1);
-    fbp_spin_begin(&w, fbp_thread_num(), 0);
-    for (;;) {
-        for (int i = 0; i < 16; i++) {
-            if ((r = fbp_verdict_state(T, g)) != 2) goto out;
-            fbp_pause();
-        }
-        if (!fbp_spin_more(T, &w)) break;
-    }
-    __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
-    for (;;) {
-        e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
-        if ((r = fbp_verdict_state(T, g)) != 2) break;
-        FBP_STAT(sleeps_wave, 1);
-        fbp_sleep(T, e);
-    }
-    __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
-out:
-    if (r == 1) FBP_STAT(verdict_stops, 1);
-    return r;
-}
 /* A worker: the next generation after `last`, or 0 once the team quits. */
 static unsigned fbp_team_next(fbp_team *T, unsigned last) {
     unsigned g = 0;
-    int e, me = fbp_thread_num();
-    fbp_spin_t w;
-    fbp_team_join(T, me);
-    fbp_spin_begin(&w, me, 0);
-    for (;;) {
-        for (int i = 0; i < 16; i++) {
-            if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
-            if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
-            fbp_pause();
-        }
-        if (!fbp_spin_more(T, &w)) break;
+    int e;
+    for (int i = 0; i < FBP_SPIN; i++) {
+        if (__atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return 0;
+        if ((g = __atomic_load_n(&T->seq, __ATOMIC_SEQ_CST)) != last) return g;
+        fbp_pause();
     }
     __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
