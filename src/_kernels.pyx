@@ -1084,6 +1084,9 @@ cdef class Network:
         cdef int status, q
         if batch_size < 1 or first_step < 0:
             raise ValueError("batch_size must be >= 1 and first_step >= 0")
+        if first_step > n // batch_size + (1 if n % batch_size else 0):
+            # so that first_step * batch_size (the first row) cannot wrap
+            raise ValueError(f"first_step {first_step} is past the epoch's last batch")
         if ws.shape[0] < w.size:
             raise ValueError("workspace too small")
         if not (clip_norm >= 0 and clip_norm < float("inf")):

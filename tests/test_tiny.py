@@ -328,3 +328,25 @@ def test_epoch_huge_max_steps(dtype, fused):
                 assert res[3] == (7 - first if steps < 0 else min(steps, 7 - first))
     for key, val in out.items():
         assert val == out["general", *key[1:]], key
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_epoch_first_step_past_the_end(dtype):
+    """A first_step past the epoch's last batch is refused (first_step *
+    batch_size could wrap), and leaves theta as it was; the step just past
+    the last batch runs nothing."""
+    sizes = [2, 2, 1]
+    X, Y = data(sizes, 7, "identity", "squared_error", dtype)
+    net = fastbp.MLP(sizes, activation="sigmoid", output="identity", loss="squared_error",
+                     dtype=dtype, seed=0)
+    ws = np.empty(net._net.workspace_size(3), dtype=dtype)
+    e = np.empty(0, dtype=dtype)
+    order = np.arange(7)
+    theta = net._theta.copy()
+    before = theta.tobytes()
+    res = net._net.fit_epoch(theta, X, Y, order, 3, ws, e, e, 1, 0.1, first_step=3)
+    assert res[3] == 0 and theta.tobytes() == before      # batches 0, 1, 2: 3 is the end
+    for first in (4, 2**61, 2**63 - 1):
+        with pytest.raises(ValueError, match="past the epoch's last batch"):
+            net._net.fit_epoch(theta, X, Y, order, 3, ws, e, e, 1, 0.1, first_step=first)
+        assert theta.tobytes() == before
