@@ -225,6 +225,7 @@ def test_thread_counts_give_the_same_bits(dtype, threads):
     assert_same(results[2], results[3])
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # ConvergenceWarning: 3 iterations on purpose
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("opt", ["sklearn-l2", "sklearn-no-l2", "amsgrad", "adamw"])
 def test_fused_adam_pass_over_w0(dtype, opt, threads):
