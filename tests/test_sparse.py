@@ -304,7 +304,11 @@ def test_zero_sign_under_ftz():
     sparse, dense = fitted(sps.csr_matrix(X), True), fitted(X, True)
     assert_same_values(sparse, dense)
     differ = np.signbit(sparse) != np.signbit(dense)
-    assert differ.any(), "no sign difference left: update the docs' FTZ note"
+    from fastbp import _kernels
+    if _kernels.gemm_isa() != "generic":
+        # On the FMA ISAs this case shows the difference (the generic GEMM's
+        # dense sum keeps the same sign here): the docs' note is still needed.
+        assert differ.any(), "no sign difference left: update the docs' FTZ note"
     assert (sparse[differ] == 0).all() and (dense[differ] == 0).all()
     assert_same(fitted(sps.csr_matrix(X), False), fitted(X, False))
 
