@@ -80,11 +80,12 @@ static int run_##SFX(const int64_t *h, const double *hyp, const double *lrs,    
                                     s.has_momentum ? state + start : NULL,             \
                                     len, &s, &sq[k]);                                  \
             }                                                                          \
-        } else if (kind == 1) {                                                        \
-            fbp_adam_step_##SFX s = fbp_adam_prepare_##SFX(lrs[k], hyp[0], hyp[1], hyp[2], \
-                                                        hyp[3], hyp[4] != 0,           \
-                                                        hyp[5] != 0, step);            \
-            if (n_state != 2 + s.amsgrad) {                                            \
+        } else if (kind == 1 || kind == 3) {  /* 3: scikit-learn's (hyp b1, b2, eps) */\
+            fbp_adam_step_##SFX s = kind == 1                                          \
+                ? fbp_adam_prepare_##SFX(lrs[k], hyp[0], hyp[1], hyp[2], hyp[3],       \
+                                         hyp[4] != 0, hyp[5] != 0, step)               \
+                : fbp_adam_sklearn_prepare_##SFX(lrs[k], hyp[0], hyp[1], hyp[2], step); \
+            if (n_state != 2 + s.amsgrad) {  /* scikit-learn's: amsgrad off, 2 */      \
                 fprintf(stderr, "Adam: n_state does not match amsgrad\n");             \
                 return 1;                                                              \
             }                                                                          \
@@ -112,19 +113,6 @@ static int run_##SFX(const int64_t *h, const double *hyp, const double *lrs,    
                 fbp_rmsprop_range_##SFX(theta + start, grad + start, state + start,    \
                                         buf ? buf + start : NULL,                      \
                                         gavg ? gavg + start : NULL, len, &s, &sq[k]);  \
-            }                                                                          \
-        } else if (kind == 3) {  /* scikit-learn's Adam: hyp = beta1, beta2, eps */     \
-            fbp_adam_step_##SFX s = fbp_adam_sklearn_prepare_##SFX(lrs[k], hyp[0], hyp[1], \
-                                                                hyp[2], step);         \
-            if (n_state != 2) {                                                        \
-                fprintf(stderr, "scikit-learn's Adam: n_state must be 2\n");           \
-                return 1;                                                              \
-            }                                                                          \
-            for (start = 0; start < n; start += len) {                                 \
-                len = next_len();                                                      \
-                if (len > n - start) len = n - start;                                  \
-                fbp_adam_range_##SFX(theta + start, grad + start, state + start,       \
-                                     state + n + start, NULL, len, &s, &sq[k]);        \
             }                                                                          \
         } else {                                                                       \
             fprintf(stderr, "unknown kind %ld\n", (long)kind);                         \
