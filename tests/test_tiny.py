@@ -44,6 +44,16 @@ def data(sizes, n, output, loss, dtype, seed=0):
     return X, Y
 
 
+def epoch_setup(sizes, n, activation, output, dtype, batch_size=1, seed=0, data_seed=0):
+    """X, Y (squared error), a model and the buffers ``fit_epoch`` takes: its
+    workspace for ``batch_size`` rows and an empty array (no state, no snapshot)."""
+    X, Y = data(sizes, n, output, "squared_error", dtype, seed=data_seed)
+    net = fastbp.MLP(sizes, activation=activation, output=output, loss="squared_error",
+                     dtype=dtype, seed=seed)
+    ws = np.empty(net._net.workspace_size(batch_size), dtype=dtype)
+    return X, Y, net, ws, np.empty(0, dtype=dtype)
+
+
 def run(path, sizes, X, Y, *, activation="sigmoid", output="identity", loss="squared_error",
         bias=True, batch_size=1, shuffle=True, epochs=2, lr=0.05, **kw):
     """(theta bytes, loss history or divergence message) of a fit on `path`:
@@ -132,11 +142,7 @@ def test_fused_loop_pieces_snapshot_divergence(dtype):
     packed loop, the snapshot the parameters before that step; a diverging
     fit stops at the same step with the same parameters as the packed loop."""
     sizes = [3, 4, 2]
-    X, Y = data(sizes, 8, "sigmoid", "squared_error", dtype, seed=4)
-    net = fastbp.MLP(sizes, activation="tanh", output="sigmoid", loss="squared_error",
-                     dtype=dtype, seed=1)
-    ws = np.empty(net._net.workspace_size(1), dtype=dtype)
-    e = np.empty(0, dtype=dtype)
+    X, Y, net, ws, e = epoch_setup(sizes, 8, "tanh", "sigmoid", dtype, seed=1, data_seed=4)
     order = np.random.default_rng(2).permutation(8)
     K.set_tiny_fused(False)
     ref = net._theta.copy()
@@ -193,11 +199,7 @@ def test_epoch_in_pieces_and_snapshot(dtype):
     snapshot of a step holds the parameters before it (packed weights
     unpacked into it)."""
     sizes = [2, 3, 1]
-    X, Y = data(sizes, 9, "identity", "squared_error", dtype)
-    net = fastbp.MLP(sizes, activation="sigmoid", output="identity", loss="squared_error",
-                     dtype=dtype, seed=0)
-    ws = np.empty(net._net.workspace_size(1), dtype=dtype)
-    e = np.empty(0, dtype=dtype)
+    X, Y, net, ws, e = epoch_setup(sizes, 9, "sigmoid", "identity", dtype)
     order = np.random.default_rng(1).permutation(9)
     theta0 = net._theta.copy()
     whole = theta0.copy()
@@ -222,10 +224,7 @@ def test_kernel_l2_penalty(dtype):
     """fit_epoch's l2 (scikit-learn's alpha) on the narrow path: the same
     parameters, velocity and penalty sum as the general path."""
     sizes = [3, 4, 2]
-    X, Y = data(sizes, 10, "identity", "squared_error", dtype)
-    net = fastbp.MLP(sizes, activation="tanh", output="identity", loss="squared_error",
-                     dtype=dtype, seed=0)
-    ws = np.empty(net._net.workspace_size(2), dtype=dtype)
+    X, Y, net, ws, _ = epoch_setup(sizes, 10, "tanh", "identity", dtype, batch_size=2)
     out = {}
     for on in (True, False):
         K.set_tiny_path(on)
@@ -309,11 +308,7 @@ def test_epoch_huge_max_steps(dtype, fused):
     would wrap) runs the rest of the epoch, on the tiny paths (fused and
     packed loop) as on the general one."""
     sizes = [2, 2, 1]
-    X, Y = data(sizes, 7, "identity", "squared_error", dtype)
-    net = fastbp.MLP(sizes, activation="sigmoid", output="identity", loss="squared_error",
-                     dtype=dtype, seed=0)
-    ws = np.empty(net._net.workspace_size(1), dtype=dtype)
-    e = np.empty(0, dtype=dtype)
+    X, Y, net, ws, e = epoch_setup(sizes, 7, "sigmoid", "identity", dtype)
     order = np.random.default_rng(1).permutation(7)
     out = {}
     for path in ("tiny", "general"):
@@ -336,11 +331,7 @@ def test_epoch_first_step_past_the_end(dtype):
     batch_size could wrap), and leaves theta as it was; the step just past
     the last batch runs nothing."""
     sizes = [2, 2, 1]
-    X, Y = data(sizes, 7, "identity", "squared_error", dtype)
-    net = fastbp.MLP(sizes, activation="sigmoid", output="identity", loss="squared_error",
-                     dtype=dtype, seed=0)
-    ws = np.empty(net._net.workspace_size(3), dtype=dtype)
-    e = np.empty(0, dtype=dtype)
+    X, Y, net, ws, e = epoch_setup(sizes, 7, "sigmoid", "identity", dtype, batch_size=3)
     order = np.arange(7)
     theta = net._theta.copy()
     before = theta.tobytes()
