@@ -27,9 +27,11 @@
  *                     C  = fma(alpha, acc, beta*C)   (first slab)
  *                     C  = fma(alpha, acc, C)        (later slabs)
  *    and after the last slab the epilogue (bias, activation or dsrc
- *    derivative) runs on the tile while it is still in L1; sigmoid and tanh
- *    use a vectorised exp (see "Vector sigmoid / tanh" below), on this path
- *    and on the small one.  Edge tiles use half-height (MR/2 rows) and/or
+ *    derivative): bias, relu and the dsrc derivatives on the tile's
+ *    registers before that store (the micro-kernel's EP_* epilogues, per
+ *    lane the operations of epi_elem), sigmoid and tanh (and bias with
+ *    dsrc) on the stored tile while it is still in L1, by a vectorised exp
+ *    (see "Vector sigmoid / tanh" below), on this path and on the small one.  Edge tiles use half-height (MR/2 rows) and/or
  *    half-width (NR/2) variants of the micro-kernel when they fit.
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
@@ -40,6 +42,8 @@
  *               f64     6 x  8    72  256   4096
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
  *               f64     6 x  4    72  256   4096
+ *    The avx512 path runs small or thin products on the avx2 driver
+ *    (avx2_tiles below: same bits).
  *    KC x NR of B (16 KiB for avx2) stays in L1 across the MC/MR loop, the
  *    MC x KC block of A (144 KiB) in L2, the KC x NC panel of B in L3.
  *
