@@ -31,8 +31,9 @@
  *    registers before that store (the micro-kernel's EP_* epilogues, per
  *    lane the operations of epi_elem), sigmoid and tanh (and bias with
  *    dsrc) on the stored tile while it is still in L1, by a vectorised exp
- *    (see "Vector sigmoid / tanh" below), on this path and on the small one.  Edge tiles use half-height (MR/2 rows) and/or
- *    half-width (NR/2) variants of the micro-kernel when they fit.
+ *    (see "Vector sigmoid / tanh" below), on this path and on the small one.
+ *    Edge tiles use half-height (MR/2 rows) and/or half-width (NR/2)
+ *    variants of the micro-kernel when they fit.
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
  *      isa      dtype  MR x NR   MC   KC    NC    vector
