@@ -25,7 +25,8 @@ SMALL = [64, 128, 10]
 @pytest.fixture(autouse=True)
 def _restore():
     isa, n_threads = K.gemm_isa(), fastbp.get_num_threads()
-    threshold = K.set_parallel_threshold(K.set_parallel_threshold(0))
+    threshold = K.set_parallel_threshold(0)
+    K.set_parallel_threshold(threshold)
     fastbp.set_num_threads(1)
     yield
     K.set_gemm_isa(isa)
@@ -118,12 +119,15 @@ def test_small_config_team_same_bits(isa):
     """Threshold 0: the small config's steps through the team (row split, and
     the unit split at batch 7) give the bits of one thread."""
     K.set_gemm_isa(isa)
+    K.set_parallel_threshold(0)
     X, Y = data(SMALL, 160, "float32")
     for batch_size in (32, 7):
         fastbp.set_num_threads(1)
         one = fit(SMALL, X, Y, batch_size=batch_size)
         fastbp.set_num_threads(2)
+        before = K.parallel_regions()
         two = fit(SMALL, X, Y, batch_size=batch_size)
+        assert K.parallel_regions() > before or fastbp.get_num_threads() < 2
         assert two == one, f"batch {batch_size}"
 
 
