@@ -55,12 +55,15 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_region()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
+    void fbp_team_verdict(fbp_team *T, unsigned g, int finite)
+    int fbp_team_wait_verdict(fbp_team *T, unsigned g)
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
-               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n",
+               "verdict_waits", "verdict_stops")
 
 
 def team_stats(bint reset=False):
@@ -106,7 +109,8 @@ cdef struct Plan:
 
 cdef struct Job:
     # One step (or forward chunk) as every thread of the team reads it (only
-    # after claiming one of its tiles: then it cannot change).
+    # after claiming one of its tiles: then it cannot change).  Thread 0
+    # alone reads it (and lossv) for the loss verdict: see team_waves.
     Plan plan
     void *theta
     void *grad
@@ -488,12 +492,17 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
                     bint caller, int64_t *waited) noexcept nogil:
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
-    loss wave every thread sums the losses (in row order: all agree) and
-    stops before the updates when the sum is not finite (returns 1).  -2:
-    generation g is over (a late thread).  Workers do not wait for the last
-    wave; the caller does, so the step is complete when it returns; it adds
-    its waiting to waited[0] (and that of the last wave to waited[1])."""
+    loss wave of a training step (lw: -1 for none) the caller sums the losses
+    in row order and publishes whether the sum is finite (fbp_team_verdict);
+    the workers wait for that verdict rather than read job or lossv (the
+    caller may already be rewriting them for the next step when a late worker
+    gets there: no tile of g is held then).  Every thread stops before the
+    updates when the sum is not finite (returns 1).  -2: generation g is over
+    (a late thread).  Workers do not wait for the last wave; the caller does,
+    so the step is complete when it returns; it adds its waiting to waited[0]
+    (and that of the last wave to waited[1])."""
     cdef int v, t, r = 0, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
+    cdef bint finite
     cdef int64_t t0, dt, ran = 0
     for v in range(nw):
         while True:
@@ -520,9 +529,18 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
         if r != 0:
             fbp_stat_tiles(caller, ran, 1)
             return -2
-        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
-            r = 1
-            break
+        if v == lw:
+            if caller:
+                finite = isfinite(row_sum(ws + w.lossv, job.m))
+                fbp_team_verdict(T, g, finite)
+                r = 0 if finite else 1
+            else:
+                r = fbp_team_wait_verdict(T, g)
+                if r == -2:
+                    fbp_stat_tiles(caller, ran, 1)
+                    return -2
+            if r == 1:
+                break
     fbp_stat_tiles(caller, ran, 0)
     return r
 
@@ -575,7 +593,8 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
-    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
+    # (the loss verdict is for training steps only: no loss wave otherwise)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave if train else -1)
     team_waves(T, g, s, w, job, theta, ws, X, Y, True, waited)
     t1 = fbp_now_ns()
     fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)

@@ -138,7 +138,13 @@ static int fbp_omp_thread_limit(void) { return 1; }
    seq = g.  A claimed tile's data are stable: a generation ends only
    when all its claimed tiles are finished.  fbp_team_finish publishes a
    tile's writes (seq_cst increments), fbp_team_wait_wave returns once
-   every tile's writes are visible. */
+   every tile's writes are visible.  A training step stops before its
+   updates when its loss is not finite: after the loss wave thread 0 alone
+   sums the losses and publishes the verdict of g (fbp_team_verdict); a
+   worker waits for it (fbp_team_wait_verdict, watching thread 0) and
+   never reads the step's data or losses for it, since thread 0 may be
+   rewriting them for the next step by the time a late worker looks (a
+   verdict of an older generation reads as "g is over"). */
 #include <limits.h>
 #include <string.h>
 #if defined(__linux__)
@@ -170,10 +176,12 @@ typedef struct {
     int64_t wait_ns;        /* thread 0: of which waiting for others' tiles */
     int64_t wait_last_ns;   /* thread 0: of which waiting in the last wave */
     int64_t gap_ns, gaps;   /* thread 0: between two team steps of a region */
-    int64_t sleeps_wave;    /* futex sleeps waiting for a wave (any thread) */
+    int64_t sleeps_wave;    /* futex sleeps waiting for a wave (any thread) or a verdict */
     int64_t sleeps_next;    /* futex sleeps of a worker waiting for a step */
     int64_t wakes;          /* FUTEX_WAKE calls */
     int64_t wake_ns, wake_n; /* a worker asleep for a step: publish to its first claim */
+    int64_t verdict_waits;  /* a worker waited for thread 0's loss verdict */
+    int64_t verdict_stops;  /* of which the verdict was "not finite": it stopped */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -229,6 +237,7 @@ typedef struct {
     int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
     int64_t last_end;       /* thread 0 only: when its last team step returned */
     int64_t published;      /* when seq was last set (for the wake-up latency) */
+    int64_t verdict;        /* (g << 1) | finite: the loss verdict of generation g */
 } fbp_team;
 #include <time.h>
 static int64_t fbp_now_ns(void) {
@@ -446,6 +455,46 @@ static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
         fbp_sleep(T, e);
     }
     __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+    return r;
+}
+/* Thread 0, after the loss wave of generation g: whether the step's loss
+   is finite (the workers wait for this, fbp_team_wait_verdict). */
+static void fbp_team_verdict(fbp_team *T,   /* OUT its verdict (and event count) */
+                             unsigned g, int finite) {   /* IN */
+    __atomic_store_n(&T->verdict, ((int64_t)g << 1) | (finite != 0), __ATOMIC_SEQ_CST);
+    fbp_notify(T);
+}
+/* 0: the loss of g is finite; 1: it is not; -2: g is over (or the team
+   quits); 2: not known yet.  A verdict of another generation is not g's:
+   seq then tells whether g is still running. */
+static int fbp_verdict_state(fbp_team *T, unsigned g) {   /* IN */
+    int64_t d = __atomic_load_n(&T->verdict, __ATOMIC_SEQ_CST);
+    if ((unsigned)((uint64_t)d >> 1) == g) return (d & 1) ? 0 : 1;
+    if (__atomic_load_n(&T->seq, __ATOMIC_SEQ_CST) != g ||
+        __atomic_load_n(&T->quit, __ATOMIC_SEQ_CST)) return -2;
+    return 2;
+}
+/* A worker, after the loss wave of g: thread 0's verdict on the loss
+   (fbp_verdict_state: 0, 1 or -2), waited for as fbp_team_wait_wave waits
+   (a short spin, then asleep on the event count: fbp_team_verdict notifies). */
+static int fbp_team_wait_verdict(fbp_team *T,   /* IN, OUT its sleepers */
+                                 unsigned g) {   /* IN */
+    int r, e;
+    FBP_STAT(verdict_waits, 1);
+    for (int i = 0; i < FBP_SPIN; i++) {
+        if ((r = fbp_verdict_state(T, g)) != 2) goto out;
+        fbp_pause();
+    }
+    __atomic_add_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        e = __atomic_load_n(&T->ev, __ATOMIC_SEQ_CST);
+        if ((r = fbp_verdict_state(T, g)) != 2) break;
+        FBP_STAT(sleeps_wave, 1);
+        fbp_sleep(T, e);
+    }
+    __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+out:
+    if (r == 1) FBP_STAT(verdict_stops, 1);
     return r;
 }
 /* A worker: the next generation after `last`, or 0 once the team quits. */
