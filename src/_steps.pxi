@@ -487,20 +487,32 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
                       cut(s.sizes[k], t + 1, n, p.nr))
 
 
+# What each thread of a team step reads and writes.  Inside a tile: only
+# its own slots (the block above Plan), and it reads the Job, theta and the
+# workspace only after claiming the tile (g cannot end while it holds one).
+# Outside a tile a thread writes nothing but fbp_team's atomics and its own
+# locals (the caller: also `waited`, its own).  The loss verdict of a
+# training step: once the loss wave is finished (fbp_team_wait_wave: every
+# loss tile's writes visible), the caller alone sums lossv in row order and
+# publishes whether the sum is finite (fbp_team_verdict, one atomic word
+# tagged with g); it waits for no worker to do so.  A worker then holds no
+# tile of g, so it reads neither lossv nor the Job (g may be over and the
+# caller writing g + 1's by then): it waits for the word of g
+# (fbp_team_wait_verdict), and a word of an older step, once g is over,
+# reads as -2, never as g's verdict.  batch_step reads lossv again after the
+# step: the caller's own read, every loss tile finished before.
 cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *job,
                     floating *theta, floating *ws, const floating *X, const floating *Y,
                     bint caller, int64_t *waited) noexcept nogil:
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
-    loss wave of a training step (lw: -1 for none) the caller sums the losses
-    in row order and publishes whether the sum is finite (fbp_team_verdict);
-    the workers wait for that verdict rather than read job or lossv (the
-    caller may already be rewriting them for the next step when a late worker
-    gets there: no tile of g is held then).  Every thread stops before the
-    updates when the sum is not finite (returns 1).  -2: generation g is over
-    (a late thread).  Workers do not wait for the last wave; the caller does,
-    so the step is complete when it returns; it adds its waiting to waited[0]
-    (and that of the last wave to waited[1])."""
+    loss wave of a training step (lw; -1 for a forward pass) the caller sums
+    the losses and publishes the verdict, the workers wait for it (see the
+    block above); every thread stops before the updates when the sum is not
+    finite (returns 1).  -2: generation g is over (a late thread).  Workers
+    do not wait for the last wave; the caller does, so the step is complete
+    when it returns; it adds its waiting to waited[0] (and that of the last
+    wave to waited[1])."""
     cdef int v, t, r = 0, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
     cdef bint finite
     cdef int64_t t0, dt, ran = 0

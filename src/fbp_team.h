@@ -139,12 +139,18 @@ static int fbp_omp_thread_limit(void) { return 1; }
    when all its claimed tiles are finished.  fbp_team_finish publishes a
    tile's writes (seq_cst increments), fbp_team_wait_wave returns once
    every tile's writes are visible.  A training step stops before its
-   updates when its loss is not finite: after the loss wave thread 0 alone
-   sums the losses and publishes the verdict of g (fbp_team_verdict); a
-   worker waits for it (fbp_team_wait_verdict, watching thread 0) and
-   never reads the step's data or losses for it, since thread 0 may be
-   rewriting them for the next step by the time a late worker looks (a
-   verdict of an older generation reads as "g is over"). */
+   updates when its loss is not finite.  The verdict: after the loss wave
+   (fbp_team_wait_wave, so every loss tile's writes are visible) thread 0
+   alone sums the losses and publishes (g << 1) | finite in one word
+   (fbp_team_verdict: a seq_cst store, then a notify); it waits for nobody
+   to do so.  A worker holds no tile of g by then, so g may end and thread
+   0 rewrite the step's data and losses for g + 1 at any moment: it never
+   reads them for the verdict, it waits for the word instead
+   (fbp_team_wait_verdict: a short spin, then the futex).  The word is
+   tagged with g, so a worker that comes late never takes an older step's
+   verdict for g's: a word of another generation with seq != g means g is
+   over (-2), with seq == g that g's verdict is still to come; and a
+   verdict of g + 1 can only be stored after seq = g + 1. */
 #include <limits.h>
 #include <string.h>
 #if defined(__linux__)
