@@ -733,7 +733,9 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
     ops.p64 = fbp_packed_f64()
     ops.net.n_layers, ops.net.hidden = s.n_layers, s.hidden
     ops.net.sizes, ops.net.w_off, ops.net.b_off = s.sizes, s.w_off, s.b_off
-    ops.net.act, ops.net.delta = &w.act[0], &w.delta[0]
+    # (two statements: a tuple assignment's temporaries would drop w's const)
+    ops.net.act = &w.act[0]
+    ops.net.delta = &w.delta[0]
     ops.buf = NULL
     if grad == NULL and tiny_packed_on:
         fbp_packed_layout(sizeof(floating), s.n_layers, s.sizes, w.rows, &ops.P)
