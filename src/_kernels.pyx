@@ -363,8 +363,10 @@ cdef extern from *:
      * path runs them, waits on each FMA's latency).  Contraction is off here,
      * as in fbp_gemm.c: a*b+c is never fused unless written so. */
     #include <stdint.h>
+    #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")
+    #endif
     #if defined(__clang__)   /* GCC's pragma is ignored there: the standard one, per body */
     #define FBP_ROW_NOFUSE _Pragma("STDC FP_CONTRACT OFF")
     #else
@@ -423,7 +425,9 @@ cdef extern from *:
     #define fbp_rowdot_f32_fma fbp_rowdot_f32
     #define fbp_rowdot_f64_fma fbp_rowdot_f64
     #endif
+    #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
+    #endif
     """
     void fbp_rowdot_f32(const float *x, const float *W, int64_t n_in, int64_t n_out, float *z) nogil
     void fbp_rowdot_f64(const double *x, const double *W, int64_t n_in, int64_t n_out, double *z) nogil
