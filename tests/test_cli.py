@@ -1067,6 +1067,39 @@ def test_bad_optimizer_options_are_one_line_errors(
     assert not (bad_files / "ok.fastbp.npz").exists()  # nothing trained, nothing written
 
 
+def test_train_defaults_are_the_measured_ones(blobs: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """`train` without options uses the defaults the README's table measured (chosen on
+    tools/cli_defaults_check.py's selection runs): AdamW lr 1e-3 decay 1, at most 200
+    epochs, patience 50, batch 16, 64 relu units, validation 0.2, label smoothing 0.05,
+    then a refit on every row for the epochs early stopping kept; --help says so."""
+    assert cli.TRAIN_DEFAULTS == {"optimizer": "adamw", "epochs": 200, "patience": 50,
+                                  "batch_size": 16, "refit": True, "average": 1,
+                                  "label_smoothing": 0.05}
+    code, out, err = run(["train", blobs, "-o", tmp_path / "m.npz", "-q"], capsys)
+    assert code == 0, err
+    record = _training_record(tmp_path / "m.json")
+    options = record["options"]
+    want = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1.0, "epochs": 200,
+            "patience": 50, "batch_size": 16, "hidden": [64], "activation": "relu",
+            "validation_split": 0.2, "early_stopping": True, "refit": True, "average": 1,
+            "label_smoothing": 0.05, "schedule": "constant"}
+    assert {k: options[k] for k in want} == want
+    best, ran = record["best_epoch"], record["epochs_run"]
+    assert 1 <= best <= ran <= 200 and (ran == 200 or ran == best + 50)
+    assert record["refit"]["epochs"] == best and record["train_rows"] == 300
+    assert record["refit"]["selection"]["validation_rows"] == 60
+    assert f"refit: {best} epoch(s) on all 300 rows" in out
+    code, out, _ = run(["train", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0
+    for fragment in ("(default 200; early stopping can end sooner", "(default 16)",
+                     "adamw 0.001", "adamw 1 (2 for regression)", "(default 50)",
+                     "(default 0.2)", "(default 0.05; 0 for none)", "(default 64;",
+                     "(default: on under early stopping"):
+        assert fragment in text, fragment
+
+
 def test_defaults_train_a_good_iris_model(tmp_path: Path, capsys: pytest.CaptureFixture
                                           ) -> None:
     """The defaults (no option but the file) reach issue 13's iris target, 0.95 on a
