@@ -20,7 +20,7 @@
 #     batches of one row without sample weights have a loop of their own
 #     (tiny_loop1), and when every layer fits one vector (8 floats / 4
 #     doubles: the seeds' 2-2-1) the whole loop is one C function
-#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 325 instructions per 2-2-1
+#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 290 instructions per 2-2-1
 #     step against tiny_loop1's 727), tiny_loop1 taking the snapshot step;
 #   - the legacy SGD keywords (momentum, nesterov, weight decay, l2): the
 #     narrow kernels (fbp_narrow_*) on theta's own layout form the gradient,
