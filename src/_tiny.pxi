@@ -537,37 +537,34 @@ cdef struct FusedCtx:
     void *yhat
 
 
-cdef double fused_loss_f32(void *ctx,          # IN the FusedCtx (OUT its yhat row)
-                           const void *z,      # IN logits (n_out)
-                           const void *y,      # IN target row
-                           void *dL,           # OUT dloss/dz (n_out)
-                           double *hit) noexcept nogil:   # OUT the accuracy
-    """tiny_loop1's output, loss and accuracy of one sample (float32), for
-    the fused loop: the loss rounded to the dtype; *hit likewise."""
-    cdef const FusedCtx *c = <const FusedCtx *>ctx
-    cdef float *yhat = <float *>c.yhat
-    output_row(c.s, <const float *>z, yhat)
-    cdef float lossv = <float>loss_row(c.s, <const float *>z, yhat, <const float *>y,
-                                       <float *>dL, 1.0)
+cdef inline double fused_loss_row(const FusedCtx *c,     # IN the net (OUT its yhat row)
+                                  const floating *z,     # IN logits (n_out)
+                                  const floating *y,     # IN target row
+                                  floating *dL,          # OUT dloss/dz (n_out)
+                                  double *hit) noexcept nogil:   # OUT the accuracy
+    """tiny_loop1's output, loss and accuracy of one sample, for the fused
+    loop: the loss rounded to the dtype; *hit likewise."""
+    cdef floating *yhat = <floating *>c.yhat
+    output_row(c.s, z, yhat)
+    cdef floating lossv = <floating>loss_row(c.s, z, yhat, y, dL, 1.0)
     if c.s.loss != LOSS_SQUARED:
-        hit[0] = <float>hit_row(c.s, yhat, <const float *>y)
+        hit[0] = <floating>hit_row(c.s, yhat, y)
     return lossv
 
 
-cdef double fused_loss_f64(void *ctx,          # IN the FusedCtx (OUT its yhat row)
-                           const void *z,      # IN logits (n_out)
-                           const void *y,      # IN target row
-                           void *dL,           # OUT dloss/dz (n_out)
-                           double *hit) noexcept nogil:   # OUT the accuracy
-    """fused_loss_f32 for float64."""
-    cdef const FusedCtx *c = <const FusedCtx *>ctx
-    cdef double *yhat = <double *>c.yhat
-    output_row(c.s, <const double *>z, yhat)
-    cdef double lossv = <double>loss_row(c.s, <const double *>z, yhat, <const double *>y,
-                                         <double *>dL, 1.0)
-    if c.s.loss != LOSS_SQUARED:
-        hit[0] = <double>hit_row(c.s, yhat, <const double *>y)
-    return lossv
+# The fused loop's callbacks (ft_loss_fn: untyped pointers, so the dtype is
+# not in the signature and Cython cannot specialise one definition on it):
+# fused_loss_row for each dtype.
+cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    return fused_loss_row(<const FusedCtx *>ctx, <const float *>z, <const float *>y,
+                          <float *>dL, hit)
+
+
+cdef double fused_loss_f64(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    return fused_loss_row(<const FusedCtx *>ctx, <const double *>z, <const double *>y,
+                          <double *>dL, hit)
 
 
 cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
