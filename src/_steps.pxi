@@ -55,12 +55,16 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_region()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
+    int fbp_team_loss_last(fbp_team *T, int v)
+    void fbp_team_verdict(fbp_team *T, unsigned g, int finite, int caller)
+    int fbp_team_read_verdict(fbp_team *T, unsigned g)
 
 # The fields of fbp_stats_t (fbp_team.h), in order.
 _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoffs",
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
-               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n")
+               "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n",
+               "verdicts", "verdicts_worker", "verdict_stops")
 
 
 def team_stats(bint reset=False):
@@ -106,7 +110,8 @@ cdef struct Plan:
 
 cdef struct Job:
     # One step (or forward chunk) as every thread of the team reads it (only
-    # after claiming one of its tiles: then it cannot change).
+    # after claiming one of its tiles: then it cannot change; the loss
+    # verdict too is taken while holding one, see team_waves).
     Plan plan
     void *theta
     void *grad
@@ -498,16 +503,32 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
                       cut(s.sizes[k], t + 1, n, p.nr))
 
 
+# What each thread of a team step reads and writes.  Inside a tile: only
+# its own slots (the block above Plan), and it reads the Job, theta and the
+# workspace only after claiming the tile (g cannot end while it holds one).
+# Outside a tile a thread writes nothing but fbp_team's atomics and its own
+# locals (the caller: also `waited`, its own).  The loss verdict of a
+# training step: the thread that finishes the last tile of the loss wave,
+# still holding that tile (fbp_team_loss_last), sums lossv in row order and
+# publishes whether the sum is finite (fbp_team_verdict, one atomic word
+# tagged with g) before it counts the tile done; every thread reads the word
+# once the wave is finished (fbp_team_read_verdict), so nobody waits for the
+# verdict and no thread reads lossv or the Job after its last tile (g may be
+# over and the caller writing g + 1's by then).  A late worker reads a later
+# generation's word as -2.  batch_step reads lossv again after the step: the
+# caller's own read, every loss tile finished before.
 cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *job,
                     floating *theta, floating *ws, const floating *X, const floating *Y,
                     bint caller, int64_t *waited) noexcept nogil:
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
-    loss wave every thread sums the losses (in row order: all agree) and
-    stops before the updates when the sum is not finite (returns 1).  -2:
-    generation g is over (a late thread).  Workers do not wait for the last
-    wave; the caller does, so the step is complete when it returns; it adds
-    its waiting to waited[0] (and that of the last wave to waited[1])."""
+    loss wave of a training step (lw; -1 for a forward pass) every thread
+    reads the verdict its last tile published (see the block above); every
+    thread stops before the updates when the sum is not
+    finite (returns 1).  -2: generation g is over (a late thread).  Workers
+    do not wait for the last wave; the caller does, so the step is complete
+    when it returns; it adds its waiting to waited[0] (and that of the last
+    wave to waited[1])."""
     cdef int v, t, r = 0, nw = fbp_team_nw(T), lw = fbp_team_loss_wave(T)
     cdef int64_t t0, dt, ran = 0
     for v in range(nw):
@@ -519,6 +540,8 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
             if t < 0:
                 break
             run_tile(s, &job.plan, v, t, job, theta, ws, w, X, Y if job.has_y else NULL)
+            if v == lw and fbp_team_loss_last(T, v):   # still holding the tile
+                fbp_team_verdict(T, g, isfinite(row_sum(ws + w.lossv, job.m)), caller)
             fbp_team_finish(T, v)
             ran += 1
         if v == nw - 1 and not caller:
@@ -535,9 +558,13 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
         if r != 0:
             fbp_stat_tiles(caller, ran, 1)
             return -2
-        if v == lw and job.train and not isfinite(row_sum(ws + w.lossv, job.m)):
-            r = 1
-            break
+        if v == lw:
+            r = fbp_team_read_verdict(T, g)
+            if r == -2:
+                fbp_stat_tiles(caller, ran, 1)
+                return -2
+            if r == 1:
+                break
     fbp_stat_tiles(caller, ran, 0)
     return r
 
@@ -590,7 +617,8 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
-    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave)
+    # (the loss verdict is for training steps only: no loss wave otherwise)
+    fbp_team_open(T, g, p.n_waves, p.n_tiles, p.loss_wave if train else -1)
     team_waves(T, g, s, w, job, theta, ws, X, Y, True, waited)
     t1 = fbp_now_ns()
     fbp_stat_team_step(T, t0, t1, waited[0], waited[1], fine)

@@ -138,7 +138,19 @@ static int fbp_omp_thread_limit(void) { return 1; }
    seq = g.  A claimed tile's data are stable: a generation ends only
    when all its claimed tiles are finished.  fbp_team_finish publishes a
    tile's writes (seq_cst increments), fbp_team_wait_wave returns once
-   every tile's writes are visible. */
+   every tile's writes are visible.  A training step stops before its
+   updates when its loss is not finite.  The verdict: the thread that
+   finishes the last tile of the loss wave (fbp_team_loss_last, a count
+   of loss tiles run to their end, taken while it still holds its tile)
+   sums the losses and stores (g << 1) | finite in one word
+   (fbp_team_verdict) before fbp_team_finish counts its tile done.  So
+   the step cannot end (nor its data or losses be rewritten) while it
+   reads them, every other loss tile's writes are visible to it, and
+   whoever sees the wave finished (fbp_team_wait_wave) sees g's verdict:
+   nobody waits for it, neither thread 0 for a worker nor a worker for
+   thread 0.  A worker that comes late, once g is over, finds a word of
+   a later generation (or its wave's count reset) and reads -2, never
+   another step's verdict as g's. */
 #include <limits.h>
 #include <string.h>
 #if defined(__linux__)
@@ -174,6 +186,9 @@ typedef struct {
     int64_t sleeps_next;    /* futex sleeps of a worker waiting for a step */
     int64_t wakes;          /* FUTEX_WAKE calls */
     int64_t wake_ns, wake_n; /* a worker asleep for a step: publish to its first claim */
+    int64_t verdicts;       /* loss verdicts published (by the last loss tile's thread) */
+    int64_t verdicts_worker; /* of which by a worker */
+    int64_t verdict_stops;  /* threads that read "not finite" and stopped */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -229,6 +244,8 @@ typedef struct {
     int64_t n_team_steps;   /* thread 0 only: team steps run by this team */
     int64_t last_end;       /* thread 0 only: when its last team step returned */
     int64_t published;      /* when seq was last set (for the wake-up latency) */
+    int64_t verdict;        /* (g << 1) | finite: the loss verdict of generation g */
+    int loss_done;          /* loss tiles of the current generation run to their end */
 } fbp_team;
 #include <time.h>
 static int64_t fbp_now_ns(void) {
@@ -390,6 +407,7 @@ static void fbp_team_invalidate(fbp_team *T, unsigned g) {
 }
 static void fbp_team_open(fbp_team *T, unsigned g, int nw, const int *n, int loss_wave) {
     int top = nw > T->hi ? nw : T->hi;
+    __atomic_store_n(&T->loss_done, 0, __ATOMIC_SEQ_CST);   /* (no loss tile of g-1 runs) */
     for (int v = 0; v < top; v++) {
         __atomic_store_n(&T->done[v], 0, __ATOMIC_SEQ_CST);
         __atomic_store_n(&T->n[v], v < nw ? n[v] : 0, __ATOMIC_SEQ_CST);
@@ -446,6 +464,32 @@ static int fbp_team_wait_wave(fbp_team *T, int v, unsigned g) {
         fbp_sleep(T, e);
     }
     __atomic_sub_fetch(&T->sleepers, 1, __ATOMIC_SEQ_CST);
+    return r;
+}
+/* Any thread, at the end of a tile of the loss wave v of g and BEFORE
+   fbp_team_finish: 1 when it is the last loss tile to get here.  Every
+   other loss tile's writes are then visible to it (a chain of seq_cst
+   increments), and g cannot end while it has not finished its tile: it
+   sums the losses and publishes the verdict (fbp_team_verdict) before
+   fbp_team_finish lets anyone past the wave. */
+static int fbp_team_loss_last(fbp_team *T, int v) {   /* IN, OUT loss_done */
+    return __atomic_add_fetch(&T->loss_done, 1, __ATOMIC_SEQ_CST) ==
+           __atomic_load_n(&T->n[v], __ATOMIC_SEQ_CST);
+}
+static void fbp_team_verdict(fbp_team *T,   /* OUT its verdict */
+                             unsigned g, int finite, int caller) {   /* IN */
+    FBP_STAT(verdicts, 1);
+    if (!caller) FBP_STAT(verdicts_worker, 1);
+    __atomic_store_n(&T->verdict, ((int64_t)g << 1) | (finite != 0), __ATOMIC_SEQ_CST);
+}
+/* After fbp_team_wait_wave(loss wave, g) returned 0: 0 when the loss of g
+   is finite, 1 when it is not, -2 when g is over (a late worker: the word
+   is already a later generation's).  Never waits: the verdict was stored
+   before the wave's last tile was counted done. */
+static int fbp_team_read_verdict(fbp_team *T, unsigned g) {   /* IN */
+    int64_t d = __atomic_load_n(&T->verdict, __ATOMIC_SEQ_CST);
+    int r = (unsigned)((uint64_t)d >> 1) != g ? -2 : (d & 1) ? 0 : 1;
+    if (r == 1) FBP_STAT(verdict_stops, 1);
     return r;
 }
 /* A worker: the next generation after `last`, or 0 once the team quits. */

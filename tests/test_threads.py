@@ -200,10 +200,80 @@ def test_default_threshold_row_split_any_mode(restore_threads, dtype):
 def test_team_stats_and_tile_mode_hooks():
     stats = _kernels.team_stats(reset=True)
     assert set(stats) >= {"regions", "steps_team", "steps_backoff", "backoffs", "wait_ns",
-                          "sleeps_wave", "sleeps_next", "wakes"}
+                          "sleeps_wave", "sleeps_next", "wakes",
+                          "verdicts", "verdicts_worker", "verdict_stops"}
     assert all(v == 0 for v in _kernels.team_stats().values())
     with pytest.raises(ValueError, match="tile mode"):
         _kernels.set_tile_mode(3)
+
+
+NONFINITE_STRESS = textwrap.dedent("""
+    import json
+    import numpy as np
+    import fastbp
+    from fastbp import _kernels
+
+    _kernels.set_parallel_threshold(0)      # every step with > 1 thread through the team
+    CASES = [([8, 24, 16, 4], 4), ([8, 24, 4], 64)]   # unit split (small batch), row split
+    N = 256
+
+    def params(net):
+        return b"".join(a.tobytes() for a in list(net.weights) + list(net.biases))
+
+    def run(threads, sizes, batch, bad):
+        # A fit whose batch holding row `bad` has an Inf loss, then steps that
+        # alternate a good batch and that bad one: the message and the weights.
+        fastbp.set_num_threads(threads)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((N, sizes[0]))
+        Y = rng.standard_normal((N, sizes[-1]))
+        Y[bad] = 1e30                    # float32: its squared error is Inf
+        net = fastbp.MLP(sizes, output="identity", loss="squared_error", dtype="float32",
+                         seed=1)
+        try:
+            net.fit(X, Y, epochs=1, batch_size=batch, lr=0.01, shuffle=False)
+            msg = None
+        except FloatingPointError as e:
+            msg = str(e)
+        out = [msg, params(net).hex()]
+        b0 = (bad // batch) * batch
+        for i in range(20):
+            s = b0 if i % 2 else (b0 + batch) % N
+            before = params(net)
+            try:
+                net.step(X[s:s + batch], Y[s:s + batch], 0.01)
+                assert s != b0, "a step with an Inf loss went through"
+            except FloatingPointError:
+                assert s == b0 and params(net) == before, "a refused step changed the model"
+            out.append(params(net).hex())
+        return out
+
+    _kernels.team_stats(reset=True)
+    for sizes, batch in CASES:
+        for bad in (0, 37, 130, 255):
+            ref = run(1, sizes, batch, bad)
+            assert ref[0] is not None and "whose loss was NaN or Inf" in ref[0], ref[0]
+            for t in (2, 3, 4):
+                for _ in range(2):
+                    assert run(t, sizes, batch, bad) == ref, (t, sizes, batch, bad)
+    print(json.dumps(_kernels.team_stats()))
+""")
+
+
+def test_nonfinite_loss_in_team_steps_rewinds_exactly_and_never_hangs():
+    """Many short team steps (threshold 0) on 2, 3 and 4 threads, both plans,
+    with an Inf batch loss at a chosen step of a fit and then every other
+    step(): the weights are those of 1 thread after the fit's rewind and
+    after every step, a refused step changes nothing, and nothing deadlocks
+    (a subprocess with a timeout).  One verdict per training team step,
+    published by the thread of the loss wave's last tile (team_stats()
+    ["verdicts"]), and refused steps stopped on it ("verdict_stops")."""
+    stats = json.loads(_python(NONFINITE_STRESS).strip().splitlines()[-1])
+    if NO_TEAMS is None:
+        assert stats["steps_team"] > 0 and stats["tiles_worker"] > 0, stats
+        assert stats["verdicts"] == stats["steps_team"], stats   # (every one trains)
+        assert stats["verdicts_worker"] <= stats["verdicts"], stats
+        assert stats["verdict_stops"] > 0, stats
 
 
 def test_small_steps_stay_serial(restore_threads):
