@@ -212,6 +212,8 @@ cdef struct Spec:
     int n_threads
     unsigned int ftz        # the caller's FTZ/DAZ bits, set in every thread of a region
     int elem                # bytes per element (4, 8): the GEMM's tile shape
+    int64_t x_nnz           # sparse X: its mean non-zeros per row, rounded up (layer 0's
+                            # cost in the planner, layer_macs); -1: dense X
 
 
 cdef enum:
@@ -365,8 +367,10 @@ cdef extern from *:
      * path runs them, waits on each FMA's latency).  Contraction is off here,
      * as in fbp_gemm.c: a*b+c is never fused unless written so. */
     #include <stdint.h>
+    #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")
+    #endif
     #if defined(__clang__)   /* GCC's pragma is ignored there: the standard one, per body */
     #define FBP_ROW_NOFUSE _Pragma("STDC FP_CONTRACT OFF")
     #else
@@ -425,7 +429,9 @@ cdef extern from *:
     #define fbp_rowdot_f32_fma fbp_rowdot_f32
     #define fbp_rowdot_f64_fma fbp_rowdot_f64
     #endif
+    #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
+    #endif
     """
     void fbp_rowdot_f32(const float *x, const float *W, int64_t n_in, int64_t n_out, float *z) nogil
     void fbp_rowdot_f64(const double *x, const double *W, int64_t n_in, int64_t n_out, double *z) nogil
@@ -685,6 +691,7 @@ cdef class Network:
         self.spec.output = output
         self.spec.loss = loss
         self.spec.n_threads = 1
+        self.spec.x_nnz = -1
         self._bind()
 
     cdef void _bind(self):
@@ -784,6 +791,7 @@ cdef class Network:
         s.n_threads = n_threads if n_threads > 0 else 1
         s.ftz = fbp_ftz_mode()
         s.elem = elem
+        s.x_nnz = -1            # (x_data sets it for a sparse X)
         return s
 
     def _check(self, theta, X, Y=None):
@@ -815,7 +823,7 @@ cdef class Network:
         cdef Sparse sp
         cdef _SparseView spv = _SparseView()
         extra_init(&e)
-        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, False)
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, &s, n_threads, False)
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, NULL, n, chunk, &e
         c.out = &out[0, 0]
         with nogil:
@@ -889,7 +897,7 @@ cdef class Network:
         cdef Sparse sp
         cdef _SparseView spv = _SparseView()
         cdef const floating *xp = x_and_weights(X, sample_weight, theta, &theta[0], spv, &sp, &e,
-                                                s.sizes[0], n_threads, False, &total_w)
+                                                &s, n_threads, False, &total_w)
         if sample_weight is not None and not total_w > 0:
             return 0.0, 0.0
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, &Y[0, 0], n, chunk, &e
@@ -923,7 +931,7 @@ cdef class Network:
         cdef _SparseView spv = _SparseView()
         cdef double total_w
         cdef const floating *xp = x_and_weights(X, sample_weight, theta, &theta[0], spv, &sp, &e,
-                                                s.sizes[0], n_threads, True, &total_w)
+                                                &s, n_threads, True, &total_w)
         if sample_weight is not None:
             e.wsum = total_w
             if not e.wsum > 0:
@@ -1070,7 +1078,7 @@ cdef class Network:
         cdef _SparseView spv = _SparseView()
         cdef Extra e
         extra_init(&e)
-        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, s.sizes[0], n_threads, True)
+        cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, &s, n_threads, True)
         cdef Work w = make_work(&s, rows, WS_FIT | (WS_SPARSE if e.sp != NULL else 0))
         cdef Optim o
         cdef Totals t
@@ -1196,12 +1204,13 @@ cdef class Network:
 
 cdef const floating *x_and_weights(X, sample_weight, theta, const floating *dtype_of,  # IN
                                    _SparseView view, Sparse *sp, Extra *e,        # OUT
-                                   int64_t n_in, int n_threads, bint train,
+                                   Spec *s,                     # IN/OUT (x_data: s.x_nnz)
+                                   int n_threads, bint train,
                                    double *total_w) except NULL:                 # OUT
     """The setup `Network.loss` and `Network.gradients` share: `e`
     initialised (extra_init), the kernels' X returned (x_data: the first
     element of dense rows, or a CSR filled into `sp`, kept alive by `view`,
-    and e.sp set) and, with `sample_weight`, e.sw pointing at the weights
+    e.sp and s.x_nnz set) and, with `sample_weight`, e.sw pointing at the weights
     (_weights_view checks their shape and dtype and copies nothing, so they
     live as long as the caller's argument) and *total_w their sum
     (weight_sum, in row order, in double).  Without weights e.sw is NULL and
@@ -1209,7 +1218,7 @@ cdef const floating *x_and_weights(X, sample_weight, theta, const floating *dtyp
     cdef const floating[::1] sw
     cdef int64_t n = X.shape[0]
     extra_init(e)
-    cdef const floating *xp = x_data(X, theta, dtype_of, view, sp, e, n_in, n_threads, train)
+    cdef const floating *xp = x_data(X, theta, dtype_of, view, sp, e, s, n_threads, train)
     total_w[0] = n
     if sample_weight is not None:
         sw = _weights_view(sample_weight, theta, n)

@@ -52,7 +52,7 @@ cdef double lw_forward(const Spec *s, const Extra *e,
     the sum of the per-sample losses (in row order)."""
     cdef int nt = lw_threads(s, forward_macs(s, m))
     cdef int64_t n_tiles = 1, t
-    cdef unsigned int csr
+    cdef unsigned int csr = 0   # (set in every thread; 0 for the firstprivate copy)
     if nt > 1:
         n_tiles = min(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROWS_PER_THREAD)
     if n_tiles <= 1:
@@ -81,7 +81,7 @@ cdef void lw_backward(const Spec *s, const Extra *e,
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1], mr, nr, t, c
     cdef int64_t macs = m * n_in * n_out
     cdef int nt = lw_threads(s, 2 * macs if k > 0 else macs), ng, nd = 0
-    cdef unsigned int csr
+    cdef unsigned int csr = 0   # (set in every thread; 0 for the firstprivate copy)
     if nt <= 1:
         update_units(s, e, <floating *>NULL, grad, <floating>0, <floating *>NULL, ws, w, X,
                      m, k, 0, n_out)

@@ -519,19 +519,31 @@ cdef class _SparseView:
         return 0
 
 
+cdef int64_t mean_nnz(const Sparse *sp, int64_t n_rows) noexcept nogil:
+    """The mean stored entries per row of the data set's n_rows rows,
+    rounded up (0 without rows)."""
+    cdef int64_t r, total = 0
+    for r in range(n_rows):
+        total += sp.hi[r] - sp.lo[r]
+    return (total + n_rows - 1) // n_rows if n_rows > 0 else 0
+
+
 cdef const floating *x_data(X, theta, const floating *dtype_of,  # IN  (dtype_of: the fused type only)
                             _SparseView view,    # OUT keeps a sparse X's arrays alive
                             Sparse *sp,          # OUT filled for a sparse X
                             Extra *e,            # OUT e.sp = sp for a sparse X
-                            int64_t n_in, int n_threads, bint train) except NULL:  # IN
+                            Spec *s,             # IN the network; OUT s.x_nnz for a sparse X
+                            int n_threads, bint train) except NULL:  # IN
     """The kernels' X: a dense (n_samples, n_in) C-contiguous array (its first
     element), or a fastbp._sparse.CSR (then e.sp = sp, filled and kept alive
-    by `view`, and the pointer returned is the CSR data's, never read as
-    dense rows)."""
+    by `view`, s.x_nnz its mean non-zeros per row, which the planner costs
+    layer 0 by (layer_macs), and the pointer returned is the CSR data's,
+    never read as dense rows)."""
     cdef const floating[:, ::1] Xd
     if getattr(X, "_fastbp_csr", False):
-        view.fill(sp, X, np.asarray(theta).dtype, n_in, n_threads, train)
+        view.fill(sp, X, np.asarray(theta).dtype, s.sizes[0], n_threads, train)
         e.sp = sp
+        s.x_nnz = mean_nnz(sp, X.shape[0])
         return <const floating *>sp.data
     Xd = X
     return &Xd[0, 0]

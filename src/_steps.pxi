@@ -149,12 +149,25 @@ cdef inline int64_t widest(int64_t n, int64_t nt, int64_t align) noexcept nogil:
     return min(n, (((n + align - 1) // align + nt - 1) // nt) * align)
 
 
+cdef inline int64_t layer_macs(const Spec *s, int64_t m, int k) noexcept nogil:
+    """The multiply-adds of layer k's forward product for m rows, the
+    planner's cost of it: m n_in n_out, but on sparse X (s.x_nnz >= 0) m
+    x_nnz n_out for layer 0, whose forward and gradient walk only the stored
+    entries (_sparse.pxi: x_nnz is the data set's mean per row, so every
+    step of a call has the same cost and key)."""
+    if k == 0 and s.x_nnz >= 0:
+        return m * s.x_nnz * s.sizes[1]
+    return m * s.sizes[k] * s.sizes[k + 1]
+
+
 cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
+    """The multiply-adds of the forward pass of m rows (layer_macs): what the
+    threads of a step (make_plan) and its shape key (step_key) go by."""
     cdef int64_t macs = 0
     cdef int k
     for k in range(s.n_layers):
-        macs += s.sizes[k] * s.sizes[k + 1]
-    return m * macs
+        macs += layer_macs(s, m, k)
+    return macs
 
 
 cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
@@ -204,7 +217,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
         nw = 1
     else:
         for k in range(L):       # forward, layer by layer, output columns
-            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], m * s.sizes[k] * s.sizes[k + 1], p.nr, nt,
+            p.n_tiles[nw] = tiles_for(s.sizes[k + 1], layer_macs(s, m, k), p.nr, nt,
                                       UNIT_TILES_PER_THREAD)
             nw += 1
         p.n_tiles[nw] = <int>min(m, <int64_t>nt)   # output activation (and loss) rows
@@ -217,6 +230,8 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
                                           UNIT_TILES_PER_THREAD)
                 nw += 1
     if train:
+        # (part 2 costs layer 0 densely on sparse X too: with Adam its update
+        # is dense in W_0, and its tiles pack nothing, so more cost little)
         p.p2_first[0] = 0
         for k in range(L):
             units = s.sizes[k + 1]

@@ -20,7 +20,7 @@
 #     batches of one row without sample weights have a loop of their own
 #     (tiny_loop1), and when every layer fits one vector (8 floats / 4
 #     doubles: the seeds' 2-2-1) the whole loop is one C function
-#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 325 instructions per 2-2-1
+#     (tiny_fused1 -> ft_sgd1_* of fbp_tiny.h: 290 instructions per 2-2-1
 #     step against tiny_loop1's 727), tiny_loop1 taking the snapshot step;
 #   - the legacy SGD keywords (momentum, nesterov, weight decay, l2): the
 #     narrow kernels (fbp_narrow_*) on theta's own layout form the gradient,
@@ -537,37 +537,34 @@ cdef struct FusedCtx:
     void *yhat
 
 
-cdef double fused_loss_f32(void *ctx,          # IN the FusedCtx (OUT its yhat row)
-                           const void *z,      # IN logits (n_out)
-                           const void *y,      # IN target row
-                           void *dL,           # OUT dloss/dz (n_out)
-                           double *hit) noexcept nogil:   # OUT the accuracy
-    """tiny_loop1's output, loss and accuracy of one sample (float32), for
-    the fused loop: the loss rounded to the dtype; *hit likewise."""
-    cdef const FusedCtx *c = <const FusedCtx *>ctx
-    cdef float *yhat = <float *>c.yhat
-    output_row(c.s, <const float *>z, yhat)
-    cdef float lossv = <float>loss_row(c.s, <const float *>z, yhat, <const float *>y,
-                                       <float *>dL, 1.0)
+cdef inline double fused_loss_row(const FusedCtx *c,     # IN the net (OUT its yhat row)
+                                  const floating *z,     # IN logits (n_out)
+                                  const floating *y,     # IN target row
+                                  floating *dL,          # OUT dloss/dz (n_out)
+                                  double *hit) noexcept nogil:   # OUT the accuracy
+    """tiny_loop1's output, loss and accuracy of one sample, for the fused
+    loop: the loss rounded to the dtype; *hit likewise."""
+    cdef floating *yhat = <floating *>c.yhat
+    output_row(c.s, z, yhat)
+    cdef floating lossv = <floating>loss_row(c.s, z, yhat, y, dL, 1.0)
     if c.s.loss != LOSS_SQUARED:
-        hit[0] = <float>hit_row(c.s, yhat, <const float *>y)
+        hit[0] = <floating>hit_row(c.s, yhat, y)
     return lossv
 
 
-cdef double fused_loss_f64(void *ctx,          # IN the FusedCtx (OUT its yhat row)
-                           const void *z,      # IN logits (n_out)
-                           const void *y,      # IN target row
-                           void *dL,           # OUT dloss/dz (n_out)
-                           double *hit) noexcept nogil:   # OUT the accuracy
-    """fused_loss_f32 for float64."""
-    cdef const FusedCtx *c = <const FusedCtx *>ctx
-    cdef double *yhat = <double *>c.yhat
-    output_row(c.s, <const double *>z, yhat)
-    cdef double lossv = <double>loss_row(c.s, <const double *>z, yhat, <const double *>y,
-                                         <double *>dL, 1.0)
-    if c.s.loss != LOSS_SQUARED:
-        hit[0] = <double>hit_row(c.s, yhat, <const double *>y)
-    return lossv
+# The fused loop's callbacks (ft_loss_fn: untyped pointers, so the dtype is
+# not in the signature and Cython cannot specialise one definition on it):
+# fused_loss_row for each dtype.
+cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    return fused_loss_row(<const FusedCtx *>ctx, <const float *>z, <const float *>y,
+                          <float *>dL, hit)
+
+
+cdef double fused_loss_f64(void *ctx, const void *z, const void *y, void *dL,
+                           double *hit) noexcept nogil:
+    return fused_loss_row(<const FusedCtx *>ctx, <const double *>z, <const double *>y,
+                          <double *>dL, hit)
 
 
 cdef int tiny_fused1(const Spec *s, const TinyOps *ops,
@@ -733,7 +730,9 @@ cdef int tiny_epoch(const Spec *s, Extra *e,
     ops.p64 = fbp_packed_f64()
     ops.net.n_layers, ops.net.hidden = s.n_layers, s.hidden
     ops.net.sizes, ops.net.w_off, ops.net.b_off = s.sizes, s.w_off, s.b_off
-    ops.net.act, ops.net.delta = &w.act[0], &w.delta[0]
+    # (two statements: a tuple assignment's temporaries would drop w's const)
+    ops.net.act = &w.act[0]
+    ops.net.delta = &w.delta[0]
     ops.buf = NULL
     if grad == NULL and tiny_packed_on:
         fbp_packed_layout(sizeof(floating), s.n_layers, s.sizes, w.rows, &ops.P)

@@ -69,18 +69,23 @@
 /* Lane primitives: VT/VI a float/int vector of VL lanes, or for the
  * single-lane instances ("s" suffix) plain T/IT scalars.  splat: all lanes c;
  * bits/frombits: reinterpret; sel: m ? a : b lane-wise (m from a compare);
- * cvt: exact integral float -> int. */
-#define DEFINE_VLANES(T, SFX, VT, VI, IT, VL)                                   \
+ * cvt: exact integral float -> int.  The vector ones exist once per target
+ * (TGT: none for the generic instances, TARGET_FMA for the "f" ones, suffix
+ * f32f / f64f), so that no function taking or returning a 32-byte vector is
+ * called from one of another target: clang rejects such calls (the AVX
+ * vector ABI differs), whether or not they are inlined. */
+#define DEFINE_VTYPES(T, VT, VI, IT, VL)                                        \
 typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
-typedef IT VI __attribute__((vector_size(VL * sizeof(T))));                     \
-FBP_VM_INLINE VT splat_##SFX(T c) { return (VT){} + c; }                        \
-FBP_VM_INLINE VI bits_##SFX(VT x) { return (VI)x; }                             \
-FBP_VM_INLINE VT frombits_##SFX(VI i) { return (VT)i; }                         \
-FBP_VM_INLINE VT sel_##SFX(VI m, VT a, VT b)                                    \
+typedef IT VI __attribute__((vector_size(VL * sizeof(T))));
+#define DEFINE_VLANES(T, SFX, VT, VI, TGT)                                      \
+TGT FBP_VM_INLINE VT splat_##SFX(T c) { return (VT){} + c; }                    \
+TGT FBP_VM_INLINE VI bits_##SFX(VT x) { return (VI)x; }                         \
+TGT FBP_VM_INLINE VT frombits_##SFX(VI i) { return (VT)i; }                     \
+TGT FBP_VM_INLINE VT sel_##SFX(VI m, VT a, VT b)                                \
 {                                                                               \
     return (VT)(((VI)a & m) | ((VI)b & ~m));                                    \
 }                                                                               \
-FBP_VM_INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
+TGT FBP_VM_INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
 #define DEFINE_SLANES(T, SFX, IT)                                               \
 FBP_VM_INLINE T splat_##SFX(T c) { return c; }                                  \
 FBP_VM_INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }  \
@@ -166,9 +171,11 @@ TGT FBP_VM_INLINE VT vtanh_##SFX(VT z)                                          
 
 /* 32-byte vectors and single lanes: the same code, lane by lane the same
  * operations, so the same bits. */
-DEFINE_VLANES(float, f32, vf32, vi32, int32_t, 8)
+DEFINE_VTYPES(float, vf32, vi32, int32_t, 8)
+DEFINE_VTYPES(double, vf64, vi64, int64_t, 4)
+DEFINE_VLANES(float, f32, vf32, vi32, )
 DEFINE_SLANES(float, f32s, int32_t)
-DEFINE_VLANES(double, f64, vf64, vi64, int64_t, 4)
+DEFINE_VLANES(double, f64, vf64, vi64, )
 DEFINE_SLANES(double, f64s, int64_t)
 /* Each twice: with plain mul + add (the generic ISA) and, suffix "f", with
  * explicit fused multiply-adds (the FMA ISAs, AVX2 and AVX-512 alike: the
@@ -185,6 +192,8 @@ DEFINE_VMATH(double, f64s, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782
              MADD_PLAIN, )
 #ifdef FBP_X86
 #define TARGET_FMA __attribute__((target("avx2,fma")))
+DEFINE_VLANES(float, f32f, vf32, vi32, TARGET_FMA)
+DEFINE_VLANES(double, f64f, vf64, vi64, TARGET_FMA)
 TARGET_FMA FBP_VM_INLINE vf32 vfma_f32(vf32 a, vf32 b, vf32 c)
 {
     return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
@@ -193,11 +202,11 @@ TARGET_FMA FBP_VM_INLINE vf64 vfma_f64(vf64 a, vf64 b, vf64 c)
 {
     return (vf64)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
 }
-DEFINE_VMATH(float, f32f, f32, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
+DEFINE_VMATH(float, f32f, f32f, vf32, vi32, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
              vfma_f32, TARGET_FMA)
 DEFINE_VMATH(float, f32fs, f32s, float, int32_t, int32_t, 7, 23, 127, 88.72283935546875, -87.3365478515625,
              __builtin_fmaf, TARGET_FMA)
-DEFINE_VMATH(double, f64f, f64, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
+DEFINE_VMATH(double, f64f, f64f, vf64, vi64, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
              vfma_f64, TARGET_FMA)
 DEFINE_VMATH(double, f64fs, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782712893384, -708.3964185322641,
              __builtin_fma, TARGET_FMA)
