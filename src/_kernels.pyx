@@ -168,8 +168,12 @@ cdef enum:
 # gain runs serially, with no parallel region.  Its tiles are cut no finer than
 # a quarter of it.  Results do not depend on it; the tests lower it (to 0: as
 # many threads and tiles as the shape allows) to run the parallel paths on
-# small nets.
-cdef int64_t par_min_macs = 65536
+# small nets.  2**18: a 64-128-10 step at batch 32 (303k multiply-adds, ~20 us)
+# ran 0.86x as fast on 2 threads as on 1 on a quiet machine (the weights move
+# between the cores every step, each row tile packs them again, two waves
+# wait): such steps stay serial, with no region (bench/NOTES.md, "The
+# 64-128-10 b32 step").  It was 65536.
+cdef int64_t par_min_macs = 262144
 
 cdef enum:
     # Row split (each tile: some batch rows through every layer) while every

@@ -58,7 +58,19 @@ cdef double loss_row(const Spec *s,
     """Loss of one sample; with `delta`, also its gradient w.r.t. the logits."""
     cdef int64_t j, n = s.sizes[s.n_layers]
     cdef double loss = 0.0, g, zj, yj, ez, zmax, lse, ysum, gp
-    if s.loss == LOSS_SQUARED:
+    if s.loss == LOSS_SQUARED and s.output != OUT_SOFTMAX:
+        # One pass (the softmax Jacobian below needs the whole row first):
+        # the same expressions per element as the general loop.
+        for j in range(n):
+            g = <double>yhat[j] - <double>y[j]
+            loss += 0.5 * g * g
+            if delta != NULL:
+                if s.output == OUT_SIGMOID:
+                    g = g * yhat[j] * (1.0 - yhat[j])
+                elif s.output == OUT_EXP:       # exp' = exp
+                    g = g * yhat[j]
+                delta[j] = <floating>(scale * g)
+    elif s.loss == LOSS_SQUARED:
         gp = 0.0
         for j in range(n):
             g = <double>yhat[j] - <double>y[j]

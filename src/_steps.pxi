@@ -352,10 +352,14 @@ cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
                       const int64_t *rows,                    # IN the batch's row indices
                       int64_t r0, int64_t r1) noexcept nogil:
     """Copy rows r0..r1 of the batch into A_0 and y."""
-    cdef int64_t i, j, n_in = s.sizes[0], n_out = s.sizes[s.n_layers]
-    for i in range(r0, r1):   # loops, not memcpy: rows of tiny nets are a few values
-        for j in range(n_in if w.act[0] >= 0 else 0):   # (no A_0: sparse X, _sparse.pxi)
-            ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
+    # (no A_0: sparse X, _sparse.pxi)
+    cdef int64_t i, j, n_in = s.sizes[0] if w.act[0] >= 0 else 0, n_out = s.sizes[s.n_layers]
+    for i in range(r0, r1):
+        if n_in >= 16:   # memcpy for longer rows, loops for tiny nets' few values
+            memcpy(ws + w.act[0] + i * n_in, X + rows[i] * n_in, n_in * sizeof(floating))
+        else:
+            for j in range(n_in):
+                ws[w.act[0] + i * n_in + j] = X[rows[i] * n_in + j]
         for j in range(n_out):
             ws[w.y + i * n_out + j] = Y[rows[i] * n_out + j]
 

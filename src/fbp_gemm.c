@@ -27,10 +27,13 @@
  *                     C  = fma(alpha, acc, beta*C)   (first slab)
  *                     C  = fma(alpha, acc, C)        (later slabs)
  *    and after the last slab the epilogue (bias, activation or dsrc
- *    derivative) runs on the tile while it is still in L1; sigmoid and tanh
- *    use a vectorised exp (see "Vector sigmoid / tanh" below), on this path
- *    and on the small one.  Edge tiles use half-height (MR/2 rows) and/or
- *    half-width (NR/2) variants of the micro-kernel when they fit.
+ *    derivative): bias, relu and the dsrc derivatives on the tile's
+ *    registers before that store (the micro-kernel's EP_* epilogues, per
+ *    lane the operations of epi_elem), sigmoid and tanh (and bias with
+ *    dsrc) on the stored tile while it is still in L1, by a vectorised exp
+ *    (see "Vector sigmoid / tanh" below), on this path and on the small one.
+ *    Edge tiles use half-height (MR/2 rows) and/or half-width (NR/2)
+ *    variants of the micro-kernel when they fit.
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
  *      isa      dtype  MR x NR   MC   KC    NC    vector
@@ -40,6 +43,8 @@
  *               f64     6 x  8    72  256   4096
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
  *               f64     6 x  4    72  256   4096
+ *    The avx512 path runs small or thin products on the avx2 driver
+ *    (avx2_tiles below: same bits).
  *    KC x NR of B (16 KiB for avx2) stays in L1 across the MC/MR loop, the
  *    MC x KC block of A (144 KiB) in L2, the KC x NC panel of B in L3.
  *
@@ -276,6 +281,20 @@ static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, in
     if (best < 0) { *tm = 1; *tn = 1; }
 }
 
+/* On the AVX-512 path, whether a product runs the AVX2 blocked driver
+ * instead: when it is small (the packing, the calls and the edge tiles weigh
+ * more than the wider vectors save) or thin (fewer rows than the 12-row tile
+ * or fewer columns than its half width: the 512-bit tiles would mostly be
+ * padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
+ * step"): 32x10x128 forward 0.53x, M=4 N=4096 K=1024 0.46-0.63x the AVX2
+ * speed.  The bits are the same: the two ISAs run the same FMA chain per
+ * element with the same K-slabs and share the "f" epilogue (fbp_gemm.h). */
+#define AVX2_BELOW_MACS ((int64_t)1 << 20)
+static int avx2_tiles(int64_t M, int64_t N, int64_t K)
+{
+    return M < 12 || N < 16 || M * N * K < AVX2_BELOW_MACS;
+}
+
 /* Blocked driver and its micro-tile shape, per ISA. */
 struct blk_f32 { fbp_blk_fn_f32 *fn; int64_t MR, NR; };
 struct blk_f64 { fbp_blk_fn_f64 *fn; int64_t MR, NR; };
@@ -379,7 +398,9 @@ static __attribute__((noinline)) void blocked_##SFX(                            
         .ta = trans_a, .tb = trans_b, .act = act, .M = M, .N = N, .K = K,       \
         .alpha = alpha, .beta = beta, .A = A, .B = B, .bias = bias,             \
         .dsrc = dsrc, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .ldd = ldd};  \
-    run_blocked_##SFX(&jb, &blk_##SFX##_table[current_isa()], n_threads);       \
+    const int isa = current_isa();                                              \
+    run_blocked_##SFX(&jb, &blk_##SFX##_table[isa == ISA_AVX512 && avx2_tiles(M, N, K) \
+                                              ? ISA_AVX2 : isa], n_threads);    \
 }                                                                               \
                                                                                 \
 FBP_HIDDEN __attribute__((noinline)) void fbp_gemm_rest_##SFX(                  \

@@ -21,6 +21,7 @@
 #define TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 #define V_T __m256
+#define V_I __m256i
 #define V_LOAD _mm256_load_ps
 #define V_LOADU _mm256_loadu_ps
 #define V_STOREU _mm256_storeu_ps
@@ -36,6 +37,7 @@ DEFINE_DRIVER(fbp_gemm_blk_avx2_f32, uk_avx2_f32, fbp_gemm_small_avx2_f32,
 #include "fbp_gemm_vundef.h"
 
 #define V_T __m256d
+#define V_I __m256i
 #define V_LOAD _mm256_load_pd
 #define V_LOADU _mm256_loadu_pd
 #define V_STOREU _mm256_storeu_pd

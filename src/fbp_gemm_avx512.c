@@ -20,6 +20,7 @@
 #define TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 #define V_T __m512
+#define V_I __m512i
 #define V_LOAD _mm512_load_ps
 #define V_LOADU _mm512_loadu_ps
 #define V_STOREU _mm512_storeu_ps
@@ -35,6 +36,7 @@ DEFINE_DRIVER(fbp_gemm_blk_avx512_f32, uk_avx512_f32, fbp_gemm_small_avx512_f32,
 #include "fbp_gemm_vundef.h"
 
 #define V_T __m512d
+#define V_I __m512i
 #define V_LOAD _mm512_load_pd
 #define V_LOADU _mm512_loadu_pd
 #define V_STOREU _mm512_storeu_pd

@@ -16,9 +16,11 @@
 /* --- generic: 16-byte GCC vectors, plain mul + add --------------------- */
 typedef float gv_f32 __attribute__((vector_size(16)));
 typedef double gv_f64 __attribute__((vector_size(16)));
+typedef int64_t gv_i __attribute__((vector_size(16)));
 #define TARGET_GENERIC
 
 #define V_T gv_f32
+#define V_I gv_i
 #define V_LOAD(p) (*(const gv_f32 *)(p))
 #define V_LOADU(p) ({ gv_f32 v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define V_STOREU(p, x) ({ gv_f32 v_ = (x); memcpy((p), &v_, sizeof v_); })
@@ -34,6 +36,7 @@ DEFINE_DRIVER(fbp_gemm_blk_generic_f32, uk_generic_f32, fbp_gemm_small_generic_f
 #include "fbp_gemm_vundef.h"
 
 #define V_T gv_f64
+#define V_I gv_i
 #define V_LOAD(p) (*(const gv_f64 *)(p))
 #define V_LOADU(p) ({ gv_f64 v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define V_STOREU(p, x) ({ gv_f64 v_ = (x); memcpy((p), &v_, sizeof v_); })

@@ -142,13 +142,48 @@ DEFINE_PACK(double, f64)
 /* Micro-kernel and blocked driver, instantiated per ISA and dtype           */
 /* ------------------------------------------------------------------------ */
 
-/* Uses the vector primitives V_T, V_LOAD (aligned), V_LOADU, V_STOREU,
- * V_SET1, V_FMA(a, b, c) = a*b + c, V_MUL, defined just before each use.
+/* The epilogues a micro-kernel applies to its tile in registers before the
+ * store (the driver's fused epilogue, after the last K-slab), each the
+ * lane-wise twin of epi_elem (fbp_gemm_internal.h): the same operations in
+ * the same order, so the same bits as the separate epilogue pass. */
+enum {
+    EP_NONE = 0,    /* nothing (or the driver runs epilogue_* after the kernel) */
+    EP_BIAS = 1,    /* x + b                       (identity with bias) */
+    EP_RELU = 2,    /* relu(x [+ b])               (x > 0 ? x : 0) */
+    EP_DRELU = 3,   /* x * (d > 0 ? 1 : 0)         (dsrc, no bias) */
+    EP_DSIG = 4,    /* x * (d * (1 - d)) */
+    EP_DTANH = 5    /* x * ((1 - d) * (1 + d)) */
+};
+
+/* The fused epilogue of a blocked call: EP_* from act / bias / dsrc (sigmoid
+ * and tanh of the forward, and bias with dsrc, stay in epilogue_*). */
+INLINE int fused_epilogue(const void *bias, int act, const void *dsrc)
+{
+    if (!dsrc) {
+        if (act == FBP_ACT_RELU) return EP_RELU;
+        return act == FBP_ACT_IDENTITY && bias ? EP_BIAS : EP_NONE;
+    }
+    if (bias) return EP_NONE;
+    switch (act) {
+    case FBP_ACT_RELU: return EP_DRELU;
+    case FBP_ACT_SIGMOID: return EP_DSIG;
+    case FBP_ACT_TANH: return EP_DTANH;
+    default: return EP_NONE;
+    }
+}
+
+/* Uses the vector primitives V_T, V_I (the integer vector of V_T's size),
+ * V_LOAD (aligned), V_LOADU, V_STOREU, V_SET1, V_FMA(a, b, c) = a*b + c,
+ * V_MUL, defined just before each use, and GCC's vector operators on V_T.
  * Computes MR rows x NV vectors of VL lanes from slivers packed AS rows and
- * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants). */
+ * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants), then the
+ * epilogue `ep` (EP_*: bias[0 : NV*VL] and dsrc rows at ldd, the tile's own
+ * columns) before the store. */
 #define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS)                     \
 static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   \
-                        T *restrict c, int64_t ldc, T alpha, T beta, int mode)  \
+                        T *restrict c, int64_t ldc, T alpha, T beta, int mode,  \
+                        int ep, const T *restrict bias, const T *restrict dsrc, \
+                        int64_t ldd)                                            \
 {                                                                               \
     V_T acc[MR][NV];                                                            \
     _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
@@ -172,14 +207,45 @@ static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   
     const V_T va = V_SET1(alpha), vb = V_SET1(beta);                            \
     _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
         _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++) {              \
-            T *p = c + r * ldc + v * VL;                                        \
+            const T *p = c + r * ldc + v * VL;                                  \
             if (mode == 0)                                                      \
-                V_STOREU(p, V_MUL(va, acc[r][v]));                              \
+                acc[r][v] = V_MUL(va, acc[r][v]);                               \
             else if (mode == 1)                                                 \
-                V_STOREU(p, V_FMA(va, acc[r][v], V_MUL(vb, V_LOADU(p))));       \
+                acc[r][v] = V_FMA(va, acc[r][v], V_MUL(vb, V_LOADU(p)));        \
             else                                                                \
-                V_STOREU(p, V_FMA(va, acc[r][v], V_LOADU(p)));                  \
+                acc[r][v] = V_FMA(va, acc[r][v], V_LOADU(p));                   \
         }                                                                       \
+    if (ep != EP_NONE) {                                                        \
+        const V_T zero = V_SET1((T)0), one = V_SET1((T)1);                      \
+        if (ep <= EP_RELU) {                                                    \
+            if (bias) {                                                         \
+                V_T bb[NV];                                                     \
+                _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)        \
+                    bb[v] = V_LOADU(bias + v * VL);                             \
+                _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)       \
+                    _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)    \
+                        acc[r][v] = acc[r][v] + bb[v];                          \
+            }                                                                   \
+            if (ep == EP_RELU)                                                  \
+                _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)       \
+                    _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)    \
+                        acc[r][v] = (V_T)((V_I)acc[r][v] & (V_I)(acc[r][v] > zero)); \
+        } else {                                                                \
+            _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)           \
+                _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++) {      \
+                    const V_T d = V_LOADU(dsrc + r * ldd + v * VL);             \
+                    if (ep == EP_DRELU)                                         \
+                        acc[r][v] = acc[r][v] * (V_T)((V_I)one & (V_I)(d > zero)); \
+                    else if (ep == EP_DSIG)                                     \
+                        acc[r][v] = acc[r][v] * (d * (one - d));                \
+                    else                                                        \
+                        acc[r][v] = acc[r][v] * ((one - d) * (one + d));        \
+                }                                                               \
+        }                                                                       \
+    }                                                                           \
+    _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
+        _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
+            V_STOREU(c + r * ldc + v * VL, acc[r][v]);                          \
 }
 
 /* The full MR x NR kernel and its half-height / half-width variants for edge
@@ -303,6 +369,7 @@ FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, 
     if (!pa) { SM##_block(jb, i0, i1, j0, j1); return; }                        \
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
+    const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
     for (int64_t jc = j0; jc < j1; jc += NC) {                                  \
         const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
         for (int64_t pc = 0; pc < K; pc += KC) {                                \
@@ -324,22 +391,42 @@ FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, 
                         const int64_t rows = hm ? MR / 2 : MR;                  \
                         const int64_t cols = hn ? NR / 2 : NR;                  \
                         void (*uk)(int64_t, const T *, const T *, T *, int64_t, T, \
-                                   T, int) = hm ? (hn ? UK##_mn : UK##_m)       \
-                                                : (hn ? UK##_n : UK);           \
+                                   T, int, int, const T *, const T *, int64_t) = \
+                            hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK); \
+                        const int ep = last ? fep : EP_NONE;                    \
+                        const T *bias = jb->bias ? jb->bias + jc + jr : NULL;  \
+                        const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
                         if (m == rows && n == cols) {                           \
-                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode);    \
+                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias, \
+                               dsrc, jb->ldd);                                  \
                         } else {                                                \
+                            /* the tile in scratch; what the fused epilogue     \
+                             * reads beyond the block, zero */                  \
                             T t[MR * NR] __attribute__((aligned(64)));          \
+                            T tbias[NR], tdsrc[MR * NR];                        \
                             if (mode)                                           \
                                 for (int64_t r = 0; r < m; r++)                 \
                                     memcpy(t + r * cols, c + r * ldc,           \
                                            n * sizeof(T));                      \
-                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode);   \
+                            if (ep != EP_NONE && bias && n < cols) {            \
+                                memset(tbias, 0, sizeof tbias);                 \
+                                memcpy(tbias, bias, n * sizeof(T));             \
+                                bias = tbias;                                   \
+                            }                                                   \
+                            if (ep >= EP_DRELU) {                               \
+                                memset(tdsrc, 0, rows * cols * sizeof(T));      \
+                                for (int64_t r = 0; r < m; r++)                 \
+                                    memcpy(tdsrc + r * cols, dsrc + r * jb->ldd, \
+                                           n * sizeof(T));                      \
+                                dsrc = tdsrc;                                   \
+                            }                                                   \
+                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias, \
+                               dsrc, cols);                                     \
                             for (int64_t r = 0; r < m; r++)                     \
                                 memcpy(c + r * ldc, t + r * cols,               \
                                        n * sizeof(T));                          \
                         }                                                       \
-                        if (last && epi)                                        \
+                        if (last && epi && fep == EP_NONE)                      \
                             epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);        \
                     }                                                           \
                 }                                                               \
