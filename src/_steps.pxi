@@ -189,7 +189,8 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
-    cdef int64_t macs = forward_macs(s, m), units, work, t1
+    # (a training step on sparse X may also pass over all of W_0: s.x_update)
+    cdef int64_t macs = forward_macs(s, m) + (s.x_update if train else 0), units, work, t1
     cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
     if par_min_macs > 0:
         nt = <int>min(<int64_t>nt, macs // par_min_macs)
