@@ -524,8 +524,8 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
     loss wave of a training step (lw; -1 for a forward pass) every thread
-    reads the verdict its last tile published (see the block above); every
-    thread stops before the updates when the sum is not
+    reads the verdict that the thread of the wave's last tile published (see
+    the block above), and stops before the updates when the sum is not
     finite (returns 1).  -2: generation g is over (a late thread).  Workers
     do not wait for the last wave; the caller does, so the step is complete
     when it returns; it adds its waiting to waited[0] (and that of the last
