@@ -214,6 +214,9 @@ cdef struct Spec:
     int elem                # bytes per element (4, 8): the GEMM's tile shape
     int64_t x_nnz           # sparse X: its mean non-zeros per row, rounded up (layer 0's
                             # cost in the planner, layer_macs); -1: dense X
+    int64_t x_update        # sparse X, training through grad (an optimizer, the SGD
+                            # keywords, `gradients`): n_in n_out, the dense pass over
+                            # W_0 a step makes, added to its cost (make_plan); else 0
 
 
 cdef enum:
@@ -692,6 +695,7 @@ cdef class Network:
         self.spec.loss = loss
         self.spec.n_threads = 1
         self.spec.x_nnz = -1
+        self.spec.x_update = 0
         self._bind()
 
     cdef void _bind(self):
@@ -792,6 +796,7 @@ cdef class Network:
         s.ftz = fbp_ftz_mode()
         s.elem = elem
         s.x_nnz = -1            # (x_data sets it for a sparse X)
+        s.x_update = 0          # (fit and gradients set it for a sparse X)
         return s
 
     def _check(self, theta, X, Y=None):
@@ -932,6 +937,8 @@ cdef class Network:
         cdef double total_w
         cdef const floating *xp = x_and_weights(X, sample_weight, theta, &theta[0], spv, &sp, &e,
                                                 &s, n_threads, True, &total_w)
+        if e.sp != NULL:    # every row of W_0's gradient is zeroed, then scattered into
+            s.x_update = s.sizes[0] * s.sizes[1]
         if sample_weight is not None:
             e.wsum = total_w
             if not e.wsum > 0:
@@ -1135,6 +1142,8 @@ cdef class Network:
             if grad.shape[0] != self.n_params:
                 raise ValueError("grad needs n_params entries")
             grad_p = &grad[0]
+            if e.sp != NULL:    # W_0's gradient rows zeroed, the update of every weight
+                s.x_update = s.sizes[0] * s.sizes[1]
         if momentum != 0:
             if velocity.shape[0] != self.n_params:
                 raise ValueError("velocity needs n_params entries")

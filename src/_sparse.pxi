@@ -519,7 +519,8 @@ cdef class _SparseView:
         return 0
 
 
-cdef int64_t mean_nnz(const Sparse *sp, int64_t n_rows) noexcept nogil:
+cdef int64_t mean_nnz(const Sparse *sp,                      # IN  the data set's row ranges
+                      int64_t n_rows) noexcept nogil:         # IN  its rows
     """The mean stored entries per row of the data set's n_rows rows,
     rounded up (0 without rows)."""
     cdef int64_t r, total = 0

@@ -189,7 +189,8 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
-    cdef int64_t macs = forward_macs(s, m), units, work, t1
+    # (a training step on sparse X may also pass over all of W_0: s.x_update)
+    cdef int64_t macs = forward_macs(s, m) + (s.x_update if train else 0), units, work, t1
     cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
     if par_min_macs > 0:
         nt = <int>min(<int64_t>nt, macs // par_min_macs)
@@ -527,8 +528,8 @@ cdef int team_waves(fbp_team *T, unsigned g, const Spec *s, const Work *w, Job *
     """One thread's share of generation g: take tiles until a wave has none
     left, wait for the ones still running, go on to the next wave.  After the
     loss wave of a training step (lw; -1 for a forward pass) every thread
-    reads the verdict its last tile published (see the block above); every
-    thread stops before the updates when the sum is not
+    reads the verdict that the thread of the wave's last tile published (see
+    the block above), and stops before the updates when the sum is not
     finite (returns 1).  -2: generation g is over (a late thread).  Workers
     do not wait for the last wave; the caller does, so the step is complete
     when it returns; it adds its waiting to waited[0] (and that of the last

@@ -555,14 +555,16 @@ cdef inline double fused_loss_row(const FusedCtx *c,     # IN the net (OUT its y
 # The fused loop's callbacks (ft_loss_fn: untyped pointers, so the dtype is
 # not in the signature and Cython cannot specialise one definition on it):
 # fused_loss_row for each dtype.
-cdef double fused_loss_f32(void *ctx, const void *z, const void *y, void *dL,
-                           double *hit) noexcept nogil:
+cdef double fused_loss_f32(void *ctx,                        # IN the FusedCtx (OUT its yhat row)
+                           const void *z, const void *y,     # IN logits, target row
+                           void *dL, double *hit) noexcept nogil:   # OUT dloss/dz, the accuracy
     return fused_loss_row(<const FusedCtx *>ctx, <const float *>z, <const float *>y,
                           <float *>dL, hit)
 
 
-cdef double fused_loss_f64(void *ctx, const void *z, const void *y, void *dL,
-                           double *hit) noexcept nogil:
+cdef double fused_loss_f64(void *ctx,                        # IN the FusedCtx (OUT its yhat row)
+                           const void *z, const void *y,     # IN logits, target row
+                           void *dL, double *hit) noexcept nogil:   # OUT dloss/dz, the accuracy
     return fused_loss_row(<const FusedCtx *>ctx, <const double *>z, <const double *>y,
                           <double *>dL, hit)
 

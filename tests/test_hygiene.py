@@ -9,7 +9,9 @@ uses it): a small sparse problem (50,000 features, 0.2% non-zeros) runs its
 steps serially, opening no parallel region, where the same rows dense open one
 and go through the team; a larger sparse one still takes the team; and every
 fit gives bitwise the weights of the 1-thread fit (the plan changes who
-computes what, never the arithmetic).
+computes what, never the arithmetic).  A training step whose update passes
+over all of W_0 (an optimizer, the SGD keywords, `gradients`: Spec.x_update)
+adds those n_in * n_out weights to its cost.
 """
 import os
 
@@ -113,18 +115,23 @@ def test_large_sparse_steps_use_the_team(restore_threads, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_small_sparse_predict_and_gradients_serial(restore_threads, dtype):
-    """The other calls plan the same way: a sparse predict, loss or
-    gradients call of 64 rows (64 * (100 * 8 + 16) = 52,224 multiply-adds;
-    dense, 25.6 M) opens no region and gives the 1-thread bits."""
+    """The other calls plan the same way: a sparse predict or loss call of
+    64 rows (64 * (100 * 8 + 16) = 52,224 multiply-adds; dense, 25.6 M)
+    opens no region; gradients also zeroes every row of W_0's gradient
+    (50,000 * 8 entries, Spec.x_update) and takes the team; all give the
+    1-thread bits."""
     X, Y = _sparse(64, dtype, seed=2)
     net = fastbp.MLP([N_IN, 8, 2], activation="tanh", dtype=dtype, seed=0)
     out = {}
     for threads in (1, 2):
         fastbp.set_num_threads(threads)
         _kernels.team_stats(reset=True)
-        loss, grads = net.gradients(X, Y)
-        out[threads] = [net.predict(X), net.loss(X, Y), loss] + [g for gw in grads for g in gw]
+        out[threads] = [net.predict(X), net.loss(X, Y)]
         assert _kernels.team_stats()["regions"] == 0
+        loss, grads = net.gradients(X, Y)
+        out[threads] += [loss] + [g for gw in grads for g in gw]
+        if threads == 2 and NO_TEAMS is None:
+            assert _kernels.team_stats()["regions"] == 1
     for a, b in zip(out[1], out[2]):
         np.testing.assert_array_equal(a, b)
 
@@ -137,4 +144,36 @@ def test_empty_sparse_rows_cost_nothing_in_layer_0(restore_threads):
     ref, _ = _fit(X, Y, 8, 32, "float64", threads=1)
     got, st = _fit(X, Y, 8, 32, "float64", threads=2)
     assert st["regions"] == 0
+    _assert_same(got, ref)
+
+
+def _fit_opt(X, Y, hidden, batch_size, dtype, threads, optimizer, **kw):
+    """_fit with an optimizer object (or the SGD keywords in kw)."""
+    fastbp.set_num_threads(threads)
+    net = fastbp.MLP([N_IN, hidden, 2], activation="relu", dtype=dtype, seed=0)
+    _kernels.team_stats(reset=True)
+    net.fit(X, Y, epochs=1, batch_size=batch_size, seed=1, flush_denormals=False,
+            optimizer=optimizer, **kw)
+    return list(net.weights) + list(net.biases), _kernels.team_stats()
+
+
+@needs_teams
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("how", ["adam", "momentum"])
+def test_sparse_dense_update_of_w0_still_uses_the_team(restore_threads, dtype, how):
+    """With an optimizer (Adam, or SGD momentum through the gradient path) the
+    update of W_0 is dense on sparse X too: each step reads and writes all
+    50,000 x 8 = 400,000 weights (and the moments), 6 times the threshold,
+    while its sparse forward costs 26,112 multiply-adds.  The planner adds
+    that update to a training step's cost, so the fit goes through the team
+    (one region, both steps in it) as it did when layer 0 was costed as dense,
+    rather than running every dense update on one thread; the same bits."""
+    X, Y = _sparse(64, dtype, seed=3)
+    if how == "adam":
+        args = dict(optimizer=fastbp.optim.Adam(lr=1e-3))
+    else:
+        args = dict(optimizer=None, lr=0.05, momentum=0.9)
+    ref, _ = _fit_opt(X, Y, 8, 32, dtype, 1, **args)
+    got, st = _fit_opt(X, Y, 8, 32, dtype, 2, **args)
+    assert st["regions"] == 1 and _team_steps(st) == 2, st
     _assert_same(got, ref)
