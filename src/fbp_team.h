@@ -304,15 +304,21 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      waited more than an eighth of it, fine tiles (less to wait for, more
      packing) for 16 steps' time, doubling while coarse steps keep
      waiting, up to a second.
-   The first step of a team may wait for the other threads to start: it
-   is neither timed nor a reason for fine tiles. */
+   The first step of a team may wait for the other threads to start
+   (tens of microseconds on an idle machine): it is never a reason for
+   fine tiles, and it is timed only when it took FBP_FIRST_TIMED_NS or
+   more, long enough for that start not to matter.  (A call of a few long
+   steps, such as an epoch of 4 steps of 1024-2048-2048-1024, would
+   otherwise run two team steps after each back-off before it can see
+   that they are no faster than serial ones.) */
+#define FBP_FIRST_TIMED_NS 50000000LL
 static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
                              int fine) {
     fbp_tune *u = &T->tune;
     int64_t now = fbp_now_ns();
     int first = T->n_team_steps++ == 0;
     if (u->key != key) return;
-    if (!first) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    if (!first || step_ns >= FBP_FIRST_TIMED_NS) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
         fbp_back_off(u, 20 * wait_ns, now);
         return;
@@ -335,6 +341,20 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     } else {
         u->fine_len = 0;
     }
+}
+/* Test hook: a new team's account of n made-up coarse team steps of one
+   shape (step[i], wait[i] ns), after one serial step of ser_ns (0: none):
+   out[0] the mean team step it keeps (par_ns), out[1] 1 if it is backing
+   off (running serially) after them. */
+static void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,  /* IN */
+                                  const int64_t *wait, int64_t *out) {           /* IN, OUT */
+    fbp_team T;
+    memset(&T, 0, sizeof T);
+    T.tune.key = 1;
+    if (ser_ns != 0) fbp_team_serial_done(&T, 1, ser_ns);
+    for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
+    out[0] = T.tune.par_ns;
+    out[1] = T.tune.serial_until != 0;
 }
 /* The hint a new team starts from, and where it leaves what it learnt
    (a try-lock: another Python thread's call in between only loses a hint). */

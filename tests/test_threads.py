@@ -663,3 +663,20 @@ def test_workspace_size_per_kind():
     assert net.workspace_size(rows, "gradients") == rows * (4 + 2 + 2 + 4 + 2) + 2 * rows
     with pytest.raises(ValueError):
         net.workspace_size(rows, "train")
+
+
+def test_team_account_times_a_long_first_step():
+    """A team's first step is timed when it took 50 ms or more (a call of a few long
+    steps then backs off after one team step no faster than a serial one); a short
+    first step (which may include the workers' start) is not, and the second is."""
+    K = _kernels
+    ms = 1_000_000
+    assert K.team_account_test([(60 * ms, 0)], ser_ns=55 * ms) == (0, True)
+    assert K.team_account_test([(60 * ms, 0)], ser_ns=100 * ms) == (60 * ms, False)
+    assert K.team_account_test([(5 * ms, 0)], ser_ns=4 * ms) == (0, False)
+    assert K.team_account_test([(5 * ms, 0), (5 * ms, 0)], ser_ns=4 * ms) == (0, True)
+    assert K.team_account_test([(30 * ms, 0)], ser_ns=100 * ms) == (0, False)
+    # without a serial step's time, no step is judged slow
+    assert K.team_account_test([(60 * ms, 0), (60 * ms, 0)]) == (60 * ms, False)
+    with pytest.raises(ValueError, match="at most 16"):
+        K.team_account_test([(ms, 0)] * 17)
