@@ -1,0 +1,57 @@
+"""Time fit epochs of a harness network on 1 or 2 threads, optionally with a
+busy-looping process pinned to CPU 1 (as ``python -m bench --only-busy``
+starts), and print the thread team's counters (``_kernels.team_stats``).
+
+    python tools/busy_stats.py large|wide|mnist THREADS BUSY(0|1) [TREE]
+
+TREE: the source tree whose built ``fastbp`` to import (default: this one).
+8 timed epochs after a warm-up one; prints the median and best epoch.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"large": ((1024, 2048, 2048, 1024), 256, 1024),
+           "wide": ((1024, 4096, 1024), 4, 512),
+           "mnist": ((784, 256, 128, 10), 128, 16384)}
+
+
+def main() -> None:
+    cfg, n_threads, busy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    sys.path.insert(0, sys.argv[4] if len(sys.argv) > 4 else HERE)
+    import fastbp
+    from fastbp import _kernels as K
+    sizes, batch_size, n_samples = CONFIGS[cfg]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n_samples, sizes[0])).astype(np.float32)
+    Y = rng.standard_normal((n_samples, sizes[-1])).astype(np.float32)
+    spin = "import os\nos.sched_setaffinity(0, {1})\nwhile True: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin]) if busy else None
+    try:
+        time.sleep(0.2)
+        fastbp.set_num_threads(n_threads)
+        net = fastbp.MLP(list(sizes), activation="relu", output="identity",
+                         loss="squared_error", dtype="float32", seed=0)
+        net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
+        K.team_stats(reset=True)
+        times = []
+        for _ in range(8):
+            t = time.perf_counter()
+            net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
+            times.append(time.perf_counter() - t)
+        stats = K.team_stats()
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    print(f"{cfg} {n_threads} {'busy' if busy else 'idle'} median {np.median(times):.3f} s "
+          f"min {min(times):.3f}")
+    print({k: v for k, v in stats.items() if v})
+
+
+if __name__ == "__main__":
+    main()
