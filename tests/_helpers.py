@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (imported as ``from _helpers import ...``)."""
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -84,3 +85,17 @@ def assert_adam_matches_sklearn(fit_both, data, seed, early_stopping):
                             batch_size=50)
     assert_stochastic_same(ours, theirs)
     return ours, theirs
+
+
+def why_no_teams():
+    """Why a parallel region here may run on one thread, or None.  Under
+    OMP_THREAD_LIMIT=1 or OMP_DYNAMIC=true the results must still be the
+    same bits, but a test cannot count on a team of two threads."""
+    from fastbp import _kernels
+    if not _kernels.openmp_enabled():
+        return "built without OpenMP"
+    if _kernels.thread_limit() < 2:
+        return "OMP_THREAD_LIMIT=1: no team of two threads"
+    if os.environ.get("OMP_DYNAMIC", "").strip().lower() in ("true", "1", "yes", "on"):
+        return "OMP_DYNAMIC=true: OpenMP may run a region on one thread"
+    return None

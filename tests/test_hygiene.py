@@ -13,7 +13,6 @@ computes what, never the arithmetic).  A training step whose update passes
 over all of W_0 (an optimizer, the SGD keywords, `gradients`: Spec.x_update)
 adds those n_in * n_out weights to its cost.
 """
-import os
 
 import numpy as np
 import pytest
@@ -22,20 +21,10 @@ sps = pytest.importorskip("scipy.sparse")
 
 import fastbp  # noqa: E402
 from fastbp import _kernels  # noqa: E402
+from _helpers import why_no_teams  # noqa: E402
 
 
-def _why_no_teams():
-    """Why a region here may not get two threads (as tests/test_threads.py)."""
-    if not _kernels.openmp_enabled():
-        return "built without OpenMP"
-    if _kernels.thread_limit() < 2:
-        return "OMP_THREAD_LIMIT=1: no team of two threads"
-    if os.environ.get("OMP_DYNAMIC", "").strip().lower() in ("true", "1", "yes", "on"):
-        return "OMP_DYNAMIC=true: OpenMP may run a region on one thread"
-    return None
-
-
-NO_TEAMS = _why_no_teams()
+NO_TEAMS = why_no_teams()
 needs_teams = pytest.mark.skipif(NO_TEAMS is not None, reason=str(NO_TEAMS))
 
 N_IN = 50_000

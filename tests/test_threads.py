@@ -27,25 +27,13 @@ import pytest
 
 import fastbp
 from fastbp import _kernels
+from _helpers import why_no_teams
 
 ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ["float32", "float64"]
 
 
-def _why_no_teams():
-    """Why a parallel region here may run on one thread, or None.  Under
-    OMP_THREAD_LIMIT=1 or OMP_DYNAMIC=true the results must still be the
-    same bits, but a test cannot count on a team of two threads."""
-    if not _kernels.openmp_enabled():
-        return "built without OpenMP"
-    if _kernels.thread_limit() < 2:
-        return "OMP_THREAD_LIMIT=1: no team of two threads"
-    if os.environ.get("OMP_DYNAMIC", "").strip().lower() in ("true", "1", "yes", "on"):
-        return "OMP_DYNAMIC=true: OpenMP may run a region on one thread"
-    return None
-
-
-NO_TEAMS = _why_no_teams()
+NO_TEAMS = why_no_teams()
 #: Tests that need a parallel region to get two threads.
 needs_teams = pytest.mark.skipif(NO_TEAMS is not None, reason=str(NO_TEAMS))
 
