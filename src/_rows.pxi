@@ -59,8 +59,7 @@ cdef double loss_row(const Spec *s,
     cdef int64_t j, n = s.sizes[s.n_layers]
     cdef double loss = 0.0, g, zj, yj, ez, zmax, lse, ysum, gp
     if s.loss == LOSS_SQUARED and s.output != OUT_SOFTMAX:
-        # One pass (the softmax Jacobian below needs the whole row first):
-        # the same expressions per element as the general loop.
+        # One pass (the softmax Jacobian below needs the whole row first).
         for j in range(n):
             g = <double>yhat[j] - <double>y[j]
             loss += 0.5 * g * g
@@ -70,7 +69,7 @@ cdef double loss_row(const Spec *s,
                 elif s.output == OUT_EXP:       # exp' = exp
                     g = g * yhat[j]
                 delta[j] = <floating>(scale * g)
-    elif s.loss == LOSS_SQUARED:
+    elif s.loss == LOSS_SQUARED:   # softmax output: the full Jacobian
         gp = 0.0
         for j in range(n):
             g = <double>yhat[j] - <double>y[j]
@@ -79,13 +78,7 @@ cdef double loss_row(const Spec *s,
         if delta != NULL:
             for j in range(n):
                 g = <double>yhat[j] - <double>y[j]
-                if s.output == OUT_SIGMOID:
-                    g = g * yhat[j] * (1.0 - yhat[j])
-                elif s.output == OUT_SOFTMAX:   # full softmax Jacobian
-                    g = yhat[j] * (g - gp)
-                elif s.output == OUT_EXP:       # exp' = exp
-                    g = g * yhat[j]
-                delta[j] = <floating>(scale * g)
+                delta[j] = <floating>(scale * (yhat[j] * (g - gp)))
     elif s.loss == LOSS_BCE:
         for j in range(n):
             zj = z[j]
