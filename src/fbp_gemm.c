@@ -436,3 +436,47 @@ void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  
 
 DEFINE_ENTRY(float, f32)
 DEFINE_ENTRY(double, f64)
+
+/* ------------------------------------------------------------------------ */
+/* Pre-packed op(B)  (INTERIM: op(B) copied row-major, row stride N rounded  */
+/* up to NR; the packed call is the ordinary entry point on it)             */
+/* ------------------------------------------------------------------------ */
+
+int64_t fbp_gemm_packed_nr(int elem_size)
+{
+    int64_t mr, nr;
+    fbp_gemm_tile_shape(elem_size, &mr, &nr);
+    return nr;
+}
+
+int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
+{
+    const int64_t nr = fbp_gemm_packed_nr(elem_size);
+    if (N <= 0 || K <= 0) return 0;
+    return K * ((N + nr - 1) / nr * nr);
+}
+
+#define DEFINE_PACKED(T, SFX, ES)                                               \
+void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,       \
+                           int64_t ldb, T *Bp, int64_t j0, int64_t j1)          \
+{                                                                               \
+    const int64_t nr = fbp_gemm_packed_nr(ES);                                  \
+    const int64_t ldp = (N + nr - 1) / nr * nr;                                 \
+    if (j1 > N) j1 = N;                                                         \
+    for (int64_t k = 0; k < K; k++)                                             \
+        for (int64_t j = j0; j < j1; j++)                                       \
+            Bp[k * ldp + j] = trans_b ? B[j * ldb + k] : B[k * ldb + j];        \
+}                                                                               \
+                                                                                \
+void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
+                           T alpha, const T *A, int64_t lda, const T *Bp,       \
+                           T beta, T *C, int64_t ldc, const T *bias, int act,   \
+                           const T *dsrc, int64_t ldd)                          \
+{                                                                               \
+    const int64_t nr = fbp_gemm_packed_nr(ES);                                  \
+    const int64_t ldp = N > 0 ? (N + nr - 1) / nr * nr : 1;                     \
+    fbp_gemm_##SFX(trans_a, 0, M, N, K, alpha, A, lda, Bp, ldp, beta, C, ldc,   \
+                   bias, act, dsrc, ldd, 1);                                    \
+}
+DEFINE_PACKED(float, f32, 4)
+DEFINE_PACKED(double, f64, 8)

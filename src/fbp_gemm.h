@@ -87,6 +87,52 @@ void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  
 FBP_GEMM_DECL(float, f32)
 FBP_GEMM_DECL(double, f64)
 
+/* Pre-packed op(B).  A caller that multiplies many row blocks of op(A) by
+ * the same op(B) (the row tiles of a training step, every one with the
+ * whole W_k) packs op(B) once with fbp_gemm_pack_b_* (column ranges may be
+ * packed by different threads at once) and runs each block with
+ * fbp_gemm_packed_*, which reads the packed copy instead of packing again.
+ * The layout is that of the current code path (fbp_gemm_isa()): pack and
+ * packed call must run under the same ISA (fbp_gemm_set_isa in between
+ * invalidates a pack).
+ *
+ * Elements (not bytes) of a pre-packed op(B) of K x N for the current ISA's
+ * blocked path: K * (N rounded up to the packed NR). */
+int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K);
+
+/* NR of the packed layout of the current ISA (column ranges given to
+ * fbp_gemm_pack_b_* start at multiples of it). */
+int64_t fbp_gemm_packed_nr(int elem_size);
+
+/* fbp_gemm_pack_b_f32 (T = float) and fbp_gemm_pack_b_f64 (T = double):
+ * pack columns [j0, j1) of op(B) (K x N; op(B) = B if trans_b == 0 (B is
+ * K x N, row stride ldb), B^T if trans_b == 1 (B is N x K, row stride ldb))
+ * into Bp, which holds fbp_gemm_packed_size(sizeof(T), N, K) elements.  j0 a
+ * multiple of fbp_gemm_packed_nr, j1 a multiple of it or N (0 <= j0 <= j1 <=
+ * N).  Different column ranges write disjoint parts of Bp (threads may pack
+ * ranges concurrently); never writes outside Bp[0 : packed_size].  Serial,
+ * nogil-safe, no allocation.
+ *
+ * fbp_gemm_packed_f32 / fbp_gemm_packed_f64: as fbp_gemm_SFX(trans_a,
+ * <trans_b>, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, dsrc,
+ * ldd, 1) with op(B) given pre-packed in Bp (all N columns, packed by
+ * fbp_gemm_pack_b_SFX under the same ISA): the same bits, for every M >= 0
+ * (including the shapes the unpacked call would send to the small path or
+ * to the AVX2 tiles), serial (calling thread only). */
+#define FBP_GEMM_PACKED_DECL(T, SFX)                                            \
+void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K,                   \
+                           const T *B, int64_t ldb,   /* IN  */                 \
+                           T *Bp,                     /* OUT */                 \
+                           int64_t j0, int64_t j1);                             \
+void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
+                           T alpha, const T *A, int64_t lda,   /* IN  */        \
+                           const T *Bp,                        /* IN  */        \
+                           T beta, T *C, int64_t ldc,          /* OUT */        \
+                           const T *bias, int act,             /* IN  */        \
+                           const T *dsrc, int64_t ldd);        /* IN  */
+FBP_GEMM_PACKED_DECL(float, f32)
+FBP_GEMM_PACKED_DECL(double, f64)
+
 /* Micro-tile shape of the current code path for elements of `elem_size`
  * bytes (4: float, 8: double): callers that split a product into pieces
  * themselves cut rows at multiples of *mr and columns at multiples of *nr so
