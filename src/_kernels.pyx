@@ -1469,6 +1469,14 @@ def gemm_buffer_bytes(int itemsize, int64_t M, int64_t N, int64_t K):
     return fbp_gemm_buffer_bytes(itemsize, M, N, K)
 
 
+def gemm_packed_size(int itemsize, int64_t N, int64_t K):
+    """Elements of a pre-packed op(B) of K x N (fbp_gemm_packed_size) on the
+    current code path: what the pack wave's buffer holds per packed W_k."""
+    if itemsize not in (4, 8):
+        raise ValueError("itemsize must be 4 or 8")
+    return fbp_gemm_packed_size(itemsize, N, K)
+
+
 def parallel_regions():
     """How many parallel regions have run with a team of more than one
     thread since the module was loaded: a test hook to prove that a parallel
