@@ -295,21 +295,30 @@ static int avx2_tiles(int64_t M, int64_t N, int64_t K)
     return M < 12 || N < 16 || M * N * K < AVX2_BELOW_MACS;
 }
 
-/* Blocked driver and its micro-tile shape, per ISA. */
-struct blk_f32 { fbp_blk_fn_f32 *fn; int64_t MR, NR; };
-struct blk_f64 { fbp_blk_fn_f64 *fn; int64_t MR, NR; };
+/* Blocked driver and its micro-tile shape, per ISA; its pre-packed twin and
+ * that packing. */
+struct blk_f32 {
+    fbp_blk_fn_f32 *fn; int64_t MR, NR;
+    fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb;
+};
+struct blk_f64 {
+    fbp_blk_fn_f64 *fn; int64_t MR, NR;
+    fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb;
+};
+#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb}
 static const struct blk_f32 blk_f32_table[N_ISA] = {
-    {fbp_gemm_blk_generic_f32, 6, 8},
+    BLK(fbp_gemm_blk_generic_f32, 6, 8),
 #ifdef FBP_X86
-    {fbp_gemm_blk_avx2_f32, 6, 16}, {fbp_gemm_blk_avx512_f32, 12, 32},
+    BLK(fbp_gemm_blk_avx2_f32, 6, 16), BLK(fbp_gemm_blk_avx512_f32, 12, 32),
 #endif
 };
 static const struct blk_f64 blk_f64_table[N_ISA] = {
-    {fbp_gemm_blk_generic_f64, 6, 4},
+    BLK(fbp_gemm_blk_generic_f64, 6, 4),
 #ifdef FBP_X86
-    {fbp_gemm_blk_avx2_f64, 6, 8}, {fbp_gemm_blk_avx512_f64, 12, 16},
+    BLK(fbp_gemm_blk_avx2_f64, 6, 8), BLK(fbp_gemm_blk_avx512_f64, 12, 16),
 #endif
 };
+#undef BLK
 void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
 {
     const int isa = current_isa();
@@ -438,8 +447,7 @@ DEFINE_ENTRY(float, f32)
 DEFINE_ENTRY(double, f64)
 
 /* ------------------------------------------------------------------------ */
-/* Pre-packed op(B)  (INTERIM: op(B) copied row-major, row stride N rounded  */
-/* up to NR; the packed call is the ordinary entry point on it)             */
+/* Pre-packed op(B)                                                          */
 /* ------------------------------------------------------------------------ */
 
 int64_t fbp_gemm_packed_nr(int elem_size)
@@ -456,27 +464,35 @@ int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
     return K * ((N + nr - 1) / nr * nr);
 }
 
-#define DEFINE_PACKED(T, SFX, ES)                                               \
+#define DEFINE_PACKED(T, SFX)                                                   \
 void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,       \
                            int64_t ldb, T *Bp, int64_t j0, int64_t j1)          \
 {                                                                               \
-    const int64_t nr = fbp_gemm_packed_nr(ES);                                  \
-    const int64_t ldp = (N + nr - 1) / nr * nr;                                 \
-    if (j1 > N) j1 = N;                                                         \
-    for (int64_t k = 0; k < K; k++)                                             \
-        for (int64_t j = j0; j < j1; j++)                                       \
-            Bp[k * ldp + j] = trans_b ? B[j * ldb + k] : B[k * ldb + j];        \
+    blk_##SFX##_table[current_isa()].packb(trans_b, N, K, B, ldb, Bp, j0, j1);  \
 }                                                                               \
                                                                                 \
+/* The current ISA's pre-packed driver for every shape with K >= 1 (never the  \
+ * small path or the AVX2 tiles: Bp is in this ISA's layout; the same bits by  \
+ * the per-element invariance); K == 0 reads no B: the small path. */          \
 void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
                            T alpha, const T *A, int64_t lda, const T *Bp,       \
                            T beta, T *C, int64_t ldc, const T *bias, int act,   \
                            const T *dsrc, int64_t ldd)                          \
 {                                                                               \
-    const int64_t nr = fbp_gemm_packed_nr(ES);                                  \
-    const int64_t ldp = N > 0 ? (N + nr - 1) / nr * nr : 1;                     \
-    fbp_gemm_##SFX(trans_a, 0, M, N, K, alpha, A, lda, Bp, ldp, beta, C, ldc,   \
-                   bias, act, dsrc, ldd, 1);                                    \
+    if (M <= 0 || N <= 0) return;                                               \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
+    const int isa = current_isa();                                              \
+    if (K <= 0) {                                                               \
+        static const T zero = 0; /* op(B) = B^T with ldb 0: never read */       \
+        small_##SFX##_table[isa](trans_a, 1, M, N, 0, alpha, A, lda, &zero, 0,  \
+                                 beta, C, ldc, bias, act, dsrc, ldd, 1);        \
+        return;                                                                 \
+    }                                                                           \
+    const struct job_##SFX jb = {                                               \
+        .ta = trans_a, .tb = 0, .act = act, .M = M, .N = N, .K = K,             \
+        .alpha = alpha, .beta = beta, .A = A, .B = NULL, .bias = bias,          \
+        .dsrc = dsrc, .C = C, .lda = lda, .ldb = 0, .ldc = ldc, .ldd = ldd};    \
+    blk_##SFX##_table[isa].pre(&jb, Bp);                                        \
 }
-DEFINE_PACKED(float, f32, 4)
-DEFINE_PACKED(double, f64, 8)
+DEFINE_PACKED(float, f32)
+DEFINE_PACKED(double, f64)
