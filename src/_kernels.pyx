@@ -44,9 +44,12 @@
 #   holds a tile.  Steps split the batch rows (row split) or, for a small
 #   batch, the output units of every layer (unit split).  When most of a step
 #   still goes on waiting (the other threads keep being descheduled), thread 0
-#   runs the following steps serially for a while (fbp_team_account).  Every
-#   tile writes only its own rows or columns of the activations and deltas,
-#   its own rows of W_k / grad and entries of b_k and colsum, so every write
+#   runs the following steps serially for a while (fbp_team_account).  A
+#   row split first packs each large W_k once for all its row tiles (the
+#   pack wave, into the call's workspace; _steps.pxi).  Every tile writes
+#   only its own rows or columns of the activations and deltas, its own
+#   rows of W_k / grad and entries of b_k and colsum, or its own columns of
+#   one packed W_k, so every write
 #   inside a region is private to the thread running that tile; per-sample
 #   losses are summed in row order, bias gradients are column sums in row
 #   order, and the GEMM gives each element the same bits whatever block it is

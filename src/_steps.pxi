@@ -16,27 +16,51 @@
 # from a shared counter (see fbp_team): a "wave" is a set of tiles that may run
 # in any order, and a thread moves to the next wave once every tile of this
 # one is finished.  Two plans:
-#   * row split (enough rows per thread): wave 0 = row tiles of part 1,
-#     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
-#     tiles (one of rows, and one of each layer's units, per thread) unless
-#     the last coarse steps left thread 0 waiting: then fine ones (several
-#     per thread).  Each row tile packs every W_k again and each unit tile
-#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
-#     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
-#     only less to wait for when a thread loses its core;
+#   * row split (enough rows per thread): [pack wave,] row tiles of part 1,
+#     then the unit tiles of part 2 (every layer's units, one list).
+#     Every row tile multiplies its rows by the whole of each W_k (forward:
+#     op(B) = W_k^T; delta_k, k >= 1: op(B) = W_k), and a GEMM packs its
+#     op(B) afresh on every call: without more, each row tile would pack
+#     every W_k again.  So the step starts with a pack wave (plan_packs):
+#     its tiles are column ranges (multiples of the packed NR) of each
+#     W_k^T and W_k worth packing (pack_layout: W_k of pack_min_elems
+#     elements or more, not sparse X's layer 0, whose forward product walks
+#     X's entries; and only where a row tile's product would take the
+#     GEMM's blocked path), written by fbp_gemm_pack_b_* into the step's
+#     pack buffer; the row tiles then call fbp_gemm_packed_* on those
+#     copies (the same bits as gemm: fbp_gemm.h).  The packs live in the
+#     call's workspace (call_packs elements, after the activations) and are
+#     valid only in the step whose pack wave wrote them: theta changes in
+#     part 2, and the next step packs again.  They reach the tiles through
+#     the step's Job (job.packs, set by team_run), never through state that
+#     outlives it; a serial step (one thread, a step the team runs
+#     serially, the unit split) passes NULL and every GEMM packs its own,
+#     as before.  Coarse tiles (one of rows, and one of each layer's units,
+#     per thread) unless the last coarse steps left thread 0 waiting: then
+#     fine ones (several per thread: less to wait for when a thread loses
+#     its core).  Each unit tile packs the layer's input (op(B) = A_k), so
+#     fine unit tiles still cost work; fine row tiles now cost only their
+#     shorter products (before the pack wave, callgrind 784-256-128-10 b128
+#     AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse);
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
 #     columns cut into tiles: forward waves 0..L-1, one wave of output rows
 #     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
-#     part-2 wave.
+#     part-2 wave.  (Each column tile packs only its own columns of W_k: no
+#     pack wave.)
 # Each tile writes only its own rows (row split) or columns (unit split) of
 # A_k / delta_k, its own slots of yhat, lossv, hitv, and in part 2 its own
-# rows of W_k, grad, entries of b_k and of colsum; what it reads was finished
-# in an earlier wave.  So every write inside a parallel region is private to
-# the thread running that tile.  The GEMM gives each element the same bits
-# whatever block it is computed in (fbp_gemm.h), per-sample losses are summed
-# in row order and bias gradients are column sums in row order, so a step
-# gives the same bits on 1 thread as on any number of them, whichever thread
-# takes which tile.
+# rows of W_k, grad, entries of b_k and of colsum; a pack tile writes only
+# its own column range of one pack (fbp_gemm_pack_b_*: disjoint ranges
+# write disjoint parts of Bp, and each pack has its own 64-byte aligned
+# slot of the buffer), reading W_k, which nothing writes before part 2;
+# what a tile reads was finished in an earlier wave (the row tiles read the
+# packs after the pack wave, whose end fbp_team_wait_wave makes visible).
+# So every write inside a parallel region is private to the thread running
+# that tile.  The GEMM gives each element the same bits whatever block it
+# is computed in, packed op(B) or not (fbp_gemm.h), per-sample losses are
+# summed in row order and bias gradients are column sums in row order, so a
+# step gives the same bits on 1 thread as on any number of them, whichever
+# thread takes which tile, with or without the pack wave.
 
 cdef extern from "fbp_team.h" nogil:
     int FBP_N_STATS
