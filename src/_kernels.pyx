@@ -197,14 +197,17 @@ cdef enum:
     # thread gets at least this many rows, else the output units of every
     # layer are split (one wave per layer).
     ROWS_PER_THREAD = 16
-    # Tiles per thread: rows (each row tile packs every W again) and units.
+    # Tiles per thread: rows (each row tile packs every W_k under
+    # pack_min_elems again; larger ones are packed once per step, in the
+    # pack wave) and units.
     ROW_TILES_PER_THREAD = 2
     UNIT_TILES_PER_THREAD = 4
     # More row tiles than ROW_TILES_PER_THREAD per thread (shorter tiles: less
     # to wait for when a thread loses its core) only for steps of more than
     # TILE_MACS multiply-adds per tile, and never under this many rows per
-    # tile: every row tile packs each W again, and a packed element must
-    # serve many rows to cost little next to the micro-kernel.  (Column
+    # tile: a row tile reads each packed W_k (or packs a small one again),
+    # and a packed element must serve many rows to cost little next to the
+    # micro-kernel.  (Column
     # tiles of the unit split pack their own slice of W, and their rows are
     # few: no such cost.)
     ROW_TILE_MIN_ROWS = 64

@@ -329,8 +329,9 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     buffer of call_packs elements).
 
     The row split's tiles are coarse (one tile of rows and one of each
-    layer's units per thread: each row tile packs every W_k again, each
-    unit tile packs the layer's input again, so the fewer the cheaper) or,
+    layer's units per thread: each unit tile packs the layer's input again,
+    and each row tile the W_k the pack wave leaves out, so the fewer the
+    cheaper) or,
     when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
