@@ -299,6 +299,7 @@ def test_packs_are_in_the_reported_workspace(forced, dtype):
         k_net.workspace_size(BATCH, "loss") + fwd
     assert k_net.workspace_size(16, n_threads=2, itemsize=item) == k_net.workspace_size(16)
     assert net.workspace_nbytes(BATCH) == (one + packs) * item
+    assert k_net.fit_workspace_nbytes(BATCH, N, item, 2) > (one + packs) * item
     X, Y = _data(dtype)
     hist = net.fit(X, Y, epochs=1, batch_size=BATCH, lr=1e-3, shuffle=False)
     fastbp.set_num_threads(1)
