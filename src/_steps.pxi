@@ -281,8 +281,7 @@ cdef inline floating *align_packs(floating *buf) noexcept nogil:
     return <floating *>((<uintptr_t>buf + 63) & ~(<uintptr_t>63))
 
 
-cdef int plan_packs(const Spec *s, int64_t m, bint train, int64_t rows,
-                    Plan *p) noexcept nogil:
+cdef int plan_packs(const Spec *s, bint train, int64_t rows, Plan *p) noexcept nogil:
     """The pack wave of a row-split step whose row tiles have at least
     `rows` rows: the packs of pack_layout whose products a row tile would
     run on the GEMM's blocked path (more than PACK_SMALL_MNK multiply-adds;
@@ -290,7 +289,7 @@ cdef int plan_packs(const Spec *s, int64_t m, bint train, int64_t rows,
     about PACK_TILE_ELEMS elements at multiples of the packed NR.  Returns
     1 with p's pack fields set, or 0 (no pack wave: p.pack_wave = -1)."""
     cdef int q, k, i, n = 0
-    cdef int64_t N, K, elems = 0, chunk, t, total = 0
+    cdef int64_t N, K, elems = 0, chunk, t
     p.pack_wave = -1
     p.n_packs = 0
     if pack_layout(s, train, p.pk) == 0:
@@ -369,7 +368,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
             rows = m
             for i in range(t1):
                 rows = min(rows, cut(m, i + 1, t1, p.row_align) - cut(m, i, t1, p.row_align))
-            nw = plan_packs(s, m, train, rows, p)
+            nw = plan_packs(s, train, rows, p)
         p.row_wave = nw
         p.n_tiles[nw] = <int>t1
         if with_loss:
