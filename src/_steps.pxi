@@ -51,7 +51,7 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_tune_store(const fbp_team *T)
     void fbp_tune_forget()
     void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,
-                               const int64_t *wait, int64_t *out)
+                               const int64_t *wait, int64_t then_key, int64_t *out)
     int64_t fbp_shape_key(int64_t macs, int64_t m, int flags)
     void fbp_stat_tiles(int caller, int64_t n, int late)
     void fbp_stat_region()
@@ -81,11 +81,13 @@ def team_stats(bint reset=False):
     return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
 
 
-def team_account_test(steps, int64_t ser_ns=0):
+def team_account_test(steps, int64_t ser_ns=0, int64_t then_key=0):
     """Test hook: how a new team accounts for made-up coarse team steps
-    ``[(step_ns, wait_ns), ...]`` (at most 16) of one shape after one serial
-    step of ``ser_ns`` (0: none): ``(par_ns, backing_off)``, the mean team
-    step it keeps and whether it now runs serially (fbp_team_account)."""
+    ``[(step_ns, wait_ns), ...]`` (at most 16) of one shape (key 1) after one
+    serial step of ``ser_ns`` (0: none): ``(par_ns, backing_off)``, the mean
+    team step it keeps and whether it now runs serially (fbp_team_account);
+    with ``then_key``, the same for the next call's team, of steps of shape
+    ``then_key``, after this one stored what it learnt (fbp_tune_load)."""
     cdef int64_t st[16]
     cdef int64_t wt[16]
     cdef int64_t out[2]
@@ -94,7 +96,7 @@ def team_account_test(steps, int64_t ser_ns=0):
         raise ValueError("at most 16 steps")
     for i in range(n):
         st[i], wt[i] = steps[i]
-    fbp_team_account_test(ser_ns, n, st, wt, out)
+    fbp_team_account_test(ser_ns, n, st, wt, then_key, out)
     return int(out[0]), bool(out[1])
 
 

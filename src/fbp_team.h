@@ -221,12 +221,19 @@ static void fbp_stats_reset(void) {
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
    - ser_ns / par_ns: running means of a serial and a team step of this
-     shape (key), ser_at when ser_ns was last measured. */
+     shape (key), ser_at when ser_ns was last measured;
+   - untimed: the next team step is not timed (the first after a back-off:
+     the workers, asleep while thread 0 ran serially, wake during it);
+   - slow: the back-off is because team steps of this shape were no faster
+     (a property of the shape: a call of another shape does not inherit it,
+     fbp_tune_load), not because threads waited (the machine is busy: that
+     one carries over). */
 typedef struct {
     int64_t key;
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
+    int64_t untimed, slow;
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
@@ -283,12 +290,14 @@ static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
     u->ser_ns = fbp_mean_in(u->ser_ns, step_ns);
     u->ser_at = fbp_now_ns();
 }
-static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
+static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
     if (u->backoff * 2 > b) b = u->backoff * 2;
     if (b > 1000000000LL) b = 1000000000LL;
     u->backoff = b;
     u->serial_until = now + b;
-    u->par_ns = 0;          /* the next team step is timed afresh */
+    u->par_ns = 0;          /* team steps are timed afresh, from the second */
+    u->untimed = 1;
+    u->slow = slow;
     FBP_STAT(backoffs, 1);
 }
 /* Thread 0, after a team step of shape `key` that took step_ns, of which
@@ -305,8 +314,12 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now) {
      packing) for 16 steps' time, doubling while coarse steps keep
      waiting, up to a second.
    The first step of a team may wait for the other threads to start
-   (tens of microseconds on an idle machine): it is never a reason for
-   fine tiles, and it is timed only when it took FBP_FIRST_TIMED_NS or
+   (tens of microseconds on an idle machine), and so may the first after a
+   back-off (the workers fell asleep while thread 0 ran serially: a futex
+   wake-up took 0.3-0.5 ms here, a third of a 784-256-128-10 b128 team
+   step, so that timing it made one slow back-off follow another): such a
+   step is never a reason for fine tiles or for ending a back-off's
+   doubling, and it is timed only when it took FBP_FIRST_TIMED_NS or
    more, long enough for that start not to matter.  (A call of a few long
    steps, such as an epoch of 4 steps of 1024-2048-2048-1024, would
    otherwise run two team steps after each back-off before it can see
@@ -318,16 +331,19 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     int64_t now = fbp_now_ns();
     int first = T->n_team_steps++ == 0;
     if (u->key != key) return;
+    first |= (int)u->untimed;
+    u->untimed = 0;
     if (!first || step_ns >= FBP_FIRST_TIMED_NS) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
-        fbp_back_off(u, 20 * wait_ns, now);
+        fbp_back_off(u, 20 * wait_ns, now, 0);
         return;
     }
     if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
-        fbp_back_off(u, 50 * u->par_ns, now);
+        fbp_back_off(u, 50 * u->par_ns, now, 1);
         FBP_STAT(slow_backoffs, 1);
         return;
     }
+    if (first && u->par_ns == 0 && u->backoff != 0) return;   /* judged by the next step */
     u->backoff = 0;
     u->serial_until = 0;
     if (fine || first) return;
@@ -342,20 +358,6 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         u->fine_len = 0;
     }
 }
-/* Test hook: a new team's account of n made-up coarse team steps of one
-   shape (step[i], wait[i] ns), after one serial step of ser_ns (0: none):
-   out[0] the mean team step it keeps (par_ns), out[1] 1 if it is backing
-   off (running serially) after them. */
-static void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,  /* IN */
-                                  const int64_t *wait, int64_t *out) {           /* IN, OUT */
-    fbp_team T;
-    memset(&T, 0, sizeof T);
-    T.tune.key = 1;
-    if (ser_ns != 0) fbp_team_serial_done(&T, 1, ser_ns);
-    for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
-    out[0] = T.tune.par_ns;
-    out[1] = T.tune.serial_until != 0;
-}
 /* The hint a new team starts from, and where it leaves what it learnt
    (a try-lock: another Python thread's call in between only loses a hint). */
 static void fbp_tune_load(fbp_team *T, int64_t key) {
@@ -366,12 +368,39 @@ static void fbp_tune_load(fbp_team *T, int64_t key) {
     if (T->tune.key != key) {   /* the timings are of another shape */
         T->tune.key = key;
         T->tune.ser_ns = T->tune.ser_at = T->tune.par_ns = 0;
+        if (T->tune.slow)       /* and so was the slowness */
+            T->tune.serial_until = T->tune.backoff = T->tune.slow = 0;
     }
 }
 static void fbp_tune_store(const fbp_team *T) {
     if (__atomic_test_and_set(&fbp_tune_lock, __ATOMIC_ACQUIRE)) return;
     fbp_tune_hint = T->tune;
     __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
+}
+/* Test hook: a new team's account of n made-up coarse team steps of one
+   shape (key 1: step[i], wait[i] ns), after one serial step of ser_ns (0:
+   none): out[0] the mean team step it keeps (par_ns), out[1] 1 if it is
+   backing off (running serially) after them.  With then_key != 0, what a
+   call's next team learns from it instead: the team stored as a call ends
+   (fbp_tune_store) and loaded by a new team for steps of shape then_key
+   (fbp_tune_load; 1: the same shape).  The hint is restored after. */
+static void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,  /* IN */
+                                  const int64_t *wait, int64_t then_key,       /* IN */
+                                  int64_t *out) {                              /* OUT */
+    fbp_team T;
+    memset(&T, 0, sizeof T);
+    T.tune.key = 1;
+    if (ser_ns != 0) fbp_team_serial_done(&T, 1, ser_ns);
+    for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
+    if (then_key != 0) {
+        fbp_tune saved = fbp_tune_hint;
+        fbp_tune_store(&T);
+        memset(&T, 0, sizeof T);
+        fbp_tune_load(&T, then_key);
+        fbp_tune_hint = saved;
+    }
+    out[0] = T.tune.par_ns;
+    out[1] = T.tune.serial_until != 0;
 }
 /* Test hook: forget what earlier calls learnt (the lock is only ever held
    for a copy; never spin for ever, as in a child forked while it was held). */

@@ -668,3 +668,39 @@ def test_team_account_times_a_long_first_step():
     assert K.team_account_test([(60 * ms, 0), (60 * ms, 0)]) == (60 * ms, False)
     with pytest.raises(ValueError, match="at most 16"):
         K.team_account_test([(ms, 0)] * 17)
+
+
+def test_team_account_does_not_time_the_step_after_a_back_off():
+    """The first team step after a back-off (its workers, asleep while thread 0
+    ran serially, wake during it) is not timed: one slow back-off does not
+    follow another because of it, and the back-off's doubling is kept until a
+    timed step judges the attempt."""
+    K = _kernels
+    ms = 1_000_000
+    slow, fast = (5 * ms, 0), (2 * ms, 0)
+    before = K.team_stats()["backoffs"]
+    # step 1: the team's first (untimed); 2: slow -> back-off; 3: untimed;
+    # 4: fast -> the back-off ends
+    assert K.team_account_test([slow, slow, slow], ser_ns=4 * ms) == (0, True)
+    assert K.team_stats()["backoffs"] - before == 1
+    assert K.team_account_test([slow, slow, slow, fast], ser_ns=4 * ms) == (2 * ms, False)
+    before = K.team_stats()["backoffs"]
+    assert K.team_account_test([slow, slow, slow, slow], ser_ns=4 * ms) == (0, True)
+    assert K.team_stats()["backoffs"] - before == 2
+    # a step that waits over half of it still backs off at once
+    assert K.team_account_test([slow, slow, (5 * ms, 3 * ms)], ser_ns=4 * ms) == (0, True)
+
+
+def test_slow_back_off_is_not_carried_to_another_shape():
+    """A back-off because team steps of one shape were no faster than serial
+    ones is that shape's: the next call's team, of another shape, starts on
+    the team; one because threads waited (a busy machine) carries over."""
+    K = _kernels
+    ms = 1_000_000
+    slow = [(5 * ms, 0), (5 * ms, 0)]       # no faster than 4 ms serial
+    waited = [(5 * ms, 0), (5 * ms, 3 * ms)]  # waited over half
+    assert K.team_account_test(slow, ser_ns=4 * ms) == (0, True)
+    assert K.team_account_test(slow, ser_ns=4 * ms, then_key=1) == (0, True)
+    assert K.team_account_test(slow, ser_ns=4 * ms, then_key=3) == (0, False)
+    assert K.team_account_test(waited, ser_ns=40 * ms, then_key=3) == (0, True)
+    assert K.team_account_test(waited, ser_ns=40 * ms, then_key=1) == (0, True)
