@@ -44,7 +44,7 @@
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
  *               f64     6 x  4    72  256   4096
  *    The avx512 path runs small or thin products on the avx2 driver
- *    (avx2_tiles below: same bits).
+ *    (avx2_tiles below: same bits; not the pre-packed calls, below).
  *    KC x NR of B (16 KiB for avx2) stays in L1 across the MC/MR loop, the
  *    MC x KC block of A (144 KiB) in L2, the KC x NC panel of B in L3.
  *
@@ -96,10 +96,36 @@
  * Different ISAs may differ from each other (FMA vs mul+add) but an ISA is
  * fixed for the life of the process unless a test forces one.
  *
- * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values),
- * grown on demand and reused; freed by a pthread key destructor when the
- * thread exits.  If it cannot be allocated the thread computes its
- * sub-block with the small path of the same ISA: slow, but the same bits.
+ * Pre-packed op(B) (fbp_gemm_pack_b_*, fbp_gemm_packed_*; issue 11): a
+ * step split into row tiles calls the GEMM once per tile with the whole
+ * W_k as op(B), and each call packed all of op(B) again (4 tiles of 64
+ * rows: +40-60% over one call).  So op(B) can be packed once, by the caller,
+ * into the blocked driver's own layout: panel jc (NC wide), slab pc (KC
+ * deep), the NR-wide slivers exactly as the driver packs them into its
+ * buffer, at Bp + jc*K + pc*ncp (ncp = nc rounded up to NR; the panels
+ * before jc are NC wide, a multiple of every NR, so the offset needs no
+ * table).  The packed call runs the current ISA's serial driver
+ * (NAME##_pre in fbp_gemm_kernels.h) with that pointer where the driver
+ * would pack: the same slab loop (NAME##_slab), so the same kernel calls on
+ * the same values.  It does so for every M, also where the unpacked call
+ * takes the small path or the AVX2 tiles: the per-element invariance makes
+ * those agree, and one layout per ISA keeps the pack simple.  The layout
+ * is the ISA's (its NR), hence pack and call under one ISA.  Concurrent
+ * packs are race-free: fbp_gemm_pack_b_*(j0, j1) writes, in every slab,
+ * only the slivers of columns [j0, j1) (j0 a multiple of NR), which are
+ * disjoint byte ranges of Bp for disjoint column ranges; it reads only B
+ * and has no state, no buffer and no allocation.  The packed call only
+ * reads Bp (any number of row tiles may share it at once) and writes its
+ * own rows of C and its own thread buffer (A's block).  Without a buffer
+ * it runs the small path's loop on Bp (NAME##_pre_small: same bits); a Bp
+ * off the vector alignment (the kernels' aligned loads) is copied a slab
+ * at a time into the buffer first.
+ *
+ * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values;
+ * MC*KC for a packed call), grown on demand and reused; freed by a pthread
+ * key destructor when the thread exits.  If it cannot be allocated the
+ * thread computes its sub-block with the small path of the same ISA: slow,
+ * but the same bits.
  *
  * Files (split by concern; fbp_gemm_internal.h and fbp_gemm_kernels.h are
  * internal, the only public header is fbp_gemm.h):
@@ -295,21 +321,30 @@ static int avx2_tiles(int64_t M, int64_t N, int64_t K)
     return M < 12 || N < 16 || M * N * K < AVX2_BELOW_MACS;
 }
 
-/* Blocked driver and its micro-tile shape, per ISA. */
-struct blk_f32 { fbp_blk_fn_f32 *fn; int64_t MR, NR; };
-struct blk_f64 { fbp_blk_fn_f64 *fn; int64_t MR, NR; };
+/* Blocked driver and its micro-tile shape, per ISA; its pre-packed twin and
+ * that packing. */
+struct blk_f32 {
+    fbp_blk_fn_f32 *fn; int64_t MR, NR;
+    fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb;
+};
+struct blk_f64 {
+    fbp_blk_fn_f64 *fn; int64_t MR, NR;
+    fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb;
+};
+#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb}
 static const struct blk_f32 blk_f32_table[N_ISA] = {
-    {fbp_gemm_blk_generic_f32, 6, 8},
+    BLK(fbp_gemm_blk_generic_f32, 6, 8),
 #ifdef FBP_X86
-    {fbp_gemm_blk_avx2_f32, 6, 16}, {fbp_gemm_blk_avx512_f32, 12, 32},
+    BLK(fbp_gemm_blk_avx2_f32, 6, 16), BLK(fbp_gemm_blk_avx512_f32, 12, 32),
 #endif
 };
 static const struct blk_f64 blk_f64_table[N_ISA] = {
-    {fbp_gemm_blk_generic_f64, 6, 4},
+    BLK(fbp_gemm_blk_generic_f64, 6, 4),
 #ifdef FBP_X86
-    {fbp_gemm_blk_avx2_f64, 6, 8}, {fbp_gemm_blk_avx512_f64, 12, 16},
+    BLK(fbp_gemm_blk_avx2_f64, 6, 8), BLK(fbp_gemm_blk_avx512_f64, 12, 16),
 #endif
 };
+#undef BLK
 void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
 {
     const int isa = current_isa();
@@ -436,3 +471,54 @@ void fbp_gemm_##SFX(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,  
 
 DEFINE_ENTRY(float, f32)
 DEFINE_ENTRY(double, f64)
+
+/* ------------------------------------------------------------------------ */
+/* Pre-packed op(B)                                                          */
+/* ------------------------------------------------------------------------ */
+
+int64_t fbp_gemm_packed_nr(int elem_size)
+{
+    int64_t mr, nr;
+    fbp_gemm_tile_shape(elem_size, &mr, &nr);
+    return nr;
+}
+
+int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
+{
+    const int64_t nr = fbp_gemm_packed_nr(elem_size);
+    if (N <= 0 || K <= 0) return 0;
+    return K * ((N + nr - 1) / nr * nr);
+}
+
+#define DEFINE_PACKED(T, SFX)                                                   \
+void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,       \
+                           int64_t ldb, T *Bp, int64_t j0, int64_t j1)          \
+{                                                                               \
+    blk_##SFX##_table[current_isa()].packb(trans_b, N, K, B, ldb, Bp, j0, j1);  \
+}                                                                               \
+                                                                                \
+/* The current ISA's pre-packed driver for every shape with K >= 1 (never the  \
+ * small path or the AVX2 tiles: Bp is in this ISA's layout; the same bits by  \
+ * the per-element invariance); K == 0 reads no B: the small path. */          \
+void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
+                           T alpha, const T *A, int64_t lda, const T *Bp,       \
+                           T beta, T *C, int64_t ldc, const T *bias, int act,   \
+                           const T *dsrc, int64_t ldd)                          \
+{                                                                               \
+    if (M <= 0 || N <= 0) return;                                               \
+    if (act == FBP_ACT_IDENTITY) dsrc = NULL;                                   \
+    const int isa = current_isa();                                              \
+    if (K <= 0) {                                                               \
+        static const T zero = 0; /* op(B) = B^T with ldb 0: never read */       \
+        small_##SFX##_table[isa](trans_a, 1, M, N, 0, alpha, A, lda, &zero, 0,  \
+                                 beta, C, ldc, bias, act, dsrc, ldd, 1);        \
+        return;                                                                 \
+    }                                                                           \
+    const struct job_##SFX jb = {                                               \
+        .ta = trans_a, .tb = 0, .act = act, .M = M, .N = N, .K = K,             \
+        .alpha = alpha, .beta = beta, .A = A, .B = NULL, .bias = bias,          \
+        .dsrc = dsrc, .C = C, .lda = lda, .ldb = 0, .ldc = ldc, .ldd = ldd};    \
+    blk_##SFX##_table[isa].pre(&jb, Bp);                                        \
+}
+DEFINE_PACKED(float, f32)
+DEFINE_PACKED(double, f64)

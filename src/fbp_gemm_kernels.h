@@ -12,8 +12,9 @@
  * sequence of operations (fbp_gemm.c, "Per-element invariance"); one file
  * per ISA keeps the target attributes apart and each file short.  Everything
  * here is static (the micro-kernels, the packing) except each ISA's small
- * path and blocked driver, which are the hidden fbp_gemm_small_* /
- * fbp_gemm_blk_* that fbp_gemm.c dispatches to.  Include it after
+ * path and blocked drivers, which are the hidden fbp_gemm_small_* /
+ * fbp_gemm_blk_* (and the pre-packed fbp_gemm_blk_*_pre, with its packing
+ * fbp_gemm_blk_*_packb) that fbp_gemm.c dispatches to.  Include it after
  * fbp_gemm_internal.h.
  */
 #ifndef FBP_GEMM_KERNELS_H
@@ -354,13 +355,89 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t 
                 jb->dsrc ? jb->dsrc + i0 * jb->ldd + j0 : NULL, jb->ldd);       \
 }
 
-/* Serial blocked GEMM on the sub-block rows [i0,i1) x cols [j0,j1). */
+/* The serial blocked drivers of one ISA:
+ *   NAME(jb, i0, i1, j0, j1)   rows [i0,i1) x cols [j0,j1) of a job, packing
+ *                              op(B) itself (per panel and slab, into the
+ *                              thread buffer after A's block);
+ *   NAME##_pre(jb, Bp)         the whole job with op(B) pre-packed in Bp by
+ *                              NAME##_packb (fbp_gemm.h: fbp_gemm_pack_b_*);
+ *   NAME##_packb(..., j0, j1)  that packing, columns [j0, j1) only.
+ * The pre-packed layout is the driver's own: for each NC-wide panel jc, for
+ * each KC-deep slab pc, the NR-wide slivers of op(B)[pc:pc+kc, jc:jc+nc]
+ * (k-major, edge sliver zero-padded), i.e. what NAME packs into its buffer,
+ * at Bp + jc*K + pc*ncp (ncp = nc rounded up to NR; every panel before jc is
+ * NC wide, a multiple of NR).  Both drivers run NAME##_slab on each slab, so
+ * they compute every tile with the same kernel calls on the same values. */
 #define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC)   \
+/* One KC slab (depth kc at pc) of the panel [jc, jc+nc), rows [i0, i1):        \
+ * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows. */        \
+TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  \
+                               int64_t mcb, int64_t i0, int64_t i1,             \
+                               int64_t jc, int64_t nc, int64_t pc, int64_t kc,  \
+                               int epi, int fep)                                \
+{                                                                               \
+    const int64_t ldc = jb->ldc;                                                \
+    const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);                      \
+    const int last = pc + kc == jb->K;                                          \
+    for (int64_t ic = i0; ic < i1; ic += mcb) {                                 \
+        const int64_t mc = i1 - ic < mcb ? i1 - ic : mcb;                       \
+        pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                               \
+        for (int64_t jr = 0; jr < nc; jr += NR) {                               \
+            const int64_t n = nc - jr < NR ? nc - jr : NR;                      \
+            const T *b = pb + (int64_t)jr * kc;                                 \
+            for (int64_t ir = 0; ir < mc; ir += MR) {                           \
+                const int64_t m = mc - ir < MR ? mc - ir : MR;                  \
+                const T *a = pa + (int64_t)ir * kc;                             \
+                T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;              \
+                const int hm = m <= MR / 2, hn = n <= NR / 2;                   \
+                const int64_t rows = hm ? MR / 2 : MR;                          \
+                const int64_t cols = hn ? NR / 2 : NR;                          \
+                void (*uk)(int64_t, const T *, const T *, T *, int64_t, T,      \
+                           T, int, int, const T *, const T *, int64_t) =        \
+                    hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK);          \
+                const int ep = last ? fep : EP_NONE;                            \
+                const T *bias = jb->bias ? jb->bias + jc + jr : NULL;           \
+                const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
+                if (m == rows && n == cols) {                                   \
+                    uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias,   \
+                       dsrc, jb->ldd);                                          \
+                } else {                                                        \
+                    /* the tile in scratch; what the fused epilogue             \
+                     * reads beyond the block, zero */                          \
+                    T t[MR * NR] __attribute__((aligned(64)));                  \
+                    T tbias[NR], tdsrc[MR * NR];                                \
+                    if (mode)                                                   \
+                        for (int64_t r = 0; r < m; r++)                         \
+                            memcpy(t + r * cols, c + r * ldc,                   \
+                                   n * sizeof(T));                              \
+                    if (ep != EP_NONE && bias && n < cols) {                    \
+                        memset(tbias, 0, sizeof tbias);                         \
+                        memcpy(tbias, bias, n * sizeof(T));                     \
+                        bias = tbias;                                           \
+                    }                                                           \
+                    if (ep >= EP_DRELU) {                                       \
+                        memset(tdsrc, 0, rows * cols * sizeof(T));              \
+                        for (int64_t r = 0; r < m; r++)                         \
+                            memcpy(tdsrc + r * cols, dsrc + r * jb->ldd,        \
+                                   n * sizeof(T));                              \
+                        dsrc = tdsrc;                                           \
+                    }                                                           \
+                    uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias,  \
+                       dsrc, cols);                                             \
+                    for (int64_t r = 0; r < m; r++)                             \
+                        memcpy(c + r * ldc, t + r * cols,                       \
+                               n * sizeof(T));                                  \
+                }                                                               \
+                if (last && epi && fep == EP_NONE)                              \
+                    epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);                \
+            }                                                                   \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
 FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, \
                         int64_t j0, int64_t j1)                                 \
 {                                                                               \
     const int64_t K = jb->K;                                                    \
-    const int64_t ldc = jb->ldc;                                                \
     const int64_t ncmax = j1 - j0 < NC ? j1 - j0 : NC;                          \
     const int64_t kcmax = K < KC ? K : KC;                                      \
     const size_t na = (size_t)MC * kcmax;                                       \
@@ -374,63 +451,95 @@ FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, 
         const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
         for (int64_t pc = 0; pc < K; pc += KC) {                                \
             const int64_t kc = K - pc < KC ? K - pc : KC;                       \
-            const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);              \
-            const int last = pc + kc == K;                                      \
             pack_b_##SFX(jb, pc, kc, jc, nc, NR, pb);                           \
-            for (int64_t ic = i0; ic < i1; ic += MC) {                          \
-                const int64_t mc = i1 - ic < MC ? i1 - ic : MC;                 \
-                pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                       \
-                for (int64_t jr = 0; jr < nc; jr += NR) {                       \
-                    const int64_t n = nc - jr < NR ? nc - jr : NR;              \
-                    const T *b = pb + (int64_t)jr * kc;                         \
-                    for (int64_t ir = 0; ir < mc; ir += MR) {                   \
-                        const int64_t m = mc - ir < MR ? mc - ir : MR;          \
-                        const T *a = pa + (int64_t)ir * kc;                     \
-                        T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;      \
-                        const int hm = m <= MR / 2, hn = n <= NR / 2;           \
-                        const int64_t rows = hm ? MR / 2 : MR;                  \
-                        const int64_t cols = hn ? NR / 2 : NR;                  \
-                        void (*uk)(int64_t, const T *, const T *, T *, int64_t, T, \
-                                   T, int, int, const T *, const T *, int64_t) = \
-                            hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK); \
-                        const int ep = last ? fep : EP_NONE;                    \
-                        const T *bias = jb->bias ? jb->bias + jc + jr : NULL;  \
-                        const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
-                        if (m == rows && n == cols) {                           \
-                            uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias, \
-                               dsrc, jb->ldd);                                  \
-                        } else {                                                \
-                            /* the tile in scratch; what the fused epilogue     \
-                             * reads beyond the block, zero */                  \
-                            T t[MR * NR] __attribute__((aligned(64)));          \
-                            T tbias[NR], tdsrc[MR * NR];                        \
-                            if (mode)                                           \
-                                for (int64_t r = 0; r < m; r++)                 \
-                                    memcpy(t + r * cols, c + r * ldc,           \
-                                           n * sizeof(T));                      \
-                            if (ep != EP_NONE && bias && n < cols) {            \
-                                memset(tbias, 0, sizeof tbias);                 \
-                                memcpy(tbias, bias, n * sizeof(T));             \
-                                bias = tbias;                                   \
-                            }                                                   \
-                            if (ep >= EP_DRELU) {                               \
-                                memset(tdsrc, 0, rows * cols * sizeof(T));      \
-                                for (int64_t r = 0; r < m; r++)                 \
-                                    memcpy(tdsrc + r * cols, dsrc + r * jb->ldd, \
-                                           n * sizeof(T));                      \
-                                dsrc = tdsrc;                                   \
-                            }                                                   \
-                            uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias, \
-                               dsrc, cols);                                     \
-                            for (int64_t r = 0; r < m; r++)                     \
-                                memcpy(c + r * ldc, t + r * cols,               \
-                                       n * sizeof(T));                          \
-                        }                                                       \
-                        if (last && epi && fep == EP_NONE)                      \
-                            epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);        \
-                    }                                                           \
-                }                                                               \
+            NAME##_slab(jb, pb, pa, MC, i0, i1, jc, nc, pc, kc, epi, fep);      \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+/* Columns [j0, j1) of op(B) (j0 a multiple of NR, j1 one or N) into the        \
+ * pre-packed layout at Bp: in every slab, only those columns' slivers. */      \
+FBP_HIDDEN TARGET void NAME##_packb(int tb, int64_t N, int64_t K, const T *B,   \
+                                    int64_t ldb, T *Bp, int64_t j0, int64_t j1) \
+{                                                                               \
+    if (j1 > N) j1 = N;                                                         \
+    if (j0 < 0) j0 = 0;                                                         \
+    if (K <= 0 || j0 >= j1) return;                                             \
+    const struct job_##SFX jb = {.tb = tb, .B = B, .ldb = ldb};                 \
+    for (int64_t jc = j0 / NC * NC; jc < j1; jc += NC) {                        \
+        const int64_t nc = N - jc < NC ? N - jc : NC;                           \
+        const int64_t ncp = (nc + NR - 1) / NR * NR;                            \
+        const int64_t s0 = j0 > jc ? j0 : jc;                                   \
+        const int64_t s1 = j1 < jc + nc ? j1 : jc + nc;                         \
+        for (int64_t pc = 0; pc < K; pc += KC) {                                \
+            const int64_t kc = K - pc < KC ? K - pc : KC;                       \
+            pack_b_##SFX(&jb, pc, kc, s0, s1 - s0, NR,                          \
+                         Bp + jc * K + pc * ncp + (s0 - jc) * kc);              \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+/* The pre-packed job when no buffer can be had: the small path's loop          \
+ * (same operations per element, fbp_gemm.c) reading op(B) from Bp, where       \
+ * op(B)[k][j] of slab pc sits at stride NR along k. */                         \
+static TARGET __attribute__((noinline)) void NAME##_pre_small(                  \
+    const struct job_##SFX *jb, const T *Bp)                                    \
+{                                                                               \
+    const int64_t M = jb->M, N = jb->N, K = jb->K, ldc = jb->ldc;               \
+    const int64_t sai = jb->ta ? 1 : jb->lda, sak = jb->ta ? jb->lda : 1;       \
+    const T alpha = jb->alpha, beta = jb->beta;                                 \
+    const T *A = jb->A;                                                         \
+    T *C = jb->C;                                                               \
+    const int epi = has_epilogue_##SFX(jb);                                     \
+    for (int64_t i = 0; i < M; i++, A += sai, C += ldc) {                       \
+        for (int64_t j = 0; j < N; j++) {                                       \
+            const int64_t jc = j / NC * NC, jl = j - jc;                        \
+            const int64_t nc = N - jc < NC ? N - jc : NC;                       \
+            const int64_t ncp = (nc + NR - 1) / NR * NR;                        \
+            const T *panel = Bp + jc * K + jl % NR;                             \
+            T c = 0;                                                            \
+            for (int64_t pc = 0; pc < K; pc += KC) {                            \
+                const int64_t kc = K - pc < KC ? K - pc : KC;                   \
+                const T *b = panel + pc * ncp + (jl - jl % NR) * kc;            \
+                T acc = 0;                                                      \
+                for (int64_t k = 0; k < kc; k++)                                \
+                    acc = S_FMA(A[(pc + k) * sak], b[k * NR], acc);             \
+                if (pc > 0) c = S_FMA(alpha, acc, c);                           \
+                else if (beta == 0) c = alpha * acc;                            \
+                else c = S_FMA(alpha, acc, beta * C[j]);                        \
             }                                                                   \
+            C[j] = c;                                                           \
+        }                                                                       \
+        if (epi)                                                                \
+            SM##_epi(C, jb->bias, jb->dsrc ? jb->dsrc + i * jb->ldd : NULL, N,  \
+                     jb->act);                                                  \
+    }                                                                           \
+}                                                                               \
+/* The whole job (K >= 1) on op(B) pre-packed at Bp.  A Bp not aligned to       \
+ * the vector (the kernels' aligned loads) is copied slab by slab into the      \
+ * buffer after A's block; otherwise the buffer holds A's block only. */        \
+FBP_HIDDEN TARGET void NAME##_pre(const struct job_##SFX *jb, const T *Bp)      \
+{                                                                               \
+    const int64_t K = jb->K, N = jb->N;                                         \
+    const int64_t ncmax = N < NC ? N : NC;                                      \
+    const int64_t kcmax = K < KC ? K : KC;                                      \
+    const int copy = (uintptr_t)Bp % sizeof(V_T) != 0;                          \
+    const size_t na = (size_t)MC * kcmax;                                       \
+    const size_t nb = copy ? (size_t)((ncmax + NR - 1) / NR * NR) * kcmax : 0;  \
+    T *pa = fbp_gemm_thread_buf((na + nb) * sizeof(T));                         \
+    if (!pa) { NAME##_pre_small(jb, Bp); return; }                              \
+    T *pb = pa + na;                                                            \
+    const int epi = has_epilogue_##SFX(jb);                                     \
+    const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
+    for (int64_t jc = 0; jc < N; jc += NC) {                                    \
+        const int64_t nc = N - jc < NC ? N - jc : NC;                           \
+        const int64_t ncp = (nc + NR - 1) / NR * NR;                            \
+        for (int64_t pc = 0; pc < K; pc += KC) {                                \
+            const int64_t kc = K - pc < KC ? K - pc : KC;                       \
+            const T *b = Bp + jc * K + pc * ncp;                                \
+            if (copy) {                                                         \
+                memcpy(pb, b, (size_t)(ncp * kc) * sizeof(T));                  \
+                b = pb;                                                         \
+            }                                                                   \
+            NAME##_slab(jb, b, pa, MC, 0, jb->M, jc, nc, pc, kc, epi, fep);     \
         }                                                                       \
     }                                                                           \
 }
