@@ -44,7 +44,7 @@
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
  *               f64     6 x  4    72  256   4096
  *    The avx512 path runs small or thin products on the avx2 driver
- *    (avx2_tiles below: same bits).
+ *    (avx2_tiles below: same bits; not the pre-packed calls, below).
  *    KC x NR of B (16 KiB for avx2) stays in L1 across the MC/MR loop, the
  *    MC x KC block of A (144 KiB) in L2, the KC x NC panel of B in L3.
  *
@@ -96,10 +96,36 @@
  * Different ISAs may differ from each other (FMA vs mul+add) but an ISA is
  * fixed for the life of the process unless a test forces one.
  *
- * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values),
- * grown on demand and reused; freed by a pthread key destructor when the
- * thread exits.  If it cannot be allocated the thread computes its
- * sub-block with the small path of the same ISA: slow, but the same bits.
+ * Pre-packed op(B) (fbp_gemm_pack_b_*, fbp_gemm_packed_*; issue 11): a
+ * step split into row tiles calls the GEMM once per tile with the whole
+ * W_k as op(B), and each call packed all of op(B) again (4 tiles of 64
+ * rows: +40-60% over one call).  So op(B) can be packed once, by the caller,
+ * into the blocked driver's own layout: panel jc (NC wide), slab pc (KC
+ * deep), the NR-wide slivers exactly as the driver packs them into its
+ * buffer, at Bp + jc*K + pc*ncp (ncp = nc rounded up to NR; the panels
+ * before jc are NC wide, a multiple of every NR, so the offset needs no
+ * table).  The packed call runs the current ISA's serial driver
+ * (NAME##_pre in fbp_gemm_kernels.h) with that pointer where the driver
+ * would pack: the same slab loop (NAME##_slab), so the same kernel calls on
+ * the same values.  It does so for every M, also where the unpacked call
+ * takes the small path or the AVX2 tiles: the per-element invariance makes
+ * those agree, and one layout per ISA keeps the pack simple.  The layout
+ * is the ISA's (its NR), hence pack and call under one ISA.  Concurrent
+ * packs are race-free: fbp_gemm_pack_b_*(j0, j1) writes, in every slab,
+ * only the slivers of columns [j0, j1) (j0 a multiple of NR), which are
+ * disjoint byte ranges of Bp for disjoint column ranges; it reads only B
+ * and has no state, no buffer and no allocation.  The packed call only
+ * reads Bp (any number of row tiles may share it at once) and writes its
+ * own rows of C and its own thread buffer (A's block).  Without a buffer
+ * it runs the small path's loop on Bp (NAME##_pre_small: same bits); a Bp
+ * off the vector alignment (the kernels' aligned loads) is copied a slab
+ * at a time into the buffer first.
+ *
+ * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values;
+ * MC*KC for a packed call), grown on demand and reused; freed by a pthread
+ * key destructor when the thread exits.  If it cannot be allocated the
+ * thread computes its sub-block with the small path of the same ISA: slow,
+ * but the same bits.
  *
  * Files (split by concern; fbp_gemm_internal.h and fbp_gemm_kernels.h are
  * internal, the only public header is fbp_gemm.h):

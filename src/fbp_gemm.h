@@ -57,6 +57,11 @@
  *   - No allocation per call beyond thread-local packing buffers that are
  *     reused across calls.
  *   - Callable without the GIL from any thread.
+ *   - Pre-packed op(B) (fbp_gemm_pack_b_*, fbp_gemm_packed_*, below) is one
+ *     more path under the invariance: a packed call gives bitwise what the
+ *     unpacked call gives (for any n_threads), for every shape and every
+ *     way the pack was split into column ranges, provided the pack and the
+ *     call ran under the same ISA.
  */
 #ifndef FBP_GEMM_H
 #define FBP_GEMM_H
@@ -91,17 +96,30 @@ FBP_GEMM_DECL(double, f64)
  * the same op(B) (the row tiles of a training step, every one with the
  * whole W_k) packs op(B) once with fbp_gemm_pack_b_* (column ranges may be
  * packed by different threads at once) and runs each block with
- * fbp_gemm_packed_*, which reads the packed copy instead of packing again.
- * The layout is that of the current code path (fbp_gemm_isa()): pack and
- * packed call must run under the same ISA (fbp_gemm_set_isa in between
- * invalidates a pack).
+ * fbp_gemm_packed_*, which reads the packed copy instead of packing op(B)
+ * again in every call.
  *
- * Elements (not bytes) of a pre-packed op(B) of K x N for the current ISA's
- * blocked path: K * (N rounded up to the packed NR). */
+ * Layout: the blocked driver's own (fbp_gemm.c, "Pre-packed op(B)"): for
+ * each NC = 4096 wide column panel jc, for each KC = 256 deep K-slab pc, the
+ * NR-wide slivers of op(B)[pc:pc+kc, jc:jc+nc], k-major (NR values per k),
+ * the last sliver zero-padded, at Bp + jc*K + pc*ncp (ncp = nc rounded up to
+ * NR).  It depends on the code path: pack and packed call must run under
+ * the same ISA (fbp_gemm_isa(); fbp_gemm_set_isa in between invalidates a
+ * pack, and so does an FBP_GEMM_ISA that differs between processes: a pack
+ * is not a file format).
+ *
+ * Alignment: Bp should be 64-byte aligned (the micro-kernels read it with
+ * aligned vector loads).  A Bp off its ISA's vector alignment is still
+ * correct, only slower: each slab is copied into the thread buffer first.
+ *
+ * fbp_gemm_packed_size: elements (not bytes) of a pre-packed op(B) of K x N
+ * for the current ISA: K * (N rounded up to fbp_gemm_packed_nr); 0 when
+ * N <= 0 or K <= 0. */
 int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K);
 
-/* NR of the packed layout of the current ISA (column ranges given to
- * fbp_gemm_pack_b_* start at multiples of it). */
+/* NR of the packed layout of the current ISA (the micro-tile width of
+ * fbp_gemm_tile_shape): column ranges given to fbp_gemm_pack_b_* start at
+ * multiples of it. */
 int64_t fbp_gemm_packed_nr(int elem_size);
 
 /* fbp_gemm_pack_b_f32 (T = float) and fbp_gemm_pack_b_f64 (T = double):
@@ -109,16 +127,25 @@ int64_t fbp_gemm_packed_nr(int elem_size);
  * K x N, row stride ldb), B^T if trans_b == 1 (B is N x K, row stride ldb))
  * into Bp, which holds fbp_gemm_packed_size(sizeof(T), N, K) elements.  j0 a
  * multiple of fbp_gemm_packed_nr, j1 a multiple of it or N (0 <= j0 <= j1 <=
- * N).  Different column ranges write disjoint parts of Bp (threads may pack
- * ranges concurrently); never writes outside Bp[0 : packed_size].  Serial,
- * nogil-safe, no allocation.
+ * N; j1 > N is taken as N, an empty range or K <= 0 writes nothing).  It
+ * writes exactly the slivers of those columns in every slab (the padding of
+ * the last sliver belongs to the range that holds column N - 1), so
+ * different column ranges write disjoint parts of Bp and threads may pack
+ * them concurrently; never writes outside Bp[0 : packed_size].  Serial, no
+ * allocation, nogil-safe.
  *
  * fbp_gemm_packed_f32 / fbp_gemm_packed_f64: as fbp_gemm_SFX(trans_a,
  * <trans_b>, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, dsrc,
  * ldd, 1) with op(B) given pre-packed in Bp (all N columns, packed by
  * fbp_gemm_pack_b_SFX under the same ISA): the same bits, for every M >= 0
  * (including the shapes the unpacked call would send to the small path or
- * to the AVX2 tiles), serial (calling thread only). */
+ * to the AVX2 tiles: the packed call always runs the current ISA's blocked
+ * driver, and the per-element invariance above makes every path agree).
+ * Serial (calling thread only); its thread buffer holds A's MC x KC block
+ * only (plus one slab of Bp when Bp is misaligned); when that buffer cannot
+ * be allocated, the small path's loop on Bp (same bits, slower).  Rows
+ * [i0, i1) of a product are the call with A, C, dsrc offset to row i0 and
+ * M = i1 - i0, the same Bp: this is how row tiles share one pack. */
 #define FBP_GEMM_PACKED_DECL(T, SFX)                                            \
 void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K,                   \
                            const T *B, int64_t ldb,   /* IN  */                 \

@@ -11,8 +11,9 @@
  * so that the target attribute and the vector primitives of one ISA sit
  * together, apart from the ISA-neutral driver (which must not be compiled
  * for AVX2: it runs on every CPU).  Empty where the compiler does not
- * target x86.  No state: every write is to the caller's C or to the calling
- * thread's own packing buffer.
+ * target x86.  No state: every write is to the
+ * caller's C, to the caller's pre-packed op(B) (fbp_gemm_pack_b_*) or to
+ * the calling thread's own packing buffer.
  */
 #include "fbp_gemm_kernels.h"
 

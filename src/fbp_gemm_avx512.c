@@ -10,8 +10,9 @@
  * "avx512".  The epilogue is the FMA ISAs' shared 32-byte instance ("f"), as
  * on AVX2, so both FMA paths give the same epilogue bits.  A file of its own
  * for the same reason as fbp_gemm_avx2.c.  Empty where the compiler does not
- * target x86.  No state: every write is to the caller's C or to the calling
- * thread's own packing buffer.
+ * target x86.  No state: every write is to the
+ * caller's C, to the caller's pre-packed op(B) (fbp_gemm_pack_b_*) or to
+ * the calling thread's own packing buffer.
  */
 #include "fbp_gemm_kernels.h"
 

@@ -8,8 +8,9 @@
  * the serial blocked driver fbp_gemm_blk_generic_*, which fbp_gemm.c
  * dispatches to when the ISA is "generic".  A file of its own, like each ISA,
  * so that one code path's instantiation and vector primitives sit together
- * and apart from the driver.  No state: every write is to the caller's C or
- * to the calling thread's own packing buffer.
+ * and apart from the driver.  No state: every write is to the
+ * caller's C, to the caller's pre-packed op(B) (fbp_gemm_pack_b_*) or to
+ * the calling thread's own packing buffer.
  */
 #include "fbp_gemm_kernels.h"
 

@@ -12,8 +12,9 @@
  * sequence of operations (fbp_gemm.c, "Per-element invariance"); one file
  * per ISA keeps the target attributes apart and each file short.  Everything
  * here is static (the micro-kernels, the packing) except each ISA's small
- * path and blocked driver, which are the hidden fbp_gemm_small_* /
- * fbp_gemm_blk_* that fbp_gemm.c dispatches to.  Include it after
+ * path and blocked drivers, which are the hidden fbp_gemm_small_* /
+ * fbp_gemm_blk_* (and the pre-packed fbp_gemm_blk_*_pre, with its packing
+ * fbp_gemm_blk_*_packb) that fbp_gemm.c dispatches to.  Include it after
  * fbp_gemm_internal.h.
  */
 #ifndef FBP_GEMM_KERNELS_H

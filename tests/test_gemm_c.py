@@ -6,7 +6,12 @@ n_threads = 1, 2, 3, 8.  It also checks the per-element invariance of the
 contract (fbp_gemm.h): every element of C is bitwise the same when recomputed
 as part of any sub-problem (single elements, rows, columns, random blocks via
 pointer offsets or relaid out with other leading dimensions, other n_threads,
-and with the packing-buffer allocation failing), whatever path that takes.  It is compiled with the flags the library build uses
+and with the packing-buffer allocation failing), whatever path that takes.  And that
+the pre-packed calls (fbp_gemm_pack_b_* + fbp_gemm_packed_*) equal the unpacked call
+bitwise for every ISA, dtype, transpose, epilogue and store mode, with op(B) packed in
+one column range or several (shuffled, or by two threads at once; each element written
+by exactly one range, nothing beyond fbp_gemm_packed_size), on row tiles, on a
+misaligned pack and with the allocation failing.  It is compiled with the flags the library build uses
 (-O3 -std=gnu11 -fopenmp), and a second time with AddressSanitizer (at -O1) on
 a reduced case list.  Skipped only when no C compiler is available.
 """

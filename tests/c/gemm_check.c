@@ -26,6 +26,19 @@
  * allocation made to fail (aligned_alloc is interposed below): the fallback
  * must give the same bits.
  *
+ * Pre-packed op(B) (fbp_gemm_pack_b_*, fbp_gemm_packed_*): for every ISA,
+ * both dtypes, all transposes, every epilogue and the alpha/beta pairs
+ * above, on shapes M = 1..13 x N (not multiples of NR) x K = 1..600 (many
+ * of them small-path or AVX2-tile shapes for the unpacked call), MR/NR/MC/KC
+ * edges, N > NC = 4096 (two panels) and K = 0, the packed call must equal
+ * the unpacked one (n_threads = 1) bitwise: with op(B) packed in one range
+ * and in random NR-aligned ranges in shuffled order (sometimes two threads
+ * at once), each range writing only its own elements (every element of the
+ * packed buffer by exactly one range), nothing outside
+ * fbp_gemm_packed_size elements (guards on both sides), on all rows and on
+ * random row tiles, on a Bp off the vector alignment, and in a fresh thread
+ * whose buffer allocation fails.
+ *
  * 64-bit indices: the same products with every leading dimension 2**31 + 7
  * (so row 1 of each operand starts past 2**31 elements: an int or 32-bit
  * long anywhere in the index arithmetic would wrap), on sparse mappings of
@@ -538,6 +551,313 @@ static void run_invariance_nomem(int quick)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Pre-packed op(B) (fbp_gemm_pack_b_*, fbp_gemm_packed_*)                   */
+/* ------------------------------------------------------------------------ */
+
+/* Guard elements on each side of a packed buffer (a multiple of 64 bytes,
+ * so that Bp itself stays 64-byte aligned), and their fill: a NaN payload
+ * no packed value (op(B) in [-1, 1), padding zeros) can equal. */
+#define PK_GUARD 32
+static const uint64_t PK_FILL64 = 0x7ff4dead5eed0badull;
+static const uint32_t PK_FILL32 = 0x7fa5eedbu;
+
+/* NR-aligned cut points of [0, N): cuts[0] = 0 < ... < cuts[n] = N, n <= 6,
+ * random; returns n. */
+static int pk_cuts(int64_t N, int64_t nr, int64_t *cuts)
+{
+    const int64_t slivers = (N + nr - 1) / nr;
+    int n = 1 + (int)irand(slivers < 6 ? (unsigned)slivers : 6u);
+    cuts[0] = 0;
+    for (int r = 1; r < n; r++) { /* distinct, increasing sliver indices */
+        int64_t s = cuts[r - 1] / nr + 1 +
+                    irand((unsigned)(slivers - cuts[r - 1] / nr - (n - r)));
+        cuts[r] = s * nr;
+    }
+    cuts[n] = N;
+    return n;
+}
+
+#define DEFINE_PACKCHK(T, SFX, FILL)                                            \
+static int pk_is_fill_##SFX(const T *p)                                         \
+{                                                                               \
+    return memcmp(p, &FILL, sizeof(T)) == 0;                                    \
+}                                                                               \
+static T *pk_alloc_##SFX(int64_t size)                                          \
+{   /* size elements between two guards, all FILL, Bp 64-byte aligned */       \
+    T *buf = aligned_alloc(64, sizeof(T) * (size_t)(size + 2 * PK_GUARD + 64));  \
+    for (int64_t i = 0; i < size + 2 * PK_GUARD + 64; i++)                      \
+        memcpy(buf + i, &FILL, sizeof(T));                                      \
+    return buf;                                                                 \
+}                                                                               \
+static int pk_guards_ok_##SFX(const T *Bp, int64_t size)                        \
+{                                                                               \
+    for (int64_t i = 1; i <= PK_GUARD; i++)                                     \
+        if (!pk_is_fill_##SFX(Bp - i) || !pk_is_fill_##SFX(Bp + size + i - 1))  \
+            return 0;                                                           \
+    return 1;                                                                   \
+}                                                                               \
+struct pkcall_##SFX {                                                           \
+    int ta, M, N, K, lda, ldc, act, ldd;                                        \
+    T alpha, beta;                                                              \
+    const T *A, *Bp, *bias, *dsrc;                                              \
+    T *C;                                                                       \
+    /* packing job (pk_pack_thread): ranges order[first], order[first + step] */ \
+    int tb, ldb, nr_cuts, first, step;                                          \
+    const int64_t *cuts;                                                        \
+    const int *order;                                                           \
+    const T *B;                                                                 \
+    T *Bw;                                                                      \
+};                                                                              \
+static void *pkcall_##SFX(void *arg)                                            \
+{                                                                               \
+    const struct pkcall_##SFX *q = arg;                                         \
+    fbp_gemm_packed_##SFX(q->ta, q->M, q->N, q->K, q->alpha, q->A, q->lda,      \
+                          q->Bp, q->beta, q->C, q->ldc, q->bias, q->act,        \
+                          q->dsrc, q->ldd);                                     \
+    return NULL;                                                                \
+}                                                                               \
+static void *pk_pack_thread_##SFX(void *arg)                                    \
+{                                                                               \
+    const struct pkcall_##SFX *q = arg;                                         \
+    for (int r = q->first; r < q->nr_cuts; r += q->step)                        \
+        fbp_gemm_pack_b_##SFX(q->tb, q->N, q->K, q->B, q->ldb, q->Bw,           \
+                              q->cuts[q->order[r]], q->cuts[q->order[r] + 1]);  \
+    return NULL;                                                                \
+}                                                                               \
+                                                                                \
+/* The packed call against the unpacked one (n_threads = 1), bitwise: op(B)     \
+ * packed in one range, then again in random NR-aligned ranges in shuffled     \
+ * order (each range alone must write its own elements only, every element    \
+ * written by exactly one range; with `conc` the ranges packed by two threads \
+ * at once), the guards around Bp untouched, C's padding untouched; the       \
+ * packed call on all rows, on random row tiles (pointer offsets), on a Bp    \
+ * that is not vector-aligned and, with `nomem`, in a fresh thread whose      \
+ * buffer allocation fails. */                                                 \
+static void packchk_##SFX(struct icfg g, int conc, int nomem)                   \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    const int lda = ac + 1, ldb = bc + 3, ldc = N + 2, ldd = N + 1;             \
+    T *A = malloc(sizeof(T) * ((size_t)ar * lda + 1));                          \
+    T *B = malloc(sizeof(T) * ((size_t)br * ldb + 1));                          \
+    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *C = malloc(sizeof(T) * (size_t)M * ldc);                                 \
+    T *Cp = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *D = malloc(sizeof(T) * ((size_t)M * ldd + 1));                           \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
+    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
+    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
+    for (long i = 0; i < (long)M * ldd; i++) {                                  \
+        double u = urand();                                                     \
+        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
+                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
+    }                                                                           \
+    for (long i = 0; i < (long)M * ldc; i++)                                    \
+        C0[i] = i % ldc >= N ? (T)SENTINEL                                      \
+              : g.beta == 0 ? (T)NAN : (T)(4 * urand());                        \
+    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    memcpy(C, C0, sizeof(T) * (size_t)M * ldc);                                 \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C, ldc, bp, g.act, dp, ldd, 1);                              \
+    const int64_t size = fbp_gemm_packed_size(sizeof(T), N, K);                 \
+    const int64_t nr = fbp_gemm_packed_nr(sizeof(T));                           \
+    int bad = 0;                                                                \
+    const char *what = "";                                                      \
+    if (size != (int64_t)K * ((N + nr - 1) / nr * nr)) {                        \
+        what = "packed_size";                                                   \
+        bad++;                                                                  \
+    }                                                                           \
+    /* one range */                                                             \
+    T *buf1 = pk_alloc_##SFX(size), *Bp1 = buf1 + PK_GUARD;                     \
+    fbp_gemm_pack_b_##SFX(g.tb, N, K, B, ldb, Bp1, 0, N);                       \
+    for (int64_t i = 0; i < size && !bad; i++)                                  \
+        if (pk_is_fill_##SFX(Bp1 + i)) { what = "element left unpacked"; bad++; } \
+    if (!bad && !pk_guards_ok_##SFX(Bp1, size)) { what = "guard written"; bad++; } \
+    /* several ranges: each alone, then all in shuffled order into one Bp */    \
+    int64_t cuts[8];                                                            \
+    const int ncut = pk_cuts(N, nr, cuts);                                      \
+    T *buf2 = pk_alloc_##SFX(size), *Bp2 = buf2 + PK_GUARD;                     \
+    unsigned char *cnt = calloc((size_t)size + 1, 1);                           \
+    for (int r = 0; r < ncut && !bad; r++) {                                    \
+        T *bufr = pk_alloc_##SFX(size), *Bpr = bufr + PK_GUARD;                 \
+        fbp_gemm_pack_b_##SFX(g.tb, N, K, B, ldb, Bpr, cuts[r], cuts[r + 1]);   \
+        for (int64_t i = 0; i < size; i++)                                      \
+            if (!pk_is_fill_##SFX(Bpr + i)) {                                   \
+                cnt[i]++;                                                       \
+                if (memcmp(Bpr + i, Bp1 + i, sizeof(T)) != 0) {                 \
+                    what = "a range packs other values than the whole";         \
+                    bad++;                                                      \
+                    break;                                                      \
+                }                                                               \
+            }                                                                   \
+        if (!bad && !pk_guards_ok_##SFX(Bpr, size)) { what = "guard written (range)"; bad++; } \
+        free(bufr);                                                             \
+    }                                                                           \
+    for (int64_t i = 0; i < size && !bad; i++)                                  \
+        if (cnt[i] != 1) { what = "element not written by exactly one range"; bad++; } \
+    free(cnt);                                                                  \
+    int order[8];                                                               \
+    for (int r = 0; r < ncut; r++) order[r] = r;                                \
+    for (int r = ncut - 1; r > 0; r--) {                                        \
+        const int s = (int)irand((unsigned)r + 1), t = order[r];                \
+        order[r] = order[s]; order[s] = t;                                      \
+    }                                                                           \
+    if (conc) { /* two threads at once, alternate ranges of the order */      \
+        struct pkcall_##SFX p0 = {.N = N, .K = K, .tb = g.tb, .ldb = ldb,       \
+                                  .nr_cuts = ncut, .first = 0, .step = 2,       \
+                                  .cuts = cuts, .order = order, .B = B,         \
+                                  .Bw = Bp2};                                   \
+        struct pkcall_##SFX p1 = p0;                                            \
+        p1.first = 1;                                                           \
+        pthread_t t0, t1;                                                       \
+        const int e0 = pthread_create(&t0, NULL, pk_pack_thread_##SFX, &p0);    \
+        const int e1 = pthread_create(&t1, NULL, pk_pack_thread_##SFX, &p1);    \
+        if (!e0) pthread_join(t0, NULL);                                        \
+        if (!e1) pthread_join(t1, NULL);                                        \
+        if (e0 || e1) { what = "cannot create a thread"; bad++; }               \
+    } else {                                                                    \
+        for (int r = 0; r < ncut; r++)                                          \
+            fbp_gemm_pack_b_##SFX(g.tb, N, K, B, ldb, Bp2, cuts[order[r]],      \
+                                  cuts[order[r] + 1]);                          \
+    }                                                                           \
+    if (!bad && memcmp(Bp1, Bp2, sizeof(T) * (size_t)size) != 0) {              \
+        what = "ranges packed in shuffled order differ from one range";         \
+        bad++;                                                                  \
+    }                                                                           \
+    if (!bad && !pk_guards_ok_##SFX(Bp2, size)) { what = "guard written (ranges)"; bad++; } \
+    /* the packed call: all rows; row tiles; misaligned Bp; no buffer */        \
+    for (int v = 0; v < 4 && !bad; v++) {                                       \
+        if (v == 3 && !nomem) break;                                            \
+        memcpy(Cp, C0, sizeof(T) * (size_t)M * ldc);                            \
+        const T *Bv = Bp2;                                                      \
+        T *mis = NULL;                                                          \
+        if (v == 2) { /* one element off the vector alignment */                \
+            mis = malloc(sizeof(T) * ((size_t)size + 1));                       \
+            memcpy(mis + 1, Bp2, sizeof(T) * (size_t)size);                     \
+            Bv = mis + 1;                                                       \
+        }                                                                       \
+        int64_t rc[8] = {0, M};                                                 \
+        int nrc = 1;                                                            \
+        if (v == 1 && M > 1) { /* random row tiles */                           \
+            nrc = 2 + (int)irand(M < 4 ? (unsigned)M - 1 : 3u);                 \
+            if (nrc > M) nrc = M;                                               \
+            for (int r = 1; r < nrc; r++)                                       \
+                rc[r] = rc[r - 1] + 1 + irand((unsigned)(M - rc[r - 1] - (nrc - r))); \
+            rc[nrc] = M;                                                        \
+        }                                                                       \
+        for (int r = 0; r < nrc; r++) {                                         \
+            const int64_t i0 = rc[r], mi = rc[r + 1] - rc[r];                   \
+            struct pkcall_##SFX q = {                                           \
+                .ta = g.ta, .M = (int)mi, .N = N, .K = K, .lda = lda,           \
+                .ldc = ldc, .act = g.act, .ldd = ldd, .alpha = (T)g.alpha,      \
+                .beta = (T)g.beta, .A = g.ta ? A + i0 : A + i0 * lda, .Bp = Bv, \
+                .bias = bp, .dsrc = dp ? dp + i0 * ldd : NULL,                  \
+                .C = Cp + i0 * ldc};                                            \
+            if (v == 3) {                                                       \
+                pthread_t th;                                                   \
+                __atomic_store_n(&fail_alloc, 1, __ATOMIC_RELAXED);             \
+                const int err = pthread_create(&th, NULL, pkcall_##SFX, &q);    \
+                if (!err) pthread_join(th, NULL);                               \
+                __atomic_store_n(&fail_alloc, 0, __ATOMIC_RELAXED);             \
+                if (err) { what = "cannot create a thread"; bad++; }            \
+            } else {                                                            \
+                pkcall_##SFX(&q);                                               \
+            }                                                                   \
+        }                                                                       \
+        free(mis);                                                              \
+        n_cases++;                                                              \
+        if (!bad && memcmp(C, Cp, sizeof(T) * (size_t)M * ldc) != 0) {          \
+            what = v == 0 ? "packed call differs from the unpacked one"         \
+                 : v == 1 ? "packed row tiles differ from the unpacked call"    \
+                 : v == 2 ? "packed call on a misaligned Bp differs"            \
+                          : "packed call with allocation failing differs";      \
+            bad++;                                                              \
+        }                                                                       \
+    }                                                                           \
+    if (bad) {                                                                  \
+        printf("FAIL packed %s %s ta=%d tb=%d M=%d N=%d K=%d a=%g b=%g "        \
+               "bias=%d act=%d dsrc=%d ranges=%d%s: %s\n", isa_now, #SFX,       \
+               g.ta, g.tb, M, N, K, g.alpha, g.beta, g.bias, g.act, g.dsrc,     \
+               ncut, conc ? " (concurrent)" : "", what);                        \
+        n_fail++;                                                               \
+    }                                                                           \
+    free(buf1); free(buf2);                                                     \
+    free(A); free(B); free(C0); free(C); free(Cp); free(D); free(bias);         \
+}
+DEFINE_PACKCHK(float, f32, PK_FILL32)
+DEFINE_PACKCHK(double, f64, PK_FILL64)
+
+static void packchk(struct icfg g, int conc, int nomem)
+{
+    packchk_f32(g, conc, nomem);
+    packchk_f64(g, conc, nomem);
+}
+
+static void run_packed(int quick)
+{
+    /* thin: M = 1..13 (the AVX-512 build's AVX2 tiles, MR 6 / 12 edges), N
+     * not a multiple of NR, K around the slab depth; many are small-path
+     * shapes for the unpacked call */
+    static const int ns[] = {1, 5, 17, 33, 100};
+    static const int ks[] = {1, 7, 255, 256, 257, 600};
+    enum { NNS = sizeof ns / sizeof *ns, NKS = sizeof ks / sizeof *ks };
+    unsigned u = 0;
+    const long refused = n_refused;
+    for (int M = 1; M <= 13; M += quick ? 4 : 1)
+        for (int b = 0; b < NNS; b++)
+            for (int c = 0; c < NKS; c += quick ? 2 : 1, u++)
+                packchk(icfg_make(u & 1, (u >> 1) & 1, M, ns[b], ks[c],
+                                  (u / 4) % 16, (u / 3) % 3, 1),
+                        0, u % 5 == 0);
+    /* every transpose x epilogue x store mode on shapes mixing the paths,
+     * MR/NR/MC edges and the KC boundary (on the larger ones, a quarter of
+     * the combinations, cycled) */
+    static const int sh[][3] = {{37, 53, 257}, {13, 40, 300}, {2, 9, 7},
+                                {150, 70, 256}, {145, 33, 600}, {64, 48, 255}};
+    for (unsigned s = 0; s < sizeof sh / sizeof *sh; s++) {
+        if (quick && s >= 2) break;
+        for (int t = 0; t < 4; t++)
+            for (int e = 0; e < 16; e += quick ? 3 : 1)
+                for (int ab = 0; ab < 3; ab++, u++) {
+                    if (s >= 3 && (e + ab + t + (int)s) % 4) continue;
+                    packchk(icfg_make(t & 1, t >> 1, sh[s][0], sh[s][1],
+                                      sh[s][2], e, ab, 1),
+                            u % 7 == 0, u % 11 == 0);
+                }
+    }
+    /* N > NC = 4096: two panels (the second one narrow), one and two slabs */
+    static const int wide[][3] = {{3, 4100, 3}, {14, 4133, 260}, {1, 4097, 1}};
+    for (unsigned s = 0; s < sizeof wide / sizeof *wide; s++)
+        for (int t = 0; t < 4; t++, u++)
+            packchk(icfg_make(t & 1, t >> 1, wide[s][0], wide[s][1], wide[s][2],
+                              (int)(u % 16), (int)(u % 3), 1),
+                    t == 1, t == 2 && !quick);
+    /* K == 0 (no B read, Bp empty: c = alpha*0 (+ beta*C), then the
+     * epilogue) */
+    for (int t = 0; t < 2; t++)
+        packchk(icfg_make(t, t, 5, 20, 0, 3 + 8 * t, 1 + t, 1), 0, 0);
+    /* M == 0 and N == 0: nothing written, nothing read */
+    {
+        float c[4] = {1, 2, 3, 4}, bp[64], a[4] = {0};
+        for (int i = 0; i < 64; i++) bp[i] = 7;
+        fbp_gemm_packed_f32(0, 0, 3, 2, 1, a, 2, bp, 0, c, 4, NULL, 0, NULL, 0);
+        fbp_gemm_packed_f32(1, 2, 0, 2, 1, a, 2, bp, 0, c, 4, NULL, 0, NULL, 0);
+        fbp_gemm_pack_b_f32(0, 3, 2, a, 2, bp, 0, 0);
+        n_cases++;
+        if (c[0] != 1 || c[1] != 2 || c[2] != 3 || c[3] != 4 || bp[0] != 7) {
+            printf("FAIL packed %s: M == 0 / N == 0 / empty range wrote\n", isa_now);
+            n_fail++;
+        }
+    }
+    if (n_refused == refused) {
+        printf("FAIL packed allocation-failure check: no allocation was refused\n");
+        n_fail++;
+    }
+}
+
 /* A rows x cols matrix at row stride ld on a sparse anonymous mapping (only
  * the pages touched exist), or NULL when the system refuses the mapping. */
 static void *sparse_alloc(int64_t rows, int64_t cols, int64_t ld, size_t elem,
@@ -697,8 +1017,11 @@ int main(int argc, char **argv)
         long c0 = n_cases;
         run_invariance(quick);
         run_invariance_nomem(quick);
-        printf("isa %s: %s (%ld invariance sub-problems)\n", isa_now,
-               n_fail == before ? "ok" : "FAILED", n_cases - c0);
+        const long c1 = n_cases;
+        run_packed(quick);
+        printf("isa %s: %s (%ld invariance sub-problems, %ld pre-packed "
+               "calls)\n", isa_now, n_fail == before ? "ok" : "FAILED",
+               c1 - c0, n_cases - c1);
     }
     printf("%ld cases, %ld failed\n", n_cases, n_fail);
     return n_fail ? 1 : 0;
