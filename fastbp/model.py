@@ -821,11 +821,14 @@ class MLP:
         """Bytes of the kernel workspace a fit with this batch size allocates (once, per call).
 
         The workspace holds one batch of activations per layer, the outputs, two
-        delta buffers, the gathered targets and per-sample losses.  A fit
+        delta buffers, the gathered targets and per-sample losses, and on
+        several threads (``get_num_threads()``), when a step splits its rows,
+        the weights packed once per step for the GEMMs of its row tiles.  A fit
         allocates more than this (see :attr:`History.workspace_bytes`, which
         reports all of it).
         """
-        return int(self._net.workspace_size(int(batch_size))) * self.dtype.itemsize
+        return int(self._net.workspace_size(int(batch_size), n_threads=get_num_threads(),
+                                            itemsize=self.dtype.itemsize)) * self.dtype.itemsize
 
     def fit(
         self,
@@ -1162,8 +1165,10 @@ class MLP:
         # tracemalloc); the best iterate under early stopping.
         chunk = max(1, min(self._chunk_rows(), X.shape[0]))
         hist.workspace_bytes = int(
-            max(self._net.workspace_size(X.shape[0], "gradients"),
-                self._net.workspace_size(chunk, "loss")) * item
+            max(self._net.workspace_size(X.shape[0], "gradients", n_threads=n_threads,
+                                         itemsize=item),
+                self._net.workspace_size(chunk, "loss", n_threads=n_threads,
+                                         itemsize=item)) * item
             + X_conv + grad.nbytes + self._theta.nbytes + 38 * 8 * self.n_params
             + (self._theta.nbytes if early_stopping else 0)
         )
@@ -1256,7 +1261,8 @@ class MLP:
             total += 8 * n * min(epochs, 2)
         if val is not None and epochs:
             rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
-            total += int(self._net.workspace_size(rows, "loss")) * item
+            total += int(self._net.workspace_size(rows, "loss", n_threads=get_num_threads(),
+                                                  itemsize=item)) * item
         return int(total)
 
     # -- files and other frameworks -----------------------------------------
@@ -1550,7 +1556,10 @@ class Epochs:
         self.sample_weight = sample_weight
         rows = min(batch_size, n)
         self.ws = np.empty(model._net.workspace_size(rows, "fit", model._dropout,
-                                                     sparse=_sparse.is_sparse(X)), dtype=dtype)
+                                                     sparse=_sparse.is_sparse(X),
+                                                     n_threads=get_num_threads(),
+                                                     itemsize=np.dtype(dtype).itemsize),
+                           dtype=dtype)
         self.grad = np.empty_like(model._theta) if need_grad else empty
         # One saved copy of the parameters (and optimizer state) and how to
         # replay forward from it: see epoch() and _fail().

@@ -98,6 +98,7 @@ cdef int run_epoch(const Spec *s, Extra *e,
                    int64_t snap_step,
                    int64_t n_params,
                    Totals *t,                 # OUT what the epoch saw
+                   floating *packs,           # the team steps' pack buffer (call_packs), or NULL
                    ) noexcept nogil:
     """One epoch of mini-batch training, entirely in compiled code.
 
@@ -163,7 +164,7 @@ cdef int run_epoch(const Spec *s, Extra *e,
                 opt_prepare(ok)
             if batch_step(s, e, T, gen, job, theta, grad, <floating>o.lr,
                           snap if snap_here and fused else NULL,
-                          ws, w, X, Y, rows, start, m, &batch_loss):
+                          ws, w, X, Y, rows, start, m, &batch_loss, packs):
                 return 1
             if snap_here:
                 t.snap_done = True
@@ -201,14 +202,15 @@ cdef int chunk_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
                     const floating *X, const floating *Y,   # IN data, targets or NULL
                     int64_t n, int64_t chunk,
                     floating *out,          # OUT (n, n_out) outputs, or NULL
-                    double *totals          # OUT [loss sum, accuracy sum] with Y (weighted with e.sw)
+                    double *totals,         # OUT [loss sum, accuracy sum] with Y (weighted with e.sw)
+                    floating *packs         # the team chunks' pack buffer (call_packs), or NULL
                     ) noexcept nogil:
     """predict / loss over n rows, `chunk` rows at a time; -1 on Ctrl-C
     (polled between chunks)."""
     cdef int64_t start = 0, m, n_out = s.sizes[s.n_layers]
     while start < n:
         m = min(chunk, n - start)
-        predict_rows(s, e, T, gen, job, theta, ws, w, X, Y, start, m)
+        predict_rows(s, e, T, gen, job, theta, ws, w, X, Y, start, m, packs)
         if out != NULL:
             memcpy(out + start * n_out, ws + w.yhat, m * n_out * sizeof(floating))
         if Y != NULL:
@@ -244,24 +246,27 @@ cdef struct Call:
     const Optim *o
     Totals *t
     Extra *e
+    void *packs             # the pack buffer of its team steps (64-byte aligned), or NULL
     double totals[2]        # chunks: loss and accuracy sums; grad: the loss sum
 
 
 cdef int drive(const Spec *s, const Work *w, Call *c, fbp_team *T, unsigned *gen, Job *job,
                floating *theta) noexcept nogil:
-    """Run call c, with the team T (on its thread 0) or serially (T == NULL)."""
+    """Run call c, with the team T (on its thread 0) or serially (T == NULL:
+    no packs)."""
+    cdef floating *packs = <floating *>c.packs if T != NULL else NULL
     if c.kind == CALL_EPOCH:
         return run_epoch(s, c.e, T, gen, job, theta, <floating *>c.grad, <floating *>c.velocity,
                          <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
                          c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps,
                          <floating *>c.snap, <floating *>c.snap_vel, c.snap_step,
-                         c.n_params, c.t)
+                         c.n_params, c.t, packs)
     if c.kind == CALL_CHUNKS:
         return chunk_rows(s, c.e, T, gen, job, theta, <floating *>c.ws, w, <const floating *>c.X,
-                          <const floating *>c.Y, c.n, c.chunk, <floating *>c.out, c.totals)
+                          <const floating *>c.Y, c.n, c.chunk, <floating *>c.out, c.totals, packs)
     return batch_step(s, c.e, T, gen, job, theta, <floating *>c.grad, <floating>0, NULL,
                       <floating *>c.ws, w, <const floating *>c.X, <const floating *>c.Y,
-                      NULL, 0, c.n, &c.totals[0])
+                      NULL, 0, c.n, &c.totals[0], packs)
 
 
 cdef int run_call(const Spec *s, const Work *w, Call *c, int64_t rows, bint train,

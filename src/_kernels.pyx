@@ -44,9 +44,12 @@
 #   holds a tile.  Steps split the batch rows (row split) or, for a small
 #   batch, the output units of every layer (unit split).  When most of a step
 #   still goes on waiting (the other threads keep being descheduled), thread 0
-#   runs the following steps serially for a while (fbp_team_account).  Every
-#   tile writes only its own rows or columns of the activations and deltas,
-#   its own rows of W_k / grad and entries of b_k and colsum, so every write
+#   runs the following steps serially for a while (fbp_team_account).  A
+#   row split first packs each large W_k once for all its row tiles (the
+#   pack wave, into the call's workspace; _steps.pxi).  Every tile writes
+#   only its own rows or columns of the activations and deltas, its own
+#   rows of W_k / grad and entries of b_k and colsum, or its own columns of
+#   one packed W_k, so every write
 #   inside a region is private to the thread running that tile; per-sample
 #   losses are summed in row order, bias gradients are column sums in row
 #   order, and the GEMM gives each element the same bits whatever block it is
@@ -65,7 +68,7 @@
 from cython.parallel cimport parallel, threadid
 from cpython.mem cimport PyMem_Free, PyMem_Realloc, PyMem_Malloc
 from libc.math cimport exp, log, log1p, fabs, isfinite, NAN
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
@@ -96,6 +99,20 @@ cdef extern from "fbp_gemm.h" nogil:
     int fbp_gemm_set_isa(const char *name)
     void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
     int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
+    int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
+    int64_t fbp_gemm_packed_nr(int elem_size)
+    void fbp_gemm_pack_b_f32(int trans_b, int64_t N, int64_t K, const float *B, int64_t ldb,
+                             float *Bp, int64_t j0, int64_t j1)
+    void fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
+                             double *Bp, int64_t j0, int64_t j1)
+    void fbp_gemm_packed_f32(int trans_a, int64_t M, int64_t N, int64_t K,
+                             float alpha, const float *A, int64_t lda, const float *Bp,
+                             float beta, float *C, int64_t ldc,
+                             const float *bias, int act, const float *dsrc, int64_t ldd)
+    void fbp_gemm_packed_f64(int trans_a, int64_t M, int64_t N, int64_t K,
+                             double alpha, const double *A, int64_t lda, const double *Bp,
+                             double beta, double *C, int64_t ldc,
+                             const double *bias, int act, const double *dsrc, int64_t ldd)
 
 cdef extern from "fbp_team.h" nogil:
     int FBP_OPENMP
@@ -180,21 +197,38 @@ cdef enum:
     # thread gets at least this many rows, else the output units of every
     # layer are split (one wave per layer).
     ROWS_PER_THREAD = 16
-    # Tiles per thread: rows (each row tile packs every W again) and units.
+    # Tiles per thread: rows (each row tile packs every W_k under
+    # pack_min_elems again; larger ones are packed once per step, in the
+    # pack wave) and units.
     ROW_TILES_PER_THREAD = 2
     UNIT_TILES_PER_THREAD = 4
     # More row tiles than ROW_TILES_PER_THREAD per thread (shorter tiles: less
     # to wait for when a thread loses its core) only for steps of more than
     # TILE_MACS multiply-adds per tile, and never under this many rows per
-    # tile: every row tile packs each W again, and a packed element must
-    # serve many rows to cost little next to the micro-kernel.  (Column
+    # tile: a row tile reads each packed W_k (or packs a small one again),
+    # and a packed element must serve many rows to cost little next to the
+    # micro-kernel.  (Column
     # tiles of the unit split pack their own slice of W, and their rows are
     # few: no such cost.)
     ROW_TILE_MIN_ROWS = 64
     MAX_TILES = 1024
     MAX_WAVES = 2 * 64 + 1
+    # The pack wave of a row split (_steps.pxi, plan_packs): its tiles are
+    # column ranges of about this many elements of one packed W_k; a product
+    # of at most PACK_SMALL_MNK multiply-adds (SMALL_MNK of
+    # src/fbp_gemm_internal.h: the GEMM's small path, which packs nothing)
+    # takes no pack.
+    PACK_TILE_ELEMS = 32768
+    PACK_SMALL_MNK = 4096
 
 cdef int64_t TILE_MACS = 16 * 1024 * 1024
+
+# A row split packs W_k once per step, in its pack wave, for a product of
+# W_k (the forward one, and delta_k's for k >= 1) when W_k has at least
+# this many elements; smaller ones are packed by each row tile's GEMM as
+# before (measured in bench/NOTES.md, "pack wave").  Results do not depend
+# on it (set_pack_threshold: the tests).
+cdef int64_t pack_min_elems = 16384
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -321,6 +355,33 @@ cdef inline void gemm(int ta, int tb, int64_t M, int64_t N, int64_t K,
     else:
         fbp_gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
                      bias, act, dsrc, ldd, n_threads)
+
+
+cdef inline void gemm_packed(int ta, int64_t M, int64_t N, int64_t K,
+                             floating alpha, const floating *A, int64_t lda,   # IN
+                             const floating *Bp,                               # IN op(B) packed (pack_b)
+                             floating beta, floating *C, int64_t ldc,          # OUT (and IN when beta != 0)
+                             const floating *bias, int act,                    # IN
+                             const floating *dsrc, int64_t ldd) noexcept nogil:  # IN
+    """gemm(ta, <tb>, M, N, K, ..., 1) with op(B) pre-packed in Bp by
+    pack_b(tb, ...) under the current ISA: the same bits, serial."""
+    if floating is float:
+        fbp_gemm_packed_f32(ta, M, N, K, alpha, A, lda, Bp, beta, C, ldc, bias, act, dsrc, ldd)
+    else:
+        fbp_gemm_packed_f64(ta, M, N, K, alpha, A, lda, Bp, beta, C, ldc, bias, act, dsrc, ldd)
+
+
+cdef inline void pack_b(int tb, int64_t N, int64_t K,
+                        const floating *B, int64_t ldb,   # IN  op(B): B (K x N) or B^T (B: N x K)
+                        floating *Bp,                     # OUT its columns j0..j1, packed
+                        int64_t j0, int64_t j1) noexcept nogil:
+    """Columns j0..j1 of op(B) into the pre-packed Bp (fbp_gemm_packed_size
+    elements; j0 a multiple of fbp_gemm_packed_nr, j1 too or N): disjoint
+    column ranges write disjoint parts of Bp."""
+    if floating is float:
+        fbp_gemm_pack_b_f32(tb, N, K, B, ldb, Bp, j0, j1)
+    else:
+        fbp_gemm_pack_b_f64(tb, N, K, B, ldb, Bp, j0, j1)
 
 
 cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
@@ -622,7 +683,9 @@ cdef object predict_fast_typed(Network net, floating *theta, cnp.ndarray x, bint
     # the threads of the call), with the checks done here.
     s = net._spec(threads_now(cap), sizeof(floating))
     w = make_work(&s, chunk, 0)
-    cdef cnp.ndarray ws_arr = np.empty(w.size, dtype=np.float32 if floating is float else np.float64)
+    cdef int64_t n_pack = call_packs(&s, chunk, False)
+    cdef cnp.ndarray ws_arr = np.empty(w.size + n_pack,
+                                       dtype=np.float32 if floating is float else np.float64)
     cdef cnp.ndarray conv
     if convert:   # check_X's converted copy
         conv = np.empty(count, dtype=np.float32 if floating is float else np.float64)
@@ -630,6 +693,7 @@ cdef object predict_fast_typed(Network net, floating *theta, cnp.ndarray x, bint
     ws = <floating *>cnp.PyArray_DATA(ws_arr)
     c.kind, c.ws, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, ws, NULL, n, chunk, &e
     c.out = out_p
+    c.packs = align_packs(ws + w.size) if n_pack > 0 else NULL
     with nogil:
         ok = load_input(src, convert, buf, count, &xin)
         if ok:
@@ -704,7 +768,8 @@ cdef class Network:
         self.spec.w_off = &wo[0]
         self.spec.b_off = &bo[0]
 
-    def workspace_size(self, int64_t rows, str kind="fit", dropout=None, *, bint sparse=False):
+    def workspace_size(self, int64_t rows, str kind="fit", dropout=None, *, bint sparse=False,
+                       int n_threads=1, int itemsize=8):
         """Elements of scratch one call allocates for `rows` rows (a batch, or
         a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
         caller allocates it), "predict", "loss" or "gradients" (what those
@@ -712,11 +777,20 @@ cdef class Network:
         With `dropout` (as fit_epoch and gradients take it), "fit" and
         "gradients" include the dropped activations of the hidden layers
         whose p > 0.  `sparse`: for a sparse X (fastbp._sparse.CSR), whose
-        batch is never gathered (no A_0 in "fit")."""
+        batch is never gathered (no A_0 in "fit").  With `n_threads` > 1
+        (and `itemsize`, 4 or 8, the dtype's), also the packed weights of
+        the team steps' pack wave when a step of `rows` rows is a row split
+        on that many threads (the current GEMM code path's layout; a
+        fit_epoch workspace without them allocates them for the call)."""
         cdef int what
         cdef Drop d
         cdef const double[::1] p_v
         cdef int64_t extra = 0
+        cdef Spec s
+        cdef Plan p
+        cdef int64_t pk[PK_SLOTS]
+        if itemsize not in (4, 8):
+            raise ValueError("itemsize must be 4 or 8")
         if kind == "fit":
             what = WS_FIT
         elif kind == "predict":
@@ -732,6 +806,14 @@ cdef class Network:
             extra = drop_layout(&self.spec, &d, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
         if sparse:
             what |= WS_SPARSE
+        if n_threads > 1:
+            # (sparse X: the threads and split of dense rows, the most a
+            # step of the call may use, but no pack of layer 0's forward)
+            s = self._spec(n_threads, itemsize)
+            make_plan(&s, rows, kind in ("fit", "gradients"), True, &p)
+            if p.nt > 1 and not p.by_units:
+                s.x_nnz = 0 if sparse else -1
+                extra += pack_layout(&s, kind in ("fit", "gradients"), pk)
         return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
@@ -786,7 +868,9 @@ cdef class Network:
             c = s.sizes[k + 1] if p.nt == 1 else \
                 widest(s.sizes[k + 1], p.p2_first[k + 1] - p.p2_first[k], p.mr)
             per_thread = max(per_thread, fbp_gemm_buffer_bytes(itemsize, c, s.sizes[k], rows))
-        return int(self.workspace_size(rows, dropout=dropout) * itemsize + p.nt * per_thread)
+        # (and the pack wave's buffer: workspace_size with n_threads)
+        return int(self.workspace_size(rows, dropout=dropout, n_threads=n_threads,
+                                       itemsize=itemsize) * itemsize + p.nt * per_thread)
 
     cdef Spec _spec(self, int n_threads, int elem):
         """The spec of one call: its thread count, element size, and the
@@ -821,7 +905,7 @@ cdef class Network:
             raise ValueError("out has the wrong shape")
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, 0)
-        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef floating[::1] ws
         cdef Call c
         cdef Extra e
         cdef int status
@@ -829,8 +913,11 @@ cdef class Network:
         cdef _SparseView spv = _SparseView()
         extra_init(&e)
         cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, &s, n_threads, False)
+        cdef int64_t n_pack = call_packs(&s, chunk, False)
+        ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, NULL, n, chunk, &e
         c.out = &out[0, 0]
+        c.packs = align_packs(&ws[w.size]) if n_pack > 0 else NULL
         with nogil:
             status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
         if status == -1:
@@ -895,7 +982,7 @@ cdef class Network:
         cdef double total_w
         chunk = max(1, min(chunk, n))
         cdef Work w = make_work(&s, chunk, WS_TARGETS)
-        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef floating[::1] ws
         cdef Call c
         cdef Extra e
         cdef int status
@@ -905,8 +992,11 @@ cdef class Network:
                                                 &s, n_threads, False, &total_w)
         if sample_weight is not None and not total_w > 0:
             return 0.0, 0.0
+        cdef int64_t n_pack = call_packs(&s, chunk, False)
+        ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, &Y[0, 0], n, chunk, &e
         c.out = NULL
+        c.packs = align_packs(&ws[w.size]) if n_pack > 0 else NULL
         c.totals[0] = c.totals[1] = 0.0
         with nogil:
             status = run_call(&s, &w, &c, chunk, False, <floating *>&theta[0])
@@ -956,10 +1046,12 @@ cdef class Network:
         # No gathered batch (X is used in place) and no SGD scratch: only
         # what a gradient over X needs.
         cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
-        cdef floating[::1] ws = np.empty(w.size, dtype=np.asarray(theta).dtype)
+        cdef int64_t n_pack = call_packs(&s, m, True)
+        cdef floating[::1] ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
         cdef Call c
         cdef int status
         c.kind, c.ws, c.X, c.Y, c.n, c.grad, c.e = CALL_GRAD, &ws[0], xp, &Y[0, 0], m, &grad[0], &e
+        c.packs = align_packs(&ws[w.size]) if n_pack > 0 else NULL
         with nogil:
             status = run_call(&s, &w, &c, m, True, <floating *>&theta[0])
             if status:
@@ -1182,12 +1274,25 @@ cdef class Network:
             n_drop = drop_layout(&s, &e.drop, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
             e.drop.seed, e.drop.epoch = seed, epoch
         cdef floating[::1] dbuf
+        cdef floating[::1] pbuf
+        cdef int64_t used = w.size, n_pack
         if n_drop > 0:
             if ws.shape[0] >= w.size + n_drop:
                 e.drop.dbuf = &ws[w.size]
+                used += n_drop
             else:
                 dbuf = np.empty(n_drop, dtype=np.asarray(theta).dtype)
                 e.drop.dbuf = &dbuf[0]
+        # The packs of the team steps (workspace_size(..., n_threads=) has
+        # room for them after the dropped activations; else allocated here).
+        n_pack = call_packs(&s, rows, True)
+        cdef void *packs = NULL
+        if n_pack > 0:
+            if ws.shape[0] >= used + n_pack:
+                packs = align_packs(&ws[used])
+            else:
+                pbuf = np.empty(n_pack, dtype=np.asarray(theta).dtype)
+                packs = align_packs(&pbuf[0])
         # The calling thread runs with FTZ/DAZ as asked for the whole call;
         # the threads of each parallel step set that mode (on, or the
         # caller's own, normally off) and restore theirs afterwards.
@@ -1198,6 +1303,7 @@ cdef class Network:
         c.order, c.n, c.batch_size, c.o, c.first_step, c.max_steps = order_p, n, batch_size, &o, first_step, max_steps
         c.snap, c.snap_vel, c.snap_step, c.n_params, c.t = snap_p, snap_vel_p, snapshot_step, self.n_params, &t
         c.e = &e
+        c.packs = packs
         with nogil:
             status = run_call(&s, &w, &c, rows, True, &theta[0])
         if flush_denormals:
@@ -1310,6 +1416,17 @@ def set_parallel_threshold(int64_t macs):
     return previous
 
 
+def set_pack_threshold(int64_t elems):
+    """Set the fewest elements of a W_k whose products a row split packs in
+    its pack wave (pack_min_elems); returns the previous value.  For tests
+    and measurements: results are the same either way."""
+    global pack_min_elems
+    if elems < 0:
+        raise ValueError("the threshold must be >= 0")
+    previous, pack_min_elems = pack_min_elems, elems
+    return previous
+
+
 def _set_flush_denormals(bint on):
     """Turn FTZ/DAZ on or off in the calling thread (for tests); returns the
     previous state."""
@@ -1356,6 +1473,14 @@ def gemm_buffer_bytes(int itemsize, int64_t M, int64_t N, int64_t K):
     if itemsize not in (4, 8):
         raise ValueError("itemsize must be 4 or 8")
     return fbp_gemm_buffer_bytes(itemsize, M, N, K)
+
+
+def gemm_packed_size(int itemsize, int64_t N, int64_t K):
+    """Elements of a pre-packed op(B) of K x N (fbp_gemm_packed_size) on the
+    current code path: what the pack wave's buffer holds per packed W_k."""
+    if itemsize not in (4, 8):
+        raise ValueError("itemsize must be 4 or 8")
+    return fbp_gemm_packed_size(itemsize, N, K)
 
 
 def parallel_regions():

@@ -56,7 +56,7 @@ cdef double lw_forward(const Spec *s, const Extra *e,
     if nt > 1:
         n_tiles = min(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROWS_PER_THREAD)
     if n_tiles <= 1:
-        forward_rows(s, e, theta, ws, w, X, 0, m)
+        forward_rows(s, e, theta, ws, w, X, 0, m, NULL, NULL)
         loss_rows(s, e, ws, w, Y, NULL, 0, m, 0, m, True)
     else:
         with parallel(num_threads=nt):
@@ -64,7 +64,8 @@ cdef double lw_forward(const Spec *s, const Extra *e,
             if threadid() == 0:
                 fbp_count_parallel(fbp_team_size())
             for t in prange(n_tiles, schedule="dynamic"):
-                forward_rows(s, e, theta, ws, w, X, part(m, t, n_tiles), part(m, t + 1, n_tiles))
+                forward_rows(s, e, theta, ws, w, X, part(m, t, n_tiles), part(m, t + 1, n_tiles),
+                             NULL, NULL)
                 loss_rows(s, e, ws, w, Y, NULL, 0, m, part(m, t, n_tiles),
                           part(m, t + 1, n_tiles), True)
             fbp_ftz_leave(csr)
@@ -86,7 +87,7 @@ cdef void lw_backward(const Spec *s, const Extra *e,
         update_units(s, e, <floating *>NULL, grad, <floating>0, <floating *>NULL, ws, w, X,
                      m, k, 0, n_out)
         if k > 0:
-            backprop_cols(s, e, theta, ws, w, k, 0, m, 0, n_in)
+            backprop_cols(s, e, theta, ws, w, k, 0, m, 0, n_in, NULL)
         return
     fbp_gemm_tile_shape(s.elem, &mr, &nr)
     ng = tiles_for(n_out, macs, mr, nt)
@@ -103,5 +104,5 @@ cdef void lw_backward(const Spec *s, const Extra *e,
             else:
                 c = t - ng
                 backprop_cols(s, e, theta, ws, w, k, 0, m, cut(n_in, c, nd, nr),
-                              cut(n_in, c + 1, nd, nr))
+                              cut(n_in, c + 1, nd, nr), NULL)
         fbp_ftz_leave(csr)

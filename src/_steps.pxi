@@ -16,27 +16,51 @@
 # from a shared counter (see fbp_team): a "wave" is a set of tiles that may run
 # in any order, and a thread moves to the next wave once every tile of this
 # one is finished.  Two plans:
-#   * row split (enough rows per thread): wave 0 = row tiles of part 1,
-#     wave 1 = unit tiles of part 2 (every layer's units, one list).  Coarse
-#     tiles (one of rows, and one of each layer's units, per thread) unless
-#     the last coarse steps left thread 0 waiting: then fine ones (several
-#     per thread).  Each row tile packs every W_k again and each unit tile
-#     the layer's input, so fine tiles cost work (callgrind, 784-256-128-10
-#     b128, AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse) and buy
-#     only less to wait for when a thread loses its core;
+#   * row split (enough rows per thread): [pack wave,] row tiles of part 1,
+#     then the unit tiles of part 2 (every layer's units, one list).
+#     Every row tile multiplies its rows by the whole of each W_k (forward:
+#     op(B) = W_k^T; delta_k, k >= 1: op(B) = W_k), and a GEMM packs its
+#     op(B) afresh on every call: without more, each row tile would pack
+#     every W_k again.  So the step starts with a pack wave (plan_packs):
+#     its tiles are column ranges (multiples of the packed NR) of each
+#     W_k^T and W_k worth packing (pack_layout: W_k of pack_min_elems
+#     elements or more, not sparse X's layer 0, whose forward product walks
+#     X's entries; and only where a row tile's product would take the
+#     GEMM's blocked path), written by fbp_gemm_pack_b_* into the step's
+#     pack buffer; the row tiles then call fbp_gemm_packed_* on those
+#     copies (the same bits as gemm: fbp_gemm.h).  The packs live in the
+#     call's workspace (call_packs elements, after the activations) and are
+#     valid only in the step whose pack wave wrote them: theta changes in
+#     part 2, and the next step packs again.  They reach the tiles through
+#     the step's Job (job.packs, set by team_run), never through state that
+#     outlives it; a serial step (one thread, a step the team runs
+#     serially, the unit split) passes NULL and every GEMM packs its own,
+#     as before.  Coarse tiles (one of rows, and one of each layer's units,
+#     per thread) unless the last coarse steps left thread 0 waiting: then
+#     fine ones (several per thread: less to wait for when a thread loses
+#     its core).  Each unit tile packs the layer's input (op(B) = A_k), so
+#     fine unit tiles still cost work; fine row tiles now cost only their
+#     shorter products (before the pack wave, callgrind 784-256-128-10 b128
+#     AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse);
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
 #     columns cut into tiles: forward waves 0..L-1, one wave of output rows
 #     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
-#     part-2 wave.
+#     part-2 wave.  (Each column tile packs only its own columns of W_k: no
+#     pack wave.)
 # Each tile writes only its own rows (row split) or columns (unit split) of
 # A_k / delta_k, its own slots of yhat, lossv, hitv, and in part 2 its own
-# rows of W_k, grad, entries of b_k and of colsum; what it reads was finished
-# in an earlier wave.  So every write inside a parallel region is private to
-# the thread running that tile.  The GEMM gives each element the same bits
-# whatever block it is computed in (fbp_gemm.h), per-sample losses are summed
-# in row order and bias gradients are column sums in row order, so a step
-# gives the same bits on 1 thread as on any number of them, whichever thread
-# takes which tile.
+# rows of W_k, grad, entries of b_k and of colsum; a pack tile writes only
+# its own column range of one pack (fbp_gemm_pack_b_*: disjoint ranges
+# write disjoint parts of Bp, and each pack has its own 64-byte aligned
+# slot of the buffer), reading W_k, which nothing writes before part 2;
+# what a tile reads was finished in an earlier wave (the row tiles read the
+# packs after the pack wave, whose end fbp_team_wait_wave makes visible).
+# So every write inside a parallel region is private to the thread running
+# that tile.  The GEMM gives each element the same bits whatever block it
+# is computed in, packed op(B) or not (fbp_gemm.h), per-sample losses are
+# summed in row order and bias gradients are column sums in row order, so a
+# step gives the same bits on 1 thread as on any number of them, whichever
+# thread takes which tile, with or without the pack wave.
 
 cdef extern from "fbp_team.h" nogil:
     int FBP_N_STATS
@@ -55,6 +79,7 @@ cdef extern from "fbp_team.h" nogil:
     int64_t fbp_shape_key(int64_t macs, int64_t m, int flags)
     void fbp_stat_tiles(int caller, int64_t n, int late)
     void fbp_stat_region()
+    void fbp_stat_pack_tile()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
     int fbp_team_loss_last(fbp_team *T, int v)
@@ -66,7 +91,7 @@ _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoff
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
                "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n",
-               "verdicts", "verdicts_worker", "verdict_stops")
+               "verdicts", "verdicts_worker", "verdict_stops", "tiles_pack")
 
 
 def team_stats(bint reset=False):
@@ -118,6 +143,11 @@ def set_tile_mode(int mode):
     return previous
 
 
+cdef enum:
+    PK_BACK = 64            # Plan.pk[PK_BACK + k]: the pack of W_k for delta_k
+    PK_SLOTS = 128
+
+
 cdef struct Plan:
     int nt                  # threads asked for (1: serial, no parallel region)
     bint by_units           # unit split (else row split)
@@ -127,6 +157,15 @@ cdef struct Plan:
     int64_t mr, nr          # the GEMM's micro-tile (units align to mr, columns to nr)
     int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
     int n_tiles[MAX_WAVES]  # tiles of each wave
+    # The pack wave of a row split (pack_layout, make_plan_tiles):
+    int pack_wave           # 0, or -1: none (every GEMM packs its own op(B))
+    int row_wave            # the row split's wave of row tiles (1 after a pack wave, else 0)
+    int n_packs             # packs the pack wave writes
+    int64_t pk_nr           # pack tiles' columns start at multiples of this (fbp_gemm_packed_nr)
+    int64_t pk[PK_SLOTS]    # where in the step's packs the row tiles find W_k^T (pk[k], forward)
+                            # and W_k (pk[PK_BACK + k], delta_k) packed; -1: gemm packs it
+    int pk_slot[PK_SLOTS]   # pack i of the wave is pk[pk_slot[i]]
+    int pk_first[PK_SLOTS + 1]   # pack i's first tile in the pack wave; [n_packs] = count
 
 
 cdef struct Job:
@@ -143,6 +182,7 @@ cdef struct Job:
     bint train
     bint has_y
     const Extra *e          # sample weights, dropout, the optimizer path
+    void *packs             # this step's packs (Plan.pk), 64-byte aligned, or NULL
 
 
 cdef inline int64_t part(int64_t n, int64_t t, int64_t nt) noexcept nogil:
@@ -194,30 +234,121 @@ cdef int64_t forward_macs(const Spec *s, int64_t m) noexcept nogil:
 cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
                     Plan *p) noexcept nogil:
     """The plan with coarse tiles (the widest tiles: what buffer sizes
-    must allow for)."""
-    make_plan_tiles(s, m, train, with_loss, False, p)
+    must allow for), without packs."""
+    make_plan_tiles(s, m, train, with_loss, False, False, p)
+
+
+cdef int64_t pack_layout(const Spec *s, bint train,
+                         int64_t *pk) noexcept nogil:   # OUT PK_SLOTS offsets
+    """The packs a row-split step of a call may use, and where they go in
+    the call's pack buffer (offsets in elements, multiples of 64 bytes):
+    pk[k] W_k^T packed for layer k's forward product, pk[PK_BACK + k]
+    (training, k >= 1) W_k for delta_k's; -1 for a product that never takes
+    one: sparse X's layer 0 (sparse_forward_cols packs nothing), a W_k of
+    fewer than pack_min_elems elements.  Returns the buffer's elements,
+    with 64 bytes to align its start (0: no packs)."""
+    cdef int64_t off = 0, n_in, n_out, al = 64 // s.elem
+    cdef int k, q
+    for q in range(PK_SLOTS):
+        pk[q] = -1
+    for k in range(s.n_layers):
+        n_in, n_out = s.sizes[k], s.sizes[k + 1]
+        if n_in * n_out < pack_min_elems:
+            continue
+        if not (k == 0 and s.x_nnz >= 0):
+            pk[k] = off
+            off += (fbp_gemm_packed_size(s.elem, n_out, n_in) + al - 1) // al * al
+        if train and k >= 1:
+            pk[PK_BACK + k] = off
+            off += (fbp_gemm_packed_size(s.elem, n_in, n_out) + al - 1) // al * al
+    return off + al if off > 0 else 0
+
+
+cdef int64_t call_packs(const Spec *s, int64_t rows, bint train) noexcept nogil:
+    """Elements of the pack buffer a call whose largest step has `rows`
+    rows needs (pack_layout), 0 when none of its steps can be a row split
+    on a team (a step of fewer rows is no more likely to be one)."""
+    cdef Plan p
+    cdef int64_t pk[PK_SLOTS]
+    make_plan(s, rows, train, True, &p)
+    if p.nt <= 1 or p.by_units:
+        return 0
+    return pack_layout(s, train, pk)
+
+
+cdef inline floating *align_packs(floating *buf) noexcept nogil:
+    """The 64-byte aligned start of a pack buffer (call_packs elements)."""
+    return <floating *>((<uintptr_t>buf + 63) & ~(<uintptr_t>63))
+
+
+cdef int plan_packs(const Spec *s, bint train, int64_t rows, Plan *p) noexcept nogil:
+    """The pack wave of a row-split step whose row tiles have at least
+    `rows` rows: the packs of pack_layout whose products a row tile would
+    run on the GEMM's blocked path (more than PACK_SMALL_MNK multiply-adds;
+    on the small path nothing is packed), each cut into column tiles of
+    about PACK_TILE_ELEMS elements at multiples of the packed NR.  Returns
+    1 with p's pack fields set, or 0 (no pack wave: p.pack_wave = -1)."""
+    cdef int q, k, i, n = 0
+    cdef int64_t N, K, elems = 0, chunk, t
+    p.pack_wave = -1
+    p.n_packs = 0
+    if pack_layout(s, train, p.pk) == 0:
+        return 0
+    for q in range(PK_SLOTS):
+        if p.pk[q] < 0:
+            continue
+        k = q if q < PK_BACK else q - PK_BACK
+        if rows * s.sizes[k] * s.sizes[k + 1] <= PACK_SMALL_MNK:
+            p.pk[q] = -1
+            continue
+        p.pk_slot[n] = q
+        n += 1
+        elems += s.sizes[k] * s.sizes[k + 1]
+    if n == 0:
+        return 0
+    p.pk_nr = fbp_gemm_packed_nr(s.elem)
+    chunk = max(<int64_t>PACK_TILE_ELEMS, elems // (MAX_TILES - n) + 1)
+    p.pk_first[0] = 0
+    for i in range(n):
+        q = p.pk_slot[i]
+        k = q if q < PK_BACK else q - PK_BACK
+        N = s.sizes[k + 1] if q < PK_BACK else s.sizes[k]
+        K = s.sizes[k] if q < PK_BACK else s.sizes[k + 1]
+        t = max(<int64_t>1, min((N + p.pk_nr - 1) // p.pk_nr, N * K // chunk))
+        p.pk_first[i + 1] = p.pk_first[i] + <int>t
+    p.n_packs = n
+    p.pack_wave = 0
+    p.n_tiles[0] = p.pk_first[n]
+    return 1
 
 
 cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, bint fine,
-                          Plan *p) noexcept nogil:
+                          bint with_packs, Plan *p) noexcept nogil:
     """Threads, split and tiles for m rows: a training step (train), or a
-    forward pass, with per-sample losses when with_loss.
+    forward pass, with per-sample losses when with_loss; with_packs: a row
+    split may start with a pack wave (plan_packs; the caller has a pack
+    buffer of call_packs elements).
 
     The row split's tiles are coarse (one tile of rows and one of each
-    layer's units per thread: each row tile packs every W_k again, each
-    unit tile packs the layer's input again, so the fewer the cheaper) or,
+    layer's units per thread: each unit tile packs the layer's input again,
+    and each row tile the W_k the pack wave leaves out, so the fewer the
+    cheaper) or,
     when the last coarse steps left thread 0 waiting (fine), ROW_TILES_ /
     UNIT_TILES_PER_THREAD per thread (less to wait for when a thread loses
     its core).  The unit split's column tiles pack only their own slice of
     W_k: always UNIT_TILES_PER_THREAD.  Any tiles give the same bits."""
     # (a training step on sparse X may also pass over all of W_0: s.x_update)
-    cdef int64_t macs = forward_macs(s, m) + (s.x_update if train else 0), units, work, t1
+    cdef int64_t macs = forward_macs(s, m) + (s.x_update if train else 0), units, work
+    cdef int64_t t1 = 0, rows, i
     cdef int k, L = s.n_layers, nw = 0, nt = s.n_threads
     if par_min_macs > 0:
         nt = <int>min(<int64_t>nt, macs // par_min_macs)
     p.nt = max(1, nt)
     p.loss_wave = -1
     p.n_waves = 0
+    p.pack_wave = -1
+    p.row_wave = 0
+    p.n_packs = 0
     if p.nt == 1:
         return
     fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
@@ -225,18 +356,24 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     p.by_units = m < <int64_t>ROWS_PER_THREAD * nt
     if not p.by_units and not fine:   # halves (thirds...) of the rows
         p.row_align = 1
-        p.n_tiles[0] = nt
+        t1 = nt
     elif not p.by_units:
         p.row_align = p.mr if m >= 4 * p.mr * nt else 1
         work = 3 * macs if train else macs
         t1 = max(<int64_t>ROW_TILES_PER_THREAD * nt, work // TILE_MACS)
         t1 = min(t1, max(<int64_t>ROW_TILES_PER_THREAD * nt, m // ROW_TILE_MIN_ROWS))
         t1 = min(t1, (m + p.row_align - 1) // p.row_align)
-        p.n_tiles[0] = <int>t1
     if not p.by_units:
+        if with_packs:   # the shortest row tile decides which products take a pack
+            rows = m
+            for i in range(t1):
+                rows = min(rows, cut(m, i + 1, t1, p.row_align) - cut(m, i, t1, p.row_align))
+            nw = plan_packs(s, train, rows, p)
+        p.row_wave = nw
+        p.n_tiles[nw] = <int>t1
         if with_loss:
-            p.loss_wave = 0
-        nw = 1
+            p.loss_wave = nw
+        nw += 1
     else:
         for k in range(L):       # forward, layer by layer, output columns
             p.n_tiles[nw] = tiles_for(s.sizes[k + 1], layer_macs(s, m, k), p.nr, nt,
@@ -276,16 +413,28 @@ cdef inline const floating *layer_in(const Extra *e, floating *ws, const Work *w
     return ws + w.act[k]
 
 
+cdef inline const floating *packed_w(const floating *packs,   # IN the step's packs, or NULL
+                                     const int64_t *pk, int q) noexcept nogil:
+    """The packed W_k of slot q (Plan.pk) for a row tile, or NULL: its GEMM
+    packs W_k itself (no pack wave, or none for this product)."""
+    if packs == NULL or pk[q] < 0:
+        return NULL
+    return packs + pk[q]
+
+
 cdef void forward_rows(const Spec *s, const Extra *e,
                        const floating *theta,       # IN  parameters
                        floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
                        const floating *x,           # IN  batch input, row 0 (ld n_in)
-                       int64_t r0, int64_t r1) noexcept nogil:
+                       int64_t r0, int64_t r1,
+                       const floating *packs,       # IN  the step's packs (Plan.pk), or NULL
+                       const int64_t *pk) noexcept nogil:
     """Every layer's activations for batch rows r0..r1, cached in the workspace."""
     cdef int k, L = s.n_layers
     cdef int64_t i, n_out
     for k in range(L):
-        forward_cols(s, e, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1])
+        forward_cols(s, e, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1],
+                     packed_w(packs, pk, k))
     n_out = s.sizes[L]
     for i in range(r0, r1):
         output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
@@ -294,20 +443,30 @@ cdef void forward_rows(const Spec *s, const Extra *e,
 cdef inline void forward_cols(const Spec *s, const Extra *e, const floating *theta,
                               floating *ws, const Work *w,   # OUT A_{k+1}[r0:r1, j0:j1] (and D_{k+1})
                               const floating *x,             # IN  batch input (ld n_in)
-                              int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+                              int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1,
+                              const floating *bp) noexcept nogil:  # IN W_k^T packed, or NULL
     """A_{k+1}[r0:r1, j0:j1] = act(A_k[r0:r1] W_k[j0:j1]^T + b_k[j0:j1]) (with
-    dropout, the input is D_k and D_{k+1} gets the masked block)."""
+    dropout, the input is D_k and D_{k+1} gets the masked block).  With bp
+    (all the columns: j0 = 0, j1 = n_out), the GEMM reads W_k^T from the
+    pack wave's copy instead of packing it: the same bits."""
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
     if k == 0 and e.sp != NULL:   # sparse X: _sparse.pxi
         sparse_forward_cols(s, e, theta, ws, w, r0, r1, j0, j1)
         return
-    gemm(0, 1, r1 - r0, j1 - j0, n_in,
-         <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in,
-         theta + s.w_off[k] + j0 * n_in, n_in,
-         <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
-         theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
-         s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
-         NULL, 0, 1)
+    if bp != NULL:
+        gemm_packed(0, r1 - r0, n_out, n_in,
+                    <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in, bp,
+                    <floating>0, ws + w.act[k + 1] + r0 * n_out, n_out,
+                    theta + s.b_off[k] if s.b_off[k] >= 0 else NULL,
+                    s.hidden if k < s.n_layers - 1 else ACT_IDENTITY, NULL, 0)
+    else:
+        gemm(0, 1, r1 - r0, j1 - j0, n_in,
+             <floating>1, layer_in(e, ws, w, x, k) + r0 * n_in, n_in,
+             theta + s.w_off[k] + j0 * n_in, n_in,
+             <floating>0, ws + w.act[k + 1] + r0 * n_out + j0, n_out,
+             theta + s.b_off[k] + j0 if s.b_off[k] >= 0 else NULL,
+             s.hidden if k < s.n_layers - 1 else ACT_IDENTITY,
+             NULL, 0, 1)
     if drop_layer(&e.drop, k + 1):
         drop_forward(&e.drop, k + 1, ws + w.act[k + 1],
                      <floating *>e.drop.dbuf + e.drop.off[k + 1], n_out, r0, r1, j0, j1)
@@ -346,15 +505,23 @@ cdef void loss_rows(const Spec *s, const Extra *e,
 
 cdef inline void backprop_cols(const Spec *s, const Extra *e, const floating *theta,
                                floating *ws, const Work *w,  # IN delta_{k+1}, A_k; OUT delta_k[r0:r1, j0:j1]
-                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1) noexcept nogil:
+                               int k, int64_t r0, int64_t r1, int64_t j0, int64_t j1,
+                               const floating *bp) noexcept nogil:  # IN W_k packed, or NULL
     """delta_k[r0:r1, j0:j1] = (delta_{k+1}[r0:r1] W_k[:, j0:j1]) * act'(A_k[r0:r1, j0:j1])
-    (times the dropout mask and scale of layer k)."""
+    (times the dropout mask and scale of layer k).  With bp (all the
+    columns: j0 = 0, j1 = n_in), W_k comes from the pack wave's copy."""
     cdef int64_t n_in = s.sizes[k], n_out = s.sizes[k + 1]
-    gemm(0, 0, r1 - r0, j1 - j0, n_out,
-         <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
-         theta + s.w_off[k] + j0, n_in,
-         <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
-         NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
+    if bp != NULL:
+        gemm_packed(0, r1 - r0, n_in, n_out,
+                    <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out, bp,
+                    <floating>0, ws + w.delta[k] + r0 * n_in, n_in,
+                    NULL, s.hidden, ws + w.act[k] + r0 * n_in, n_in)
+    else:
+        gemm(0, 0, r1 - r0, j1 - j0, n_out,
+             <floating>1, ws + w.delta[k + 1] + r0 * n_out, n_out,
+             theta + s.w_off[k] + j0, n_in,
+             <floating>0, ws + w.delta[k] + r0 * n_in + j0, n_in,
+             NULL, s.hidden, ws + w.act[k] + r0 * n_in + j0, n_in, 1)
     if drop_layer(&e.drop, k):
         drop_block(&e.drop, k, ws + w.delta[k], n_in, r0, r1, j0, j1)
 
@@ -362,11 +529,14 @@ cdef inline void backprop_cols(const Spec *s, const Extra *e, const floating *th
 cdef void backprop_rows(const Spec *s, const Extra *e,
                         const floating *theta,        # IN  parameters (unchanged yet)
                         floating *ws, const Work *w,  # IN activations, delta_L; OUT delta_k rows
-                        int64_t r0, int64_t r1) noexcept nogil:
+                        int64_t r0, int64_t r1,
+                        const floating *packs,        # IN  the step's packs (Plan.pk), or NULL
+                        const int64_t *pk) noexcept nogil:
     """delta_k = (delta_{k+1} W_k) * act'(A_k) for rows r0..r1, k = L-1 .. 1."""
     cdef int k
     for k in range(s.n_layers - 1, 0, -1):
-        backprop_cols(s, e, theta, ws, w, k, r0, r1, 0, s.sizes[k])
+        backprop_cols(s, e, theta, ws, w, k, r0, r1, 0, s.sizes[k],
+                      packed_w(packs, pk, PK_BACK + k))
 
 
 cdef void gather_rows(const Spec *s, floating *ws, const Work *w,
@@ -391,7 +561,9 @@ cdef void phase1(const Spec *s, const Extra *e, const floating *theta,
                  const floating *X, const floating *Y,   # IN the data set
                  const int64_t *rows,                    # IN the batch's row indices, or NULL
                  int64_t start, int64_t m, int64_t r0, int64_t r1,
-                 bint want_delta) noexcept nogil:
+                 bint want_delta,
+                 const floating *packs,                  # IN the step's packs (Plan.pk), or NULL
+                 const int64_t *pk) noexcept nogil:
     """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
     cdef const floating *x = X + start * s.sizes[0]
     cdef const floating *y = Y + start * s.sizes[s.n_layers]
@@ -399,10 +571,10 @@ cdef void phase1(const Spec *s, const Extra *e, const floating *theta,
         gather_rows(s, ws, w, X, Y, rows, r0, r1)
         x = ws + w.act[0]
         y = ws + w.y
-    forward_rows(s, e, theta, ws, w, x, r0, r1)
+    forward_rows(s, e, theta, ws, w, x, r0, r1, packs, pk)
     loss_rows(s, e, ws, w, y, rows, start, m, r0, r1, want_delta)
     if want_delta:
-        backprop_rows(s, e, theta, ws, w, r0, r1)
+        backprop_rows(s, e, theta, ws, w, r0, r1, packs, pk)
 
 
 cdef void update_units(const Spec *s, const Extra *e,
@@ -483,12 +655,33 @@ cdef double weight_sum(const Extra *e, const floating *dtype_of,  # (unused: pic
     return total
 
 
+cdef void pack_tile(const Spec *s, const Plan *p, int64_t t,
+                    const floating *theta,   # IN  the W_k (unchanged until part 2)
+                    floating *packs) noexcept nogil:   # OUT this tile's columns of one pack
+    """Tile t of the pack wave: columns [j0, j1) of op(B) of one pack
+    (W_k^T for the forward product, W_k for delta_k's) into its slot."""
+    cdef int i = 0, q, k
+    cdef int64_t n, N, K
+    while p.pk_first[i + 1] <= t:
+        i += 1
+    q = p.pk_slot[i]
+    n = p.pk_first[i + 1] - p.pk_first[i]
+    t -= p.pk_first[i]
+    k = q if q < PK_BACK else q - PK_BACK
+    N = s.sizes[k + 1] if q < PK_BACK else s.sizes[k]
+    K = s.sizes[k] if q < PK_BACK else s.sizes[k + 1]
+    pack_b(1 if q < PK_BACK else 0, N, K, theta + s.w_off[k], s.sizes[k],
+           packs + p.pk[q], cut(N, t, n, p.pk_nr), cut(N, t + 1, n, p.pk_nr))
+    fbp_stat_pack_tile()
+
+
 cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job *job,
                    floating *theta, floating *ws, const Work *w,
                    const floating *X, const floating *Y) noexcept nogil:
     """Tile t of wave `wave` of the plan (see the block above Plan)."""
     cdef int L = s.n_layers, k
     cdef int64_t n = p.n_tiles[wave], a, b, i
+    cdef floating *packs = <floating *>job.packs if p.pack_wave >= 0 else NULL
     cdef const Extra *e = job.e
     cdef const int64_t *rows = job.rows
     cdef int64_t start = job.start, m = job.m
@@ -498,7 +691,9 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
     if rows != NULL:
         x = ws + w.act[0]
         y = ws + w.y
-    if train and wave == p.n_waves - 1:       # part 2: the units of one layer
+    if wave == p.pack_wave:                   # row split: columns of one packed W_k
+        pack_tile(s, p, t, theta, packs)
+    elif train and wave == p.n_waves - 1:     # part 2: the units of one layer
         k = 0
         while p.p2_first[k + 1] <= t:
             k += 1
@@ -510,13 +705,13 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
     elif not p.by_units:                      # row split: rows through everything
         a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
         if Y == NULL:
-            forward_rows(s, e, theta, ws, w, x, a, b)
+            forward_rows(s, e, theta, ws, w, x, a, b, packs, p.pk)
         else:
-            phase1(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train)
+            phase1(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train, packs, p.pk)
     elif wave < L:                            # unit split: forward of layer `wave`
         k = wave
         forward_cols(s, e, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
-                     cut(s.sizes[k + 1], t + 1, n, p.nr))
+                     cut(s.sizes[k + 1], t + 1, n, p.nr), NULL)
     elif wave == L:                           # output activation and loss rows
         a, b = part(m, t, n), part(m, t + 1, n)
         for i in range(a, b):
@@ -526,7 +721,7 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
     else:                                     # delta_k, k = L-1 .. 1
         k = L - 1 - (wave - L - 1)
         backprop_cols(s, e, theta, ws, w, k, 0, m, cut(s.sizes[k], t, n, p.nr),
-                      cut(s.sizes[k], t + 1, n, p.nr))
+                      cut(s.sizes[k], t + 1, n, p.nr), NULL)
 
 
 # What each thread of a team step reads and writes.  Inside a tile: only
@@ -628,7 +823,8 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
                    floating *theta, floating *grad, floating lr, floating *snap,
                    floating *ws, const floating *X, const floating *Y,
                    const int64_t *rows, int64_t start, int64_t m, bint train,
-                   int64_t key, bint fine) noexcept nogil:
+                   int64_t key, bint fine,
+                   floating *packs) noexcept nogil:   # the plan's pack buffer, or NULL
     """The caller: publish one step (or chunk) to the team, then take part."""
     cdef int64_t t0 = fbp_now_ns(), t1
     cdef int64_t waited[2]
@@ -641,6 +837,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.plan = p[0]
     job.theta, job.grad, job.snap, job.lr, job.e = theta, grad, snap, lr, e
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
+    job.packs = packs if p.pack_wave >= 0 else NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
     # (the loss verdict is for training steps only: no loss wave otherwise)
@@ -661,14 +858,16 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
                     const floating *X, const floating *Y,  # IN the data set
                     const int64_t *rows,        # IN the batch's row indices, or NULL
                     int64_t start, int64_t m,
-                    double *loss) noexcept nogil:  # OUT sum of the batch's per-sample losses
+                    double *loss,               # OUT sum of the batch's per-sample losses
+                    floating *packs) noexcept nogil:  # a team step's pack buffer (call_packs), or NULL
     """One batch: the gradient into `grad` (and on the optimizer path of e.opt,
     the optimizer step fused after it), or the plain SGD step on theta.
 
     Returns 1 (and changes nothing) when the batch loss is not finite.
-    Serially the two parts run in turn; with a team (T != NULL) and a step
-    worth splitting, as the plan's waves.  `snap` is filled just before
-    theta changes.
+    Serially the two parts run in turn, every GEMM packing its own op(B);
+    with a team (T != NULL) and a step worth splitting, as the plan's waves
+    (a row split: first the pack wave into `packs`, valid for this step
+    only).  `snap` is filled just before theta changes.
     """
     cdef Plan p
     cdef int k, mode = -1
@@ -679,17 +878,17 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
         key = step_key(s, m, True)
         mode = step_mode(T, key)
         if mode >= FBP_MODE_FINE:
-            make_plan_tiles(s, m, True, True, mode == FBP_MODE_FINE, &p)
+            make_plan_tiles(s, m, True, True, mode == FBP_MODE_FINE, packs != NULL, &p)
             if p.nt > 1:
                 team_run(T, gen, job, &p, s, w, e, theta, grad, lr, snap, ws, X, Y, rows,
-                         start, m, True, key, mode == FBP_MODE_FINE)
+                         start, m, True, key, mode == FBP_MODE_FINE, packs)
                 loss[0] = row_sum(ws + w.lossv, m)
                 return 0 if isfinite(loss[0]) else 1
         fbp_stat_serial_step(mode)
         t0 = fbp_now_ns()
     if rows != NULL:
         x = ws + w.act[0]
-    phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True)
+    phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True, NULL, NULL)
     loss[0] = row_sum(ws + w.lossv, m)
     if not isfinite(loss[0]):
         return 1
@@ -704,9 +903,11 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
                        const floating *theta, floating *ws, const Work *w,
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
-                       int64_t start, int64_t m) noexcept nogil:
+                       int64_t start, int64_t m,
+                       floating *packs) noexcept nogil:  # a team chunk's pack buffer, or NULL
     """Forward (with Y, also the per-sample losses) of m rows from `start`,
-    into rows 0..m-1 of the workspace."""
+    into rows 0..m-1 of the workspace (a row split on a team: after a pack
+    wave of the forward products' W_k^T into `packs`)."""
     cdef Plan p
     sparse_bind(e.sp, NULL, start)   # sparse X: the chunk's rows (_sparse.pxi)
     cdef int mode = -1
@@ -715,16 +916,16 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
         key = step_key(s, m, False)
         mode = step_mode(T, key)
         if mode >= FBP_MODE_FINE:
-            make_plan_tiles(s, m, False, Y != NULL, mode == FBP_MODE_FINE, &p)
+            make_plan_tiles(s, m, False, Y != NULL, mode == FBP_MODE_FINE, packs != NULL, &p)
             if p.nt > 1:
                 team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL,
-                         ws, X, Y, NULL, start, m, False, key, mode == FBP_MODE_FINE)
+                         ws, X, Y, NULL, start, m, False, key, mode == FBP_MODE_FINE, packs)
                 return
         fbp_stat_serial_step(mode)
         t0 = fbp_now_ns()
     if Y != NULL:
-        phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False)
+        phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False, NULL, NULL)
     else:
-        forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m)
+        forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m, NULL, NULL)
     if T != NULL:
         fbp_team_serial_done(T, key, fbp_now_ns() - t0)

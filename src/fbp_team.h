@@ -189,6 +189,7 @@ typedef struct {
     int64_t verdicts;       /* loss verdicts published (by the last loss tile's thread) */
     int64_t verdicts_worker; /* of which by a worker */
     int64_t verdict_stops;  /* threads that read "not finite" and stopped */
+    int64_t tiles_pack;     /* tiles of a row split's pack wave (any thread) */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -207,6 +208,7 @@ static void fbp_stat_tiles(int caller, int64_t n, int late) {
     if (late) FBP_STAT(late, 1);
 }
 static void fbp_stat_region(void) { FBP_STAT(regions, 1); }
+static void fbp_stat_pack_tile(void) { FBP_STAT(tiles_pack, 1); }
 static void fbp_stats_reset(void) {
     int64_t *p = (int64_t *)&fbp_stats;
     for (int i = 0; i < FBP_N_STATS; i++) __atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);

@@ -6,6 +6,9 @@ starts), and print the thread team's counters (``_kernels.team_stats``).
 
 TREE: the source tree whose built ``fastbp`` to import (default: this one).
 8 timed epochs after a warm-up one; prints the median and best epoch.
+FBP_TILE_MODE=0|1|2 in the environment: ``_kernels.set_tile_mode`` first (1:
+the row split's tiles always fine, 2 always coarse, while the team still
+backs off as usual; 0, the default: as the team picks).
 """
 import os
 import subprocess
@@ -34,6 +37,8 @@ def main() -> None:
     try:
         time.sleep(0.2)
         fastbp.set_num_threads(n_threads)
+        if os.environ.get("FBP_TILE_MODE"):
+            K.set_tile_mode(int(os.environ["FBP_TILE_MODE"]))
         net = fastbp.MLP(list(sizes), activation="relu", output="identity",
                          loss="squared_error", dtype="float32", seed=0)
         net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
