@@ -180,10 +180,39 @@ def _numeric(name: str, value: Any) -> np.ndarray:
 _SMALL_CHECK = 4096
 
 
+def _compiled_check() -> Optional[Callable[..., int]]:
+    """The kernels' one-pass check (``_kernels.first_nonfinite_row``) and the
+    thread count to give it, or None where the kernels are not built (the
+    pure-Python reference shares these checks and runs without them)."""
+    global _COMPILED
+    if _COMPILED is None:
+        try:
+            from . import _kernels
+            from ._threads import get_num_threads
+        except ImportError:
+            _COMPILED = False
+        else:
+            def check(arr: np.ndarray) -> int:
+                return int(_kernels.first_nonfinite_row(arr, get_num_threads()))
+            _COMPILED = check
+    return _COMPILED or None
+
+
+_COMPILED: Any = None
+
+
 def _first_bad_row(arr: np.ndarray) -> Optional[int]:
     """Index of the first row holding NaN or Inf, or None."""
     if arr.dtype.kind != "f" or arr.size == 0:
         return None
+    if (arr.size > _SMALL_CHECK and arr.ndim == 2 and arr.flags.c_contiguous
+            and arr.dtype in (np.float32, np.float64)):
+        # one pass over the values, no temporary, threads for a large array:
+        # a quarter of the numpy check's time (in _check.pxi)
+        check = _compiled_check()
+        if check is not None:
+            bad = check(arr)
+            return None if bad < 0 else bad
     if arr.size > _SMALL_CHECK:
         # A finite sum proves every value finite without a temporary the size
         # of the data; only a NaN, an Inf or an overflowing sum needs the full look.

@@ -399,6 +399,7 @@ include "_steps.pxi"
 include "_epoch.pxi"
 include "_tiny.pxi"
 include "_layers.pxi"
+include "_check.pxi"
 
 
 # ---------------------------------------------------------------------------
