@@ -12,7 +12,9 @@
 # order and writes only that block's slot first[b] (the first bad row of the
 # block, or the block's end), so every write inside the parallel region is
 # private to its thread; the caller takes the least slot: the same first bad row as
-# a serial scan, for any number of threads.
+# a serial scan, for any number of threads.  (In a process forked after a
+# team ran, one thread whatever n_threads says: libgomp is not fork-safe,
+# fbp_team.h.)
 
 # Below this many values the check runs on the calling thread alone.
 DEF CHECK_PAR_MIN = 1 << 20
@@ -45,7 +47,8 @@ cdef int64_t first_bad_rows(const floating *x, int64_t n_samples, int64_t n_in, 
         nt = 64
     if nt > n_samples:
         nt = <int>n_samples
-    if nt <= 1 or n_samples * n_in < CHECK_PAR_MIN:
+    if nt <= 1 or n_samples * n_in < CHECK_PAR_MIN or fbp_serial_after_fork():
+        # (a child forked after a team ran: one thread, as every kernel)
         best = first_bad_in(x, n_in, 0, n_samples)
     else:
         with parallel(num_threads=nt):

@@ -112,3 +112,57 @@ def test_float64_X_overflowing_float32_is_named():
     X[2500, 7] = 1e300          # finite in float64, Inf in float32
     with pytest.raises(ValueError, match="X row 2500 overflows float32"):
         _common.check_X(X, 50, np.float32)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork")
+def test_first_nonfinite_row_serial_in_a_forked_child():
+    """GNU libgomp is not fork-safe: in a child forked after a team ran, a
+    parallel region waits for ever (src/fbp_team.h).  Like every other kernel,
+    the check then runs on one thread whatever n_threads asks for."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    if not _kernels.openmp_enabled() or _kernels.thread_limit() < 2:
+        pytest.skip("needs OpenMP and 2 threads")
+    code = """
+        import os, sys, time
+        import numpy as np
+        from fastbp import _kernels
+        x = np.ones((4096, 512), np.float32)
+        x[3000, 7] = np.nan
+        before = _kernels.parallel_regions()
+        assert _kernels.first_nonfinite_row(x, 2) == 3000
+        if _kernels.parallel_regions() == before:
+            print("NOTEAM"); sys.exit(0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                os.write(w, b"CHILD %d" % _kernels.first_nonfinite_row(x, 2))
+            finally:
+                os._exit(0)
+        os.close(w)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("HANG"); sys.exit(0)
+        print(os.read(r, 100).decode())
+    """
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if "NOTEAM" in proc.stdout:
+        pytest.skip("the runtime gave the parent no team of two threads")
+    assert "HANG" not in proc.stdout, "the check hung in a child forked after a team ran"
+    assert proc.stdout.split() == ["CHILD", "3000"], proc.stdout
