@@ -181,20 +181,17 @@ _SMALL_CHECK = 4096
 
 
 def _compiled_check() -> Optional[Callable[..., int]]:
-    """The kernels' one-pass check (``_kernels.first_nonfinite_row``) and the
-    thread count to give it, or None where the kernels are not built (the
-    pure-Python reference shares these checks and runs without them)."""
+    """The kernels' one-pass check (``_kernels.first_nonfinite_row``), or None
+    where the kernels are not built (the pure-Python reference shares these
+    checks and runs without them)."""
     global _COMPILED
     if _COMPILED is None:
         try:
-            from . import _kernels
-            from ._threads import get_num_threads
+            from ._kernels import first_nonfinite_row
         except ImportError:
             _COMPILED = False
         else:
-            def check(arr: np.ndarray) -> int:
-                return int(_kernels.first_nonfinite_row(arr, get_num_threads()))
-            _COMPILED = check
+            _COMPILED = first_nonfinite_row
     return _COMPILED or None
 
 
@@ -207,8 +204,8 @@ def _first_bad_row(arr: np.ndarray) -> Optional[int]:
         return None
     if (arr.size > _SMALL_CHECK and arr.ndim == 2 and arr.flags.c_contiguous
             and arr.dtype in (np.float32, np.float64)):
-        # one pass over the values, no temporary, threads for a large array:
-        # a quarter of the numpy check's time (in _check.pxi)
+        # one pass over the values, no temporary: about a quarter of the
+        # numpy check's time on a large array (in _check.pxi)
         check = _compiled_check()
         if check is not None:
             bad = check(arr)
