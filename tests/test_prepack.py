@@ -326,3 +326,37 @@ def test_set_pack_threshold_validates():
     net = fastbp.MLP([4, 3])
     with pytest.raises(ValueError, match="itemsize"):
         net._net.workspace_size(4, n_threads=2, itemsize=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_last_partial_batch_and_chunk(forced, dtype):
+    """A fit whose last batch is shorter (32 of 64 rows: 16-row coarse, 8-row
+    fine tiles, every product still packed) and predict / loss in chunks
+    with a shorter last one: 2 threads give 1 thread's bits, and every team
+    step or chunk runs the whole pack wave."""
+    n, chunk = 3 * BATCH + 32, 64
+    X, Y = _data(dtype, n=n, seed=6)
+    itemsize = np.dtype(dtype).itemsize
+    ref, ref_loss, _ = _fit(dtype, 1, X=X, Y=Y, optimizer=lambda: fastbp.optim.Adam(lr=1e-3))
+
+    def forward(threads):
+        net = fastbp.MLP(SIZES, activation="tanh", output="identity", loss="squared_error",
+                         dtype=dtype, seed=4)
+        out = np.empty((n, SIZES[-1]), dtype=dtype)
+        _kernels.team_stats(reset=True)
+        net._net.predict(net._theta, X, out, chunk, threads)
+        loss = net._net.loss(net._theta, X, Y, chunk, threads)
+        return out, np.array(loss), _kernels.team_stats()
+
+    ref_out, ref_l, _ = forward(1)
+    for mode in (2, 1):
+        _kernels.set_tile_mode(mode)
+        got, loss, st = _fit(dtype, 2, X=X, Y=Y, optimizer=lambda: fastbp.optim.Adam(lr=1e-3))
+        assert st["steps_team"] == 2 * 4
+        assert st["tiles_pack"] == st["steps_team"] * _pack_tiles(itemsize), mode
+        assert got.tobytes() == ref.tobytes() and loss.tobytes() == ref_loss.tobytes(), mode
+        out, l2, st = forward(2)
+        assert st["steps_team"] == 2 * 4
+        fwd = _pack_tiles(itemsize, packed=[(0, "fwd"), (1, "fwd")])
+        assert st["tiles_pack"] == st["steps_team"] * fwd, mode
+        assert out.tobytes() == ref_out.tobytes() and l2.tobytes() == ref_l.tobytes(), mode
