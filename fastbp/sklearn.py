@@ -912,13 +912,17 @@ class _BaseMLP(BaseEstimator):
                             eps=float(self.epsilon))
         kernels, theta = net._net, net.flat_parameters
         dtype = theta.dtype
-        ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0])), dtype=dtype)
+        n_threads = get_num_threads()
+        # with room for the pack wave's packed weights, so that no epoch
+        # allocates them itself (workspace_size, as fastbp.model's Epochs)
+        ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0]),
+                                             sparse=_sparse.is_sparse(X), n_threads=n_threads,
+                                             itemsize=dtype.itemsize), dtype=dtype)
         grad, empty = np.empty_like(theta), np.empty(0, dtype=dtype)
         kw: Dict[str, Any] = dict(l2=float(self.alpha), optimizer=adam)
         if sw is not None:
             kw.update(sample_weight=sw, sklearn_weights=True)
         scale = self._loss_scale()
-        n_threads = get_num_threads()
         lr = adam.lr
 
         def epoch(order: Optional[np.ndarray]) -> Optional[float]:
