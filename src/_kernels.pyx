@@ -101,9 +101,9 @@ cdef extern from "fbp_gemm.h" nogil:
     int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_nr(int elem_size)
-    void fbp_gemm_pack_b_f32(int trans_b, int64_t N, int64_t K, const float *B, int64_t ldb,
+    int fbp_gemm_pack_b_f32(int trans_b, int64_t N, int64_t K, const float *B, int64_t ldb,
                              float *Bp, int64_t j0, int64_t j1)
-    void fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
+    int fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
                              double *Bp, int64_t j0, int64_t j1)
     void fbp_gemm_packed_f32(int trans_a, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *Bp,
@@ -377,7 +377,9 @@ cdef inline void pack_b(int tb, int64_t N, int64_t K,
                         int64_t j0, int64_t j1) noexcept nogil:
     """Columns j0..j1 of op(B) into the pre-packed Bp (fbp_gemm_packed_size
     elements; j0 a multiple of fbp_gemm_packed_nr, j1 too or N): disjoint
-    column ranges write disjoint parts of Bp."""
+    column ranges write disjoint parts of Bp.  (Other cuts are refused,
+    nothing written: fbp_gemm_pack_b_* returns -1; pack_tile's are cut at
+    Plan.pk_nr, so never.)"""
     if floating is float:
         fbp_gemm_pack_b_f32(tb, N, K, B, ldb, Bp, j0, j1)
     else:
