@@ -6,7 +6,8 @@ and the row tiles run fbp_gemm_packed_* on that copy.  Here:
 
 * the layers of the test nets really take the pack path (``tiles_pack`` of
   ``team_stats`` counts the pack tiles: per step exactly what the rule
-  gives), serial steps and the unit split never do;
+  gives; per predict / loss call once, however many chunks it runs),
+  serial steps and the unit split never do;
 * the results are bitwise those of 1 thread, of fine and coarse tiles and
   of the path without packs (``set_pack_threshold``), float32 and float64,
   relu and tanh, with and without bias, with dropout, sample weights and
@@ -334,7 +335,7 @@ def test_last_partial_batch_and_chunk(forced, dtype):
     """A fit whose last batch is shorter (32 of 64 rows: 16-row coarse, 8-row
     fine tiles, every product still packed) and predict / loss in chunks
     with a shorter last one: 2 threads give 1 thread's bits, and every team
-    step or chunk runs the whole pack wave."""
+    step runs the whole pack wave (a forward call: its first chunk only)."""
     n, chunk = 3 * BATCH + 32, 64
     X, Y = _data(dtype, n=n, seed=6)
     itemsize = np.dtype(dtype).itemsize
@@ -359,7 +360,7 @@ def test_last_partial_batch_and_chunk(forced, dtype):
         out, l2, st = forward(2)
         assert st["steps_team"] == 2 * 4
         fwd = _pack_tiles(itemsize, packed=[(0, "fwd"), (1, "fwd")])
-        assert st["tiles_pack"] == st["steps_team"] * fwd, mode
+        assert st["tiles_pack"] == 2 * fwd, mode   # once per call (predict, loss)
         assert out.tobytes() == ref_out.tobytes() and l2.tobytes() == ref_l.tobytes(), mode
 
 
@@ -445,3 +446,39 @@ def test_lbfgs_sparse_workspace_is_what_the_calls_allocate(forced):
                                          nnz_per_row=nnz) > w1
     assert b2 - b1 == (w2 - w1) * 8
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_calls_pack_once_per_call(forced, dtype):
+    """predict and loss in 1, 3, 6 and 8 chunks (the last one shorter) on 2
+    threads: W does not change during the call, so the pack tiles of a call
+    are one pack wave's (the first chunk's) whatever the chunk count, and
+    the later chunks read those packs; the bits are 1 thread's, with and
+    without packs (set_pack_threshold), coarse and fine tiles."""
+    n = 6 * BATCH
+    X, Y = _data(dtype, n=n, seed=7)
+    itemsize = np.dtype(dtype).itemsize
+    fwd = _pack_tiles(itemsize, packed=[(0, "fwd"), (1, "fwd")])
+    net = fastbp.MLP(SIZES, activation="tanh", output="identity", loss="squared_error",
+                     dtype=dtype, seed=4)
+
+    def forward(threads, chunk):
+        out = np.empty((n, SIZES[-1]), dtype=dtype)
+        _kernels.team_stats(reset=True)
+        net._net.predict(net._theta, X, out, chunk, threads)
+        p = _kernels.team_stats()["tiles_pack"]
+        loss = net._net.loss(net._theta, X, Y, chunk, threads)
+        return out.tobytes(), np.array(loss).tobytes(), p, _kernels.team_stats()["tiles_pack"] - p
+
+    chunks = (n, 2 * BATCH, BATCH, BATCH - 16)
+    # 1 thread (the loss sums chunk by chunk: its bits are per chunk size)
+    ref = {chunk: forward(1, chunk) for chunk in chunks}
+    for chunk in chunks:
+        assert ref[chunk][2:] == (0, 0) and ref[chunk][0] == ref[n][0]
+    for threshold, tiles in ((16384, fwd), (10**9, 0)):
+        _kernels.set_pack_threshold(threshold)
+        for mode in (2, 1):
+            _kernels.set_tile_mode(mode)
+            for chunk in chunks:
+                got = forward(2, chunk)
+                assert got[2:] == (tiles, tiles), (threshold, mode, chunk)
+                assert got[:2] == ref[chunk][:2], (threshold, mode, chunk)
