@@ -181,6 +181,18 @@ def check_sparse_X(X: Any, n_in: int, dtype: type) -> CSR:
     return CSR(indptr[:-1], indptr[1:], indices, data, n_in)
 
 
+def nnz_per_row(X: Any) -> int:
+    """The mean stored entries per row of a :class:`CSR` (rounded up; 0 without
+    rows), which the kernels cost a step's first layer by; -1 for a dense X.
+    ``workspace_size(..., nnz_per_row=)`` takes it, so that the workspace a
+    caller sizes follows the call's own plan (src/_kernels.pyx)."""
+    if not isinstance(X, CSR):
+        return -1
+    n = X.shape[0]
+    total = int((X.hi - X.lo).sum(dtype=np.int64)) if n else 0
+    return -(-total // n) if n else 0
+
+
 def allocated_bytes(X: CSR, given: Any) -> int:
     """Bytes that checking ``given`` into ``X`` allocated (converted or copied arrays)."""
     if X is given:

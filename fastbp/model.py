@@ -1164,11 +1164,12 @@ class MLP:
         # pairs and its work arrays: about 38 of n_params, measured with
         # tracemalloc); the best iterate under early stopping.
         chunk = max(1, min(self._chunk_rows(), X.shape[0]))
+        sparse = dict(sparse=_sparse.is_sparse(X), nnz_per_row=_sparse.nnz_per_row(X))
         hist.workspace_bytes = int(
             max(self._net.workspace_size(X.shape[0], "gradients", n_threads=n_threads,
-                                         itemsize=item),
+                                         itemsize=item, **sparse),
                 self._net.workspace_size(chunk, "loss", n_threads=n_threads,
-                                         itemsize=item)) * item
+                                         itemsize=item, **sparse)) * item
             + X_conv + grad.nbytes + self._theta.nbytes + 38 * 8 * self.n_params
             + (self._theta.nbytes if early_stopping else 0)
         )
@@ -1261,8 +1262,9 @@ class MLP:
             total += 8 * n * min(epochs, 2)
         if val is not None and epochs:
             rows = max(1, min(self._chunk_rows(), val[0].shape[0]))
-            total += int(self._net.workspace_size(rows, "loss", n_threads=get_num_threads(),
-                                                  itemsize=item)) * item
+            total += int(self._net.workspace_size(
+                rows, "loss", n_threads=get_num_threads(), itemsize=item,
+                sparse=_sparse.is_sparse(val[0]), nnz_per_row=_sparse.nnz_per_row(val[0]))) * item
         return int(total)
 
     # -- files and other frameworks -----------------------------------------
@@ -1555,10 +1557,14 @@ class Epochs:
             self.settings.update(dropout=model._dropout, seed=int(seed))
         self.sample_weight = sample_weight
         rows = min(batch_size, n)
+        # (sparse X: sized by the steps' own plan, nnz_per_row and grad,
+        # so that fit_epoch finds its packs here: workspace_size)
         self.ws = np.empty(model._net.workspace_size(rows, "fit", model._dropout,
                                                      sparse=_sparse.is_sparse(X),
                                                      n_threads=get_num_threads(),
-                                                     itemsize=np.dtype(dtype).itemsize),
+                                                     itemsize=np.dtype(dtype).itemsize,
+                                                     nnz_per_row=_sparse.nnz_per_row(X),
+                                                     grad=need_grad),
                            dtype=dtype)
         self.grad = np.empty_like(model._theta) if need_grad else empty
         # One saved copy of the parameters (and optimizer state) and how to

@@ -915,9 +915,13 @@ class _BaseMLP(BaseEstimator):
         n_threads = get_num_threads()
         # with room for the pack wave's packed weights, so that no epoch
         # allocates them itself (workspace_size, as fastbp.model's Epochs)
+        # (sparse X: by the steps' own plan, nnz_per_row and the gradient
+        # the optimizer path takes)
         ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0]),
                                              sparse=_sparse.is_sparse(X), n_threads=n_threads,
-                                             itemsize=dtype.itemsize), dtype=dtype)
+                                             itemsize=dtype.itemsize,
+                                             nnz_per_row=_sparse.nnz_per_row(X), grad=True),
+                      dtype=dtype)
         grad, empty = np.empty_like(theta), np.empty(0, dtype=dtype)
         kw: Dict[str, Any] = dict(l2=float(self.alpha), optimizer=adam)
         if sw is not None:

@@ -206,11 +206,17 @@ cdef int chunk_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
                     floating *packs         # the team chunks' pack buffer (call_packs), or NULL
                     ) noexcept nogil:
     """predict / loss over n rows, `chunk` rows at a time; -1 on Ctrl-C
-    (polled between chunks)."""
+    (polled between chunks).  theta does not change during the call, so
+    the team chunks pack each W_k^T once (the first chunk whose row split
+    takes that pack) and later chunks read it (reuse_packs)."""
     cdef int64_t start = 0, m, n_out = s.sizes[s.n_layers]
+    cdef bint have[PK_SLOTS]    # the packs an earlier chunk wrote (reuse_packs)
+    cdef int q
+    for q in range(PK_SLOTS):
+        have[q] = False
     while start < n:
         m = min(chunk, n - start)
-        predict_rows(s, e, T, gen, job, theta, ws, w, X, Y, start, m, packs)
+        predict_rows(s, e, T, gen, job, theta, ws, w, X, Y, start, m, packs, have)
         if out != NULL:
             memcpy(out + start * n_out, ws + w.yhat, m * n_out * sizeof(floating))
         if Y != NULL:

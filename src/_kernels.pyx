@@ -101,9 +101,9 @@ cdef extern from "fbp_gemm.h" nogil:
     int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_nr(int elem_size)
-    void fbp_gemm_pack_b_f32(int trans_b, int64_t N, int64_t K, const float *B, int64_t ldb,
+    int fbp_gemm_pack_b_f32(int trans_b, int64_t N, int64_t K, const float *B, int64_t ldb,
                              float *Bp, int64_t j0, int64_t j1)
-    void fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
+    int fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
                              double *Bp, int64_t j0, int64_t j1)
     void fbp_gemm_packed_f32(int trans_a, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *Bp,
@@ -229,6 +229,25 @@ cdef int64_t TILE_MACS = 16 * 1024 * 1024
 # before (measured in bench/NOTES.md, "pack wave").  Results do not depend
 # on it (set_pack_threshold: the tests).
 cdef int64_t pack_min_elems = 16384
+
+# Test hooks (alloc_stats): fit_epoch calls that allocated their own pack
+# buffer (the caller's workspace had no room for it), and the largest
+# workspace (elements) a predict, loss or gradients call allocated.
+cdef int64_t own_pack_calls = 0
+cdef int64_t call_ws_peak = 0
+
+
+cdef inline void note_own_packs() noexcept:
+    """Record a fit_epoch call that allocated its own packs (alloc_stats)."""
+    global own_pack_calls
+    own_pack_calls += 1
+
+
+cdef inline void note_call_ws(int64_t elems) noexcept:
+    """Record a predict / loss / gradients call's workspace (alloc_stats)."""
+    global call_ws_peak
+    if elems > call_ws_peak:
+        call_ws_peak = elems
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -377,7 +396,9 @@ cdef inline void pack_b(int tb, int64_t N, int64_t K,
                         int64_t j0, int64_t j1) noexcept nogil:
     """Columns j0..j1 of op(B) into the pre-packed Bp (fbp_gemm_packed_size
     elements; j0 a multiple of fbp_gemm_packed_nr, j1 too or N): disjoint
-    column ranges write disjoint parts of Bp."""
+    column ranges write disjoint parts of Bp.  (Other cuts are refused,
+    nothing written: fbp_gemm_pack_b_* returns -1; pack_tile's are cut at
+    Plan.pk_nr, so never.)"""
     if floating is float:
         fbp_gemm_pack_b_f32(tb, N, K, B, ldb, Bp, j0, j1)
     else:
@@ -687,6 +708,7 @@ cdef object predict_fast_typed(Network net, floating *theta, cnp.ndarray x, bint
     cdef int64_t n_pack = call_packs(&s, chunk, False)
     cdef cnp.ndarray ws_arr = np.empty(w.size + n_pack,
                                        dtype=np.float32 if floating is float else np.float64)
+    note_call_ws(w.size + n_pack)
     cdef cnp.ndarray conv
     if convert:   # check_X's converted copy
         conv = np.empty(count, dtype=np.float32 if floating is float else np.float64)
@@ -770,7 +792,8 @@ cdef class Network:
         self.spec.b_off = &bo[0]
 
     def workspace_size(self, int64_t rows, str kind="fit", dropout=None, *, bint sparse=False,
-                       int n_threads=1, int itemsize=8):
+                       int n_threads=1, int itemsize=8, int64_t nnz_per_row=-1,
+                       bint grad=False):
         """Elements of scratch one call allocates for `rows` rows (a batch, or
         a predict/loss chunk): kind "fit" (what `fit_epoch` needs: the
         caller allocates it), "predict", "loss" or "gradients" (what those
@@ -782,13 +805,26 @@ cdef class Network:
         (and `itemsize`, 4 or 8, the dtype's), also the packed weights of
         the team steps' pack wave when a step of `rows` rows is a row split
         on that many threads (the current GEMM code path's layout; a
-        fit_epoch workspace without them allocates them for the call)."""
+        fit_epoch workspace without them allocates them for the call).
+
+        On sparse X the call plans its steps by their sparse cost (layer
+        0 at X's mean stored entries per row, layer_macs; on a training
+        step through a gradient also the pass over all of W_0, x_update),
+        so the split, and whether it packs, follows that cost:
+        `nnz_per_row` is X's mean stored entries per row, rounded up
+        (fastbp._sparse.nnz_per_row), and `grad` (kind "fit") says that
+        the fit passes fit_epoch a gradient (an optimizer, momentum,
+        weight decay, l2 or clip_norm; "gradients" always does).  With
+        them the size is the call's own (call_packs of the same plan).
+        Without nnz_per_row (sparse, -1) the packs are counted whenever
+        some step of `rows` rows could be a row split on a team (at least
+        2 ROWS_PER_THREAD rows): enough for any X, maybe more than used."""
         cdef int what
         cdef Drop d
         cdef const double[::1] p_v
         cdef int64_t extra = 0
         cdef Spec s
-        cdef Plan p
+        cdef bint train
         cdef int64_t pk[PK_SLOTS]
         if itemsize not in (4, 8):
             raise ValueError("itemsize must be 4 or 8")
@@ -807,14 +843,23 @@ cdef class Network:
             extra = drop_layout(&self.spec, &d, &p_v[0] if p_v.shape[0] > 0 else NULL, rows)
         if sparse:
             what |= WS_SPARSE
+        if nnz_per_row < -1 or (nnz_per_row >= 0 and not sparse):
+            raise ValueError("nnz_per_row must be >= 0, and is for a sparse X only")
         if n_threads > 1:
-            # (sparse X: the threads and split of dense rows, the most a
-            # step of the call may use, but no pack of layer 0's forward)
+            # The call's own plan (call_packs on the call's Spec: x_data and
+            # fit_epoch / gradients set x_nnz and x_update so).
             s = self._spec(n_threads, itemsize)
-            make_plan(&s, rows, kind in ("fit", "gradients"), True, &p)
-            if p.nt > 1 and not p.by_units:
-                s.x_nnz = 0 if sparse else -1
-                extra += pack_layout(&s, kind in ("fit", "gradients"), pk)
+            train = kind in ("fit", "gradients")
+            if not sparse:
+                extra += call_packs(&s, rows, train)
+            elif nnz_per_row >= 0:
+                s.x_nnz = nnz_per_row
+                if train and (grad or kind == "gradients"):
+                    s.x_update = s.sizes[0] * s.sizes[1]
+                extra += call_packs(&s, rows, train)
+            elif rows >= 2 * <int64_t>ROWS_PER_THREAD:   # (the fewest rows of a row split)
+                s.x_nnz = 0
+                extra += pack_layout(&s, train, pk)
         return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
@@ -916,6 +961,7 @@ cdef class Network:
         cdef const floating *xp = x_data(X, theta, &theta[0], spv, &sp, &e, &s, n_threads, False)
         cdef int64_t n_pack = call_packs(&s, chunk, False)
         ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
+        note_call_ws(w.size + n_pack)
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, NULL, n, chunk, &e
         c.out = &out[0, 0]
         c.packs = align_packs(&ws[w.size]) if n_pack > 0 else NULL
@@ -995,6 +1041,7 @@ cdef class Network:
             return 0.0, 0.0
         cdef int64_t n_pack = call_packs(&s, chunk, False)
         ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
+        note_call_ws(w.size + n_pack)
         c.kind, c.ws, c.X, c.Y, c.n, c.chunk, c.e = CALL_CHUNKS, &ws[0], xp, &Y[0, 0], n, chunk, &e
         c.out = NULL
         c.packs = align_packs(&ws[w.size]) if n_pack > 0 else NULL
@@ -1049,6 +1096,7 @@ cdef class Network:
         cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
         cdef int64_t n_pack = call_packs(&s, m, True)
         cdef floating[::1] ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
+        note_call_ws(w.size + n_pack)
         cdef Call c
         cdef int status
         c.kind, c.ws, c.X, c.Y, c.n, c.grad, c.e = CALL_GRAD, &ws[0], xp, &Y[0, 0], m, &grad[0], &e
@@ -1294,6 +1342,7 @@ cdef class Network:
             else:
                 pbuf = np.empty(n_pack, dtype=np.asarray(theta).dtype)
                 packs = align_packs(&pbuf[0])
+                note_own_packs()
         # The calling thread runs with FTZ/DAZ as asked for the whole call;
         # the threads of each parallel step set that mode (on, or the
         # caller's own, normally off) and restore theirs afterwards.
@@ -1426,6 +1475,20 @@ def set_pack_threshold(int64_t elems):
         raise ValueError("the threshold must be >= 0")
     previous, pack_min_elems = pack_min_elems, elems
     return previous
+
+
+def alloc_stats(bint reset=False):
+    """Test hook: what the kernel calls allocated for themselves since the
+    last reset: ``own_packs``, the fit_epoch calls whose workspace had no
+    room for the pack wave's buffer (so they allocated it), and
+    ``call_ws``, the largest workspace (elements: activations and packs)
+    a predict, loss or gradients call allocated; with reset, both zeroed
+    after reading."""
+    global own_pack_calls, call_ws_peak
+    out = {"own_packs": int(own_pack_calls), "call_ws": int(call_ws_peak)}
+    if reset:
+        own_pack_calls = call_ws_peak = 0
+    return out
 
 
 def _set_flush_denormals(bint on):

@@ -31,11 +31,15 @@
 #     copies (the same bits as gemm: fbp_gemm.h).  The packs live in the
 #     call's workspace (call_packs elements, after the activations) and are
 #     valid only in the step whose pack wave wrote them: theta changes in
-#     part 2, and the next step packs again.  They reach the tiles through
-#     the step's Job (job.packs, set by team_run), never through state that
-#     outlives it; a serial step (one thread, a step the team runs
-#     serially, the unit split) passes NULL and every GEMM packs its own,
-#     as before.  Coarse tiles (one of rows, and one of each layer's units,
+#     part 2, and the next step packs again.  (A predict / loss call is
+#     the exception: theta is the same for all its chunks, so each pack is
+#     written once per call, by the first chunk whose row split takes it,
+#     and later chunks' row tiles read it without a pack wave of their own:
+#     reuse_packs, chunk_rows.)  They reach the tiles through the step's
+#     Job (job.packs, set by team_run when the plan says use_packs), never
+#     through state that outlives the call; a serial step (one thread, a
+#     step the team runs serially, the unit split) passes NULL and every
+#     GEMM packs its own, as before.  Coarse tiles (one of rows, and one of each layer's units,
 #     per thread) unless the last coarse steps left thread 0 waiting: then
 #     fine ones (several per thread: less to wait for when a thread loses
 #     its core).  Each unit tile packs the layer's input (op(B) = A_k), so
@@ -54,7 +58,9 @@
 # write disjoint parts of Bp, and each pack has its own 64-byte aligned
 # slot of the buffer), reading W_k, which nothing writes before part 2;
 # what a tile reads was finished in an earlier wave (the row tiles read the
-# packs after the pack wave, whose end fbp_team_wait_wave makes visible).
+# packs after the pack wave, whose end fbp_team_wait_wave makes visible), or
+# in an earlier chunk of the same forward call (finished before the caller
+# opened this chunk's generation, which a thread sees before its first tile).
 # So every write inside a parallel region is private to the thread running
 # that tile.  The GEMM gives each element the same bits whatever block it
 # is computed in, packed op(B) or not (fbp_gemm.h), per-sample losses are
@@ -158,7 +164,10 @@ cdef struct Plan:
     int64_t p2_first[65]    # part 2: first tile of layer k in the last wave; [L] = count
     int n_tiles[MAX_WAVES]  # tiles of each wave
     # The pack wave of a row split (pack_layout, make_plan_tiles):
-    int pack_wave           # 0, or -1: none (every GEMM packs its own op(B))
+    int pack_wave           # 0, or -1: none (every GEMM packs its own op(B), or reuse_packs
+                            # left none to write)
+    bint use_packs          # the row tiles read the packs of pk[] (Job.packs): a pack
+                            # wave, or packs an earlier chunk of the call wrote
     int row_wave            # the row split's wave of row tiles (1 after a pack wave, else 0)
     int n_packs             # packs the pack wave writes
     int64_t pk_nr           # pack tiles' columns start at multiples of this (fbp_gemm_packed_nr)
@@ -318,8 +327,45 @@ cdef int plan_packs(const Spec *s, bint train, int64_t rows, Plan *p) noexcept n
         p.pk_first[i + 1] = p.pk_first[i] + <int>t
     p.n_packs = n
     p.pack_wave = 0
+    p.use_packs = True
     p.n_tiles[0] = p.pk_first[n]
     return 1
+
+
+cdef void reuse_packs(Plan *p,
+                      bint *have) noexcept nogil:   # IN/OUT have[q]: pack q already written
+    """A chunk of a predict / loss call (chunk_rows): W does not change
+    during the call, so a pack that an earlier chunk's pack wave wrote is
+    still valid.  Drops those packs from p's pack wave (their pk[q] stay:
+    the row tiles read them), and the pack wave itself when none is left
+    to write (p.use_packs stays set); marks the packs the wave will write
+    in `have` (the call's caller finishes every wave of a chunk before the
+    next chunk: fbp_team_wait_wave, and each chunk's generation is opened
+    after that)."""
+    cdef int i, n = 0, w
+    cdef int cnt[PK_SLOTS]
+    if p.pack_wave < 0:
+        return
+    for i in range(p.n_packs):
+        if have[p.pk_slot[i]]:
+            continue
+        cnt[n] = p.pk_first[i + 1] - p.pk_first[i]
+        p.pk_slot[n] = p.pk_slot[i]
+        have[p.pk_slot[i]] = True
+        n += 1
+    p.n_packs = n
+    for i in range(n):
+        p.pk_first[i + 1] = p.pk_first[i] + cnt[i]
+    p.n_tiles[0] = p.pk_first[n]
+    if n > 0:
+        return
+    for w in range(p.n_waves - 1):    # no pack to write: the waves move down one
+        p.n_tiles[w] = p.n_tiles[w + 1]
+    p.n_waves -= 1
+    if p.loss_wave >= 0:
+        p.loss_wave -= 1
+    p.row_wave = 0
+    p.pack_wave = -1
 
 
 cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, bint fine,
@@ -347,6 +393,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     p.loss_wave = -1
     p.n_waves = 0
     p.pack_wave = -1
+    p.use_packs = False
     p.row_wave = 0
     p.n_packs = 0
     if p.nt == 1:
@@ -681,7 +728,7 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
     """Tile t of wave `wave` of the plan (see the block above Plan)."""
     cdef int L = s.n_layers, k
     cdef int64_t n = p.n_tiles[wave], a, b, i
-    cdef floating *packs = <floating *>job.packs if p.pack_wave >= 0 else NULL
+    cdef floating *packs = <floating *>job.packs if p.use_packs else NULL
     cdef const Extra *e = job.e
     cdef const int64_t *rows = job.rows
     cdef int64_t start = job.start, m = job.m
@@ -837,7 +884,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.plan = p[0]
     job.theta, job.grad, job.snap, job.lr, job.e = theta, grad, snap, lr, e
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
-    job.packs = packs if p.pack_wave >= 0 else NULL
+    job.packs = packs if p.use_packs else NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
     # (the loss verdict is for training steps only: no loss wave otherwise)
@@ -904,10 +951,12 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
                        const floating *X,      # IN the data set
                        const floating *Y,      # IN targets, or NULL for outputs only
                        int64_t start, int64_t m,
-                       floating *packs) noexcept nogil:  # a team chunk's pack buffer, or NULL
+                       floating *packs,   # a team chunk's pack buffer, or NULL
+                       bint *have) noexcept nogil:  # IN/OUT the packs written by earlier chunks
     """Forward (with Y, also the per-sample losses) of m rows from `start`,
     into rows 0..m-1 of the workspace (a row split on a team: after a pack
-    wave of the forward products' W_k^T into `packs`)."""
+    wave of the forward products' W_k^T into `packs`, of those that no
+    earlier chunk of the call packed: reuse_packs)."""
     cdef Plan p
     sparse_bind(e.sp, NULL, start)   # sparse X: the chunk's rows (_sparse.pxi)
     cdef int mode = -1
@@ -918,6 +967,7 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
         if mode >= FBP_MODE_FINE:
             make_plan_tiles(s, m, False, Y != NULL, mode == FBP_MODE_FINE, packs != NULL, &p)
             if p.nt > 1:
+                reuse_packs(&p, have)
                 team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL,
                          ws, X, Y, NULL, start, m, False, key, mode == FBP_MODE_FINE, packs)
                 return

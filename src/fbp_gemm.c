@@ -490,11 +490,20 @@ int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
     return K * ((N + nr - 1) / nr * nr);
 }
 
+/* pack_b: a range off the NR grid is refused before the driver sees it (its
+ * slivers would start off the layout's, and the last one run past Bp). */
 #define DEFINE_PACKED(T, SFX)                                                   \
-void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,       \
-                           int64_t ldb, T *Bp, int64_t j0, int64_t j1)          \
+int fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,        \
+                          int64_t ldb, T *Bp, int64_t j0, int64_t j1)           \
 {                                                                               \
-    blk_##SFX##_table[current_isa()].packb(trans_b, N, K, B, ldb, Bp, j0, j1);  \
+    const int isa = current_isa();                                              \
+    const int64_t nr = blk_##SFX##_table[isa].NR;                               \
+    if (j1 > N) j1 = N;                                                         \
+    if (j0 < 0) j0 = 0;                                                         \
+    if (K <= 0 || j0 >= j1) return 0;                                           \
+    if (j0 % nr != 0 || (j1 < N && j1 % nr != 0)) return -1;                    \
+    blk_##SFX##_table[isa].packb(trans_b, N, K, B, ldb, Bp, j0, j1);            \
+    return 0;                                                                   \
 }                                                                               \
                                                                                 \
 /* The current ISA's pre-packed driver for every shape with K >= 1 (never the  \

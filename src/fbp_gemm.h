@@ -127,12 +127,15 @@ int64_t fbp_gemm_packed_nr(int elem_size);
  * K x N, row stride ldb), B^T if trans_b == 1 (B is N x K, row stride ldb))
  * into Bp, which holds fbp_gemm_packed_size(sizeof(T), N, K) elements.  j0 a
  * multiple of fbp_gemm_packed_nr, j1 a multiple of it or N (0 <= j0 <= j1 <=
- * N; j1 > N is taken as N, an empty range or K <= 0 writes nothing).  It
- * writes exactly the slivers of those columns in every slab (the padding of
- * the last sliver belongs to the range that holds column N - 1), so
- * different column ranges write disjoint parts of Bp and threads may pack
- * them concurrently; never writes outside Bp[0 : packed_size].  Serial, no
- * allocation, nogil-safe.
+ * N; j1 > N is taken as N, j0 < 0 as 0, an empty range or K <= 0 writes
+ * nothing).  It writes exactly the slivers of those columns in every slab
+ * (the padding of the last sliver belongs to the range that holds column
+ * N - 1), so different column ranges write disjoint parts of Bp and threads
+ * may pack them concurrently; never writes outside Bp[0 : packed_size].
+ * Returns 0; -1, writing nothing, for a non-empty range that breaks the
+ * rule (j0 not a multiple of NR: its slivers would run past the end of Bp;
+ * j1 < N not a multiple of NR: it would write padding that belongs to the
+ * next range).  Serial, no allocation, nogil-safe.
  *
  * fbp_gemm_packed_f32 / fbp_gemm_packed_f64: as fbp_gemm_SFX(trans_a,
  * <trans_b>, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, dsrc,
@@ -147,10 +150,10 @@ int64_t fbp_gemm_packed_nr(int elem_size);
  * [i0, i1) of a product are the call with A, C, dsrc offset to row i0 and
  * M = i1 - i0, the same Bp: this is how row tiles share one pack. */
 #define FBP_GEMM_PACKED_DECL(T, SFX)                                            \
-void fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K,                   \
-                           const T *B, int64_t ldb,   /* IN  */                 \
-                           T *Bp,                     /* OUT */                 \
-                           int64_t j0, int64_t j1);                             \
+int fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K,                    \
+                          const T *B, int64_t ldb,   /* IN  */                  \
+                          T *Bp,                     /* OUT */                  \
+                          int64_t j0, int64_t j1);                              \
 void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
                            T alpha, const T *A, int64_t lda,   /* IN  */        \
                            const T *Bp,                        /* IN  */        \

@@ -69,16 +69,23 @@
 /* Lane primitives: VT/VI a float/int vector of VL lanes, or for the
  * single-lane instances ("s" suffix) plain T/IT scalars.  splat: all lanes c;
  * bits/frombits: reinterpret; sel: m ? a : b lane-wise (m from a compare);
- * cvt: exact integral float -> int.  The vector ones exist once per target
+ * cvt: exact integral float -> int (a NaN lane, whose result is NaN
+ * whatever 2^n is, gives some int: 0 in the single-lane instances, where a
+ * cast of NaN would be undefined; the x86 vector conversion's INT_MIN,
+ * whose low bits are 0's, so 2^n comes out the same); shl: i << s on the
+ * lane's bits as unsigned (2^n is built from n + bias, negative for a NaN
+ * lane: a signed left shift of it would be undefined; the same bits).  The vector ones exist once per target
  * (TGT: none for the generic instances, TARGET_FMA for the "f" ones, suffix
  * f32f / f64f), so that no function taking or returning a 32-byte vector is
  * called from one of another target: clang rejects such calls (the AVX
  * vector ABI differs), whether or not they are inlined. */
-#define DEFINE_VTYPES(T, VT, VI, IT, VL)                                        \
+#define DEFINE_VTYPES(T, VT, VI, VU, IT, UT, VL)                                \
 typedef T VT __attribute__((vector_size(VL * sizeof(T))));                      \
-typedef IT VI __attribute__((vector_size(VL * sizeof(T))));
-#define DEFINE_VLANES(T, SFX, VT, VI, TGT)                                      \
+typedef IT VI __attribute__((vector_size(VL * sizeof(T))));                     \
+typedef UT VU __attribute__((vector_size(VL * sizeof(T))));
+#define DEFINE_VLANES(T, SFX, VT, VI, VU, TGT)                                  \
 TGT FBP_VM_INLINE VT splat_##SFX(T c) { return (VT){} + c; }                    \
+TGT FBP_VM_INLINE VI shl_##SFX(VI i, int s) { return (VI)((VU)i << s); }        \
 TGT FBP_VM_INLINE VI bits_##SFX(VT x) { return (VI)x; }                         \
 TGT FBP_VM_INLINE VT frombits_##SFX(VI i) { return (VT)i; }                     \
 TGT FBP_VM_INLINE VT sel_##SFX(VI m, VT a, VT b)                                \
@@ -86,12 +93,13 @@ TGT FBP_VM_INLINE VT sel_##SFX(VI m, VT a, VT b)                                
     return (VT)(((VI)a & m) | ((VI)b & ~m));                                    \
 }                                                                               \
 TGT FBP_VM_INLINE VI cvt_##SFX(VT n) { return __builtin_convertvector(n, VI); }
-#define DEFINE_SLANES(T, SFX, IT)                                               \
+#define DEFINE_SLANES(T, SFX, IT, UT)                                           \
 FBP_VM_INLINE T splat_##SFX(T c) { return c; }                                  \
+FBP_VM_INLINE IT shl_##SFX(IT i, int s) { return (IT)((UT)i << s); }            \
 FBP_VM_INLINE IT bits_##SFX(T x) { IT i; memcpy(&i, &x, sizeof i); return i; }  \
 FBP_VM_INLINE T frombits_##SFX(IT i) { T x; memcpy(&x, &i, sizeof x); return x; } \
 FBP_VM_INLINE T sel_##SFX(IT m, T a, T b) { return m ? a : b; }                 \
-FBP_VM_INLINE IT cvt_##SFX(T n) { return (IT)n; }
+FBP_VM_INLINE IT cvt_##SFX(T n) { return n == n ? (IT)n : 0; }
 
 #define DEFINE_VMATH(T, SFX, LSFX, VT, VI, IT, NTAYLOR, MANT, BIAS, XMAX, XMIN, \
                      MADD, TGT)                                                 \
@@ -132,7 +140,7 @@ TGT FBP_VM_INLINE VT vexp_##SFX(VT x)                                           
                 splat_##LSFX(magic)) - magic;                                   \
     VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
     r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
-    const VT s = frombits_##LSFX((cvt_##LSFX(n) + (BIAS - 1)) << MANT);         \
+    const VT s = frombits_##LSFX(shl_##LSFX(cvt_##LSFX(n) + (BIAS - 1), MANT)); \
     VT y = MADD(vexpm1_taylor_##SFX(r), s, s) * (T)2; /* (1 + expm1) s 2 */     \
     y = sel_##LSFX(big, splat_##LSFX((T)INFINITY), y);                          \
     return sel_##LSFX(tiny, splat_##LSFX(0), y);                                \
@@ -150,7 +158,7 @@ TGT FBP_VM_INLINE VT vexpm1_neg_##SFX(VT y)                                     
                 splat_##LSFX(magic)) - magic;                                   \
     VT r = MADD(n, splat_##LSFX((T)-0.693145751953125), xc);                    \
     r = MADD(n, splat_##LSFX((T)-1.42860682030941723212e-6), r);                \
-    const VT s = frombits_##LSFX((cvt_##LSFX(n) + BIAS) << MANT);               \
+    const VT s = frombits_##LSFX(shl_##LSFX(cvt_##LSFX(n) + BIAS, MANT));       \
     return MADD(vexpm1_taylor_##SFX(r), s, s - (T)1);                           \
 }                                                                               \
 TGT FBP_VM_INLINE VT vsigmoid_##SFX(VT z)                                       \
@@ -171,12 +179,12 @@ TGT FBP_VM_INLINE VT vtanh_##SFX(VT z)                                          
 
 /* 32-byte vectors and single lanes: the same code, lane by lane the same
  * operations, so the same bits. */
-DEFINE_VTYPES(float, vf32, vi32, int32_t, 8)
-DEFINE_VTYPES(double, vf64, vi64, int64_t, 4)
-DEFINE_VLANES(float, f32, vf32, vi32, )
-DEFINE_SLANES(float, f32s, int32_t)
-DEFINE_VLANES(double, f64, vf64, vi64, )
-DEFINE_SLANES(double, f64s, int64_t)
+DEFINE_VTYPES(float, vf32, vi32, vu32, int32_t, uint32_t, 8)
+DEFINE_VTYPES(double, vf64, vi64, vu64, int64_t, uint64_t, 4)
+DEFINE_VLANES(float, f32, vf32, vi32, vu32, )
+DEFINE_SLANES(float, f32s, int32_t, uint32_t)
+DEFINE_VLANES(double, f64, vf64, vi64, vu64, )
+DEFINE_SLANES(double, f64s, int64_t, uint64_t)
 /* Each twice: with plain mul + add (the generic ISA) and, suffix "f", with
  * explicit fused multiply-adds (the FMA ISAs, AVX2 and AVX-512 alike: the
  * same 32-byte / 1-lane code, lane by lane the same operations, so the same
@@ -192,8 +200,8 @@ DEFINE_VMATH(double, f64s, f64s, double, int64_t, int64_t, 13, 52, 1023, 709.782
              MADD_PLAIN, )
 #ifdef FBP_X86
 #define TARGET_FMA __attribute__((target("avx2,fma")))
-DEFINE_VLANES(float, f32f, vf32, vi32, TARGET_FMA)
-DEFINE_VLANES(double, f64f, vf64, vi64, TARGET_FMA)
+DEFINE_VLANES(float, f32f, vf32, vi32, vu32, TARGET_FMA)
+DEFINE_VLANES(double, f64f, vf64, vi64, vu64, TARGET_FMA)
 TARGET_FMA FBP_VM_INLINE vf32 vfma_f32(vf32 a, vf32 b, vf32 c)
 {
     return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);

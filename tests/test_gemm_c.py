@@ -11,9 +11,13 @@ the pre-packed calls (fbp_gemm_pack_b_* + fbp_gemm_packed_*) equal the unpacked 
 bitwise for every ISA, dtype, transpose, epilogue and store mode, with op(B) packed in
 one column range or several (shuffled, or by two threads at once; each element written
 by exactly one range, nothing beyond fbp_gemm_packed_size), on row tiles, on a
-misaligned pack and with the allocation failing.  It is compiled with the flags the library build uses
-(-O3 -std=gnu11 -fopenmp), and a second time with AddressSanitizer (at -O1) on
-a reduced case list.  Skipped only when no C compiler is available.
+misaligned pack and with the allocation failing, and that a column range off the NR grid is
+refused (-1, nothing written).  It is compiled with the flags the library build uses
+(-O3 -std=gnu11 -fopenmp), a second time with AddressSanitizer and a third with
+UndefinedBehaviorSanitizer (each at -O1, stopping at the first error) on a
+reduced case list (which feeds the activations NaN and extreme values: the
+exp's 2^n is built with well-defined shifts, src/fbp_vmath.h).  Skipped only
+when no C compiler is available.
 """
 import glob
 import os
@@ -90,3 +94,19 @@ def test_gemm_c_check_asan(tmp_path):
                                # -O1: ASan at -O3 takes ~30 s to compile
                                ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"],
                                ["quick"]))
+
+
+def test_gemm_c_check_ubsan(tmp_path):
+    cc = _cc()
+    if cc is None:
+        pytest.skip("no C compiler found: cannot build gemm_check.c")
+    probe = tmp_path / "ubsan.c"
+    probe.write_text("int main(void){return 0;}\n")
+    if subprocess.run([cc, "-fsanitize=undefined", str(probe), "-o", str(tmp_path / "ubsan")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("compiler cannot link -fsanitize=undefined")
+    build, run = _build_and_run(tmp_path, "gemm_check_ubsan",
+                                ["-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all"],
+                                ["quick"])
+    _assert_ok(build, run)
+    assert "runtime error" not in run.stdout + run.stderr

@@ -6,7 +6,8 @@ and the row tiles run fbp_gemm_packed_* on that copy.  Here:
 
 * the layers of the test nets really take the pack path (``tiles_pack`` of
   ``team_stats`` counts the pack tiles: per step exactly what the rule
-  gives), serial steps and the unit split never do;
+  gives; per predict / loss call once, however many chunks it runs),
+  serial steps and the unit split never do;
 * the results are bitwise those of 1 thread, of fine and coarse tiles and
   of the path without packs (``set_pack_threshold``), float32 and float64,
   relu and tanh, with and without bias, with dropout, sample weights and
@@ -15,7 +16,8 @@ and the row tiles run fbp_gemm_packed_* on that copy.  Here:
 * a 2-thread fit and step against the pure-Python reference within the
   float32 bounds (tests/tolerances.py);
 * the packs are in the workspace the fit reports (``workspace_size`` with
-  ``n_threads``), and a ``fit_epoch`` workspace without them still works.
+  ``n_threads``; on sparse X by the call's own sparse plan, ``nnz_per_row``),
+  and a ``fit_epoch`` workspace without them still works.
 """
 from __future__ import annotations
 
@@ -333,7 +335,7 @@ def test_last_partial_batch_and_chunk(forced, dtype):
     """A fit whose last batch is shorter (32 of 64 rows: 16-row coarse, 8-row
     fine tiles, every product still packed) and predict / loss in chunks
     with a shorter last one: 2 threads give 1 thread's bits, and every team
-    step or chunk runs the whole pack wave."""
+    step runs the whole pack wave (a forward call: its first chunk only)."""
     n, chunk = 3 * BATCH + 32, 64
     X, Y = _data(dtype, n=n, seed=6)
     itemsize = np.dtype(dtype).itemsize
@@ -358,5 +360,125 @@ def test_last_partial_batch_and_chunk(forced, dtype):
         out, l2, st = forward(2)
         assert st["steps_team"] == 2 * 4
         fwd = _pack_tiles(itemsize, packed=[(0, "fwd"), (1, "fwd")])
-        assert st["tiles_pack"] == st["steps_team"] * fwd, mode
+        assert st["tiles_pack"] == 2 * fwd, mode   # once per call (predict, loss)
         assert out.tobytes() == ref_out.tobytes() and l2.tobytes() == ref_l.tobytes(), mode
+
+
+def test_sparse_fit_packs_in_the_callers_workspace():
+    """A CSR fit on 3 threads at the default parallel threshold: its steps
+    plan by their sparse cost (layer 0 at ~5 stored entries per row, with
+    Adam also the pass over W_0): 2 threads, a row split that packs W_1 and
+    W_1^T, where the dense cost would give 3 threads and a unit split (no
+    packs).  workspace_size with nnz_per_row (and grad) follows the call's
+    plan, so no fit_epoch call allocates packs of its own (alloc_stats),
+    for fastbp.MLP (plain SGD and Adam) and fastbp.sklearn's adam epoch;
+    the bits are 1 thread's."""
+    sps = pytest.importorskip("scipy.sparse")
+    from fastbp import _sparse
+    from fastbp.sklearn import MLPRegressor
+    sizes, batch, n = [1000, 128, 128, 1], 32, 128
+    X = sps.random(n, sizes[0], density=0.005, format="csr", dtype=np.float64,
+                   random_state=np.random.default_rng(3))
+    Y = np.random.default_rng(4).standard_normal((n, 1))
+    nnz = _sparse.nnz_per_row(_sparse.check_sparse_X(X, sizes[0], np.float64))
+    assert nnz == -(-X.nnz // n) and nnz <= 31   # (2 threads, with or without W_0's pass)
+    threads, threshold = fastbp.get_num_threads(), _kernels.set_parallel_threshold(262144)
+    pack = _kernels.set_pack_threshold(16384)
+    try:
+        k_net = fastbp.MLP(sizes, output="identity", loss="squared_error")._net
+        # the premise: dense cost, 3 threads, a unit split (no packs); the
+        # sparse plan's steps pack
+        assert k_net.workspace_size(batch, n_threads=3) == k_net.workspace_size(batch)
+        for grad in (False, True):
+            assert k_net.workspace_size(batch, sparse=True, n_threads=3, nnz_per_row=nnz,
+                                        grad=grad) > k_net.workspace_size(batch, sparse=True)
+        for opt in (None, lambda: fastbp.optim.Adam(lr=1e-3)):
+            got = []
+            for t in (1, 3):
+                fastbp.set_num_threads(t)
+                net = fastbp.MLP(sizes, activation="relu", output="identity",
+                                 loss="squared_error", dtype="float64", seed=0)
+                kw = dict(optimizer=opt()) if opt else dict(lr=1e-3)
+                _kernels.alloc_stats(reset=True)
+                net.fit(X, Y, epochs=2, batch_size=batch, seed=1, **kw)
+                assert _kernels.alloc_stats()["own_packs"] == 0, (t, opt)
+                got.append(net._theta.tobytes())
+            assert got[0] == got[1]
+        fastbp.set_num_threads(3)
+        est = MLPRegressor(hidden_layer_sizes=(128, 128), solver="adam", batch_size=batch,
+                           max_iter=2, random_state=0, shuffle=True)
+        _kernels.alloc_stats(reset=True)
+        with pytest.warns(Warning):   # (not converged in 2 iterations)
+            est.fit(X, Y.ravel())
+        assert _kernels.alloc_stats()["own_packs"] == 0
+    finally:
+        fastbp.set_num_threads(threads)
+        _kernels.set_parallel_threshold(threshold)
+        _kernels.set_pack_threshold(pack)
+
+
+def test_lbfgs_sparse_workspace_is_what_the_calls_allocate(forced):
+    """An L-BFGS fit on CSR X: History.workspace_bytes counts the packs its
+    gradients call really allocates on 2 threads (W_1^T and W_1, not layer
+    0's forward pack, which a sparse X never takes): the 2-thread figure
+    exceeds the 1-thread one by exactly the growth of the largest workspace
+    its kernel calls allocated (alloc_stats), and that workspace is
+    workspace_size's with sparse and nnz_per_row."""
+    sps = pytest.importorskip("scipy.sparse")
+    from fastbp import _sparse
+    X = sps.random(N, SIZES[0], density=0.1, format="csr", dtype=np.float64,
+                   random_state=np.random.default_rng(3))
+    _, Y = _data("float64")
+
+    def fit(threads):
+        fastbp.set_num_threads(threads)
+        net = fastbp.MLP(SIZES, activation="relu", output="identity", loss="squared_error",
+                         dtype="float64", seed=0)
+        _kernels.alloc_stats(reset=True)
+        hist = net.fit(X, Y, optimizer=fastbp.optim.LBFGS(max_iter=3))
+        return net, hist.workspace_bytes, _kernels.alloc_stats()["call_ws"]
+
+    net, b1, w1 = fit(1)
+    assert w1 == net._net.workspace_size(N, "gradients")
+    net, b2, w2 = fit(2)
+    nnz = _sparse.nnz_per_row(_sparse.check_sparse_X(X, SIZES[0], np.float64))
+    assert w2 == net._net.workspace_size(N, "gradients", sparse=True, n_threads=2, itemsize=8,
+                                         nnz_per_row=nnz) > w1
+    assert b2 - b1 == (w2 - w1) * 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_calls_pack_once_per_call(forced, dtype):
+    """predict and loss in 1, 3, 6 and 8 chunks (the last one shorter) on 2
+    threads: W does not change during the call, so the pack tiles of a call
+    are one pack wave's (the first chunk's) whatever the chunk count, and
+    the later chunks read those packs; the bits are 1 thread's, with and
+    without packs (set_pack_threshold), coarse and fine tiles."""
+    n = 6 * BATCH
+    X, Y = _data(dtype, n=n, seed=7)
+    itemsize = np.dtype(dtype).itemsize
+    fwd = _pack_tiles(itemsize, packed=[(0, "fwd"), (1, "fwd")])
+    net = fastbp.MLP(SIZES, activation="tanh", output="identity", loss="squared_error",
+                     dtype=dtype, seed=4)
+
+    def forward(threads, chunk):
+        out = np.empty((n, SIZES[-1]), dtype=dtype)
+        _kernels.team_stats(reset=True)
+        net._net.predict(net._theta, X, out, chunk, threads)
+        p = _kernels.team_stats()["tiles_pack"]
+        loss = net._net.loss(net._theta, X, Y, chunk, threads)
+        return out.tobytes(), np.array(loss).tobytes(), p, _kernels.team_stats()["tiles_pack"] - p
+
+    chunks = (n, 2 * BATCH, BATCH, BATCH - 16)
+    # 1 thread (the loss sums chunk by chunk: its bits are per chunk size)
+    ref = {chunk: forward(1, chunk) for chunk in chunks}
+    for chunk in chunks:
+        assert ref[chunk][2:] == (0, 0) and ref[chunk][0] == ref[n][0]
+    for threshold, tiles in ((16384, fwd), (10**9, 0)):
+        _kernels.set_pack_threshold(threshold)
+        for mode in (2, 1):
+            _kernels.set_tile_mode(mode)
+            for chunk in chunks:
+                got = forward(2, chunk)
+                assert got[2:] == (tiles, tiles), (threshold, mode, chunk)
+                assert got[:2] == ref[chunk][:2], (threshold, mode, chunk)

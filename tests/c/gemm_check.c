@@ -790,6 +790,55 @@ static void packchk_##SFX(struct icfg g, int conc, int nomem)                   
 DEFINE_PACKCHK(float, f32, PK_FILL32)
 DEFINE_PACKCHK(double, f64, PK_FILL64)
 
+/* Column ranges off the NR grid (fbp_gemm.h: j0 a multiple of NR, j1 too or
+ * N): refused, -1, and nothing written, neither in Bp nor in its guards
+ * (a j0 off the grid used to write its last sliver past the end of Bp);
+ * the ranges on the grid around them still pack (0). */
+#define DEFINE_PACKGRID(T, SFX, FILL)                                           \
+static void pk_offgrid_##SFX(void)                                              \
+{                                                                               \
+    const int64_t nr = fbp_gemm_packed_nr(sizeof(T));                           \
+    const int64_t N = 3 * nr + 5, K = 300; /* two slabs */                      \
+    const int64_t size = fbp_gemm_packed_size(sizeof(T), N, K);                 \
+    const int64_t cuts[][2] = {{nr - 1, N}, {1, nr}, {2 * nr + 1, N},           \
+                               {nr, nr + 1}, {0, 2 * nr - 1}};                  \
+    T *B = malloc(sizeof(T) * (size_t)(N * K));                                 \
+    for (int64_t i = 0; i < N * K; i++) B[i] = (T)urand();                      \
+    int bad = 0;                                                                \
+    for (int tb = 0; tb < 2; tb++)                                              \
+        for (unsigned c = 0; c < sizeof cuts / sizeof *cuts; c++) {             \
+            T *buf = pk_alloc_##SFX(size), *Bp = buf + PK_GUARD;                \
+            int r = 0;                                                          \
+            r = fbp_gemm_pack_b_##SFX(tb, N, K, B, tb ? K : N, Bp, cuts[c][0],  \
+                                      cuts[c][1]);                              \
+            int written = 0;                                                    \
+            for (int64_t i = -PK_GUARD; i < size + PK_GUARD; i++)               \
+                if (!pk_is_fill_##SFX(Bp + i)) written++;                       \
+            n_cases++;                                                          \
+            if (r != -1 || written) {                                           \
+                printf("FAIL packed %s %s off-grid range [%ld, %ld) of N=%ld "  \
+                       "(NR %ld) tb=%d: returned %d, wrote %d elements%s\n",    \
+                       isa_now, #SFX, (long)cuts[c][0], (long)cuts[c][1],       \
+                       (long)N, (long)nr, tb, r, written,                       \
+                       pk_guards_ok_##SFX(Bp, size) ? "" : " (guards too)");    \
+                bad++;                                                          \
+            }                                                                   \
+            /* on the grid: 0, and packed */                                    \
+            r = fbp_gemm_pack_b_##SFX(tb, N, K, B, tb ? K : N, Bp, nr, N);      \
+            n_cases++;                                                          \
+            if (r != 0 || pk_is_fill_##SFX(Bp + nr * K)) {                      \
+                printf("FAIL packed %s %s range [%ld, %ld): returned %d\n",     \
+                       isa_now, #SFX, (long)nr, (long)N, r);                    \
+                bad++;                                                          \
+            }                                                                   \
+            free(buf);                                                          \
+        }                                                                       \
+    if (bad) n_fail++;                                                          \
+    free(B);                                                                    \
+}
+DEFINE_PACKGRID(float, f32, PK_FILL32)
+DEFINE_PACKGRID(double, f64, PK_FILL64)
+
 static void packchk(struct icfg g, int conc, int nomem)
 {
     packchk_f32(g, conc, nomem);
@@ -852,6 +901,8 @@ static void run_packed(int quick)
             n_fail++;
         }
     }
+    pk_offgrid_f32();
+    pk_offgrid_f64();
     if (n_refused == refused) {
         printf("FAIL packed allocation-failure check: no allocation was refused\n");
         n_fail++;
