@@ -11,7 +11,10 @@ the pre-packed calls (fbp_gemm_pack_b_* + fbp_gemm_packed_*) equal the unpacked 
 bitwise for every ISA, dtype, transpose, epilogue and store mode, with op(B) packed in
 one column range or several (shuffled, or by two threads at once; each element written
 by exactly one range, nothing beyond fbp_gemm_packed_size), on row tiles, on a
-misaligned pack and with the allocation failing.  It is compiled with the flags the library build uses
+misaligned pack and with the allocation failing.  And that op(B) packed by row ranges
+(fbp_gemm_pack_b_rows_*: off and across the slab boundary, shuffled, concurrent) equals the
+column pack bitwise, each range writing only its own elements, and the packed call on it the
+unpacked call.  It is compiled with the flags the library build uses
 (-O3 -std=gnu11 -fopenmp), and a second time with AddressSanitizer (at -O1) on
 a reduced case list.  Skipped only when no C compiler is available.
 """
