@@ -105,6 +105,10 @@ cdef extern from "fbp_gemm.h" nogil:
                              float *Bp, int64_t j0, int64_t j1)
     void fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
                              double *Bp, int64_t j0, int64_t j1)
+    void fbp_gemm_pack_b_rows_f32(int trans_b, int64_t N, int64_t K, const float *B,
+                                  int64_t ldb, float *Bp, int64_t k0, int64_t k1)
+    void fbp_gemm_pack_b_rows_f64(int trans_b, int64_t N, int64_t K, const double *B,
+                                  int64_t ldb, double *Bp, int64_t k0, int64_t k1)
     void fbp_gemm_packed_f32(int trans_a, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *Bp,
                              float beta, float *C, int64_t ldc,
@@ -229,6 +233,14 @@ cdef int64_t TILE_MACS = 16 * 1024 * 1024
 # before (measured in bench/NOTES.md, "pack wave").  Results do not depend
 # on it (set_pack_threshold: the tests).
 cdef int64_t pack_min_elems = 16384
+
+# A training row split packs layer k's input H_k (the batch rows x n_in)
+# for part 2 by rows, in the row tiles that wrote them (_steps.pxi,
+# pack_h_rows), when H_k has at least this many elements; the unit tiles
+# then read that copy instead of each packing H_k again (measured in
+# bench/NOTES.md, "H packs").  Results do not depend on it
+# (set_hpack_threshold: the tests).
+cdef int64_t hpack_min_elems = 16384
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
@@ -382,6 +394,18 @@ cdef inline void pack_b(int tb, int64_t N, int64_t K,
         fbp_gemm_pack_b_f32(tb, N, K, B, ldb, Bp, j0, j1)
     else:
         fbp_gemm_pack_b_f64(tb, N, K, B, ldb, Bp, j0, j1)
+
+
+cdef inline void pack_b_rows(int tb, int64_t N, int64_t K,
+                             const floating *B, int64_t ldb,   # IN  op(B): B (K x N) or B^T (B: N x K)
+                             floating *Bp,                     # OUT its rows k0..k1, packed
+                             int64_t k0, int64_t k1) noexcept nogil:
+    """Rows k0..k1 of op(B) (every column) into the pre-packed Bp (the
+    layout of pack_b): disjoint row ranges write disjoint parts of Bp."""
+    if floating is float:
+        fbp_gemm_pack_b_rows_f32(tb, N, K, B, ldb, Bp, k0, k1)
+    else:
+        fbp_gemm_pack_b_rows_f64(tb, N, K, B, ldb, Bp, k0, k1)
 
 
 cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
@@ -814,7 +838,7 @@ cdef class Network:
             make_plan(&s, rows, kind in ("fit", "gradients"), True, &p)
             if p.nt > 1 and not p.by_units:
                 s.x_nnz = 0 if sparse else -1
-                extra += pack_layout(&s, kind in ("fit", "gradients"), pk)
+                extra += pack_layout(&s, kind in ("fit", "gradients"), rows, pk, p.hk)
         return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
@@ -1414,6 +1438,18 @@ def set_parallel_threshold(int64_t macs):
     if macs < 0:
         raise ValueError("the threshold must be >= 0")
     previous, par_min_macs = par_min_macs, macs
+    return previous
+
+
+def set_hpack_threshold(int64_t elems):
+    """Set the fewest elements of a layer input H_k (batch rows x n_in) that
+    a training row split packs by rows for its part-2 products
+    (hpack_min_elems); returns the previous value.  For tests and
+    measurements: results are the same either way."""
+    global hpack_min_elems
+    if elems < 0:
+        raise ValueError("the threshold must be >= 0")
+    previous, hpack_min_elems = hpack_min_elems, elems
     return previous
 
 
