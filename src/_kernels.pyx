@@ -241,6 +241,10 @@ cdef int64_t pack_min_elems = 16384
 # bench/NOTES.md, "H packs").  Results do not depend on it
 # (set_hpack_threshold: the tests).
 cdef int64_t hpack_min_elems = 16384
+# ... and at most this many: a larger H_k no longer stays in cache between
+# its row tile and the pack, and its pack would be a second copy of a large
+# input (gradients() over all of X: H_0 is X itself, never gathered).
+cdef int64_t hpack_max_elems = 1 << 20
 
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.

@@ -45,8 +45,8 @@
 #     split each row tile also packs its own rows of H_k (pack_h_rows:
 #     fbp_gemm_pack_b_rows_*) right after writing them (H_0 after the
 #     gather, H_k after forward_cols of layer k - 1), into the H pack of
-#     the step (Plan.hk: pack_layout, for an H_k of hpack_min_elems
-#     elements or more, not sparse X's layer 0, whose gradient walks X's
+#     the step (Plan.hk: pack_layout, for an H_k of hpack_min_elems to
+#     hpack_max_elems elements, not sparse X's layer 0, whose gradient walks X's
 #     entries; plan_hpacks keeps those whose narrowest unit tile takes the
 #     GEMM's blocked path), and the unit tiles call fbp_gemm_packed_* on
 #     it (update_units_h; the same bits).  The H packs follow the W packs
@@ -273,7 +273,8 @@ cdef int64_t pack_layout(const Spec *s, bint train, int64_t rows,
     one: sparse X's layer 0 (sparse_forward_cols packs nothing), a W_k of
     fewer than pack_min_elems elements.  Training, hk[k]: layer k's input
     H_k (rows x n_in) packed as op(B) of its part-2 product (the row tiles
-    pack it by rows), for an H_k of hpack_min_elems elements or more, not
+    pack it by rows), for an H_k of hpack_min_elems to hpack_max_elems
+    elements, not
     sparse X's layer 0 (sparse_update_units walks X's entries); -1: none.
     Returns the buffer's elements, with 64 bytes to align its start (0: no
     packs).  Monotone in rows: a call sized for its largest step has room
@@ -295,7 +296,8 @@ cdef int64_t pack_layout(const Spec *s, bint train, int64_t rows,
             pk[PK_BACK + k] = off
             off += (fbp_gemm_packed_size(s.elem, n_in, n_out) + al - 1) // al * al
     for k in range(s.n_layers):
-        if train and rows * s.sizes[k] >= hpack_min_elems and not (k == 0 and s.x_nnz >= 0):
+        if (train and hpack_min_elems <= rows * s.sizes[k] <= hpack_max_elems
+                and not (k == 0 and s.x_nnz >= 0)):
             hk[k] = off
             off += (fbp_gemm_packed_size(s.elem, s.sizes[k], rows) + al - 1) // al * al
     return off + al if off > 0 else 0

@@ -9,8 +9,9 @@ pack buffer, and the unit tiles run fbp_gemm_packed_* on that copy.  Here:
 
 * the path runs (``team_stats``: ``hpacks`` counts the row ranges packed,
   ``tiles_hpack`` the unit tiles that read a packed H_k; per step exactly
-  what the rule gives), never on 1 thread, above the threshold, on the
-  unit split, or for a sparse X's layer 0;
+  what the rule gives), never on 1 thread, below the threshold, on the
+  unit split, for a sparse X's layer 0 or an H_k of more than 2**20
+  elements;
 * the results are bitwise those of 1 thread for coarse and fine tiles,
   float32 and float64, relu and tanh, with and without bias, with dropout,
   sample weights, Adam (the gradient path) and plain SGD (the fused step),
@@ -279,6 +280,25 @@ def test_h_packs_are_in_the_reported_workspace(forced, dtype):
                     flush_denormals=True)
     assert _kernels.team_stats()["tiles_hpack"] > 0
     assert theta.tobytes() == again._theta.tobytes()
+
+
+def test_a_large_h_k_is_not_packed(forced):
+    """gradients() over 4096 rows of 512 inputs: H_0 (X itself, 2**21
+    elements) is above hpack_max_elems (2**20) and not packed (no second
+    copy of X), H_1 (4096 x 4) is; 1 thread's bits."""
+    X = np.random.default_rng(0).standard_normal((4096, 512)).astype("float32")
+    Y = np.random.default_rng(1).standard_normal((4096, 2)).astype("float32")
+    out = []
+    for threads in (1, 2):
+        fastbp.set_num_threads(threads)
+        net = fastbp.MLP([512, 4, 2], output="identity", loss="squared_error", seed=0)
+        _kernels.team_stats(reset=True)
+        loss, g = net.gradients(X, Y)
+        out.append([np.float64(loss)] + [a for pair in g for a in pair])
+    st = _kernels.team_stats()
+    assert st["steps_team"] == 1 and st["hpacks"] == 2 and st["tiles_hpack"] == 1
+    for a, b in zip(*out):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
 def test_set_hpack_threshold_validates():
