@@ -913,8 +913,9 @@ class _BaseMLP(BaseEstimator):
         kernels, theta = net._net, net.flat_parameters
         dtype = theta.dtype
         n_threads = get_num_threads()
-        # with room for the pack wave's packed weights, so that no epoch
-        # allocates them itself (workspace_size, as fastbp.model's Epochs)
+        # with room for the pack wave's packed weights and the H packs, so
+        # that no epoch allocates them itself (workspace_size, as
+        # fastbp.model's Epochs)
         ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0]),
                                              sparse=_sparse.is_sparse(X), n_threads=n_threads,
                                              itemsize=dtype.itemsize), dtype=dtype)
