@@ -913,10 +913,10 @@ class _BaseMLP(BaseEstimator):
         kernels, theta = net._net, net.flat_parameters
         dtype = theta.dtype
         n_threads = get_num_threads()
-        # with room for the pack wave's packed weights, so that no epoch
-        # allocates them itself (workspace_size, as fastbp.model's Epochs)
-        # (sparse X: by the steps' own plan, nnz_per_row and the gradient
-        # the optimizer path takes)
+        # with room for the pack wave's packed weights and the H packs, so
+        # that no epoch allocates them itself (workspace_size, as
+        # fastbp.model's Epochs) (sparse X: by the steps' own plan,
+        # nnz_per_row and the gradient the optimizer path takes)
         ws = np.empty(kernels.workspace_size(min(batch_size, X.shape[0]),
                                              sparse=_sparse.is_sparse(X), n_threads=n_threads,
                                              itemsize=dtype.itemsize,

@@ -105,6 +105,10 @@ cdef extern from "fbp_gemm.h" nogil:
                              float *Bp, int64_t j0, int64_t j1)
     int fbp_gemm_pack_b_f64(int trans_b, int64_t N, int64_t K, const double *B, int64_t ldb,
                              double *Bp, int64_t j0, int64_t j1)
+    void fbp_gemm_pack_b_rows_f32(int trans_b, int64_t N, int64_t K, const float *B,
+                                  int64_t ldb, float *Bp, int64_t k0, int64_t k1)
+    void fbp_gemm_pack_b_rows_f64(int trans_b, int64_t N, int64_t K, const double *B,
+                                  int64_t ldb, double *Bp, int64_t k0, int64_t k1)
     void fbp_gemm_packed_f32(int trans_a, int64_t M, int64_t N, int64_t K,
                              float alpha, const float *A, int64_t lda, const float *Bp,
                              float beta, float *C, int64_t ldc,
@@ -249,6 +253,19 @@ cdef inline void note_call_ws(int64_t elems) noexcept:
     if elems > call_ws_peak:
         call_ws_peak = elems
 
+
+# A training row split packs layer k's input H_k (the batch rows x n_in)
+# for part 2 by rows, in the row tiles that wrote them (_steps.pxi,
+# pack_h_rows), when H_k has at least this many elements; the unit tiles
+# then read that copy instead of each packing H_k again (measured in
+# bench/NOTES.md, "H packs").  Results do not depend on it
+# (set_hpack_threshold: the tests).
+cdef int64_t hpack_min_elems = 16384
+# ... and at most this many: a larger H_k no longer stays in cache between
+# its row tile and the pack, and its pack would be a second copy of a large
+# input (gradients() over all of X: H_0 is X itself, never gathered).
+cdef int64_t hpack_max_elems = 1 << 20
+
 cdef enum:
     # The epoch loop polls for Ctrl-C after about this many multiply-adds.
     SIGNAL_POLL_MACS = 20000000
@@ -270,6 +287,9 @@ cdef struct Spec:
     int64_t x_update        # sparse X, training through grad (an optimizer, the SGD
                             # keywords, `gradients`): n_in n_out, the dense pass over
                             # W_0 a step makes, added to its cost (make_plan); else 0
+    int64_t h_rows          # training: the rows of the call's largest step, which the H
+                            # packs' size limit goes by (pack_layout), so that a shorter
+                            # step's layout fits in the call's buffer; 0: the step's own
 
 
 cdef enum:
@@ -403,6 +423,18 @@ cdef inline void pack_b(int tb, int64_t N, int64_t K,
         fbp_gemm_pack_b_f32(tb, N, K, B, ldb, Bp, j0, j1)
     else:
         fbp_gemm_pack_b_f64(tb, N, K, B, ldb, Bp, j0, j1)
+
+
+cdef inline void pack_b_rows(int tb, int64_t N, int64_t K,
+                             const floating *B, int64_t ldb,   # IN  op(B): B (K x N) or B^T (B: N x K)
+                             floating *Bp,                     # OUT its rows k0..k1, packed
+                             int64_t k0, int64_t k1) noexcept nogil:
+    """Rows k0..k1 of op(B) (every column) into the pre-packed Bp (the
+    layout of pack_b): disjoint row ranges write disjoint parts of Bp."""
+    if floating is float:
+        fbp_gemm_pack_b_rows_f32(tb, N, K, B, ldb, Bp, k0, k1)
+    else:
+        fbp_gemm_pack_b_rows_f64(tb, N, K, B, ldb, Bp, k0, k1)
 
 
 cdef inline void column_sums(const floating *d, int64_t m, int64_t n, int64_t ld,  # IN (m, n)
@@ -783,6 +815,7 @@ cdef class Network:
         self.spec.n_threads = 1
         self.spec.x_nnz = -1
         self.spec.x_update = 0
+        self.spec.h_rows = 0
         self._bind()
 
     cdef void _bind(self):
@@ -826,6 +859,7 @@ cdef class Network:
         cdef Spec s
         cdef bint train
         cdef int64_t pk[PK_SLOTS]
+        cdef int64_t hk[64]
         if itemsize not in (4, 8):
             raise ValueError("itemsize must be 4 or 8")
         if kind == "fit":
@@ -859,7 +893,7 @@ cdef class Network:
                 extra += call_packs(&s, rows, train)
             elif rows >= 2 * <int64_t>ROWS_PER_THREAD:   # (the fewest rows of a row split)
                 s.x_nnz = 0
-                extra += pack_layout(&s, train, pk)
+                extra += pack_layout(&s, train, rows, pk, hk)
         return make_work(&self.spec, rows, what).size + extra
 
     def fit_workspace_nbytes(self, int64_t batch_size, int64_t n_samples, int itemsize,
@@ -927,6 +961,7 @@ cdef class Network:
         s.elem = elem
         s.x_nnz = -1            # (x_data sets it for a sparse X)
         s.x_update = 0          # (fit and gradients set it for a sparse X)
+        s.h_rows = 0            # (fit and gradients set it: their largest step)
         return s
 
     def _check(self, theta, X, Y=None):
@@ -1094,6 +1129,7 @@ cdef class Network:
         # No gathered batch (X is used in place) and no SGD scratch: only
         # what a gradient over X needs.
         cdef Work w = make_work(&s, m, WS_TARGETS | WS_DELTAS)
+        s.h_rows = m
         cdef int64_t n_pack = call_packs(&s, m, True)
         cdef floating[::1] ws = np.empty(w.size + n_pack, dtype=np.asarray(theta).dtype)
         note_call_ws(w.size + n_pack)
@@ -1334,6 +1370,7 @@ cdef class Network:
                 e.drop.dbuf = &dbuf[0]
         # The packs of the team steps (workspace_size(..., n_threads=) has
         # room for them after the dropped activations; else allocated here).
+        s.h_rows = rows
         n_pack = call_packs(&s, rows, True)
         cdef void *packs = NULL
         if n_pack > 0:
@@ -1463,6 +1500,18 @@ def set_parallel_threshold(int64_t macs):
     if macs < 0:
         raise ValueError("the threshold must be >= 0")
     previous, par_min_macs = par_min_macs, macs
+    return previous
+
+
+def set_hpack_threshold(int64_t elems):
+    """Set the fewest elements of a layer input H_k (batch rows x n_in) that
+    a training row split packs by rows for its part-2 products
+    (hpack_min_elems); returns the previous value.  For tests and
+    measurements: results are the same either way."""
+    global hpack_min_elems
+    if elems < 0:
+        raise ValueError("the threshold must be >= 0")
+    previous, hpack_min_elems = hpack_min_elems, elems
     return previous
 
 

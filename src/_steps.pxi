@@ -42,10 +42,22 @@
 #     GEMM packs its own, as before.  Coarse tiles (one of rows, and one of each layer's units,
 #     per thread) unless the last coarse steps left thread 0 waiting: then
 #     fine ones (several per thread: less to wait for when a thread loses
-#     its core).  Each unit tile packs the layer's input (op(B) = A_k), so
-#     fine unit tiles still cost work; fine row tiles now cost only their
-#     shorter products (before the pack wave, callgrind 784-256-128-10 b128
-#     AVX2: kernels +10.8% over 1 thread fine, +3.9% coarse);
+#     its core).  Each unit tile of layer k multiplies by the layer's input
+#     (op(B) = H_k = layer_in: X's rows, D_k with dropout, else A_k; K = the
+#     m batch rows, N = n_in), and its GEMM would pack all of H_k again, cold
+#     (the other row tiles wrote the other rows).  So in a training row
+#     split each row tile also packs its own rows of H_k (pack_h_rows:
+#     fbp_gemm_pack_b_rows_*) right after writing them (H_0 after the
+#     gather, H_k after forward_cols of layer k - 1), into the H pack of
+#     the step (Plan.hk: pack_layout, for an H_k of hpack_min_elems to
+#     hpack_max_elems elements, not sparse X's layer 0, whose gradient walks X's
+#     entries; plan_hpacks keeps those whose narrowest unit tile takes the
+#     GEMM's blocked path), and the unit tiles call fbp_gemm_packed_* on
+#     it (update_units_h; the same bits).  The H packs follow the W packs
+#     in the same buffer (call_packs counts both; the layout for the m of
+#     each step, monotone in m, so a call sized for its largest batch has
+#     room for a shorter last one) and, like them, are valid only in their
+#     step;
 #   * unit split (a small batch): part 1 layer by layer, each GEMM's output
 #     columns cut into tiles: forward waves 0..L-1, one wave of output rows
 #     and losses, backprop waves for delta_{L-1} .. delta_1, then the same
@@ -57,10 +69,16 @@
 # its own column range of one pack (fbp_gemm_pack_b_*: disjoint ranges
 # write disjoint parts of Bp, and each pack has its own 64-byte aligned
 # slot of the buffer), reading W_k, which nothing writes before part 2;
+# a row tile also writes its own rows of each H pack (fbp_gemm_pack_b_rows_*:
+# disjoint row ranges write disjoint bytes, padding lanes included, and
+# the H packs have slots of their own after the W packs), reading only the
+# rows of H_k it wrote itself (or X's rows);
 # what a tile reads was finished in an earlier wave (the row tiles read the
-# packs after the pack wave, whose end fbp_team_wait_wave makes visible), or
-# in an earlier chunk of the same forward call (finished before the caller
-# opened this chunk's generation, which a thread sees before its first tile).
+# packs after the pack wave, the unit tiles the H packs after the row
+# wave, whose ends fbp_team_wait_wave makes visible; part 2 writes theta,
+# grad and colsum, never H_k or its pack), or in an earlier chunk of the
+# same forward call (finished before the caller opened this chunk's
+# generation, which a thread sees before its first tile).
 # So every write inside a parallel region is private to the thread running
 # that tile.  The GEMM gives each element the same bits whatever block it
 # is computed in, packed op(B) or not (fbp_gemm.h), per-sample losses are
@@ -86,6 +104,8 @@ cdef extern from "fbp_team.h" nogil:
     void fbp_stat_tiles(int caller, int64_t n, int late)
     void fbp_stat_region()
     void fbp_stat_pack_tile()
+    void fbp_stat_hpack()
+    void fbp_stat_hpack_tile()
     void fbp_stat_team_step(fbp_team *T, int64_t t0, int64_t t1, int64_t wait,
                             int64_t wait_last, int fine)
     int fbp_team_loss_last(fbp_team *T, int v)
@@ -97,7 +117,8 @@ _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoff
                "slow_backoffs", "steps_probe", "steps_fine", "fines", "tiles_caller",
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
                "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n",
-               "verdicts", "verdicts_worker", "verdict_stops", "tiles_pack")
+               "verdicts", "verdicts_worker", "verdict_stops", "tiles_pack",
+               "hpacks", "tiles_hpack")
 
 
 def team_stats(bint reset=False):
@@ -175,6 +196,10 @@ cdef struct Plan:
                             # and W_k (pk[PK_BACK + k], delta_k) packed; -1: gemm packs it
     int pk_slot[PK_SLOTS]   # pack i of the wave is pk[pk_slot[i]]
     int pk_first[PK_SLOTS + 1]   # pack i's first tile in the pack wave; [n_packs] = count
+    # The H packs of a training row split (pack_layout, plan_hpacks):
+    int n_hpacks            # layers whose input H_k the row tiles pack (0: none)
+    int64_t hk[64]          # where in the step's packs H_k (op(B) of layer k's part-2
+                            # product: K = m rows, N = n_in) goes; -1: the unit tiles pack it
 
 
 cdef struct Job:
@@ -247,19 +272,30 @@ cdef void make_plan(const Spec *s, int64_t m, bint train, bint with_loss,
     make_plan_tiles(s, m, train, with_loss, False, False, p)
 
 
-cdef int64_t pack_layout(const Spec *s, bint train,
-                         int64_t *pk) noexcept nogil:   # OUT PK_SLOTS offsets
-    """The packs a row-split step of a call may use, and where they go in
-    the call's pack buffer (offsets in elements, multiples of 64 bytes):
-    pk[k] W_k^T packed for layer k's forward product, pk[PK_BACK + k]
+cdef int64_t pack_layout(const Spec *s, bint train, int64_t rows,
+                         int64_t *pk,                   # OUT PK_SLOTS offsets
+                         int64_t *hk) noexcept nogil:   # OUT n_layers offsets
+    """The packs a row-split step of `rows` rows of a call may use, and where
+    they go in the call's pack buffer (offsets in elements, multiples of 64
+    bytes): pk[k] W_k^T packed for layer k's forward product, pk[PK_BACK + k]
     (training, k >= 1) W_k for delta_k's; -1 for a product that never takes
     one: sparse X's layer 0 (sparse_forward_cols packs nothing), a W_k of
-    fewer than pack_min_elems elements.  Returns the buffer's elements,
-    with 64 bytes to align its start (0: no packs)."""
+    fewer than pack_min_elems elements.  Training, hk[k]: layer k's input
+    H_k (rows x n_in) packed as op(B) of its part-2 product (the row tiles
+    pack it by rows), for an H_k of hpack_min_elems to hpack_max_elems
+    elements, not
+    sparse X's layer 0 (sparse_update_units walks X's entries); -1: none.
+    The upper limit is tested on s.h_rows (the call's largest step) where
+    it is set, so that the layout stays monotone in rows.
+    Returns the buffer's elements, with 64 bytes to align its start (0: no
+    packs).  Monotone in rows (for one s.h_rows): a call sized for its
+    largest step has room for every shorter one's."""
     cdef int64_t off = 0, n_in, n_out, al = 64 // s.elem
     cdef int k, q
     for q in range(PK_SLOTS):
         pk[q] = -1
+    for k in range(s.n_layers):
+        hk[k] = -1
     for k in range(s.n_layers):
         n_in, n_out = s.sizes[k], s.sizes[k + 1]
         if n_in * n_out < pack_min_elems:
@@ -270,6 +306,16 @@ cdef int64_t pack_layout(const Spec *s, bint train,
         if train and k >= 1:
             pk[PK_BACK + k] = off
             off += (fbp_gemm_packed_size(s.elem, n_in, n_out) + al - 1) // al * al
+    # (the upper limit goes by the call's largest step, s.h_rows: by the
+    # step's own rows a shorter last batch could take an H pack that the
+    # call's layout, of its largest step, has no room for)
+    cdef int64_t h_rows = s.h_rows if s.h_rows > 0 else rows
+    for k in range(s.n_layers):
+        if (train and hpack_min_elems <= rows * s.sizes[k]
+                and h_rows * s.sizes[k] <= hpack_max_elems
+                and not (k == 0 and s.x_nnz >= 0)):
+            hk[k] = off
+            off += (fbp_gemm_packed_size(s.elem, s.sizes[k], rows) + al - 1) // al * al
     return off + al if off > 0 else 0
 
 
@@ -278,11 +324,10 @@ cdef int64_t call_packs(const Spec *s, int64_t rows, bint train) noexcept nogil:
     rows needs (pack_layout), 0 when none of its steps can be a row split
     on a team (a step of fewer rows is no more likely to be one)."""
     cdef Plan p
-    cdef int64_t pk[PK_SLOTS]
     make_plan(s, rows, train, True, &p)
     if p.nt <= 1 or p.by_units:
         return 0
-    return pack_layout(s, train, pk)
+    return pack_layout(s, train, rows, p.pk, p.hk)
 
 
 cdef inline floating *align_packs(floating *buf) noexcept nogil:
@@ -290,9 +335,10 @@ cdef inline floating *align_packs(floating *buf) noexcept nogil:
     return <floating *>((<uintptr_t>buf + 63) & ~(<uintptr_t>63))
 
 
-cdef int plan_packs(const Spec *s, bint train, int64_t rows, Plan *p) noexcept nogil:
+cdef int plan_packs(const Spec *s, bint train, int64_t m, int64_t rows,
+                    Plan *p) noexcept nogil:
     """The pack wave of a row-split step whose row tiles have at least
-    `rows` rows: the packs of pack_layout whose products a row tile would
+    `rows` rows (of m): the packs of pack_layout whose products a row tile would
     run on the GEMM's blocked path (more than PACK_SMALL_MNK multiply-adds;
     on the small path nothing is packed), each cut into column tiles of
     about PACK_TILE_ELEMS elements at multiples of the packed NR.  Returns
@@ -301,7 +347,7 @@ cdef int plan_packs(const Spec *s, bint train, int64_t rows, Plan *p) noexcept n
     cdef int64_t N, K, elems = 0, chunk, t
     p.pack_wave = -1
     p.n_packs = 0
-    if pack_layout(s, train, p.pk) == 0:
+    if pack_layout(s, train, m, p.pk, p.hk) == 0:
         return 0
     for q in range(PK_SLOTS):
         if p.pk[q] < 0:
@@ -368,6 +414,29 @@ cdef void reuse_packs(Plan *p,
     p.pack_wave = -1
 
 
+cdef void plan_hpacks(const Spec *s, int64_t m, Plan *p) noexcept nogil:
+    """The H packs of a training row split of m rows (p.hk of pack_layout,
+    set by plan_packs; p.p2_first set): keep H_k where the narrowest unit
+    tile of layer k runs its product (units x n_in x m) on the GEMM's
+    blocked path (more than PACK_SMALL_MNK multiply-adds: the small path
+    packs nothing); sets p.n_hpacks."""
+    cdef int k, t, n
+    cdef int64_t units, narrow
+    p.n_hpacks = 0
+    for k in range(s.n_layers):
+        if p.hk[k] < 0:
+            continue
+        units = s.sizes[k + 1]
+        n = <int>(p.p2_first[k + 1] - p.p2_first[k])
+        narrow = units
+        for t in range(n):
+            narrow = min(narrow, cut(units, t + 1, n, p.mr) - cut(units, t, n, p.mr))
+        if narrow * s.sizes[k] * m <= PACK_SMALL_MNK:
+            p.hk[k] = -1
+        else:
+            p.n_hpacks += 1
+
+
 cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, bint fine,
                           bint with_packs, Plan *p) noexcept nogil:
     """Threads, split and tiles for m rows: a training step (train), or a
@@ -396,6 +465,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
     p.use_packs = False
     p.row_wave = 0
     p.n_packs = 0
+    p.n_hpacks = 0
     if p.nt == 1:
         return
     fbp_gemm_tile_shape(s.elem, &p.mr, &p.nr)
@@ -415,7 +485,7 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
             rows = m
             for i in range(t1):
                 rows = min(rows, cut(m, i + 1, t1, p.row_align) - cut(m, i, t1, p.row_align))
-            nw = plan_packs(s, train, rows, p)
+            nw = plan_packs(s, train, m, rows, p)
         p.row_wave = nw
         p.n_tiles[nw] = <int>t1
         if with_loss:
@@ -446,6 +516,8 @@ cdef void make_plan_tiles(const Spec *s, int64_t m, bint train, bint with_loss, 
                 UNIT_TILES_PER_THREAD if fine or p.by_units else 1)
         p.n_tiles[nw] = <int>p.p2_first[L]
         nw += 1
+        if with_packs and not p.by_units:
+            plan_hpacks(s, m, p)
     p.n_waves = nw
 
 
@@ -469,6 +541,22 @@ cdef inline const floating *packed_w(const floating *packs,   # IN the step's pa
     return packs + pk[q]
 
 
+cdef inline void pack_h_rows(const Spec *s, const Extra *e, floating *ws, const Work *w,
+                             const floating *x,    # IN  batch input, row 0 (ld n_in)
+                             int k, int64_t m, int64_t r0, int64_t r1,
+                             floating *packs,      # OUT rows r0..r1 of H_k packed (Plan.hk)
+                             const int64_t *hk) noexcept nogil:
+    """Rows r0..r1 of layer k's input H_k (layer_in: X's rows, D_k or A_k),
+    just written by this row tile, into H_k's pack of the step (op(B) of
+    the part-2 product, K = m), if it has one: a row range writes only its
+    own bytes of the pack (fbp_gemm_pack_b_rows_*)."""
+    if hk == NULL or hk[k] < 0:
+        return
+    pack_b_rows(0, s.sizes[k], m, layer_in(e, ws, w, x, k), s.sizes[k],
+                packs + hk[k], r0, r1)
+    fbp_stat_hpack()
+
+
 cdef void forward_rows(const Spec *s, const Extra *e,
                        const floating *theta,       # IN  parameters
                        floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
@@ -477,11 +565,28 @@ cdef void forward_rows(const Spec *s, const Extra *e,
                        const floating *packs,       # IN  the step's packs (Plan.pk), or NULL
                        const int64_t *pk) noexcept nogil:
     """Every layer's activations for batch rows r0..r1, cached in the workspace."""
+    forward_rows_h(s, e, theta, ws, w, x, r0, r1, packs, pk, NULL, 0)
+
+
+cdef void forward_rows_h(const Spec *s, const Extra *e,
+                         const floating *theta,       # IN  parameters
+                         floating *ws, const Work *w,  # OUT activations, yhat rows r0..r1
+                         const floating *x,           # IN  batch input, row 0 (ld n_in)
+                         int64_t r0, int64_t r1,
+                         const floating *packs,       # IN  the step's packs (Plan.pk); OUT rows r0..r1
+                                                      #     of the H packs (Plan.hk), or NULL
+                         const int64_t *pk,
+                         const int64_t *hk,           # Plan.hk of a training row split, or NULL
+                         int64_t m) noexcept nogil:   # the batch's rows (K of the H packs)
+    """forward_rows, and with hk, each H_k (k >= 1) packed by rows r0..r1
+    right after forward_cols wrote them (pack_h_rows; H_0 is the caller's)."""
     cdef int k, L = s.n_layers
     cdef int64_t i, n_out
     for k in range(L):
         forward_cols(s, e, theta, ws, w, x, k, r0, r1, 0, s.sizes[k + 1],
                      packed_w(packs, pk, k))
+        if hk != NULL and k + 1 < L:
+            pack_h_rows(s, e, ws, w, x, k + 1, m, r0, r1, <floating *>packs, hk)
     n_out = s.sizes[L]
     for i in range(r0, r1):
         output_row(s, ws + w.act[L] + i * n_out, ws + w.yhat + i * n_out)
@@ -612,13 +717,30 @@ cdef void phase1(const Spec *s, const Extra *e, const floating *theta,
                  const floating *packs,                  # IN the step's packs (Plan.pk), or NULL
                  const int64_t *pk) noexcept nogil:
     """Rows r0..r1 of a batch: gather, forward, loss, and (want_delta) backprop."""
+    phase1_h(s, e, theta, ws, w, X, Y, rows, start, m, r0, r1, want_delta, packs, pk, NULL)
+
+
+cdef void phase1_h(const Spec *s, const Extra *e, const floating *theta,
+                   floating *ws, const Work *w,
+                   const floating *X, const floating *Y,   # IN the data set
+                   const int64_t *rows,                    # IN the batch's row indices, or NULL
+                   int64_t start, int64_t m, int64_t r0, int64_t r1,
+                   bint want_delta,
+                   const floating *packs,                  # IN the step's packs (Plan.pk), or NULL;
+                                                           # OUT rows r0..r1 of the H packs
+                   const int64_t *pk,
+                   const int64_t *hk) noexcept nogil:      # Plan.hk (training row split), or NULL
+    """phase1, and with hk, rows r0..r1 of each H_k packed for part 2 as
+    soon as they are written (H_0: after the gather)."""
     cdef const floating *x = X + start * s.sizes[0]
     cdef const floating *y = Y + start * s.sizes[s.n_layers]
     if rows != NULL:
         gather_rows(s, ws, w, X, Y, rows, r0, r1)
         x = ws + w.act[0]
         y = ws + w.y
-    forward_rows(s, e, theta, ws, w, x, r0, r1, packs, pk)
+    if hk != NULL:
+        pack_h_rows(s, e, ws, w, x, 0, m, r0, r1, <floating *>packs, hk)
+    forward_rows_h(s, e, theta, ws, w, x, r0, r1, packs, pk, hk, m)
     loss_rows(s, e, ws, w, y, rows, start, m, r0, r1, want_delta)
     if want_delta:
         backprop_rows(s, e, theta, ws, w, r0, r1, packs, pk)
@@ -634,6 +756,20 @@ cdef void update_units(const Spec *s, const Extra *e,
                        int64_t m, int k, int64_t o0, int64_t o1) noexcept nogil:
     """Units o0..o1 of layer k: store their gradient (and, on the optimizer
     path, step them right away: opt_units), or the fused plain SGD step."""
+    update_units_h(s, e, theta, grad, lr, snap, ws, w, x, m, k, o0, o1, NULL)
+
+
+cdef void update_units_h(const Spec *s, const Extra *e,
+                         floating *theta,        # IN, and OUT when grad == NULL or on the optimizer path
+                         floating *grad,         # OUT gradient of the batch objective, or NULL
+                         floating lr,            # the SGD step when grad == NULL
+                         floating *snap,         # OUT copy of what this call updates, or NULL
+                         floating *ws, const Work *w,  # IN activations, deltas; colsum scratch
+                         const floating *x,      # IN batch input, row 0 (ld n_in)
+                         int64_t m, int k, int64_t o0, int64_t o1,
+                         const floating *hp) noexcept nogil:  # IN H_k packed by the row tiles, or NULL
+    """update_units; with hp, the product reads op(B) = H_k from the step's
+    H pack (Plan.hk) instead of packing H_k itself: the same bits."""
     cdef int64_t j, n_in = s.sizes[k], n_out = s.sizes[k + 1]
     cdef const floating *d = ws + w.delta[k + 1] + o0   # columns o0..o1 of delta (ld n_out)
     cdef const floating *h = layer_in(e, ws, w, x, k)
@@ -643,11 +779,19 @@ cdef void update_units(const Spec *s, const Extra *e,
     if k == 0 and e.sp != NULL:   # sparse X: _sparse.pxi
         sparse_update_units(s, e, theta, grad, lr, snap, ws, w, m, o0, o1)
         return
+    if hp != NULL:
+        fbp_stat_hpack_tile()
     if grad != NULL:
-        gemm(1, 0, o1 - o0, n_in, m,
-             <floating>1, d, n_out, h, n_in,
-             <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
-             NULL, ACT_IDENTITY, NULL, 0, 1)
+        if hp != NULL:
+            gemm_packed(1, o1 - o0, n_in, m,
+                        <floating>1, d, n_out, hp,
+                        <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
+                        NULL, ACT_IDENTITY, NULL, 0)
+        else:
+            gemm(1, 0, o1 - o0, n_in, m,
+                 <floating>1, d, n_out, h, n_in,
+                 <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
+                 NULL, ACT_IDENTITY, NULL, 0, 1)
         if s.b_off[k] >= 0:
             column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
         if e.opt != NULL:
@@ -659,10 +803,16 @@ cdef void update_units(const Spec *s, const Extra *e,
         if s.b_off[k] >= 0:
             memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
                    (o1 - o0) * sizeof(floating))
-    gemm(1, 0, o1 - o0, n_in, m,
-         -lr, d, n_out, h, n_in,
-         <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
-         NULL, ACT_IDENTITY, NULL, 0, 1)
+    if hp != NULL:
+        gemm_packed(1, o1 - o0, n_in, m,
+                    -lr, d, n_out, hp,
+                    <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+                    NULL, ACT_IDENTITY, NULL, 0)
+    else:
+        gemm(1, 0, o1 - o0, n_in, m,
+             -lr, d, n_out, h, n_in,
+             <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
+             NULL, ACT_IDENTITY, NULL, 0, 1)
     if s.b_off[k] >= 0:
         colsum = ws + w.colsum[k]
         column_sums(d, m, o1 - o0, n_out, colsum + o0)
@@ -728,7 +878,8 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
     """Tile t of wave `wave` of the plan (see the block above Plan)."""
     cdef int L = s.n_layers, k
     cdef int64_t n = p.n_tiles[wave], a, b, i
-    cdef floating *packs = <floating *>job.packs if p.use_packs else NULL
+    cdef floating *packs = <floating *>job.packs if p.use_packs or p.n_hpacks > 0 else NULL
+    cdef const int64_t *hk = p.hk if packs != NULL and p.n_hpacks > 0 else NULL
     cdef const Extra *e = job.e
     cdef const int64_t *rows = job.rows
     cdef int64_t start = job.start, m = job.m
@@ -746,15 +897,17 @@ cdef void run_tile(const Spec *s, const Plan *p, int wave, int64_t t, const Job 
             k += 1
         n = p.p2_first[k + 1] - p.p2_first[k]
         t -= p.p2_first[k]
-        update_units(s, e, theta, <floating *>job.grad, <floating>job.lr, <floating *>job.snap,
-                     ws, w, x, m, k,
-                     cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr))
+        update_units_h(s, e, theta, <floating *>job.grad, <floating>job.lr, <floating *>job.snap,
+                       ws, w, x, m, k,
+                       cut(s.sizes[k + 1], t, n, p.mr), cut(s.sizes[k + 1], t + 1, n, p.mr),
+                       packs + hk[k] if hk != NULL and hk[k] >= 0 else NULL)
     elif not p.by_units:                      # row split: rows through everything
         a, b = cut(m, t, n, p.row_align), cut(m, t + 1, n, p.row_align)
         if Y == NULL:
             forward_rows(s, e, theta, ws, w, x, a, b, packs, p.pk)
         else:
-            phase1(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train, packs, p.pk)
+            phase1_h(s, e, theta, ws, w, X, Y, rows, start, m, a, b, train, packs, p.pk,
+                     hk if train else NULL)
     elif wave < L:                            # unit split: forward of layer `wave`
         k = wave
         forward_cols(s, e, theta, ws, w, x, k, 0, m, cut(s.sizes[k + 1], t, n, p.nr),
@@ -884,7 +1037,7 @@ cdef void team_run(fbp_team *T, unsigned *gen, Job *job, const Plan *p,
     job.plan = p[0]
     job.theta, job.grad, job.snap, job.lr, job.e = theta, grad, snap, lr, e
     job.rows, job.start, job.m, job.train, job.has_y = rows, start, m, train, Y != NULL
-    job.packs = packs if p.use_packs else NULL
+    job.packs = packs if p.use_packs or p.n_hpacks > 0 else NULL
     if rows != NULL and p.by_units:   # the (small) batch is gathered first
         gather_rows(s, ws, w, X, Y, rows, 0, m)
     # (the loss verdict is for training steps only: no loss wave otherwise)

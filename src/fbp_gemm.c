@@ -121,6 +121,16 @@
  * off the vector alignment (the kernels' aligned loads) is copied a slab
  * at a time into the buffer first.
  *
+ * Packing by rows (fbp_gemm_pack_b_rows_*; issue 11): the part-2 unit
+ * tiles of a row-split step each multiply some rows of delta^T by the same
+ * op(B) = H_k (K = the batch rows), whose rows the row tiles of the step
+ * wrote.  So each row tile packs its own rows [k0, k1) of op(B), while they
+ * are in its cache, into the same layout: in each slab the rows cross, in
+ * every sliver, the run of values (k0' - pc) * NR .. (k1' - pc) * NR, a
+ * byte range no other row range touches (the zero padding lanes of the last
+ * sliver in the same rows: each row range pads its own rows).  Stateless,
+ * like the column pack.
+ *
  * Memory: one thread-local buffer per thread (MC*KC + KC*min(NC, N) values;
  * MC*KC for a packed call), grown on demand and reused; freed by a pthread
  * key destructor when the thread exits.  If it cannot be allocated the
@@ -325,13 +335,13 @@ static int avx2_tiles(int64_t M, int64_t N, int64_t K)
  * that packing. */
 struct blk_f32 {
     fbp_blk_fn_f32 *fn; int64_t MR, NR;
-    fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb;
+    fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb; fbp_packbr_fn_f32 *packb_rows;
 };
 struct blk_f64 {
     fbp_blk_fn_f64 *fn; int64_t MR, NR;
-    fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb;
+    fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb; fbp_packbr_fn_f64 *packb_rows;
 };
-#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb}
+#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb, NAME##_packb_rows}
 static const struct blk_f32 blk_f32_table[N_ISA] = {
     BLK(fbp_gemm_blk_generic_f32, 6, 8),
 #ifdef FBP_X86
@@ -504,6 +514,13 @@ int fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K, const T *B,        
     if (j0 % nr != 0 || (j1 < N && j1 % nr != 0)) return -1;                    \
     blk_##SFX##_table[isa].packb(trans_b, N, K, B, ldb, Bp, j0, j1);            \
     return 0;                                                                   \
+}                                                                               \
+                                                                                \
+void fbp_gemm_pack_b_rows_##SFX(int trans_b, int64_t N, int64_t K, const T *B,  \
+                                int64_t ldb, T *Bp, int64_t k0, int64_t k1)     \
+{                                                                               \
+    blk_##SFX##_table[current_isa()].packb_rows(trans_b, N, K, B, ldb, Bp, k0,  \
+                                                k1);                            \
 }                                                                               \
                                                                                 \
 /* The current ISA's pre-packed driver for every shape with K >= 1 (never the  \

@@ -137,6 +137,20 @@ int64_t fbp_gemm_packed_nr(int elem_size);
  * j1 < N not a multiple of NR: it would write padding that belongs to the
  * next range).  Serial, no allocation, nogil-safe.
  *
+ * fbp_gemm_pack_b_rows_f32 / fbp_gemm_pack_b_rows_f64: the same packing
+ * (the same Bp, of fbp_gemm_packed_size(sizeof(T), N, K) elements) of rows
+ * [k0, k1) of op(B) only, every column (0 <= k0 <= k1 <= K; k0 < 0 is taken
+ * as 0, k1 > K as K; an empty range or N <= 0 writes nothing).  No
+ * alignment asked of k0 or k1: in every slab and sliver it writes exactly
+ * the k-major values of those rows (the zero padding lanes of the last
+ * sliver included), so different row ranges write disjoint parts of Bp,
+ * threads may pack them concurrently, and ranges that cover [0, K) leave
+ * Bp bitwise as fbp_gemm_pack_b_SFX(0, N) does; never writes outside
+ * Bp[0 : packed_size].  For a product whose op(B) rows are produced in
+ * row blocks by different threads (a training step's layer input H_k,
+ * K = the batch rows): each packs its own rows while they are in its
+ * cache.  Serial, no allocation, nogil-safe.
+ *
  * fbp_gemm_packed_f32 / fbp_gemm_packed_f64: as fbp_gemm_SFX(trans_a,
  * <trans_b>, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, act, dsrc,
  * ldd, 1) with op(B) given pre-packed in Bp (all N columns, packed by
@@ -154,6 +168,10 @@ int fbp_gemm_pack_b_##SFX(int trans_b, int64_t N, int64_t K,                    
                           const T *B, int64_t ldb,   /* IN  */                  \
                           T *Bp,                     /* OUT */                  \
                           int64_t j0, int64_t j1);                              \
+void fbp_gemm_pack_b_rows_##SFX(int trans_b, int64_t N, int64_t K,              \
+                                const T *B, int64_t ldb,   /* IN  */            \
+                                T *Bp,                     /* OUT */            \
+                                int64_t k0, int64_t k1);                        \
 void fbp_gemm_packed_##SFX(int trans_a, int64_t M, int64_t N, int64_t K,        \
                            T alpha, const T *A, int64_t lda,   /* IN  */        \
                            const T *Bp,                        /* IN  */        \

@@ -224,7 +224,10 @@ typedef void fbp_blk_fn_##SFX(const struct job_##SFX *jb, int64_t i0,           
  * Bp, and that packing (columns [j0, j1)): fbp_gemm.h, fbp_gemm_kernels.h. */  \
 typedef void fbp_pre_fn_##SFX(const struct job_##SFX *jb, const T *Bp);         \
 typedef void fbp_packb_fn_##SFX(int trans_b, int64_t N, int64_t K, const T *B,  \
-                                int64_t ldb, T *Bp, int64_t j0, int64_t j1);
+                                int64_t ldb, T *Bp, int64_t j0, int64_t j1);    \
+/* The same packing by rows [k0, k1) of op(B) (fbp_gemm_pack_b_rows_*). */      \
+typedef void fbp_packbr_fn_##SFX(int trans_b, int64_t N, int64_t K, const T *B, \
+                                 int64_t ldb, T *Bp, int64_t k0, int64_t k1);
 FBP_GEMM_FN_TYPE(float, f32)
 FBP_GEMM_FN_TYPE(double, f64)
 
@@ -253,16 +256,20 @@ FBP_HIDDEN fbp_blk_fn_f32 fbp_gemm_blk_avx2_f32, fbp_gemm_blk_avx512_f32;
 FBP_HIDDEN fbp_blk_fn_f64 fbp_gemm_blk_avx2_f64, fbp_gemm_blk_avx512_f64;
 #endif
 /* The same files: per ISA, the pre-packed driver and its packing (the
- * blocked driver's NAME##_pre and NAME##_packb). */
+ * blocked driver's NAME##_pre, NAME##_packb and NAME##_packb_rows). */
 FBP_HIDDEN fbp_pre_fn_f32 fbp_gemm_blk_generic_f32_pre;
 FBP_HIDDEN fbp_pre_fn_f64 fbp_gemm_blk_generic_f64_pre;
 FBP_HIDDEN fbp_packb_fn_f32 fbp_gemm_blk_generic_f32_packb;
 FBP_HIDDEN fbp_packb_fn_f64 fbp_gemm_blk_generic_f64_packb;
+FBP_HIDDEN fbp_packbr_fn_f32 fbp_gemm_blk_generic_f32_packb_rows;
+FBP_HIDDEN fbp_packbr_fn_f64 fbp_gemm_blk_generic_f64_packb_rows;
 #ifdef FBP_X86
 FBP_HIDDEN fbp_pre_fn_f32 fbp_gemm_blk_avx2_f32_pre, fbp_gemm_blk_avx512_f32_pre;
 FBP_HIDDEN fbp_pre_fn_f64 fbp_gemm_blk_avx2_f64_pre, fbp_gemm_blk_avx512_f64_pre;
 FBP_HIDDEN fbp_packb_fn_f32 fbp_gemm_blk_avx2_f32_packb, fbp_gemm_blk_avx512_f32_packb;
 FBP_HIDDEN fbp_packb_fn_f64 fbp_gemm_blk_avx2_f64_packb, fbp_gemm_blk_avx512_f64_packb;
+FBP_HIDDEN fbp_packbr_fn_f32 fbp_gemm_blk_avx2_f32_packb_rows, fbp_gemm_blk_avx512_f32_packb_rows;
+FBP_HIDDEN fbp_packbr_fn_f64 fbp_gemm_blk_avx2_f64_packb_rows, fbp_gemm_blk_avx512_f64_packb_rows;
 #endif
 
 #endif /* FBP_GEMM_INTERNAL_H */

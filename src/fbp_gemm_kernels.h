@@ -14,7 +14,7 @@
  * here is static (the micro-kernels, the packing) except each ISA's small
  * path and blocked drivers, which are the hidden fbp_gemm_small_* /
  * fbp_gemm_blk_* (and the pre-packed fbp_gemm_blk_*_pre, with its packing
- * fbp_gemm_blk_*_packb) that fbp_gemm.c dispatches to.  Include it after
+ * fbp_gemm_blk_*_packb by columns and fbp_gemm_blk_*_packb_rows by rows) that fbp_gemm.c dispatches to.  Include it after
  * fbp_gemm_internal.h.
  */
 #ifndef FBP_GEMM_KERNELS_H
@@ -361,7 +361,9 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t 
  *                              thread buffer after A's block);
  *   NAME##_pre(jb, Bp)         the whole job with op(B) pre-packed in Bp by
  *                              NAME##_packb (fbp_gemm.h: fbp_gemm_pack_b_*);
- *   NAME##_packb(..., j0, j1)  that packing, columns [j0, j1) only.
+ *   NAME##_packb(..., j0, j1)  that packing, columns [j0, j1) only;
+ *   NAME##_packb_rows(..., k0, k1)  the same layout, rows [k0, k1) of op(B)
+ *                              only (all columns).
  * The pre-packed layout is the driver's own: for each NC-wide panel jc, for
  * each KC-deep slab pc, the NR-wide slivers of op(B)[pc:pc+kc, jc:jc+nc]
  * (k-major, edge sliver zero-padded), i.e. what NAME packs into its buffer,
@@ -474,6 +476,37 @@ FBP_HIDDEN TARGET void NAME##_packb(int tb, int64_t N, int64_t K, const T *B,   
             const int64_t kc = K - pc < KC ? K - pc : KC;                       \
             pack_b_##SFX(&jb, pc, kc, s0, s1 - s0, NR,                          \
                          Bp + jc * K + pc * ncp + (s0 - jc) * kc);              \
+        }                                                                       \
+    }                                                                           \
+}                                                                               \
+/* Rows [k0, k1) of op(B) (all N columns) into the pre-packed layout at Bp:    \
+ * in each slab the rows cross, in every sliver, the k-major run of those     \
+ * rows (NR values each, the last sliver's padding lanes zero): disjoint      \
+ * row ranges write disjoint bytes, together what NAME##_packb writes. */     \
+FBP_HIDDEN TARGET void NAME##_packb_rows(int tb, int64_t N, int64_t K,          \
+                                         const T *B, int64_t ldb, T *Bp,        \
+                                         int64_t k0, int64_t k1)                \
+{                                                                               \
+    if (k0 < 0) k0 = 0;                                                         \
+    if (k1 > K) k1 = K;                                                         \
+    if (N <= 0 || k0 >= k1) return;                                             \
+    for (int64_t jc = 0; jc < N; jc += NC) {                                    \
+        const int64_t nc = N - jc < NC ? N - jc : NC;                           \
+        const int64_t ncp = (nc + NR - 1) / NR * NR;                            \
+        for (int64_t pc = k0 / KC * KC; pc < k1; pc += KC) {                    \
+            const int64_t kc = K - pc < KC ? K - pc : KC;                       \
+            const int64_t r0 = k0 > pc ? k0 : pc;                               \
+            const int64_t r1 = k1 < pc + kc ? k1 : pc + kc;                     \
+            T *slab = Bp + jc * K + pc * ncp + (r0 - pc) * NR;                  \
+            for (int64_t s = 0; s < nc; s += NR) {                              \
+                const int64_t n = nc - s < NR ? nc - s : NR;                    \
+                if (tb)                                                         \
+                    pack_tr_##SFX(B + (jc + s) * ldb + r0, ldb, n, r1 - r0, NR, \
+                                  slab + s * kc);                               \
+                else                                                            \
+                    pack_cp_##SFX(B + r0 * ldb + jc + s, ldb, n, r1 - r0, NR,   \
+                                  slab + s * kc);                               \
+            }                                                                   \
         }                                                                       \
     }                                                                           \
 }                                                                               \

@@ -190,6 +190,8 @@ typedef struct {
     int64_t verdicts_worker; /* of which by a worker */
     int64_t verdict_stops;  /* threads that read "not finite" and stopped */
     int64_t tiles_pack;     /* tiles of a row split's pack wave (any thread) */
+    int64_t hpacks;         /* row ranges of an H_k a row tile packed for part 2 */
+    int64_t tiles_hpack;    /* part-2 unit tiles that read such a packed H_k */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -209,6 +211,8 @@ static void fbp_stat_tiles(int caller, int64_t n, int late) {
 }
 static void fbp_stat_region(void) { FBP_STAT(regions, 1); }
 static void fbp_stat_pack_tile(void) { FBP_STAT(tiles_pack, 1); }
+static void fbp_stat_hpack(void) { FBP_STAT(hpacks, 1); }
+static void fbp_stat_hpack_tile(void) { FBP_STAT(tiles_hpack, 1); }
 static void fbp_stats_reset(void) {
     int64_t *p = (int64_t *)&fbp_stats;
     for (int i = 0; i < FBP_N_STATS; i++) __atomic_store_n(&p[i], 0, __ATOMIC_RELAXED);

@@ -12,7 +12,10 @@ bitwise for every ISA, dtype, transpose, epilogue and store mode, with op(B) pac
 one column range or several (shuffled, or by two threads at once; each element written
 by exactly one range, nothing beyond fbp_gemm_packed_size), on row tiles, on a
 misaligned pack and with the allocation failing, and that a column range off the NR grid is
-refused (-1, nothing written).  It is compiled with the flags the library build uses
+refused (-1, nothing written).  And that op(B) packed by row ranges
+(fbp_gemm_pack_b_rows_*: off and across the slab boundary, shuffled, concurrent) equals the
+column pack bitwise, each range writing only its own elements, and the packed call on it the
+unpacked call.  It is compiled with the flags the library build uses
 (-O3 -std=gnu11 -fopenmp), a second time with AddressSanitizer and a third with
 UndefinedBehaviorSanitizer (each at -O1, stopping at the first error) on a
 reduced case list (which feeds the activations NaN and extreme values: the

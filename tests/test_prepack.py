@@ -43,11 +43,14 @@ PACKED = [(0, "fwd"), (1, "fwd"), (1, "bwd")]
 @pytest.fixture
 def forced():
     """Every step with more than one thread through the team (threshold 0),
-    coarse tiles unless a test says otherwise; restored afterwards."""
+    coarse tiles unless a test says otherwise, no H packs (tests/test_hpack.py:
+    the workspace here holds the W packs only); restored afterwards."""
     threads, threshold = fastbp.get_num_threads(), _kernels.set_parallel_threshold(0)
     mode, isa = _kernels.set_tile_mode(2), _kernels.gemm_isa()
     pack = _kernels.set_pack_threshold(16384)
+    hpack = _kernels.set_hpack_threshold(10**12)
     yield
+    _kernels.set_hpack_threshold(hpack)
     fastbp.set_num_threads(threads)
     _kernels.set_parallel_threshold(threshold)
     _kernels.set_tile_mode(mode)

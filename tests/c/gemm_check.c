@@ -38,6 +38,12 @@
  * fbp_gemm_packed_size elements (guards on both sides), on all rows and on
  * random row tiles, on a Bp off the vector alignment, and in a fresh thread
  * whose buffer allocation fails.
+ * Packed by rows (fbp_gemm_pack_b_rows_*): random row ranges (off and
+ * across the KC = 256 slab boundary, K up to 777, N across the panel),
+ * each writing only its own elements, equal to the column pack's, every
+ * element by exactly one range, none outside; in shuffled order (sometimes
+ * two threads at once) bitwise the column pack; the packed call on it
+ * equals the unpacked call.
  *
  * 64-bit indices: the same products with every leading dimension 2**31 + 7
  * (so row 1 of each operand starts past 2**31 elements: an int or 32-bit
@@ -909,6 +915,181 @@ static void run_packed(int quick)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Pre-packed op(B) by rows (fbp_gemm_pack_b_rows_*)                         */
+/* ------------------------------------------------------------------------ */
+
+/* Cut points of [0, K): rows[0] = 0 < ... < rows[n] = K, n <= 7, anywhere
+ * (off the slab boundary as often as on it), sometimes one at a slab
+ * boundary +-1; returns n. */
+static int pkr_cuts(int64_t K, int64_t *rows)
+{
+    int n = 1 + (int)irand(K < 7 ? (unsigned)K : 7u);
+    rows[0] = 0;
+    for (int r = 1; r < n; r++)
+        rows[r] = rows[r - 1] + 1 + irand((unsigned)(K - rows[r - 1] - (n - r)));
+    rows[n] = K;
+    if (n >= 2 && K > 258 && irand(2)) { /* one cut next to a slab boundary */
+        const int64_t at = 255 + irand(3); /* FBP_KC = 256 */
+        if (at > rows[n - 2] && at < K) rows[n - 1] = at;
+    }
+    return n;
+}
+
+#define DEFINE_ROWPACKCHK(T, SFX)                                               \
+struct pkrow_##SFX {                                                            \
+    int tb, N, K, ldb, n, first, step;                                          \
+    const int64_t *rows;                                                        \
+    const int *order;                                                           \
+    const T *B;                                                                 \
+    T *Bp;                                                                      \
+};                                                                              \
+static void *pkrow_thread_##SFX(void *arg)                                      \
+{                                                                               \
+    const struct pkrow_##SFX *q = arg;                                          \
+    for (int r = q->first; r < q->n; r += q->step)                              \
+        fbp_gemm_pack_b_rows_##SFX(q->tb, q->N, q->K, q->B, q->ldb, q->Bp,      \
+                                   q->rows[q->order[r]],                        \
+                                   q->rows[q->order[r] + 1]);                   \
+    return NULL;                                                                \
+}                                                                               \
+/* Rows of op(B) packed in random ranges: each range alone writes only its     \
+ * own elements, equal to those of the whole column pack (every element of     \
+ * the packed buffer by exactly one range, guards untouched); all of them in   \
+ * shuffled order (with `conc`, two threads at once) equal the column pack     \
+ * bitwise; and the packed call on that copy equals the unpacked call. */      \
+static void rowpackchk_##SFX(struct icfg g, int conc)                           \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    const int lda = ac + 2, ldb = bc + 1, ldc = N + 3;                          \
+    T *A = malloc(sizeof(T) * ((size_t)ar * lda + 1));                          \
+    T *B = malloc(sizeof(T) * ((size_t)br * ldb + 1));                          \
+    T *C = malloc(sizeof(T) * (size_t)M * ldc);                                 \
+    T *Cp = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
+    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
+    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
+    for (long i = 0; i < (long)M * ldc; i++)                                    \
+        C[i] = Cp[i] = i % ldc >= N ? (T)SENTINEL : (T)(4 * urand());           \
+    const T *bp = g.bias ? bias : NULL;                                         \
+    const int act = g.act == FBP_ACT_SIGMOID ? FBP_ACT_TANH : g.act;            \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C, ldc, bp, act, NULL, 0, 1);                                \
+    const int64_t size = fbp_gemm_packed_size(sizeof(T), N, K);                 \
+    int bad = 0;                                                                \
+    const char *what = "";                                                      \
+    T *buf1 = pk_alloc_##SFX(size), *Bp1 = buf1 + PK_GUARD;                     \
+    fbp_gemm_pack_b_##SFX(g.tb, N, K, B, ldb, Bp1, 0, N);                       \
+    int64_t rows[9];                                                            \
+    const int n = pkr_cuts(K, rows);                                            \
+    unsigned char *cnt = calloc((size_t)size + 1, 1);                           \
+    for (int r = 0; r < n && !bad; r++) {                                       \
+        T *bufr = pk_alloc_##SFX(size), *Bpr = bufr + PK_GUARD;                 \
+        fbp_gemm_pack_b_rows_##SFX(g.tb, N, K, B, ldb, Bpr, rows[r], rows[r + 1]); \
+        for (int64_t i = 0; i < size; i++)                                      \
+            if (!pk_is_fill_##SFX(Bpr + i)) {                                   \
+                cnt[i]++;                                                       \
+                if (memcmp(Bpr + i, Bp1 + i, sizeof(T)) != 0) {                 \
+                    what = "a row range packs other values than the whole";     \
+                    bad++;                                                      \
+                    break;                                                      \
+                }                                                               \
+            }                                                                   \
+        if (!bad && !pk_guards_ok_##SFX(Bpr, size)) { what = "guard written (row range)"; bad++; } \
+        free(bufr);                                                             \
+    }                                                                           \
+    for (int64_t i = 0; i < size && !bad; i++)                                  \
+        if (cnt[i] != 1) { what = "element not written by exactly one row range"; bad++; } \
+    free(cnt);                                                                  \
+    int order[9];                                                               \
+    for (int r = 0; r < n; r++) order[r] = r;                                   \
+    for (int r = n - 1; r > 0; r--) {                                           \
+        const int s = (int)irand((unsigned)r + 1), t = order[r];                \
+        order[r] = order[s]; order[s] = t;                                      \
+    }                                                                           \
+    T *buf2 = pk_alloc_##SFX(size), *Bp2 = buf2 + PK_GUARD;                     \
+    struct pkrow_##SFX p0 = {.tb = g.tb, .N = N, .K = K, .ldb = ldb, .n = n,    \
+                             .first = 0, .step = conc ? 2 : 1, .rows = rows,    \
+                             .order = order, .B = B, .Bp = Bp2};                \
+    if (conc) {                                                                 \
+        struct pkrow_##SFX p1 = p0;                                             \
+        p1.first = 1;                                                           \
+        pthread_t t0, t1;                                                       \
+        const int e0 = pthread_create(&t0, NULL, pkrow_thread_##SFX, &p0);      \
+        const int e1 = pthread_create(&t1, NULL, pkrow_thread_##SFX, &p1);      \
+        if (!e0) pthread_join(t0, NULL);                                        \
+        if (!e1) pthread_join(t1, NULL);                                        \
+        if (e0 || e1) { what = "cannot create a thread"; bad++; }               \
+    } else {                                                                    \
+        pkrow_thread_##SFX(&p0);                                                \
+    }                                                                           \
+    if (!bad && memcmp(Bp1, Bp2, sizeof(T) * (size_t)size) != 0) {              \
+        what = "row ranges packed in shuffled order differ from the column pack"; \
+        bad++;                                                                  \
+    }                                                                           \
+    if (!bad && !pk_guards_ok_##SFX(Bp2, size)) { what = "guard written (row ranges)"; bad++; } \
+    if (!bad) {                                                                 \
+        fbp_gemm_packed_##SFX(g.ta, M, N, K, (T)g.alpha, A, lda, Bp2,           \
+                              (T)g.beta, Cp, ldc, bp, act, NULL, 0);            \
+        n_cases++;                                                              \
+        if (memcmp(C, Cp, sizeof(T) * (size_t)M * ldc) != 0) {                  \
+            what = "packed call on the row-packed copy differs from the unpacked one"; \
+            bad++;                                                              \
+        }                                                                       \
+    }                                                                           \
+    if (bad) {                                                                  \
+        printf("FAIL packed rows %s %s ta=%d tb=%d M=%d N=%d K=%d ranges=%d%s: %s\n", \
+               isa_now, #SFX, g.ta, g.tb, M, N, K, n, conc ? " (concurrent)" : "", \
+               what);                                                           \
+        n_fail++;                                                               \
+    }                                                                           \
+    free(buf1); free(buf2);                                                     \
+    free(A); free(B); free(C); free(Cp); free(bias);                            \
+}
+DEFINE_ROWPACKCHK(float, f32)
+DEFINE_ROWPACKCHK(double, f64)
+
+static void run_packed_rows(int quick)
+{
+    /* K around and across the slab depth (the rows of a training step's
+     * H_k: K = the batch), N off NR and across the NC = 4096 panel */
+    static const int ns[] = {1, 5, 17, 100, 300, 4100};
+    static const int ks[] = {1, 2, 7, 64, 255, 256, 257, 513, 777};
+    static const int ms[] = {1, 6, 37};
+    enum { NNS = sizeof ns / sizeof *ns, NKS = sizeof ks / sizeof *ks,
+           NMS = sizeof ms / sizeof *ms };
+    unsigned u = 0;
+    for (int a = 0; a < NMS; a++)
+        for (int b = 0; b < NNS; b++)
+            for (int c = 0; c < NKS; c++, u++) {
+                if (ns[b] > 1000 && (ks[c] > 300 || a != 1)) continue;
+                if (quick && u % 3) continue;
+                const struct icfg g = icfg_make((int)(u & 1), (int)((u >> 1) & 1),
+                                                ms[a], ns[b], ks[c], (int)(u % 16),
+                                                (int)(u % 3), 1);
+                rowpackchk_f32(g, u % 4 == 1);
+                rowpackchk_f64(g, u % 4 == 3);
+            }
+    /* empty ranges, k1 past K, N == 0: nothing written */
+    {
+        float bp[64], b[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        for (int i = 0; i < 64; i++) bp[i] = 7;
+        fbp_gemm_pack_b_rows_f32(0, 2, 4, b, 2, bp, 3, 3);
+        fbp_gemm_pack_b_rows_f32(0, 2, 4, b, 2, bp, 4, 9);
+        fbp_gemm_pack_b_rows_f32(0, 0, 4, b, 2, bp, 0, 4);
+        n_cases++;
+        for (int i = 0; i < 64; i++)
+            if (bp[i] != 7) {
+                printf("FAIL packed rows %s: an empty range wrote\n", isa_now);
+                n_fail++;
+                break;
+            }
+    }
+}
+
 /* A rows x cols matrix at row stride ld on a sparse anonymous mapping (only
  * the pages touched exist), or NULL when the system refuses the mapping. */
 static void *sparse_alloc(int64_t rows, int64_t cols, int64_t ld, size_t elem,
@@ -1070,6 +1251,7 @@ int main(int argc, char **argv)
         run_invariance_nomem(quick);
         const long c1 = n_cases;
         run_packed(quick);
+        run_packed_rows(quick);
         printf("isa %s: %s (%ld invariance sub-problems, %ld pre-packed "
                "calls)\n", isa_now, n_fail == before ? "ok" : "FAILED",
                c1 - c0, n_cases - c1);
