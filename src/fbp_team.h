@@ -240,6 +240,8 @@ typedef struct {
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
     int64_t untimed, slow;
+    int64_t strikes;        /* consecutive team steps that waited over half of them */
+    int64_t slow_strikes;   /* consecutive timed team steps no faster than serial ones */
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
@@ -310,11 +312,25 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
    it spent wait_ns waiting for tiles that other threads held (fine: it
    ran with fine tiles):
    - more than half the step went on waiting (the other threads are
-     descheduled: a busy machine): run the next steps serially for 20
-     times that wait (a failed attempt costs at most ~5%), doubling while
-     attempts keep failing, up to a second;
+     descheduled: a busy machine) in two team steps in a row: run the next
+     steps serially for 20 times that wait (a failed attempt costs at
+     most ~5%), doubling while attempts keep failing, up to a second.  One
+     such step alone only switches to fine tiles: on a shared host a
+     thread loses its core for a moment now and then while the machine
+     is otherwise idle, and backing off for it cost 784-256-128-10 b128
+     epochs up to 50% (traced: one step that waited, then 73 serial
+     steps);
    - team steps no faster than serial ones (memory-bound steps, a slow
-     core): the same back-off, from 50 team steps' time;
+     core), the mean and the step itself, in two timed steps in a row: the
+     same back-off, from 50 team steps' time (one such step alone was, as
+     above, a host's hiccup as often as not: traced, one slow back-off at
+     a fresh call's second step, then 126 serial steps);
+   - a step of FBP_FIRST_TIMED_NS or more is judged alone, for either
+     reason (a hiccup does not make so long a step twice as slow, and a
+     call of a few long steps has no second one to wait for);
+   - after a back-off for either reason, the first attempt that fails in
+     the same way backs off again at once (the strikes stand until a good
+     step);
    - otherwise a good step ends the backoff; and after a coarse step that
      waited more than an eighth of it, fine tiles (less to wait for, more
      packing) for 16 steps' time, doubling while coarse steps keep
@@ -341,13 +357,30 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     u->untimed = 0;
     if (!first || step_ns >= FBP_FIRST_TIMED_NS) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
-        fbp_back_off(u, 20 * wait_ns, now, 0);
+        if (u->strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {   /* twice in a row, or long */
+            fbp_back_off(u, 20 * wait_ns, now, 0);
+            return;
+        }
+        /* one such step alone: a thread lost its core for a moment (a
+           shared host's hiccup); fine tiles and the next step decide */
+        int64_t f = 16 * step_ns;
+        if (u->fine_len * 2 > f) f = u->fine_len * 2;
+        if (f > 1000000000LL) f = 1000000000LL;
+        u->fine_len = f;
+        u->fine_until = now + f;
+        FBP_STAT(fines, 1);
         return;
     }
-    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns) {
-        fbp_back_off(u, 50 * u->par_ns, now, 1);
-        FBP_STAT(slow_backoffs, 1);
-        return;
+    u->strikes = 0;
+    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns
+            && (!first || step_ns >= FBP_FIRST_TIMED_NS) && 50 * step_ns >= 49 * u->ser_ns) {
+        if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
+            fbp_back_off(u, 50 * u->par_ns, now, 1);
+            FBP_STAT(slow_backoffs, 1);
+            return;
+        }
+    } else if (!first || step_ns >= FBP_FIRST_TIMED_NS) {
+        u->slow_strikes = 0;
     }
     if (first && u->par_ns == 0 && u->backoff != 0) return;   /* judged by the next step */
     u->backoff = 0;

@@ -662,7 +662,9 @@ def test_team_account_times_a_long_first_step():
     assert K.team_account_test([(60 * ms, 0)], ser_ns=55 * ms) == (0, True)
     assert K.team_account_test([(60 * ms, 0)], ser_ns=100 * ms) == (60 * ms, False)
     assert K.team_account_test([(5 * ms, 0)], ser_ns=4 * ms) == (0, False)
-    assert K.team_account_test([(5 * ms, 0), (5 * ms, 0)], ser_ns=4 * ms) == (0, True)
+    # (short steps: two timed ones in a row no faster than serial)
+    assert K.team_account_test([(5 * ms, 0), (5 * ms, 0)], ser_ns=4 * ms) == (5 * ms, False)
+    assert K.team_account_test([(5 * ms, 0)] * 3, ser_ns=4 * ms) == (0, True)
     assert K.team_account_test([(30 * ms, 0)], ser_ns=100 * ms) == (0, False)
     # without a serial step's time, no step is judged slow
     assert K.team_account_test([(60 * ms, 0), (60 * ms, 0)]) == (60 * ms, False)
@@ -679,16 +681,38 @@ def test_team_account_does_not_time_the_step_after_a_back_off():
     ms = 1_000_000
     slow, fast = (5 * ms, 0), (2 * ms, 0)
     before = K.team_stats()["backoffs"]
-    # step 1: the team's first (untimed); 2: slow -> back-off; 3: untimed;
-    # 4: fast -> the back-off ends
+    # step 1: the team's first (untimed); 2, 3: slow -> back-off; 4: untimed;
+    # 5: fast -> the back-off ends
+    assert K.team_account_test([slow, slow], ser_ns=4 * ms) == (5 * ms, False)
     assert K.team_account_test([slow, slow, slow], ser_ns=4 * ms) == (0, True)
     assert K.team_stats()["backoffs"] - before == 1
-    assert K.team_account_test([slow, slow, slow, fast], ser_ns=4 * ms) == (2 * ms, False)
+    assert K.team_account_test([slow] * 4 + [fast], ser_ns=4 * ms) == (2 * ms, False)
     before = K.team_stats()["backoffs"]
-    assert K.team_account_test([slow, slow, slow, slow], ser_ns=4 * ms) == (0, True)
+    # after the back-off, one more slow timed step backs off again at once
+    assert K.team_account_test([slow] * 5, ser_ns=4 * ms) == (0, True)
     assert K.team_stats()["backoffs"] - before == 2
-    # a step that waits over half of it still backs off at once
-    assert K.team_account_test([slow, slow, (5 * ms, 3 * ms)], ser_ns=4 * ms) == (0, True)
+    # one slow step between fast ones does not back off
+    assert K.team_account_test([slow, slow, fast, slow, fast], ser_ns=4 * ms)[1] is False
+
+
+def test_team_account_backs_off_after_two_waiting_steps_in_a_row():
+    """One team step that waited over half of it (a thread lost its core for
+    a moment, as it does on a shared host) switches to fine tiles and does
+    not back off; two in a row do (a busy machine), and after such a
+    back-off the first attempt that waits again backs off at once."""
+    K = _kernels
+    ms = 1_000_000
+    ok, waited = (5 * ms, 0), (5 * ms, 3 * ms)
+    before = K.team_stats()
+    assert K.team_account_test([ok, waited], ser_ns=40 * ms) == (5 * ms, False)
+    assert K.team_account_test([ok, waited, ok, waited, ok], ser_ns=40 * ms) == (5 * ms, False)
+    after = K.team_stats()
+    assert after["backoffs"] == before["backoffs"]
+    assert after["fines"] - before["fines"] == 3
+    assert K.team_account_test([ok, waited, waited], ser_ns=40 * ms) == (0, True)
+    before = K.team_stats()["backoffs"]
+    assert K.team_account_test([ok, waited, waited, waited], ser_ns=40 * ms) == (0, True)
+    assert K.team_stats()["backoffs"] - before == 2
 
 
 def test_slow_back_off_is_not_carried_to_another_shape():
@@ -697,8 +721,8 @@ def test_slow_back_off_is_not_carried_to_another_shape():
     the team; one because threads waited (a busy machine) carries over."""
     K = _kernels
     ms = 1_000_000
-    slow = [(5 * ms, 0), (5 * ms, 0)]       # no faster than 4 ms serial
-    waited = [(5 * ms, 0), (5 * ms, 3 * ms)]  # waited over half
+    slow = [(5 * ms, 0)] * 3                # no faster than 4 ms serial, twice timed
+    waited = [(5 * ms, 0), (5 * ms, 3 * ms), (5 * ms, 3 * ms)]  # waited over half, twice
     assert K.team_account_test(slow, ser_ns=4 * ms) == (0, True)
     assert K.team_account_test(slow, ser_ns=4 * ms, then_key=1) == (0, True)
     assert K.team_account_test(slow, ser_ns=4 * ms, then_key=3) == (0, False)
