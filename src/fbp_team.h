@@ -347,6 +347,16 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
    otherwise run two team steps after each back-off before it can see
    that they are no faster than serial ones.) */
 #define FBP_FIRST_TIMED_NS 50000000LL
+/* Fine tiles for 16 steps' time, doubling while coarse steps keep
+   waiting, up to a second. */
+static void fbp_go_fine(fbp_tune *u, int64_t step_ns, int64_t now) {
+    int64_t f = 16 * step_ns;
+    if (u->fine_len * 2 > f) f = u->fine_len * 2;
+    if (f > 1000000000LL) f = 1000000000LL;
+    u->fine_len = f;
+    u->fine_until = now + f;
+    FBP_STAT(fines, 1);
+}
 static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns,
                              int fine) {
     fbp_tune *u = &T->tune;
@@ -363,12 +373,7 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         }
         /* one such step alone: a thread lost its core for a moment (a
            shared host's hiccup); fine tiles and the next step decide */
-        int64_t f = 16 * step_ns;
-        if (u->fine_len * 2 > f) f = u->fine_len * 2;
-        if (f > 1000000000LL) f = 1000000000LL;
-        u->fine_len = f;
-        u->fine_until = now + f;
-        FBP_STAT(fines, 1);
+        fbp_go_fine(u, step_ns, now);
         return;
     }
     u->strikes = 0;
@@ -377,8 +382,8 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
             fbp_back_off(u, 50 * u->par_ns, now, 1);
             FBP_STAT(slow_backoffs, 1);
-            return;
         }
+        return;     /* a strike: the next step decides (nor does it end a back-off) */
     } else if (!first || step_ns >= FBP_FIRST_TIMED_NS) {
         u->slow_strikes = 0;
     }
@@ -387,12 +392,7 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     u->serial_until = 0;
     if (fine || first) return;
     if (8 * wait_ns > step_ns && wait_ns > 20000) {
-        int64_t f = 16 * step_ns;
-        if (u->fine_len * 2 > f) f = u->fine_len * 2;
-        if (f > 1000000000LL) f = 1000000000LL;
-        u->fine_len = f;
-        u->fine_until = now + f;
-        FBP_STAT(fines, 1);
+        fbp_go_fine(u, step_ns, now);
     } else {
         u->fine_len = 0;
     }
