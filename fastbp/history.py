@@ -46,10 +46,10 @@ class History:
         Y and the validation data when they needed conversion (dtype, memory
         order, labels made one-hot); the int64 permutations of the shuffle
         (two live at once); the validation workspace.  (For L-BFGS: the
-        larger of the gradient call's workspace for all the rows and a loss
-        call's, the gradient, the restore copy, and about 38 float64 vectors
-        of n_params that scipy keeps, measured; within 15% of the traced peak,
-        tested.)  Within a few percent
+        largest of the gradient call's workspace for all the rows and a loss
+        call's, on the training or the validation rows; the gradient, the
+        restore copy, and about 38 float64 vectors of n_params that scipy
+        keeps, measured; within 15% of the traced peak, tested.)  Within a few percent
         of the peak that ``tracemalloc`` measures over the fit (tested); the
         transient temporaries of checking the input are not included.
     loss_name : str or None

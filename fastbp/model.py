@@ -1159,17 +1159,24 @@ class MLP:
         hist = History()
         item = self.dtype.itemsize
         # One kernel call at a time: the gradients' workspace for all the
-        # rows, or a per-iteration loss call's; the gradient and the restore
+        # rows, or a per-iteration loss call's (on X, and on the validation
+        # rows when given); the gradient and the restore
         # copy; scipy's float64 vectors (x, g, copies, the 2 x 10 correction
         # pairs and its work arrays: about 38 of n_params, measured with
         # tracemalloc); the best iterate under early stopping.
         chunk = max(1, min(self._chunk_rows(), X.shape[0]))
         sparse = dict(sparse=_sparse.is_sparse(X), nnz_per_row=_sparse.nnz_per_row(X))
+        calls = [self._net.workspace_size(X.shape[0], "gradients", n_threads=n_threads,
+                                          itemsize=item, **sparse),
+                 self._net.workspace_size(chunk, "loss", n_threads=n_threads,
+                                          itemsize=item, **sparse)]
+        if val is not None:   # each iteration's loss call on the validation rows
+            calls.append(self._net.workspace_size(
+                max(1, min(self._chunk_rows(), val[0].shape[0])), "loss", n_threads=n_threads,
+                itemsize=item, sparse=_sparse.is_sparse(val[0]),
+                nnz_per_row=_sparse.nnz_per_row(val[0])))
         hist.workspace_bytes = int(
-            max(self._net.workspace_size(X.shape[0], "gradients", n_threads=n_threads,
-                                         itemsize=item, **sparse),
-                self._net.workspace_size(chunk, "loss", n_threads=n_threads,
-                                         itemsize=item, **sparse)) * item
+            max(calls) * item
             + X_conv + grad.nbytes + self._theta.nbytes + 38 * 8 * self.n_params
             + (self._theta.nbytes if early_stopping else 0)
         )

@@ -750,3 +750,36 @@ def test_lbfgs_workspace_is_near_the_traced_peak():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert 0.85 < hist.workspace_bytes / peak < 1.15
+
+
+def test_lbfgs_workspace_counts_the_validation_loss_call():
+    """L-BFGS with validation data: each iteration also runs a loss call on
+    the validation rows, whose workspace (a chunk of up to _chunk_rows rows)
+    can be the largest of the fit's kernel calls (here 2000 validation rows
+    against 40 training rows).  History.workspace_bytes counts the largest
+    workspace the kernel calls allocate (alloc_stats' call_ws), validation
+    included, on 1 and 2 threads."""
+    pytest.importorskip("scipy")
+    from fastbp import _kernels
+    rng = np.random.default_rng(0)
+    sizes = [20, 64, 32, 3]
+    X, Y = rng.normal(size=(40, 20)), rng.normal(size=(40, 3))
+    Xv, Yv = rng.normal(size=(2000, 20)), rng.normal(size=(2000, 3))
+    threads = fastbp.get_num_threads()
+    try:
+        for t in (1, 2):
+            fastbp.set_num_threads(t)
+            got = []
+            for val in (None, (Xv, Yv)):
+                net = fastbp.MLP(sizes, output="identity", loss="squared_error",
+                                 dtype="float64", seed=0)
+                _kernels.alloc_stats(reset=True)
+                hist = net.fit(X, Y, optimizer=optim.LBFGS(max_iter=3), validation_data=val)
+                got.append((hist.workspace_bytes, _kernels.alloc_stats()["call_ws"]))
+            (plain, ws_plain), (with_val, ws_val) = got
+            assert ws_val > ws_plain, "the premise: the validation loss call is the largest"
+            # (the validation arrays need no conversion: the difference is the
+            # kernel workspace alone)
+            assert with_val - plain == (ws_val - ws_plain) * 8, t
+    finally:
+        fastbp.set_num_threads(threads)
