@@ -99,3 +99,36 @@ def why_no_teams():
     if os.environ.get("OMP_DYNAMIC", "").strip().lower() in ("true", "1", "yes", "on"):
         return "OMP_DYNAMIC=true: OpenMP may run a region on one thread"
     return None
+
+
+def random_xy(dtype, n, sizes, seed=0):
+    """Standard normal X (n x sizes[0]) and Y (n x sizes[-1]) of `dtype`."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    Y = rng.standard_normal((n, sizes[-1])).astype(dtype)
+    return X, Y
+
+
+def shuffled_fit(dtype, threads, *, sizes, batch_size, n, activation="relu", bias=True,
+                 dropout=None, weights=False, optimizer=None, X=None, Y=None, epochs=2):
+    """theta after a shuffled fit of a squared-error net on `threads` threads
+    (random_xy data of n rows unless X, Y are given), its history's losses,
+    and the thread teams' counters (``_kernels.team_stats``) of the fit."""
+    import fastbp
+    from fastbp import _kernels
+
+    fastbp.set_num_threads(threads)
+    if X is None:
+        X, Y = random_xy(dtype, n, sizes)
+    kw = {}
+    if weights:
+        kw["sample_weight"] = np.random.default_rng(5).uniform(0, 2, X.shape[0])
+    if optimizer is not None:
+        kw["optimizer"] = optimizer()
+    else:
+        kw["lr"] = 1e-3
+    net = fastbp.MLP(sizes, activation=activation, output="identity", loss="squared_error",
+                     bias=bias, dtype=dtype, seed=0, dropout=dropout)
+    _kernels.team_stats(reset=True)
+    hist = net.fit(X, Y, epochs=epochs, batch_size=batch_size, seed=1, **kw)
+    return net._theta.copy(), np.array(hist.loss), _kernels.team_stats()

@@ -28,7 +28,7 @@ import pytest
 
 import fastbp
 from fastbp import _kernels
-from _helpers import why_no_teams
+from _helpers import random_xy, shuffled_fit, why_no_teams
 
 NO_TEAMS = why_no_teams()
 pytestmark = pytest.mark.skipif(NO_TEAMS is not None, reason=str(NO_TEAMS))
@@ -60,30 +60,12 @@ def forced():
 
 
 def _data(dtype, n=N, sizes=SIZES, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, sizes[0])).astype(dtype)
-    Y = rng.standard_normal((n, sizes[-1])).astype(dtype)
-    return X, Y
+    return random_xy(dtype, n, sizes, seed)
 
 
-def _fit(dtype, threads, *, activation="relu", bias=True, dropout=None, weights=False,
-         optimizer=None, sizes=SIZES, X=None, Y=None, epochs=2):
+def _fit(dtype, threads, *, sizes=SIZES, **kw):
     """theta after a shuffled fit, its history's losses, and the team counters."""
-    fastbp.set_num_threads(threads)
-    if X is None:
-        X, Y = _data(dtype, sizes=sizes)
-    kw = {}
-    if weights:
-        kw["sample_weight"] = np.random.default_rng(5).uniform(0, 2, X.shape[0])
-    if optimizer is not None:
-        kw["optimizer"] = optimizer()
-    else:
-        kw["lr"] = 1e-3
-    net = fastbp.MLP(sizes, activation=activation, output="identity", loss="squared_error",
-                     bias=bias, dtype=dtype, seed=0, dropout=dropout)
-    _kernels.team_stats(reset=True)
-    hist = net.fit(X, Y, epochs=epochs, batch_size=BATCH, seed=1, **kw)
-    return net._theta.copy(), np.array(hist.loss), _kernels.team_stats()
+    return shuffled_fit(dtype, threads, sizes=sizes, batch_size=BATCH, n=N, **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
