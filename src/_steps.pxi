@@ -759,6 +759,22 @@ cdef void update_units(const Spec *s, const Extra *e,
     update_units_h(s, e, theta, grad, lr, snap, ws, w, x, m, k, o0, o1, NULL)
 
 
+cdef inline void units_product(int64_t n_units, int64_t n_in, int64_t m, floating alpha,
+                               const floating *d, int64_t ld_d,  # IN  delta_{k+1}'s columns of the units
+                               const floating *h,       # IN  H_k (m x n_in, ld n_in)
+                               const floating *hp,      # IN  H_k packed by the row tiles, or NULL
+                               floating beta,
+                               floating *c) noexcept nogil:  # OUT the units' rows (ld n_in)
+    """c = alpha d^T H_k + beta c for n_units units: op(B) = H_k read from
+    its H pack (hp) or packed by the GEMM itself; the same bits."""
+    if hp != NULL:
+        gemm_packed(1, n_units, n_in, m, alpha, d, ld_d, hp, beta, c, n_in,
+                    NULL, ACT_IDENTITY, NULL, 0)
+    else:
+        gemm(1, 0, n_units, n_in, m, alpha, d, ld_d, h, n_in, beta, c, n_in,
+             NULL, ACT_IDENTITY, NULL, 0, 1)
+
+
 cdef void update_units_h(const Spec *s, const Extra *e,
                          floating *theta,        # IN, and OUT when grad == NULL or on the optimizer path
                          floating *grad,         # OUT gradient of the batch objective, or NULL
@@ -782,16 +798,8 @@ cdef void update_units_h(const Spec *s, const Extra *e,
     if hp != NULL:
         fbp_stat_hpack_tile()
     if grad != NULL:
-        if hp != NULL:
-            gemm_packed(1, o1 - o0, n_in, m,
-                        <floating>1, d, n_out, hp,
-                        <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
-                        NULL, ACT_IDENTITY, NULL, 0)
-        else:
-            gemm(1, 0, o1 - o0, n_in, m,
-                 <floating>1, d, n_out, h, n_in,
-                 <floating>0, grad + s.w_off[k] + o0 * n_in, n_in,
-                 NULL, ACT_IDENTITY, NULL, 0, 1)
+        units_product(o1 - o0, n_in, m, <floating>1, d, n_out, h, hp,
+                      <floating>0, grad + s.w_off[k] + o0 * n_in)
         if s.b_off[k] >= 0:
             column_sums(d, m, o1 - o0, n_out, grad + s.b_off[k] + o0)
         if e.opt != NULL:
@@ -803,16 +811,8 @@ cdef void update_units_h(const Spec *s, const Extra *e,
         if s.b_off[k] >= 0:
             memcpy(snap + s.b_off[k] + o0, theta + s.b_off[k] + o0,
                    (o1 - o0) * sizeof(floating))
-    if hp != NULL:
-        gemm_packed(1, o1 - o0, n_in, m,
-                    -lr, d, n_out, hp,
-                    <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
-                    NULL, ACT_IDENTITY, NULL, 0)
-    else:
-        gemm(1, 0, o1 - o0, n_in, m,
-             -lr, d, n_out, h, n_in,
-             <floating>1, theta + s.w_off[k] + o0 * n_in, n_in,
-             NULL, ACT_IDENTITY, NULL, 0, 1)
+    units_product(o1 - o0, n_in, m, -lr, d, n_out, h, hp,
+                  <floating>1, theta + s.w_off[k] + o0 * n_in)
     if s.b_off[k] >= 0:
         colsum = ws + w.colsum[k]
         column_sums(d, m, o1 - o0, n_out, colsum + o0)
