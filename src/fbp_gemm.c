@@ -37,8 +37,9 @@
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
  *      isa      dtype  MR x NR   MC   KC    NC    vector
- *      avx512   f32    12 x 32   144  256   4096  zmm, 24 accumulators
- *               f64    12 x 16    72  256   4096
+ *      avx512   f32     8 x 32   288  256   4096  zmm, 16 accumulators
+ *               f64     8 x 16   144  256   4096  (B in chunks of 512 / 256
+ *                                                   columns, A sliver outer)
  *      avx2     f32     6 x 16   144  256   4096  ymm + FMA, 12 accumulators
  *               f64     6 x  8    72  256   4096
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
@@ -334,24 +335,26 @@ static int avx2_tiles(int64_t M, int64_t N, int64_t K)
 /* Blocked driver and its micro-tile shape, per ISA; its pre-packed twin and
  * that packing. */
 struct blk_f32 {
-    fbp_blk_fn_f32 *fn; int64_t MR, NR;
+    fbp_blk_fn_f32 *fn; int64_t MR, NR, MC;
     fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb; fbp_packbr_fn_f32 *packb_rows;
 };
 struct blk_f64 {
-    fbp_blk_fn_f64 *fn; int64_t MR, NR;
+    fbp_blk_fn_f64 *fn; int64_t MR, NR, MC;
     fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb; fbp_packbr_fn_f64 *packb_rows;
 };
-#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb, NAME##_packb_rows}
+#define BLK(NAME, MR, NR, MC) {NAME, MR, NR, MC, NAME##_pre, NAME##_packb, NAME##_packb_rows}
 static const struct blk_f32 blk_f32_table[N_ISA] = {
-    BLK(fbp_gemm_blk_generic_f32, 6, 8),
+    BLK(fbp_gemm_blk_generic_f32, 6, 8, MC_F32),
 #ifdef FBP_X86
-    BLK(fbp_gemm_blk_avx2_f32, 6, 16), BLK(fbp_gemm_blk_avx512_f32, 12, 32),
+    BLK(fbp_gemm_blk_avx2_f32, 6, 16, MC_F32),
+    BLK(fbp_gemm_blk_avx512_f32, MR512, 32, MC512_F32),
 #endif
 };
 static const struct blk_f64 blk_f64_table[N_ISA] = {
-    BLK(fbp_gemm_blk_generic_f64, 6, 4),
+    BLK(fbp_gemm_blk_generic_f64, 6, 4, MC_F64),
 #ifdef FBP_X86
-    BLK(fbp_gemm_blk_avx2_f64, 6, 8), BLK(fbp_gemm_blk_avx512_f64, 12, 16),
+    BLK(fbp_gemm_blk_avx2_f64, 6, 8, MC_F64),
+    BLK(fbp_gemm_blk_avx512_f64, MR512, 16, MC512_F64),
 #endif
 };
 #undef BLK
@@ -367,7 +370,8 @@ int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     if (M <= 0 || N <= 0 || K <= 0 || M * N * K <= SMALL_MNK) return 0;
     int64_t mr, nr;
     fbp_gemm_tile_shape(elem_size, &mr, &nr);
-    const int64_t mc = elem_size == 4 ? MC_F32 : MC_F64;
+    const int isa = current_isa();
+    const int64_t mc = elem_size == 4 ? blk_f32_table[isa].MC : blk_f64_table[isa].MC;
     const int64_t ncmax = N < NC_ALL ? N : NC_ALL, kcmax = K < FBP_KC ? K : FBP_KC;
     const int64_t bytes = (mc * kcmax + (ncmax + nr - 1) / nr * nr * kcmax) * elem_size;
     return (bytes + 4095) & ~(int64_t)4095; /* thread_buf's rounding */
