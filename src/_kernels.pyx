@@ -1570,6 +1570,18 @@ def set_gemm_isa(name=None):
     return previous
 
 
+def gemm_tile_shape(dtype):
+    """The micro-tile (MR, NR) of the current GEMM code path for dtype
+    ("float32" or "float64"): training steps cut unit tiles at multiples of
+    MR.  A test hook."""
+    cdef int64_t mr = 0, nr = 0
+    cdef str name = np.dtype(dtype).name
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    fbp_gemm_tile_shape(4 if name == "float32" else 8, &mr, &nr)
+    return int(mr), int(nr)
+
+
 def gemm_isas():
     """The GEMM code paths this CPU can run, slowest first."""
     previous = gemm_isa()

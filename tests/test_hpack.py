@@ -101,10 +101,15 @@ def test_unit_split_and_small_products_take_no_h_pack(forced):
     net.fit(X, Y, epochs=1, batch_size=16, lr=1e-3)     # 16 rows on 2 threads: unit split
     st = _kernels.team_stats()
     assert st["steps_team"] == 2 and st["hpacks"] == st["tiles_hpack"] == 0
-    # 64 rows, coarse: unit tiles of 6 units x 8 x 64 = 3072 multiply-adds
-    # (layer 0), 6 and 2 units x 12 x 64 (layer 1), one of 4 x 8 x 64
-    # (layer 2): all on the small path
-    sizes = [8, 12, 8, 4]
+    # 64 rows, coarse, unit tiles cut at multiples of the micro-tile's MR
+    # (6 on generic/AVX2, 12 on AVX-512 float32): layers 0 and 1 of MR + 2
+    # units split into MR and 2 units; layer 0's whole product (MR + 2) x 12
+    # x 64 exceeds 4096 multiply-adds, its narrowest tile 2 x 12 x 64 does
+    # not; layer 1's narrowest is 2 x (MR + 2) x 64, layer 2 one tile of
+    # 4 x (MR + 2) x 64: every narrowest tile on the small path
+    mr, _ = _kernels.gemm_tile_shape("float32")
+    sizes = [12, mr + 2, mr + 2, 4]
+    assert (mr + 2) * 12 * 64 > 4096 >= 4 * (mr + 2) * 64
     Xs, Ys = _data("float32", n=64, sizes=sizes)
     a, _, st = _fit("float32", 2, sizes=sizes, X=Xs, Y=Ys)
     b, _, _ = _fit("float32", 1, sizes=sizes, X=Xs, Y=Ys)
