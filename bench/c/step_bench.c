@@ -4,7 +4,7 @@
  * packs (+ each tile packs its rows of H_k), part 2 = each thread half the
  * units of each layer on the H packs.  Prints ms per step (best of R) and GF/s.
  *   gcc -O3 -std=gnu11 -fopenmp -Isrc bench/c/step_bench.c src/fbp_gemm*.c src/fbp_narrow.c -lm -o /tmp/step_bench
- *   /tmp/step_bench THREADS REPS [f32|f64] */
+ *   /tmp/step_bench THREADS REPS   (float32 only) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
