@@ -320,9 +320,10 @@ static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, in
 
 /* On the AVX-512 path, whether a product runs the AVX2 blocked driver
  * instead: when it is small (the packing, the calls and the edge tiles weigh
- * more than the wider vectors save) or thin (fewer rows than the 12-row tile
- * or fewer columns than its half width: the 512-bit tiles would mostly be
- * padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
+ * more than the wider vectors save) or thin (fewer than 12 rows, the
+ * AVX-512 tile's height until session 20 (now 8; the rule was not
+ * re-measured), or fewer columns than its half width: the 512-bit tiles would
+ * mostly be padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
  * step"): 32x10x128 forward 0.53x, M=4 N=4096 K=1024 0.46-0.63x the AVX2
  * speed.  The bits are the same: the two ISAs run the same FMA chain per
  * element with the same K-slabs and share the "f" epilogue (fbp_gemm.h). */
