@@ -37,8 +37,9 @@
  *
  *    Per ISA (chosen at run time, FBP_GEMM_ISA or fbp_gemm_set_isa override):
  *      isa      dtype  MR x NR   MC   KC    NC    vector
- *      avx512   f32    12 x 32   144  256   4096  zmm, 24 accumulators
- *               f64    12 x 16    72  256   4096
+ *      avx512   f32     8 x 32   288  256   4096  zmm, 16 accumulators
+ *               f64     8 x 16   144  256   4096  (B in chunks of 512 / 256
+ *                                                   columns, A sliver outer)
  *      avx2     f32     6 x 16   144  256   4096  ymm + FMA, 12 accumulators
  *               f64     6 x  8    72  256   4096
  *      generic  f32     6 x  8   144  256   4096  16-byte GCC vectors (SSE2)
@@ -319,9 +320,10 @@ static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, in
 
 /* On the AVX-512 path, whether a product runs the AVX2 blocked driver
  * instead: when it is small (the packing, the calls and the edge tiles weigh
- * more than the wider vectors save) or thin (fewer rows than the 12-row tile
- * or fewer columns than its half width: the 512-bit tiles would mostly be
- * padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
+ * more than the wider vectors save) or thin (fewer than 12 rows, the
+ * AVX-512 tile's height until session 20 (now 8; the rule was not
+ * re-measured), or fewer columns than its half width: the 512-bit tiles would
+ * mostly be padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
  * step"): 32x10x128 forward 0.53x, M=4 N=4096 K=1024 0.46-0.63x the AVX2
  * speed.  The bits are the same: the two ISAs run the same FMA chain per
  * element with the same K-slabs and share the "f" epilogue (fbp_gemm.h). */
@@ -334,24 +336,26 @@ static int avx2_tiles(int64_t M, int64_t N, int64_t K)
 /* Blocked driver and its micro-tile shape, per ISA; its pre-packed twin and
  * that packing. */
 struct blk_f32 {
-    fbp_blk_fn_f32 *fn; int64_t MR, NR;
+    fbp_blk_fn_f32 *fn; int64_t MR, NR, MC;
     fbp_pre_fn_f32 *pre; fbp_packb_fn_f32 *packb; fbp_packbr_fn_f32 *packb_rows;
 };
 struct blk_f64 {
-    fbp_blk_fn_f64 *fn; int64_t MR, NR;
+    fbp_blk_fn_f64 *fn; int64_t MR, NR, MC;
     fbp_pre_fn_f64 *pre; fbp_packb_fn_f64 *packb; fbp_packbr_fn_f64 *packb_rows;
 };
-#define BLK(NAME, MR, NR) {NAME, MR, NR, NAME##_pre, NAME##_packb, NAME##_packb_rows}
+#define BLK(NAME, MR, NR, MC) {NAME, MR, NR, MC, NAME##_pre, NAME##_packb, NAME##_packb_rows}
 static const struct blk_f32 blk_f32_table[N_ISA] = {
-    BLK(fbp_gemm_blk_generic_f32, 6, 8),
+    BLK(fbp_gemm_blk_generic_f32, 6, 8, MC_F32),
 #ifdef FBP_X86
-    BLK(fbp_gemm_blk_avx2_f32, 6, 16), BLK(fbp_gemm_blk_avx512_f32, 12, 32),
+    BLK(fbp_gemm_blk_avx2_f32, 6, 16, MC_F32),
+    BLK(fbp_gemm_blk_avx512_f32, MR512, 32, MC512_F32),
 #endif
 };
 static const struct blk_f64 blk_f64_table[N_ISA] = {
-    BLK(fbp_gemm_blk_generic_f64, 6, 4),
+    BLK(fbp_gemm_blk_generic_f64, 6, 4, MC_F64),
 #ifdef FBP_X86
-    BLK(fbp_gemm_blk_avx2_f64, 6, 8), BLK(fbp_gemm_blk_avx512_f64, 12, 16),
+    BLK(fbp_gemm_blk_avx2_f64, 6, 8, MC_F64),
+    BLK(fbp_gemm_blk_avx512_f64, MR512, 16, MC512_F64),
 #endif
 };
 #undef BLK
@@ -367,7 +371,8 @@ int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     if (M <= 0 || N <= 0 || K <= 0 || M * N * K <= SMALL_MNK) return 0;
     int64_t mr, nr;
     fbp_gemm_tile_shape(elem_size, &mr, &nr);
-    const int64_t mc = elem_size == 4 ? MC_F32 : MC_F64;
+    const int isa = current_isa();
+    const int64_t mc = elem_size == 4 ? blk_f32_table[isa].MC : blk_f64_table[isa].MC;
     const int64_t ncmax = N < NC_ALL ? N : NC_ALL, kcmax = K < FBP_KC ? K : FBP_KC;
     const int64_t bytes = (mc * kcmax + (ncmax + nr - 1) / nr * nr * kcmax) * elem_size;
     return (bytes + 4095) & ~(int64_t)4095; /* thread_buf's rounding */

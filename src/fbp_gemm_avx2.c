@@ -34,7 +34,7 @@ DEFINE_KERNELS(uk_avx2_f32, float, TARGET_AVX2, 6, 2, 8)
 DEFINE_SMALL(fbp_gemm_small_avx2_f32, float, f32, f32f, TARGET_AVX2)
 DEFINE_DRIVER(fbp_gemm_blk_avx2_f32, uk_avx2_f32, fbp_gemm_small_avx2_f32,
               float, f32, f32f, TARGET_AVX2,
-              6, 16, MC_F32, FBP_KC, NC_ALL)
+              6, 16, MC_F32, FBP_KC, NC_ALL, 0)
 #include "fbp_gemm_vundef.h"
 
 #define V_T __m256d
@@ -50,6 +50,6 @@ DEFINE_KERNELS(uk_avx2_f64, double, TARGET_AVX2, 6, 2, 4)
 DEFINE_SMALL(fbp_gemm_small_avx2_f64, double, f64, f64f, TARGET_AVX2)
 DEFINE_DRIVER(fbp_gemm_blk_avx2_f64, uk_avx2_f64, fbp_gemm_small_avx2_f64,
               double, f64, f64f, TARGET_AVX2,
-              6, 8, MC_F64, FBP_KC, NC_ALL)
+              6, 8, MC_F64, FBP_KC, NC_ALL, 0)
 #include "fbp_gemm_vundef.h"
 #endif /* FBP_X86 */

@@ -4,7 +4,7 @@
  * ------
  * The templates of fbp_gemm_kernels.h instantiated with 64-byte _mm512
  * intrinsics and fused multiply-adds under target("avx512f,avx2,fma"):
- * micro-kernels 12 x 32 (f32) and 12 x 16 (f64), 24 accumulators; the small
+ * micro-kernels 8 x 32 (f32) and 8 x 16 (f64), 16 accumulators; the small
  * path fbp_gemm_small_avx512_* and the serial blocked driver
  * fbp_gemm_blk_avx512_*, which fbp_gemm.c dispatches to when the ISA is
  * "avx512".  The epilogue is the FMA ISAs' shared 32-byte instance ("f"), as
@@ -19,6 +19,7 @@
 #ifdef FBP_X86
 /* --- avx512f -------------------------------------------------------------- */
 #define TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+/* Blocking: MR512, MC512_*, JB512_* (fbp_gemm_internal.h). */
 
 #define V_T __m512
 #define V_I __m512i
@@ -29,11 +30,11 @@
 #define V_FMA _mm512_fmadd_ps
 #define S_FMA __builtin_fmaf
 #define V_MUL _mm512_mul_ps
-DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, 12, 2, 16)
+DEFINE_KERNELS(uk_avx512_f32, float, TARGET_AVX512, MR512, 2, 16)
 DEFINE_SMALL(fbp_gemm_small_avx512_f32, float, f32, f32f, TARGET_AVX512)
 DEFINE_DRIVER(fbp_gemm_blk_avx512_f32, uk_avx512_f32, fbp_gemm_small_avx512_f32,
               float, f32, f32f, TARGET_AVX512,
-              12, 32, MC_F32, FBP_KC, NC_ALL)
+              MR512, 32, MC512_F32, FBP_KC, NC_ALL, JB512_F32)
 #include "fbp_gemm_vundef.h"
 
 #define V_T __m512d
@@ -45,10 +46,10 @@ DEFINE_DRIVER(fbp_gemm_blk_avx512_f32, uk_avx512_f32, fbp_gemm_small_avx512_f32,
 #define V_FMA _mm512_fmadd_pd
 #define S_FMA __builtin_fma
 #define V_MUL _mm512_mul_pd
-DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, 12, 2, 8)
+DEFINE_KERNELS(uk_avx512_f64, double, TARGET_AVX512, MR512, 2, 8)
 DEFINE_SMALL(fbp_gemm_small_avx512_f64, double, f64, f64f, TARGET_AVX512)
 DEFINE_DRIVER(fbp_gemm_blk_avx512_f64, uk_avx512_f64, fbp_gemm_small_avx512_f64,
               double, f64, f64f, TARGET_AVX512,
-              12, 16, MC_F64, FBP_KC, NC_ALL)
+              MR512, 16, MC512_F64, FBP_KC, NC_ALL, JB512_F64)
 #include "fbp_gemm_vundef.h"
 #endif /* FBP_X86 */

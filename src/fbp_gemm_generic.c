@@ -33,7 +33,7 @@ DEFINE_KERNELS(uk_generic_f32, float, TARGET_GENERIC, 6, 2, 4)
 DEFINE_SMALL(fbp_gemm_small_generic_f32, float, f32, f32, TARGET_GENERIC)
 DEFINE_DRIVER(fbp_gemm_blk_generic_f32, uk_generic_f32, fbp_gemm_small_generic_f32,
               float, f32, f32, TARGET_GENERIC,
-              6, 8, MC_F32, FBP_KC, NC_ALL)
+              6, 8, MC_F32, FBP_KC, NC_ALL, 0)
 #include "fbp_gemm_vundef.h"
 
 #define V_T gv_f64
@@ -49,5 +49,5 @@ DEFINE_KERNELS(uk_generic_f64, double, TARGET_GENERIC, 6, 2, 2)
 DEFINE_SMALL(fbp_gemm_small_generic_f64, double, f64, f64, TARGET_GENERIC)
 DEFINE_DRIVER(fbp_gemm_blk_generic_f64, uk_generic_f64, fbp_gemm_small_generic_f64,
               double, f64, f64, TARGET_GENERIC,
-              6, 4, MC_F64, FBP_KC, NC_ALL)
+              6, 4, MC_F64, FBP_KC, NC_ALL, 0)
 #include "fbp_gemm_vundef.h"

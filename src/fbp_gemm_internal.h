@@ -54,10 +54,24 @@
 #define SMALL_MNK ((int64_t)4096)
 /* K-slab depth of every path and ISA: slab boundaries depend on K only. */
 #define FBP_KC 256
-/* MC (per dtype) and NC of the blocked drivers, the same for every ISA. */
+/* MC (per dtype) and NC of the blocked drivers: MC_* for generic and AVX2,
+ * NC for every ISA (the pre-packed layout's panel width). */
 #define MC_F32 144
 #define MC_F64 72
 #define NC_ALL 4096
+/* The AVX-512 driver (bench/NOTES.md, "AVX-512 on an Intel Xeon (session
+ * 20)"): 8-row tiles (8 x 32 f32, 8 x 16 f64, 16 accumulators; 8 divides the
+ * 64- and 128-row tiles of a 2-thread step, where 12 rows padded a third of
+ * a tile), A blocks of MC512_* rows, and each slab's B slivers taken in
+ * chunks of JB512_* columns (kc x 512 f32 = 512 KiB, in L2) with the A
+ * sliver (8 KiB) outer, in L1 (fbp_gemm_kernels.h, NAME##_slab).  None of
+ * it changes the arithmetic: every tile is the same kernel call on the same
+ * values in any order or grouping, with the same K-slabs. */
+#define MR512 8
+#define MC512_F32 288
+#define MC512_F64 144
+#define JB512_F32 512
+#define JB512_F64 256
 #define INLINE static inline __attribute__((always_inline))
 
 #define FBP_HIDDEN __attribute__((visibility("hidden")))

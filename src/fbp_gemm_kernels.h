@@ -370,68 +370,93 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t 
  * at Bp + jc*K + pc*ncp (ncp = nc rounded up to NR; every panel before jc is
  * NC wide, a multiple of NR).  Both drivers run NAME##_slab on each slab, so
  * they compute every tile with the same kernel calls on the same values. */
-#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC)   \
+#define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC, JB) \
+/* One micro-tile: rows ic+ir.., columns jc+jr.. (m x n of them) of C from the \
+ * A sliver at a and the B sliver at b, depth kc; store mode and epilogue as  \
+ * NAME##_slab says. */                                                        \
+TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
+                           const T *b, int64_t ic, int64_t ir, int64_t jc,      \
+                           int64_t jr, int64_t m, int64_t n, int64_t kc,        \
+                           int mode, int last, int epi, int fep)                \
+{                                                                               \
+    const int64_t ldc = jb->ldc;                                                \
+    T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;                          \
+    const int hm = m <= MR / 2, hn = n <= NR / 2;                               \
+    const int64_t rows = hm ? MR / 2 : MR;                                      \
+    const int64_t cols = hn ? NR / 2 : NR;                                      \
+    void (*uk)(int64_t, const T *, const T *, T *, int64_t, T,                  \
+               T, int, int, const T *, const T *, int64_t) =                    \
+        hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK);                      \
+    const int ep = last ? fep : EP_NONE;                                        \
+    const T *bias = jb->bias ? jb->bias + jc + jr : NULL;                       \
+    const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
+    if (m == rows && n == cols) {                                               \
+        uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias,               \
+           dsrc, jb->ldd);                                                      \
+    } else {                                                                    \
+        /* the tile in scratch; what the fused epilogue                         \
+         * reads beyond the block, zero */                                      \
+        T t[MR * NR] __attribute__((aligned(64)));                              \
+        T tbias[NR], tdsrc[MR * NR];                                            \
+        if (mode)                                                               \
+            for (int64_t r = 0; r < m; r++)                                     \
+                memcpy(t + r * cols, c + r * ldc,                               \
+                       n * sizeof(T));                                          \
+        if (ep != EP_NONE && bias && n < cols) {                                \
+            memset(tbias, 0, sizeof tbias);                                     \
+            memcpy(tbias, bias, n * sizeof(T));                                 \
+            bias = tbias;                                                       \
+        }                                                                       \
+        if (ep >= EP_DRELU) {                                                   \
+            memset(tdsrc, 0, rows * cols * sizeof(T));                          \
+            for (int64_t r = 0; r < m; r++)                                     \
+                memcpy(tdsrc + r * cols, dsrc + r * jb->ldd,                    \
+                       n * sizeof(T));                                          \
+            dsrc = tdsrc;                                                       \
+        }                                                                       \
+        uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias,              \
+           dsrc, cols);                                                         \
+        for (int64_t r = 0; r < m; r++)                                         \
+            memcpy(c + r * ldc, t + r * cols,                                   \
+                   n * sizeof(T));                                              \
+    }                                                                           \
+    if (last && epi && fep == EP_NONE)                                          \
+        epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);                            \
+}                                                                               \
 /* One KC slab (depth kc at pc) of the panel [jc, jc+nc), rows [i0, i1):        \
- * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows. */        \
+ * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows.  Loop     \
+ * order (speed only: every tile is the same kernel call on the same values   \
+ * whatever the order): JB == 0, B sliver outer, A slivers inner (the B sliver \
+ * stays in L1, A's block in L2); JB > 0, per chunk of JB columns of op(B) (in \
+ * L2), A sliver outer (in L1), the chunk's B slivers inner. */                 \
 TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  \
                                int64_t mcb, int64_t i0, int64_t i1,             \
                                int64_t jc, int64_t nc, int64_t pc, int64_t kc,  \
                                int epi, int fep)                                \
 {                                                                               \
-    const int64_t ldc = jb->ldc;                                                \
     const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);                      \
     const int last = pc + kc == jb->K;                                          \
     for (int64_t ic = i0; ic < i1; ic += mcb) {                                 \
         const int64_t mc = i1 - ic < mcb ? i1 - ic : mcb;                       \
         pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                               \
-        for (int64_t jr = 0; jr < nc; jr += NR) {                               \
-            const int64_t n = nc - jr < NR ? nc - jr : NR;                      \
-            const T *b = pb + (int64_t)jr * kc;                                 \
+        if (JB == 0) {                                                          \
+            for (int64_t jr = 0; jr < nc; jr += NR) {                           \
+                const int64_t n = nc - jr < NR ? nc - jr : NR;                  \
+                for (int64_t ir = 0; ir < mc; ir += MR)                         \
+                    NAME##_tile(jb, pa + ir * kc, pb + jr * kc, ic, ir, jc, jr, \
+                                mc - ir < MR ? mc - ir : MR, n, kc, mode, last, \
+                                epi, fep);                                      \
+            }                                                                   \
+            continue;                                                           \
+        }                                                                       \
+        for (int64_t jq = 0; jq < nc; jq += (JB > 0 ? JB : NR)) {               \
+            const int64_t je = nc - jq < JB ? nc : jq + JB;                     \
             for (int64_t ir = 0; ir < mc; ir += MR) {                           \
                 const int64_t m = mc - ir < MR ? mc - ir : MR;                  \
-                const T *a = pa + (int64_t)ir * kc;                             \
-                T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;              \
-                const int hm = m <= MR / 2, hn = n <= NR / 2;                   \
-                const int64_t rows = hm ? MR / 2 : MR;                          \
-                const int64_t cols = hn ? NR / 2 : NR;                          \
-                void (*uk)(int64_t, const T *, const T *, T *, int64_t, T,      \
-                           T, int, int, const T *, const T *, int64_t) =        \
-                    hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK);          \
-                const int ep = last ? fep : EP_NONE;                            \
-                const T *bias = jb->bias ? jb->bias + jc + jr : NULL;           \
-                const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
-                if (m == rows && n == cols) {                                   \
-                    uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias,   \
-                       dsrc, jb->ldd);                                          \
-                } else {                                                        \
-                    /* the tile in scratch; what the fused epilogue             \
-                     * reads beyond the block, zero */                          \
-                    T t[MR * NR] __attribute__((aligned(64)));                  \
-                    T tbias[NR], tdsrc[MR * NR];                                \
-                    if (mode)                                                   \
-                        for (int64_t r = 0; r < m; r++)                         \
-                            memcpy(t + r * cols, c + r * ldc,                   \
-                                   n * sizeof(T));                              \
-                    if (ep != EP_NONE && bias && n < cols) {                    \
-                        memset(tbias, 0, sizeof tbias);                         \
-                        memcpy(tbias, bias, n * sizeof(T));                     \
-                        bias = tbias;                                           \
-                    }                                                           \
-                    if (ep >= EP_DRELU) {                                       \
-                        memset(tdsrc, 0, rows * cols * sizeof(T));              \
-                        for (int64_t r = 0; r < m; r++)                         \
-                            memcpy(tdsrc + r * cols, dsrc + r * jb->ldd,        \
-                                   n * sizeof(T));                              \
-                        dsrc = tdsrc;                                           \
-                    }                                                           \
-                    uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias,  \
-                       dsrc, cols);                                             \
-                    for (int64_t r = 0; r < m; r++)                             \
-                        memcpy(c + r * ldc, t + r * cols,                       \
-                               n * sizeof(T));                                  \
-                }                                                               \
-                if (last && epi && fep == EP_NONE)                              \
-                    epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);                \
+                for (int64_t jr = jq; jr < je; jr += NR)                        \
+                    NAME##_tile(jb, pa + ir * kc, pb + jr * kc, ic, ir, jc, jr, \
+                                m, je - jr < NR ? je - jr : NR, kc, mode, last, \
+                                epi, fep);                                      \
             }                                                                   \
         }                                                                       \
     }                                                                           \
