@@ -163,6 +163,9 @@
  * No -ffast-math.
  */
 #include "fbp_gemm_internal.h"
+#ifdef FBP_X86
+#include <cpuid.h>
+#endif
 
 #define MIN_FLOPS_PER_THREAD 400000.0
 
@@ -318,19 +321,47 @@ static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, in
     if (best < 0) { *tm = 1; *tn = 1; }
 }
 
-/* On the AVX-512 path, whether a product runs the AVX2 blocked driver
+/* Whether this CPU's 512-bit FMAs are two 256-bit halves: AMD family 19h
+ * (Zen 4), where the rule below was measured.  FBP_GEMM_AVX2_TILES=0 or 1,
+ * read once, overrides it (for tests and benchmarks; speed only). */
+static int half_width_avx512(void)
+{
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c >= 0) return c;
+    c = 0;
+#ifdef FBP_X86
+    unsigned int a, b, cx, d;
+    if (__get_cpuid(0, &a, &b, &cx, &d) && b == 0x68747541u && d == 0x69746e65u &&
+        cx == 0x444d4163u && __get_cpuid(1, &a, &b, &cx, &d)) {  /* "AuthenticAMD" */
+        unsigned int family = (a >> 8) & 0xfu;
+        if (family == 0xfu) family += (a >> 20) & 0xffu;
+        c = family == 0x19u;
+    }
+#endif
+    const char *env = getenv("FBP_GEMM_AVX2_TILES");
+    if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) c = env[0] == '1';
+    __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    return c;
+}
+
+/* On the AVX-512 path of a CPU whose 512-bit FMAs are two halves
+ * (half_width_avx512), whether a product runs the AVX2 blocked driver
  * instead: when it is small (the packing, the calls and the edge tiles weigh
  * more than the wider vectors save) or thin (fewer than 12 rows, the
  * AVX-512 tile's height until session 20 (now 8; the rule was not
  * re-measured), or fewer columns than its half width: the 512-bit tiles would
  * mostly be padding).  Measured on a Zen 4 core (bench/NOTES.md, "The 64-128-10 b32
  * step"): 32x10x128 forward 0.53x, M=4 N=4096 K=1024 0.46-0.63x the AVX2
- * speed.  The bits are the same: the two ISAs run the same FMA chain per
+ * speed.  On an Intel Xeon with two 512-bit FMA units and the 8-row tiles
+ * (session 20) the rule cost 64-128-10 b32 epochs 13-17% (float32) and
+ * 27% (float64) on 1 thread (bench/NOTES.md), so it is for Zen 4 alone.
+ * The bits are the same: the two ISAs run the same FMA chain per
  * element with the same K-slabs and share the "f" epilogue (fbp_gemm.h). */
 #define AVX2_BELOW_MACS ((int64_t)1 << 20)
 static int avx2_tiles(int64_t M, int64_t N, int64_t K)
 {
-    return M < 12 || N < 16 || M * N * K < AVX2_BELOW_MACS;
+    return half_width_avx512() && (M < 12 || N < 16 || M * N * K < AVX2_BELOW_MACS);
 }
 
 /* Blocked driver and its micro-tile shape, per ISA; its pre-packed twin and
