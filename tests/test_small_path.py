@@ -151,3 +151,42 @@ def test_shipped_threshold():
                          cwd=root, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=root))
     assert int(out.stdout) == 2 ** 18
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="the CPU has no AVX-512")
+def test_avx2_tiles_switch_changes_no_bit():
+    """FBP_GEMM_AVX2_TILES=1 (small and thin products on the AVX2 kernels, the
+    default on Zen 4) and =0 (all on the AVX-512 kernels, the default
+    elsewhere) give the same bits: fits of the small config and of thin and
+    wide layers, float32 and float64, in fresh processes (the switch is read
+    once)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (
+        "import hashlib, numpy as np, fastbp\n"
+        "fastbp.set_num_threads(1)\n"
+        "h = hashlib.sha256()\n"
+        "for sizes, bs in (([64, 128, 10], 32), ([40, 300, 7], 5), ([9, 33, 20, 3], 16)):\n"
+        "    for dt in ('float32', 'float64'):\n"
+        "        rng = np.random.default_rng(0)\n"
+        "        X = rng.standard_normal((160, sizes[0])).astype(dt)\n"
+        "        Y = rng.standard_normal((160, sizes[-1])).astype(dt)\n"
+        "        net = fastbp.MLP(sizes, activation='tanh', output='identity',\n"
+        "                         loss='squared_error', dtype=dt, seed=0)\n"
+        "        net.fit(X, Y, epochs=2, batch_size=bs, lr=1e-2, seed=1)\n"
+        "        for W, b in zip(net.weights, net.biases):\n"
+        "            h.update(W.tobytes()); h.update(b.tobytes())\n"
+        "        h.update(net.predict(X).tobytes())\n"
+        "print(fastbp._kernels.gemm_isa(), h.hexdigest())\n")
+    digests = set()
+    for value in ("0", "1"):
+        env = dict(os.environ, PYTHONPATH=root, FBP_GEMM_AVX2_TILES=value)
+        env.pop("FBP_GEMM_ISA", None)
+        out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                             text=True, check=True, env=env)
+        isa, digest = out.stdout.split()
+        assert isa == "avx512"
+        digests.add(digest)
+    assert len(digests) == 1
