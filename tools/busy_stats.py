@@ -2,7 +2,7 @@
 busy-looping process pinned to CPU 1 (as ``python -m bench --only-busy``
 starts), and print the thread team's counters (``_kernels.team_stats``).
 
-    python tools/busy_stats.py large|wide|mnist THREADS BUSY(0|1) [TREE]
+    python tools/busy_stats.py large|wide|mnist|small THREADS BUSY(0|1) [TREE]
 
 TREE: the source tree whose built ``fastbp`` to import (default: this one).
 8 timed epochs after a warm-up one; prints the median and best epoch.
@@ -20,7 +20,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"large": ((1024, 2048, 2048, 1024), 256, 1024),
            "wide": ((1024, 4096, 1024), 4, 512),
-           "mnist": ((784, 256, 128, 10), 128, 16384)}
+           "mnist": ((784, 256, 128, 10), 128, 16384),
+           "small": ((64, 128, 10), 32, 65536)}
 
 
 def main() -> None:
