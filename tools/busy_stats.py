@@ -2,7 +2,10 @@
 busy-looping process pinned to CPU 1 (as ``python -m bench --only-busy``
 starts), and print the thread team's counters (``_kernels.team_stats``).
 
-    python tools/busy_stats.py large|wide|mnist|small THREADS BUSY(0|1) [TREE]
+    python tools/busy_stats.py CONFIG THREADS BUSY(0|1) [TREE]
+
+CONFIG: a harness configuration (bench/configs.py: tiny, small, mnist, large,
+wide), with the harness's sizes, activation, batch and samples per epoch.
 
 TREE: the source tree whose built ``fastbp`` to import (default: this one).
 8 timed epochs after a warm-up one; prints the median and best epoch.
@@ -18,10 +21,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"large": ((1024, 2048, 2048, 1024), 256, 1024),
-           "wide": ((1024, 4096, 1024), 4, 512),
-           "mnist": ((784, 256, 128, 10), 128, 16384),
-           "small": ((64, 128, 10), 32, 65536)}
+sys.path.insert(0, HERE)
+from bench.configs import CONFIGS  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +30,8 @@ def main() -> None:
     sys.path.insert(0, sys.argv[4] if len(sys.argv) > 4 else HERE)
     import fastbp
     from fastbp import _kernels as K
-    sizes, batch_size, n_samples = CONFIGS[cfg]
+    c = CONFIGS[cfg]
+    sizes, batch_size, n_samples = c.sizes, c.batch_size, c.n_samples
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n_samples, sizes[0])).astype(np.float32)
     Y = rng.standard_normal((n_samples, sizes[-1])).astype(np.float32)
@@ -40,7 +42,7 @@ def main() -> None:
         fastbp.set_num_threads(n_threads)
         if os.environ.get("FBP_TILE_MODE"):
             K.set_tile_mode(int(os.environ["FBP_TILE_MODE"]))
-        net = fastbp.MLP(list(sizes), activation="relu", output="identity",
+        net = fastbp.MLP(list(sizes), activation=c.activation, output="identity",
                          loss="squared_error", dtype="float32", seed=0)
         net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
         K.team_stats(reset=True)
