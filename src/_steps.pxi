@@ -90,15 +90,15 @@ cdef extern from "fbp_team.h" nogil:
     int FBP_N_STATS
     void fbp_stats_read(int64_t *out)
     void fbp_stats_reset()
-    void fbp_stat_serial_step(int mode)
     int FBP_MODE_SERIAL, FBP_MODE_PROBE, FBP_MODE_FINE, FBP_MODE_COARSE
     int fbp_team_mode(fbp_team *T, int64_t key)
-    void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns)
+    void fbp_serial_begin(int mode, int64_t *t)
+    void fbp_team_serial_done(fbp_team *T, int64_t key, const int64_t *t)
     void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t wait_ns, int fine)
     void fbp_tune_load(fbp_team *T, int64_t key)
     void fbp_tune_store(const fbp_team *T)
     void fbp_tune_forget()
-    void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,
+    void fbp_team_account_test(int n_ser, const int64_t *ser, int n, const int64_t *step,
                                const int64_t *wait, int64_t then_key, int64_t *out)
     int64_t fbp_shape_key(int64_t macs, int64_t m, int flags)
     void fbp_stat_tiles(int caller, int64_t n, int late)
@@ -118,7 +118,7 @@ _TEAM_STATS = ("regions", "steps_team", "steps_small", "steps_backoff", "backoff
                "tiles_worker", "late", "step_ns", "wait_ns", "wait_last_ns", "gap_ns", "gaps",
                "sleeps_wave", "sleeps_next", "wakes", "wake_ns", "wake_n",
                "verdicts", "verdicts_worker", "verdict_stops", "tiles_pack",
-               "hpacks", "tiles_hpack")
+               "hpacks", "tiles_hpack", "probe_ns", "probe_cpu_ns")
 
 
 def team_stats(bint reset=False):
@@ -133,22 +133,44 @@ def team_stats(bint reset=False):
     return {name: int(v[i]) for i, name in enumerate(_TEAM_STATS)}
 
 
-def team_account_test(steps, int64_t ser_ns=0, int64_t then_key=0):
+def team_account_test(steps, ser_ns=0, int64_t then_key=0, bint backoff=False):
     """Test hook: how a new team accounts for made-up coarse team steps
-    ``[(step_ns, wait_ns), ...]`` (at most 16) of one shape (key 1) after one
-    serial step of ``ser_ns`` (0: none): ``(par_ns, backing_off)``, the mean
+    ``[(step_ns, wait_ns), ...]`` (at most 16) of one shape (key 1) after
+    serial steps ``ser_ns``: one step's ns (0: none), or windows of them
+    ``[[ns, ...], ...]`` (at most 16 steps), each window ending as if
+    FBP_SER_STALE_NS had passed.  Returns ``(par_ns, backing_off)``, the mean
     team step it keeps and whether it now runs serially (fbp_team_account);
     with ``then_key``, the same for the next call's team, of steps of shape
-    ``then_key``, after this one stored what it learnt (fbp_tune_load)."""
+    ``then_key``, after this one stored what it learnt (fbp_tune_load).
+    With ``backoff``, also the length of the last back-off in ns (0: none
+    since a good step)."""
     cdef int64_t st[16]
     cdef int64_t wt[16]
-    cdef int64_t out[2]
-    cdef int i, n = len(steps)
+    cdef int64_t sr[32]
+    cdef int64_t out[3]
+    cdef int i, n = len(steps), n_ser = 0
     if n > 16:
         raise ValueError("at most 16 steps")
+    if isinstance(ser_ns, int):
+        windows = [[ser_ns]] if ser_ns != 0 else []
+    else:
+        windows = [list(w) for w in ser_ns]
+    if sum(len(w) for w in windows) > 16:
+        raise ValueError("at most 16 serial steps")
+    for k, w in enumerate(windows):
+        for x in w:
+            if x <= 0:
+                raise ValueError("a serial step takes a positive time")
+            sr[n_ser] = x
+            n_ser += 1
+        if k + 1 < len(windows):
+            sr[n_ser] = -1
+            n_ser += 1
     for i in range(n):
         st[i], wt[i] = steps[i]
-    fbp_team_account_test(ser_ns, n, st, wt, then_key, out)
+    fbp_team_account_test(n_ser, sr, n, st, wt, then_key, out)
+    if backoff:
+        return int(out[0]), bool(out[1]), int(out[2])
     return int(out[0]), bool(out[1])
 
 
@@ -1071,7 +1093,8 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
     """
     cdef Plan p
     cdef int k, mode = -1
-    cdef int64_t key = 0, t0 = 0
+    cdef int64_t key = 0
+    cdef int64_t t0[2]
     cdef const floating *x = X + start * s.sizes[0]
     sparse_bind(e.sp, rows, start)   # sparse X: the batch's rows (_sparse.pxi)
     if T != NULL:
@@ -1084,8 +1107,7 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
                          start, m, True, key, mode == FBP_MODE_FINE, packs)
                 loss[0] = row_sum(ws + w.lossv, m)
                 return 0 if isfinite(loss[0]) else 1
-        fbp_stat_serial_step(mode)
-        t0 = fbp_now_ns()
+        fbp_serial_begin(mode, t0)
     if rows != NULL:
         x = ws + w.act[0]
     phase1(s, e, theta, ws, w, X, Y, rows, start, m, 0, m, True, NULL, NULL)
@@ -1095,7 +1117,7 @@ cdef int batch_step(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen, J
     for k in range(s.n_layers):
         update_units(s, e, theta, grad, lr, snap, ws, w, x, m, k, 0, s.sizes[k + 1])
     if T != NULL:
-        fbp_team_serial_done(T, key, fbp_now_ns() - t0)
+        fbp_team_serial_done(T, key, t0)
     return 0
 
 
@@ -1113,7 +1135,8 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
     cdef Plan p
     sparse_bind(e.sp, NULL, start)   # sparse X: the chunk's rows (_sparse.pxi)
     cdef int mode = -1
-    cdef int64_t key = 0, t0 = 0
+    cdef int64_t key = 0
+    cdef int64_t t0[2]
     if T != NULL:
         key = step_key(s, m, False)
         mode = step_mode(T, key)
@@ -1124,11 +1147,10 @@ cdef void predict_rows(const Spec *s, const Extra *e, fbp_team *T, unsigned *gen
                 team_run(T, gen, job, &p, s, w, e, <floating *>theta, NULL, <floating>0, NULL,
                          ws, X, Y, NULL, start, m, False, key, mode == FBP_MODE_FINE, packs)
                 return
-        fbp_stat_serial_step(mode)
-        t0 = fbp_now_ns()
+        fbp_serial_begin(mode, t0)
     if Y != NULL:
         phase1(s, e, theta, ws, w, X, Y, NULL, start, m, 0, m, False, NULL, NULL)
     else:
         forward_rows(s, e, theta, ws, w, X + start * s.sizes[0], 0, m, NULL, NULL)
     if T != NULL:
-        fbp_team_serial_done(T, key, fbp_now_ns() - t0)
+        fbp_team_serial_done(T, key, t0)

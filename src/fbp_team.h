@@ -192,6 +192,7 @@ typedef struct {
     int64_t tiles_pack;     /* tiles of a row split's pack wave (any thread) */
     int64_t hpacks;         /* row ranges of an H_k a row tile packed for part 2 */
     int64_t tiles_hpack;    /* part-2 unit tiles that read such a packed H_k */
+    int64_t probe_ns, probe_cpu_ns; /* thread 0: the probes' time, and its CPU time in them */
 } fbp_stats_t;
 static fbp_stats_t fbp_stats;
 #define FBP_STAT(f, v) __atomic_fetch_add(&fbp_stats.f, (int64_t)(v), __ATOMIC_RELAXED)
@@ -208,6 +209,10 @@ static void fbp_stat_serial_step(int mode) {
 static void fbp_stat_tiles(int caller, int64_t n, int late) {
     if (caller) FBP_STAT(tiles_caller, n); else FBP_STAT(tiles_worker, n);
     if (late) FBP_STAT(late, 1);
+}
+static void fbp_stat_probe(int64_t wall_ns, int64_t cpu_ns) {
+    FBP_STAT(probe_ns, wall_ns);
+    FBP_STAT(probe_cpu_ns, cpu_ns);
 }
 static void fbp_stat_region(void) { FBP_STAT(regions, 1); }
 static void fbp_stat_pack_tile(void) { FBP_STAT(tiles_pack, 1); }
@@ -226,8 +231,13 @@ static void fbp_stats_reset(void) {
    - back-off: run serially until serial_until (when waiting took over
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
-   - ser_ns / par_ns: running means of a serial and a team step of this
-     shape (key), ser_at when ser_ns was last measured;
+   - ser_ns: what a serial step of this shape (key) takes, the lesser of
+     the mean serial step of two windows of FBP_SER_STALE_NS, this one
+     (ser_sum / ser_n, from ser_win) and the one before (ser_prev), so that
+     one serial step timed while thread 0 shared its core (the probe of a
+     team that kept running on a busy machine) does not make slower team
+     steps look faster; ser_at when a serial step was last timed;
+   - par_ns: the running mean of a team step of this shape;
    - untimed: the next team step is not timed (the first after a back-off:
      the workers, asleep while thread 0 ran serially, wake during it);
    - slow: the back-off is because team steps of this shape were no faster
@@ -239,6 +249,7 @@ typedef struct {
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
     int64_t ser_ns, ser_at, par_ns;
+    int64_t ser_sum, ser_n, ser_win, ser_prev;
     int64_t untimed, slow;
     int64_t strikes;        /* consecutive team steps that waited over half of them */
     int64_t slow_strikes;   /* consecutive timed team steps no faster than serial ones */
@@ -268,6 +279,12 @@ static int64_t fbp_now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
+/* The calling thread's CPU time (a system call: the vDSO does not serve this clock). */
+static int64_t fbp_thread_cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 /* How thread 0 runs the next step (fbp_team_mode). */
 enum { FBP_MODE_SERIAL = 0, FBP_MODE_PROBE = 1, FBP_MODE_FINE = 2, FBP_MODE_COARSE = 3 };
 /* Thread 0, before a step of shape `key`: serially (backing off, or
@@ -290,17 +307,49 @@ static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
     return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
 }
 static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
-/* Thread 0, after a serial step of shape `key` in a region (step_ns). */
-static void fbp_team_serial_done(fbp_team *T, int64_t key, int64_t step_ns) {
+/* A serial step of shape `key` took step_ns: into ser_ns. */
+static void fbp_serial_account(fbp_team *T, int64_t key, int64_t step_ns) {
     fbp_tune *u = &T->tune;
     T->last_end = 0;        /* (the stats' gaps are between team steps) */
     if (u->key != key) return;
-    u->ser_ns = fbp_mean_in(u->ser_ns, step_ns);
-    u->ser_at = fbp_now_ns();
+    int64_t now = fbp_now_ns();
+    if (u->ser_n == 0 || now - u->ser_win > FBP_SER_STALE_NS) {     /* a new window */
+        u->ser_prev = u->ser_n != 0 && now - u->ser_win <= 2 * FBP_SER_STALE_NS
+                      ? u->ser_sum / u->ser_n : 0;
+        u->ser_sum = u->ser_n = 0;
+        u->ser_win = now;
+    }
+    u->ser_sum += step_ns;
+    u->ser_n++;
+    u->ser_ns = u->ser_sum / u->ser_n;
+    if (u->ser_prev != 0 && u->ser_prev < u->ser_ns) u->ser_ns = u->ser_prev;
+    u->ser_at = now;
 }
+/* Thread 0, before a serial step in a region run in `mode`: its start
+   into t[0], and for a probe, thread 0's CPU time into t[1] (else -1). */
+static void fbp_serial_begin(int mode, int64_t *t) {  /* OUT t[2] */
+    fbp_stat_serial_step(mode);
+    t[0] = fbp_now_ns();
+    t[1] = mode == FBP_MODE_PROBE ? fbp_thread_cpu_ns() : -1;
+}
+/* Thread 0, after a serial step of shape `key` begun at t (fbp_serial_begin). */
+static void fbp_team_serial_done(fbp_team *T, int64_t key, const int64_t *t) {  /* IN t[2] */
+    int64_t step_ns = fbp_now_ns() - t[0];
+    if (t[1] >= 0) fbp_stat_probe(step_ns, fbp_thread_cpu_ns() - t[1]);
+    fbp_serial_account(T, key, step_ns);
+}
+/* A back-off lasts at most FBP_BACKOFF_NS at first, and doubles while
+   attempts keep failing up to FBP_BACKOFF_MAX_NS: a failed attempt on a
+   busy machine (one 1024-2048-2048-1024 b256 team step, 20-40% slower than
+   a serial one) then costs about 1.5% of the time instead of 6% at a
+   second, and a back-off for a one-off hiccup on an idle machine still
+   costs at most a second. */
+#define FBP_BACKOFF_NS 1000000000LL
+#define FBP_BACKOFF_MAX_NS 4000000000LL
 static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
+    if (b > FBP_BACKOFF_NS) b = FBP_BACKOFF_NS;
     if (u->backoff * 2 > b) b = u->backoff * 2;
-    if (b > 1000000000LL) b = 1000000000LL;
+    if (b > FBP_BACKOFF_MAX_NS) b = FBP_BACKOFF_MAX_NS;
     u->backoff = b;
     u->serial_until = now + b;
     u->par_ns = 0;          /* team steps are timed afresh, from the second */
@@ -314,7 +363,8 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
    - more than half the step went on waiting (the other threads are
      descheduled: a busy machine) in two team steps in a row: run the next
      steps serially for 20 times that wait (a failed attempt costs at
-     most ~5%), doubling while attempts keep failing, up to a second.  One
+     most ~5%; at most a second), doubling while attempts keep failing,
+     up to 4 s (fbp_back_off).  One
      such step alone only switches to fine tiles: on a shared host a
      thread loses its core for a moment now and then while the machine
      is otherwise idle, and backing off for it cost 784-256-128-10 b128
@@ -407,6 +457,7 @@ static void fbp_tune_load(fbp_team *T, int64_t key) {
     if (T->tune.key != key) {   /* the timings are of another shape */
         T->tune.key = key;
         T->tune.ser_ns = T->tune.ser_at = T->tune.par_ns = 0;
+        T->tune.ser_sum = T->tune.ser_n = T->tune.ser_win = T->tune.ser_prev = 0;
         if (T->tune.slow)       /* and so was the slowness */
             T->tune.serial_until = T->tune.backoff = T->tune.slow = 0;
     }
@@ -417,19 +468,26 @@ static void fbp_tune_store(const fbp_team *T) {
     __atomic_clear(&fbp_tune_lock, __ATOMIC_RELEASE);
 }
 /* Test hook: a new team's account of n made-up coarse team steps of one
-   shape (key 1: step[i], wait[i] ns), after one serial step of ser_ns (0:
-   none): out[0] the mean team step it keeps (par_ns), out[1] 1 if it is
-   backing off (running serially) after them.  With then_key != 0, what a
+   shape (key 1: step[i], wait[i] ns), after n_ser serial steps ser[j] ns
+   (-1: the window of serial steps ends there, as if FBP_SER_STALE_NS had
+   passed; a window ended twice in a row is forgotten): out[0] the mean
+   team step it keeps (par_ns), out[1] 1 if it is backing off (running
+   serially) after them, out[2] how long its last
+   back-off was (ns; 0: none since a good step).  With then_key != 0, what a
    call's next team learns from it instead: the team stored as a call ends
    (fbp_tune_store) and loaded by a new team for steps of shape then_key
    (fbp_tune_load; 1: the same shape).  The hint is restored after. */
-static void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,  /* IN */
+static void fbp_team_account_test(int n_ser, const int64_t *ser,              /* IN */
+                                  int n, const int64_t *step,                  /* IN */
                                   const int64_t *wait, int64_t then_key,       /* IN */
                                   int64_t *out) {                              /* OUT */
     fbp_team T;
     memset(&T, 0, sizeof T);
     T.tune.key = 1;
-    if (ser_ns != 0) fbp_team_serial_done(&T, 1, ser_ns);
+    for (int j = 0; j < n_ser; j++) {
+        if (ser[j] >= 0) fbp_serial_account(&T, 1, ser[j]);
+        else T.tune.ser_win -= FBP_SER_STALE_NS + 1;
+    }
     for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
     if (then_key != 0) {
         fbp_tune saved = fbp_tune_hint;
@@ -440,6 +498,7 @@ static void fbp_team_account_test(int64_t ser_ns, int n, const int64_t *step,  /
     }
     out[0] = T.tune.par_ns;
     out[1] = T.tune.serial_until != 0;
+    out[2] = T.tune.backoff;
 }
 /* Test hook: forget what earlier calls learnt (the lock is only ever held
    for a copy; never spin for ever, as in a child forked while it was held). */

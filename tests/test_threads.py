@@ -174,6 +174,9 @@ def test_default_threshold_row_split_any_mode(restore_threads, dtype):
                 assert (st["steps_team"] + st["steps_backoff"] + st["steps_probe"]
                         + st["steps_small"]) == 16          # 8 steps an epoch
                 assert st["wait_last_ns"] <= st["wait_ns"] <= st["step_ns"]
+                # the probes' wall and CPU time (thread 0's, at most its wall)
+                assert (st["steps_probe"] == 0) == (st["probe_ns"] == 0)
+                assert 0 <= st["probe_cpu_ns"] <= st["probe_ns"] + 1_000_000
                 if mode == 1:
                     assert st["steps_fine"] == st["steps_team"]
                 if mode == 2:
@@ -670,6 +673,57 @@ def test_team_account_times_a_long_first_step():
     assert K.team_account_test([(60 * ms, 0), (60 * ms, 0)]) == (60 * ms, False)
     with pytest.raises(ValueError, match="at most 16"):
         K.team_account_test([(ms, 0)] * 17)
+
+
+def test_team_account_judges_team_steps_by_the_lesser_of_two_serial_windows():
+    """A serial step costs the lesser of the mean serial step of this window
+    of FBP_SER_STALE_NS and the one before: one serial step timed while thread
+    0 shared its core with another process (the probe of a team that kept
+    running on a busy machine) does not make slower team steps look faster.
+    The old rule (a running mean, 3 parts old to 1 new) kept these 60 ms team
+    steps against 55 ms and 100 ms serial steps."""
+    K = _kernels
+    ms = 1_000_000
+    long_ = [(60 * ms, 0)]      # judged alone (50 ms or more)
+    # a window of one fast step, then one of one slow step: the fast one counts
+    assert K.team_account_test(long_, ser_ns=[[55 * ms], [100 * ms]]) == (0, True)
+    assert K.team_account_test(long_, ser_ns=[[100 * ms], [55 * ms]]) == (0, True)
+    # within a window, the mean (not the last steps' weight)
+    assert K.team_account_test(long_, ser_ns=[[100 * ms, 20 * ms]]) == (0, True)
+    assert K.team_account_test(long_, ser_ns=[[100 * ms, 30 * ms]]) == (60 * ms, False)
+    # the window before the last is forgotten
+    assert K.team_account_test(long_, ser_ns=[[55 * ms], [], [100 * ms]]) == (60 * ms, False)
+    assert K.team_account_test(long_, ser_ns=[[100 * ms], [100 * ms]]) == (60 * ms, False)
+    # what a call learnt carries to the next call of the shape, not to another
+    assert K.team_account_test(long_, ser_ns=[[55 * ms], [100 * ms]], then_key=1) == (0, True)
+    assert K.team_account_test(long_, ser_ns=[[55 * ms], [100 * ms]], then_key=3) == (0, False)
+    with pytest.raises(ValueError, match="positive"):
+        K.team_account_test(long_, ser_ns=[[0]])
+    with pytest.raises(ValueError, match="at most 16 serial"):
+        K.team_account_test(long_, ser_ns=[[ms] * 17])
+
+
+def test_team_account_back_off_doubles_up_to_four_seconds():
+    """A first back-off lasts at most a second (a hiccup on an idle machine costs
+    no more); while attempts keep failing it doubles, up to 4 s (a failed attempt
+    on a busy machine then costs about 1.5% of the time, not 6%)."""
+    K = _kernels
+    ms = 1_000_000
+    s = 1000 * ms
+    slow = (60 * ms, 0)             # long: judged alone
+    lengths = [K.team_account_test([slow] * n, ser_ns=55 * ms, backoff=True)[2]
+               for n in range(1, 6)]
+    assert lengths == [s, 2 * s, 4 * s, 4 * s, 4 * s]
+    waited = (60 * ms, 40 * ms)     # waited over half of it: 20 times the wait
+    lengths = [K.team_account_test([waited] * n, ser_ns=40 * ms, backoff=True)[2]
+               for n in range(1, 5)]
+    assert lengths == [800 * ms, 1600 * ms, 3200 * ms, 4 * s]
+    # a good (timed) step ends it, and the next back-off starts afresh
+    fast, slower = (30 * ms, 0), (200 * ms, 0)
+    assert K.team_account_test([slow, slow, fast, fast], ser_ns=55 * ms, backoff=True) == \
+        (30 * ms, False, 0)
+    assert K.team_account_test([slow, slow, fast, fast, slower], ser_ns=55 * ms,
+                               backoff=True) == (0, True, s)
 
 
 def test_team_account_does_not_time_the_step_after_a_back_off():
