@@ -8,7 +8,11 @@ CONFIG: a harness configuration (bench/configs.py: tiny, small, mnist, large,
 wide), with the harness's sizes, activation, batch and samples per epoch.
 
 TREE: the source tree whose built ``fastbp`` to import (default: this one).
-8 timed epochs after a warm-up one; prints the median and best epoch.
+8 timed epochs after a warm-up one (EPOCHS=N in the environment: N); prints
+the median and best epoch, then the counters summed over the timed epochs.
+PER_EPOCH=1 in the environment: also each epoch's time, thread 0's CPU time
+in it and its team and serial steps (a serial epoch whose CPU time is well
+under its wall time shared its core).
 FBP_TILE_MODE=0|1|2 in the environment: ``_kernels.set_tile_mode`` first (1:
 the row split's tiles always fine, 2 always coarse, while the team still
 backs off as usual; 0, the default: as the team picks).
@@ -46,12 +50,19 @@ def main() -> None:
                          loss="squared_error", dtype="float32", seed=0)
         net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
         K.team_stats(reset=True)
-        times = []
-        for _ in range(8):
-            t = time.perf_counter()
+        times, stats = [], {}
+        for _ in range(int(os.environ.get("EPOCHS", "8"))):
+            t, cpu = time.perf_counter(), time.thread_time()
             net.fit(X, Y, epochs=1, batch_size=batch_size, lr=1e-3)
             times.append(time.perf_counter() - t)
-        stats = K.team_stats()
+            cpu = time.thread_time() - cpu
+            st = K.team_stats(reset=True)
+            stats = {k: stats.get(k, 0) + v for k, v in st.items()}
+            if os.environ.get("PER_EPOCH") == "1":
+                serial = st["steps_backoff"] + st["steps_probe"] + st["steps_small"]
+                print(f"  epoch {times[-1]:.3f} s, thread 0 CPU {cpu:.3f} s: "
+                      f"{st['steps_team']} team steps, {serial} serial "
+                      f"({st['steps_probe']} probes), {st['backoffs']} back-offs")
     finally:
         if proc is not None:
             proc.kill()
