@@ -231,12 +231,11 @@ static void fbp_stats_reset(void) {
    - back-off: run serially until serial_until (when waiting took over
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
-   - ser_ns: what a serial step of this shape (key) takes, the lesser of
-     the mean serial step of two windows of FBP_SER_STALE_NS, this one
-     (ser_sum / ser_n, from ser_win) and the one before (ser_prev), so that
-     one serial step timed while thread 0 shared its core (the probe of a
-     team that kept running on a busy machine) does not make slower team
-     steps look faster; ser_at when a serial step was last timed;
+   - serial steps of this shape (key) timed in this window of
+     FBP_SER_STALE_NS (ser_n of them, ser_sum ns in all, from ser_win), the
+     mean serial step of the window before (ser_prev; 0: none), and when a
+     serial step was last timed (ser_at): what a serial step takes is the
+     lesser of the two windows' means (fbp_ser_ns);
    - par_ns: the running mean of a team step of this shape;
    - untimed: the next team step is not timed (the first after a back-off:
      the workers, asleep while thread 0 ran serially, wake during it);
@@ -248,15 +247,15 @@ typedef struct {
     int64_t key;
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
-    int64_t ser_ns, ser_at, par_ns;
-    int64_t ser_sum, ser_n, ser_win, ser_prev;
+    int64_t ser_sum, ser_n, ser_win, ser_prev, ser_at;
+    int64_t par_ns;
     int64_t untimed, slow;
     int64_t strikes;        /* consecutive team steps that waited over half of them */
     int64_t slow_strikes;   /* consecutive timed team steps no faster than serial ones */
 } fbp_tune;
 static fbp_tune fbp_tune_hint;
 static char fbp_tune_lock;
-/* A serial step is timed again when ser_ns is older than this. */
+/* A serial step is timed again when the last one is older than this. */
 #define FBP_SER_STALE_NS 4000000000LL
 
 typedef struct {
@@ -274,17 +273,14 @@ typedef struct {
     int loss_done;          /* loss tiles of the current generation run to their end */
 } fbp_team;
 #include <time.h>
-static int64_t fbp_now_ns(void) {
+static int64_t fbp_clock_ns(clockid_t clock) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(clock, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
+static int64_t fbp_now_ns(void) { return fbp_clock_ns(CLOCK_MONOTONIC); }
 /* The calling thread's CPU time (a system call: the vDSO does not serve this clock). */
-static int64_t fbp_thread_cpu_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
+static int64_t fbp_thread_cpu_ns(void) { return fbp_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 /* How thread 0 runs the next step (fbp_team_mode). */
 enum { FBP_MODE_SERIAL = 0, FBP_MODE_PROBE = 1, FBP_MODE_FINE = 2, FBP_MODE_COARSE = 3 };
 /* Thread 0, before a step of shape `key`: serially (backing off, or
@@ -297,7 +293,7 @@ static int fbp_team_mode(fbp_team *T, int64_t key) {
     int64_t now = fbp_now_ns();
     if (u->serial_until != 0 && now < u->serial_until) return FBP_MODE_SERIAL;
     if (u->key == key && u->par_ns != 0 &&
-        (u->ser_ns == 0 || now - u->ser_at > FBP_SER_STALE_NS))
+        (u->ser_n == 0 || now - u->ser_at > FBP_SER_STALE_NS))
         return FBP_MODE_PROBE;
     return u->fine_until != 0 && now < u->fine_until ? FBP_MODE_FINE : FBP_MODE_COARSE;
 }
@@ -307,12 +303,21 @@ static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
     return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
 }
 static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
-/* A serial step of shape `key` took step_ns: into ser_ns. */
-static void fbp_serial_account(fbp_team *T, int64_t key, int64_t step_ns) {
+/* What a serial step of this shape takes (0: none timed): the lesser of
+   the mean serial step of this window and of the one before, so that one
+   serial step timed while thread 0 shared its core (the probe of a team
+   that kept running on a busy machine) does not make slower team steps
+   look faster for longer than a window. */
+static int64_t fbp_ser_ns(const fbp_tune *u) {
+    if (u->ser_n == 0) return 0;
+    int64_t mean = u->ser_sum / u->ser_n;
+    return u->ser_prev != 0 && u->ser_prev < mean ? u->ser_prev : mean;
+}
+/* A serial step of shape `key` took step_ns, ending at `now`. */
+static void fbp_serial_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t now) {
     fbp_tune *u = &T->tune;
     T->last_end = 0;        /* (the stats' gaps are between team steps) */
     if (u->key != key) return;
-    int64_t now = fbp_now_ns();
     if (u->ser_n == 0 || now - u->ser_win > FBP_SER_STALE_NS) {     /* a new window */
         u->ser_prev = u->ser_n != 0 && now - u->ser_win <= 2 * FBP_SER_STALE_NS
                       ? u->ser_sum / u->ser_n : 0;
@@ -321,8 +326,6 @@ static void fbp_serial_account(fbp_team *T, int64_t key, int64_t step_ns) {
     }
     u->ser_sum += step_ns;
     u->ser_n++;
-    u->ser_ns = u->ser_sum / u->ser_n;
-    if (u->ser_prev != 0 && u->ser_prev < u->ser_ns) u->ser_ns = u->ser_prev;
     u->ser_at = now;
 }
 /* Thread 0, before a serial step in a region run in `mode`: its start
@@ -334,9 +337,9 @@ static void fbp_serial_begin(int mode, int64_t *t) {  /* OUT t[2] */
 }
 /* Thread 0, after a serial step of shape `key` begun at t (fbp_serial_begin). */
 static void fbp_team_serial_done(fbp_team *T, int64_t key, const int64_t *t) {  /* IN t[2] */
-    int64_t step_ns = fbp_now_ns() - t[0];
-    if (t[1] >= 0) fbp_stat_probe(step_ns, fbp_thread_cpu_ns() - t[1]);
-    fbp_serial_account(T, key, step_ns);
+    int64_t now = fbp_now_ns();
+    if (t[1] >= 0) fbp_stat_probe(now - t[0], fbp_thread_cpu_ns() - t[1]);
+    fbp_serial_account(T, key, now - t[0], now);
 }
 /* A back-off lasts at most FBP_BACKOFF_NS at first, and doubles while
    attempts keep failing up to FBP_BACKOFF_MAX_NS: a failed attempt on a
@@ -427,8 +430,9 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         return;
     }
     u->strikes = 0;
-    if (u->ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * u->ser_ns
-            && (!first || step_ns >= FBP_FIRST_TIMED_NS) && 50 * step_ns >= 49 * u->ser_ns) {
+    int64_t ser_ns = fbp_ser_ns(u);
+    if (ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * ser_ns
+            && (!first || step_ns >= FBP_FIRST_TIMED_NS) && 50 * step_ns >= 49 * ser_ns) {
         if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
             fbp_back_off(u, 50 * u->par_ns, now, 1);
             FBP_STAT(slow_backoffs, 1);
@@ -456,8 +460,8 @@ static void fbp_tune_load(fbp_team *T, int64_t key) {
     }
     if (T->tune.key != key) {   /* the timings are of another shape */
         T->tune.key = key;
-        T->tune.ser_ns = T->tune.ser_at = T->tune.par_ns = 0;
         T->tune.ser_sum = T->tune.ser_n = T->tune.ser_win = T->tune.ser_prev = 0;
+        T->tune.ser_at = T->tune.par_ns = 0;
         if (T->tune.slow)       /* and so was the slowness */
             T->tune.serial_until = T->tune.backoff = T->tune.slow = 0;
     }
@@ -485,7 +489,7 @@ static void fbp_team_account_test(int n_ser, const int64_t *ser,              /*
     memset(&T, 0, sizeof T);
     T.tune.key = 1;
     for (int j = 0; j < n_ser; j++) {
-        if (ser[j] >= 0) fbp_serial_account(&T, 1, ser[j]);
+        if (ser[j] >= 0) fbp_serial_account(&T, 1, ser[j], fbp_now_ns());
         else T.tune.ser_win -= FBP_SER_STALE_NS + 1;
     }
     for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
