@@ -135,22 +135,22 @@ def team_stats(bint reset=False):
 
 def team_account_test(steps, ser_ns=0, int64_t then_key=0, bint backoff=False):
     """Test hook: how a new team accounts for made-up coarse team steps
-    ``[(step_ns, wait_ns), ...]`` (at most 16) of one shape (key 1) after
+    ``[(step_ns, wait_ns), ...]`` (at most 64) of one shape (key 1) after
     serial steps ``ser_ns``: one step's ns (0: none), or windows of them
     ``[[ns, ...], ...]`` (at most 16 steps), each window ending as if
-    FBP_SER_STALE_NS had passed.  Returns ``(par_ns, backing_off)``, the mean
+    FBP_SER_STALE_NS had passed (a step two windows old is forgotten).  Returns ``(par_ns, backing_off)``, the mean
     team step it keeps and whether it now runs serially (fbp_team_account);
     with ``then_key``, the same for the next call's team, of steps of shape
     ``then_key``, after this one stored what it learnt (fbp_tune_load).
     With ``backoff``, also the length of the last back-off in ns (0: none
     since a good step)."""
-    cdef int64_t st[16]
-    cdef int64_t wt[16]
+    cdef int64_t st[64]
+    cdef int64_t wt[64]
     cdef int64_t sr[32]
     cdef int64_t out[3]
     cdef int i, n = len(steps), n_ser = 0
-    if n > 16:
-        raise ValueError("at most 16 steps")
+    if n > 64:
+        raise ValueError("at most 64 steps")
     if isinstance(ser_ns, int):
         windows = [[ser_ns]] if ser_ns != 0 else []
     else:

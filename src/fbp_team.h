@@ -231,24 +231,28 @@ static void fbp_stats_reset(void) {
    - back-off: run serially until serial_until (when waiting took over
      half a step, or a team step was no faster than a serial one);
    - fine tiles until fine_until (when coarse tiles left it waiting);
-   - serial steps of this shape (key) timed in this window of
-     FBP_SER_STALE_NS (ser_n of them, ser_sum ns in all, from ser_win), the
-     mean serial step of the window before (ser_prev; 0: none), and when a
-     serial step was last timed (ser_at): what a serial step takes is the
-     lesser of the two windows' means (fbp_ser_ns);
-   - par_ns: the running mean of a team step of this shape;
+   - the last FBP_SER_RING serial steps of this shape (key), each with
+     the time it ended (ser_ns[], ser_end[]; ser_n of them, the next one
+     into ser_next), and when a serial step was last timed (ser_at): what
+     a serial step takes is the lower median of those that ended within
+     2 FBP_SER_STALE_NS (fbp_ser_ns);
+   - par_ns: the running mean of a team step of this shape; blk_ns, blk_n:
+     the timed team steps since the last block was judged (fbp_team_account);
    - untimed: the next team step is not timed (the first after a back-off:
      the workers, asleep while thread 0 ran serially, wake during it);
    - slow: the back-off is because team steps of this shape were no faster
      (a property of the shape: a call of another shape does not inherit it,
      fbp_tune_load), not because threads waited (the machine is busy: that
      one carries over). */
+#define FBP_SER_RING 8
 typedef struct {
     int64_t key;
     int64_t serial_until, backoff;
     int64_t fine_until, fine_len;
-    int64_t ser_sum, ser_n, ser_win, ser_prev, ser_at;
+    int64_t ser_ns[FBP_SER_RING], ser_end[FBP_SER_RING];
+    int64_t ser_n, ser_next, ser_at;
     int64_t par_ns;
+    int64_t blk_ns, blk_n;
     int64_t untimed, slow;
     int64_t strikes;        /* consecutive team steps that waited over half of them */
     int64_t slow_strikes;   /* consecutive timed team steps no faster than serial ones */
@@ -293,7 +297,7 @@ static int fbp_team_mode(fbp_team *T, int64_t key) {
     int64_t now = fbp_now_ns();
     if (u->serial_until != 0 && now < u->serial_until) return FBP_MODE_SERIAL;
     if (u->key == key && u->par_ns != 0 &&
-        (u->ser_n == 0 || now - u->ser_at > FBP_SER_STALE_NS))
+        (u->ser_at == 0 || now - u->ser_at > FBP_SER_STALE_NS))
         return FBP_MODE_PROBE;
     return u->fine_until != 0 && now < u->fine_until ? FBP_MODE_FINE : FBP_MODE_COARSE;
 }
@@ -303,29 +307,35 @@ static int64_t fbp_shape_key(int64_t macs, int64_t m, int flags) {
     return (int64_t)((k << 2 | (uint64_t)flags) & 0x7fffffffffffffffULL) | 1;
 }
 static int64_t fbp_mean_in(int64_t mean, int64_t x) { return mean == 0 ? x : (3 * mean + x) / 4; }
-/* What a serial step of this shape takes (0: none timed): the lesser of
-   the mean serial step of this window and of the one before, so that one
-   serial step timed while thread 0 shared its core (the probe of a team
-   that kept running on a busy machine) does not make slower team steps
-   look faster for longer than a window. */
-static int64_t fbp_ser_ns(const fbp_tune *u) {
-    if (u->ser_n == 0) return 0;
-    int64_t mean = u->ser_sum / u->ser_n;
-    return u->ser_prev != 0 && u->ser_prev < mean ? u->ser_prev : mean;
+/* What a serial step of this shape takes at `now` (0: none timed): the
+   lower median of the last FBP_SER_RING serial steps that ended within 2
+   FBP_SER_STALE_NS.  Not their mean: what slows a serial step (a cold
+   start, thread 0 sharing its core for a moment, as a probe of a team that
+   kept running on a busy machine does) only ever slows it, and a mean of
+   such steps (2.10 ms against 1.75 ms in a traced 784-256-128-10 b128 run
+   on a busy core, from a call's first, cold steps) made team steps no
+   faster than serial ones look faster; and not older steps, which are of
+   another state of the machine. */
+static int64_t fbp_ser_ns(const fbp_tune *u, int64_t now) {
+    int64_t v[FBP_SER_RING];
+    int n = 0;
+    for (int i = 0; i < u->ser_n; i++) {
+        if (now - u->ser_end[i] > 2 * FBP_SER_STALE_NS) continue;
+        int j = n++;            /* insertion sort: at most FBP_SER_RING values */
+        for (; j > 0 && v[j - 1] > u->ser_ns[i]; j--) v[j] = v[j - 1];
+        v[j] = u->ser_ns[i];
+    }
+    return n == 0 ? 0 : v[(n - 1) / 2];
 }
 /* A serial step of shape `key` took step_ns, ending at `now`. */
 static void fbp_serial_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t now) {
     fbp_tune *u = &T->tune;
     T->last_end = 0;        /* (the stats' gaps are between team steps) */
     if (u->key != key) return;
-    if (u->ser_n == 0 || now - u->ser_win > FBP_SER_STALE_NS) {     /* a new window */
-        u->ser_prev = u->ser_n != 0 && now - u->ser_win <= 2 * FBP_SER_STALE_NS
-                      ? u->ser_sum / u->ser_n : 0;
-        u->ser_sum = u->ser_n = 0;
-        u->ser_win = now;
-    }
-    u->ser_sum += step_ns;
-    u->ser_n++;
+    u->ser_ns[u->ser_next] = step_ns;
+    u->ser_end[u->ser_next] = now;
+    u->ser_next = (u->ser_next + 1) % FBP_SER_RING;
+    if (u->ser_n < FBP_SER_RING) u->ser_n++;
     u->ser_at = now;
 }
 /* Thread 0, before a serial step in a region run in `mode`: its start
@@ -356,6 +366,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
     u->backoff = b;
     u->serial_until = now + b;
     u->par_ns = 0;          /* team steps are timed afresh, from the second */
+    u->blk_ns = u->blk_n = 0;
     u->untimed = 1;
     u->slow = slow;
     FBP_STAT(backoffs, 1);
@@ -378,16 +389,25 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
      same back-off, from 50 team steps' time (one such step alone was, as
      above, a host's hiccup as often as not: traced, one slow back-off at
      a fresh call's second step, then 126 serial steps);
+   - a block of timed team steps (FBP_BLOCK_NS of them or more, stalls
+     included) no faster than serial ones on average: the same back-off.
+     On a busy core, 784-256-128-10 b128 team steps ran 1.1-1.2 ms while
+     the worker had its core and 5.5 ms (no wait: thread 0 shared a core)
+     when not, 2.6 ms on average against 1.75 ms serial steps, and no two
+     slow steps came in a row (traced: whole epochs on the team, 15-40%
+     slower than serial ones);
    - a step of FBP_FIRST_TIMED_NS or more is judged alone, for either
      reason (a hiccup does not make so long a step twice as slow, and a
      call of a few long steps has no second one to wait for);
    - after a back-off for either reason, the first attempt that fails in
      the same way backs off again at once (the strikes stand until a good
      step);
-   - otherwise a good step ends the backoff; and after a coarse step that
-     waited more than an eighth of it, fine tiles (less to wait for, more
-     packing) for 16 steps' time, doubling while coarse steps keep
-     waiting, up to a second.
+   - otherwise a good step ends the back-off, and a block judged faster
+     than serial steps its doubling (one fast step between stalls does
+     not: the stalls of the steps around it are the attempt's cost); and
+     after a coarse step that waited more than an eighth of it, fine tiles
+     (less to wait for, more packing) for 16 steps' time, doubling while
+     coarse steps keep waiting, up to a second.
    The first step of a team may wait for the other threads to start
    (tens of microseconds on an idle machine), and so may the first after a
    back-off (the workers fell asleep while thread 0 ran serially: a futex
@@ -400,6 +420,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
    otherwise run two team steps after each back-off before it can see
    that they are no faster than serial ones.) */
 #define FBP_FIRST_TIMED_NS 50000000LL
+#define FBP_BLOCK_NS 50000000LL
 /* Fine tiles for 16 steps' time, doubling while coarse steps keep
    waiting, up to a second. */
 static void fbp_go_fine(fbp_tune *u, int64_t step_ns, int64_t now) {
@@ -418,7 +439,12 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     if (u->key != key) return;
     first |= (int)u->untimed;
     u->untimed = 0;
-    if (!first || step_ns >= FBP_FIRST_TIMED_NS) u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+    int timed = !first || step_ns >= FBP_FIRST_TIMED_NS;
+    if (timed) {
+        u->par_ns = fbp_mean_in(u->par_ns, step_ns);
+        u->blk_ns += step_ns;
+        u->blk_n++;
+    }
     if (2 * wait_ns > step_ns && wait_ns > 20000) {
         if (u->strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {   /* twice in a row, or long */
             fbp_back_off(u, 20 * wait_ns, now, 0);
@@ -430,19 +456,30 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         return;
     }
     u->strikes = 0;
-    int64_t ser_ns = fbp_ser_ns(u);
+    int64_t ser_ns = fbp_ser_ns(u, now);
+    int passed = 0;         /* a block of team steps was faster than serial steps */
+    if (u->blk_ns >= FBP_BLOCK_NS) {
+        int64_t mean = u->blk_ns / u->blk_n;
+        u->blk_ns = u->blk_n = 0;
+        if (ser_ns != 0 && 50 * mean >= 49 * ser_ns) {
+            fbp_back_off(u, 50 * mean, now, 1);
+            FBP_STAT(slow_backoffs, 1);
+            return;
+        }
+        passed = 1;
+    }
     if (ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * ser_ns
-            && (!first || step_ns >= FBP_FIRST_TIMED_NS) && 50 * step_ns >= 49 * ser_ns) {
+            && timed && 50 * step_ns >= 49 * ser_ns) {
         if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
             fbp_back_off(u, 50 * u->par_ns, now, 1);
             FBP_STAT(slow_backoffs, 1);
         }
         return;     /* a strike: the next step decides (nor does it end a back-off) */
-    } else if (!first || step_ns >= FBP_FIRST_TIMED_NS) {
+    } else if (timed) {
         u->slow_strikes = 0;
     }
     if (first && u->par_ns == 0 && u->backoff != 0) return;   /* judged by the next step */
-    u->backoff = 0;
+    if (passed) u->backoff = 0;     /* the attempt succeeded: the next back-off starts afresh */
     u->serial_until = 0;
     if (fine || first) return;
     if (8 * wait_ns > step_ns && wait_ns > 20000) {
@@ -460,8 +497,8 @@ static void fbp_tune_load(fbp_team *T, int64_t key) {
     }
     if (T->tune.key != key) {   /* the timings are of another shape */
         T->tune.key = key;
-        T->tune.ser_sum = T->tune.ser_n = T->tune.ser_win = T->tune.ser_prev = 0;
-        T->tune.ser_at = T->tune.par_ns = 0;
+        T->tune.ser_n = T->tune.ser_next = T->tune.ser_at = 0;
+        T->tune.par_ns = T->tune.blk_ns = T->tune.blk_n = 0;
         if (T->tune.slow)       /* and so was the slowness */
             T->tune.serial_until = T->tune.backoff = T->tune.slow = 0;
     }
@@ -473,8 +510,8 @@ static void fbp_tune_store(const fbp_team *T) {
 }
 /* Test hook: a new team's account of n made-up coarse team steps of one
    shape (key 1: step[i], wait[i] ns), after n_ser serial steps ser[j] ns
-   (-1: the window of serial steps ends there, as if FBP_SER_STALE_NS had
-   passed; a window ended twice in a row is forgotten): out[0] the mean
+   (-1: the serial steps so far age by FBP_SER_STALE_NS, as if that time
+   had passed; aged twice, they are forgotten): out[0] the mean
    team step it keeps (par_ns), out[1] 1 if it is backing off (running
    serially) after them, out[2] how long its last
    back-off was (ns; 0: none since a good step).  With then_key != 0, what a
@@ -489,8 +526,12 @@ static void fbp_team_account_test(int n_ser, const int64_t *ser,              /*
     memset(&T, 0, sizeof T);
     T.tune.key = 1;
     for (int j = 0; j < n_ser; j++) {
-        if (ser[j] >= 0) fbp_serial_account(&T, 1, ser[j], fbp_now_ns());
-        else T.tune.ser_win -= FBP_SER_STALE_NS + 1;
+        if (ser[j] >= 0) {
+            fbp_serial_account(&T, 1, ser[j], fbp_now_ns());
+        } else {
+            for (int i = 0; i < T.tune.ser_n; i++) T.tune.ser_end[i] -= FBP_SER_STALE_NS + 1;
+            T.tune.ser_at -= FBP_SER_STALE_NS + 1;
+        }
     }
     for (int i = 0; i < n; i++) fbp_team_account(&T, 1, step[i], wait[i], 0);
     if (then_key != 0) {

@@ -671,27 +671,35 @@ def test_team_account_times_a_long_first_step():
     assert K.team_account_test([(30 * ms, 0)], ser_ns=100 * ms) == (0, False)
     # without a serial step's time, no step is judged slow
     assert K.team_account_test([(60 * ms, 0), (60 * ms, 0)]) == (60 * ms, False)
-    with pytest.raises(ValueError, match="at most 16"):
-        K.team_account_test([(ms, 0)] * 17)
+    with pytest.raises(ValueError, match="at most 64"):
+        K.team_account_test([(ms, 0)] * 65)
 
 
-def test_team_account_judges_team_steps_by_the_lesser_of_two_serial_windows():
-    """A serial step costs the lesser of the mean serial step of this window
-    of FBP_SER_STALE_NS and the one before: one serial step timed while thread
-    0 shared its core with another process (the probe of a team that kept
-    running on a busy machine) does not make slower team steps look faster.
-    The old rule (a running mean, 3 parts old to 1 new) kept these 60 ms team
-    steps against 55 ms and 100 ms serial steps."""
+def test_team_account_judges_team_steps_by_the_lower_median_of_recent_serial_steps():
+    """A serial step costs the lower median of the last 8 serial steps that
+    ended within two windows of FBP_SER_STALE_NS: a serial step slowed by
+    something else (a call's first, cold steps; thread 0 sharing its core
+    with another process, as the probe of a team that kept running on a
+    busy machine does) does not make slower team steps look faster.  The
+    rule before (the lesser of two windows' means) kept these 60 ms team
+    steps against serial steps of 55 ms and a few slow ones."""
     K = _kernels
     ms = 1_000_000
     long_ = [(60 * ms, 0)]      # judged alone (50 ms or more)
-    # a window of one fast step, then one of one slow step: the fast one counts
+    # one fast step, then (a window later) one slow step: the fast one counts
     assert K.team_account_test(long_, ser_ns=[[55 * ms], [100 * ms]]) == (0, True)
     assert K.team_account_test(long_, ser_ns=[[100 * ms], [55 * ms]]) == (0, True)
-    # within a window, the mean (not the last steps' weight)
     assert K.team_account_test(long_, ser_ns=[[100 * ms, 20 * ms]]) == (0, True)
-    assert K.team_account_test(long_, ser_ns=[[100 * ms, 30 * ms]]) == (60 * ms, False)
-    # the window before the last is forgotten
+    # slow steps among fast ones: the median, not the mean (72 and 137 ms)
+    cold = [[100 * ms] * 3 + [55 * ms] * 5]
+    assert K.team_account_test(long_, ser_ns=cold) == (0, True)
+    assert K.team_account_test(long_, ser_ns=[[55 * ms, 55 * ms, 300 * ms]]) == (0, True)
+    assert K.team_account_test(long_, ser_ns=[[100 * ms, 100 * ms, 30 * ms]]) == \
+        (60 * ms, False)
+    # the last 8 steps only
+    assert K.team_account_test(long_, ser_ns=[[55 * ms] * 8 + [100 * ms] * 8]) == \
+        (60 * ms, False)
+    # steps two windows old are forgotten
     assert K.team_account_test(long_, ser_ns=[[55 * ms], [], [100 * ms]]) == (60 * ms, False)
     assert K.team_account_test(long_, ser_ns=[[100 * ms], [100 * ms]]) == (60 * ms, False)
     # what a call learnt carries to the next call of the shape, not to another
@@ -718,11 +726,14 @@ def test_team_account_back_off_doubles_up_to_four_seconds():
     lengths = [K.team_account_test([waited] * n, ser_ns=40 * ms, backoff=True)[2]
                for n in range(1, 5)]
     assert lengths == [800 * ms, 1600 * ms, 3200 * ms, 4 * s]
-    # a good (timed) step ends it, and the next back-off starts afresh
+    # a good (timed) step ends it; once 50 ms of timed team steps were faster
+    # than serial ones, the next back-off starts afresh
     fast, slower = (30 * ms, 0), (200 * ms, 0)
     assert K.team_account_test([slow, slow, fast, fast], ser_ns=55 * ms, backoff=True) == \
-        (30 * ms, False, 0)
-    assert K.team_account_test([slow, slow, fast, fast, slower], ser_ns=55 * ms,
+        (30 * ms, False, 2 * s)
+    assert K.team_account_test([slow, slow, fast, fast, fast], ser_ns=55 * ms,
+                               backoff=True) == (30 * ms, False, 0)
+    assert K.team_account_test([slow, slow, fast, fast, fast, slower], ser_ns=55 * ms,
                                backoff=True) == (0, True, s)
 
 
@@ -747,6 +758,34 @@ def test_team_account_does_not_time_the_step_after_a_back_off():
     assert K.team_stats()["backoffs"] - before == 2
     # one slow step between fast ones does not back off
     assert K.team_account_test([slow, slow, fast, slow, fast], ser_ns=4 * ms)[1] is False
+
+
+def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
+    """Team steps are also judged in blocks of 50 ms or more of timed steps,
+    stalls included: on a busy core, 784-256-128-10 b128 team steps ran fast
+    while the worker had its core and stalled when not, slower than serial
+    steps on average with no two slow steps in a row, and the rule of two
+    slow steps in a row kept them for whole epochs.  One stall among fast
+    steps (a hiccup on an idle machine) is not a reason; and one fast step
+    between stalls does not end the back-off's doubling."""
+    K = _kernels
+    ms = 1_000_000
+    fast, stall = (3 * ms, 0), (12 * ms, 0)
+    busy = [fast, fast, stall] * 3      # 8 timed steps of 51 ms: 6.4 ms each
+    assert K.team_account_test(busy, ser_ns=5 * ms) == (0, True)
+    # (before the block: never two slow steps in a row, no back-off)
+    assert K.team_account_test(busy[:-1], ser_ns=5 * ms)[1] is False
+    # faster on average: kept (the last step alone is a first strike)
+    idle = [fast] * 15 + [stall]
+    assert K.team_account_test(idle, ser_ns=5 * ms) == (5_250_000, False)
+    before = K.team_stats()["slow_backoffs"]
+    K.team_account_test(idle + [fast] * 20, ser_ns=5 * ms)
+    assert K.team_stats()["slow_backoffs"] == before
+    # the next attempt stalls the same way: the back-off doubles
+    first = K.team_account_test(busy, ser_ns=5 * ms, backoff=True)[2]
+    assert first == 50 * (51 * ms // 8)
+    again = busy + [fast] + [fast, stall, fast] * 3
+    assert K.team_account_test(again, ser_ns=5 * ms, backoff=True) == (0, True, 2 * first)
 
 
 def test_team_account_backs_off_after_two_waiting_steps_in_a_row():
