@@ -210,7 +210,16 @@ def measure_peer(spec: dict[str, Any]) -> dict[str, Any]:
     first_epoch_s = time.perf_counter() - t0
     peak_before_check = mem.peak_over_baseline_mib()  # (the copy params() makes: not the peer's)
     got = trainer.params()
-    check = verify.check(got, cfg, X, Y, spec["lr"], init, shuffle(0))
+    # The check's float64 numpy epoch runs on one BLAS thread: with more,
+    # OpenBLAS's threads spin for about 0.1 s after its last product (140 ms
+    # of CPU in the next 0.5 s, measured here), into the first timed epochs
+    # of the peer, on a core that a peer on 2 threads needs.
+    quiet = _limit_threads(1)
+    try:
+        check = verify.check(got, cfg, X, Y, spec["lr"], init, shuffle(0))
+    finally:
+        if quiet is not None:
+            quiet.restore_original_limits()
     del got
     gc.collect()
     base = {"n_samples": n, "verify": check, "build_s": build_s,
