@@ -229,15 +229,19 @@ def busy_table(busy: dict[str, Any]) -> str:
     b = busy["busy_process"]
     out = ["", f"== one core busy: a busy-looping process pinned to CPU {b['cpu']} "
                f"(of {b['cpus']}), fastbp {busy['dtype']}, {busy['rounds']} interleaved round(s)",
-           f"{'config':<30} {'1 thread':>11} {'2 threads':>11} {'2t / 1t':>8}  per round"]
+           f"{'config':<30} {'1 thread':>11} {'2 threads':>11} {'2t / 1t':>8} "
+           f"{'median':>7}  per round"]
     out.append("-" * len(out[-1]))
     for cfg, s in busy["summary"].items():
         rounds = " ".join(f"{x:.2f}" for x in s["ratio_per_round"])
         one, two = s["samples_per_s_1t"], s["samples_per_s_2t"]
         out.append(f"{CONFIGS[cfg].label:<30} {one or 0:>11,.0f} {two or 0:>11,.0f} "
-                   f"{_num(s['ratio'], 'x'):>8}  {rounds}")
+                   f"{_num(s['ratio'], 'x'):>8} {_num(s.get('ratio_median_round'), 'x'):>7}"
+                   f"  {rounds}")
     out.append("samples/s: the median timed epoch of each run, best run of the rounds; "
-               "2t / 1t > 1: the second thread helps despite the busy core.")
+               "2t / 1t: of those bests; median: of the rounds' 2t / 1t (each round's "
+               "two runs minutes apart at most); > 1: the second thread helps despite "
+               "the busy core.")
     return "\n".join(out)
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -188,8 +189,10 @@ def busy_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run_busy(args: argparse.Namespace) -> dict[str, Any]:
     """The busy-core case: the raw results and, per configuration, the best
-    over rounds of the median-epoch samples/s on 1 and 2 threads and the
-    ratio 2 threads / 1 thread."""
+    over rounds of the median-epoch samples/s on 1 and 2 threads, the ratio
+    2 threads / 1 thread of those bests, the ratio of each round's pair of
+    runs and their median (the steadier figure where the machine's speed
+    drifts between rounds: a best run is one lucky moment)."""
     specs = busy_specs(args)
     results = []
     with busy_core() as busy:
@@ -212,7 +215,8 @@ def run_busy(args: argparse.Namespace) -> dict[str, Any]:
                                     for t in (1, 2)])]
         summary[cfg] = {"samples_per_s_1t": best[1], "samples_per_s_2t": best[2],
                         "ratio": best[2] / best[1] if best[1] and best[2] else None,
-                        "ratio_per_round": ratios}
+                        "ratio_per_round": ratios,
+                        "ratio_median_round": statistics.median(ratios) if ratios else None}
     return {"busy_process": busy, "dtype": specs[0]["dtype"] if specs else None,
             "rounds": args.busy_rounds, "summary": summary, "results": results}
 

@@ -153,6 +153,8 @@ def test_quick_busy_core_case(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" and r["spec"]["busy"] for r in busy["results"])
     s = busy["summary"]["tiny"]
     assert s["ratio"] > 0 and len(s["ratio_per_round"]) == 1
+    assert s["ratio_median_round"] == s["ratio_per_round"][0]
+    assert "median" in report.busy_table(busy)
     pid = busy["busy_process"]["pid"]
     assert not os.path.exists(f"/proc/{pid}") or \
         Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", "busy loop left running"
@@ -232,6 +234,43 @@ def test_worker_refuses_a_wrong_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     spec["peer"] = "numpy"
     ok = worker.run_spec(spec)
     assert ok["status"] == "ok" and len(ok["times_s"]) == 3 and ok["verify"]["ok"]
+
+
+def test_worker_runs_the_check_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float64 check's numpy epoch runs on one BLAS thread (more would spin
+    into the peer's first timed epochs), and the peer's own limit is back after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = {}
+    real_check, real_epoch = verify.check, peers.PEERS["numpy"].build
+
+    def blas_threads() -> list[int]:
+        return [d["num_threads"] for d in threadpoolctl.threadpool_info()
+                if d["user_api"] == "blas"]
+
+    def check(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["check"] = blas_threads()
+        return real_check(*args, **kwargs)
+
+    def build(cfg, X, Y, lr, init, shuffle):  # type: ignore[no-untyped-def]
+        t = real_epoch(cfg, X, Y, lr, init, shuffle)
+        epoch = t.epoch
+
+        def timed(e):  # type: ignore[no-untyped-def]
+            seen.setdefault("epochs", []).append(blas_threads())
+            return epoch(e)
+        t.epoch = timed
+        return t
+
+    monkeypatch.setattr(verify, "check", check)
+    monkeypatch.setitem(peers.PEERS, "spy", peers.Peer("spy", ("numpy",), build))
+    spec = {"kind": "peer", "peer": "spy", "config": "small", "dtype": "float32",
+            "threads": 2, "quick": True, "lr": 0.001, "min_time": 0.0, "warmup": 1,
+            "repeats": 2, "seed": 0}
+    assert worker.run_spec(spec)["status"] == "ok"
+    if not seen["check"]:
+        pytest.skip("threadpoolctl sees no BLAS library")
+    assert set(seen["check"]) == {1}
+    assert all(set(n) == {2} for n in seen["epochs"]), seen
 
 
 def test_thread_usage_counts_busy_threads() -> None:
