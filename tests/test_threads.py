@@ -781,6 +781,11 @@ def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
     before = K.team_stats()["slow_backoffs"]
     K.team_account_test(idle + [fast] * 20, ser_ns=5 * ms)
     assert K.team_stats()["slow_backoffs"] == before
+    # two slow steps in a row after faster ones, the attempt still faster on
+    # average: not a reason either (a noisy host); uniformly slow ones are
+    noisy = [(ms, 0)] * 16 + [(4 * ms, 0)] * 5
+    assert K.team_account_test(noisy, ser_ns=3 * ms)[1] is False
+    assert K.team_account_test([(4 * ms, 0)] * 3, ser_ns=3 * ms) == (0, True)
     # the next attempt stalls the same way: the back-off doubles
     first = K.team_account_test(busy, ser_ns=5 * ms, backoff=True)[2]
     assert first == 50 * (51 * ms // 8)
