@@ -394,7 +394,9 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
      backed off after 24 team steps of 1.1-2.4 ms, 1.5 ms on average,
      against 1.75 ms serial steps);
    - a block of timed team steps (FBP_BLOCK_NS of them or more, stalls
-     included) no faster than serial ones on average: the same back-off.
+     included, and at least FBP_BLOCK_STEPS steps: one long step is judged
+     by the rule above, with the steps before it) no faster than serial
+     ones on average: the same back-off.
      On a busy core, 784-256-128-10 b128 team steps ran 1.1-1.2 ms while
      the worker had its core and 5.5 ms (no wait: thread 0 shared a core)
      when not, 2.6 ms on average against 1.75 ms serial steps, and no two
@@ -425,6 +427,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
    that they are no faster than serial ones.) */
 #define FBP_FIRST_TIMED_NS 50000000LL
 #define FBP_BLOCK_NS 50000000LL
+#define FBP_BLOCK_STEPS 4
 /* Fine tiles for 16 steps' time, doubling while coarse steps keep
    waiting, up to a second. */
 static void fbp_go_fine(fbp_tune *u, int64_t step_ns, int64_t now) {
@@ -462,7 +465,7 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     u->strikes = 0;
     int64_t ser_ns = fbp_ser_ns(u, now);
     int passed = 0;         /* a block of team steps was faster than serial steps */
-    if (u->blk_ns >= FBP_BLOCK_NS) {
+    if (u->blk_ns >= FBP_BLOCK_NS && u->blk_n >= FBP_BLOCK_STEPS) {
         int64_t mean = u->blk_ns / u->blk_n;
         u->blk_ns = u->blk_n = 0;
         if (ser_ns != 0 && 50 * mean >= 49 * ser_ns) {

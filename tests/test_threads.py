@@ -726,15 +726,17 @@ def test_team_account_back_off_doubles_up_to_four_seconds():
     lengths = [K.team_account_test([waited] * n, ser_ns=40 * ms, backoff=True)[2]
                for n in range(1, 5)]
     assert lengths == [800 * ms, 1600 * ms, 3200 * ms, 4 * s]
-    # a good (timed) step ends it; once 50 ms of timed team steps were faster
-    # than serial ones, the next back-off starts afresh
+    # a good (timed) step ends it; once a block (4 timed team steps, 50 ms or
+    # more) was faster than serial steps, the next back-off starts afresh
     fast, slower = (30 * ms, 0), (200 * ms, 0)
-    assert K.team_account_test([slow, slow, fast, fast], ser_ns=55 * ms, backoff=True) == \
+    assert K.team_account_test([slow, slow] + [fast] * 4, ser_ns=55 * ms, backoff=True) == \
         (30 * ms, False, 2 * s)
-    assert K.team_account_test([slow, slow, fast, fast, fast], ser_ns=55 * ms,
+    assert K.team_account_test([slow, slow] + [fast] * 5, ser_ns=55 * ms,
                                backoff=True) == (30 * ms, False, 0)
-    assert K.team_account_test([slow, slow, fast, fast, fast, slower], ser_ns=55 * ms,
+    assert K.team_account_test([slow, slow] + [fast] * 5 + [slower], ser_ns=55 * ms,
                                backoff=True) == (0, True, s)
+    # one slow long step after faster ones is not judged alone (a block needs 4)
+    assert K.team_account_test([fast] * 4 + [(60 * ms, 0)], ser_ns=55 * ms)[1] is False
 
 
 def test_team_account_does_not_time_the_step_after_a_back_off():
