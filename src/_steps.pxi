@@ -143,7 +143,7 @@ def team_account_test(steps, ser_ns=0, int64_t then_key=0, bint backoff=False):
     with ``then_key``, the same for the next call's team, of steps of shape
     ``then_key``, after this one stored what it learnt (fbp_tune_load).
     With ``backoff``, also the length of the last back-off in ns (0: none
-    since a good step)."""
+    since a block of team steps passed)."""
     cdef int64_t st[64]
     cdef int64_t wt[64]
     cdef int64_t sr[32]

@@ -763,8 +763,9 @@ def test_team_account_does_not_time_the_step_after_a_back_off():
 
 
 def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
-    """Team steps are also judged in blocks of 50 ms or more of timed steps,
-    stalls included: on a busy core, 784-256-128-10 b128 team steps ran fast
+    """Team steps are also judged in blocks of 50 ms or more (and 4 or more)
+    of timed steps, stalls included, which must be 10% faster than serial
+    steps on average: on a busy core, 784-256-128-10 b128 team steps ran fast
     while the worker had its core and stalled when not, slower than serial
     steps on average with no two slow steps in a row, and the rule of two
     slow steps in a row kept them for whole epochs.  One stall among fast
@@ -788,6 +789,11 @@ def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
     noisy = [(ms, 0)] * 16 + [(4 * ms, 0)] * 5
     assert K.team_account_test(noisy, ser_ns=3 * ms)[1] is False
     assert K.team_account_test([(4 * ms, 0)] * 3, ser_ns=3 * ms) == (0, True)
+    # a block must be 10% faster than serial steps: 5% is not enough
+    near = [(1_900_000, 0)] * 28        # the block: 27 timed steps, 51.3 ms
+    assert K.team_account_test(near, ser_ns=2 * ms) == (0, True)
+    assert K.team_account_test(near[:-1], ser_ns=2 * ms)[1] is False
+    assert K.team_account_test([(1_700_000, 0)] * 28, ser_ns=2 * ms)[1] is False
     # the next attempt stalls the same way: the back-off doubles
     first = K.team_account_test(busy, ser_ns=5 * ms, backoff=True)[2]
     assert first == 50 * (51 * ms // 8)
