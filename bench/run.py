@@ -209,10 +209,10 @@ def run_busy(args: argparse.Namespace) -> dict[str, Any]:
             rates = [r["median_samples_per_s"] for r in results if r["status"] == "ok"
                      and r["spec"]["config"] == cfg and r["spec"]["threads"] == t]
             best[t] = max(rates) if rates else None
-        ratios = [b["median_samples_per_s"] / a["median_samples_per_s"]
-                  for a, b in zip(*[[r for r in results if r["status"] == "ok"
-                                     and r["spec"]["config"] == cfg and r["spec"]["threads"] == t]
-                                    for t in (1, 2)])]
+        ok = {(r["spec"]["round"], r["spec"]["threads"]): r["median_samples_per_s"]
+              for r in results if r["status"] == "ok" and r["spec"]["config"] == cfg}
+        ratios = [ok[rnd, 2] / ok[rnd, 1] for rnd in range(args.busy_rounds)
+                  if (rnd, 1) in ok and (rnd, 2) in ok]   # a failed run drops its round
         summary[cfg] = {"samples_per_s_1t": best[1], "samples_per_s_2t": best[2],
                         "ratio": best[2] / best[1] if best[1] and best[2] else None,
                         "ratio_per_round": ratios,

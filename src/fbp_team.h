@@ -237,7 +237,8 @@ static void fbp_stats_reset(void) {
      a serial step takes is the lower median of those that ended within
      2 FBP_SER_STALE_NS (fbp_ser_ns);
    - par_ns: the running mean of a team step of this shape; blk_ns, blk_n:
-     the timed team steps since the last block was judged (fbp_team_account);
+     the timed team steps since the last block was judged, prev_ns, prev_n:
+     that block's, when it passed (fbp_team_account);
    - untimed: the next team step is not timed (the first after a back-off:
      the workers, asleep while thread 0 ran serially, wake during it);
    - slow: the back-off is because team steps of this shape were no faster
@@ -252,7 +253,7 @@ typedef struct {
     int64_t ser_ns[FBP_SER_RING], ser_end[FBP_SER_RING];
     int64_t ser_n, ser_next, ser_at;
     int64_t par_ns;
-    int64_t blk_ns, blk_n;
+    int64_t blk_ns, blk_n, prev_ns, prev_n;
     int64_t untimed, slow;
     int64_t strikes;        /* consecutive team steps that waited over half of them */
     int64_t slow_strikes;   /* consecutive timed team steps no faster than serial ones */
@@ -366,7 +367,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
     u->backoff = b;
     u->serial_until = now + b;
     u->par_ns = 0;          /* team steps are timed afresh, from the second */
-    u->blk_ns = u->blk_n = 0;
+    u->blk_ns = u->blk_n = u->prev_ns = u->prev_n = 0;
     u->untimed = 1;
     u->slow = slow;
     FBP_STAT(backoffs, 1);
@@ -386,7 +387,8 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
      steps);
    - team steps no faster than serial ones (memory-bound steps, a slow
      core), the mean, the step itself and, not 10% faster, the block's
-     steps so far (below), in two timed steps in a row: the same back-off, from 50
+     steps so far with the block before it when that one passed (below),
+     in two timed steps in a row: the same back-off, from 50
      team steps' time (one such step alone was, as above, a host's hiccup
      as often as not: traced, one slow back-off at a fresh call's second
      step, then 126 serial steps; and two slow steps in a row among faster
@@ -406,9 +408,10 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
      when not, 2.6 ms on average against 1.75 ms serial steps, and no two
      slow steps came in a row (traced: whole epochs on the team, 15-40%
      slower than serial ones);
-   - a step of FBP_FIRST_TIMED_NS or more is judged alone, for either
-     reason (a hiccup does not make so long a step twice as slow, and a
-     call of a few long steps has no second one to wait for);
+   - a step of FBP_FIRST_TIMED_NS or more needs no second one in a row,
+     for either reason (a hiccup does not make so long a step twice as
+     slow, and a call of a few long steps has no second one to wait for);
+     a slow one is still judged with the running mean and the block so far;
    - after a back-off for either reason, the first attempt that fails in
      the same way backs off again at once (the strikes stand until a good
      step);
@@ -470,7 +473,7 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
     int64_t ser_ns = fbp_ser_ns(u, now);
     int passed = 0;         /* a block of team steps was faster than serial steps */
     if (u->blk_ns >= FBP_BLOCK_NS && u->blk_n >= FBP_BLOCK_STEPS) {
-        int64_t mean = u->blk_ns / u->blk_n;
+        int64_t mean = u->blk_ns / u->blk_n, blk_ns = u->blk_ns, blk_n = u->blk_n;
         u->blk_ns = u->blk_n = 0;
         if (ser_ns != 0 && 10 * mean >= 9 * ser_ns) {      /* not 10% faster */
             fbp_back_off(u, 50 * mean, now, 1);
@@ -478,10 +481,12 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
             return;
         }
         passed = 1;
+        u->prev_ns = blk_ns;
+        u->prev_n = blk_n;
     }
     if (ser_ns != 0 && u->par_ns != 0 && 50 * u->par_ns >= 49 * ser_ns
             && timed && 50 * step_ns >= 49 * ser_ns
-            && u->blk_n > 0 && 10 * u->blk_ns >= 9 * ser_ns * u->blk_n) {
+            && 10 * (u->prev_ns + u->blk_ns) >= 9 * ser_ns * (u->prev_n + u->blk_n)) {
         if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
             fbp_back_off(u, 50 * u->par_ns, now, 1);
             FBP_STAT(slow_backoffs, 1);
@@ -511,6 +516,7 @@ static void fbp_tune_load(fbp_team *T, int64_t key) {
         T->tune.key = key;
         T->tune.ser_n = T->tune.ser_next = T->tune.ser_at = 0;
         T->tune.par_ns = T->tune.blk_ns = T->tune.blk_n = 0;
+        T->tune.prev_ns = T->tune.prev_n = 0;
         if (T->tune.slow)       /* and so was the slowness */
             T->tune.serial_until = T->tune.backoff = T->tune.slow = 0;
     }

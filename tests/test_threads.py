@@ -735,8 +735,9 @@ def test_team_account_back_off_doubles_up_to_four_seconds():
                                backoff=True) == (30 * ms, False, 0)
     assert K.team_account_test([slow, slow] + [fast] * 5 + [slower], ser_ns=55 * ms,
                                backoff=True) == (0, True, s)
-    # one slow long step after faster ones is not judged alone (a block needs 4)
-    assert K.team_account_test([fast] * 4 + [(60 * ms, 0)], ser_ns=55 * ms)[1] is False
+    # one slow long step after faster ones is not judged alone (a block needs 4
+    # steps: a block of the 60 ms step alone would back off)
+    assert K.team_account_test([fast] * 3 + [(60 * ms, 0)], ser_ns=55 * ms)[1] is False
 
 
 def test_team_account_does_not_time_the_step_after_a_back_off():
@@ -778,7 +779,7 @@ def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
     assert K.team_account_test(busy, ser_ns=5 * ms) == (0, True)
     # (before the block: never two slow steps in a row, no back-off)
     assert K.team_account_test(busy[:-1], ser_ns=5 * ms)[1] is False
-    # faster on average: kept (the last step alone is a first strike)
+    # faster on average: kept (the last step closes a block that passes)
     idle = [fast] * 15 + [stall]
     assert K.team_account_test(idle, ser_ns=5 * ms) == (5_250_000, False)
     before = K.team_stats()["slow_backoffs"]
@@ -789,11 +790,13 @@ def test_team_account_backs_off_when_a_block_of_team_steps_is_no_faster():
     noisy = [(ms, 0)] * 16 + [(4 * ms, 0)] * 5
     assert K.team_account_test(noisy, ser_ns=3 * ms)[1] is False
     assert K.team_account_test([(4 * ms, 0)] * 3, ser_ns=3 * ms) == (0, True)
+    # and so when the slow steps open a new block: the block before counts
+    assert K.team_account_test([(ms, 0)] * 52 + [(4 * ms, 0)] * 5, ser_ns=3 * ms)[1] is False
     # a block must be 10% faster than serial steps: 5% is not enough
     near = [(1_900_000, 0)] * 28        # the block: 27 timed steps, 51.3 ms
     assert K.team_account_test(near, ser_ns=2 * ms) == (0, True)
     assert K.team_account_test(near[:-1], ser_ns=2 * ms)[1] is False
-    assert K.team_account_test([(1_700_000, 0)] * 28, ser_ns=2 * ms)[1] is False
+    assert K.team_account_test([(1_700_000, 0)] * 31, ser_ns=2 * ms) == (1_700_000, False)
     # the next attempt stalls the same way: the back-off doubles
     first = K.team_account_test(busy, ser_ns=5 * ms, backoff=True)[2]
     assert first == 50 * (51 * ms // 8)

@@ -40,10 +40,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((c.n_samples, c.sizes[0])).astype(np.float32)
     Y = rng.standard_normal((c.n_samples, c.sizes[-1])).astype(np.float32)
-    spin = "import os\nos.sched_setaffinity(0, {1})\nwhile True: pass"
-    proc = subprocess.Popen([sys.executable, "-c", spin]) if busy else None
     net = fastbp.MLP(list(c.sizes), activation=c.activation, output="identity",
                      loss="squared_error", dtype="float32", seed=0)
+    spin = "import os\nos.sched_setaffinity(0, {1})\nwhile True: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin]) if busy else None
 
     def epoch(threads: int) -> float:
         fastbp.set_num_threads(threads)
