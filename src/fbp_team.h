@@ -371,6 +371,7 @@ static void fbp_back_off(fbp_tune *u, int64_t b, int64_t now, int slow) {
     u->untimed = 1;
     u->slow = slow;
     FBP_STAT(backoffs, 1);
+    if (slow) FBP_STAT(slow_backoffs, 1);
 }
 /* Thread 0, after a team step of shape `key` that took step_ns, of which
    it spent wait_ns waiting for tiles that other threads held (fine: it
@@ -477,7 +478,6 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
         u->blk_ns = u->blk_n = 0;
         if (ser_ns != 0 && 10 * mean >= 9 * ser_ns) {      /* not 10% faster */
             fbp_back_off(u, 50 * mean, now, 1);
-            FBP_STAT(slow_backoffs, 1);
             return;
         }
         passed = 1;
@@ -489,7 +489,6 @@ static void fbp_team_account(fbp_team *T, int64_t key, int64_t step_ns, int64_t 
             && 10 * (u->prev_ns + u->blk_ns) >= 9 * ser_ns * (u->prev_n + u->blk_n)) {
         if (u->slow_strikes++ >= 1 || step_ns >= FBP_FIRST_TIMED_NS) {
             fbp_back_off(u, 50 * u->par_ns, now, 1);
-            FBP_STAT(slow_backoffs, 1);
         }
         return;     /* a strike: the next step decides (nor does it end a back-off) */
     } else if (timed) {
