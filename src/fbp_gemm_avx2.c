@@ -15,6 +15,7 @@
  * caller's C, to the caller's pre-packed op(B) (fbp_gemm_pack_b_*) or to
  * the calling thread's own packing buffer.
  */
+#define FBP_PACK_WIDE 1 /* the 256-bit transposes of the packing */
 #include "fbp_gemm_kernels.h"
 
 #ifdef FBP_X86

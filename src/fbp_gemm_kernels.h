@@ -26,91 +26,192 @@
 /* Packing                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Register-block transposes for pack_tr: rows of the source are lanes.
- * Return how many k (a multiple of the block depth) were packed; the
- * caller finishes the rest.  W is a multiple of 2 (f64) or 2 + 4a (f32). */
+/* Transposed packing (pack_tr): lane l of a sliver is row l of the source,
+ * contiguous along k; dst[k*W + l] = src[l*lds + k].  tr_lanes_* moves any
+ * number of lanes in register blocks, lane groups outer (each group reads
+ * its source rows front to back): 2 lanes x 4 k and 4 x 4 floats, 2 x 2
+ * doubles in SSE2 registers, then element by element; the _wide variants
+ * (the AVX2 and AVX-512 files: FBP_PACK_WIDE) first take 8 x 8 floats /
+ * 4 x 4 doubles in 256-bit registers.  Pure data movement: any blocking
+ * writes the same bytes. */
 #if defined(FBP_X86) && defined(__SSE2__)
-INLINE int64_t transpose_f32(const float *src, int64_t lds, int64_t kc, int64_t W, float *dst)
+INLINE void tr4x4_f32(const float *s, int64_t lds, float *d, int64_t W)
 {
-    int64_t k = 0;
-    for (; k + 4 <= kc; k += 4) {
-        int64_t l = 0;
-        for (; l + 4 <= W; l += 4) {
-            const float *s = src + l * lds + k;
-            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
-            __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
-            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            float *d = dst + (int64_t)k * W + l;
-            _mm_storeu_ps(d, r0);
-            _mm_storeu_ps(d + W, r1);
-            _mm_storeu_ps(d + 2 * W, r2);
-            _mm_storeu_ps(d + 3 * W, r3);
-        }
-        if (l < W) { /* two lanes left */
-            const float *s = src + l * lds + k;
-            __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
-            __m128 lo = _mm_unpacklo_ps(r0, r1), hi = _mm_unpackhi_ps(r0, r1);
-            float *d = dst + (int64_t)k * W + l;
-            _mm_storel_pi((__m64 *)d, lo);
-            _mm_storeh_pi((__m64 *)(d + W), lo);
-            _mm_storel_pi((__m64 *)(d + 2 * W), hi);
-            _mm_storeh_pi((__m64 *)(d + 3 * W), hi);
+    __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+    __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(d, r0);
+    _mm_storeu_ps(d + W, r1);
+    _mm_storeu_ps(d + 2 * W, r2);
+    _mm_storeu_ps(d + 3 * W, r3);
+}
+INLINE void tr2x4_f32(const float *s, int64_t lds, float *d, int64_t W)
+{
+    const __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
+    const __m128 lo = _mm_unpacklo_ps(r0, r1), hi = _mm_unpackhi_ps(r0, r1);
+    _mm_storel_pi((__m64 *)d, lo);
+    _mm_storeh_pi((__m64 *)(d + W), lo);
+    _mm_storel_pi((__m64 *)(d + 2 * W), hi);
+    _mm_storeh_pi((__m64 *)(d + 3 * W), hi);
+}
+INLINE void tr2x2_f64(const double *s, int64_t lds, double *d, int64_t W)
+{
+    const __m128d r0 = _mm_loadu_pd(s), r1 = _mm_loadu_pd(s + lds);
+    _mm_storeu_pd(d, _mm_unpacklo_pd(r0, r1));
+    _mm_storeu_pd(d + W, _mm_unpackhi_pd(r0, r1));
+}
+#endif
+
+/* Lanes [l, lanes) of depth kc, SSE2 blocks then element by element. */
+INLINE void tr_rest_f32(const float *src, int64_t lds, int64_t l, int64_t lanes,
+                        int64_t kc, int64_t W, float *dst)
+{
+#if defined(FBP_X86) && defined(__SSE2__)
+    for (; l + 4 <= lanes; l += 4) {
+        int64_t k = 0;
+        for (; k + 4 <= kc; k += 4) tr4x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; k < kc; k++)
+            for (int64_t i = 0; i < 4; i++) dst[k * W + l + i] = src[(l + i) * lds + k];
+    }
+    for (; l + 2 <= lanes; l += 2) {
+        int64_t k = 0;
+        for (; k + 4 <= kc; k += 4) tr2x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; k < kc; k++) {
+            dst[k * W + l] = src[l * lds + k];
+            dst[k * W + l + 1] = src[(l + 1) * lds + k];
         }
     }
-    return k;
+#endif
+    for (; l < lanes; l++)
+        for (int64_t k = 0; k < kc; k++) dst[k * W + l] = src[l * lds + k];
 }
-INLINE int64_t transpose_f64(const double *src, int64_t lds, int64_t kc, int64_t W, double *dst)
+INLINE void tr_rest_f64(const double *src, int64_t lds, int64_t l, int64_t lanes,
+                        int64_t kc, int64_t W, double *dst)
 {
-    int64_t k = 0;
-    for (; k + 2 <= kc; k += 2)
-        for (int64_t l = 0; l < W; l += 2) {
-            const double *s = src + l * lds + k;
-            __m128d r0 = _mm_loadu_pd(s), r1 = _mm_loadu_pd(s + lds);
-            double *d = dst + (int64_t)k * W + l;
-            _mm_storeu_pd(d, _mm_unpacklo_pd(r0, r1));
-            _mm_storeu_pd(d + W, _mm_unpackhi_pd(r0, r1));
+#if defined(FBP_X86) && defined(__SSE2__)
+    for (; l + 2 <= lanes; l += 2) {
+        int64_t k = 0;
+        for (; k + 2 <= kc; k += 2) tr2x2_f64(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; k < kc; k++) {
+            dst[k * W + l] = src[l * lds + k];
+            dst[k * W + l + 1] = src[(l + 1) * lds + k];
         }
-    return k;
+    }
+#endif
+    for (; l < lanes; l++)
+        for (int64_t k = 0; k < kc; k++) dst[k * W + l] = src[l * lds + k];
 }
-#define TRANSPOSE_f32 transpose_f32
-#define TRANSPOSE_f64 transpose_f64
+INLINE void tr_lanes_f32(const float *src, int64_t lds, int64_t lanes, int64_t kc,
+                         int64_t W, float *dst)
+{
+    tr_rest_f32(src, lds, 0, lanes, kc, W, dst);
+}
+INLINE void tr_lanes_f64(const double *src, int64_t lds, int64_t lanes, int64_t kc,
+                         int64_t W, double *dst)
+{
+    tr_rest_f64(src, lds, 0, lanes, kc, W, dst);
+}
+
+#if defined(FBP_X86) && FBP_PACK_WIDE
+#define PACK_TARGET __attribute__((target("avx")))
+PACK_TARGET INLINE void tr8x8_f32(const float *s, int64_t lds, float *d, int64_t W)
+{
+    const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds);
+    const __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
+    const __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
+    const __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+    /* per 128-bit half: pairs of rows interleaved, then 4-row columns */
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    /* column k of the block: the low (k < 4) or high halves of u_k%4, u_k%4+4 */
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + W, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * W, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * W, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * W, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * W, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * W, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * W, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+PACK_TARGET INLINE void tr4x4_f64(const double *s, int64_t lds, double *d, int64_t W)
+{
+    const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + lds);
+    const __m256d r2 = _mm256_loadu_pd(s + 2 * lds), r3 = _mm256_loadu_pd(s + 3 * lds);
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(d + W, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(d + 2 * W, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(d + 3 * W, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+PACK_TARGET INLINE void tr_lanes_wide_f32(const float *src, int64_t lds, int64_t lanes,
+                                          int64_t kc, int64_t W, float *dst)
+{
+    int64_t l = 0;
+    for (; l + 8 <= lanes; l += 8) {
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) tr8x8_f32(src + l * lds + k, lds, dst + k * W + l, W);
+        if (k < kc) tr_rest_f32(src + k, lds, l, l + 8, kc - k, W, dst + k * W);
+    }
+    tr_rest_f32(src, lds, l, lanes, kc, W, dst);
+}
+PACK_TARGET INLINE void tr_lanes_wide_f64(const double *src, int64_t lds, int64_t lanes,
+                                          int64_t kc, int64_t W, double *dst)
+{
+    int64_t l = 0;
+    for (; l + 4 <= lanes; l += 4) {
+        int64_t k = 0;
+        for (; k + 4 <= kc; k += 4) tr4x4_f64(src + l * lds + k, lds, dst + k * W + l, W);
+        if (k < kc) tr_rest_f64(src + k, lds, l, l + 4, kc - k, W, dst + k * W);
+    }
+    tr_rest_f64(src, lds, l, lanes, kc, W, dst);
+}
+#define TR_LANES_f32 tr_lanes_wide_f32
+#define TR_LANES_f64 tr_lanes_wide_f64
 #else
-#define TRANSPOSE_f32(src, lds, kc, W, dst) 0
-#define TRANSPOSE_f64(src, lds, kc, W, dst) 0
+#define PACK_TARGET
+#define TR_LANES_f32 tr_lanes_f32
+#define TR_LANES_f64 tr_lanes_f64
 #endif
 
 #define DEFINE_PACK(T, SFX)                                                     \
 /* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],          \
  * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
- * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), transposed in    \
- * small register blocks (TRANSPOSE_##SFX, 2 or 4 lanes x KB k) when full. */   \
-INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
-                          T *dst)                                               \
+ * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), TR_LANES_##SFX.  \
+ * A partial sliver is zeroed whole first, then its lanes written. */           \
+PACK_TARGET INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, \
+                                      int64_t kc, int64_t W, T *dst)            \
 {                                                                               \
     if (lanes == W) {                                                           \
         for (int64_t k = 0; k < kc; k++)                                        \
             memcpy(dst + (int64_t)k * W, src + k * lds, W * sizeof(T));         \
         return;                                                                 \
     }                                                                           \
-    for (int64_t k = 0; k < kc; k++) {                                          \
-        int64_t l = 0;                                                          \
-        for (; l < lanes; l++) dst[(int64_t)k * W + l] = src[k * lds + l];      \
-        for (; l < W; l++) dst[(int64_t)k * W + l] = 0;                         \
-    }                                                                           \
+    memset(dst, 0, (size_t)(kc * W) * sizeof(T));                               \
+    for (int64_t k = 0; k < kc; k++)                                            \
+        for (int64_t l = 0; l < lanes; l++) dst[(int64_t)k * W + l] = src[k * lds + l]; \
 }                                                                               \
-INLINE void pack_tr_##SFX(const T *src, int64_t lds, int64_t lanes, int64_t kc, int64_t W, \
-                          T *dst)                                               \
+PACK_TARGET INLINE void pack_tr_##SFX(const T *src, int64_t lds, int64_t lanes, \
+                                      int64_t kc, int64_t W, T *dst)            \
 {                                                                               \
-    int64_t k = 0;                                                              \
-    if (lanes == W) k = TRANSPOSE_##SFX(src, lds, kc, W, dst);                  \
-    for (; k < kc; k++)                                                         \
-        for (int64_t l = 0; l < W; l++)                                         \
-            dst[(int64_t)k * W + l] = l < lanes ? src[l * lds + k] : (T)0;      \
+    if (lanes < W) memset(dst, 0, (size_t)(kc * W) * sizeof(T));                \
+    TR_LANES_##SFX(src, lds, lanes, kc, W, dst);                                \
 }                                                                               \
                                                                                 \
 /* op(A)[i0:i0+mc, k0:k0+kc] -> MR-row slivers, each kc x MR. */                \
-INLINE void pack_a_##SFX(const struct job_##SFX *jb, int64_t i0, int64_t mc,    \
-                         int64_t k0, int64_t kc, int64_t MR, T *dst)            \
+PACK_TARGET INLINE void pack_a_##SFX(const struct job_##SFX *jb, int64_t i0,    \
+                                     int64_t mc, int64_t k0, int64_t kc,        \
+                                     int64_t MR, T *dst)                        \
 {                                                                               \
     const int64_t lda = jb->lda;                                                \
     for (int64_t s = 0; s < mc; s += MR, dst += (int64_t)MR * kc) {             \
@@ -123,8 +224,9 @@ INLINE void pack_a_##SFX(const struct job_##SFX *jb, int64_t i0, int64_t mc,    
 }                                                                               \
                                                                                 \
 /* op(B)[k0:k0+kc, j0:j0+nc] -> NR-column slivers, each kc x NR. */             \
-INLINE void pack_b_##SFX(const struct job_##SFX *jb, int64_t k0, int64_t kc,    \
-                         int64_t j0, int64_t nc, int64_t NR, T *dst)            \
+PACK_TARGET INLINE void pack_b_##SFX(const struct job_##SFX *jb, int64_t k0,    \
+                                     int64_t kc, int64_t j0, int64_t nc,        \
+                                     int64_t NR, T *dst)                        \
 {                                                                               \
     const int64_t ldb = jb->ldb;                                                \
     for (int64_t s = 0; s < nc; s += NR, dst += (int64_t)NR * kc) {             \
@@ -371,6 +473,16 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t 
  * NC wide, a multiple of NR).  Both drivers run NAME##_slab on each slab, so
  * they compute every tile with the same kernel calls on the same values. */
 #define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC, JB) \
+/* n elements (a row of an edge tile) from s to d: whole vectors, then one by \
+ * one (inline: a call to memcpy per row cost a narrow layer's tiles more    \
+ * than the copy). */                                                        \
+TARGET INLINE void NAME##_copy(T *restrict d, const T *restrict s, int64_t n)  \
+{                                                                               \
+    const int64_t vl = (int64_t)(sizeof(V_T) / sizeof(T));                      \
+    int64_t j = 0;                                                              \
+    for (; j + vl <= n; j += vl) V_STOREU(d + j, V_LOADU(s + j));              \
+    for (; j < n; j++) d[j] = s[j];                                             \
+}                                                                               \
 /* One micro-tile: rows ic+ir.., columns jc+jr.. (m x n of them) of C from the \
  * A sliver at a and the B sliver at b, depth kc; store mode and epilogue as  \
  * NAME##_slab says. */                                                        \
@@ -400,8 +512,7 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
         T tbias[NR], tdsrc[MR * NR];                                            \
         if (mode)                                                               \
             for (int64_t r = 0; r < m; r++)                                     \
-                memcpy(t + r * cols, c + r * ldc,                               \
-                       n * sizeof(T));                                          \
+                NAME##_copy(t + r * cols, c + r * ldc, n);                      \
         if (ep != EP_NONE && bias && n < cols) {                                \
             memset(tbias, 0, sizeof tbias);                                     \
             memcpy(tbias, bias, n * sizeof(T));                                 \
@@ -410,15 +521,13 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
         if (ep >= EP_DRELU) {                                                   \
             memset(tdsrc, 0, rows * cols * sizeof(T));                          \
             for (int64_t r = 0; r < m; r++)                                     \
-                memcpy(tdsrc + r * cols, dsrc + r * jb->ldd,                    \
-                       n * sizeof(T));                                          \
+                NAME##_copy(tdsrc + r * cols, dsrc + r * jb->ldd, n);           \
             dsrc = tdsrc;                                                       \
         }                                                                       \
         uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias,              \
            dsrc, cols);                                                         \
         for (int64_t r = 0; r < m; r++)                                         \
-            memcpy(c + r * ldc, t + r * cols,                                   \
-                   n * sizeof(T));                                              \
+            NAME##_copy(c + r * ldc, t + r * cols, n);                          \
     }                                                                           \
     if (last && epi && fep == EP_NONE)                                          \
         epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);                            \
