@@ -28,8 +28,8 @@
 
 /* Transposed packing (pack_tr): lane l of a sliver is row l of the source,
  * contiguous along k; dst[k*W + l] = src[l*lds + k].  tr_lanes_* moves any
- * number of lanes in register blocks, lane groups outer (each group reads
- * its source rows front to back): 2 lanes x 4 k and 4 x 4 floats, 2 x 2
+ * number of lanes in register blocks, blocks of k outer (each block of
+ * dst rows written whole): 2 lanes x 4 k and 4 x 4 floats, 2 x 2
  * doubles in SSE2 registers, then element by element; the _wide variants
  * (the AVX2 and AVX-512 files: FBP_PACK_WIDE) first take 8 x 8 floats /
  * 4 x 4 doubles in 256-bit registers.  Pure data movement: any blocking
@@ -62,44 +62,42 @@ INLINE void tr2x2_f64(const double *s, int64_t lds, double *d, int64_t W)
 }
 #endif
 
-/* Lanes [l, lanes) of depth kc, SSE2 blocks then element by element. */
-INLINE void tr_rest_f32(const float *src, int64_t lds, int64_t l, int64_t lanes,
+/* Lanes [l0, lanes) of depth kc: per block of k, SSE2 blocks across the
+ * lanes, then element by element; then the last k one by one.  k blocks
+ * outer, so that each block of dst rows is written whole before the next
+ * (a sliver is up to KC x NR, larger than L1 with its source). */
+INLINE void tr_rest_f32(const float *src, int64_t lds, int64_t l0, int64_t lanes,
                         int64_t kc, int64_t W, float *dst)
 {
+    int64_t k = 0;
 #if defined(FBP_X86) && defined(__SSE2__)
-    for (; l + 4 <= lanes; l += 4) {
-        int64_t k = 0;
-        for (; k + 4 <= kc; k += 4) tr4x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
-        for (; k < kc; k++)
-            for (int64_t i = 0; i < 4; i++) dst[k * W + l + i] = src[(l + i) * lds + k];
-    }
-    for (; l + 2 <= lanes; l += 2) {
-        int64_t k = 0;
-        for (; k + 4 <= kc; k += 4) tr2x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
-        for (; k < kc; k++) {
-            dst[k * W + l] = src[l * lds + k];
-            dst[k * W + l + 1] = src[(l + 1) * lds + k];
-        }
+    for (; k + 4 <= kc; k += 4) {
+        int64_t l = l0;
+        for (; l + 4 <= lanes; l += 4) tr4x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; l + 2 <= lanes; l += 2) tr2x4_f32(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; l < lanes; l++)
+            for (int64_t q = 0; q < 4; q++) dst[(k + q) * W + l] = src[l * lds + k + q];
     }
 #endif
-    for (; l < lanes; l++)
-        for (int64_t k = 0; k < kc; k++) dst[k * W + l] = src[l * lds + k];
+    for (; k < kc; k++)
+        for (int64_t l = l0; l < lanes; l++) dst[k * W + l] = src[l * lds + k];
 }
-INLINE void tr_rest_f64(const double *src, int64_t lds, int64_t l, int64_t lanes,
+INLINE void tr_rest_f64(const double *src, int64_t lds, int64_t l0, int64_t lanes,
                         int64_t kc, int64_t W, double *dst)
 {
+    int64_t k = 0;
 #if defined(FBP_X86) && defined(__SSE2__)
-    for (; l + 2 <= lanes; l += 2) {
-        int64_t k = 0;
-        for (; k + 2 <= kc; k += 2) tr2x2_f64(src + l * lds + k, lds, dst + k * W + l, W);
-        for (; k < kc; k++) {
+    for (; k + 2 <= kc; k += 2) {
+        int64_t l = l0;
+        for (; l + 2 <= lanes; l += 2) tr2x2_f64(src + l * lds + k, lds, dst + k * W + l, W);
+        for (; l < lanes; l++) {
             dst[k * W + l] = src[l * lds + k];
-            dst[k * W + l + 1] = src[(l + 1) * lds + k];
+            dst[(k + 1) * W + l] = src[l * lds + k + 1];
         }
     }
 #endif
-    for (; l < lanes; l++)
-        for (int64_t k = 0; k < kc; k++) dst[k * W + l] = src[l * lds + k];
+    for (; k < kc; k++)
+        for (int64_t l = l0; l < lanes; l++) dst[k * W + l] = src[l * lds + k];
 }
 INLINE void tr_lanes_f32(const float *src, int64_t lds, int64_t lanes, int64_t kc,
                          int64_t W, float *dst)
@@ -157,24 +155,24 @@ PACK_TARGET INLINE void tr4x4_f64(const double *s, int64_t lds, double *d, int64
 PACK_TARGET INLINE void tr_lanes_wide_f32(const float *src, int64_t lds, int64_t lanes,
                                           int64_t kc, int64_t W, float *dst)
 {
-    int64_t l = 0;
-    for (; l + 8 <= lanes; l += 8) {
-        int64_t k = 0;
-        for (; k + 8 <= kc; k += 8) tr8x8_f32(src + l * lds + k, lds, dst + k * W + l, W);
-        if (k < kc) tr_rest_f32(src + k, lds, l, l + 8, kc - k, W, dst + k * W);
-    }
-    tr_rest_f32(src, lds, l, lanes, kc, W, dst);
+    const int64_t l8 = lanes / 8 * 8;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int64_t l = 0; l < l8; l += 8)
+            tr8x8_f32(src + l * lds + k, lds, dst + k * W + l, W);
+    if (k < kc) tr_rest_f32(src + k, lds, 0, l8, kc - k, W, dst + k * W);
+    tr_rest_f32(src, lds, l8, lanes, kc, W, dst);
 }
 PACK_TARGET INLINE void tr_lanes_wide_f64(const double *src, int64_t lds, int64_t lanes,
                                           int64_t kc, int64_t W, double *dst)
 {
-    int64_t l = 0;
-    for (; l + 4 <= lanes; l += 4) {
-        int64_t k = 0;
-        for (; k + 4 <= kc; k += 4) tr4x4_f64(src + l * lds + k, lds, dst + k * W + l, W);
-        if (k < kc) tr_rest_f64(src + k, lds, l, l + 4, kc - k, W, dst + k * W);
-    }
-    tr_rest_f64(src, lds, l, lanes, kc, W, dst);
+    const int64_t l4 = lanes / 4 * 4;
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4)
+        for (int64_t l = 0; l < l4; l += 4)
+            tr4x4_f64(src + l * lds + k, lds, dst + k * W + l, W);
+    if (k < kc) tr_rest_f64(src + k, lds, 0, l4, kc - k, W, dst + k * W);
+    tr_rest_f64(src, lds, l4, lanes, kc, W, dst);
 }
 #define TR_LANES_f32 tr_lanes_wide_f32
 #define TR_LANES_f64 tr_lanes_wide_f64
@@ -188,7 +186,8 @@ PACK_TARGET INLINE void tr_lanes_wide_f64(const double *src, int64_t lds, int64_
 /* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],          \
  * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
  * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), TR_LANES_##SFX.  \
- * A partial sliver is zeroed whole first, then its lanes written. */           \
+ * A partial sliver's rows are zeroed, then its lanes written (W is the         \
+ * driver's MR or NR: each row's memset is a few inline stores). */             \
 PACK_TARGET INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, \
                                       int64_t kc, int64_t W, T *dst)            \
 {                                                                               \
@@ -197,14 +196,16 @@ PACK_TARGET INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, 
             memcpy(dst + (int64_t)k * W, src + k * lds, W * sizeof(T));         \
         return;                                                                 \
     }                                                                           \
-    memset(dst, 0, (size_t)(kc * W) * sizeof(T));                               \
-    for (int64_t k = 0; k < kc; k++)                                            \
+    for (int64_t k = 0; k < kc; k++) {                                          \
+        memset(dst + (int64_t)k * W, 0, W * sizeof(T));                         \
         for (int64_t l = 0; l < lanes; l++) dst[(int64_t)k * W + l] = src[k * lds + l]; \
+    }                                                                           \
 }                                                                               \
 PACK_TARGET INLINE void pack_tr_##SFX(const T *src, int64_t lds, int64_t lanes, \
                                       int64_t kc, int64_t W, T *dst)            \
 {                                                                               \
-    if (lanes < W) memset(dst, 0, (size_t)(kc * W) * sizeof(T));                \
+    if (lanes < W)                                                              \
+        for (int64_t k = 0; k < kc; k++) memset(dst + (int64_t)k * W, 0, W * sizeof(T)); \
     TR_LANES_##SFX(src, lds, lanes, kc, W, dst);                                \
 }                                                                               \
                                                                                 \
@@ -473,15 +474,21 @@ static TARGET void NAME##_block(const struct job_##SFX *jb, int64_t i0, int64_t 
  * NC wide, a multiple of NR).  Both drivers run NAME##_slab on each slab, so
  * they compute every tile with the same kernel calls on the same values. */
 #define DEFINE_DRIVER(NAME, UK, SM, T, SFX, ESFX, TARGET, MR, NR, MC, KC, NC, JB) \
-/* n elements (a row of an edge tile) from s to d: whole vectors, then one by \
- * one (inline: a call to memcpy per row cost a narrow layer's tiles more    \
- * than the copy). */                                                        \
+/* n elements (a row of an edge tile) from s to d: whole vectors, then the   \
+ * rest (fewer than a vector's lanes, at most 15) in pieces of 8, 4, 2 and 1 \
+ * elements, each a copy of constant size that the compiler writes inline    \
+ * (a copy of n elements, or a plain loop, which GCC turns into one, calls   \
+ * memcpy: that cost a narrow layer's tiles more than the copy itself). */   \
 TARGET INLINE void NAME##_copy(T *restrict d, const T *restrict s, int64_t n)  \
 {                                                                               \
-    const int64_t vl = (int64_t)(sizeof(V_T) / sizeof(T));                      \
+    enum { VL_ = (int)(sizeof(V_T) / sizeof(T)) };                              \
     int64_t j = 0;                                                              \
-    for (; j + vl <= n; j += vl) V_STOREU(d + j, V_LOADU(s + j));              \
-    for (; j < n; j++) d[j] = s[j];                                             \
+    for (; j + VL_ <= n; j += VL_) V_STOREU(d + j, V_LOADU(s + j));            \
+    const int64_t r = n - j;                                                    \
+    if (VL_ > 8 && (r & 8)) { memcpy(d + j, s + j, 8 * sizeof(T)); j += 8; }    \
+    if (VL_ > 4 && (r & 4)) { memcpy(d + j, s + j, 4 * sizeof(T)); j += 4; }    \
+    if (VL_ > 2 && (r & 2)) { memcpy(d + j, s + j, 2 * sizeof(T)); j += 2; }    \
+    if (r & 1) d[j] = s[j];                                                     \
 }                                                                               \
 /* One micro-tile: rows ic+ir.., columns jc+jr.. (m x n of them) of C from the \
  * A sliver at a and the B sliver at b, depth kc; store mode and epilogue as  \
@@ -515,7 +522,7 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
                 NAME##_copy(t + r * cols, c + r * ldc, n);                      \
         if (ep != EP_NONE && bias && n < cols) {                                \
             memset(tbias, 0, sizeof tbias);                                     \
-            memcpy(tbias, bias, n * sizeof(T));                                 \
+            NAME##_copy(tbias, bias, n);                                        \
             bias = tbias;                                                       \
         }                                                                       \
         if (ep >= EP_DRELU) {                                                   \
