@@ -513,7 +513,9 @@ static void run_invariance(int quick)
 {
     static const int ms[] = {1, 2, 3, 5, 6, 7, 12, 13, 17, 31, 33, 64, 97,
                              145, 300};
-    static const int ks[] = {1, 7, 255, 256, 257, 600};
+    /* K = 22: two 8-deep transpose blocks of the packing, then a 4-deep one
+     * and two single k (fbp_gemm_kernels.h, tr_lanes_wide_*) */
+    static const int ks[] = {1, 7, 22, 255, 256, 257, 600};
     enum { NMS = sizeof ms / sizeof *ms, NKS = sizeof ks / sizeof *ks };
     unsigned u = 0;
     /* shape sweep: every M x N x K of the lists, options cycled */
