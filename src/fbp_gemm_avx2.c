@@ -7,7 +7,9 @@
  * twin S_FMA = __builtin_fma*) under target("avx2,fma"): micro-kernels
  * 6 x 16 (f32) and 6 x 8 (f64), 12 accumulators; the small path
  * fbp_gemm_small_avx2_* and the serial blocked driver fbp_gemm_blk_avx2_*,
- * which fbp_gemm.c dispatches to when the ISA is "avx2".  A file of its own
+ * which fbp_gemm.c dispatches to when the ISA is "avx2"; FBP_PACK_WIDE, set
+ * before the include, gives the packing its 256-bit transposes (8 x 8
+ * floats, 4 x 4 doubles: fbp_gemm_kernels.h).  A file of its own
  * so that the target attribute and the vector primitives of one ISA sit
  * together, apart from the ISA-neutral driver (which must not be compiled
  * for AVX2: it runs on every CPU).  Empty where the compiler does not

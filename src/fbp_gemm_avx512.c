@@ -8,7 +8,9 @@
  * path fbp_gemm_small_avx512_* and the serial blocked driver
  * fbp_gemm_blk_avx512_*, which fbp_gemm.c dispatches to when the ISA is
  * "avx512".  The epilogue is the FMA ISAs' shared 32-byte instance ("f"), as
- * on AVX2, so both FMA paths give the same epilogue bits.  A file of its own
+ * on AVX2, so both FMA paths give the same epilogue bits.  FBP_PACK_WIDE, set
+ * before the include, gives the packing the 256-bit transposes of the AVX2
+ * file (compiled for AVX, which both have).  A file of its own
  * for the same reason as fbp_gemm_avx2.c.  Empty where the compiler does not
  * target x86.  No state: every write is to the
  * caller's C, to the caller's pre-packed op(B) (fbp_gemm_pack_b_*) or to

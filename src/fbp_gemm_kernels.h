@@ -27,13 +27,15 @@
 /* ------------------------------------------------------------------------ */
 
 /* Transposed packing (pack_tr): lane l of a sliver is row l of the source,
- * contiguous along k; dst[k*W + l] = src[l*lds + k].  tr_lanes_* moves any
- * number of lanes in register blocks, blocks of k outer (each block of
- * dst rows written whole): 2 lanes x 4 k and 4 x 4 floats, 2 x 2
- * doubles in SSE2 registers, then element by element; the _wide variants
- * (the AVX2 and AVX-512 files: FBP_PACK_WIDE) first take 8 x 8 floats /
- * 4 x 4 doubles in 256-bit registers.  Pure data movement: any blocking
- * writes the same bytes. */
+ * contiguous along k; dst[k*W + l] = src[l*lds + k].  TR_LANES_* moves any
+ * number of lanes in register blocks, blocks of k outer (a block of dst rows
+ * is written across all the lanes its blocks cover before the next): 4 x 4
+ * then 2 lanes x 4 k floats, 2 x 2 doubles in SSE2 registers, then element
+ * by element (tr_rest_*); the _wide variants (the AVX2 and AVX-512 files,
+ * which define FBP_PACK_WIDE; compiled for AVX, which both have) first take
+ * 8 x 8 floats / 4 x 4 doubles in 256-bit registers, then the lanes left over
+ * (fewer than 8 / 4) in a second pass over k.  Pure data movement: any
+ * blocking writes the same bytes. */
 #if defined(FBP_X86) && defined(__SSE2__)
 INLINE void tr4x4_f32(const float *s, int64_t lds, float *d, int64_t W)
 {
@@ -64,8 +66,10 @@ INLINE void tr2x2_f64(const double *s, int64_t lds, double *d, int64_t W)
 
 /* Lanes [l0, lanes) of depth kc: per block of k, SSE2 blocks across the
  * lanes, then element by element; then the last k one by one.  k blocks
- * outer, so that each block of dst rows is written whole before the next
- * (a sliver is up to KC x NR, larger than L1 with its source). */
+ * outer, so that each block of dst rows is written across the lanes before
+ * the next (a sliver is up to KC x NR, with its source more than L1 holds:
+ * lane groups outer wrote each dst line in several passes, measured 5-6%
+ * slower on a 2-thread step of 784-256-128-10). */
 INLINE void tr_rest_f32(const float *src, int64_t lds, int64_t l0, int64_t lanes,
                         int64_t kc, int64_t W, float *dst)
 {
@@ -99,18 +103,8 @@ INLINE void tr_rest_f64(const double *src, int64_t lds, int64_t l0, int64_t lane
     for (; k < kc; k++)
         for (int64_t l = l0; l < lanes; l++) dst[k * W + l] = src[l * lds + k];
 }
-INLINE void tr_lanes_f32(const float *src, int64_t lds, int64_t lanes, int64_t kc,
-                         int64_t W, float *dst)
-{
-    tr_rest_f32(src, lds, 0, lanes, kc, W, dst);
-}
-INLINE void tr_lanes_f64(const double *src, int64_t lds, int64_t lanes, int64_t kc,
-                         int64_t W, double *dst)
-{
-    tr_rest_f64(src, lds, 0, lanes, kc, W, dst);
-}
 
-#if defined(FBP_X86) && FBP_PACK_WIDE
+#if defined(FBP_X86) && defined(FBP_PACK_WIDE)
 #define PACK_TARGET __attribute__((target("avx")))
 PACK_TARGET INLINE void tr8x8_f32(const float *s, int64_t lds, float *d, int64_t W)
 {
@@ -152,42 +146,37 @@ PACK_TARGET INLINE void tr4x4_f64(const double *s, int64_t lds, double *d, int64
     _mm256_storeu_pd(d + 2 * W, _mm256_permute2f128_pd(t0, t2, 0x31));
     _mm256_storeu_pd(d + 3 * W, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
-PACK_TARGET INLINE void tr_lanes_wide_f32(const float *src, int64_t lds, int64_t lanes,
-                                          int64_t kc, int64_t W, float *dst)
-{
-    const int64_t l8 = lanes / 8 * 8;
-    int64_t k = 0;
-    for (; k + 8 <= kc; k += 8)
-        for (int64_t l = 0; l < l8; l += 8)
-            tr8x8_f32(src + l * lds + k, lds, dst + k * W + l, W);
-    if (k < kc) tr_rest_f32(src + k, lds, 0, l8, kc - k, W, dst + k * W);
-    tr_rest_f32(src, lds, l8, lanes, kc, W, dst);
+/* All lanes: B x B blocks (BLOCK) over the lanes that fill them, per block of
+ * k; their last k and the other lanes by tr_rest_##SFX. */
+#define DEFINE_TR_WIDE(T, SFX, B, BLOCK)                                        \
+PACK_TARGET INLINE void tr_lanes_wide_##SFX(const T *src, int64_t lds, int64_t lanes, \
+                                            int64_t kc, int64_t W, T *dst)      \
+{                                                                               \
+    const int64_t lb = lanes / B * B;                                           \
+    int64_t k = 0;                                                              \
+    for (; k + B <= kc; k += B)                                                 \
+        for (int64_t l = 0; l < lb; l += B)                                     \
+            BLOCK(src + l * lds + k, lds, dst + k * W + l, W);                  \
+    if (k < kc) tr_rest_##SFX(src + k, lds, 0, lb, kc - k, W, dst + k * W);     \
+    tr_rest_##SFX(src, lds, lb, lanes, kc, W, dst);                             \
 }
-PACK_TARGET INLINE void tr_lanes_wide_f64(const double *src, int64_t lds, int64_t lanes,
-                                          int64_t kc, int64_t W, double *dst)
-{
-    const int64_t l4 = lanes / 4 * 4;
-    int64_t k = 0;
-    for (; k + 4 <= kc; k += 4)
-        for (int64_t l = 0; l < l4; l += 4)
-            tr4x4_f64(src + l * lds + k, lds, dst + k * W + l, W);
-    if (k < kc) tr_rest_f64(src + k, lds, 0, l4, kc - k, W, dst + k * W);
-    tr_rest_f64(src, lds, l4, lanes, kc, W, dst);
-}
+DEFINE_TR_WIDE(float, f32, 8, tr8x8_f32)
+DEFINE_TR_WIDE(double, f64, 4, tr4x4_f64)
 #define TR_LANES_f32 tr_lanes_wide_f32
 #define TR_LANES_f64 tr_lanes_wide_f64
 #else
 #define PACK_TARGET
-#define TR_LANES_f32 tr_lanes_f32
-#define TR_LANES_f64 tr_lanes_f64
+#define TR_LANES_f32(src, lds, lanes, kc, W, dst) tr_rest_f32(src, lds, 0, lanes, kc, W, dst)
+#define TR_LANES_f64(src, lds, lanes, kc, W, dst) tr_rest_f64(src, lds, 0, lanes, kc, W, dst)
 #endif
 
 #define DEFINE_PACK(T, SFX)                                                     \
 /* A sliver of W lanes, k-major: dst[k*W + l] = op(X)[lane l][k0 + k],          \
  * lanes >= `lanes` zero.  _cp: a lane's values are contiguous across lanes     \
  * (src[k*lds + l]); _tr: contiguous along k (src[l*lds + k]), TR_LANES_##SFX.  \
- * A partial sliver's rows are zeroed, then its lanes written (W is the         \
- * driver's MR or NR: each row's memset is a few inline stores). */             \
+ * A partial sliver's rows are zeroed (W is the driver's MR or NR: each row's \
+ * memset is a few inline stores), _cp row by row, _tr in a pass of its own     \
+ * before the transposes; then its lanes are written. */                       \
 PACK_TARGET INLINE void pack_cp_##SFX(const T *src, int64_t lds, int64_t lanes, \
                                       int64_t kc, int64_t W, T *dst)            \
 {                                                                               \

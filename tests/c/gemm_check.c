@@ -513,8 +513,9 @@ static void run_invariance(int quick)
 {
     static const int ms[] = {1, 2, 3, 5, 6, 7, 12, 13, 17, 31, 33, 64, 97,
                              145, 300};
-    /* K = 22: two 8-deep transpose blocks of the packing, then a 4-deep one
-     * and two single k (fbp_gemm_kernels.h, tr_lanes_wide_*) */
+    /* K = 22: in the packing's transposes (fbp_gemm_kernels.h, TR_LANES_*),
+     * float: two 8-deep blocks, a 4-deep one and two single k; double: five
+     * 4-deep blocks and a 2-deep one */
     static const int ks[] = {1, 7, 22, 255, 256, 257, 600};
     enum { NMS = sizeof ms / sizeof *ms, NKS = sizeof ks / sizeof *ks };
     unsigned u = 0;
