@@ -33,6 +33,10 @@ asan)
     echo "memcheck: building with FASTBP_BOUNDSCHECK=1 and FASTBP_SANITIZE=address (-O1) in $WORK/src"
     FASTBP_BOUNDSCHECK=1 FASTBP_SANITIZE=address \
         "$PY" setup.py build_ext --inplace -q >build.log 2>&1 || { cat build.log; exit 2; }
+    # A build that dropped the sanitizer would pass every test: refuse it.
+    for so in fastbp/_kernels*.so; do
+        ldd "$so" | grep -q libasan || { echo "memcheck: $so is not linked against libasan" >&2; exit 2; }
+    done
     echo "memcheck: running ${TESTS[*]} under AddressSanitizer"
     # Leak detection off: CPython itself keeps its arenas until exit.
     LD_PRELOAD="$LIBASAN" \
