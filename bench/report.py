@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +17,71 @@ def _key(spec: dict[str, Any]) -> tuple[str, int]:
     return spec["dtype"], spec["threads"]
 
 
+def _round(spec: dict[str, Any]) -> int:
+    """The round of a measurement (``--rounds``; 0 in a run of one round)."""
+    return spec.get("round", 0)
+
+
+def _what(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What a measurement measures, whatever its round."""
+    return (spec["kind"], spec.get("peer"), spec.get("config"), *_key(spec))
+
+
 def add_ratios(results: list[Result]) -> list[Result]:
     """Add ``fastbp_ratio`` and ``matmul_fraction`` to each successful peer result.
 
     ``fastbp_ratio`` is fastbp's samples/s over the peer's on the same
     configuration, dtype and thread count in the same run (> 1: fastbp is
     faster).  ``matmul_fraction`` is the peer's GFLOP/s over the numpy matmul
-    GFLOP/s measured for the same dtype and thread count.
+    GFLOP/s measured for the same dtype and thread count.  Both within one
+    round (``--rounds``).
     """
-    matmul = {_key(r["spec"]): r for r in results
+    matmul = {(*_key(r["spec"]), _round(r["spec"])): r for r in results
               if r["spec"]["kind"] == "matmul" and r["status"] == "ok"}
-    fastbp = {(r["spec"]["config"], *_key(r["spec"])): r for r in results
+    fastbp = {(r["spec"]["config"], *_key(r["spec"]), _round(r["spec"])): r for r in results
               if r["spec"].get("peer") == "fastbp" and r["status"] == "ok"}
     for r in results:
         if r["spec"]["kind"] != "peer" or r["status"] != "ok":
             continue
-        f = fastbp.get((r["spec"]["config"], *_key(r["spec"])))
+        f = fastbp.get((r["spec"]["config"], *_key(r["spec"]), _round(r["spec"])))
         r["fastbp_ratio"] = f["samples_per_s"] / r["samples_per_s"] if f else None
-        m = matmul.get(_key(r["spec"]))
+        m = matmul.get((*_key(r["spec"]), _round(r["spec"])))
         r["matmul_fraction"] = r["gflops"] / m["gflops"] if m else None
     return results
+
+
+def merge_rounds(results: list[Result]) -> list[Result]:
+    """One result per measurement, whatever the number of rounds.
+
+    A measurement made in one round is returned as it is.  Of one made in
+    several, the round with the median samples/s (the lower of the two
+    middle ones) stands for it, with ``fastbp_ratio`` the median of the
+    rounds' ratios and ``rounds``: each round's samples/s (None where it
+    failed) and which round stands.  Failed rounds are left out unless all
+    failed (then the first stands).
+    """
+    groups: dict[tuple[Any, ...], list[Result]] = {}
+    for r in results:
+        groups.setdefault(_what(r["spec"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        if len(rs) == 1:
+            out.append(rs[0])
+            continue
+        ok = [r for r in rs if r["status"] == "ok"]
+        if not ok:
+            out.append(rs[0])
+            continue
+        value = "samples_per_s" if rs[0]["spec"]["kind"] == "peer" else "gflops"
+        ok.sort(key=lambda r: r[value])
+        mid = dict(ok[(len(ok) - 1) // 2])
+        ratios = [r["fastbp_ratio"] for r in ok if r.get("fastbp_ratio") is not None]
+        if ratios:
+            mid["fastbp_ratio"] = statistics.median(ratios)
+        mid["rounds"] = {"n": len(rs), "stands": _round(mid["spec"]),
+                         value: [r.get(value) if r["status"] == "ok" else None for r in rs]}
+        out.append(mid)
+    return out
 
 
 #: Peers that are never "the best peer": fastbp itself and its pure-Python reference.
@@ -49,26 +95,45 @@ def best_peers(results: list[Result]) -> list[dict[str, Any]]:
     """Per (config, dtype, threads) of the run: the fastest peer other than
     fastbp (and its reference) and fastbp's samples/s over that peer's.
 
+    Over several rounds (``--rounds``): ``ratio`` is the median of the
+    rounds' ratios, each fastbp's samples/s over the fastest other peer's of
+    the same round; samples/s are (lower) medians over the rounds, ``best_peer`` the
+    peer with the highest median; ``rounds`` holds each round's ratio and
+    best peer.
+
     Returns
     -------
     list of dict
         ``config``, ``dtype``, ``threads``, ``fastbp`` (samples/s or None),
         ``best_peer``, ``best`` (its samples/s), ``ratio`` (fastbp / best, >
-        1: fastbp is faster) and ``peers`` (samples/s of each timed peer).
+        1: fastbp is faster), ``peers`` (samples/s of each timed peer) and,
+        over several rounds, ``rounds``.
     """
     out = []
     ok = [r for r in results if r["spec"]["kind"] == "peer" and r["status"] == "ok"]
     keys = dict.fromkeys((r["spec"]["config"], *_key(r["spec"])) for r in results
                          if r["spec"]["kind"] == "peer")
     for cfg, dtype, threads in keys:
-        rs = {r["spec"]["peer"]: r["samples_per_s"] for r in ok
-              if (r["spec"]["config"], *_key(r["spec"])) == (cfg, dtype, threads)}
-        others = {p: v for p, v in rs.items() if p not in NOT_PEERS}
+        mine = [r for r in ok if (r["spec"]["config"], *_key(r["spec"])) == (cfg, dtype, threads)]
+        rounds = sorted({_round(r["spec"]) for r in mine})
+        per_round = []   # (fastbp, {peer: samples/s} of the others) of each round
+        for rnd in rounds:
+            rs = {r["spec"]["peer"]: r["samples_per_s"] for r in mine if _round(r["spec"]) == rnd}
+            per_round.append((rs.get("fastbp"),
+                              {p: v for p, v in rs.items() if p not in NOT_PEERS}))
+        ratios = [f / max(o.values()) for f, o in per_round if f and o]
+        best_each = [max(o, key=o.__getitem__) if o else None for _, o in per_round]
+        peers = dict.fromkeys(r["spec"]["peer"] for r in mine)
+        med = {p: statistics.median_low([r["samples_per_s"] for r in mine
+                                         if r["spec"]["peer"] == p]) for p in peers}
+        others = {p: v for p, v in med.items() if p not in NOT_PEERS}
         best = max(others, key=others.__getitem__) if others else None
-        f = rs.get("fastbp")
-        out.append({"config": cfg, "dtype": dtype, "threads": threads, "fastbp": f,
-                    "best_peer": best, "best": others.get(best) if best else None,
-                    "ratio": f / others[best] if f and best else None, "peers": rs})
+        entry = {"config": cfg, "dtype": dtype, "threads": threads, "fastbp": med.get("fastbp"),
+                 "best_peer": best, "best": others.get(best) if best else None,
+                 "ratio": statistics.median(ratios) if ratios else None, "peers": med}
+        if len(rounds) > 1:
+            entry["rounds"] = {"n": len(rounds), "ratio": ratios, "best_peer": best_each}
+        out.append(entry)
     return out
 
 
@@ -123,8 +188,9 @@ def _num(x: float | None, suffix: str = "") -> str:
 
 
 def table(doc: dict[str, Any]) -> str:
-    """The results as a plain-text table, one block per (dtype, threads)."""
-    results = doc["results"]
+    """The results as a plain-text table, one block per (dtype, threads); a
+    measurement of several rounds is its median round (:func:`merge_rounds`)."""
+    results = merge_rounds(doc["results"])
     out: list[str] = []
     cols = (f"{'config':<30} {'peer':<10} {'samples/s':>11} {'GFLOP/s':>8} "
             f"{'%matmul':>7} {'fastbp x':>8} {'peak MiB':>8}  note")
@@ -153,10 +219,15 @@ def table(doc: dict[str, Any]) -> str:
                 continue
             frac = r.get("matmul_fraction")
             pct = "-" if frac is None else f"{100 * frac:.1f}%"
+            note = r.get("note", "")
+            if "rounds" in r:
+                sps = [x for x in r["rounds"]["samples_per_s"] if x is not None]
+                note = (f"median of {len(sps)} rounds, {min(sps):,.0f}-{max(sps):,.0f}; "
+                        + note).rstrip("; ")
             out.append(
                 f"{label:<30} {s['peer']:<10} {r['samples_per_s']:>11,.0f} "
                 f"{_num(r['gflops']):>8} {pct:>7} {_num(r.get('fastbp_ratio'), 'x'):>8} "
-                f"{r['peak_rss_mib']:>8.1f}  {r.get('note', '')}")
+                f"{r['peak_rss_mib']:>8.1f}  {note}")
     meta = doc["meta"]
     out += [
         "",
@@ -164,7 +235,9 @@ def table(doc: dict[str, Any]) -> str:
         "on random data, squared error, identity output);",
         f"  GFLOP/s counts {meta['flops_per_sample']};",
         "  %matmul = GFLOP/s over the numpy matmul GFLOP/s of the same dtype and threads;",
-        "  fastbp x = fastbp samples/s over the peer's, same config/dtype/threads, same run.",
+        "  fastbp x = fastbp samples/s over the peer's, same config/dtype/threads, same run"
+        + (" (several rounds: the median of the rounds' ratios)." if meta.get("rounds", 1) > 1
+           else "."),
         f"peak MiB: {meta['memory']}.",
     ]
     out.append("Every peer was first checked: its parameters after the first (warm-up) "
@@ -182,16 +255,24 @@ def table(doc: dict[str, Any]) -> str:
 
 def best_table(doc: dict[str, Any]) -> str:
     """Per (config, dtype, threads): the best peer and fastbp's ratio to it."""
+    rounds = any("rounds" in b for b in doc["best"])
     cols = (f"{'config':<30} {'dtype':<7} {'thr':>3} {'fastbp':>11} {'best peer':<13} "
-            f"{'its samples/s':>13} {'fastbp/best':>11}")
+            f"{'its samples/s':>13} {'fastbp/best':>11}" + ("  per round" if rounds else ""))
     out = ["", "== fastbp against the best peer (fastest other than fastbp and its "
                "reference, same config/dtype/threads, same run)", cols, "-" * len(cols)]
     for b in doc["best"]:
         f = "-" if b["fastbp"] is None else f"{b['fastbp']:,.0f}"
         best = "-" if b["best"] is None else f"{b['best']:,.0f}"
+        per = ""
+        if "rounds" in b:
+            per = "  " + " ".join(f"{x:.2f}" for x in b["rounds"]["ratio"])
         out.append(f"{CONFIGS[b['config']].label:<30} {b['dtype']:<7} {b['threads']:>3} "
                    f"{f:>11} {b['best_peer'] or '-':<13} {best:>13} "
-                   f"{_num(b['ratio'], 'x'):>11}")
+                   f"{_num(b['ratio'], 'x'):>11}{per}")
+    if rounds:
+        out.append("Several rounds: samples/s are medians over the rounds; fastbp/best is the "
+                   "median of the rounds' ratios (per round: fastbp over that round's fastest "
+                   "other peer), listed in round order.")
     return "\n".join(out)
 
 
@@ -258,7 +339,8 @@ def plot(doc: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "note: matplotlib not installed, no chart drawn"
-    ok = [r for r in doc["results"] if r["spec"]["kind"] == "peer" and r["status"] == "ok"]
+    ok = [r for r in merge_rounds(doc["results"])
+          if r["spec"]["kind"] == "peer" and r["status"] == "ok"]
     configs = list(dict.fromkeys(r["spec"]["config"] for r in ok))
     if not ok:
         return "note: no results to plot"

@@ -12,6 +12,9 @@ configuration, interleaved over a few rounds, and reports the 2-thread /
 1-thread ratio of the median epochs, as a desktop with a browser, a second
 job or a ``GridSearchCV(n_jobs=...)`` would see it.
 
+``--rounds N`` repeats every measurement N times, round after round, and
+the best-peer table reports the median of the rounds' ratios (bench/report.py).
+
 On a machine that sets ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` run it as::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench
@@ -84,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png", type=Path, metavar="PATH",
                    help="bar chart output (default bench/results/bench[-quick].png)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure everything this many times, round after round (each "
+                   "round every peer in turn, fresh processes); the best-peer table then "
+                   "gives the median over rounds of fastbp / the round's best peer, with "
+                   "its range: on a host whose speed drifts between minutes, a ratio "
+                   "taken within one round is steadier than one run's (default 1)")
     p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=None,
                    help="also time fastbp on 1 and 2 threads with one CPU kept busy by a "
                    "busy-looping process the harness starts (default: on; quick: off)")
@@ -97,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup < 1:
         p.error("--warmup must be >= 1 (the first warm-up epoch is the verified one)")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     q = args.quick
     args.configs = args.configs or list(QUICK_CONFIGS if q else CONFIGS)
     args.peers = args.peers or [k for k, v in PEERS.items() if v.quick or not q]
@@ -303,11 +314,15 @@ def main(argv: list[str] | None = None) -> int:
                                       "dtype": dtype, "threads": threads,
                                       "quick": args.quick, "lr": args.lr,
                                       "min_time": args.min_time, **common})
+    # Round-major: every measurement of round r before any of round r + 1.
+    specs = [dict(spec, round=r) for r in range(args.rounds) for spec in specs]
     t_start = time.perf_counter()
     results = []
     for i, spec in enumerate(specs, 1):
         what = spec.get("peer", "matmul"), spec.get("config", spec.get("matmul_n")), \
             spec["dtype"], f"{spec['threads']}t"
+        if args.rounds > 1:
+            what = (*what, f"round {spec['round'] + 1}/{args.rounds}")
         print(f"[{i}/{len(specs)}] {' '.join(map(str, what))} ...", end=" ",
               file=sys.stderr, flush=True)
         res = run_worker(spec, args.timeout)
@@ -320,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         fma = fma_peak.measure(quick=args.quick)
         print(fma["status"], fma.get("note", ""), file=sys.stderr, flush=True)
     doc = {
-        "meta": {"quick": args.quick, "argv": sys.argv, "elapsed_s": time.perf_counter() - t_start,
+        "meta": {"quick": args.quick, "argv": sys.argv, "rounds": args.rounds,
+                 "elapsed_s": time.perf_counter() - t_start,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "blas_warning": warning,
                  "flops_per_sample": "6 * sum(n_in * n_out) (biases, activations not counted)",
                  "memory": "peak RSS of the subprocess over its RSS after imports, "
@@ -333,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "fma_peak": fma,
     }
     doc["best"] = report.best_peers(doc["results"])
-    doc["peak_fraction"] = report.peak_fractions(doc["results"], fma)
+    doc["peak_fraction"] = report.peak_fractions(report.merge_rounds(doc["results"]), fma)
     if results:
         print(report.table(doc))
         print(report.best_table(doc))

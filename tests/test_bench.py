@@ -306,6 +306,60 @@ def test_best_peers_and_peak_fraction() -> None:
     assert report.best_peers([res("fastbp", 1.0)])[0]["ratio"] is None
 
 
+def test_rounds_give_the_median_of_each_rounds_ratio() -> None:
+    def res(peer: str, sps: float, rnd: int, status: str = "ok") -> dict:
+        return {"spec": {"kind": "peer", "peer": peer, "config": "small", "dtype": "float32",
+                         "threads": 1, "round": rnd}, "status": status, "samples_per_s": sps,
+                "gflops": sps * 1e-6, "peak_rss_mib": 1.0}
+    # The host is twice as fast in round 1: fastbp / best is 1.2, 1.25, 0.8 per round
+    # (the best peer jax, jax, numpy), while fastbp's best run over the others' best
+    # runs would say 2.0 / 1.7.
+    results = [res("fastbp", 1.2, 0), res("jax", 1.0, 0), res("numpy", 0.5, 0),
+               res("fastbp", 2.0, 1), res("jax", 1.6, 1), res("numpy", 1.0, 1),
+               res("fastbp", 0.8, 2), res("jax", 0.9, 2), res("numpy", 1.0, 2),
+               res("torch", 5.0, 2, status="failed")]
+    report.add_ratios(results)
+    assert results[1]["fastbp_ratio"] == pytest.approx(1.2)   # within its own round
+    (b,) = report.best_peers(results)
+    assert b["rounds"]["ratio"] == pytest.approx([1.2, 1.25, 0.8])
+    assert b["rounds"]["best_peer"] == ["jax", "jax", "numpy"]
+    assert b["ratio"] == pytest.approx(1.2)
+    assert b["fastbp"] == pytest.approx(1.2) and b["best_peer"] == "jax"
+    assert b["best"] == pytest.approx(1.0) and "torch" not in b["peers"]
+    merged = {r["spec"]["peer"]: r for r in report.merge_rounds(results)}
+    assert merged["jax"]["samples_per_s"] == 1.0 and merged["jax"]["spec"]["round"] == 0
+    assert merged["jax"]["rounds"] == {"n": 3, "stands": 0, "samples_per_s": [1.0, 1.6, 0.9]}
+    assert merged["jax"]["fastbp_ratio"] == pytest.approx(1.2)   # median of 1.2, 1.25, 0.889
+    assert merged["torch"]["status"] == "failed" and "rounds" not in merged["torch"]
+    # One round: as before, nothing added.
+    one = [r for r in results if r["spec"]["round"] == 0]
+    (b1,) = report.best_peers(one)
+    assert "rounds" not in b1 and b1["ratio"] == pytest.approx(1.2)
+    assert report.merge_rounds(one) == one
+
+
+def test_rounds_must_be_positive() -> None:
+    from bench import run
+    with pytest.raises(SystemExit):
+        run.parse_args(["--rounds", "0"])
+    assert run.parse_args(["--rounds", "3"]).rounds == 3
+
+
+def test_quick_run_in_two_rounds(tmp_path: Path) -> None:
+    out_json = tmp_path / "r.json"
+    proc = _run(["-m", "bench", "--quick", "--peers", "fastbp", "numpy", "--configs", "tiny",
+                 "--rounds", "2", "--no-plot", "--json", str(out_json)])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out_json.read_text())
+    assert doc["meta"]["rounds"] == 2
+    rounds = [(r["spec"].get("peer", "matmul"), r["spec"]["round"]) for r in doc["results"]]
+    assert rounds == [("matmul", 0), ("fastbp", 0), ("numpy", 0),
+                      ("matmul", 1), ("fastbp", 1), ("numpy", 1)]
+    (b,) = doc["best"]
+    assert len(b["rounds"]["ratio"]) == 2 and b["ratio"] > 0
+    assert "median of 2 rounds" in proc.stdout and "per round" in proc.stdout
+
+
 @pytest.mark.skipif(fma_peak.compiler() is None, reason="no C compiler")
 def test_fma_peak_runs() -> None:
     out = fma_peak.measure(trials=1)
