@@ -97,6 +97,8 @@ cdef extern from "fbp_gemm.h" nogil:
                       int n_threads)
     const char *fbp_gemm_isa()
     int fbp_gemm_set_isa(const char *name)
+    int fbp_gemm_set_unpacked_a(int on)
+    int64_t fbp_gemm_ua_calls()
     void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
     int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
@@ -1568,6 +1570,21 @@ def set_gemm_isa(name=None):
     if fbp_gemm_set_isa(b) != 0:
         raise ValueError(f"GEMM code path {name!r} is unknown or not supported by this CPU")
     return previous
+
+
+def set_gemm_unpacked_a(on):
+    """Whether the GEMM's blocked path may read a small, non-transposed op(A)
+    where it is instead of packing it (on by default; speed only, the same
+    bits; ``FBP_GEMM_UNPACKED_A=0`` turns it off for a process).  Returns the
+    previous setting.  A test and benchmark hook; not to be called while a
+    kernel runs in another thread."""
+    return bool(fbp_gemm_set_unpacked_a(1 if on else 0))
+
+
+def gemm_unpacked_a_calls():
+    """How many blocked GEMM calls (or row tiles of one) that read op(A)
+    unpacked the calling thread has run.  A test hook."""
+    return fbp_gemm_ua_calls()
 
 
 def gemm_tile_shape(dtype):

@@ -321,6 +321,34 @@ static void choose_grid(int64_t M, int64_t N, int64_t MR, int64_t NR, int nt, in
     if (best < 0) { *tm = 1; *tn = 1; }
 }
 
+/* Whether the blocked drivers may read a small op(A) unpacked: on unless
+ * FBP_GEMM_UNPACKED_A=0 (read once) or fbp_gemm_set_unpacked_a(0). */
+static int unpacked_a = -1;
+
+int64_t fbp_gemm_ua_bytes(void)
+{
+    int c = __atomic_load_n(&unpacked_a, __ATOMIC_RELAXED);
+    if (c < 0) {
+        const char *env = getenv("FBP_GEMM_UNPACKED_A");
+        c = !(env && strcmp(env, "0") == 0);
+        __atomic_store_n(&unpacked_a, c, __ATOMIC_RELAXED);
+    }
+    return c ? FBP_UA_BYTES : 0;
+}
+
+int fbp_gemm_set_unpacked_a(int on)
+{
+    const int previous = fbp_gemm_ua_bytes() > 0;
+    __atomic_store_n(&unpacked_a, on != 0, __ATOMIC_RELAXED);
+    return previous;
+}
+
+/* Blocked calls (or row tiles of one) that read op(A) unpacked, counted per
+ * thread (no shared line written). */
+static __thread int64_t ua_calls;
+void fbp_gemm_note_ua(void) { ua_calls++; }
+int64_t fbp_gemm_ua_calls(void) { return ua_calls; }
+
 /* Whether this CPU's 512-bit FMAs are two 256-bit halves: AMD family 19h
  * (Zen 4), where the rule below was measured.  FBP_GEMM_AVX2_TILES=0 or 1,
  * read once, overrides it (for tests and benchmarks; speed only). */

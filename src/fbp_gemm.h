@@ -20,6 +20,9 @@
  * use and no activation is applied to C itself.
  *
  * beta == 0 means C is write-only (never read, may hold NaN).
+ * C must not overlap A or B: the blocked path reads a small op(A) where it
+ * is (fbp_gemm_set_unpacked_a, below), and packs each K-slab of A and B
+ * after the previous slab's sums were written to C.
  *
  * Contract that the rest of fastbp relies on:
  *   - Per-element invariance: for fixed (trans_a, trans_b, K, alpha, beta,
@@ -317,6 +320,17 @@ const char *fbp_gemm_isa(void);
  * inside fbp_gemm_*.  The environment variable FBP_GEMM_ISA, read once on
  * first use, does the same (an unsupported name leaves the best path). */
 int fbp_gemm_set_isa(const char *name);
+
+/* Test/benchmark hook: whether the blocked path may read a small op(A) where
+ * it is instead of packing it (on by default; fbp_gemm_kernels.h, NAME##_ua).
+ * Speed only: the same bits either way.  The environment variable
+ * FBP_GEMM_UNPACKED_A=0, read once on first use, turns it off.  Returns the
+ * previous setting.  Not to be called while another thread is inside
+ * fbp_gemm_*. */
+int fbp_gemm_set_unpacked_a(int on);
+/* Test hook: how many blocked calls (or row tiles of one) that read op(A)
+ * unpacked the calling thread has run. */
+int64_t fbp_gemm_ua_calls(void);
 
 #ifdef __cplusplus
 }

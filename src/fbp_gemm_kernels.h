@@ -268,17 +268,26 @@ INLINE int fused_epilogue(const void *bias, int act, const void *dsrc)
 /* Uses the vector primitives V_T, V_I (the integer vector of V_T's size),
  * V_LOAD (aligned), V_LOADU, V_STOREU, V_SET1, V_FMA(a, b, c) = a*b + c,
  * V_MUL, defined just before each use, and GCC's vector operators on V_T.
- * Computes MR rows x NV vectors of VL lanes from slivers packed AS rows and
- * BS columns wide (AS >= MR, BS >= NV * VL: the edge variants), then the
- * epilogue `ep` (EP_*: bias[0 : NV*VL] and dsrc rows at ldd, the tile's own
- * columns) before the store. */
-#define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS)                     \
+ * Computes MR rows x NV vectors of VL lanes from the B sliver packed BS
+ * columns wide (BS >= NV * VL: the edge variants) and op(A)'s rows: UA 0,
+ * the A sliver packed AS rows wide (AS >= MR; lda, mv unused); UA 1, op(A)
+ * as it is in the caller's A (not transposed: row r of the tile at a + r *
+ * lda, contiguous along k), rows from mv on reading row mv - 1 (valid
+ * memory; the driver stores only the tile's mv rows).  Then the epilogue `ep`
+ * (EP_*: bias[0 : NV*VL] and dsrc rows at ldd, the tile's own columns)
+ * before the store.  Both read the same values in the same order: the same
+ * bits. */
+#define DEFINE_UKERNEL(NAME, T, TARGET, MR, AS, NV, VL, BS, UA)                 \
 static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   \
                         T *restrict c, int64_t ldc, T alpha, T beta, int mode,  \
                         int ep, const T *restrict bias, const T *restrict dsrc, \
-                        int64_t ldd)                                            \
+                        int64_t ldd, int64_t lda, int64_t mv)                   \
 {                                                                               \
     V_T acc[MR][NV];                                                            \
+    const T *ar[MR];                                                            \
+    if (UA)                                                                     \
+        _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)               \
+            ar[r] = a + (r < mv ? r : mv - 1) * lda;                            \
     _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++)                   \
         _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
             acc[r][v] = V_SET1((T)0);                                           \
@@ -287,12 +296,12 @@ static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   
         __builtin_prefetch(c + r * ldc + NV * VL - 1, 1, 3);                    \
     }                                                                           \
     _Pragma("GCC unroll 4")                                                     \
-    for (int64_t k = 0; k < kc; k++, a += AS, b += BS) {                        \
+    for (int64_t k = 0; k < kc; k++, a += (UA ? 0 : AS), b += BS) {            \
         V_T bv[NV];                                                             \
         _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)                \
             bv[v] = V_LOAD(b + v * VL);                                         \
         _Pragma("GCC unroll 16") for (int64_t r = 0; r < MR; r++) {             \
-            V_T av = V_SET1(a[r]);                                              \
+            V_T av = V_SET1(UA ? ar[r][k] : a[r]);                              \
             _Pragma("GCC unroll 4") for (int64_t v = 0; v < NV; v++)            \
                 acc[r][v] = V_FMA(av, bv[v], acc[r][v]);                        \
         }                                                                       \
@@ -342,12 +351,17 @@ static TARGET void NAME(int64_t kc, const T *restrict a, const T *restrict b,   
 }
 
 /* The full MR x NR kernel and its half-height / half-width variants for edge
- * tiles.  Every element still gets the identical FMA chain and update. */
+ * tiles, on a packed A sliver and (_u*) on op(A) unpacked.  Every element
+ * still gets the identical FMA chain and update. */
 #define DEFINE_KERNELS(UK, T, TARGET, MR, NV, VL)                               \
-DEFINE_UKERNEL(UK, T, TARGET, MR, MR, NV, VL, NV * VL)                          \
-DEFINE_UKERNEL(UK##_m, T, TARGET, MR / 2, MR, NV, VL, NV * VL)                  \
-DEFINE_UKERNEL(UK##_n, T, TARGET, MR, MR, NV / 2, VL, NV * VL)                  \
-DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL)
+DEFINE_UKERNEL(UK, T, TARGET, MR, MR, NV, VL, NV * VL, 0)                       \
+DEFINE_UKERNEL(UK##_m, T, TARGET, MR / 2, MR, NV, VL, NV * VL, 0)               \
+DEFINE_UKERNEL(UK##_n, T, TARGET, MR, MR, NV / 2, VL, NV * VL, 0)               \
+DEFINE_UKERNEL(UK##_mn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL, 0)          \
+DEFINE_UKERNEL(UK##_u, T, TARGET, MR, MR, NV, VL, NV * VL, 1)                   \
+DEFINE_UKERNEL(UK##_um, T, TARGET, MR / 2, MR, NV, VL, NV * VL, 1)              \
+DEFINE_UKERNEL(UK##_un, T, TARGET, MR, MR, NV / 2, VL, NV * VL, 1)              \
+DEFINE_UKERNEL(UK##_umn, T, TARGET, MR / 2, MR, NV / 2, VL, NV * VL, 1)
 
 /* The small path of one ISA: a plain i/j/k loop straight on the caller's
  * arrays (C is M x N at C), no packing, no threads.  It computes each element
@@ -480,12 +494,12 @@ TARGET INLINE void NAME##_copy(T *restrict d, const T *restrict s, int64_t n)  \
     if (r & 1) d[j] = s[j];                                                     \
 }                                                                               \
 /* One micro-tile: rows ic+ir.., columns jc+jr.. (m x n of them) of C from the \
- * A sliver at a and the B sliver at b, depth kc; store mode and epilogue as  \
- * NAME##_slab says. */                                                        \
+ * A sliver at a (ua: op(A)'s row ic+ir in the caller's A, unpacked) and the  \
+ * B sliver at b, depth kc; store mode and epilogue as NAME##_slab says. */   \
 TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
                            const T *b, int64_t ic, int64_t ir, int64_t jc,      \
                            int64_t jr, int64_t m, int64_t n, int64_t kc,        \
-                           int mode, int last, int epi, int fep)                \
+                           int mode, int last, int epi, int fep, int ua)        \
 {                                                                               \
     const int64_t ldc = jb->ldc;                                                \
     T *c = jb->C + (int64_t)(ic + ir) * ldc + jc + jr;                          \
@@ -493,14 +507,15 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
     const int64_t rows = hm ? MR / 2 : MR;                                      \
     const int64_t cols = hn ? NR / 2 : NR;                                      \
     void (*uk)(int64_t, const T *, const T *, T *, int64_t, T,                  \
-               T, int, int, const T *, const T *, int64_t) =                    \
-        hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK);                      \
+               T, int, int, const T *, const T *, int64_t, int64_t, int64_t) =  \
+        ua ? (hm ? (hn ? UK##_umn : UK##_um) : (hn ? UK##_un : UK##_u))         \
+           : (hm ? (hn ? UK##_mn : UK##_m) : (hn ? UK##_n : UK));               \
     const int ep = last ? fep : EP_NONE;                                        \
     const T *bias = jb->bias ? jb->bias + jc + jr : NULL;                       \
     const T *dsrc = jb->dsrc ? jb->dsrc + (int64_t)(ic + ir) * jb->ldd + jc + jr : NULL; \
     if (m == rows && n == cols) {                                               \
         uk(kc, a, b, c, ldc, jb->alpha, jb->beta, mode, ep, bias,               \
-           dsrc, jb->ldd);                                                      \
+           dsrc, jb->ldd, jb->lda, m);                                          \
     } else {                                                                    \
         /* the tile in scratch; what the fused epilogue                         \
          * reads beyond the block, zero */                                      \
@@ -521,7 +536,7 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
             dsrc = tdsrc;                                                       \
         }                                                                       \
         uk(kc, a, b, t, cols, jb->alpha, jb->beta, mode, ep, bias,              \
-           dsrc, cols);                                                         \
+           dsrc, cols, jb->lda, m);                                             \
         for (int64_t r = 0; r < m; r++)                                         \
             NAME##_copy(c + r * ldc, t + r * cols, n);                          \
     }                                                                           \
@@ -529,7 +544,8 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
         epilogue_##ESFX(jb, ic + ir, jc + jr, m, n);                            \
 }                                                                               \
 /* One KC slab (depth kc at pc) of the panel [jc, jc+nc), rows [i0, i1):        \
- * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows.  Loop     \
+ * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows (ua: read  \
+ * where it is, NAME##_ua).  Loop                                               \
  * order (speed only: every tile is the same kernel call on the same values   \
  * whatever the order): JB == 0, B sliver outer, A slivers inner (the B sliver \
  * stays in L1, A's block in L2); JB > 0, per chunk of JB columns of op(B) (in \
@@ -537,20 +553,22 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
 TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  \
                                int64_t mcb, int64_t i0, int64_t i1,             \
                                int64_t jc, int64_t nc, int64_t pc, int64_t kc,  \
-                               int epi, int fep)                                \
+                               int epi, int fep, int ua)                        \
 {                                                                               \
     const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);                      \
     const int last = pc + kc == jb->K;                                          \
+    const int64_t as = ua ? jb->lda : kc;   /* from one tile's rows to the next's */ \
     for (int64_t ic = i0; ic < i1; ic += mcb) {                                 \
         const int64_t mc = i1 - ic < mcb ? i1 - ic : mcb;                       \
-        pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                               \
+        const T *ab = ua ? jb->A + ic * jb->lda + pc : pa;                      \
+        if (!ua) pack_a_##SFX(jb, ic, mc, pc, kc, MR, pa);                      \
         if (JB == 0) {                                                          \
             for (int64_t jr = 0; jr < nc; jr += NR) {                           \
                 const int64_t n = nc - jr < NR ? nc - jr : NR;                  \
                 for (int64_t ir = 0; ir < mc; ir += MR)                         \
-                    NAME##_tile(jb, pa + ir * kc, pb + jr * kc, ic, ir, jc, jr, \
+                    NAME##_tile(jb, ab + ir * as, pb + jr * kc, ic, ir, jc, jr, \
                                 mc - ir < MR ? mc - ir : MR, n, kc, mode, last, \
-                                epi, fep);                                      \
+                                epi, fep, ua);                                  \
             }                                                                   \
             continue;                                                           \
         }                                                                       \
@@ -559,12 +577,22 @@ TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  
             for (int64_t ir = 0; ir < mc; ir += MR) {                           \
                 const int64_t m = mc - ir < MR ? mc - ir : MR;                  \
                 for (int64_t jr = jq; jr < je; jr += NR)                        \
-                    NAME##_tile(jb, pa + ir * kc, pb + jr * kc, ic, ir, jc, jr, \
+                    NAME##_tile(jb, ab + ir * as, pb + jr * kc, ic, ir, jc, jr, \
                                 m, je - jr < NR ? je - jr : NR, kc, mode, last, \
-                                epi, fep);                                      \
+                                epi, fep, ua);                                  \
             }                                                                   \
         }                                                                       \
     }                                                                           \
+}                                                                               \
+/* Whether rows [i0, i1) of op(A) are read where they are instead of packed:    \
+ * not transposed (each tile row contiguous along k) and small enough to stay  \
+ * in L1 across the B slivers (fbp_gemm_ua_bytes), where packing them cost more \
+ * than it saved (bench/NOTES.md, session 26).  Speed only: the same values   \
+ * reach the same FMAs. */                                                     \
+TARGET INLINE int NAME##_ua(const struct job_##SFX *jb, int64_t i0, int64_t i1) \
+{                                                                               \
+    const int64_t lim = fbp_gemm_ua_bytes();                                    \
+    return !jb->ta && lim > 0 && (i1 - i0) * jb->K * (int64_t)sizeof(T) <= lim;  \
 }                                                                               \
 FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, \
                         int64_t j0, int64_t j1)                                 \
@@ -579,12 +607,14 @@ FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, 
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
     const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
+    const int ua = NAME##_ua(jb, i0, i1);                                       \
+    if (ua) fbp_gemm_note_ua();                                                 \
     for (int64_t jc = j0; jc < j1; jc += NC) {                                  \
         const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
         for (int64_t pc = 0; pc < K; pc += KC) {                                \
             const int64_t kc = K - pc < KC ? K - pc : KC;                       \
             pack_b_##SFX(jb, pc, kc, jc, nc, NR, pb);                           \
-            NAME##_slab(jb, pb, pa, MC, i0, i1, jc, nc, pc, kc, epi, fep);      \
+            NAME##_slab(jb, pb, pa, MC, i0, i1, jc, nc, pc, kc, epi, fep, ua);  \
         }                                                                       \
     }                                                                           \
 }                                                                               \
@@ -692,6 +722,8 @@ FBP_HIDDEN TARGET void NAME##_pre(const struct job_##SFX *jb, const T *Bp)      
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
     const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
+    const int ua = NAME##_ua(jb, 0, jb->M);                                     \
+    if (ua) fbp_gemm_note_ua();                                                 \
     for (int64_t jc = 0; jc < N; jc += NC) {                                    \
         const int64_t nc = N - jc < NC ? N - jc : NC;                           \
         const int64_t ncp = (nc + NR - 1) / NR * NR;                            \
@@ -702,7 +734,7 @@ FBP_HIDDEN TARGET void NAME##_pre(const struct job_##SFX *jb, const T *Bp)      
                 memcpy(pb, b, (size_t)(ncp * kc) * sizeof(T));                  \
                 b = pb;                                                         \
             }                                                                   \
-            NAME##_slab(jb, b, pa, MC, 0, jb->M, jc, nc, pc, kc, epi, fep);     \
+            NAME##_slab(jb, b, pa, MC, 0, jb->M, jc, nc, pc, kc, epi, fep, ua); \
         }                                                                       \
     }                                                                           \
 }

@@ -2,8 +2,9 @@
 was changed for it: the GEMM's fused epilogue (bias + relu, the dsrc
 derivatives applied in the micro-kernel before its store), the AVX-512 path
 running small or thin products on the AVX2 blocked kernels, the one-pass
-squared-error loss row, and steps of fewer than 2**18 forward multiply-adds
-per thread staying serial.
+squared-error loss row, steps of fewer than 2**18 forward multiply-adds
+per thread staying serial, and the blocked path reading a small op(A) where it
+is instead of packing it (K.set_gemm_unpacked_a).
 
 None of them may change a bit: the fused epilogue is the per-lane twin of the
 separate pass (tests/c/gemm_check.c, tests/test_gemm_c.py check every
@@ -27,10 +28,12 @@ def _restore():
     isa, n_threads = K.gemm_isa(), fastbp.get_num_threads()
     threshold = K.set_parallel_threshold(0)
     K.set_parallel_threshold(threshold)
+    unpacked_a = K.set_gemm_unpacked_a(True)
     fastbp.set_num_threads(1)
     yield
     K.set_gemm_isa(isa)
     K.set_parallel_threshold(threshold)
+    K.set_gemm_unpacked_a(unpacked_a)
     fastbp.set_num_threads(n_threads)
 
 
@@ -74,7 +77,8 @@ def test_avx2_and_avx512_agree(dtype, activation, sizes, batch_size):
 @pytest.mark.parametrize("output", ["identity", "sigmoid"])
 def test_small_config_matches_reference(isa, dtype, output):
     """Two epochs of the small config (relu, squared error, batch 32, shuffled)
-    against the pure-Python reference of the same dtype, on every code path."""
+    against the pure-Python reference of the same dtype, on every code path
+    (the blocked GEMM reading op(A) unpacked, asserted)."""
     K.set_gemm_isa(isa)
     kw = dict(activation="relu", output=output, loss="squared_error", bias=True, dtype=dtype,
               seed=0)
@@ -83,7 +87,9 @@ def test_small_config_matches_reference(isa, dtype, output):
         ref.weights[k][...] = fast.weights[k]
         ref.biases[k][...] = fast.biases[k]
     X, Y = data(SMALL, 96, dtype, output=output, seed=9)
+    before = K.gemm_unpacked_a_calls()
     hf = fast.fit(X, Y, epochs=2, batch_size=32, lr=0.01, seed=11)
+    assert K.gemm_unpacked_a_calls() > before   # on the unpacked-A path (the default)
     hr = ref.fit(X, Y, epochs=2, batch_size=32, lr=0.01, seed=11)
     assert_close(hf.loss, hr.loss, dtype, "history")
     for k in range(len(SMALL) - 1):
@@ -190,3 +196,34 @@ def test_avx2_tiles_switch_changes_no_bit():
         assert isa == "avx512"
         digests.add(digest)
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("sizes, batch_size, threads", [
+    (SMALL, 32, 1), (SMALL, 7, 1), ([9, 33, 20, 3], 13, 1), ([40, 300, 24, 3], 50, 1),
+    ([64, 200, 130, 10], 96, 2)])
+def test_unpacked_a_gives_the_packed_bits(isa, dtype, activation, sizes, batch_size, threads):
+    """The blocked GEMM reading a small op(A) where it is (the batch's rows of
+    X and of each H_k in the forward, delta in the backward) gives the bits of
+    packing it: fits with it on and off, every ISA, both dtypes, batches whose
+    last tile is partial, and a 2-thread fit whose row tiles read A unpacked
+    (in a parallel region, asserted).  The calls are counted: the path really
+    ran, and not at all when it is off."""
+    K.set_gemm_isa(isa)
+    fastbp.set_num_threads(threads)
+    if threads > 1:
+        K.set_parallel_threshold(1)
+    X, Y = data(sizes, 200, dtype)
+    before, regions = K.gemm_unpacked_a_calls(), K.parallel_regions()
+    on = fit(sizes, X, Y, activation=activation, batch_size=batch_size)
+    assert K.gemm_unpacked_a_calls() > before      # counted on the caller's thread
+    assert threads == 1 or K.parallel_regions() > regions or fastbp.get_num_threads() < 2
+    K.set_gemm_unpacked_a(False)
+    before = K.gemm_unpacked_a_calls()
+    off = fit(sizes, X, Y, activation=activation, batch_size=batch_size)
+    assert K.gemm_unpacked_a_calls() == before
+    assert on == off
+    assert K.set_gemm_unpacked_a(True) is False
+

@@ -799,6 +799,95 @@ static void packchk_##SFX(struct icfg g, int conc, int nomem)                   
 DEFINE_PACKCHK(float, f32, PK_FILL32)
 DEFINE_PACKCHK(double, f64, PK_FILL64)
 
+/* ------------------------------------------------------------------------ */
+/* op(A) read unpacked (fbp_gemm_kernels.h, NAME##_ua)                       */
+/* ------------------------------------------------------------------------ */
+
+/* The call with unpacked A allowed, then with it off: the same bits, and
+ * nothing outside C's M x N written (the unpacked kernels read rows past an
+ * edge tile's last one as that row, never past A).  Returns whether the
+ * first call read A unpacked. */
+#define DEFINE_UACHK(T, SFX)                                                    \
+static int uachk_##SFX(struct icfg g)                                           \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    const int lda = ac + 2, ldb = bc + 1, ldc = N + 3, ldd = N + 2;             \
+    T *A = malloc(sizeof(T) * (size_t)ar * lda);                                \
+    T *B = malloc(sizeof(T) * (size_t)br * ldb);                                \
+    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *C1 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *C2 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    T *D = malloc(sizeof(T) * (size_t)M * ldd);                                 \
+    T *bias = malloc(sizeof(T) * N);                                            \
+    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
+    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
+    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
+    for (long i = 0; i < (long)M * ldd; i++) {                                  \
+        double u = urand();                                                     \
+        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
+                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
+    }                                                                           \
+    for (long i = 0; i < (long)M * ldc; i++)                                    \
+        C0[i] = i % ldc >= N ? (T)SENTINEL                                      \
+              : g.beta == 0 ? (T)NAN : (T)(4 * urand());                        \
+    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    memcpy(C1, C0, sizeof(T) * (size_t)M * ldc);                                \
+    memcpy(C2, C0, sizeof(T) * (size_t)M * ldc);                                \
+    const int64_t before = fbp_gemm_ua_calls();                                 \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C1, ldc, bp, g.act, dp, ldd, g.nt);                          \
+    const int used = fbp_gemm_ua_calls() > before;                              \
+    fbp_gemm_set_unpacked_a(0);                                                 \
+    fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
+                   C2, ldc, bp, g.act, dp, ldd, g.nt);                          \
+    fbp_gemm_set_unpacked_a(1);                                                 \
+    n_cases++;                                                                  \
+    if (memcmp(C1, C2, sizeof(T) * (size_t)M * ldc) != 0) {                     \
+        printf("FAIL unpacked A %s %s ta=%d tb=%d M=%d N=%d K=%d a=%g b=%g "    \
+               "bias=%d act=%d dsrc=%d nt=%d: differs from the packed call\n",  \
+               isa_now, #SFX, g.ta, g.tb, M, N, K, g.alpha, g.beta, g.bias,     \
+               g.act, g.dsrc, g.nt);                                            \
+        n_fail++;                                                               \
+    }                                                                           \
+    free(A); free(B); free(C0); free(C1); free(C2); free(D); free(bias);        \
+    return used;                                                                \
+}
+DEFINE_UACHK(float, f32)
+DEFINE_UACHK(double, f64)
+
+/* Shapes of small nets' steps and around the tile edges (MR 6 and 8, NR 8 to
+ * 32), K around 32 KiB of op(A) per call, every transpose, epilogue and
+ * alpha/beta cycled, 1 and 2 threads.  Fails unless some call of each dtype
+ * read A unpacked and some did not (ta = 1, or too large). */
+static void run_unpacked_a(int quick)
+{
+    static const int ms[] = {1, 3, 5, 6, 7, 8, 9, 13, 17, 32, 33, 64, 128};
+    static const int ns[] = {1, 10, 16, 17, 33, 64, 128};
+    static const int ks[] = {7, 22, 64, 128, 257, 300};
+    enum { NMS = sizeof ms / sizeof *ms, NNS = sizeof ns / sizeof *ns,
+           NKS = sizeof ks / sizeof *ks };
+    long used[2] = {0, 0}, not_used[2] = {0, 0};
+    unsigned u = 0;
+    for (int a = 0; a < NMS; a += quick ? 2 : 1)
+        for (int b = 0; b < NNS; b++)
+            for (int c = 0; c < NKS; c++, u++) {
+                const struct icfg g = icfg_make(u & 1 && u % 5 == 0, (u >> 1) & 1,
+                                                ms[a], ns[b], ks[c], (u / 4) % 16,
+                                                (u / 3) % 3, 1 + u % 2);
+                const int r32 = uachk_f32(g), r64 = uachk_f64(g);
+                used[0] += r32; not_used[0] += !r32;
+                used[1] += r64; not_used[1] += !r64;
+            }
+    for (int d = 0; d < 2; d++)
+        if (!used[d] || !not_used[d]) {
+            printf("FAIL unpacked A %s: %ld calls read A unpacked, %ld did not "
+                   "(the check needs both)\n", d ? "f64" : "f32", used[d], not_used[d]);
+            n_fail++;
+        }
+}
+
 /* Column ranges off the NR grid (fbp_gemm.h: j0 a multiple of NR, j1 too or
  * N): refused, -1, and nothing written, neither in Bp nor in its guards
  * (a j0 off the grid used to write its last sliver past the end of Bp);
@@ -1255,9 +1344,11 @@ int main(int argc, char **argv)
         const long c1 = n_cases;
         run_packed(quick);
         run_packed_rows(quick);
+        const long c2 = n_cases;
+        run_unpacked_a(quick);
         printf("isa %s: %s (%ld invariance sub-problems, %ld pre-packed "
-               "calls)\n", isa_now, n_fail == before ? "ok" : "FAILED",
-               c1 - c0, n_cases - c1);
+               "calls, %ld unpacked-A pairs)\n", isa_now, n_fail == before ? "ok" : "FAILED",
+               c1 - c0, c2 - c1, n_cases - c2);
     }
     printf("%ld cases, %ld failed\n", n_cases, n_fail);
     return n_fail ? 1 : 0;
