@@ -98,7 +98,7 @@ cdef extern from "fbp_gemm.h" nogil:
     const char *fbp_gemm_isa()
     int fbp_gemm_set_isa(const char *name)
     int fbp_gemm_set_unpacked_a(int on)
-    int64_t fbp_gemm_ua_calls()
+    int64_t fbp_gemm_unpacked_a_calls()
     void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr)
     int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K)
     int64_t fbp_gemm_packed_size(int elem_size, int64_t N, int64_t K)
@@ -1582,9 +1582,10 @@ def set_gemm_unpacked_a(on):
 
 
 def gemm_unpacked_a_calls():
-    """How many blocked GEMM calls (or row tiles of one) that read op(A)
-    unpacked the calling thread has run.  A test hook."""
-    return fbp_gemm_ua_calls()
+    """How many blocked GEMM driver calls (a whole call, or one part of a
+    call's thread grid) that read op(A) unpacked the calling thread has run.
+    A test hook."""
+    return fbp_gemm_unpacked_a_calls()
 
 
 def gemm_tile_shape(dtype):

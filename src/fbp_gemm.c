@@ -19,8 +19,10 @@
  *  - blocked (Goto/BLIS): for each NC-wide column panel, for each KC-deep
  *    slab of K, op(B)[KC x NC] is packed into NR-wide slivers (k-major, NR
  *    contiguous values per k); for each MC-tall row block op(A)[MC x KC] is
- *    packed into MR-tall slivers (MR contiguous values per k).  Edge slivers
- *    are zero-padded to full MR / NR.  The micro-kernel keeps an MR x NR tile
+ *    packed into MR-tall slivers (MR contiguous values per k), unless it is
+ *    small and not transposed: then the micro-kernel's _u twins read its rows
+ *    where they are (fbp_gemm_kernels.h, NAME##_ua).  Edge slivers are
+ *    zero-padded to full MR / NR (an unpacked edge tile repeats its last row).  The micro-kernel keeps an MR x NR tile
  *    of C in vector registers and runs k = 0..kc-1 with one FMA per
  *    (row, vector) per k: acc += bcast(a[k][r]) * b[k][v].
  *    Then it writes   C  = alpha*acc                 (first slab, beta == 0)
@@ -89,9 +91,9 @@
  *      cannot turn a*b+c into an FMA in one copy of an expression and not in
  *      another (GCC contracts by default in gnu11 wherever the target has
  *      FMA: the AVX2/AVX-512 functions, or everything under -march=native).
- * Hence the path (small or blocked), the edge-kernel variant, the thread grid
- * (sub-block borders are multiples of MR / NR anyway) and the allocation
- * fallback never change bits.  The AVX-512 kernels come from the same macros
+ * Hence the path (small or blocked), the edge-kernel variant, packed or
+ * unpacked op(A), the thread grid (sub-block borders are multiples of MR /
+ * NR anyway) and the allocation fallback never change bits.  The AVX-512 kernels come from the same macros
  * with _mm512 intrinsics and S_FMA = __builtin_fma*, consistent by
  * construction, but this has only been run on CPUs without AVX-512.
  * Different ISAs may differ from each other (FMA vs mul+add) but an ISA is
@@ -117,7 +119,8 @@
  * disjoint byte ranges of Bp for disjoint column ranges; it reads only B
  * and has no state, no buffer and no allocation.  The packed call only
  * reads Bp (any number of row tiles may share it at once) and writes its
- * own rows of C and its own thread buffer (A's block).  Without a buffer
+ * own rows of C and its own thread buffer (A's block, unless A is read
+ * unpacked).  Without a buffer
  * it runs the small path's loop on Bp (NAME##_pre_small: same bits); a Bp
  * off the vector alignment (the kernels' aligned loads) is copied a slab
  * at a time into the buffer first.
@@ -330,8 +333,10 @@ int64_t fbp_gemm_ua_bytes(void)
     int c = __atomic_load_n(&unpacked_a, __ATOMIC_RELAXED);
     if (c < 0) {
         const char *env = getenv("FBP_GEMM_UNPACKED_A");
-        c = !(env && strcmp(env, "0") == 0);
-        __atomic_store_n(&unpacked_a, c, __ATOMIC_RELAXED);
+        int from_env = !(env && strcmp(env, "0") == 0), unset = -1;
+        /* only if still unset: a concurrent fbp_gemm_set_unpacked_a wins */
+        c = __atomic_compare_exchange_n(&unpacked_a, &unset, from_env, 0, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED) ? from_env : unset;
     }
     return c ? FBP_UA_BYTES : 0;
 }
@@ -347,7 +352,7 @@ int fbp_gemm_set_unpacked_a(int on)
  * thread (no shared line written). */
 static __thread int64_t ua_calls;
 void fbp_gemm_note_ua(void) { ua_calls++; }
-int64_t fbp_gemm_ua_calls(void) { return ua_calls; }
+int64_t fbp_gemm_unpacked_a_calls(void) { return ua_calls; }
 
 /* Whether this CPU's 512-bit FMAs are two 256-bit halves: AMD family 19h
  * (Zen 4), where the rule below was measured.  FBP_GEMM_AVX2_TILES=0 or 1,

@@ -35,8 +35,9 @@
  *     block of the full product: 1 row predicted alone equals that row inside
  *     a batch, and a batch's rows may be split across threads (or calls) in
  *     any way without changing a bit.
- *     How: every path (small and blocked, full and edge micro-kernels, the
- *     fallback used when a packing buffer cannot be allocated) computes each
+ *     How: every path (small and blocked, full and edge micro-kernels, op(A)
+ *     packed or read where it is, the fallback used when a packing buffer
+ *     cannot be allocated) computes each
  *     element with one sequence of floating-point operations:
  *         for each K-slab [k0, k1) of FBP_KC = 256 (boundaries depend on K):
  *             acc = 0; for k = k0..k1-1: acc = fma(op(A)[i,k], op(B)[k,j], acc)
@@ -328,9 +329,9 @@ int fbp_gemm_set_isa(const char *name);
  * previous setting.  Not to be called while another thread is inside
  * fbp_gemm_*. */
 int fbp_gemm_set_unpacked_a(int on);
-/* Test hook: how many blocked calls (or row tiles of one) that read op(A)
- * unpacked the calling thread has run. */
-int64_t fbp_gemm_ua_calls(void);
+/* Test hook: how many blocked driver calls (a whole call, or one part of a
+ * call's thread grid) that read op(A) unpacked the calling thread has run. */
+int64_t fbp_gemm_unpacked_a_calls(void);
 
 #ifdef __cplusplus
 }

@@ -61,8 +61,9 @@
 #define NC_ALL 4096
 /* The blocked drivers read op(A) where it is, unpacked, when it is not
  * transposed and a call's rows of it take at most this many bytes
- * (fbp_gemm_kernels.h, NAME##_ua): small nets' batches, which stay in L1. */
-#define FBP_UA_BYTES ((int64_t)32768)
+ * (fbp_gemm_kernels.h, NAME##_ua): small nets' batches.  Measured faster
+ * with 8 and 16 KiB of A (64-128-10 b32's X and H_1); not measured above. */
+#define FBP_UA_BYTES ((int64_t)16384)
 /* The AVX-512 driver (bench/NOTES.md, "AVX-512 on an Intel Xeon (session
  * 20)"): 8-row tiles (8 x 32 f32, 8 x 16 f64, 16 accumulators; 8 divides the
  * 64- and 128-row tiles of a 2-thread step, where 12 rows padded a third of
@@ -261,7 +262,7 @@ FBP_HIDDEN void *fbp_gemm_thread_buf(size_t bytes);
  * (fbp_gemm_set_unpacked_a, FBP_GEMM_UNPACKED_A). */
 FBP_HIDDEN int64_t fbp_gemm_ua_bytes(void);
 /* fbp_gemm.c: counts a blocked call that reads op(A) unpacked
- * (fbp_gemm_ua_calls). */
+ * (fbp_gemm_unpacked_a_calls). */
 FBP_HIDDEN void fbp_gemm_note_ua(void);
 /* fbp_gemm.c: the ISA_* code path in use (settled on first use). */
 FBP_HIDDEN int fbp_gemm_current_isa(void);

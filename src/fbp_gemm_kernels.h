@@ -273,7 +273,8 @@ INLINE int fused_epilogue(const void *bias, int act, const void *dsrc)
  * the A sliver packed AS rows wide (AS >= MR; lda, mv unused); UA 1, op(A)
  * as it is in the caller's A (not transposed: row r of the tile at a + r *
  * lda, contiguous along k), rows from mv on reading row mv - 1 (valid
- * memory; the driver stores only the tile's mv rows).  Then the epilogue `ep`
+ * memory; such a tile is an edge tile, computed in the driver's scratch, of
+ * which only mv rows are copied to C).  Then the epilogue `ep`
  * (EP_*: bias[0 : NV*VL] and dsrc rows at ldd, the tile's own columns)
  * before the store.  Both read the same values in the same order: the same
  * bits. */
@@ -545,11 +546,11 @@ TARGET INLINE void NAME##_tile(const struct job_##SFX *jb, const T *a,         \
 }                                                                               \
 /* One KC slab (depth kc at pc) of the panel [jc, jc+nc), rows [i0, i1):        \
  * op(B)'s slivers at pb, op(A) packed into pa in blocks of mcb rows (ua: read  \
- * where it is, NAME##_ua).  Loop                                               \
- * order (speed only: every tile is the same kernel call on the same values   \
- * whatever the order): JB == 0, B sliver outer, A slivers inner (the B sliver \
- * stays in L1, A's block in L2); JB > 0, per chunk of JB columns of op(B) (in \
- * L2), A sliver outer (in L1), the chunk's B slivers inner. */                 \
+ * where it is, NAME##_ua; pa unused).  Loop order (speed only: every tile is   \
+ * the same kernel call on the same values whatever the order): JB == 0, B     \
+ * sliver outer, A slivers inner (the B sliver stays in L1, A's block in L2);  \
+ * JB > 0, per chunk of JB columns of op(B) (in L2), A sliver outer (in L1),   \
+ * the chunk's B slivers inner. */                                              \
 TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  \
                                int64_t mcb, int64_t i0, int64_t i1,             \
                                int64_t jc, int64_t nc, int64_t pc, int64_t kc,  \
@@ -557,7 +558,7 @@ TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  
 {                                                                               \
     const int mode = pc > 0 ? 2 : (jb->beta != 0 ? 1 : 0);                      \
     const int last = pc + kc == jb->K;                                          \
-    const int64_t as = ua ? jb->lda : kc;   /* from one tile's rows to the next's */ \
+    const int64_t as = ua ? jb->lda : kc;  /* from a tile's rows to the next's */ \
     for (int64_t ic = i0; ic < i1; ic += mcb) {                                 \
         const int64_t mc = i1 - ic < mcb ? i1 - ic : mcb;                       \
         const T *ab = ua ? jb->A + ic * jb->lda + pc : pa;                      \
@@ -585,10 +586,10 @@ TARGET INLINE void NAME##_slab(const struct job_##SFX *jb, const T *pb, T *pa,  
     }                                                                           \
 }                                                                               \
 /* Whether rows [i0, i1) of op(A) are read where they are instead of packed:    \
- * not transposed (each tile row contiguous along k) and small enough to stay  \
- * in L1 across the B slivers (fbp_gemm_ua_bytes), where packing them cost more \
- * than it saved (bench/NOTES.md, session 26).  Speed only: the same values   \
- * reach the same FMAs. */                                                     \
+ * not transposed (each tile row contiguous along k) and at most              \
+ * fbp_gemm_ua_bytes() of them, where packing them cost more than it saved    \
+ * (bench/NOTES.md, "Session 26").  Speed only: the same values reach the     \
+ * same FMAs. */                                                               \
 TARGET INLINE int NAME##_ua(const struct job_##SFX *jb, int64_t i0, int64_t i1) \
 {                                                                               \
     const int64_t lim = fbp_gemm_ua_bytes();                                    \
@@ -600,14 +601,14 @@ FBP_HIDDEN TARGET void NAME(const struct job_##SFX *jb, int64_t i0, int64_t i1, 
     const int64_t K = jb->K;                                                    \
     const int64_t ncmax = j1 - j0 < NC ? j1 - j0 : NC;                          \
     const int64_t kcmax = K < KC ? K : KC;                                      \
-    const size_t na = (size_t)MC * kcmax;                                       \
+    const int ua = NAME##_ua(jb, i0, i1);                                       \
+    const size_t na = ua ? 0 : (size_t)MC * kcmax;   /* A's block */            \
     const size_t nb = (size_t)((ncmax + NR - 1) / NR * NR) * kcmax;             \
     T *pa = fbp_gemm_thread_buf((na + nb) * sizeof(T));                         \
     if (!pa) { SM##_block(jb, i0, i1, j0, j1); return; }                        \
     T *pb = pa + na;                                                            \
     const int epi = has_epilogue_##SFX(jb);                                     \
     const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
-    const int ua = NAME##_ua(jb, i0, i1);                                       \
     if (ua) fbp_gemm_note_ua();                                                 \
     for (int64_t jc = j0; jc < j1; jc += NC) {                                  \
         const int64_t nc = j1 - jc < NC ? j1 - jc : NC;                         \
@@ -708,21 +709,25 @@ static TARGET __attribute__((noinline)) void NAME##_pre_small(                  
 }                                                                               \
 /* The whole job (K >= 1) on op(B) pre-packed at Bp.  A Bp not aligned to       \
  * the vector (the kernels' aligned loads) is copied slab by slab into the      \
- * buffer after A's block; otherwise the buffer holds A's block only. */        \
+ * buffer after A's block; otherwise the buffer holds A's block only (none     \
+ * when A is read unpacked). */                                                 \
 FBP_HIDDEN TARGET void NAME##_pre(const struct job_##SFX *jb, const T *Bp)      \
 {                                                                               \
     const int64_t K = jb->K, N = jb->N;                                         \
     const int64_t ncmax = N < NC ? N : NC;                                      \
     const int64_t kcmax = K < KC ? K : KC;                                      \
     const int copy = (uintptr_t)Bp % sizeof(V_T) != 0;                          \
-    const size_t na = (size_t)MC * kcmax;                                       \
+    const int ua = NAME##_ua(jb, 0, jb->M);                                     \
+    const size_t na = ua ? 0 : (size_t)MC * kcmax;   /* A's block */            \
     const size_t nb = copy ? (size_t)((ncmax + NR - 1) / NR * NR) * kcmax : 0;  \
-    T *pa = fbp_gemm_thread_buf((na + nb) * sizeof(T));                         \
-    if (!pa) { NAME##_pre_small(jb, Bp); return; }                              \
-    T *pb = pa + na;                                                            \
+    T *pa = NULL, *pb = NULL;   /* no buffer at all: unpacked A, aligned Bp */  \
+    if (na + nb > 0) {                                                          \
+        pa = fbp_gemm_thread_buf((na + nb) * sizeof(T));                        \
+        if (!pa) { NAME##_pre_small(jb, Bp); return; }                          \
+        pb = pa + na;                                                           \
+    }                                                                           \
     const int epi = has_epilogue_##SFX(jb);                                     \
     const int fep = epi ? fused_epilogue(jb->bias, jb->act, jb->dsrc) : EP_NONE; \
-    const int ua = NAME##_ua(jb, 0, jb->M);                                     \
     if (ua) fbp_gemm_note_ua();                                                 \
     for (int64_t jc = 0; jc < N; jc += NC) {                                    \
         const int64_t nc = N - jc < NC ? N - jc : NC;                           \

@@ -835,10 +835,10 @@ static int uachk_##SFX(struct icfg g)                                           
     const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
     memcpy(C1, C0, sizeof(T) * (size_t)M * ldc);                                \
     memcpy(C2, C0, sizeof(T) * (size_t)M * ldc);                                \
-    const int64_t before = fbp_gemm_ua_calls();                                 \
+    const int64_t before = fbp_gemm_unpacked_a_calls();                                 \
     fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
                    C1, ldc, bp, g.act, dp, ldd, g.nt);                          \
-    const int used = fbp_gemm_ua_calls() > before;                              \
+    const int used = fbp_gemm_unpacked_a_calls() > before;                              \
     fbp_gemm_set_unpacked_a(0);                                                 \
     fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
                    C2, ldc, bp, g.act, dp, ldd, g.nt);                          \
