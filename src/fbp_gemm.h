@@ -163,7 +163,8 @@ int64_t fbp_gemm_packed_nr(int elem_size);
  * to the AVX2 tiles: the packed call always runs the current ISA's blocked
  * driver, and the per-element invariance above makes every path agree).
  * Serial (calling thread only); its thread buffer holds A's MC x KC block
- * only (plus one slab of Bp when Bp is misaligned); when that buffer cannot
+ * only (none when op(A) is read unpacked; plus one slab of Bp when Bp is
+ * misaligned); when that buffer cannot
  * be allocated, the small path's loop on Bp (same bits, slower).  Rows
  * [i0, i1) of a product are the call with A, C, dsrc offset to row i0 and
  * M = i1 - i0, the same Bp: this is how row tiles share one pack. */
@@ -193,8 +194,8 @@ FBP_GEMM_PACKED_DECL(double, f64)
 void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr);
 
 /* Bytes of the calling thread's packing buffer that one call of this shape
- * (N, K; M does not matter) needs on the current code path: 0 for the small
- * path.  The buffer is allocated on first need, grown, and reused by every
+ * (N, K; M does not matter) needs on the current code path at most (a call
+ * that reads op(A) unpacked needs A's block less): 0 for the small path.  The buffer is allocated on first need, grown, and reused by every
  * later call in that thread until the thread exits. */
 int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
 
