@@ -587,6 +587,45 @@ static int pk_cuts(int64_t N, int64_t nr, int64_t *cuts)
     return n;
 }
 
+/* The operands of one check call (struct icfg): op(A) and op(B) stored with
+ * padded leading dimensions, bias, dsrc (values the activation's derivative
+ * takes), and C0: NaN where beta == 0, SENTINEL in C's padding. */
+#define DEFINE_OPERANDS(T, SFX)                                                 \
+struct ops_##SFX {                                                              \
+    int lda, ldb, ldc, ldd;                                                     \
+    T *A, *B, *C0, *D, *bias;                                                   \
+};                                                                              \
+static struct ops_##SFX ops_make_##SFX(struct icfg g)                           \
+{                                                                               \
+    const int M = g.M, N = g.N, K = g.K;                                        \
+    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
+    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
+    struct ops_##SFX o = {ac + 1, bc + 3, N + 2, N + 1, 0, 0, 0, 0, 0};         \
+    o.A = malloc(sizeof(T) * ((size_t)ar * o.lda + 1));                         \
+    o.B = malloc(sizeof(T) * ((size_t)br * o.ldb + 1));                         \
+    o.C0 = malloc(sizeof(T) * (size_t)M * o.ldc);                               \
+    o.D = malloc(sizeof(T) * ((size_t)M * o.ldd + 1));                          \
+    o.bias = malloc(sizeof(T) * N);                                             \
+    for (long i = 0; i < (long)ar * o.lda; i++) o.A[i] = (T)urand();            \
+    for (long i = 0; i < (long)br * o.ldb; i++) o.B[i] = (T)urand();            \
+    for (int j = 0; j < N; j++) o.bias[j] = (T)urand();                         \
+    for (long i = 0; i < (long)M * o.ldd; i++) {                                \
+        double u = urand();                                                     \
+        o.D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                   \
+                     : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);            \
+    }                                                                           \
+    for (long i = 0; i < (long)M * o.ldc; i++)                                  \
+        o.C0[i] = i % o.ldc >= N ? (T)SENTINEL                                  \
+                : g.beta == 0 ? (T)NAN : (T)(4 * urand());                      \
+    return o;                                                                   \
+}                                                                               \
+static void ops_free_##SFX(struct ops_##SFX *o)                                 \
+{                                                                               \
+    free(o->A); free(o->B); free(o->C0); free(o->D); free(o->bias);             \
+}
+DEFINE_OPERANDS(float, f32)
+DEFINE_OPERANDS(double, f64)
+
 #define DEFINE_PACKCHK(T, SFX, FILL)                                            \
 static int pk_is_fill_##SFX(const T *p)                                         \
 {                                                                               \
@@ -646,28 +685,12 @@ static void *pk_pack_thread_##SFX(void *arg)                                    
 static void packchk_##SFX(struct icfg g, int conc, int nomem)                   \
 {                                                                               \
     const int M = g.M, N = g.N, K = g.K;                                        \
-    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
-    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
-    const int lda = ac + 1, ldb = bc + 3, ldc = N + 2, ldd = N + 1;             \
-    T *A = malloc(sizeof(T) * ((size_t)ar * lda + 1));                          \
-    T *B = malloc(sizeof(T) * ((size_t)br * ldb + 1));                          \
-    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    struct ops_##SFX o = ops_make_##SFX(g);                                     \
+    const int lda = o.lda, ldb = o.ldb, ldc = o.ldc, ldd = o.ldd;               \
+    const T *A = o.A, *B = o.B, *C0 = o.C0;                                     \
     T *C = malloc(sizeof(T) * (size_t)M * ldc);                                 \
     T *Cp = malloc(sizeof(T) * (size_t)M * ldc);                                \
-    T *D = malloc(sizeof(T) * ((size_t)M * ldd + 1));                           \
-    T *bias = malloc(sizeof(T) * N);                                            \
-    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
-    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
-    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
-    for (long i = 0; i < (long)M * ldd; i++) {                                  \
-        double u = urand();                                                     \
-        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
-                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
-    }                                                                           \
-    for (long i = 0; i < (long)M * ldc; i++)                                    \
-        C0[i] = i % ldc >= N ? (T)SENTINEL                                      \
-              : g.beta == 0 ? (T)NAN : (T)(4 * urand());                        \
-    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    const T *bp = g.bias ? o.bias : NULL, *dp = g.dsrc ? o.D : NULL;            \
     memcpy(C, C0, sizeof(T) * (size_t)M * ldc);                                 \
     fbp_gemm_##SFX(g.ta, g.tb, M, N, K, (T)g.alpha, A, lda, B, ldb, (T)g.beta,  \
                    C, ldc, bp, g.act, dp, ldd, 1);                              \
@@ -793,8 +816,8 @@ static void packchk_##SFX(struct icfg g, int conc, int nomem)                   
                ncut, conc ? " (concurrent)" : "", what);                        \
         n_fail++;                                                               \
     }                                                                           \
-    free(buf1); free(buf2);                                                     \
-    free(A); free(B); free(C0); free(C); free(Cp); free(D); free(bias);         \
+    free(buf1); free(buf2); free(C); free(Cp);                                  \
+    ops_free_##SFX(&o);                                                         \
 }
 DEFINE_PACKCHK(float, f32, PK_FILL32)
 DEFINE_PACKCHK(double, f64, PK_FILL64)
@@ -811,28 +834,12 @@ DEFINE_PACKCHK(double, f64, PK_FILL64)
 static int uachk_##SFX(struct icfg g)                                           \
 {                                                                               \
     const int M = g.M, N = g.N, K = g.K;                                        \
-    const int ar = g.ta ? K : M, ac = g.ta ? M : K;                             \
-    const int br = g.tb ? N : K, bc = g.tb ? K : N;                             \
-    const int lda = ac + 2, ldb = bc + 1, ldc = N + 3, ldd = N + 2;             \
-    T *A = malloc(sizeof(T) * (size_t)ar * lda);                                \
-    T *B = malloc(sizeof(T) * (size_t)br * ldb);                                \
-    T *C0 = malloc(sizeof(T) * (size_t)M * ldc);                                \
+    struct ops_##SFX o = ops_make_##SFX(g);                                     \
+    const int lda = o.lda, ldb = o.ldb, ldc = o.ldc, ldd = o.ldd;               \
+    const T *A = o.A, *B = o.B, *C0 = o.C0;                                     \
     T *C1 = malloc(sizeof(T) * (size_t)M * ldc);                                \
     T *C2 = malloc(sizeof(T) * (size_t)M * ldc);                                \
-    T *D = malloc(sizeof(T) * (size_t)M * ldd);                                 \
-    T *bias = malloc(sizeof(T) * N);                                            \
-    for (long i = 0; i < (long)ar * lda; i++) A[i] = (T)urand();                \
-    for (long i = 0; i < (long)br * ldb; i++) B[i] = (T)urand();                \
-    for (int j = 0; j < N; j++) bias[j] = (T)urand();                           \
-    for (long i = 0; i < (long)M * ldd; i++) {                                  \
-        double u = urand();                                                     \
-        D[i] = (T)(g.act == FBP_ACT_SIGMOID ? 0.5 + 0.5 * u                     \
-                   : g.act == FBP_ACT_RELU ? (u > 0 ? u : 0) : u);              \
-    }                                                                           \
-    for (long i = 0; i < (long)M * ldc; i++)                                    \
-        C0[i] = i % ldc >= N ? (T)SENTINEL                                      \
-              : g.beta == 0 ? (T)NAN : (T)(4 * urand());                        \
-    const T *bp = g.bias ? bias : NULL, *dp = g.dsrc ? D : NULL;                \
+    const T *bp = g.bias ? o.bias : NULL, *dp = g.dsrc ? o.D : NULL;            \
     memcpy(C1, C0, sizeof(T) * (size_t)M * ldc);                                \
     memcpy(C2, C0, sizeof(T) * (size_t)M * ldc);                                \
     const int64_t before = fbp_gemm_unpacked_a_calls();                                 \
@@ -868,8 +875,8 @@ static int uachk_##SFX(struct icfg g)                                           
                M, N, K, g.alpha, g.beta, g.bias, g.act, g.dsrc, g.nt, what);    \
         n_fail++;                                                               \
     }                                                                           \
-    free(buf);                                                                  \
-    free(A); free(B); free(C0); free(C1); free(C2); free(D); free(bias);        \
+    free(buf); free(C1); free(C2);                                              \
+    ops_free_##SFX(&o);                                                         \
     return used;                                                                \
 }
 DEFINE_UACHK(float, f32)
