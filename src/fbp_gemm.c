@@ -22,9 +22,10 @@
  *    packed into MR-tall slivers (MR contiguous values per k), unless it is
  *    small and not transposed: then the micro-kernel's _u twins read its rows
  *    where they are (fbp_gemm_kernels.h, NAME##_ua).  Edge slivers are
- *    zero-padded to full MR / NR (an unpacked edge tile repeats its last row).  The micro-kernel keeps an MR x NR tile
- *    of C in vector registers and runs k = 0..kc-1 with one FMA per
- *    (row, vector) per k: acc += bcast(a[k][r]) * b[k][v].
+ *    zero-padded to full MR / NR (an unpacked edge tile repeats its last
+ *    row).  The micro-kernel keeps an MR x NR tile of C in vector registers
+ *    and runs k = 0..kc-1 with one FMA per (row, vector) per k:
+ *    acc += bcast(a[k][r]) * b[k][v].
  *    Then it writes   C  = alpha*acc                 (first slab, beta == 0)
  *                     C  = fma(alpha, acc, beta*C)   (first slab)
  *                     C  = fma(alpha, acc, C)        (later slabs)
@@ -93,9 +94,10 @@
  *      FMA: the AVX2/AVX-512 functions, or everything under -march=native).
  * Hence the path (small or blocked), the edge-kernel variant, packed or
  * unpacked op(A), the thread grid (sub-block borders are multiples of MR /
- * NR anyway) and the allocation fallback never change bits.  The AVX-512 kernels come from the same macros
- * with _mm512 intrinsics and S_FMA = __builtin_fma*, consistent by
- * construction, but this has only been run on CPUs without AVX-512.
+ * NR anyway) and the allocation fallback never change bits.  The AVX-512
+ * kernels come from the same macros with _mm512 intrinsics and S_FMA =
+ * __builtin_fma*, consistent by construction, but this has only been run on
+ * CPUs without AVX-512.
  * Different ISAs may differ from each other (FMA vs mul+add) but an ISA is
  * fixed for the life of the process unless a test forces one.
  *
@@ -120,10 +122,9 @@
  * and has no state, no buffer and no allocation.  The packed call only
  * reads Bp (any number of row tiles may share it at once) and writes its
  * own rows of C and its own thread buffer (A's block, unless A is read
- * unpacked).  Without a buffer
- * it runs the small path's loop on Bp (NAME##_pre_small: same bits); a Bp
- * off the vector alignment (the kernels' aligned loads) is copied a slab
- * at a time into the buffer first.
+ * unpacked).  Without a buffer it runs the small path's loop on Bp
+ * (NAME##_pre_small: same bits); a Bp off the vector alignment (the
+ * kernels' aligned loads) is copied a slab at a time into the buffer first.
  *
  * Packing by rows (fbp_gemm_pack_b_rows_*; issue 11): the part-2 unit
  * tiles of a row-split step each multiply some rows of delta^T by the same
@@ -348,8 +349,8 @@ int fbp_gemm_set_unpacked_a(int on)
     return previous;
 }
 
-/* Blocked calls (or row tiles of one) that read op(A) unpacked, counted per
- * thread (no shared line written). */
+/* Blocked driver calls (a whole call, or one part of its thread grid) that
+ * read op(A) unpacked, counted per thread (no shared line written). */
 static __thread int64_t ua_calls;
 void fbp_gemm_note_ua(void) { ua_calls++; }
 int64_t fbp_gemm_unpacked_a_calls(void) { return ua_calls; }

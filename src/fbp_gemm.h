@@ -195,8 +195,9 @@ void fbp_gemm_tile_shape(int elem_size, int64_t *mr, int64_t *nr);
 
 /* Bytes of the calling thread's packing buffer that one call of this shape
  * (N, K; M does not matter) needs on the current code path at most (a call
- * that reads op(A) unpacked needs A's block less): 0 for the small path.  The buffer is allocated on first need, grown, and reused by every
- * later call in that thread until the thread exits. */
+ * that reads op(A) unpacked needs A's block less): 0 for the small path.
+ * The buffer is allocated on first need, grown, and reused by every later
+ * call in that thread until the thread exits. */
 int64_t fbp_gemm_buffer_bytes(int elem_size, int64_t M, int64_t N, int64_t K);
 
 /* Narrow kernels: the three products of a training step of a net whose
